@@ -1,0 +1,277 @@
+//! In-process ledger: sharded maps behind short-lived mutexes.
+//!
+//! A reservation is one lock of one shard, a lookup and an increment — no `.await` while the
+//! lock is held, so it is atomic with respect to every other task. Memory is bounded by the
+//! TTL: an entry unused for `VRA_REPORT_TTL_SECS` is treated as absent and removed by a
+//! periodic sweep (see [`MemoryLedger::spawn_sweeper`]).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::{CallRecord, Ledger, LedgerError, ReportUsage, Reservation};
+use crate::routing::Tier;
+
+const SHARDS: usize = 32;
+
+/// One shard: report id → entry.
+type Shard = Mutex<HashMap<Box<str>, Entry>>;
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    usage: ReportUsage,
+    last_used: Instant,
+}
+
+/// Budget state of one process.
+pub struct MemoryLedger {
+    shards: Box<[Shard]>,
+    hasher: RandomState,
+    ttl: Duration,
+}
+
+impl MemoryLedger {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            ttl,
+        }
+    }
+
+    fn shard(&self, report_id: &str) -> MutexGuard<'_, HashMap<Box<str>, Entry>> {
+        let idx = (self.hasher.hash_one(report_id) as usize) % SHARDS;
+        // A poisoned shard only means another thread panicked mid-update of plain counters;
+        // the data is still consistent enough to keep serving.
+        self.shards[idx].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the live entry of `report_id`, creating (or resetting an expired) one.
+    fn with_entry<T>(
+        &self,
+        report_id: &str,
+        now: Instant,
+        f: impl FnOnce(&mut ReportUsage) -> T,
+    ) -> T {
+        let mut shard = self.shard(report_id);
+        let entry = shard.entry(report_id.into()).or_insert(Entry {
+            usage: ReportUsage::default(),
+            last_used: now,
+        });
+        if now.saturating_duration_since(entry.last_used) > self.ttl {
+            entry.usage = ReportUsage::default();
+        }
+        entry.last_used = now;
+        f(&mut entry.usage)
+    }
+
+    /// Synchronous reservation — the whole atomic step.
+    pub fn reserve_now(&self, report_id: &str, limit: u32) -> Reservation {
+        self.with_entry(report_id, Instant::now(), |u| {
+            if u.exhausted || u.cloud_calls_used >= limit {
+                let newly = !u.exhausted;
+                u.exhausted = true;
+                Reservation::Refused {
+                    used: u.cloud_calls_used,
+                    newly,
+                }
+            } else {
+                u.cloud_calls_used += 1;
+                Reservation::Granted {
+                    used: u.cloud_calls_used,
+                }
+            }
+        })
+    }
+
+    fn usage_at(&self, report_id: &str, now: Instant) -> ReportUsage {
+        let shard = self.shard(report_id);
+        match shard.get(report_id) {
+            Some(e) if now.saturating_duration_since(e.last_used) <= self.ttl => e.usage,
+            _ => ReportUsage::default(),
+        }
+    }
+
+    /// Removes entries idle for longer than the TTL as of `now`; returns how many.
+    pub fn sweep(&self, now: Instant) -> usize {
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let before = map.len();
+            map.retain(|_, e| now.saturating_duration_since(e.last_used) <= self.ttl);
+            removed += before - map.len();
+        }
+        removed
+    }
+
+    /// Number of tracked reports (expired but not yet swept ones included).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sweeps expired entries every `min(ttl, 60 s)` until the ledger is dropped.
+    pub fn spawn_sweeper(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let period = self
+            .ttl
+            .min(Duration::from_secs(60))
+            .max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(ledger) = weak.upgrade() else { break };
+                ledger.sweep(Instant::now());
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl Ledger for MemoryLedger {
+    async fn reserve(&self, report_id: &str, limit: u32) -> Result<Reservation, LedgerError> {
+        Ok(self.reserve_now(report_id, limit))
+    }
+
+    async fn usage(&self, report_id: &str) -> Result<ReportUsage, LedgerError> {
+        Ok(self.usage_at(report_id, Instant::now()))
+    }
+
+    async fn record(&self, report_id: &str, call: CallRecord) -> Result<ReportUsage, LedgerError> {
+        Ok(self.with_entry(report_id, Instant::now(), |u| {
+            apply_record(u, call);
+            *u
+        }))
+    }
+
+    async fn ping(&self) -> Result<(), LedgerError> {
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+}
+
+/// Adds a call to the counters — shared by every backend that keeps `ReportUsage` in process.
+pub(crate) fn apply_record(u: &mut ReportUsage, call: CallRecord) {
+    match call.tier {
+        Tier::Primary => u.primary_calls += 1,
+        Tier::Secondary => u.secondary_calls += 1,
+    }
+    if call.fell_back {
+        u.fallbacks += 1;
+    }
+    let (input, output) = if call.cloud {
+        (&mut u.cloud_input_tokens, &mut u.cloud_output_tokens)
+    } else {
+        (&mut u.local_input_tokens, &mut u.local_output_tokens)
+    };
+    *input += u64::from(call.input_tokens);
+    *output += u64::from(call.output_tokens);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_exactly_the_limit_then_pins_exhausted() {
+        let ledger = MemoryLedger::new(Duration::from_secs(60));
+        for i in 1..=3 {
+            assert_eq!(ledger.reserve_now("r", 3), Reservation::Granted { used: i });
+        }
+        assert_eq!(
+            ledger.reserve_now("r", 3),
+            Reservation::Refused {
+                used: 3,
+                newly: true
+            }
+        );
+        // Exhaustion is sticky even if the limit were raised for later calls.
+        assert_eq!(
+            ledger.reserve_now("r", 10),
+            Reservation::Refused {
+                used: 3,
+                newly: false
+            }
+        );
+        assert!(ledger.usage_at("r", Instant::now()).exhausted);
+        assert_eq!(
+            ledger.reserve_now("other", 3),
+            Reservation::Granted { used: 1 }
+        );
+    }
+
+    #[test]
+    fn zero_limit_refuses_at_once() {
+        let ledger = MemoryLedger::new(Duration::from_secs(60));
+        assert_eq!(
+            ledger.reserve_now("r", 0),
+            Reservation::Refused {
+                used: 0,
+                newly: true
+            }
+        );
+    }
+
+    #[test]
+    fn concurrent_reservations_never_exceed_the_limit() {
+        let ledger = Arc::new(MemoryLedger::new(Duration::from_secs(60)));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let l = ledger.clone();
+                std::thread::spawn(move || {
+                    (0..100)
+                        .filter(|_| matches!(l.reserve_now("hot", 15), Reservation::Granted { .. }))
+                        .count()
+                })
+            })
+            .collect();
+        let granted: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(granted, 15);
+    }
+
+    #[test]
+    fn entries_expire_after_the_ttl() {
+        let ledger = MemoryLedger::new(Duration::from_secs(10));
+        ledger.reserve_now("r", 5);
+        let later = Instant::now() + Duration::from_secs(11);
+        assert_eq!(ledger.usage_at("r", later), ReportUsage::default());
+        assert_eq!(ledger.sweep(Instant::now()), 0);
+        assert_eq!(ledger.sweep(later), 1);
+        assert!(ledger.is_empty());
+    }
+
+    #[test]
+    fn records_split_by_tier_and_cost() {
+        let ledger = MemoryLedger::new(Duration::from_secs(60));
+        let call = |tier, fell_back, cloud| CallRecord {
+            tier,
+            fell_back,
+            cloud,
+            input_tokens: 10,
+            output_tokens: 5,
+        };
+        ledger.with_entry("r", Instant::now(), |u| {
+            apply_record(u, call(Tier::Primary, false, true));
+            apply_record(u, call(Tier::Secondary, true, false));
+            apply_record(u, call(Tier::Secondary, false, false));
+        });
+        let u = ledger.usage_at("r", Instant::now());
+        assert_eq!((u.primary_calls, u.secondary_calls, u.fallbacks), (1, 2, 1));
+        assert_eq!((u.cloud_input_tokens, u.cloud_output_tokens), (10, 5));
+        assert_eq!((u.local_input_tokens, u.local_output_tokens), (20, 10));
+    }
+}

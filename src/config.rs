@@ -1,0 +1,841 @@
+//! One typed [`Config`], loaded from layered sources and validated before anything starts.
+//!
+//! Precedence, highest first: process environment > `.env` in the working directory > TOML
+//! file (`--config PATH` or `VRA_GATEWAY_CONFIG`) > defaults. Every setting is known by its
+//! environment-variable name; the TOML file uses the same names (any case) as top-level keys,
+//! plus `[providers.NAME]` tables for extra providers. All values, whatever their source, go
+//! through one parser per setting, so an error always names the variable and what it accepts.
+//!
+//! Loading is a pure function of a [`Sources`] value, which keeps it testable without touching
+//! the process environment.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration error: which setting, and what was wrong. Startup exits with code 2.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {var}: {message}")]
+pub struct ConfigError {
+    /// The variable (or file) at fault.
+    pub var: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(var: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            var: var.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A setting the gateway reads: its variable name, default and meaning. The list
+/// [`SETTINGS`] drives `--help`, `--print-config` and the deploy-manifest check, so the
+/// documentation cannot drift from what the loader reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    pub var: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+    pub secret: bool,
+}
+
+macro_rules! settings {
+    ($($ident:ident = $var:literal, $default:literal, $help:literal $(, secret = $secret:literal)?;)*) => {
+        $(pub const $ident: Setting = Setting {
+            var: $var, default: $default, help: $help, secret: settings!(@secret $($secret)?),
+        };)*
+        /// Every setting the gateway reads, in documentation order.
+        pub const SETTINGS: &[Setting] = &[$($ident),*];
+    };
+    (@secret) => { false };
+    (@secret $s:literal) => { $s };
+}
+
+settings! {
+    HYBRID_MODE = "VRA_HYBRID_MODE", "false", "Hybrid routing on/off (true/false/1/0/yes/no/on/off, any case).";
+    PRIMARY_PROVIDER = "PRIMARY_PROVIDER", "REPORT_PROVIDER, else openai", "Provider name of the primary tier.";
+    REPORT_PROVIDER = "REPORT_PROVIDER", "", "Legacy name for PRIMARY_PROVIDER (used when that is unset).";
+    PRIMARY_MODEL = "PRIMARY_MODEL", "gpt-4o", "Model sent to the primary.";
+    SECONDARY_PROVIDER = "SECONDARY_PROVIDER", "local", "Provider name of the secondary tier.";
+    SECONDARY_MODEL = "SECONDARY_MODEL", "llama3:8b", "Model sent to the secondary.";
+    MAX_CLOUD_CALLS = "MAX_CLOUD_CALLS", "15", "Cloud requests per report (retries count); 0 = never call a cloud provider.";
+    OPENAI_API_KEY = "OPENAI_API_KEY", "", "API key of the `openai` provider.", secret = true;
+    OPENAI_BASE_URL = "OPENAI_BASE_URL", "https://api.openai.com/v1", "Base URL of the `openai` provider.";
+    OLLAMA_HOST = "OLLAMA_HOST", "http://localhost:11434", "Base URL of the `local` / `ollama` provider.";
+    GATEWAY_ADDR = "VRA_GATEWAY_ADDR", "127.0.0.1:50051", "gRPC listen address.";
+    GATEWAY_CONFIG = "VRA_GATEWAY_CONFIG", "", "Path of an optional TOML config file (same as --config).";
+    RETRY_MAX_ATTEMPTS = "VRA_RETRY_MAX_ATTEMPTS", "3", "HTTP attempts per provider per call, first try included (>= 1).";
+    RETRY_BASE_MS = "VRA_RETRY_BASE_MS", "250", "Backoff base in milliseconds.";
+    RETRY_MAX_BACKOFF_MS = "VRA_RETRY_MAX_BACKOFF_MS", "4000", "Backoff cap in milliseconds (also caps Retry-After).";
+    UPSTREAM_TIMEOUT_MS = "VRA_UPSTREAM_TIMEOUT_MS", "120000", "Timeout of one upstream HTTP attempt, in milliseconds.";
+    CONNECT_TIMEOUT_MS = "VRA_CONNECT_TIMEOUT_MS", "2000", "Connect timeout of one upstream attempt, in milliseconds.";
+    STREAM_IDLE_TIMEOUT_MS = "VRA_STREAM_IDLE_TIMEOUT_MS", "30000", "A streaming upstream silent this long is cut, in milliseconds.";
+    REPORT_TTL_SECS = "VRA_REPORT_TTL_SECS", "86400", "A report's ledger entry is forgotten this long after its last use.";
+    MAX_PROMPT_BYTES = "VRA_MAX_PROMPT_BYTES", "1048576", "Larger prompts (and system prompts) are rejected.";
+    LOG_FORMAT = "VRA_LOG_FORMAT", "text", "Log format: text or json (level via RUST_LOG).";
+    CIRCUIT_FAILURES = "VRA_CIRCUIT_FAILURES", "5", "Consecutive failed calls that open a provider's circuit breaker; 0 disables it.";
+    CIRCUIT_OPEN_MS = "VRA_CIRCUIT_OPEN_MS", "30000", "How long an open circuit skips its provider before one probe call.";
+    METRICS_ADDR = "VRA_METRICS_ADDR", "127.0.0.1:9464", "Prometheus /metrics listen address; empty disables.";
+    TRACE_CONTENT = "VRA_TRACE_CONTENT", "false", "Put (truncated) prompts and completions in spans.";
+    LEDGER_URL = "VRA_LEDGER_URL", "", "redis://host:port/db (or rediss://) selects the Redis ledger; empty = in-memory.", secret = true;
+    LEDGER_PREFIX = "VRA_LEDGER_PREFIX", "vra:", "Key prefix of the Redis ledger.";
+    LEDGER_TIMEOUT_MS = "VRA_LEDGER_TIMEOUT_MS", "200", "Redis ledger operation timeout; past it, calls fail safe to the secondary.";
+}
+
+/// Settings that belong to the OpenTelemetry SDK rather than to the gateway; they are read by
+/// the SDK itself and listed here so deployments and docs can name them.
+pub const OTEL_SETTINGS: &[&str] = &[
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_SERVICE_NAME",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "RUST_LOG",
+];
+
+/// A secret value (API key, URL with a password). Its `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself — call only where it is sent to the service it belongs to.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Wire format a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// OpenAI-compatible Chat Completions (`POST {base}/chat/completions`).
+    Openai,
+    /// Ollama (`POST {host}/api/chat`).
+    Ollama,
+}
+
+/// Whether a provider's requests cost cloud money (and so count toward the budget).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CostTier {
+    Cloud,
+    Local,
+}
+
+/// One named upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderConfig {
+    /// Lower-case name, e.g. `openai`, `local`.
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: String,
+    pub api_key: Option<Secret>,
+    pub tier: CostTier,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl ProviderConfig {
+    pub fn is_cloud(&self) -> bool {
+        self.tier == CostTier::Cloud
+    }
+}
+
+/// A tier's provider and the model sent to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    pub provider: ProviderConfig,
+    pub model: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryConfig {
+    pub max_attempts: u32,
+    pub base: Duration,
+    pub max_backoff: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitConfig {
+    /// 0 disables the breaker.
+    pub failure_threshold: u32,
+    pub open_for: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedgerConfig {
+    pub url: Option<Secret>,
+    pub prefix: String,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated runtime configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub hybrid_mode: bool,
+    pub primary: Endpoint,
+    pub secondary: Endpoint,
+    pub max_cloud_calls: u32,
+    pub listen_addr: SocketAddr,
+    pub retry: RetryConfig,
+    pub stream_idle_timeout: Duration,
+    pub report_ttl: Duration,
+    pub max_prompt_bytes: usize,
+    pub log_format: LogFormat,
+    pub circuit: CircuitConfig,
+    pub metrics_addr: Option<SocketAddr>,
+    pub trace_content: bool,
+    pub ledger: LedgerConfig,
+    /// How long graceful shutdown waits for in-flight calls.
+    pub shutdown_grace: Duration,
+}
+
+/// Where a value came from, for `--print-config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Env,
+    DotEnv,
+    File,
+    Default,
+}
+
+/// The raw, layered inputs of configuration loading.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    pub env: HashMap<String, String>,
+    pub dotenv: HashMap<String, String>,
+    /// Top-level scalar keys of the TOML file, upper-cased.
+    pub file: HashMap<String, String>,
+    pub file_providers: BTreeMap<String, FileProvider>,
+    pub file_path: Option<PathBuf>,
+}
+
+/// A `[providers.NAME]` table of the TOML file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileProvider {
+    pub kind: ProviderKind,
+    pub base_url: String,
+    /// Name of the environment variable holding the API key (never the key itself).
+    pub api_key_env: Option<String>,
+    pub tier: CostTier,
+    pub timeout_ms: Option<u64>,
+    pub connect_timeout_ms: Option<u64>,
+}
+
+impl Sources {
+    /// Reads the process environment, `.env` in the working directory and the TOML file named
+    /// by `config_path`, `VRA_GATEWAY_CONFIG` (env or `.env`), in that order of preference.
+    pub fn from_process(config_path: Option<&Path>) -> Result<Self, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        let dotenv = read_dotenv(Path::new(".env"))?;
+        let mut sources = Sources {
+            env,
+            dotenv,
+            ..Default::default()
+        };
+        let path = config_path
+            .map(Path::to_path_buf)
+            .or_else(|| {
+                sources
+                    .lookup(GATEWAY_CONFIG.var)
+                    .map(|(v, _)| PathBuf::from(v))
+            })
+            .filter(|p| !p.as_os_str().is_empty());
+        if let Some(path) = path {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError::new(
+                    GATEWAY_CONFIG.var,
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            sources.load_toml(&text, &path)?;
+        }
+        Ok(sources)
+    }
+
+    /// Parses a TOML config file into the file layer.
+    pub fn load_toml(&mut self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let file_err = |msg: String| ConfigError::new(path.display().to_string(), msg);
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| file_err(e.to_string()))?;
+        for (key, value) in table {
+            if key == "providers" {
+                let providers: BTreeMap<String, FileProvider> = value
+                    .try_into()
+                    .map_err(|e: toml::de::Error| file_err(format!("[providers]: {e}")))?;
+                for (name, p) in providers {
+                    self.file_providers.insert(name.to_ascii_lowercase(), p);
+                }
+                continue;
+            }
+            let var = key.to_ascii_uppercase();
+            if !SETTINGS.iter().any(|s| s.var == var) || var == GATEWAY_CONFIG.var {
+                return Err(file_err(format!("unknown setting `{key}`")));
+            }
+            let value = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                other => {
+                    return Err(file_err(format!(
+                        "`{key}` must be a scalar, got {}",
+                        other.type_str()
+                    )));
+                }
+            };
+            self.file.insert(var, value);
+        }
+        self.file_path = Some(path.to_path_buf());
+        Ok(())
+    }
+
+    /// The value of `var` from the highest-precedence source that has it.
+    pub fn lookup(&self, var: &str) -> Option<(String, Origin)> {
+        if let Some(v) = self.env.get(var) {
+            return Some((v.clone(), Origin::Env));
+        }
+        if let Some(v) = self.dotenv.get(var) {
+            return Some((v.clone(), Origin::DotEnv));
+        }
+        self.file.get(var).map(|v| (v.clone(), Origin::File))
+    }
+
+    fn get(&self, setting: Setting) -> Option<String> {
+        self.lookup(setting.var).map(|(v, _)| v)
+    }
+
+    /// A setting's value, or its default; an empty value counts as unset.
+    fn get_or_default(&self, setting: Setting) -> String {
+        self.get(setting)
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| setting.default.to_string())
+    }
+}
+
+fn read_dotenv(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
+    match dotenvy::from_path_iter(path) {
+        Ok(iter) => iter
+            .map(|item| item.map_err(|e| ConfigError::new(".env", e.to_string())))
+            .collect(),
+        Err(e) if e.not_found() => Ok(HashMap::new()),
+        Err(e) => Err(ConfigError::new(".env", e.to_string())),
+    }
+}
+
+/// Parses a boolean the way operators write them.
+pub fn parse_bool(var: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(ConfigError::new(
+            var,
+            format!(
+                "`{value}` is not a boolean; accepted: true/false/1/0/yes/no/on/off (any case)"
+            ),
+        )),
+    }
+}
+
+fn parse_uint<T: std::str::FromStr>(
+    setting: Setting,
+    sources: &Sources,
+    min: u64,
+) -> Result<T, ConfigError> {
+    let raw = sources.get_or_default(setting);
+    let err = || {
+        ConfigError::new(
+            setting.var,
+            format!("`{raw}` is not an integer >= {min}; accepted: a whole number >= {min}"),
+        )
+    };
+    let n: u64 = raw.trim().parse().map_err(|_| err())?;
+    if n < min {
+        return Err(err());
+    }
+    raw.trim().parse::<T>().map_err(|_| err())
+}
+
+fn parse_millis(setting: Setting, sources: &Sources, min: u64) -> Result<Duration, ConfigError> {
+    parse_uint::<u64>(setting, sources, min).map(Duration::from_millis)
+}
+
+fn parse_addr(setting: Setting, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.trim().parse().map_err(|_| {
+        ConfigError::new(
+            setting.var,
+            format!("`{value}` is not a socket address; accepted: IP:PORT, e.g. 127.0.0.1:50051 or [::]:50051"),
+        )
+    })
+}
+
+fn parse_url(var: &str, value: &str) -> Result<String, ConfigError> {
+    let url = reqwest::Url::parse(value.trim()).map_err(|e| {
+        ConfigError::new(
+            var,
+            format!("`{value}` is not a URL ({e}); accepted: http(s)://host[:port][/path]"),
+        )
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ConfigError::new(
+            var,
+            format!(
+                "scheme `{}` not supported; accepted: http, https",
+                url.scheme()
+            ),
+        ));
+    }
+    Ok(value.trim().trim_end_matches('/').to_string())
+}
+
+impl Config {
+    /// Loads and validates the configuration from the process's sources.
+    pub fn load(config_path: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::from_sources(&Sources::from_process(config_path)?)
+    }
+
+    /// Builds and validates a configuration from explicit sources.
+    pub fn from_sources(s: &Sources) -> Result<Config, ConfigError> {
+        let timeout = parse_millis(UPSTREAM_TIMEOUT_MS, s, 1)?;
+        let connect_timeout = parse_millis(CONNECT_TIMEOUT_MS, s, 1)?;
+        let providers = provider_table(s, timeout, connect_timeout)?;
+
+        let primary_name = s
+            .get(PRIMARY_PROVIDER)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| (v, PRIMARY_PROVIDER.var))
+            .or_else(|| {
+                s.get(REPORT_PROVIDER)
+                    .filter(|v| !v.trim().is_empty())
+                    .map(|v| (v, REPORT_PROVIDER.var))
+            })
+            .unwrap_or_else(|| ("openai".to_string(), PRIMARY_PROVIDER.var));
+        let primary = endpoint(
+            &providers,
+            primary_name.1,
+            &primary_name.0,
+            s.get_or_default(PRIMARY_MODEL),
+        )?;
+        let secondary_name = s.get_or_default(SECONDARY_PROVIDER);
+        let secondary = endpoint(
+            &providers,
+            SECONDARY_PROVIDER.var,
+            &secondary_name,
+            s.get_or_default(SECONDARY_MODEL),
+        )?;
+
+        let retry = RetryConfig {
+            max_attempts: parse_uint(RETRY_MAX_ATTEMPTS, s, 1)?,
+            base: parse_millis(RETRY_BASE_MS, s, 0)?,
+            max_backoff: parse_millis(RETRY_MAX_BACKOFF_MS, s, 0)?,
+        };
+        if retry.max_backoff < retry.base {
+            return Err(ConfigError::new(
+                RETRY_MAX_BACKOFF_MS.var,
+                format!(
+                    "must be >= {} ({}ms)",
+                    RETRY_BASE_MS.var,
+                    retry.base.as_millis()
+                ),
+            ));
+        }
+
+        let log_format = match s
+            .get_or_default(LOG_FORMAT)
+            .trim()
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(ConfigError::new(
+                    LOG_FORMAT.var,
+                    format!("`{other}` is not a log format; accepted: text, json"),
+                ));
+            }
+        };
+
+        let metrics_addr = match s.get(METRICS_ADDR) {
+            Some(v) if v.trim().is_empty() => None,
+            Some(v) => Some(parse_addr(METRICS_ADDR, &v)?),
+            None => Some(parse_addr(METRICS_ADDR, METRICS_ADDR.default)?),
+        };
+
+        let ledger_url = s.get(LEDGER_URL).filter(|v| !v.trim().is_empty());
+        if let Some(url) = &ledger_url {
+            let scheme = url.split("://").next().unwrap_or_default();
+            if !matches!(scheme, "redis" | "rediss") || !url.contains("://") {
+                // Never echo the URL: it may carry a password.
+                return Err(ConfigError::new(
+                    LEDGER_URL.var,
+                    "not a Redis URL; accepted: redis://[:password@]host:port[/db] or rediss://...",
+                ));
+            }
+        }
+
+        Ok(Config {
+            hybrid_mode: parse_bool(HYBRID_MODE.var, &s.get_or_default(HYBRID_MODE))?,
+            primary,
+            secondary,
+            max_cloud_calls: parse_uint(MAX_CLOUD_CALLS, s, 0)?,
+            listen_addr: parse_addr(GATEWAY_ADDR, &s.get_or_default(GATEWAY_ADDR))?,
+            retry,
+            stream_idle_timeout: parse_millis(STREAM_IDLE_TIMEOUT_MS, s, 1)?,
+            report_ttl: Duration::from_secs(parse_uint(REPORT_TTL_SECS, s, 1)?),
+            max_prompt_bytes: parse_uint(MAX_PROMPT_BYTES, s, 1)?,
+            log_format,
+            circuit: CircuitConfig {
+                failure_threshold: parse_uint(CIRCUIT_FAILURES, s, 0)?,
+                open_for: parse_millis(CIRCUIT_OPEN_MS, s, 1)?,
+            },
+            metrics_addr,
+            trace_content: parse_bool(TRACE_CONTENT.var, &s.get_or_default(TRACE_CONTENT))?,
+            ledger: LedgerConfig {
+                url: ledger_url.map(Secret::new),
+                prefix: s.get_or_default(LEDGER_PREFIX),
+                timeout: parse_millis(LEDGER_TIMEOUT_MS, s, 1)?,
+            },
+            shutdown_grace: Duration::from_secs(30),
+        })
+    }
+
+    /// The effective configuration as `VAR=value` lines, secrets redacted, with each value's
+    /// origin — what `serve --print-config` prints.
+    pub fn render(&self, sources: &Sources) -> String {
+        let mut out = String::new();
+        for setting in SETTINGS {
+            let (value, origin) = match sources.lookup(setting.var) {
+                Some((v, o)) => (v, o),
+                None => (setting.default.to_string(), Origin::Default),
+            };
+            let shown = if setting.secret && !value.is_empty() && origin != Origin::Default {
+                "<redacted>".to_string()
+            } else {
+                value
+            };
+            let origin = match origin {
+                Origin::Env => "env",
+                Origin::DotEnv => ".env",
+                Origin::File => "file",
+                Origin::Default => "default",
+            };
+            out.push_str(&format!("{}={shown}    # {origin}\n", setting.var));
+        }
+        out.push_str("# effective providers\n");
+        for (tier, ep) in [("primary", &self.primary), ("secondary", &self.secondary)] {
+            out.push_str(&format!(
+                "# {tier}: provider={} kind={:?} tier={:?} base_url={} model={} api_key={}\n",
+                ep.provider.name,
+                ep.provider.kind,
+                ep.provider.tier,
+                ep.provider.base_url,
+                ep.model,
+                if ep.provider.api_key.is_some() {
+                    "<redacted>"
+                } else {
+                    "<none>"
+                },
+            ));
+        }
+        out
+    }
+}
+
+/// Built-in providers plus the TOML file's `[providers.NAME]` tables.
+fn provider_table(
+    s: &Sources,
+    timeout: Duration,
+    connect_timeout: Duration,
+) -> Result<BTreeMap<String, ProviderConfig>, ConfigError> {
+    let mut table = BTreeMap::new();
+    let openai = ProviderConfig {
+        name: "openai".into(),
+        kind: ProviderKind::Openai,
+        base_url: parse_url(OPENAI_BASE_URL.var, &s.get_or_default(OPENAI_BASE_URL))?,
+        api_key: s
+            .get(OPENAI_API_KEY)
+            .filter(|k| !k.trim().is_empty())
+            .map(|k| Secret::new(k.trim())),
+        tier: CostTier::Cloud,
+        timeout,
+        connect_timeout,
+    };
+    let ollama_url = parse_url(
+        OLLAMA_HOST.var,
+        &with_scheme(&s.get_or_default(OLLAMA_HOST)),
+    )?;
+    for name in ["local", "ollama"] {
+        table.insert(
+            name.to_string(),
+            ProviderConfig {
+                name: name.into(),
+                kind: ProviderKind::Ollama,
+                base_url: ollama_url.clone(),
+                api_key: None,
+                tier: CostTier::Local,
+                timeout,
+                connect_timeout,
+            },
+        );
+    }
+    table.insert("openai".into(), openai);
+    for (name, p) in &s.file_providers {
+        let var = format!("providers.{name}");
+        let api_key = match &p.api_key_env {
+            Some(env) => s
+                .lookup(env)
+                .map(|(k, _)| k)
+                .filter(|k| !k.trim().is_empty())
+                .map(Secret::new),
+            None => None,
+        };
+        table.insert(
+            name.clone(),
+            ProviderConfig {
+                name: name.clone(),
+                kind: p.kind,
+                base_url: parse_url(&format!("{var}.base_url"), &p.base_url)?,
+                api_key,
+                tier: p.tier,
+                timeout: p.timeout_ms.map(Duration::from_millis).unwrap_or(timeout),
+                connect_timeout: p
+                    .connect_timeout_ms
+                    .map(Duration::from_millis)
+                    .unwrap_or(connect_timeout),
+            },
+        );
+    }
+    Ok(table)
+}
+
+/// `OLLAMA_HOST` is often given as `host:port` (the Ollama CLI accepts that); add `http://`.
+fn with_scheme(host: &str) -> String {
+    let host = host.trim();
+    if host.contains("://") {
+        host.to_string()
+    } else {
+        format!("http://{host}")
+    }
+}
+
+fn endpoint(
+    providers: &BTreeMap<String, ProviderConfig>,
+    var: &str,
+    name: &str,
+    model: String,
+) -> Result<Endpoint, ConfigError> {
+    let key = name.trim().to_ascii_lowercase();
+    let provider = providers.get(&key).cloned().ok_or_else(|| {
+        let known: Vec<&str> = providers.keys().map(String::as_str).collect();
+        ConfigError::new(
+            var,
+            format!("unknown provider `{name}`; accepted: {}", known.join(", ")),
+        )
+    })?;
+    if model.trim().is_empty() {
+        return Err(ConfigError::new(var, "model must not be empty"));
+    }
+    Ok(Endpoint {
+        provider,
+        model: model.trim().to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources(pairs: &[(&str, &str)]) -> Sources {
+        Sources {
+            env: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_documented_table() {
+        let c = Config::from_sources(&Sources::default()).expect("defaults are valid");
+        assert!(!c.hybrid_mode);
+        assert_eq!(c.primary.provider.name, "openai");
+        assert_eq!(c.primary.model, "gpt-4o");
+        assert!(c.primary.provider.is_cloud());
+        assert_eq!(c.primary.provider.base_url, "https://api.openai.com/v1");
+        assert_eq!(c.secondary.provider.name, "local");
+        assert_eq!(c.secondary.model, "llama3:8b");
+        assert!(!c.secondary.provider.is_cloud());
+        assert_eq!(c.secondary.provider.base_url, "http://localhost:11434");
+        assert_eq!(c.max_cloud_calls, 15);
+        assert_eq!(c.listen_addr, "127.0.0.1:50051".parse().unwrap());
+        assert_eq!(c.retry.max_attempts, 3);
+        assert_eq!(c.retry.base, Duration::from_millis(250));
+        assert_eq!(c.retry.max_backoff, Duration::from_millis(4000));
+        assert_eq!(c.primary.provider.timeout, Duration::from_millis(120_000));
+        assert_eq!(
+            c.primary.provider.connect_timeout,
+            Duration::from_millis(2000)
+        );
+        assert_eq!(c.report_ttl, Duration::from_secs(86_400));
+        assert_eq!(c.max_prompt_bytes, 1_048_576);
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(c.stream_idle_timeout, Duration::from_millis(30_000));
+        assert!(c.ledger.url.is_none());
+        assert_eq!(c.ledger.prefix, "vra:");
+    }
+
+    #[test]
+    fn booleans_accept_every_documented_spelling() {
+        for v in ["true", "TRUE", "1", "yes", "On"] {
+            assert!(parse_bool("X", v).unwrap(), "{v}");
+        }
+        for v in ["false", "0", "NO", "off"] {
+            assert!(!parse_bool("X", v).unwrap(), "{v}");
+        }
+        let err = parse_bool("VRA_HYBRID_MODE", "maybe").unwrap_err();
+        assert_eq!(err.var, "VRA_HYBRID_MODE");
+        assert!(err.message.contains("true/false"));
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable() {
+        let cases = [
+            ("VRA_HYBRID_MODE", "sometimes"),
+            ("MAX_CLOUD_CALLS", "-1"),
+            ("MAX_CLOUD_CALLS", "many"),
+            ("VRA_RETRY_MAX_ATTEMPTS", "0"),
+            ("VRA_GATEWAY_ADDR", "localhost"),
+            ("VRA_LOG_FORMAT", "xml"),
+            ("PRIMARY_PROVIDER", "bard"),
+            ("SECONDARY_PROVIDER", "nope"),
+            ("OPENAI_BASE_URL", "ftp://x"),
+            ("VRA_UPSTREAM_TIMEOUT_MS", "soon"),
+            ("VRA_METRICS_ADDR", "nowhere"),
+            ("VRA_LEDGER_URL", "http://user:hunter2@redis"),
+        ];
+        for (var, value) in cases {
+            let err = Config::from_sources(&sources(&[(var, value)])).unwrap_err();
+            assert_eq!(err.var, var, "{var}={value}: {err}");
+            assert!(!err.to_string().contains("hunter2"), "secret leaked: {err}");
+        }
+    }
+
+    #[test]
+    fn precedence_is_env_then_dotenv_then_file() {
+        let mut s = Sources::default();
+        s.load_toml(
+            "max_cloud_calls = 3\nvra_hybrid_mode = true\nPRIMARY_MODEL = \"from-file\"",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        s.dotenv.insert("MAX_CLOUD_CALLS".into(), "4".into());
+        s.dotenv
+            .insert("PRIMARY_MODEL".into(), "from-dotenv".into());
+        s.env.insert("MAX_CLOUD_CALLS".into(), "5".into());
+        let c = Config::from_sources(&s).unwrap();
+        assert_eq!(c.max_cloud_calls, 5);
+        assert_eq!(c.primary.model, "from-dotenv");
+        assert!(c.hybrid_mode);
+    }
+
+    #[test]
+    fn report_provider_is_the_fallback_for_primary_provider() {
+        let c = Config::from_sources(&sources(&[("REPORT_PROVIDER", "LOCAL")])).unwrap();
+        assert_eq!(c.primary.provider.name, "local");
+        let c = Config::from_sources(&sources(&[
+            ("REPORT_PROVIDER", "local"),
+            ("PRIMARY_PROVIDER", "OpenAI"),
+        ]))
+        .unwrap();
+        assert_eq!(c.primary.provider.name, "openai");
+    }
+
+    #[test]
+    fn toml_defines_extra_providers() {
+        let mut s = sources(&[("VLLM_KEY", "sk-vllm"), ("SECONDARY_PROVIDER", "vllm")]);
+        s.load_toml(
+            "[providers.vLLM]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:8000/v1/\"\napi_key_env = \"VLLM_KEY\"\ntier = \"local\"\ntimeout_ms = 5000\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let c = Config::from_sources(&s).unwrap();
+        assert_eq!(c.secondary.provider.kind, ProviderKind::Openai);
+        assert_eq!(c.secondary.provider.base_url, "http://127.0.0.1:8000/v1");
+        assert_eq!(
+            c.secondary.provider.api_key.as_ref().map(Secret::expose),
+            Some("sk-vllm")
+        );
+        assert!(!c.secondary.provider.is_cloud());
+        assert_eq!(c.secondary.provider.timeout, Duration::from_millis(5000));
+    }
+
+    #[test]
+    fn toml_rejects_unknown_keys() {
+        let mut s = Sources::default();
+        let err = s
+            .load_toml("max_clod_calls = 3", Path::new("gw.toml"))
+            .unwrap_err();
+        assert_eq!(err.var, "gw.toml");
+        assert!(err.message.contains("max_clod_calls"));
+        let err = s
+            .load_toml("[providers.x]\nkind = \"openai\"\nbase_url = \"http://x\"\ntier = \"cloud\"\nkey = 1", Path::new("gw.toml"))
+            .unwrap_err();
+        assert!(err.message.contains("key"), "{err}");
+    }
+
+    #[test]
+    fn render_redacts_secrets() {
+        let s = sources(&[
+            ("OPENAI_API_KEY", "sk-very-secret"),
+            ("VRA_LEDGER_URL", "redis://:pw@h:6379/0"),
+        ]);
+        let c = Config::from_sources(&s).unwrap();
+        let text = c.render(&s);
+        assert!(!text.contains("sk-very-secret"));
+        assert!(!text.contains("pw@"));
+        assert!(text.contains("OPENAI_API_KEY=<redacted>"));
+        assert!(text.contains("MAX_CLOUD_CALLS=15    # default"));
+        assert!(!format!("{c:?}").contains("sk-very-secret"));
+    }
+
+    #[test]
+    fn ollama_host_without_scheme() {
+        let c = Config::from_sources(&sources(&[("OLLAMA_HOST", "gpu-box:11434")])).unwrap();
+        assert_eq!(c.secondary.provider.base_url, "http://gpu-box:11434");
+    }
+}

@@ -1,0 +1,361 @@
+//! `vra-gateway demo`: the real gateway, end to end, against SIMULATED upstreams.
+//!
+//! Starts two in-process HTTP servers that speak the real OpenAI and Ollama wire formats with
+//! canned text ([`crate::providers::sim`]), starts the real gateway on a free port, and drives
+//! a sample report through a real gRPC client: five sections × DRAFT/EXPAND/REFINE, then the
+//! ABSTRACT, with hybrid mode on, a budget of 6 cloud calls and one injected burst of primary
+//! 500s. The table it prints makes the routing matrix, the PRIMARY_ERROR fallback and the
+//! COST_LIMIT fallback visible; one section is streamed token by token.
+//!
+//! `--openai-base-url` / `--ollama-host` point the demo at real backends instead.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+
+use crate::config::{Config, Sources};
+use crate::pb::gateway_service_client::GatewayServiceClient;
+use crate::pb::{self, CompilationPhase, SectionType};
+use crate::providers::sim::{Sim, Step};
+use crate::server;
+
+/// Where the demo's upstreams are.
+#[derive(Debug, Clone, Default)]
+pub struct DemoOptions {
+    pub openai_base_url: Option<String>,
+    pub ollama_host: Option<String>,
+}
+
+/// The demo's budget: small, so the COST_LIMIT fallback shows within one report.
+pub const DEMO_MAX_CLOUD_CALLS: u32 = 6;
+
+const SECTIONS: [(&str, &str, SectionType); 5] = [
+    ("1", "Introduction", SectionType::Introduction),
+    ("2", "Methodology", SectionType::Methodology),
+    ("3", "Analysis", SectionType::Analysis),
+    ("4", "Implementation", SectionType::Implementation),
+    ("5", "Conclusion", SectionType::Conclusion),
+];
+
+/// Builds the demo's configuration: the operator's environment (OTEL_*, RUST_LOG, keys) with
+/// the demo's routing settings on top.
+pub fn demo_config(
+    cloud_url: &str,
+    local_url: &str,
+) -> Result<(Config, Sources), crate::config::ConfigError> {
+    let mut sources = Sources::from_process(None)?;
+    for (k, v) in [
+        ("VRA_HYBRID_MODE", "true"),
+        ("PRIMARY_PROVIDER", "openai"),
+        ("SECONDARY_PROVIDER", "local"),
+        ("OPENAI_BASE_URL", cloud_url),
+        ("OLLAMA_HOST", local_url),
+        ("VRA_GATEWAY_ADDR", "127.0.0.1:0"),
+        ("VRA_METRICS_ADDR", ""),
+        ("VRA_RETRY_BASE_MS", "100"),
+        ("VRA_RETRY_MAX_BACKOFF_MS", "400"),
+        ("VRA_LEDGER_URL", ""),
+    ] {
+        sources.env.insert(k.to_string(), v.to_string());
+    }
+    sources
+        .env
+        .insert("MAX_CLOUD_CALLS".into(), DEMO_MAX_CLOUD_CALLS.to_string());
+    if !sources.env.contains_key("PRIMARY_MODEL") {
+        sources.env.insert("PRIMARY_MODEL".into(), "gpt-4o".into());
+    }
+    Ok((Config::from_sources(&sources)?, sources))
+}
+
+fn phase_name(p: CompilationPhase) -> &'static str {
+    match p {
+        CompilationPhase::Draft => "DRAFT",
+        CompilationPhase::Expand => "EXPAND",
+        CompilationPhase::Refine => "REFINE",
+        CompilationPhase::Abstract => "ABSTRACT",
+        CompilationPhase::Unspecified => "-",
+    }
+}
+
+fn tier_name(t: i32) -> &'static str {
+    match pb::ProviderTier::try_from(t) {
+        Ok(pb::ProviderTier::Primary) => "PRIMARY",
+        Ok(pb::ProviderTier::Secondary) => "SECONDARY",
+        _ => "-",
+    }
+}
+
+fn reason_name(r: i32) -> &'static str {
+    match pb::FallbackReason::try_from(r) {
+        Ok(pb::FallbackReason::CostLimit) => "COST_LIMIT",
+        Ok(pb::FallbackReason::PrimaryError) => "PRIMARY_ERROR",
+        Ok(pb::FallbackReason::CircuitOpen) => "CIRCUIT_OPEN",
+        Ok(pb::FallbackReason::LedgerUnavailable) => "LEDGER_UNAVAILABLE",
+        _ => "-",
+    }
+}
+
+/// Runs the demo; returns an error message on failure.
+pub async fn run(options: DemoOptions) -> Result<(), Box<dyn std::error::Error>> {
+    let started = Instant::now();
+    let simulated = options.openai_base_url.is_none() || options.ollama_host.is_none();
+    let cloud_sim = match options.openai_base_url {
+        None => Some(Sim::start().await?),
+        Some(_) => None,
+    };
+    let local_sim = match options.ollama_host {
+        None => Some(Sim::start().await?),
+        Some(_) => None,
+    };
+    if let Some(local) = &local_sim {
+        // A visible token-by-token pace for the streamed section.
+        local.set_default(Step::Reply {
+            text: crate::providers::sim::DEFAULT_TEXT.into(),
+            delay: Duration::ZERO,
+            chunk_delay: Duration::from_millis(35),
+        });
+    }
+    let cloud_url = options
+        .openai_base_url
+        .clone()
+        .or_else(|| cloud_sim.as_ref().map(Sim::openai_base))
+        .unwrap_or_default();
+    let local_url = options
+        .ollama_host
+        .clone()
+        .or_else(|| local_sim.as_ref().map(Sim::ollama_base))
+        .unwrap_or_default();
+    let (config, _) = demo_config(&cloud_url, &local_url)?;
+    let mut guard = crate::telemetry::init_with_default(&config, "warn,vra_gateway::hybrid=info");
+
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "vra-gateway demo")?;
+    if simulated {
+        writeln!(
+            out,
+            "  upstreams are SIMULATED: in-process servers speaking the real OpenAI (cloud, {}) and",
+            config.primary.model
+        )?;
+        writeln!(
+            out,
+            "  Ollama (local, {}) wire formats with canned text. Real HTTP, real gRPC, real gateway.",
+            config.secondary.model
+        )?;
+    } else {
+        writeln!(
+            out,
+            "  upstreams: OpenAI-compatible at {cloud_url}, Ollama at {local_url}"
+        )?;
+    }
+    writeln!(
+        out,
+        "  hybrid mode on, MAX_CLOUD_CALLS={DEMO_MAX_CLOUD_CALLS} per report, retries 3 per provider"
+    )?;
+    writeln!(out)?;
+    drop(out);
+
+    let listener = server::bind(config.listen_addr).await?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server_task = tokio::spawn(server::run(config.clone(), listener, async {
+        let _ = stop_rx.await;
+    }));
+    let mut client = GatewayServiceClient::connect(format!("http://{addr}")).await?;
+
+    let report_id = format!("demo-report-{}", std::process::id());
+    let mut rows = Vec::new();
+    for (id, title, section_type) in SECTIONS {
+        for phase in [
+            CompilationPhase::Draft,
+            CompilationPhase::Expand,
+            CompilationPhase::Refine,
+        ] {
+            if id == "2"
+                && phase == CompilationPhase::Refine
+                && let Some(cloud) = &cloud_sim
+            {
+                // One burst of primary 500s: every retry fails, so the call falls back.
+                cloud.push_n(3, Step::fail(500));
+            }
+            let request = pb::GenerateRequest {
+                report_id: report_id.clone(),
+                section_id: id.into(),
+                section_type: section_type as i32,
+                phase: phase as i32,
+                prompt: format!(
+                    "{} the '{title}' section of a technical report.",
+                    phase_name(phase)
+                ),
+                system_prompt: "You write precise technical prose.".into(),
+                options: None,
+            };
+            if id == "1" && phase == CompilationPhase::Expand {
+                rows.push(stream_section(&mut client, request, title).await?);
+            } else {
+                let resp = client.generate(request).await?.into_inner();
+                rows.push(row(id, title, phase, &resp));
+            }
+        }
+    }
+    let resp = client
+        .generate(pb::GenerateRequest {
+            report_id: report_id.clone(),
+            section_id: "abstract".into(),
+            section_type: SectionType::Other as i32,
+            phase: CompilationPhase::Abstract as i32,
+            prompt: "Write the abstract of the report.".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    rows.push(row("-", "Abstract", CompilationPhase::Abstract, &resp));
+
+    let usage = client
+        .get_report_usage(pb::GetReportUsageRequest {
+            report_id: report_id.clone(),
+        })
+        .await?
+        .into_inner();
+    print_table(&rows, &usage)?;
+
+    let _ = stop_tx.send(());
+    let _ = server_task.await;
+    guard.shutdown();
+    println!(
+        "\nDone in {:.1}s. The [Hybrid] lines above (stderr) are the gateway's own logs.",
+        started.elapsed().as_secs_f64()
+    );
+    if crate::telemetry::export_enabled() {
+        println!(
+            "Spans were exported over OTLP: open Jaeger and search for service `vra-gateway`."
+        );
+    }
+    Ok(())
+}
+
+struct Row {
+    section: String,
+    phase: &'static str,
+    tier: &'static str,
+    provider: String,
+    model: String,
+    rule: String,
+    fallback: &'static str,
+    attempts: u32,
+}
+
+fn row(id: &str, title: &str, phase: CompilationPhase, resp: &pb::GenerateResponse) -> Row {
+    let route = resp.route.clone().unwrap_or_default();
+    Row {
+        section: if id == "-" {
+            title.to_string()
+        } else {
+            format!("{id} {title}")
+        },
+        phase: phase_name(phase),
+        tier: tier_name(route.tier),
+        provider: route.provider,
+        model: route.model,
+        rule: route.rule,
+        fallback: reason_name(route.fallback_reason),
+        attempts: resp.attempts,
+    }
+}
+
+async fn stream_section(
+    client: &mut GatewayServiceClient<tonic::transport::Channel>,
+    request: pb::GenerateRequest,
+    title: &str,
+) -> Result<Row, Box<dyn std::error::Error>> {
+    let phase = CompilationPhase::try_from(request.phase).unwrap_or_default();
+    let stream_req = pb::GenerateStreamRequest {
+        report_id: request.report_id,
+        section_id: request.section_id.clone(),
+        section_type: request.section_type,
+        phase: request.phase,
+        prompt: request.prompt,
+        system_prompt: request.system_prompt,
+        options: request.options,
+    };
+    print!(
+        "streaming section {} {title} / {}: ",
+        request.section_id,
+        phase_name(phase)
+    );
+    std::io::stdout().flush()?;
+    let mut stream = client.generate_stream(stream_req).await?.into_inner();
+    let mut done = None;
+    while let Some(msg) = stream.next().await {
+        let msg = msg?;
+        if !msg.delta.is_empty() {
+            print!("{}", msg.delta);
+            std::io::stdout().flush()?;
+        }
+        if msg.done.is_some() {
+            done = msg.done;
+        }
+    }
+    println!("\n");
+    let done = done.ok_or("stream ended without its final message")?;
+    let mut r = row(&request.section_id, title, phase, &done);
+    r.phase = "EXPAND*";
+    Ok(r)
+}
+
+fn print_table(rows: &[Row], usage: &pb::GetReportUsageResponse) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "\n{:<18} {:<9} {:<10} {:<8} {:<10} {:<25} {:<14} attempts",
+        "section", "phase", "tier", "provider", "model", "rule", "fallback"
+    )?;
+    writeln!(out, "{}", "-".repeat(106))?;
+    for r in rows {
+        writeln!(
+            out,
+            "{:<18} {:<9} {:<10} {:<8} {:<10} {:<25} {:<14} {}",
+            r.section, r.phase, r.tier, r.provider, r.model, r.rule, r.fallback, r.attempts
+        )?;
+    }
+    let budget = usage.budget.unwrap_or_default();
+    let cloud = usage.cloud_usage.unwrap_or_default();
+    let local = usage.local_usage.unwrap_or_default();
+    writeln!(out, "(* streamed token by token)\n")?;
+    writeln!(out, "report {}:", usage.report_id)?;
+    writeln!(
+        out,
+        "  cloud calls used {}/{}{}  (every HTTP request to the cloud counts, retries included)",
+        budget.cloud_calls_used,
+        budget.cloud_calls_limit,
+        if budget.exhausted {
+            " — exhausted"
+        } else {
+            ""
+        }
+    )?;
+    writeln!(
+        out,
+        "  answered by primary {} / secondary {}, fallbacks {}",
+        usage.primary_calls, usage.secondary_calls, usage.fallbacks
+    )?;
+    writeln!(
+        out,
+        "  tokens: cloud {} in / {} out, local {} in / {} out",
+        cloud.input_tokens, cloud.output_tokens, local.input_tokens, local.output_tokens
+    )?;
+    writeln!(out, "\nHow to read it:")?;
+    writeln!(
+        out,
+        "  rule      the routing-matrix row that chose the tier (see README, 'Routing')"
+    )?;
+    writeln!(
+        out,
+        "  PRIMARY_ERROR  the primary kept failing (simulated HTTP 500 on every retry), the secondary answered"
+    )?;
+    writeln!(
+        out,
+        "  COST_LIMIT     the report's cloud budget is spent: from then on, everything goes local"
+    )?;
+    Ok(())
+}

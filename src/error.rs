@@ -1,0 +1,164 @@
+//! The gateway's error type and its single mapping to `tonic::Status`.
+//!
+//! Everything a call can fail with is a [`GatewayError`]; [`GatewayError::into_status`] is the
+//! only place that decides gRPC codes. Messages name the field or the upstream failure, never
+//! an API key or prompt text.
+
+use tonic::{Code, Status};
+
+use crate::budget::LedgerError;
+
+/// One provider's failure, as reported to the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderFailure {
+    /// `PRIMARY` or `SECONDARY`.
+    pub tier: &'static str,
+    /// Configured provider name.
+    pub provider: String,
+    pub error: String,
+}
+
+impl std::fmt::Display for ProviderFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.tier, self.provider, self.error)
+    }
+}
+
+/// Why a gateway call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    /// The request is invalid; `field` names the offending field.
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+
+    /// The cloud budget is spent and the provider that would serve the call is cloud tier.
+    #[error(
+        "cloud budget of report exhausted ({used}/{limit} cloud calls) and the secondary provider `{provider}` is cloud tier"
+    )]
+    BudgetExhausted {
+        used: u32,
+        limit: u32,
+        provider: String,
+    },
+
+    /// Every provider that was tried failed; all of their errors, in order.
+    #[error("all providers failed: {}", join(.0))]
+    AllProvidersFailed(Vec<ProviderFailure>),
+
+    /// The upstream broke after the first delta was sent; the stream cannot be resumed.
+    #[error("stream aborted after partial output: {0}")]
+    StreamAborted(String),
+
+    /// The ledger is needed (to budget a cloud call, or to answer a query) but unreachable.
+    #[error("{0}")]
+    Ledger(#[from] LedgerError),
+
+    /// The caller's deadline passed.
+    #[error("deadline exceeded after {attempts} upstream attempt(s)")]
+    DeadlineExceeded { attempts: u32 },
+
+    /// The server is shutting down.
+    #[error("server is shutting down")]
+    ShuttingDown,
+}
+
+fn join(failures: &[ProviderFailure]) -> String {
+    failures
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl GatewayError {
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        GatewayError::InvalidArgument {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// The gRPC code of this error.
+    pub fn code(&self) -> Code {
+        match self {
+            GatewayError::InvalidArgument { .. } => Code::InvalidArgument,
+            GatewayError::BudgetExhausted { .. } => Code::ResourceExhausted,
+            GatewayError::AllProvidersFailed(_) => Code::Unavailable,
+            GatewayError::StreamAborted(_) => Code::Unavailable,
+            GatewayError::Ledger(_) => Code::Unavailable,
+            GatewayError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            GatewayError::ShuttingDown => Code::Unavailable,
+        }
+    }
+
+    /// The one mapping to the wire.
+    pub fn into_status(self) -> Status {
+        Status::new(self.code(), self.to_string())
+    }
+
+    /// Short outcome label for metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            GatewayError::InvalidArgument { .. } => "invalid_argument",
+            GatewayError::BudgetExhausted { .. } => "resource_exhausted",
+            GatewayError::AllProvidersFailed(_) => "unavailable",
+            GatewayError::StreamAborted(_) => "stream_aborted",
+            GatewayError::Ledger(_) => "ledger_unavailable",
+            GatewayError::DeadlineExceeded { .. } => "deadline_exceeded",
+            GatewayError::ShuttingDown => "unavailable",
+        }
+    }
+}
+
+impl From<GatewayError> for Status {
+    fn from(e: GatewayError) -> Self {
+        e.into_status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_follow_the_contract() {
+        assert_eq!(
+            GatewayError::invalid("prompt", "must not be empty")
+                .into_status()
+                .code(),
+            Code::InvalidArgument
+        );
+        let s = GatewayError::invalid("report_id", "must not be empty").into_status();
+        assert!(s.message().starts_with("report_id"));
+        let e = GatewayError::BudgetExhausted {
+            used: 15,
+            limit: 15,
+            provider: "openai".into(),
+        };
+        assert_eq!(e.into_status().code(), Code::ResourceExhausted);
+        let both = GatewayError::AllProvidersFailed(vec![
+            ProviderFailure {
+                tier: "PRIMARY",
+                provider: "openai".into(),
+                error: "HTTP 500".into(),
+            },
+            ProviderFailure {
+                tier: "SECONDARY",
+                provider: "local".into(),
+                error: "connect error: refused".into(),
+            },
+        ]);
+        let s = both.into_status();
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(
+            s.message().contains("PRIMARY openai: HTTP 500")
+                && s.message().contains("SECONDARY local: connect error")
+        );
+        assert_eq!(
+            GatewayError::DeadlineExceeded { attempts: 1 }
+                .into_status()
+                .code(),
+            Code::DeadlineExceeded
+        );
+    }
+}

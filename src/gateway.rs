@@ -1,0 +1,715 @@
+//! The request pipeline, independent of gRPC: route → budget → call (retry) → fallback →
+//! record. [`crate::service`] is thin glue around it.
+//!
+//! For each call:
+//! 1. [`routing::route`] picks the tier and names the rule.
+//! 2. If the primary is chosen and its circuit is closed, each HTTP attempt to a cloud-tier
+//!    provider first reserves a budget unit ([`Ledger::reserve`]); retries follow
+//!    [`RetryPolicy`] and never sleep past the caller's deadline.
+//! 3. A refused reservation (`COST_LIMIT`), an unreachable ledger (`LEDGER_UNAVAILABLE`), an
+//!    open circuit (`CIRCUIT_OPEN`) or a primary that fails for good (`PRIMARY_ERROR`) sends
+//!    the call to the secondary, with a `[Hybrid] ... Event=FALLBACK` line.
+//! 4. If the secondary fails too, the caller gets every provider's error.
+//!
+//! Streaming follows the same steps up to the first delta; after it, no retry or fallback is
+//! possible (the client never gets text from two models spliced together).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant as StdInstant};
+
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+use tracing::{Instrument, Span};
+
+use crate::budget::{CallRecord, Ledger, ReportUsage, Reservation};
+use crate::config::Config;
+use crate::error::{GatewayError, ProviderFailure};
+use crate::metrics::Metrics;
+use crate::providers::{
+    ChatRequest, Completion, EventStream, Provider, ProviderError, StreamEvent, Tiers, TokenUsage,
+};
+use crate::resilience::{CircuitBreaker, Deadline, Permit, RetryPolicy};
+use crate::routing::{self, Phase, Policy, Rule, SectionType, Tier};
+use crate::telemetry::{self, Hybrid};
+
+/// Why the secondary served a call the matrix gave to the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FallbackReason {
+    CostLimit,
+    PrimaryError,
+    CircuitOpen,
+    LedgerUnavailable,
+}
+
+impl FallbackReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FallbackReason::CostLimit => "COST_LIMIT",
+            FallbackReason::PrimaryError => "PRIMARY_ERROR",
+            FallbackReason::CircuitOpen => "CIRCUIT_OPEN",
+            FallbackReason::LedgerUnavailable => "LEDGER_UNAVAILABLE",
+        }
+    }
+}
+
+/// A validated generation request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateInput {
+    pub report_id: String,
+    pub section_id: String,
+    pub section_type: SectionType,
+    pub phase: Phase,
+    pub prompt: String,
+    pub system_prompt: Option<String>,
+    pub temperature: Option<f32>,
+    pub max_tokens: Option<u32>,
+    pub stop: Vec<String>,
+}
+
+/// Where a call went and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteInfo {
+    pub tier: Tier,
+    pub provider: String,
+    pub model: String,
+    pub cloud: bool,
+    pub fallback: Option<FallbackReason>,
+    pub rule: Rule,
+}
+
+/// A report's budget as returned to callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetInfo {
+    pub used: u32,
+    pub limit: u32,
+    pub exhausted: bool,
+}
+
+/// The result of a generation (for streams, `text` is empty: it went out as deltas).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    pub text: String,
+    pub route: RouteInfo,
+    pub usage: TokenUsage,
+    pub budget: BudgetInfo,
+    pub attempts: u32,
+    pub finish_reason: String,
+}
+
+/// One message of a generation stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamItem {
+    Delta(String),
+    Done(Generated),
+}
+
+/// Capacity of the channel between the upstream reader and the client: a slow client fills it
+/// and then slows the upstream read instead of growing memory.
+const STREAM_BUFFER: usize = 16;
+
+/// The gateway's shared state: providers, ledger, policies. Cheap to share behind an `Arc`.
+pub struct Gateway {
+    limit: u32,
+    policy: Policy,
+    tiers: Tiers,
+    ledger: Arc<dyn Ledger>,
+    retry: RetryPolicy,
+    breakers: [CircuitBreaker; 2],
+    stream_idle: Duration,
+    metrics: Arc<Metrics>,
+}
+
+/// What happened on one tier.
+enum TierOutcome<T> {
+    Ok(T),
+    Failed(ProviderError),
+    BudgetRefused,
+    LedgerDown,
+    CircuitOpen,
+}
+
+/// Per-call bookkeeping shared by the unary and streaming paths.
+struct CallState<'a> {
+    input: &'a GenerateInput,
+    deadline: Deadline,
+    attempts: u32,
+    /// The `used` count of this call's last granted reservation.
+    last_used: Option<u32>,
+    refused: bool,
+}
+
+/// A successful first phase of a call: the value, the tier that produced it and why.
+struct Served<T> {
+    value: T,
+    tier: Tier,
+    fallback: Option<FallbackReason>,
+    decision: routing::Decision,
+}
+
+impl Gateway {
+    pub fn new(
+        config: &Config,
+        tiers: Tiers,
+        ledger: Arc<dyn Ledger>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            limit: config.max_cloud_calls,
+            policy: Policy {
+                hybrid: config.hybrid_mode,
+                primary_cloud: tiers.primary.config().is_cloud(),
+                secondary_cloud: tiers.secondary.config().is_cloud(),
+            },
+            tiers,
+            ledger,
+            retry: config.retry.into(),
+            breakers: [
+                CircuitBreaker::new(config.circuit),
+                CircuitBreaker::new(config.circuit),
+            ],
+            stream_idle: config.stream_idle_timeout,
+            metrics,
+        }
+    }
+
+    pub fn ledger(&self) -> &Arc<dyn Ledger> {
+        &self.ledger
+    }
+
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    fn provider(&self, tier: Tier) -> (&Arc<dyn Provider>, &str) {
+        match tier {
+            Tier::Primary => (&self.tiers.primary, &self.tiers.primary_model),
+            Tier::Secondary => (&self.tiers.secondary, &self.tiers.secondary_model),
+        }
+    }
+
+    fn breaker(&self, tier: Tier) -> &CircuitBreaker {
+        match tier {
+            Tier::Primary => &self.breakers[0],
+            Tier::Secondary => &self.breakers[1],
+        }
+    }
+
+    /// Whether the secondary's circuit is open (used by health reporting).
+    pub fn secondary_unusable(&self) -> bool {
+        self.breaker(Tier::Secondary).state() == crate::resilience::BreakerState::Open
+    }
+
+    fn route_info(&self, tier: Tier, rule: Rule, fallback: Option<FallbackReason>) -> RouteInfo {
+        let (provider, model) = self.provider(tier);
+        RouteInfo {
+            tier,
+            provider: provider.config().name.clone(),
+            model: model.to_string(),
+            cloud: provider.config().is_cloud(),
+            fallback,
+            rule,
+        }
+    }
+
+    /// What `Generate` would do now, without calling anything or spending budget.
+    pub async fn resolve(
+        &self,
+        report_id: &str,
+        phase: Phase,
+        section: SectionType,
+    ) -> (RouteInfo, BudgetInfo) {
+        let decision = routing::route(self.policy, phase, section);
+        let usage = self.ledger.usage(report_id).await;
+        let budget = self.budget_from(usage.as_ref().ok());
+        let fallback = match (decision.tier, decision.cloud) {
+            (Tier::Primary, true) => match &usage {
+                Err(_) => Some(FallbackReason::LedgerUnavailable),
+                Ok(u) if u.is_spent(self.limit) => Some(FallbackReason::CostLimit),
+                Ok(_)
+                    if self.breaker(Tier::Primary).state()
+                        == crate::resilience::BreakerState::Open =>
+                {
+                    Some(FallbackReason::CircuitOpen)
+                }
+                Ok(_) => None,
+            },
+            (Tier::Primary, false)
+                if self.breaker(Tier::Primary).state() == crate::resilience::BreakerState::Open =>
+            {
+                Some(FallbackReason::CircuitOpen)
+            }
+            _ => None,
+        };
+        let tier = if fallback.is_some() {
+            Tier::Secondary
+        } else {
+            decision.tier
+        };
+        (self.route_info(tier, decision.rule, fallback), budget)
+    }
+
+    /// A report's usage, or an error when the ledger cannot answer.
+    pub async fn usage(&self, report_id: &str) -> Result<(ReportUsage, BudgetInfo), GatewayError> {
+        let usage = self.ledger.usage(report_id).await?;
+        Ok((usage, self.budget_from(Some(&usage))))
+    }
+
+    fn budget_from(&self, usage: Option<&ReportUsage>) -> BudgetInfo {
+        let usage = usage.copied().unwrap_or_default();
+        BudgetInfo {
+            used: usage.cloud_calls_used,
+            limit: self.limit,
+            exhausted: usage.exhausted,
+        }
+    }
+
+    /// Unary generation.
+    pub async fn generate(
+        &self,
+        input: &GenerateInput,
+        deadline: Deadline,
+    ) -> Result<Generated, GatewayError> {
+        let mut state = CallState {
+            input,
+            deadline,
+            attempts: 0,
+            last_used: None,
+            refused: false,
+        };
+        let served = self
+            .serve(&mut state, |provider, req| {
+                Box::pin(async move { provider.complete(&req).await })
+            })
+            .await?;
+        let Completion {
+            text,
+            usage,
+            finish_reason,
+            ..
+        } = served.value;
+        let route = self.route_info(served.tier, served.decision.rule, served.fallback);
+        let budget = self.finish_call(&state, &route, usage).await;
+        telemetry::record_route(&Span::current(), &route, &budget);
+        Ok(Generated {
+            text,
+            route,
+            usage,
+            budget,
+            attempts: state.attempts,
+            finish_reason,
+        })
+    }
+
+    /// Streaming generation. Retries and fallback happen before the first delta; the returned
+    /// channel then yields deltas and a final `Done`, or one error. Dropping the receiver
+    /// cancels the upstream request promptly.
+    pub fn generate_stream(
+        self: &Arc<Self>,
+        input: GenerateInput,
+        deadline: Deadline,
+    ) -> mpsc::Receiver<Result<StreamItem, GatewayError>> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let gateway = self.clone();
+        let span = Span::current();
+        tokio::spawn(
+            async move {
+                let closed = tx.clone();
+                let deadline_at = deadline;
+                tokio::select! {
+                    // The client went away: dropping the pipeline drops the upstream request.
+                    _ = closed.closed() => {
+                        tracing::debug!("stream cancelled by the client");
+                    }
+                    _ = sleep_until(deadline_at) => {
+                        let _ = tx.send(Err(GatewayError::DeadlineExceeded { attempts: 0 })).await;
+                    }
+                    _ = gateway.run_stream(&input, deadline, &tx) => {}
+                }
+            }
+            .instrument(span),
+        );
+        rx
+    }
+
+    async fn run_stream(
+        &self,
+        input: &GenerateInput,
+        deadline: Deadline,
+        tx: &mpsc::Sender<Result<StreamItem, GatewayError>>,
+    ) {
+        let mut state = CallState {
+            input,
+            deadline,
+            attempts: 0,
+            last_used: None,
+            refused: false,
+        };
+        let idle = self.stream_idle;
+        let served = self
+            .serve(&mut state, move |provider, req| {
+                Box::pin(open_stream(provider, req, idle))
+            })
+            .await;
+        let Served {
+            value: (first, mut rest),
+            tier,
+            fallback,
+            decision,
+        } = match served {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        let route = self.route_info(tier, decision.rule, fallback);
+        let mut end = None;
+        match first {
+            StreamEvent::Delta(text) => {
+                if tx.send(Ok(StreamItem::Delta(text))).await.is_err() {
+                    return;
+                }
+            }
+            done @ StreamEvent::Done { .. } => end = Some(done),
+        }
+        while end.is_none() {
+            let error = match rest.next().await {
+                Some(Ok(StreamEvent::Delta(text))) => {
+                    if tx.send(Ok(StreamItem::Delta(text))).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Some(Ok(done @ StreamEvent::Done { .. })) => {
+                    end = Some(done);
+                    continue;
+                }
+                Some(Err(e)) => e,
+                None => ProviderError::Truncated,
+            };
+            telemetry::hybrid(
+                Hybrid::StreamAborted,
+                format_args!(
+                    "[Hybrid] Phase={} | Event=STREAM_ABORTED | Provider={} | Error={error} | Report={}",
+                    input.phase,
+                    route.provider.to_ascii_uppercase(),
+                    input.report_id
+                ),
+            );
+            self.metrics.stream_aborted();
+            let _ = tx
+                .send(Err(GatewayError::StreamAborted(error.to_string())))
+                .await;
+            return;
+        }
+        let Some(StreamEvent::Done {
+            usage,
+            finish_reason,
+            ..
+        }) = end
+        else {
+            return;
+        };
+        let budget = self.finish_call(&state, &route, usage).await;
+        telemetry::record_route(&Span::current(), &route, &budget);
+        let _ = tx
+            .send(Ok(StreamItem::Done(Generated {
+                text: String::new(),
+                route,
+                usage,
+                budget,
+                attempts: state.attempts,
+                finish_reason,
+            })))
+            .await;
+    }
+
+    /// Routes and serves one call up to a successful first result, falling back as needed.
+    async fn serve<T, F>(&self, state: &mut CallState<'_>, op: F) -> Result<Served<T>, GatewayError>
+    where
+        T: Send,
+        F: Fn(Arc<dyn Provider>, ChatRequest) -> BoxFuture<'static, Result<T, ProviderError>>,
+    {
+        let input = state.input;
+        let decision = routing::route(self.policy, input.phase, input.section_type);
+        let span = Span::current();
+        span.record("vra.route.rule", decision.rule.id());
+        let mut failures = Vec::new();
+        let mut fallback = None;
+
+        if decision.tier == Tier::Primary {
+            let reason = match self.call_tier(state, Tier::Primary, &op).await {
+                TierOutcome::Ok(value) => {
+                    return Ok(Served {
+                        value,
+                        tier: Tier::Primary,
+                        fallback: None,
+                        decision,
+                    });
+                }
+                TierOutcome::BudgetRefused => FallbackReason::CostLimit,
+                TierOutcome::LedgerDown => FallbackReason::LedgerUnavailable,
+                TierOutcome::CircuitOpen => match self.ledger.usage(&input.report_id).await {
+                    Ok(u) if decision.cloud && u.is_spent(self.limit) => FallbackReason::CostLimit,
+                    _ => FallbackReason::CircuitOpen,
+                },
+                TierOutcome::Failed(error) => {
+                    let (provider, _) = self.provider(Tier::Primary);
+                    if error.is_auth() {
+                        tracing::error!(
+                            "primary provider `{}` rejected its credentials ({error}): check its API key configuration",
+                            provider.config().name
+                        );
+                    }
+                    telemetry::hybrid(
+                        Hybrid::Fallback,
+                        format_args!(
+                            "[Hybrid] Phase={} | Event=FALLBACK | From=PRIMARY | To=SECONDARY | Error={error} | Report={}",
+                            input.phase, input.report_id
+                        ),
+                    );
+                    failures.push(ProviderFailure {
+                        tier: Tier::Primary.as_str(),
+                        provider: provider.config().name.clone(),
+                        error: error.to_string(),
+                    });
+                    FallbackReason::PrimaryError
+                }
+            };
+            if reason != FallbackReason::PrimaryError {
+                telemetry::hybrid(
+                    Hybrid::Fallback,
+                    format_args!(
+                        "[Hybrid] Event=FALLBACK | Reason={} | Report={} | Phase={} | Section={}",
+                        reason.as_str(),
+                        input.report_id,
+                        input.phase,
+                        section_label(&input.section_id)
+                    ),
+                );
+            }
+            self.metrics.fallback(reason);
+            span.record("vra.fallback.reason", reason.as_str());
+            fallback = Some(reason);
+        }
+
+        let (secondary, _) = self.provider(Tier::Secondary);
+        let secondary_name = secondary.config().name.clone();
+        let error = match self.call_tier(state, Tier::Secondary, &op).await {
+            TierOutcome::Ok(value) => {
+                return Ok(Served {
+                    value,
+                    tier: Tier::Secondary,
+                    fallback,
+                    decision,
+                });
+            }
+            TierOutcome::BudgetRefused => {
+                return Err(GatewayError::BudgetExhausted {
+                    used: state.last_used.unwrap_or(self.limit),
+                    limit: self.limit,
+                    provider: secondary_name,
+                });
+            }
+            TierOutcome::LedgerDown => {
+                "ledger unavailable: a cloud-tier secondary cannot be budgeted".to_string()
+            }
+            TierOutcome::CircuitOpen => "circuit open".to_string(),
+            TierOutcome::Failed(e) => e.to_string(),
+        };
+        failures.push(ProviderFailure {
+            tier: Tier::Secondary.as_str(),
+            provider: secondary_name.clone(),
+            error,
+        });
+        let all = failures
+            .iter()
+            .map(|f| f.error.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        if fallback.is_some() {
+            telemetry::hybrid(
+                Hybrid::FallbackFailed,
+                format_args!(
+                    "[Hybrid] Phase={} | Event=FALLBACK_FAILED | Error={all} | Report={}",
+                    input.phase, input.report_id
+                ),
+            );
+        } else {
+            telemetry::hybrid(
+                Hybrid::FallbackFailed,
+                format_args!(
+                    "[Hybrid] Phase={} | Event=FAILED | Provider={} | Error={all} | Report={}",
+                    input.phase,
+                    secondary_name.to_ascii_uppercase(),
+                    input.report_id
+                ),
+            );
+        }
+        Err(GatewayError::AllProvidersFailed(failures))
+    }
+
+    /// Calls one tier's provider with retries; each attempt to a cloud provider is budgeted.
+    async fn call_tier<T, F>(&self, state: &mut CallState<'_>, tier: Tier, op: &F) -> TierOutcome<T>
+    where
+        F: Fn(Arc<dyn Provider>, ChatRequest) -> BoxFuture<'static, Result<T, ProviderError>>,
+    {
+        let (provider, model) = self.provider(tier);
+        let config = provider.config();
+        let breaker = self.breaker(tier);
+        let permit = breaker.allow();
+        if permit == Permit::Reject {
+            return TierOutcome::CircuitOpen;
+        }
+        let input = state.input;
+        let request = ChatRequest {
+            model: model.to_string(),
+            system: input.system_prompt.clone(),
+            prompt: input.prompt.clone(),
+            temperature: input.temperature,
+            max_tokens: input.max_tokens,
+            stop: input.stop.clone(),
+        };
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            if config.is_cloud() {
+                match self.ledger.reserve(&input.report_id, self.limit).await {
+                    Ok(Reservation::Granted { used }) => {
+                        state.last_used = Some(used);
+                        self.metrics.budget_reserved(&config.name);
+                    }
+                    Ok(Reservation::Refused { used, newly }) => {
+                        state.last_used = Some(used);
+                        state.refused = true;
+                        if newly {
+                            self.metrics.report_hit_cost_limit();
+                        }
+                        breaker.record(permit, false, false);
+                        return TierOutcome::BudgetRefused;
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            backend = self.ledger.backend(),
+                            "budget ledger unavailable: {e}"
+                        );
+                        breaker.record(permit, false, false);
+                        return TierOutcome::LedgerDown;
+                    }
+                }
+            }
+            state.attempts += 1;
+            let span = telemetry::attempt_span(provider.as_ref(), model, tier, attempt);
+            telemetry::record_request(&span, &request);
+            let started = StdInstant::now();
+            let result = op(provider.clone(), request.clone())
+                .instrument(span.clone())
+                .await;
+            let elapsed = started.elapsed();
+            self.metrics
+                .attempt(&config.name, model, result.as_ref().err(), elapsed);
+            let error = match result {
+                Ok(value) => {
+                    telemetry::attempt_ok(&span);
+                    breaker.record(permit, true, false);
+                    return TierOutcome::Ok(value);
+                }
+                Err(e) => e,
+            };
+            telemetry::attempt_failed(&span, &error);
+            if !self.retry.should_retry(attempt, &error) {
+                breaker.record(permit, false, error.is_provider_fault());
+                return TierOutcome::Failed(error);
+            }
+            let delay = self.retry.delay(attempt, &error, rand::random::<f64>());
+            if state.deadline.would_pass(delay) {
+                breaker.record(permit, false, error.is_provider_fault());
+                return TierOutcome::Failed(error);
+            }
+            tracing::debug!(
+                attempt,
+                delay_ms = delay.as_millis() as u64,
+                provider = %config.name,
+                error = %error,
+                "retrying upstream request"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Records a served call in the ledger and returns the report's budget after it.
+    async fn finish_call(
+        &self,
+        state: &CallState<'_>,
+        route: &RouteInfo,
+        usage: TokenUsage,
+    ) -> BudgetInfo {
+        let record = CallRecord {
+            tier: route.tier,
+            fell_back: route.fallback.is_some(),
+            cloud: route.cloud,
+            input_tokens: usage.input,
+            output_tokens: usage.output,
+        };
+        self.metrics.tokens(&route.provider, usage);
+        let input = state.input;
+        telemetry::hybrid(
+            Hybrid::Routed,
+            format_args!(
+                "[Hybrid] Phase={} | Section={} | Provider={} | Model={} | Report={}",
+                input.phase,
+                section_label(&input.section_id),
+                route.provider.to_ascii_uppercase(),
+                route.model,
+                input.report_id
+            ),
+        );
+        match self.ledger.record(&input.report_id, record).await {
+            Ok(u) => BudgetInfo {
+                used: u.cloud_calls_used,
+                limit: self.limit,
+                exhausted: u.exhausted || state.refused,
+            },
+            Err(e) => {
+                tracing::warn!("could not record usage of report: {e}");
+                BudgetInfo {
+                    used: state.last_used.unwrap_or(0),
+                    limit: self.limit,
+                    exhausted: state.refused,
+                }
+            }
+        }
+    }
+}
+
+/// Opens an upstream stream and waits for its first event, so that failures before the first
+/// delta can still be retried or fall back.
+async fn open_stream(
+    provider: Arc<dyn Provider>,
+    request: ChatRequest,
+    idle: Duration,
+) -> Result<(StreamEvent, EventStream), ProviderError> {
+    let mut stream = provider.stream(&request, idle).await?;
+    match stream.next().await {
+        Some(Ok(first)) => Ok((first, stream)),
+        Some(Err(e)) => Err(e),
+        None => Err(ProviderError::Truncated),
+    }
+}
+
+fn section_label(section_id: &str) -> &str {
+    if section_id.is_empty() {
+        "-"
+    } else {
+        section_id
+    }
+}
+
+/// Resolves when the deadline passes (never, without one).
+pub(crate) async fn sleep_until(deadline: Deadline) {
+    match deadline.0 {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,52 @@
+//! vra-gateway: a gRPC routing gateway for the LLM calls of report builders.
+//!
+//! Every call names a report, a section and a phase; the gateway picks the model tier from a
+//! fixed routing matrix, enforces a per-report cloud budget, retries and falls back from the
+//! primary (cloud) to the secondary (local) provider, and tells the story in `[Hybrid]` logs,
+//! OpenTelemetry spans and Prometheus metrics.
+//!
+//! # Layout
+//!
+//! - [`routing`]: the matrix — a pure function from (phase, section type, hybrid mode) to a
+//!   tier and a named rule. Change routing here.
+//! - [`budget`]: the per-report cloud budget behind the [`budget::Ledger`] trait, with an
+//!   in-memory and a Redis backend. Add a ledger backend here.
+//! - [`providers`]: upstream LLMs behind the [`providers::Provider`] trait (OpenAI-compatible,
+//!   Ollama), their streaming decoders, and the simulated upstreams of `demo` and the tests.
+//!   Add a provider kind here.
+//! - [`resilience`]: retry/backoff, `Retry-After`, deadlines and the circuit breaker.
+//! - [`gateway`]: the pipeline — route, budget, call, retry, fall back, record.
+//! - [`service`]: the tonic service — validation and conversion around the pipeline.
+//! - [`error`]: the gateway error enum and its one mapping to `tonic::Status`.
+//! - [`server`]: wiring, health, reflection, metrics endpoint, graceful shutdown.
+//! - [`config`]: one typed configuration from env, `.env` and TOML, validated up front.
+//! - [`telemetry`] and [`metrics`]: logs, `[Hybrid]` lines, OTLP traces, Prometheus.
+//! - [`demo`]: `vra-gateway demo`, the gateway end to end against simulated upstreams.
+
+pub mod budget;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod gateway;
+pub mod metrics;
+pub mod providers;
+pub mod resilience;
+pub mod routing;
+pub mod server;
+pub mod service;
+pub mod telemetry;
+
+/// Code generated from `proto/vra/gateway/v1/gateway.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("vra.gateway.v1");
+
+    /// The encoded file descriptor set, served by the reflection service.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/gateway_descriptor.bin"));
+}
+
+/// Installs rustls' ring crypto provider for outgoing TLS (OpenAI, `rediss://`). Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

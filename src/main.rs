@@ -1,0 +1,128 @@
+//! The `vra-gateway` binary: parse the command line, load the configuration, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use vra_gateway::config::{Config, SETTINGS, Sources};
+use vra_gateway::{demo, server, telemetry};
+
+/// Exit code for configuration errors (and command-line usage errors, as clap does).
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vra-gateway",
+    version,
+    about = "gRPC routing gateway for LLM calls: routing matrix, per-report cloud budget, retries and fallback.",
+    after_help = settings_help()
+)]
+struct Cli {
+    /// TOML configuration file (same keys as the variables below, any case; plus [providers.NAME]).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway server (the default).
+    Serve {
+        /// Print the effective configuration (secrets redacted) and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
+    /// Run the gateway against simulated upstreams and print how a sample report was routed.
+    Demo {
+        /// Use a real OpenAI-compatible endpoint instead of the simulated one.
+        #[arg(long, value_name = "URL")]
+        openai_base_url: Option<String>,
+        /// Use a real Ollama instead of the simulated one.
+        #[arg(long, value_name = "URL")]
+        ollama_host: Option<String>,
+    },
+}
+
+fn settings_help() -> String {
+    let mut help = String::from("Configuration (process env > .env > --config TOML > default):\n");
+    for s in SETTINGS {
+        let default = if s.default.is_empty() { "-" } else { s.default };
+        help.push_str(&format!(
+            "  {:<28} {}\n  {:<28} default: {default}\n",
+            s.var, s.help, ""
+        ));
+    }
+    help.push_str(
+        "\nTracing: OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL (grpc|http/protobuf), OTEL_SERVICE_NAME,\n\
+         OTEL_TRACES_SAMPLER, OTEL_RESOURCE_ATTRIBUTES. Logs: RUST_LOG (default info).\n\
+         Exit codes: 0 clean shutdown, 1 runtime failure, 2 invalid configuration.",
+    );
+    help
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve {
+        print_config: false,
+    }) {
+        Command::Serve { print_config } => serve(cli.config, print_config),
+        Command::Demo {
+            openai_base_url,
+            ollama_host,
+        } => {
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => return fail(&format!("cannot start the runtime: {e}"), 1),
+            };
+            let options = demo::DemoOptions {
+                openai_base_url,
+                ollama_host,
+            };
+            match rt.block_on(demo::run(options)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&format!("demo failed: {e}"), 1),
+            }
+        }
+    }
+}
+
+fn serve(config_path: Option<PathBuf>, print_config: bool) -> ExitCode {
+    let loaded = Sources::from_process(config_path.as_deref())
+        .and_then(|sources| Config::from_sources(&sources).map(|c| (c, sources)));
+    let (config, sources) = match loaded {
+        Ok(v) => v,
+        Err(e) => return fail(&e.to_string(), EXIT_CONFIG),
+    };
+    if print_config {
+        print!("{}", config.render(&sources));
+        return ExitCode::SUCCESS;
+    }
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}"), 1),
+    };
+    let result = rt.block_on(async {
+        let mut guard = telemetry::init(&config);
+        let listener = server::bind(config.listen_addr).await?;
+        let result = server::run(config, listener, server::shutdown_signal()).await;
+        guard.shutdown();
+        result
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string(), 1),
+    }
+}
+
+fn fail(message: &str, code: u8) -> ExitCode {
+    eprintln!("vra-gateway: {message}");
+    ExitCode::from(code)
+}

@@ -1,0 +1,328 @@
+//! Prometheus metrics, served as text on `VRA_METRICS_ADDR` at `/metrics`.
+//!
+//! Labels are low-cardinality on purpose: method, phase, tier, provider, model, outcome,
+//! reason — never a report id. The attempt-duration histogram has the shape of the
+//! OpenTelemetry `gen_ai.client.operation.duration` metric (seconds, its advised buckets).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::gateway::FallbackReason;
+use crate::providers::{ProviderError, TokenUsage};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: &'static str,
+    phase: &'static str,
+    tier: &'static str,
+    provider: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabels {
+    provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    provider: String,
+    model: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    provider: String,
+    r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: &'static str,
+}
+
+/// `gen_ai.client.operation.duration` advised bucket boundaries, in seconds.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+];
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+/// Every metric of the gateway, registered once.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    fallbacks: Family<ReasonLabels, Counter>,
+    cost_limit_reports: Counter,
+    budget_reserved: Family<ProviderLabels, Counter>,
+    attempts: Family<AttemptLabels, Histogram, fn() -> Histogram>,
+    tokens: Family<TokenLabels, Counter>,
+    in_flight: Family<MethodLabels, Gauge>,
+    stream_aborts: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("vra_gateway");
+        let requests = Family::default();
+        registry.register(
+            "requests",
+            "gRPC generation calls by method, phase, tier, provider and outcome",
+            requests.clone(),
+        );
+        let fallbacks = Family::default();
+        registry.register(
+            "fallbacks",
+            "Calls served by the secondary instead of the primary, by reason",
+            fallbacks.clone(),
+        );
+        let cost_limit_reports = Counter::default();
+        registry.register(
+            "cost_limit_reports",
+            "Reports whose cloud budget was exhausted",
+            cost_limit_reports.clone(),
+        );
+        let budget_reserved = Family::default();
+        registry.register(
+            "budget_units_reserved",
+            "Cloud budget units reserved (one per cloud HTTP request)",
+            budget_reserved.clone(),
+        );
+        let attempts = Family::<AttemptLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            duration_histogram,
+        );
+        registry.register(
+            "upstream_attempt_duration_seconds",
+            "Duration of upstream HTTP attempts (gen_ai.client.operation.duration)",
+            attempts.clone(),
+        );
+        let tokens = Family::default();
+        registry.register(
+            "tokens",
+            "Tokens reported by upstreams, by provider and type (input/output)",
+            tokens.clone(),
+        );
+        let in_flight = Family::default();
+        registry.register(
+            "in_flight_requests",
+            "gRPC generation calls in progress",
+            in_flight.clone(),
+        );
+        let stream_aborts = Counter::default();
+        registry.register(
+            "stream_aborts",
+            "Streams ended by an upstream error after the first delta",
+            stream_aborts.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            fallbacks,
+            cost_limit_reports,
+            budget_reserved,
+            attempts,
+            tokens,
+            in_flight,
+            stream_aborts,
+        }
+    }
+
+    /// Counts a finished generation call.
+    pub fn request(
+        &self,
+        method: &'static str,
+        phase: &'static str,
+        tier: &'static str,
+        provider: &str,
+        outcome: &'static str,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                method,
+                phase,
+                tier,
+                provider: provider.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    pub fn fallback(&self, reason: FallbackReason) {
+        self.fallbacks
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn report_hit_cost_limit(&self) {
+        self.cost_limit_reports.inc();
+    }
+
+    pub fn budget_reserved(&self, provider: &str) {
+        self.budget_reserved
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn attempt(
+        &self,
+        provider: &str,
+        model: &str,
+        error: Option<&ProviderError>,
+        elapsed: Duration,
+    ) {
+        let outcome = error.map_or_else(|| "ok".to_string(), ProviderError::kind);
+        self.attempts
+            .get_or_create(&AttemptLabels {
+                provider: provider.to_string(),
+                model: model.to_string(),
+                outcome,
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn tokens(&self, provider: &str, usage: TokenUsage) {
+        for (kind, n) in [("input", usage.input), ("output", usage.output)] {
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    provider: provider.to_string(),
+                    r#type: kind,
+                })
+                .inc_by(u64::from(n));
+        }
+    }
+
+    pub fn stream_aborted(&self) {
+        self.stream_aborts.inc();
+    }
+
+    /// Tracks one in-flight call until the guard is dropped.
+    pub fn in_flight(self: &Arc<Self>, method: &'static str) -> InFlight {
+        self.in_flight.get_or_create(&MethodLabels { method }).inc();
+        InFlight {
+            metrics: self.clone(),
+            method,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Decrements the in-flight gauge when dropped.
+pub struct InFlight {
+    metrics: Arc<Metrics>,
+    method: &'static str,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.metrics
+            .in_flight
+            .get_or_create(&MethodLabels {
+                method: self.method,
+            })
+            .dec();
+    }
+}
+
+/// Serves `/metrics` on `addr` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.render(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Binds the metrics listener; a failure is reported but does not stop the gateway.
+pub async fn bind(addr: SocketAddr) -> Option<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::error!("metrics disabled: cannot listen on {addr} (VRA_METRICS_ADDR): {e}");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_render_with_low_cardinality_labels() {
+        let m = Arc::new(Metrics::new());
+        m.request("Generate", "DRAFT", "PRIMARY", "openai", "ok");
+        m.fallback(FallbackReason::CostLimit);
+        m.attempt("openai", "gpt-4o", None, Duration::from_millis(30));
+        m.tokens(
+            "openai",
+            TokenUsage {
+                input: 3,
+                output: 4,
+            },
+        );
+        {
+            let _g = m.in_flight("Generate");
+            assert!(
+                m.render()
+                    .contains("vra_gateway_in_flight_requests{method=\"Generate\"} 1")
+            );
+        }
+        let text = m.render();
+        assert!(text.contains("vra_gateway_requests_total{method=\"Generate\",phase=\"DRAFT\",tier=\"PRIMARY\",provider=\"openai\",outcome=\"ok\"} 1"), "{text}");
+        assert!(text.contains("vra_gateway_fallbacks_total{reason=\"COST_LIMIT\"} 1"));
+        assert!(text.contains("vra_gateway_upstream_attempt_duration_seconds_bucket{le=\"0.04\",provider=\"openai\",model=\"gpt-4o\",outcome=\"ok\"} 1"), "{text}");
+        assert!(text.contains("vra_gateway_tokens_total{provider=\"openai\",type=\"output\"} 4"));
+        assert!(text.contains("vra_gateway_in_flight_requests{method=\"Generate\"} 0"));
+    }
+}

@@ -1,0 +1,153 @@
+//! HTTP plumbing shared by the providers: one pooled client per provider, sending with trace
+//! context, and mapping transport failures and error statuses into [`ProviderError`].
+
+use std::time::{Duration, SystemTime};
+
+use http::HeaderMap;
+pub(crate) use http::header::ACCEPT;
+use reqwest::{RequestBuilder, Response};
+
+use super::{BuildError, ProviderError};
+use crate::config::{ProviderConfig, Secret};
+use crate::resilience::parse_retry_after;
+
+/// Longest upstream error excerpt kept in an error message.
+const ERROR_EXCERPT: usize = 200;
+
+/// A pooled client with the provider's connect timeout. The per-attempt timeout is set per
+/// request, because a stream must not be cut by a total-time limit (it has an idle timeout).
+pub(crate) fn client(config: &ProviderConfig) -> Result<reqwest::Client, BuildError> {
+    crate::install_crypto_provider();
+    reqwest::Client::builder()
+        .connect_timeout(config.connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| BuildError {
+            name: config.name.clone(),
+            message: e.to_string(),
+        })
+}
+
+/// Sends a request with the current trace context and the provider's bearer key; returns the
+/// response only when its status is a success.
+pub(crate) async fn send(
+    builder: RequestBuilder,
+    api_key: Option<&Secret>,
+) -> Result<Response, ProviderError> {
+    let mut headers = HeaderMap::new();
+    crate::telemetry::inject_trace_context(&mut headers);
+    let mut builder = builder.headers(headers);
+    if let Some(key) = api_key {
+        builder = builder.bearer_auth(key.expose());
+    }
+    let response = builder.send().await.map_err(map_reqwest)?;
+    let status = response.status();
+    crate::telemetry::record_http_status(status.as_u16());
+    if status.is_success() {
+        return Ok(response);
+    }
+    let retry_after = response
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    let code = status.as_u16();
+    // 401/403 bodies may quote (part of) the key: never keep them.
+    let message = if matches!(code, 401 | 403) {
+        String::new()
+    } else {
+        let body = response.bytes().await.unwrap_or_default();
+        scrub(&error_excerpt(&body), api_key)
+    };
+    Err(ProviderError::Status {
+        status: code,
+        retry_after,
+        message,
+    })
+}
+
+/// Reads a whole response body.
+pub(crate) async fn body(response: Response) -> Result<bytes::Bytes, ProviderError> {
+    response.bytes().await.map_err(map_reqwest)
+}
+
+/// Maps a reqwest failure to a typed error, without the URL.
+pub(crate) fn map_reqwest(e: reqwest::Error) -> ProviderError {
+    if e.is_timeout() {
+        ProviderError::Timeout
+    } else if e.is_connect() {
+        ProviderError::Connect(root_cause(&e))
+    } else {
+        ProviderError::Transport(root_cause(&e))
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// The `error.message` (OpenAI) or `error` (Ollama) field of an error body, else its start.
+fn error_excerpt(body: &[u8]) -> String {
+    let text = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) => match (&v["error"]["message"], &v["error"]) {
+            (serde_json::Value::String(m), _) => m.clone(),
+            (_, serde_json::Value::String(m)) => m.clone(),
+            _ => String::from_utf8_lossy(body).into_owned(),
+        },
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
+    };
+    let text = text.trim();
+    match text.char_indices().nth(ERROR_EXCERPT) {
+        Some((idx, _)) => format!("{}…", &text[..idx]),
+        None => text.to_string(),
+    }
+}
+
+fn scrub(text: &str, key: Option<&Secret>) -> String {
+    match key {
+        Some(k) if !k.expose().is_empty() => text.replace(k.expose(), "<redacted>"),
+        _ => text.to_string(),
+    }
+}
+
+/// Appends `path` to a base URL that has no trailing slash.
+pub(crate) fn join(base: &str, path: &str) -> String {
+    format!("{base}{path}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excerpts_prefer_the_error_message() {
+        assert_eq!(
+            error_excerpt(br#"{"error":{"message":"rate limited","type":"x"}}"#),
+            "rate limited"
+        );
+        assert_eq!(
+            error_excerpt(br#"{"error":"model not found"}"#),
+            "model not found"
+        );
+        assert_eq!(error_excerpt(b"oops"), "oops");
+        let long = "x".repeat(500);
+        assert_eq!(
+            error_excerpt(long.as_bytes()).chars().count(),
+            ERROR_EXCERPT + 1
+        );
+    }
+
+    #[test]
+    fn scrub_removes_the_key() {
+        let key = Secret::new("sk-123");
+        assert_eq!(
+            scrub("bad key sk-123 given", Some(&key)),
+            "bad key <redacted> given"
+        );
+    }
+}

@@ -1,0 +1,235 @@
+//! Upstream LLM providers behind one [`Provider`] trait.
+//!
+//! A provider turns a [`ChatRequest`] into exactly **one** HTTP request in its wire format and
+//! maps the answer (or failure) into [`Completion`] / [`ProviderError`]. Retries, budget and
+//! fallback live above it, in [`crate::gateway`], so that every upstream request can be counted
+//! and budgeted. Adding a provider kind means one new file here plus a match arm in [`build`].
+//!
+//! - [`openai`]: OpenAI-compatible Chat Completions (OpenAI, vLLM, llama.cpp server, ...).
+//! - [`ollama`]: Ollama's native `/api/chat`.
+//! - [`stream`]: incremental SSE / NDJSON decoding shared by both streaming paths.
+//! - [`sim`]: the in-process simulated upstreams used by `demo`, tests and benchmarks.
+
+mod http;
+pub mod ollama;
+pub mod openai;
+pub mod sim;
+pub mod stream;
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::Stream;
+
+use crate::config::{Endpoint, ProviderConfig, ProviderKind};
+
+/// What the gateway asks of a model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    pub model: String,
+    pub system: Option<String>,
+    pub prompt: String,
+    pub temperature: Option<f32>,
+    pub max_tokens: Option<u32>,
+    pub stop: Vec<String>,
+}
+
+/// Token counts as reported by the upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenUsage {
+    pub input: u32,
+    pub output: u32,
+}
+
+/// A finished (non-streamed) generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub text: String,
+    /// The model the upstream says answered.
+    pub model: String,
+    pub usage: TokenUsage,
+    pub finish_reason: String,
+}
+
+/// One event of a streamed generation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    /// A non-empty piece of text.
+    Delta(String),
+    /// The terminal event: no more text follows.
+    Done {
+        model: String,
+        usage: TokenUsage,
+        finish_reason: String,
+    },
+}
+
+/// A streamed generation: deltas, then exactly one `Done`, or an error.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, ProviderError>> + Send>>;
+
+/// Why one upstream request failed. Messages never contain API keys or prompt text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    #[error("connect error: {0}")]
+    Connect(String),
+    #[error("timed out")]
+    Timeout,
+    #[error("HTTP {status}{}", if .message.is_empty() { String::new() } else { format!(": {}", .message) })]
+    Status {
+        status: u16,
+        /// The upstream's `Retry-After`, already parsed.
+        retry_after: Option<Duration>,
+        /// A short excerpt of the upstream's error message (empty for 401/403).
+        message: String,
+    },
+    #[error("malformed response: {0}")]
+    Malformed(String),
+    #[error("upstream error: {0}")]
+    Upstream(String),
+    #[error("stream idle for {0} ms")]
+    StreamIdle(u64),
+    #[error("stream ended without a terminal event")]
+    Truncated,
+    #[error("transport error: {0}")]
+    Transport(String),
+}
+
+impl ProviderError {
+    /// Connect errors, timeouts, 408, 429 and 5xx may succeed on another try.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ProviderError::Connect(_) | ProviderError::Timeout | ProviderError::Transport(_) => {
+                true
+            }
+            ProviderError::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
+            _ => false,
+        }
+    }
+
+    /// Whether the failure says something about the provider's health (circuit breaker food),
+    /// as opposed to this particular request (e.g. a 400).
+    pub fn is_provider_fault(&self) -> bool {
+        match self {
+            ProviderError::Status { status, .. } => {
+                matches!(status, 401 | 403 | 408 | 429 | 500..=599)
+            }
+            _ => true,
+        }
+    }
+
+    /// Whether this is an authentication problem — a configuration error, logged as such.
+    pub fn is_auth(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::Status {
+                status: 401 | 403,
+                ..
+            }
+        )
+    }
+
+    /// `Retry-After` sent with the error, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProviderError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Low-cardinality type for `error.type` and metric labels.
+    pub fn kind(&self) -> String {
+        match self {
+            ProviderError::Connect(_) => "connect_error".into(),
+            ProviderError::Timeout => "timeout".into(),
+            ProviderError::Status { status, .. } => status.to_string(),
+            ProviderError::Malformed(_) => "malformed_response".into(),
+            ProviderError::Upstream(_) => "upstream_error".into(),
+            ProviderError::StreamIdle(_) => "stream_idle".into(),
+            ProviderError::Truncated => "stream_truncated".into(),
+            ProviderError::Transport(_) => "transport_error".into(),
+        }
+    }
+
+    /// The HTTP status, when the upstream answered with one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ProviderError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// One upstream. Each call is a single HTTP request.
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// The provider's configuration (name, kind, tier, base URL).
+    fn config(&self) -> &ProviderConfig;
+
+    /// Sends one non-streaming request.
+    async fn complete(&self, req: &ChatRequest) -> Result<Completion, ProviderError>;
+
+    /// Sends one streaming request; the returned stream yields deltas then `Done`. Errors that
+    /// happen before the response headers arrive are returned directly.
+    async fn stream(
+        &self,
+        req: &ChatRequest,
+        idle_timeout: Duration,
+    ) -> Result<EventStream, ProviderError>;
+
+    /// The `gen_ai.provider.name` of this wire format (`openai`, `ollama`).
+    fn system(&self) -> &'static str {
+        match self.config().kind {
+            ProviderKind::Openai => "openai",
+            ProviderKind::Ollama => "ollama",
+        }
+    }
+}
+
+/// Error building a provider's HTTP client.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build HTTP client for provider `{name}`: {message}")]
+pub struct BuildError {
+    pub name: String,
+    pub message: String,
+}
+
+/// Builds the provider for one configuration, with its own pooled HTTP client.
+pub fn build(config: &ProviderConfig) -> Result<Arc<dyn Provider>, BuildError> {
+    Ok(match config.kind {
+        ProviderKind::Openai => Arc::new(openai::OpenAi::new(config.clone())?),
+        ProviderKind::Ollama => Arc::new(ollama::Ollama::new(config.clone())?),
+    })
+}
+
+/// The two tiers' providers, each with the model sent to it.
+#[derive(Clone)]
+pub struct Tiers {
+    pub primary: Arc<dyn Provider>,
+    pub primary_model: String,
+    pub secondary: Arc<dyn Provider>,
+    pub secondary_model: String,
+}
+
+impl Tiers {
+    /// Builds both tiers; a provider used by both tiers shares one client.
+    pub fn build(primary: &Endpoint, secondary: &Endpoint) -> Result<Tiers, BuildError> {
+        let mut built: BTreeMap<String, Arc<dyn Provider>> = BTreeMap::new();
+        let mut get = |cfg: &ProviderConfig| -> Result<Arc<dyn Provider>, BuildError> {
+            if let Some(p) = built.get(&cfg.name) {
+                return Ok(p.clone());
+            }
+            let p = build(cfg)?;
+            built.insert(cfg.name.clone(), p.clone());
+            Ok(p)
+        };
+        Ok(Tiers {
+            primary: get(&primary.provider)?,
+            primary_model: primary.model.clone(),
+            secondary: get(&secondary.provider)?,
+            secondary_model: secondary.model.clone(),
+        })
+    }
+}

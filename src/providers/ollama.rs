@@ -1,0 +1,230 @@
+//! Ollama's native chat API: `POST {host}/api/chat`.
+//!
+//! Non-streaming requests send `"stream": false` and read `message.content`,
+//! `prompt_eval_count` and `eval_count`; streaming reads NDJSON (see
+//! [`super::stream::NdjsonDecoder`]). Sampling options go under `options` with Ollama's names
+//! (`num_predict` for max tokens).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+
+use super::stream::{NdjsonDecoder, decode};
+use super::{
+    BuildError, ChatRequest, Completion, EventStream, Provider, ProviderError, TokenUsage, http,
+};
+use crate::config::ProviderConfig;
+
+/// The JSON shapes of Ollama's `/api/chat`.
+pub mod wire {
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Serialize)]
+    pub struct Message<'a> {
+        pub role: &'a str,
+        pub content: &'a str,
+    }
+
+    #[derive(Debug, Serialize, Default)]
+    pub struct Options<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub temperature: Option<f32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub num_predict: Option<u32>,
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        pub stop: &'a [String],
+    }
+
+    #[derive(Debug, Serialize)]
+    pub struct Request<'a> {
+        pub model: &'a str,
+        pub messages: Vec<Message<'a>>,
+        pub stream: bool,
+        pub options: Options<'a>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub struct ResponseMessage {
+        #[serde(default)]
+        pub content: String,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub struct ChatResponse {
+        pub model: Option<String>,
+        pub message: Option<ResponseMessage>,
+        #[serde(default)]
+        pub done: bool,
+        pub done_reason: Option<String>,
+        #[serde(default)]
+        pub prompt_eval_count: u32,
+        #[serde(default)]
+        pub eval_count: u32,
+        pub error: Option<String>,
+    }
+}
+
+/// An Ollama upstream.
+pub struct Ollama {
+    config: ProviderConfig,
+    client: reqwest::Client,
+    url: String,
+}
+
+impl Ollama {
+    pub fn new(config: ProviderConfig) -> Result<Self, BuildError> {
+        Ok(Self {
+            client: http::client(&config)?,
+            url: http::join(&config.base_url, "/api/chat"),
+            config,
+        })
+    }
+
+    fn body<'a>(req: &'a ChatRequest, stream: bool) -> wire::Request<'a> {
+        let mut messages = Vec::with_capacity(2);
+        if let Some(system) = req.system.as_deref().filter(|s| !s.is_empty()) {
+            messages.push(wire::Message {
+                role: "system",
+                content: system,
+            });
+        }
+        messages.push(wire::Message {
+            role: "user",
+            content: &req.prompt,
+        });
+        wire::Request {
+            model: &req.model,
+            messages,
+            stream,
+            options: wire::Options {
+                temperature: req.temperature,
+                num_predict: req.max_tokens,
+                stop: &req.stop,
+            },
+        }
+    }
+}
+
+/// Parses a non-streaming `/api/chat` body.
+pub fn parse_response(body: &[u8]) -> Result<Completion, ProviderError> {
+    let resp: wire::ChatResponse = serde_json::from_slice(body)
+        .map_err(|e| ProviderError::Malformed(format!("ollama chat: {e}")))?;
+    if let Some(err) = resp.error {
+        return Err(ProviderError::Upstream(err));
+    }
+    let message = resp
+        .message
+        .ok_or_else(|| ProviderError::Malformed("ollama chat has no message".into()))?;
+    if !resp.done {
+        return Err(ProviderError::Malformed(
+            "ollama chat answer is not done".into(),
+        ));
+    }
+    Ok(Completion {
+        text: message.content,
+        model: resp.model.unwrap_or_default(),
+        usage: TokenUsage {
+            input: resp.prompt_eval_count,
+            output: resp.eval_count,
+        },
+        finish_reason: resp.done_reason.unwrap_or_else(|| "stop".into()),
+    })
+}
+
+#[async_trait]
+impl Provider for Ollama {
+    fn config(&self) -> &ProviderConfig {
+        &self.config
+    }
+
+    async fn complete(&self, req: &ChatRequest) -> Result<Completion, ProviderError> {
+        let builder = self
+            .client
+            .post(&self.url)
+            .timeout(self.config.timeout)
+            .json(&Self::body(req, false));
+        let response = http::send(builder, self.config.api_key.as_ref()).await?;
+        let completion = parse_response(&http::body(response).await?)?;
+        crate::telemetry::record_response(
+            &tracing::Span::current(),
+            &completion.model,
+            completion.usage,
+            &completion.finish_reason,
+            Some(&completion.text),
+        );
+        Ok(completion)
+    }
+
+    async fn stream(
+        &self,
+        req: &ChatRequest,
+        idle: Duration,
+    ) -> Result<EventStream, ProviderError> {
+        let builder = self.client.post(&self.url).json(&Self::body(req, true));
+        let response = tokio::time::timeout(
+            self.config.timeout,
+            http::send(builder, self.config.api_key.as_ref()),
+        )
+        .await
+        .map_err(|_| ProviderError::Timeout)??;
+        Ok(decode(response.bytes_stream().boxed(), NdjsonDecoder, idle))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_body_has_the_wire_shape() {
+        let req = ChatRequest {
+            model: "llama3:8b".into(),
+            system: Some("sys".into()),
+            prompt: "hi".into(),
+            temperature: Some(0.2),
+            max_tokens: Some(100),
+            stop: vec!["\n\n".into()],
+        };
+        let v = serde_json::to_value(Ollama::body(&req, false)).unwrap();
+        assert_eq!(v["model"], "llama3:8b");
+        assert_eq!(v["stream"], false);
+        assert_eq!(v["messages"][0]["role"], "system");
+        assert_eq!(v["messages"][1]["role"], "user");
+        assert_eq!(v["options"]["num_predict"], 100);
+        assert_eq!(v["options"]["stop"][0], "\n\n");
+        assert!((v["options"]["temperature"].as_f64().unwrap() - 0.2).abs() < 1e-6);
+    }
+
+    #[test]
+    fn parses_a_chat_answer() {
+        let body = br#"{"model":"llama3:8b","created_at":"x","message":{"role":"assistant","content":"Hello"},"done":true,"done_reason":"stop","prompt_eval_count":26,"eval_count":9}"#;
+        let c = parse_response(body).unwrap();
+        assert_eq!(
+            (c.text.as_str(), c.usage),
+            (
+                "Hello",
+                TokenUsage {
+                    input: 26,
+                    output: 9
+                }
+            )
+        );
+    }
+
+    #[test]
+    fn malformed_bodies_are_typed_errors() {
+        assert!(matches!(
+            parse_response(b"[]"),
+            Err(ProviderError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_response(br#"{"done":true}"#),
+            Err(ProviderError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_response(br#"{"error":"boom"}"#),
+            Err(ProviderError::Upstream(_))
+        ));
+    }
+}

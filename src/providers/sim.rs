@@ -1,0 +1,523 @@
+//! Simulated upstreams: in-process HTTP servers speaking the real OpenAI Chat Completions and
+//! Ollama `/api/chat` wire formats (JSON, SSE, NDJSON) with canned text.
+//!
+//! This is the one simulated backend of the product: `vra-gateway demo` runs against it
+//! (and says so on screen), and the tests and benchmarks use it as the "remote LLM". The
+//! gateway talks to it over real HTTP exactly as it talks to OpenAI or Ollama. Behaviour is
+//! scriptable per request ([`Step`]), every request is counted and recorded, and streamed
+//! bodies report when the client dropped them ([`Sim::wait_closed`]).
+//!
+//! Routes: `POST /v1/chat/completions` (OpenAI; base URL [`Sim::openai_base`]) and
+//! `POST /api/chat` (Ollama; base URL [`Sim::ollama_base`]).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State as AxState;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+
+/// What the simulated upstream does with one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Answer with `text` (streamed word by word when the request asks for a stream), after
+    /// `delay`; streamed chunks are `chunk_delay` apart.
+    Reply {
+        text: String,
+        delay: Duration,
+        chunk_delay: Duration,
+    },
+    /// Answer with an error status (JSON error body), optionally with `Retry-After`.
+    Fail {
+        status: u16,
+        retry_after: Option<String>,
+    },
+    /// A 200 whose body is not the expected JSON.
+    Malformed,
+    /// Stream `deltas` chunks of the text, then break the connection.
+    StreamThenBreak { text: String, deltas: usize },
+    /// Stream `deltas` chunks of the text, then go silent forever.
+    StreamThenHang { text: String, deltas: usize },
+    /// Stream the whole text but end the body without the terminal event.
+    StreamWithoutEnd { text: String },
+    /// Send exactly these body chunks with status 200.
+    Raw {
+        chunks: Vec<Vec<u8>>,
+        chunk_delay: Duration,
+    },
+    /// Never answer.
+    Hang,
+}
+
+impl Step {
+    /// A plain successful reply.
+    pub fn reply(text: impl Into<String>) -> Step {
+        Step::Reply {
+            text: text.into(),
+            delay: Duration::ZERO,
+            chunk_delay: Duration::ZERO,
+        }
+    }
+
+    /// An error status without `Retry-After`.
+    pub fn fail(status: u16) -> Step {
+        Step::Fail {
+            status,
+            retry_after: None,
+        }
+    }
+}
+
+/// One request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub path: String,
+    pub body: serde_json::Value,
+    pub authorization: Option<String>,
+    pub traceparent: Option<String>,
+}
+
+impl Recorded {
+    /// The `model` field of the request body.
+    pub fn model(&self) -> &str {
+        self.body["model"].as_str().unwrap_or_default()
+    }
+    /// Whether the request asked for a stream.
+    pub fn streamed(&self) -> bool {
+        self.body["stream"].as_bool().unwrap_or(false)
+    }
+}
+
+struct State {
+    script: Mutex<VecDeque<Step>>,
+    default: Mutex<Step>,
+    recorded: Mutex<Vec<Recorded>>,
+    requests: AtomicUsize,
+    closed: AtomicUsize,
+    closed_notify: Notify,
+    /// Simulated time-to-first-token / inter-token delay applied on top of every step.
+    words_per_chunk: usize,
+}
+
+/// A running simulated upstream. Dropping it stops the server.
+pub struct Sim {
+    addr: SocketAddr,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The default canned answer.
+pub const DEFAULT_TEXT: &str =
+    "Simulated text: the section's key points, written by a model that is not really there.";
+
+impl Sim {
+    /// Starts a simulated upstream on `127.0.0.1` with a free port.
+    pub async fn start() -> std::io::Result<Sim> {
+        Sim::start_on("127.0.0.1:0".parse().expect("static address")).await
+    }
+
+    /// Starts a simulated upstream on `addr`.
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<Sim> {
+        let state = Arc::new(State {
+            script: Mutex::new(VecDeque::new()),
+            default: Mutex::new(Step::reply(DEFAULT_TEXT)),
+            recorded: Mutex::new(Vec::new()),
+            requests: AtomicUsize::new(0),
+            closed: AtomicUsize::new(0),
+            closed_notify: Notify::new(),
+            words_per_chunk: 1,
+        });
+        let app = Router::new()
+            .route("/v1/chat/completions", post(openai))
+            .route("/chat/completions", post(openai))
+            .route("/api/chat", post(ollama))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Sim { addr, state, task })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Base URL for an OpenAI-kind provider (`OPENAI_BASE_URL`).
+    pub fn openai_base(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Base URL for an Ollama-kind provider (`OLLAMA_HOST`).
+    pub fn ollama_base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Queues a behaviour for the next unscripted request.
+    pub fn push(&self, step: Step) {
+        lock(&self.state.script).push_back(step);
+    }
+
+    /// Queues `n` copies of a behaviour.
+    pub fn push_n(&self, n: usize, step: Step) {
+        let mut script = lock(&self.state.script);
+        script.extend(std::iter::repeat_n(step, n));
+    }
+
+    /// What every request does once the script is used up.
+    pub fn set_default(&self, step: Step) {
+        *lock(&self.state.default) = step;
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> usize {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+
+    /// Every request received so far.
+    pub fn recorded(&self) -> Vec<Recorded> {
+        lock(&self.state.recorded).clone()
+    }
+
+    /// Response bodies finished or dropped so far.
+    pub fn closed(&self) -> usize {
+        self.state.closed.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` response bodies were closed (sent to the end or dropped by
+    /// the client); returns false on timeout.
+    pub async fn wait_closed(&self, n: usize, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, async {
+            loop {
+                let notified = self.state.closed_notify.notified();
+                if self.closed() >= n {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Counts a response body as closed when it is dropped — by completion or by the client.
+struct CloseGuard(Arc<State>);
+
+impl Drop for CloseGuard {
+    fn drop(&mut self) {
+        self.0.closed.fetch_add(1, Ordering::SeqCst);
+        self.0.closed_notify.notify_waiters();
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Format {
+    OpenAi,
+    Ollama,
+}
+
+async fn openai(st: AxState<Arc<State>>, headers: HeaderMap, body: Bytes) -> Response {
+    handle(st.0, Format::OpenAi, "/v1/chat/completions", headers, body).await
+}
+
+async fn ollama(st: AxState<Arc<State>>, headers: HeaderMap, body: Bytes) -> Response {
+    handle(st.0, Format::Ollama, "/api/chat", headers, body).await
+}
+
+async fn handle(
+    state: Arc<State>,
+    format: Format,
+    path: &str,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let json: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(_) => return (StatusCode::BAD_REQUEST, "request body is not JSON").into_response(),
+    };
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let rec = Recorded {
+        path: path.to_string(),
+        body: json,
+        authorization: header("authorization"),
+        traceparent: header("traceparent"),
+    };
+    let model = rec.model().to_string();
+    let stream = rec.streamed();
+    let prompt_words = rec.body["messages"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter_map(|x| x["content"].as_str())
+                .map(|c| c.split_whitespace().count())
+                .sum()
+        })
+        .unwrap_or(0usize);
+    lock(&state.recorded).push(rec);
+    state.requests.fetch_add(1, Ordering::SeqCst);
+    let step = lock(&state.script)
+        .pop_front()
+        .unwrap_or_else(|| lock(&state.default).clone());
+    let guard = CloseGuard(state.clone());
+    let ctx = Ctx {
+        format,
+        model,
+        prompt_tokens: prompt_words as u32,
+        words_per_chunk: state.words_per_chunk,
+    };
+    respond(ctx, step, stream, guard).await
+}
+
+struct Ctx {
+    format: Format,
+    model: String,
+    prompt_tokens: u32,
+    words_per_chunk: usize,
+}
+
+async fn respond(ctx: Ctx, step: Step, stream: bool, guard: CloseGuard) -> Response {
+    match step {
+        Step::Reply {
+            text,
+            delay,
+            chunk_delay,
+        } => {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if stream {
+                let frames = frames(&ctx, &text, usize::MAX, true);
+                streamed(ctx.format, frames, chunk_delay, Ending::Close, guard)
+            } else {
+                drop(guard);
+                json_reply(&ctx, &text)
+            }
+        }
+        Step::Fail {
+            status,
+            retry_after,
+        } => {
+            drop(guard);
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let body = match ctx.format {
+                Format::OpenAi => {
+                    serde_json::json!({"error": {"message": format!("simulated {status}"), "type": "server_error"}})
+                }
+                Format::Ollama => serde_json::json!({"error": format!("simulated {status}")}),
+            };
+            let mut resp = (code, axum::Json(body)).into_response();
+            if let Some(ra) = retry_after.and_then(|r| r.parse().ok()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, ra);
+            }
+            resp
+        }
+        Step::Malformed => {
+            drop(guard);
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                "{\"unexpected\": true",
+            )
+                .into_response()
+        }
+        Step::StreamThenBreak { text, deltas } => {
+            let frames = frames(&ctx, &text, deltas, false);
+            streamed(ctx.format, frames, Duration::ZERO, Ending::Break, guard)
+        }
+        Step::StreamThenHang { text, deltas } => {
+            let frames = frames(&ctx, &text, deltas, false);
+            streamed(ctx.format, frames, Duration::ZERO, Ending::Hang, guard)
+        }
+        Step::StreamWithoutEnd { text } => {
+            let frames = frames(&ctx, &text, usize::MAX, false);
+            streamed(ctx.format, frames, Duration::ZERO, Ending::Close, guard)
+        }
+        Step::Raw {
+            chunks,
+            chunk_delay,
+        } => streamed(ctx.format, chunks, chunk_delay, Ending::Close, guard),
+        Step::Hang => {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+            unreachable!("pending never resolves")
+        }
+    }
+}
+
+fn json_reply(ctx: &Ctx, text: &str) -> Response {
+    let completion = text.split_whitespace().count() as u32;
+    let body = match ctx.format {
+        Format::OpenAi => serde_json::json!({
+            "id": "chatcmpl-sim",
+            "object": "chat.completion",
+            "created": 0,
+            "model": ctx.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": ctx.prompt_tokens, "completion_tokens": completion, "total_tokens": ctx.prompt_tokens + completion},
+        }),
+        Format::Ollama => serde_json::json!({
+            "model": ctx.model,
+            "created_at": "2026-01-01T00:00:00Z",
+            "message": {"role": "assistant", "content": text},
+            "done": true,
+            "done_reason": "stop",
+            "prompt_eval_count": ctx.prompt_tokens,
+            "eval_count": completion,
+        }),
+    };
+    axum::Json(body).into_response()
+}
+
+/// Splits `text` into chunks that keep their whitespace, so concatenation restores it.
+pub fn split_words(text: &str, words_per_chunk: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut words = 0;
+    for (i, ch) in text.char_indices() {
+        cur.push(ch);
+        let next_is_word_start = ch.is_whitespace()
+            && text[i + ch.len_utf8()..]
+                .chars()
+                .next()
+                .is_some_and(|c| !c.is_whitespace());
+        if next_is_word_start {
+            words += 1;
+            if words >= words_per_chunk {
+                out.push(std::mem::take(&mut cur));
+                words = 0;
+            }
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Wire frames of a streamed answer: up to `max_deltas` text chunks, then (if `end`) the
+/// terminal frames.
+fn frames(ctx: &Ctx, text: &str, max_deltas: usize, end: bool) -> Vec<Vec<u8>> {
+    let pieces = split_words(text, ctx.words_per_chunk);
+    let completion = pieces.len() as u32;
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for piece in pieces.iter().take(max_deltas) {
+        let v = match ctx.format {
+            Format::OpenAi => {
+                serde_json::json!({"id": "chatcmpl-sim", "object": "chat.completion.chunk", "model": ctx.model,
+                "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]})
+            }
+            Format::Ollama => {
+                serde_json::json!({"model": ctx.model, "message": {"role": "assistant", "content": piece}, "done": false})
+            }
+        };
+        out.push(frame(ctx.format, &v));
+    }
+    if end {
+        match ctx.format {
+            Format::OpenAi => {
+                out.push(frame(ctx.format, &serde_json::json!({"id": "chatcmpl-sim", "object": "chat.completion.chunk", "model": ctx.model,
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})));
+                out.push(frame(ctx.format, &serde_json::json!({"id": "chatcmpl-sim", "object": "chat.completion.chunk", "model": ctx.model,
+                    "choices": [], "usage": {"prompt_tokens": ctx.prompt_tokens, "completion_tokens": completion, "total_tokens": ctx.prompt_tokens + completion}})));
+                out.push(b"data: [DONE]\n\n".to_vec());
+            }
+            Format::Ollama => out.push(frame(ctx.format, &serde_json::json!({"model": ctx.model, "message": {"role": "assistant", "content": ""},
+                "done": true, "done_reason": "stop", "prompt_eval_count": ctx.prompt_tokens, "eval_count": completion}))),
+        }
+    }
+    out
+}
+
+fn frame(format: Format, v: &serde_json::Value) -> Vec<u8> {
+    match format {
+        Format::OpenAi => format!("data: {v}\n\n").into_bytes(),
+        Format::Ollama => format!("{v}\n").into_bytes(),
+    }
+}
+
+enum Ending {
+    Close,
+    Break,
+    Hang,
+}
+
+fn streamed(
+    format: Format,
+    frames: Vec<Vec<u8>>,
+    delay: Duration,
+    ending: Ending,
+    guard: CloseGuard,
+) -> Response {
+    let content_type = match format {
+        Format::OpenAi => "text/event-stream",
+        Format::Ollama => "application/x-ndjson",
+    };
+    let body =
+        futures_util::stream::iter(frames.into_iter().map(Some).chain(std::iter::once(None)))
+            .then(move |f| async move {
+                if !delay.is_zero() && f.is_some() {
+                    tokio::time::sleep(delay).await;
+                }
+                f
+            })
+            .flat_map(move |f| {
+                let item: Option<Result<Bytes, std::io::Error>> = match (f, &ending) {
+                    (Some(bytes), _) => Some(Ok(Bytes::from(bytes))),
+                    (None, Ending::Close) => None,
+                    (None, Ending::Break) => {
+                        Some(Err(std::io::Error::other("simulated connection break")))
+                    }
+                    (None, Ending::Hang) => return futures_util::stream::pending().left_stream(),
+                };
+                futures_util::stream::iter(item).right_stream()
+            });
+    // The guard lives as long as the body: dropped at its end or when the client goes away.
+    let body = body.map(move |item| {
+        let _ = &guard;
+        item
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_words_keeps_whitespace() {
+        let text = "Grüße  aus\nder Welt 🌍 ";
+        let parts = split_words(text, 1);
+        assert_eq!(parts.concat(), text);
+        assert!(parts.len() >= 4);
+        assert_eq!(split_words("one", 1), vec!["one"]);
+    }
+}

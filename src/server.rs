@@ -1,0 +1,206 @@
+//! Wiring and lifecycle: build the gateway from a [`Config`], serve gRPC (gateway, health,
+//! reflection) and `/metrics`, and shut down gracefully.
+//!
+//! Shutdown, as in mini-redis: [`run`] races the server against a shutdown future; once it
+//! fires the listener stops accepting, health turns NOT_SERVING, in-flight calls get up to
+//! `shutdown_grace` (30 s) to finish, and the caller flushes telemetry afterwards.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::budget;
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::metrics::{self, Metrics};
+use crate::pb;
+use crate::pb::gateway_service_server::GatewayServiceServer;
+use crate::providers::Tiers;
+use crate::service::GatewayService;
+
+/// A startup failure that is not a configuration error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Provider(#[from] crate::providers::BuildError),
+    #[error("cannot create the budget ledger: {0}")]
+    Ledger(#[from] budget::LedgerError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Binds the gRPC listener of `config.listen_addr`.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Builds the gateway (providers, ledger, metrics) from a configuration.
+pub fn build_gateway(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<Gateway>, ServeError> {
+    let tiers = Tiers::build(&config.primary, &config.secondary)?;
+    let ledger = budget::build(config)?;
+    Ok(Arc::new(Gateway::new(config, tiers, ledger, metrics)))
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight calls (bounded by the grace period).
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let metrics = Arc::new(Metrics::new());
+    let gateway = build_gateway(&config, metrics.clone())?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.listen_addr,
+        source,
+    })?;
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<GatewayServiceServer<GatewayService>>()
+        .await;
+    let health_task = tokio::spawn(watch_health(gateway.clone(), reporter.clone()));
+    if let Err(e) = gateway.ledger().ping().await {
+        tracing::warn!(
+            "budget ledger ({}) unreachable at startup: {e}; serving anyway — cloud calls fail safe to the secondary until it is back",
+            gateway.ledger().backend()
+        );
+    }
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    // Leave room above the prompt limit so an oversized prompt reaches validation (and gets
+    // INVALID_ARGUMENT naming the field) instead of failing in the transport.
+    let decode_limit = config
+        .max_prompt_bytes
+        .saturating_mul(2)
+        .saturating_add(1 << 20);
+    let service = GatewayServiceServer::new(GatewayService::new(
+        gateway.clone(),
+        metrics.clone(),
+        config.max_prompt_bytes,
+    ))
+    .max_decoding_message_size(decode_limit);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let metrics_task = match config.metrics_addr {
+        Some(maddr) => metrics::bind(maddr).await.map(|l| {
+            if let Ok(a) = l.local_addr() {
+                tracing::info!("metrics on http://{a}/metrics");
+            }
+            tokio::spawn(metrics::serve(l, metrics.clone(), stopped(stop_rx.clone())))
+        }),
+        None => None,
+    };
+
+    tracing::info!(
+        "vra-gateway listening on {addr} (hybrid={}, primary={}/{}, secondary={}/{}, max_cloud_calls={}, ledger={})",
+        config.hybrid_mode,
+        config.primary.provider.name,
+        config.primary.model,
+        config.secondary.provider.name,
+        config.secondary.model,
+        config.max_cloud_calls,
+        gateway.ledger().backend(),
+    );
+
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx.clone()));
+    tokio::pin!(server);
+
+    let result = tokio::select! {
+        res = &mut server => res.map_err(ServeError::from),
+        () = shutdown => {
+            tracing::info!("shutdown requested: no new connections; draining in-flight calls (up to {}s)", config.shutdown_grace.as_secs());
+            health_task.abort();
+            reporter.set_not_serving::<GatewayServiceServer<GatewayService>>().await;
+            let _ = stop_tx.send(true);
+            match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+                Ok(res) => res.map_err(ServeError::from),
+                Err(_) => {
+                    tracing::warn!("grace period over; dropping the calls still in flight");
+                    Ok(())
+                }
+            }
+        }
+    };
+    let _ = stop_tx.send(true);
+    if let Some(task) = metrics_task {
+        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+    }
+    tracing::info!("vra-gateway stopped");
+    result
+}
+
+/// Keeps the health status honest: NOT_SERVING only when the ledger is unreachable *and* the
+/// secondary is unusable — with a working secondary, calls are still answered (fail-safe).
+async fn watch_health(gateway: Arc<Gateway>, reporter: HealthReporter) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = ServingStatus::Serving;
+    loop {
+        tick.tick().await;
+        let ledger_down = gateway.ledger().ping().await.is_err();
+        let status = if ledger_down && gateway.secondary_unusable() {
+            ServingStatus::NotServing
+        } else {
+            ServingStatus::Serving
+        };
+        if status != last {
+            tracing::warn!("health status now {status:?}");
+            reporter.set_service_status("", status).await;
+            reporter
+                .set_service_status(
+                    <GatewayServiceServer<GatewayService> as tonic::server::NamedService>::NAME,
+                    status,
+                )
+                .await;
+            last = status;
+        }
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,601 @@
+//! The tonic service: validate → hand to [`Gateway`] → convert the answer. Thin on purpose;
+//! the pipeline lives in [`crate::gateway`], error codes in [`crate::error`].
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, Span};
+
+use crate::error::GatewayError;
+use crate::gateway::{
+    BudgetInfo, FallbackReason, Gateway, GenerateInput, Generated, RouteInfo, StreamItem,
+};
+use crate::metrics::Metrics;
+use crate::pb;
+use crate::resilience::Deadline;
+use crate::routing::{Phase, SectionType, Tier};
+use crate::telemetry;
+
+/// Longest accepted `report_id` / `section_id`, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+/// Most `options.stop` sequences accepted.
+pub const MAX_STOP_SEQUENCES: usize = 16;
+
+/// The `vra.gateway.v1.GatewayService` implementation.
+pub struct GatewayService {
+    gateway: Arc<Gateway>,
+    metrics: Arc<Metrics>,
+    max_prompt_bytes: usize,
+}
+
+impl GatewayService {
+    pub fn new(gateway: Arc<Gateway>, metrics: Arc<Metrics>, max_prompt_bytes: usize) -> Self {
+        Self {
+            gateway,
+            metrics,
+            max_prompt_bytes,
+        }
+    }
+}
+
+/// The caller's `grpc-timeout`, if it sent one.
+pub fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Our own deadline, a little before the caller's: tonic's transport cancels the handler at
+/// the caller's deadline with CANCELLED, and the contract says DEADLINE_EXCEEDED.
+fn deadline_for(metadata: &MetadataMap) -> Deadline {
+    Deadline::after(
+        grpc_timeout(metadata).map(|t| t.saturating_sub((t / 20).min(Duration::from_millis(20)))),
+    )
+}
+
+fn phase_from(value: i32) -> Result<Phase, GatewayError> {
+    match pb::CompilationPhase::try_from(value) {
+        Ok(pb::CompilationPhase::Draft) => Ok(Phase::Draft),
+        Ok(pb::CompilationPhase::Expand) => Ok(Phase::Expand),
+        Ok(pb::CompilationPhase::Refine) => Ok(Phase::Refine),
+        Ok(pb::CompilationPhase::Abstract) => Ok(Phase::Abstract),
+        Ok(pb::CompilationPhase::Unspecified) => Err(GatewayError::invalid(
+            "phase",
+            "must be set (COMPILATION_PHASE_DRAFT, _EXPAND, _REFINE or _ABSTRACT)",
+        )),
+        Err(_) => Err(GatewayError::invalid(
+            "phase",
+            format!("unknown value {value}"),
+        )),
+    }
+}
+
+fn section_type_from(value: i32) -> Result<SectionType, GatewayError> {
+    use pb::SectionType as P;
+    Ok(match P::try_from(value) {
+        Ok(P::Unspecified) => SectionType::Unspecified,
+        Ok(P::Introduction) => SectionType::Introduction,
+        Ok(P::Conclusion) => SectionType::Conclusion,
+        Ok(P::Analysis) => SectionType::Analysis,
+        Ok(P::Methodology) => SectionType::Methodology,
+        Ok(P::Implementation) => SectionType::Implementation,
+        Ok(P::Other) => SectionType::Other,
+        Err(_) => {
+            return Err(GatewayError::invalid(
+                "section_type",
+                format!("unknown value {value}"),
+            ));
+        }
+    })
+}
+
+fn report_id(value: &str) -> Result<(), GatewayError> {
+    if value.is_empty() {
+        return Err(GatewayError::invalid("report_id", "must not be empty"));
+    }
+    if value.len() > MAX_ID_BYTES {
+        return Err(GatewayError::invalid(
+            "report_id",
+            format!("must be at most {MAX_ID_BYTES} bytes, got {}", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Validates a generation request into the gateway's input. Errors name the field.
+pub fn validate(
+    req: pb::GenerateRequest,
+    max_prompt_bytes: usize,
+) -> Result<GenerateInput, GatewayError> {
+    report_id(&req.report_id)?;
+    if req.section_id.len() > MAX_ID_BYTES {
+        return Err(GatewayError::invalid(
+            "section_id",
+            format!(
+                "must be at most {MAX_ID_BYTES} bytes, got {}",
+                req.section_id.len()
+            ),
+        ));
+    }
+    let phase = phase_from(req.phase)?;
+    let section_type = section_type_from(req.section_type)?;
+    if req.prompt.trim().is_empty() {
+        return Err(GatewayError::invalid("prompt", "must not be empty"));
+    }
+    for (field, text) in [
+        ("prompt", &req.prompt),
+        ("system_prompt", &req.system_prompt),
+    ] {
+        if text.len() > max_prompt_bytes {
+            return Err(GatewayError::invalid(
+                field,
+                format!(
+                    "{} bytes exceeds VRA_MAX_PROMPT_BYTES ({max_prompt_bytes})",
+                    text.len()
+                ),
+            ));
+        }
+    }
+    let options = req.options.unwrap_or_default();
+    if let Some(t) = options.temperature
+        && !(0.0..=2.0).contains(&t)
+    {
+        return Err(GatewayError::invalid(
+            "options.temperature",
+            "must be between 0 and 2",
+        ));
+    }
+    if options.max_tokens == Some(0) {
+        return Err(GatewayError::invalid(
+            "options.max_tokens",
+            "must be greater than 0 when set",
+        ));
+    }
+    if options.stop.len() > MAX_STOP_SEQUENCES {
+        return Err(GatewayError::invalid(
+            "options.stop",
+            format!(
+                "at most {MAX_STOP_SEQUENCES} sequences, got {}",
+                options.stop.len()
+            ),
+        ));
+    }
+    if options
+        .stop
+        .iter()
+        .any(|s| s.is_empty() || s.len() > MAX_ID_BYTES)
+    {
+        return Err(GatewayError::invalid(
+            "options.stop",
+            format!("sequences must be 1 to {MAX_ID_BYTES} bytes"),
+        ));
+    }
+    Ok(GenerateInput {
+        report_id: req.report_id,
+        section_id: req.section_id,
+        section_type,
+        phase,
+        prompt: req.prompt,
+        system_prompt: Some(req.system_prompt).filter(|s| !s.is_empty()),
+        temperature: options.temperature,
+        max_tokens: options.max_tokens,
+        stop: options.stop,
+    })
+}
+
+fn stream_request(r: pb::GenerateStreamRequest) -> pb::GenerateRequest {
+    pb::GenerateRequest {
+        report_id: r.report_id,
+        section_id: r.section_id,
+        section_type: r.section_type,
+        phase: r.phase,
+        prompt: r.prompt,
+        system_prompt: r.system_prompt,
+        options: r.options,
+    }
+}
+
+impl From<Tier> for pb::ProviderTier {
+    fn from(t: Tier) -> Self {
+        match t {
+            Tier::Primary => pb::ProviderTier::Primary,
+            Tier::Secondary => pb::ProviderTier::Secondary,
+        }
+    }
+}
+
+impl From<Option<FallbackReason>> for pb::FallbackReason {
+    fn from(r: Option<FallbackReason>) -> Self {
+        match r {
+            None => pb::FallbackReason::Unspecified,
+            Some(FallbackReason::CostLimit) => pb::FallbackReason::CostLimit,
+            Some(FallbackReason::PrimaryError) => pb::FallbackReason::PrimaryError,
+            Some(FallbackReason::CircuitOpen) => pb::FallbackReason::CircuitOpen,
+            Some(FallbackReason::LedgerUnavailable) => pb::FallbackReason::LedgerUnavailable,
+        }
+    }
+}
+
+impl From<RouteInfo> for pb::Route {
+    fn from(r: RouteInfo) -> Self {
+        pb::Route {
+            tier: pb::ProviderTier::from(r.tier) as i32,
+            provider: r.provider,
+            model: r.model,
+            cloud: r.cloud,
+            fallback_reason: pb::FallbackReason::from(r.fallback) as i32,
+            rule: r.rule.id().to_string(),
+        }
+    }
+}
+
+impl From<BudgetInfo> for pb::Budget {
+    fn from(b: BudgetInfo) -> Self {
+        pb::Budget {
+            cloud_calls_used: b.used,
+            cloud_calls_limit: b.limit,
+            exhausted: b.exhausted,
+        }
+    }
+}
+
+impl From<Generated> for pb::GenerateResponse {
+    fn from(g: Generated) -> Self {
+        pb::GenerateResponse {
+            text: g.text,
+            route: Some(g.route.into()),
+            usage: Some(pb::Usage {
+                input_tokens: g.usage.input,
+                output_tokens: g.usage.output,
+            }),
+            budget: Some(g.budget.into()),
+            attempts: g.attempts,
+            finish_reason: g.finish_reason,
+        }
+    }
+}
+
+/// Opens the server span of an RPC and continues the caller's trace.
+fn rpc_span(method: &'static str, metadata: &MetadataMap) -> Span {
+    let span = telemetry::server_span(method);
+    telemetry::extract_parent(&span, &metadata.clone().into_headers());
+    span
+}
+
+fn record_input(span: &Span, input: &GenerateInput) {
+    span.record("vra.report.id", input.report_id.as_str());
+    span.record("vra.section.id", input.section_id.as_str());
+    span.record("vra.phase", input.phase.as_str());
+    span.record("vra.section_type", input.section_type.as_str());
+}
+
+/// Records the outcome on the span and turns an error into a status.
+fn finish<T>(span: &Span, result: Result<T, GatewayError>) -> Result<T, Status> {
+    match result {
+        Ok(v) => {
+            telemetry::record_status(span, tonic::Code::Ok, None);
+            Ok(v)
+        }
+        Err(e) => {
+            let status = e.into_status();
+            telemetry::record_status(span, status.code(), Some(status.message()));
+            Err(status)
+        }
+    }
+}
+
+type StreamOf<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::gateway_service_server::GatewayService for GatewayService {
+    async fn generate(
+        &self,
+        request: Request<pb::GenerateRequest>,
+    ) -> Result<Response<pb::GenerateResponse>, Status> {
+        let span = rpc_span("Generate", request.metadata());
+        let deadline = deadline_for(request.metadata());
+        let gateway = self.gateway.clone();
+        let metrics = self.metrics.clone();
+        let max = self.max_prompt_bytes;
+        async move {
+            let input = validate(request.into_inner(), max);
+            let input = finish(&Span::current(), input)?;
+            record_input(&Span::current(), &input);
+            let _in_flight = metrics.in_flight("Generate");
+            let call = gateway.generate(&input, deadline);
+            let result = match deadline.0 {
+                Some(at) => tokio::time::timeout_at(at, call)
+                    .await
+                    .unwrap_or(Err(GatewayError::DeadlineExceeded { attempts: 0 })),
+                None => call.await,
+            };
+            let (tier, provider, outcome) = match &result {
+                Ok(g) => (g.route.tier.as_str(), g.route.provider.clone(), "ok"),
+                Err(e) => ("NONE", String::new(), e.outcome()),
+            };
+            if let Err(GatewayError::DeadlineExceeded { .. }) = &result {
+                tracing::warn!(report = %input.report_id, phase = %input.phase, "caller deadline exceeded; upstream request dropped");
+            }
+            metrics.request("Generate", input.phase.as_str(), tier, &provider, outcome);
+            finish(&Span::current(), result).map(|g| Response::new(g.into()))
+        }
+        .instrument(span)
+        .await
+    }
+
+    type GenerateStreamStream = StreamOf<pb::GenerateStreamResponse>;
+
+    async fn generate_stream(
+        &self,
+        request: Request<pb::GenerateStreamRequest>,
+    ) -> Result<Response<Self::GenerateStreamStream>, Status> {
+        let span = rpc_span("GenerateStream", request.metadata());
+        let deadline = deadline_for(request.metadata());
+        let input = {
+            let _enter = span.enter();
+            let input = validate(stream_request(request.into_inner()), self.max_prompt_bytes);
+            let input = finish(&span, input)?;
+            record_input(&span, &input);
+            input
+        };
+        let phase = input.phase.as_str();
+        let in_flight = self.metrics.in_flight("GenerateStream");
+        let rx = {
+            let _enter = span.enter();
+            self.gateway.generate_stream(input, deadline)
+        };
+        let metrics = self.metrics.clone();
+        let stream = ReceiverStream::new(rx).map(move |item| {
+            let _keep = &in_flight;
+            match item {
+                Ok(StreamItem::Delta(delta)) => {
+                    Ok(pb::GenerateStreamResponse { delta, done: None })
+                }
+                Ok(StreamItem::Done(generated)) => {
+                    metrics.request(
+                        "GenerateStream",
+                        phase,
+                        generated.route.tier.as_str(),
+                        &generated.route.provider,
+                        "ok",
+                    );
+                    telemetry::record_status(&span, tonic::Code::Ok, None);
+                    Ok(pb::GenerateStreamResponse {
+                        delta: String::new(),
+                        done: Some(generated.into()),
+                    })
+                }
+                Err(e) => {
+                    metrics.request("GenerateStream", phase, "NONE", "", e.outcome());
+                    finish::<()>(&span, Err(e)).map(|()| pb::GenerateStreamResponse::default())
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn resolve_route(
+        &self,
+        request: Request<pb::ResolveRouteRequest>,
+    ) -> Result<Response<pb::ResolveRouteResponse>, Status> {
+        let span = rpc_span("ResolveRoute", request.metadata());
+        let gateway = self.gateway.clone();
+        async move {
+            let req = request.into_inner();
+            let parsed = report_id(&req.report_id)
+                .and_then(|()| Ok((phase_from(req.phase)?, section_type_from(req.section_type)?)));
+            let (phase, section) = finish(&Span::current(), parsed)?;
+            let (route, budget) = gateway.resolve(&req.report_id, phase, section).await;
+            telemetry::record_route(&Span::current(), &route, &budget);
+            Ok(Response::new(pb::ResolveRouteResponse {
+                route: Some(route.into()),
+                budget: Some(budget.into()),
+            }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn get_report_usage(
+        &self,
+        request: Request<pb::GetReportUsageRequest>,
+    ) -> Result<Response<pb::GetReportUsageResponse>, Status> {
+        let span = rpc_span("GetReportUsage", request.metadata());
+        let gateway = self.gateway.clone();
+        async move {
+            let req = request.into_inner();
+            finish(&Span::current(), report_id(&req.report_id))?;
+            let (usage, budget) = finish(&Span::current(), gateway.usage(&req.report_id).await)?;
+            let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+            Ok(Response::new(pb::GetReportUsageResponse {
+                report_id: req.report_id,
+                budget: Some(budget.into()),
+                primary_calls: usage.primary_calls,
+                secondary_calls: usage.secondary_calls,
+                fallbacks: usage.fallbacks,
+                cloud_usage: Some(pb::Usage {
+                    input_tokens: clamp(usage.cloud_input_tokens),
+                    output_tokens: clamp(usage.cloud_output_tokens),
+                }),
+                local_usage: Some(pb::Usage {
+                    input_tokens: clamp(usage.local_input_tokens),
+                    output_tokens: clamp(usage.local_output_tokens),
+                }),
+            }))
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> pb::GenerateRequest {
+        pb::GenerateRequest {
+            report_id: "r-1".into(),
+            section_id: "1.3".into(),
+            section_type: pb::SectionType::Analysis as i32,
+            phase: pb::CompilationPhase::Refine as i32,
+            prompt: "Write it.".into(),
+            system_prompt: String::new(),
+            options: None,
+        }
+    }
+
+    fn field_of(req: pb::GenerateRequest) -> &'static str {
+        match validate(req, 100) {
+            Err(GatewayError::InvalidArgument { field, .. }) => field,
+            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_invalid_field_is_named() {
+        assert_eq!(
+            field_of(pb::GenerateRequest {
+                report_id: String::new(),
+                ..request()
+            }),
+            "report_id"
+        );
+        assert_eq!(
+            field_of(pb::GenerateRequest {
+                report_id: "x".repeat(257),
+                ..request()
+            }),
+            "report_id"
+        );
+        assert_eq!(
+            field_of(pb::GenerateRequest {
+                section_id: "x".repeat(257),
+                ..request()
+            }),
+            "section_id"
+        );
+        assert_eq!(
+            field_of(pb::GenerateRequest {
+                phase: 0,
+                ..request()
+            }),
+            "phase"
+        );
+        assert_eq!(
+            field_of(pb::GenerateRequest {
+                phase: 42,
+                ..request()
+            }),
+            "phase"
+        );
+        assert_eq!(
+            field_of(pb::GenerateRequest {
+                section_type: 42,
+                ..request()
+            }),
+            "section_type"
+        );
+        assert_eq!(
+            field_of(pb::GenerateRequest {
+                prompt: String::new(),
+                ..request()
+            }),
+            "prompt"
+        );
+        assert_eq!(
+            field_of(pb::GenerateRequest {
+                prompt: "x".repeat(101),
+                ..request()
+            }),
+            "prompt"
+        );
+        assert_eq!(
+            field_of(pb::GenerateRequest {
+                system_prompt: "x".repeat(101),
+                ..request()
+            }),
+            "system_prompt"
+        );
+        let opts = |o: pb::GenerationOptions| pb::GenerateRequest {
+            options: Some(o),
+            ..request()
+        };
+        assert_eq!(
+            field_of(opts(pb::GenerationOptions {
+                temperature: Some(3.0),
+                ..Default::default()
+            })),
+            "options.temperature"
+        );
+        assert_eq!(
+            field_of(opts(pb::GenerationOptions {
+                temperature: Some(f32::NAN),
+                ..Default::default()
+            })),
+            "options.temperature"
+        );
+        assert_eq!(
+            field_of(opts(pb::GenerationOptions {
+                max_tokens: Some(0),
+                ..Default::default()
+            })),
+            "options.max_tokens"
+        );
+        assert_eq!(
+            field_of(opts(pb::GenerationOptions {
+                stop: vec![String::new()],
+                ..Default::default()
+            })),
+            "options.stop"
+        );
+    }
+
+    #[test]
+    fn boundaries_are_inclusive() {
+        let ok = validate(
+            pb::GenerateRequest {
+                report_id: "x".repeat(256),
+                prompt: "x".repeat(100),
+                ..request()
+            },
+            100,
+        );
+        assert!(ok.is_ok());
+        let input = validate(request(), 100).unwrap();
+        assert_eq!(
+            (input.phase, input.section_type),
+            (Phase::Refine, SectionType::Analysis)
+        );
+        assert_eq!(input.system_prompt, None);
+    }
+
+    #[test]
+    fn parses_grpc_timeout_units() {
+        let mut m = MetadataMap::new();
+        for (v, d) in [
+            ("5S", Duration::from_secs(5)),
+            ("250m", Duration::from_millis(250)),
+            ("2M", Duration::from_secs(120)),
+            ("100u", Duration::from_micros(100)),
+        ] {
+            m.insert("grpc-timeout", v.parse().unwrap());
+            assert_eq!(grpc_timeout(&m), Some(d), "{v}");
+        }
+        m.insert("grpc-timeout", "5x".parse().unwrap());
+        assert_eq!(grpc_timeout(&m), None);
+    }
+}
