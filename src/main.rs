@@ -34,6 +34,12 @@ enum Command {
         #[arg(long)]
         print_config: bool,
     },
+    /// Check a running gateway's gRPC health service; exit 0 when SERVING (for container probes).
+    Health {
+        /// Address to check; defaults to VRA_GATEWAY_ADDR (0.0.0.0 is checked on 127.0.0.1).
+        #[arg(long, value_name = "HOST:PORT")]
+        addr: Option<String>,
+    },
     /// Run the gateway against simulated upstreams and print how a sample report was routed.
     Demo {
         /// Use a real OpenAI-compatible endpoint instead of the simulated one.
@@ -74,6 +80,7 @@ fn main() -> ExitCode {
         print_config: false,
     }) {
         Command::Serve { print_config } => serve(cli.config, print_config),
+        Command::Health { addr } => health(addr),
         Command::Demo {
             openai_base_url,
             ollama_host,
@@ -119,6 +126,26 @@ fn serve(config_path: Option<PathBuf>, print_config: bool) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string(), 1),
+    }
+}
+
+fn health(addr: Option<String>) -> ExitCode {
+    let addr = addr
+        .or_else(|| std::env::var("VRA_GATEWAY_ADDR").ok().filter(|a| !a.is_empty()))
+        .unwrap_or_else(|| "127.0.0.1:50051".into())
+        .replace("0.0.0.0", "127.0.0.1")
+        .replace("[::]", "[::1]");
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}"), 1),
+    };
+    match rt.block_on(server::check_health(&addr)) {
+        Ok(true) => {
+            println!("SERVING");
+            ExitCode::SUCCESS
+        }
+        Ok(false) => fail("NOT_SERVING", 1),
+        Err(e) => fail(&format!("health check of {addr} failed: {e}"), 1),
     }
 }
 

@@ -204,3 +204,18 @@ pub async fn shutdown_signal() {
         () = term => {},
     }
 }
+
+/// Asks the gRPC health service at `addr` (`host:port`) whether the server is SERVING.
+pub async fn check_health(addr: &str) -> Result<bool, Box<dyn std::error::Error>> {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus as Status};
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2));
+    let mut client = HealthClient::new(endpoint.connect().await?);
+    let response = client
+        .check(HealthCheckRequest { service: String::new() })
+        .await?
+        .into_inner();
+    Ok(response.status == Status::Serving as i32)
+}
