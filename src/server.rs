@@ -86,12 +86,13 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
-    // Leave room above the prompt limit so an oversized prompt reaches validation (and gets
-    // INVALID_ARGUMENT naming the field) instead of failing in the transport.
+    // Leave ample room above the prompt limit so an oversized prompt reaches validation (and
+    // gets INVALID_ARGUMENT naming the field) instead of failing in the transport.
     let decode_limit = config
         .max_prompt_bytes
-        .saturating_mul(2)
-        .saturating_add(1 << 20);
+        .saturating_mul(4)
+        .saturating_add(1 << 20)
+        .max(16 << 20);
     let service = GatewayServiceServer::new(GatewayService::new(
         gateway.clone(),
         metrics.clone(),
