@@ -131,7 +131,11 @@ fn serve(config_path: Option<PathBuf>, print_config: bool) -> ExitCode {
 
 fn health(addr: Option<String>) -> ExitCode {
     let addr = addr
-        .or_else(|| std::env::var("VRA_GATEWAY_ADDR").ok().filter(|a| !a.is_empty()))
+        .or_else(|| {
+            std::env::var("VRA_GATEWAY_ADDR")
+                .ok()
+                .filter(|a| !a.is_empty())
+        })
         .unwrap_or_else(|| "127.0.0.1:50051".into())
         .replace("0.0.0.0", "127.0.0.1")
         .replace("[::]", "[::1]");

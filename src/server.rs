@@ -215,7 +215,9 @@ pub async fn check_health(addr: &str) -> Result<bool, Box<dyn std::error::Error>
         .timeout(Duration::from_secs(2));
     let mut client = HealthClient::new(endpoint.connect().await?);
     let response = client
-        .check(HealthCheckRequest { service: String::new() })
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
         .await?
         .into_inner();
     Ok(response.status == Status::Serving as i32)

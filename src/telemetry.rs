@@ -14,6 +14,7 @@
 //! Prompt and completion text never reach spans unless `VRA_TRACE_CONTENT=true`.
 
 use std::fmt;
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use http::HeaderMap;
@@ -115,6 +116,7 @@ pub fn init_with_default(config: &Config, default_filter: &str) -> TelemetryGuar
     let fmt_layer = match config.log_format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
             .with_target(false)
             .with_filter(filter())
             .boxed(),

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use common::{Harness, PHASES, SECTIONS, reason, request, rule, tier};
 use tonic::Code;
-use vra_gateway::pb::{self, CompilationPhase as P, FallbackReason as F, ProviderTier as T, SectionType as S};
+use vra_gateway::pb::{
+    self, CompilationPhase as P, FallbackReason as F, ProviderTier as T, SectionType as S,
+};
 use vra_gateway::providers::sim::Step;
 
 /// The documented matrix, written out independently of `vra_gateway::routing`.
@@ -17,8 +19,12 @@ fn expected(hybrid: bool, phase: P, section: S) -> (T, &'static str) {
         (false, _, _) => (T::Primary, "hybrid-off"),
         (true, P::Refine, _) => (T::Primary, "refine-primary"),
         (true, P::Expand, _) => (T::Secondary, "expand-secondary"),
-        (true, P::Draft, S::Introduction | S::Conclusion | S::Analysis) => (T::Primary, "draft-reasoning-primary"),
-        (true, P::Draft, S::Methodology | S::Implementation) => (T::Secondary, "draft-template-secondary"),
+        (true, P::Draft, S::Introduction | S::Conclusion | S::Analysis) => {
+            (T::Primary, "draft-reasoning-primary")
+        }
+        (true, P::Draft, S::Methodology | S::Implementation) => {
+            (T::Secondary, "draft-template-secondary")
+        }
         (true, P::Draft, _) => (T::Primary, "draft-default-primary"),
         (_, P::Unspecified, _) => unreachable!("not a valid phase"),
     }
@@ -33,7 +39,11 @@ async fn routing_matrix_end_to_end() {
         for phase in PHASES {
             for section in SECTIONS {
                 let report = format!("matrix-{hybrid}-{phase:?}-{section:?}");
-                let resp = client.generate(request(&report, phase, section)).await.expect("generate").into_inner();
+                let resp = client
+                    .generate(request(&report, phase, section))
+                    .await
+                    .expect("generate")
+                    .into_inner();
                 let (want_tier, want_rule) = expected(hybrid, phase, section);
                 let ctx = format!("hybrid={hybrid} {phase:?} {section:?}");
                 assert_eq!(tier(&resp), want_tier, "{ctx}");
@@ -43,16 +53,32 @@ async fn routing_matrix_end_to_end() {
                 match want_tier {
                     T::Primary => {
                         cloud_calls += 1;
-                        assert_eq!((route.provider.as_str(), route.model.as_str(), route.cloud), ("openai", "gpt-4o", true), "{ctx}");
+                        assert_eq!(
+                            (route.provider.as_str(), route.model.as_str(), route.cloud),
+                            ("openai", "gpt-4o", true),
+                            "{ctx}"
+                        );
                         let last = h.cloud.recorded().pop().expect("cloud saw the call");
-                        assert_eq!((last.path.as_str(), last.model()), ("/v1/chat/completions", "gpt-4o"), "{ctx}");
+                        assert_eq!(
+                            (last.path.as_str(), last.model()),
+                            ("/v1/chat/completions", "gpt-4o"),
+                            "{ctx}"
+                        );
                         assert_eq!(resp.budget.unwrap().cloud_calls_used, 1, "{ctx}");
                     }
                     _ => {
                         local_calls += 1;
-                        assert_eq!((route.provider.as_str(), route.model.as_str(), route.cloud), ("local", "llama3:8b", false), "{ctx}");
+                        assert_eq!(
+                            (route.provider.as_str(), route.model.as_str(), route.cloud),
+                            ("local", "llama3:8b", false),
+                            "{ctx}"
+                        );
                         let last = h.local.recorded().pop().expect("local saw the call");
-                        assert_eq!((last.path.as_str(), last.model()), ("/api/chat", "llama3:8b"), "{ctx}");
+                        assert_eq!(
+                            (last.path.as_str(), last.model()),
+                            ("/api/chat", "llama3:8b"),
+                            "{ctx}"
+                        );
                         assert_eq!(last.body["stream"], false);
                         assert_eq!(resp.budget.unwrap().cloud_calls_used, 0, "{ctx}");
                     }
@@ -73,21 +99,37 @@ async fn local_primary_serves_everything_without_budget() {
     let mut client = h.client.clone();
     for phase in PHASES {
         for section in SECTIONS {
-            let resp = client.generate(request("local-report", phase, section)).await.expect("generate").into_inner();
+            let resp = client
+                .generate(request("local-report", phase, section))
+                .await
+                .expect("generate")
+                .into_inner();
             let route = resp.route.unwrap();
             assert!(!route.cloud, "{phase:?} {section:?}");
             assert_eq!(route.provider, "local");
-            assert_eq!(route.fallback_reason, F::Unspecified as i32, "MAX_CLOUD_CALLS=0 must not matter");
+            assert_eq!(
+                route.fallback_reason,
+                F::Unspecified as i32,
+                "MAX_CLOUD_CALLS=0 must not matter"
+            );
             if phase == P::Abstract {
-                assert_eq!((route.tier, route.rule.as_str()), (T::Primary as i32, "abstract-always-primary"));
-                assert_eq!(route.model, "gpt-4o", "the primary's model goes to the local provider");
+                assert_eq!(
+                    (route.tier, route.rule.as_str()),
+                    (T::Primary as i32, "abstract-always-primary")
+                );
+                assert_eq!(
+                    route.model, "gpt-4o",
+                    "the primary's model goes to the local provider"
+                );
             }
         }
     }
     assert_eq!(h.cloud.requests(), 0);
     assert_eq!(h.local.requests(), 28);
     let usage = client
-        .get_report_usage(pb::GetReportUsageRequest { report_id: "local-report".into() })
+        .get_report_usage(pb::GetReportUsageRequest {
+            report_id: "local-report".into(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -99,9 +141,16 @@ async fn exact_budget_under_fifty_concurrent_calls() {
     let h = Harness::start(&[("MAX_CLOUD_CALLS", "15")]).await;
     let mut tasks = Vec::new();
     for i in 0..50 {
-        let mut client = if i % 2 == 0 { h.client.clone() } else { h.client().await };
+        let mut client = if i % 2 == 0 {
+            h.client.clone()
+        } else {
+            h.client().await
+        };
         tasks.push(tokio::spawn(async move {
-            client.generate(request("hot-report", P::Refine, S::Analysis)).await.map(|r| r.into_inner())
+            client
+                .generate(request("hot-report", P::Refine, S::Analysis))
+                .await
+                .map(|r| r.into_inner())
         }));
     }
     let mut primary = 0;
@@ -114,40 +163,81 @@ async fn exact_budget_under_fifty_concurrent_calls() {
             other => panic!("unexpected route {other:?}"),
         }
     }
-    assert_eq!(h.cloud.requests(), 15, "the cloud upstream saw exactly the budget");
+    assert_eq!(
+        h.cloud.requests(),
+        15,
+        "the cloud upstream saw exactly the budget"
+    );
     assert_eq!((primary, cost_limited), (15, 35));
     assert_eq!(h.local.requests(), 35);
     let usage = h
         .client
         .clone()
-        .get_report_usage(pb::GetReportUsageRequest { report_id: "hot-report".into() })
+        .get_report_usage(pb::GetReportUsageRequest {
+            report_id: "hot-report".into(),
+        })
         .await
         .unwrap()
         .into_inner();
     let budget = usage.budget.unwrap();
-    assert_eq!((budget.cloud_calls_used, budget.cloud_calls_limit, budget.exhausted), (15, 15, true));
-    assert_eq!((usage.primary_calls, usage.secondary_calls, usage.fallbacks), (15, 35, 35));
+    assert_eq!(
+        (
+            budget.cloud_calls_used,
+            budget.cloud_calls_limit,
+            budget.exhausted
+        ),
+        (15, 15, true)
+    );
+    assert_eq!(
+        (usage.primary_calls, usage.secondary_calls, usage.fallbacks),
+        (15, 35, 35)
+    );
 }
 
 #[tokio::test]
 async fn cost_limit_pins_the_report_to_the_secondary() {
     let h = Harness::start(&[("MAX_CLOUD_CALLS", "1")]).await;
     let mut c = h.client.clone();
-    let first = c.generate(request("pinned", P::Refine, S::Analysis)).await.unwrap().into_inner();
+    let first = c
+        .generate(request("pinned", P::Refine, S::Analysis))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((tier(&first), reason(&first)), (T::Primary, F::Unspecified));
     assert!(!first.budget.unwrap().exhausted);
-    for (phase, section) in [(P::Refine, S::Analysis), (P::Draft, S::Introduction), (P::Abstract, S::Other), (P::Refine, S::Other)] {
-        let resp = c.generate(request("pinned", phase, section)).await.unwrap().into_inner();
-        assert_eq!((tier(&resp), reason(&resp)), (T::Secondary, F::CostLimit), "{phase:?}");
+    for (phase, section) in [
+        (P::Refine, S::Analysis),
+        (P::Draft, S::Introduction),
+        (P::Abstract, S::Other),
+        (P::Refine, S::Other),
+    ] {
+        let resp = c
+            .generate(request("pinned", phase, section))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (tier(&resp), reason(&resp)),
+            (T::Secondary, F::CostLimit),
+            "{phase:?}"
+        );
         assert_eq!(resp.route.as_ref().unwrap().provider, "local");
         let budget = resp.budget.unwrap();
         assert_eq!((budget.cloud_calls_used, budget.exhausted), (1, true));
     }
     // EXPAND was never a cloud call: no fallback reason.
-    let expand = c.generate(request("pinned", P::Expand, S::Analysis)).await.unwrap().into_inner();
+    let expand = c
+        .generate(request("pinned", P::Expand, S::Analysis))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(reason(&expand), F::Unspecified);
     // Another report has its own budget.
-    let other = c.generate(request("fresh", P::Refine, S::Analysis)).await.unwrap().into_inner();
+    let other = c
+        .generate(request("fresh", P::Refine, S::Analysis))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(tier(&other), T::Primary);
     assert_eq!(h.cloud.requests(), 2);
 }
@@ -157,7 +247,11 @@ async fn zero_budget_never_calls_the_cloud() {
     let h = Harness::start(&[("MAX_CLOUD_CALLS", "0")]).await;
     let mut c = h.client.clone();
     for phase in [P::Abstract, P::Refine, P::Draft] {
-        let resp = c.generate(request("zero", phase, S::Introduction)).await.unwrap().into_inner();
+        let resp = c
+            .generate(request("zero", phase, S::Introduction))
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!((tier(&resp), reason(&resp)), (T::Secondary, F::CostLimit));
     }
     assert_eq!(h.cloud.requests(), 0);
@@ -173,20 +267,49 @@ async fn resolve_route_is_a_dry_run() {
         phase: phase as i32,
     };
     for _ in 0..5 {
-        let r = c.resolve_route(resolve(P::Refine, S::Analysis)).await.unwrap().into_inner();
+        let r = c
+            .resolve_route(resolve(P::Refine, S::Analysis))
+            .await
+            .unwrap()
+            .into_inner();
         let route = r.route.unwrap();
-        assert_eq!((route.tier, route.rule.as_str(), route.cloud), (T::Primary as i32, "refine-primary", true));
+        assert_eq!(
+            (route.tier, route.rule.as_str(), route.cloud),
+            (T::Primary as i32, "refine-primary", true)
+        );
         assert_eq!(r.budget.unwrap().cloud_calls_used, 0);
     }
-    let r = c.resolve_route(resolve(P::Draft, S::Methodology)).await.unwrap().into_inner().route.unwrap();
-    assert_eq!((r.tier, r.rule.as_str(), r.provider.as_str()), (T::Secondary as i32, "draft-template-secondary", "local"));
-    assert_eq!(h.cloud.requests() + h.local.requests(), 0, "no upstream call");
+    let r = c
+        .resolve_route(resolve(P::Draft, S::Methodology))
+        .await
+        .unwrap()
+        .into_inner()
+        .route
+        .unwrap();
+    assert_eq!(
+        (r.tier, r.rule.as_str(), r.provider.as_str()),
+        (T::Secondary as i32, "draft-template-secondary", "local")
+    );
+    assert_eq!(
+        h.cloud.requests() + h.local.requests(),
+        0,
+        "no upstream call"
+    );
 
-    c.generate(request("dry", P::Refine, S::Analysis)).await.unwrap();
+    c.generate(request("dry", P::Refine, S::Analysis))
+        .await
+        .unwrap();
     // The budget is now spent: the dry run says what Generate would do now.
-    let r = c.resolve_route(resolve(P::Abstract, S::Other)).await.unwrap().into_inner();
+    let r = c
+        .resolve_route(resolve(P::Abstract, S::Other))
+        .await
+        .unwrap()
+        .into_inner();
     let route = r.route.unwrap();
-    assert_eq!((route.tier, route.fallback_reason), (T::Secondary as i32, F::CostLimit as i32));
+    assert_eq!(
+        (route.tier, route.fallback_reason),
+        (T::Secondary as i32, F::CostLimit as i32)
+    );
     assert_eq!(route.rule, "abstract-always-primary");
     assert_eq!(r.budget.unwrap().cloud_calls_used, 1);
     assert_eq!(h.cloud.requests(), 1);
@@ -197,19 +320,40 @@ async fn report_usage_counts_calls_fallbacks_and_tokens() {
     let h = Harness::start(&[("MAX_CLOUD_CALLS", "2")]).await;
     let mut c = h.client.clone();
     let unknown = c
-        .get_report_usage(pb::GetReportUsageRequest { report_id: "nobody".into() })
+        .get_report_usage(pb::GetReportUsageRequest {
+            report_id: "nobody".into(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(unknown.report_id, "nobody");
     let b = unknown.budget.unwrap();
-    assert_eq!((b.cloud_calls_used, b.cloud_calls_limit, b.exhausted), (0, 2, false));
-    assert_eq!((unknown.primary_calls, unknown.secondary_calls, unknown.fallbacks), (0, 0, 0));
+    assert_eq!(
+        (b.cloud_calls_used, b.cloud_calls_limit, b.exhausted),
+        (0, 2, false)
+    );
+    assert_eq!(
+        (
+            unknown.primary_calls,
+            unknown.secondary_calls,
+            unknown.fallbacks
+        ),
+        (0, 0, 0)
+    );
 
     let mut cloud_out = 0;
     let mut local_out = 0;
-    for (phase, section) in [(P::Refine, S::Analysis), (P::Expand, S::Analysis), (P::Refine, S::Other), (P::Refine, S::Conclusion)] {
-        let r = c.generate(request("counted", phase, section)).await.unwrap().into_inner();
+    for (phase, section) in [
+        (P::Refine, S::Analysis),
+        (P::Expand, S::Analysis),
+        (P::Refine, S::Other),
+        (P::Refine, S::Conclusion),
+    ] {
+        let r = c
+            .generate(request("counted", phase, section))
+            .await
+            .unwrap()
+            .into_inner();
         let out = r.usage.unwrap().output_tokens;
         assert!(out > 0);
         if r.route.unwrap().cloud {
@@ -219,7 +363,9 @@ async fn report_usage_counts_calls_fallbacks_and_tokens() {
         }
     }
     let u = c
-        .get_report_usage(pb::GetReportUsageRequest { report_id: "counted".into() })
+        .get_report_usage(pb::GetReportUsageRequest {
+            report_id: "counted".into(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -233,18 +379,40 @@ async fn report_usage_counts_calls_fallbacks_and_tokens() {
 async fn transient_errors_are_retried_then_succeed() {
     let h = Harness::start(&[]).await;
     h.cloud.push(Step::fail(503));
-    h.cloud.push(Step::Fail { status: 408, retry_after: None });
-    let r = h.client.clone().generate(request("retry-ok", P::Refine, S::Analysis)).await.unwrap().into_inner();
-    assert_eq!((tier(&r), reason(&r), r.attempts), (T::Primary, F::Unspecified, 3));
+    h.cloud.push(Step::Fail {
+        status: 408,
+        retry_after: None,
+    });
+    let r = h
+        .client
+        .clone()
+        .generate(request("retry-ok", P::Refine, S::Analysis))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (tier(&r), reason(&r), r.attempts),
+        (T::Primary, F::Unspecified, 3)
+    );
     assert_eq!(h.cloud.requests(), 3);
-    assert_eq!(r.budget.unwrap().cloud_calls_used, 3, "every cloud HTTP request counts, retries included");
+    assert_eq!(
+        r.budget.unwrap().cloud_calls_used,
+        3,
+        "every cloud HTTP request counts, retries included"
+    );
 }
 
 #[tokio::test]
 async fn persistent_5xx_falls_back_to_the_secondary() {
     let h = Harness::start(&[]).await;
     h.cloud.set_default(Step::fail(500));
-    let r = h.client.clone().generate(request("r5xx", P::Refine, S::Analysis)).await.unwrap().into_inner();
+    let r = h
+        .client
+        .clone()
+        .generate(request("r5xx", P::Refine, S::Analysis))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((tier(&r), reason(&r)), (T::Secondary, F::PrimaryError));
     assert_eq!(r.attempts, 4, "three primary attempts, then the secondary");
     assert_eq!((h.cloud.requests(), h.local.requests()), (3, 1));
@@ -256,28 +424,65 @@ async fn connect_errors_fall_back_too() {
     // A cloud upstream that is not listening at all.
     let cloud = vra_gateway::providers::sim::Sim::start().await.unwrap();
     let local = vra_gateway::providers::sim::Sim::start().await.unwrap();
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let dead_url = format!("http://{dead}/v1");
     let config = common::config(&cloud, &local, &[("OPENAI_BASE_URL", dead_url.as_str())]);
     let h = Harness::start_with(cloud, local, config).await;
-    let r = h.client.clone().generate(request("dead", P::Refine, S::Analysis)).await.unwrap().into_inner();
-    assert_eq!((tier(&r), reason(&r), r.attempts), (T::Secondary, F::PrimaryError, 4));
+    let r = h
+        .client
+        .clone()
+        .generate(request("dead", P::Refine, S::Analysis))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (tier(&r), reason(&r), r.attempts),
+        (T::Secondary, F::PrimaryError, 4)
+    );
 }
 
 #[tokio::test]
 async fn retry_after_is_honoured_up_to_the_cap() {
     let h = Harness::start(&[("VRA_RETRY_MAX_BACKOFF_MS", "4000")]).await;
-    h.cloud.push(Step::Fail { status: 429, retry_after: Some("1".into()) });
+    h.cloud.push(Step::Fail {
+        status: 429,
+        retry_after: Some("1".into()),
+    });
     let started = Instant::now();
-    let r = h.client.clone().generate(request("ra", P::Refine, S::Analysis)).await.unwrap().into_inner();
-    assert!(started.elapsed() >= Duration::from_millis(950), "waited {:?}", started.elapsed());
+    let r = h
+        .client
+        .clone()
+        .generate(request("ra", P::Refine, S::Analysis))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "waited {:?}",
+        started.elapsed()
+    );
     assert_eq!((tier(&r), r.attempts), (T::Primary, 2));
 
     let h = Harness::start(&[("VRA_RETRY_MAX_BACKOFF_MS", "50")]).await;
-    h.cloud.push(Step::Fail { status: 429, retry_after: Some("3600".into()) });
+    h.cloud.push(Step::Fail {
+        status: 429,
+        retry_after: Some("3600".into()),
+    });
     let started = Instant::now();
-    let r = h.client.clone().generate(request("ra-cap", P::Refine, S::Analysis)).await.unwrap().into_inner();
-    assert!(started.elapsed() < Duration::from_secs(30), "Retry-After must be capped");
+    let r = h
+        .client
+        .clone()
+        .generate(request("ra-cap", P::Refine, S::Analysis))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "Retry-After must be capped"
+    );
     assert_eq!((tier(&r), r.attempts), (T::Primary, 2));
 }
 
@@ -285,8 +490,17 @@ async fn retry_after_is_honoured_up_to_the_cap() {
 async fn client_errors_are_not_retried() {
     let h = Harness::start(&[]).await;
     h.cloud.push(Step::fail(400));
-    let r = h.client.clone().generate(request("r400", P::Refine, S::Analysis)).await.unwrap().into_inner();
-    assert_eq!((tier(&r), reason(&r), r.attempts), (T::Secondary, F::PrimaryError, 2));
+    let r = h
+        .client
+        .clone()
+        .generate(request("r400", P::Refine, S::Analysis))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (tier(&r), reason(&r), r.attempts),
+        (T::Secondary, F::PrimaryError, 2)
+    );
     assert_eq!(h.cloud.requests(), 1);
 }
 
@@ -294,7 +508,13 @@ async fn client_errors_are_not_retried() {
 async fn malformed_upstream_body_triggers_fallback() {
     let h = Harness::start(&[]).await;
     h.cloud.push(Step::Malformed);
-    let r = h.client.clone().generate(request("bad-body", P::Refine, S::Analysis)).await.unwrap().into_inner();
+    let r = h
+        .client
+        .clone()
+        .generate(request("bad-body", P::Refine, S::Analysis))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((tier(&r), reason(&r)), (T::Secondary, F::PrimaryError));
     assert!(!r.text.is_empty());
 }
@@ -304,10 +524,23 @@ async fn both_failing_is_unavailable_naming_both_errors() {
     let h = Harness::start(&[]).await;
     h.cloud.set_default(Step::fail(502));
     h.local.set_default(Step::fail(500));
-    let err = h.client.clone().generate(request("dead-end", P::Refine, S::Analysis)).await.unwrap_err();
+    let err = h
+        .client
+        .clone()
+        .generate(request("dead-end", P::Refine, S::Analysis))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
-    assert!(err.message().contains("PRIMARY openai: HTTP 502"), "{}", err.message());
-    assert!(err.message().contains("SECONDARY local: HTTP 500"), "{}", err.message());
+    assert!(
+        err.message().contains("PRIMARY openai: HTTP 502"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message().contains("SECONDARY local: HTTP 500"),
+        "{}",
+        err.message()
+    );
     assert!(!err.message().contains("sk-test-secret"));
     assert_eq!((h.cloud.requests(), h.local.requests()), (3, 3));
 }
@@ -316,22 +549,49 @@ async fn both_failing_is_unavailable_naming_both_errors() {
 async fn failing_secondary_without_fallback_is_unavailable() {
     let h = Harness::start(&[]).await;
     h.local.set_default(Step::fail(503));
-    let err = h.client.clone().generate(request("local-down", P::Expand, S::Analysis)).await.unwrap_err();
+    let err = h
+        .client
+        .clone()
+        .generate(request("local-down", P::Expand, S::Analysis))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert!(err.message().contains("SECONDARY local: HTTP 503"));
-    assert_eq!(h.cloud.requests(), 0, "the secondary never falls back to the cloud");
+    assert_eq!(
+        h.cloud.requests(),
+        0,
+        "the secondary never falls back to the cloud"
+    );
 }
 
 #[tokio::test]
 async fn cloud_secondary_with_spent_budget_is_resource_exhausted() {
-    let h = Harness::start(&[("SECONDARY_PROVIDER", "openai"), ("SECONDARY_MODEL", "gpt-4o-mini"), ("MAX_CLOUD_CALLS", "1")]).await;
+    let h = Harness::start(&[
+        ("SECONDARY_PROVIDER", "openai"),
+        ("SECONDARY_MODEL", "gpt-4o-mini"),
+        ("MAX_CLOUD_CALLS", "1"),
+    ])
+    .await;
     let mut c = h.client.clone();
-    let r = c.generate(request("cloudy", P::Expand, S::Analysis)).await.unwrap().into_inner();
+    let r = c
+        .generate(request("cloudy", P::Expand, S::Analysis))
+        .await
+        .unwrap()
+        .into_inner();
     let route = r.route.clone().unwrap();
-    assert_eq!((tier(&r), route.model.as_str(), route.cloud), (T::Secondary, "gpt-4o-mini", true));
-    let err = c.generate(request("cloudy", P::Refine, S::Analysis)).await.unwrap_err();
+    assert_eq!(
+        (tier(&r), route.model.as_str(), route.cloud),
+        (T::Secondary, "gpt-4o-mini", true)
+    );
+    let err = c
+        .generate(request("cloudy", P::Refine, S::Analysis))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
-    let err = c.generate(request("cloudy", P::Expand, S::Analysis)).await.unwrap_err();
+    let err = c
+        .generate(request("cloudy", P::Expand, S::Analysis))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert_eq!(h.cloud.requests(), 1);
 }
@@ -342,37 +602,96 @@ async fn invalid_requests_name_the_field() {
     let mut c = h.client.clone();
     let base = || request("valid", P::Draft, S::Introduction);
     let cases: Vec<(&str, pb::GenerateRequest)> = vec![
-        ("report_id", pb::GenerateRequest { report_id: String::new(), ..base() }),
-        ("report_id", pb::GenerateRequest { report_id: "r".repeat(257), ..base() }),
-        ("phase", pb::GenerateRequest { phase: P::Unspecified as i32, ..base() }),
-        ("prompt", pb::GenerateRequest { prompt: String::new(), ..base() }),
-        ("prompt", pb::GenerateRequest { prompt: "p".repeat(1025), ..base() }),
+        (
+            "report_id",
+            pb::GenerateRequest {
+                report_id: String::new(),
+                ..base()
+            },
+        ),
+        (
+            "report_id",
+            pb::GenerateRequest {
+                report_id: "r".repeat(257),
+                ..base()
+            },
+        ),
+        (
+            "phase",
+            pb::GenerateRequest {
+                phase: P::Unspecified as i32,
+                ..base()
+            },
+        ),
+        (
+            "prompt",
+            pb::GenerateRequest {
+                prompt: String::new(),
+                ..base()
+            },
+        ),
+        (
+            "prompt",
+            pb::GenerateRequest {
+                prompt: "p".repeat(1025),
+                ..base()
+            },
+        ),
     ];
     for (field, req) in cases {
         let err = c.generate(req).await.unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {}", err.message());
-        assert!(err.message().starts_with(field), "{field}: {}", err.message());
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "{field}: {}",
+            err.message()
+        );
+        assert!(
+            err.message().starts_with(field),
+            "{field}: {}",
+            err.message()
+        );
     }
     let err = c
-        .resolve_route(pb::ResolveRouteRequest { report_id: "r".into(), section_type: 0, phase: 0 })
+        .resolve_route(pb::ResolveRouteRequest {
+            report_id: "r".into(),
+            section_type: 0,
+            phase: 0,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().starts_with("phase"));
-    let err = c.get_report_usage(pb::GetReportUsageRequest { report_id: String::new() }).await.unwrap_err();
+    let err = c
+        .get_report_usage(pb::GetReportUsageRequest {
+            report_id: String::new(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().starts_with("report_id"));
-    assert_eq!(h.cloud.requests() + h.local.requests(), 0, "nothing invalid reaches an upstream");
+    assert_eq!(
+        h.cloud.requests() + h.local.requests(),
+        0,
+        "nothing invalid reaches an upstream"
+    );
 }
 
 #[tokio::test]
 async fn oversized_prompt_reaches_validation_not_the_transport_limit() {
     // 5 MiB is above tonic's default 4 MiB decode limit and above the 1 MiB default prompt limit.
     let h = Harness::start(&[]).await;
-    let req = pb::GenerateRequest { prompt: "x".repeat(5 << 20), ..request("big", P::Draft, S::Introduction) };
+    let req = pb::GenerateRequest {
+        prompt: "x".repeat(5 << 20),
+        ..request("big", P::Draft, S::Introduction)
+    };
     let err = h.client.clone().generate(req).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
-    assert!(err.message().contains("VRA_MAX_PROMPT_BYTES"), "{}", err.message());
+    assert!(
+        err.message().contains("VRA_MAX_PROMPT_BYTES"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]
@@ -385,19 +704,28 @@ async fn deadline_bounds_the_call_and_drops_the_upstream_request() {
     let err = h.client.clone().generate(req).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{}", err.message());
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert!(h.cloud.wait_closed(1, Duration::from_secs(2)).await, "the upstream request was dropped");
+    assert!(
+        h.cloud.wait_closed(1, Duration::from_secs(2)).await,
+        "the upstream request was dropped"
+    );
 }
 
 #[tokio::test]
 async fn retries_never_sleep_past_the_deadline() {
     let h = Harness::start(&[("VRA_RETRY_MAX_BACKOFF_MS", "10000")]).await;
-    h.cloud.push(Step::Fail { status: 503, retry_after: Some("10".into()) });
+    h.cloud.push(Step::Fail {
+        status: 503,
+        retry_after: Some("10".into()),
+    });
     let mut req = tonic::Request::new(request("ra-deadline", P::Refine, S::Analysis));
     req.set_timeout(Duration::from_secs(2));
     let started = Instant::now();
     // The 10 s Retry-After cannot fit in 2 s: the primary gives up at once and the secondary answers.
     let r = h.client.clone().generate(req).await.unwrap().into_inner();
-    assert_eq!((tier(&r), reason(&r), r.attempts), (T::Secondary, F::PrimaryError, 2));
+    assert_eq!(
+        (tier(&r), reason(&r), r.attempts),
+        (T::Secondary, F::PrimaryError, 2)
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 
@@ -406,11 +734,22 @@ async fn api_key_is_sent_upstream_but_never_returned() {
     let h = Harness::start(&[]).await;
     h.cloud.set_default(Step::fail(401));
     h.local.set_default(Step::fail(500));
-    let err = h.client.clone().generate(request("auth", P::Refine, S::Analysis)).await.unwrap_err();
+    let err = h
+        .client
+        .clone()
+        .generate(request("auth", P::Refine, S::Analysis))
+        .await
+        .unwrap_err();
     let sent = h.cloud.recorded();
     assert_eq!(sent.len(), 1, "401 is not retried");
-    assert_eq!(sent[0].authorization.as_deref(), Some("Bearer sk-test-secret-key-0123456789"));
-    assert!(h.local.recorded().iter().all(|r| r.authorization.is_none()), "the key goes only to its provider");
+    assert_eq!(
+        sent[0].authorization.as_deref(),
+        Some("Bearer sk-test-secret-key-0123456789")
+    );
+    assert!(
+        h.local.recorded().iter().all(|r| r.authorization.is_none()),
+        "the key goes only to its provider"
+    );
     assert!(!err.message().contains("sk-test"), "{}", err.message());
 }
 
@@ -418,14 +757,24 @@ async fn api_key_is_sent_upstream_but_never_returned() {
 async fn options_and_system_prompt_reach_the_upstream_in_its_format() {
     let h = Harness::start(&[]).await;
     let mut c = h.client.clone();
-    let options = pb::GenerationOptions { temperature: Some(0.25), max_tokens: Some(77), stop: vec!["END".into()] };
+    let options = pb::GenerationOptions {
+        temperature: Some(0.25),
+        max_tokens: Some(77),
+        stop: vec!["END".into()],
+    };
     let mut req = request("opts", P::Refine, S::Analysis);
     req.options = Some(options.clone());
     c.generate(req).await.unwrap();
     let cloud = h.cloud.recorded().pop().unwrap().body;
-    assert_eq!(cloud["messages"][0], serde_json::json!({"role": "system", "content": "You are terse."}));
+    assert_eq!(
+        cloud["messages"][0],
+        serde_json::json!({"role": "system", "content": "You are terse."})
+    );
     assert_eq!(cloud["messages"][1]["role"], "user");
-    assert_eq!((cloud["temperature"].as_f64(), cloud["max_tokens"].as_u64()), (Some(0.25), Some(77)));
+    assert_eq!(
+        (cloud["temperature"].as_f64(), cloud["max_tokens"].as_u64()),
+        (Some(0.25), Some(77))
+    );
     assert_eq!(cloud["stop"], serde_json::json!(["END"]));
 
     let mut req = request("opts", P::Expand, S::Analysis);
@@ -439,54 +788,108 @@ async fn options_and_system_prompt_reach_the_upstream_in_its_format() {
 
 #[tokio::test]
 async fn open_circuit_skips_the_primary_without_spending_budget() {
-    let h = Harness::start(&[("VRA_CIRCUIT_FAILURES", "2"), ("VRA_RETRY_MAX_ATTEMPTS", "1")]).await;
+    let h = Harness::start(&[
+        ("VRA_CIRCUIT_FAILURES", "2"),
+        ("VRA_RETRY_MAX_ATTEMPTS", "1"),
+    ])
+    .await;
     h.cloud.set_default(Step::fail(500));
     let mut c = h.client.clone();
     for i in 0..2 {
-        let r = c.generate(request(&format!("cb-{i}"), P::Refine, S::Analysis)).await.unwrap().into_inner();
+        let r = c
+            .generate(request(&format!("cb-{i}"), P::Refine, S::Analysis))
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(reason(&r), F::PrimaryError);
     }
-    let r = c.generate(request("cb-open", P::Refine, S::Analysis)).await.unwrap().into_inner();
-    assert_eq!((tier(&r), reason(&r), r.attempts), (T::Secondary, F::CircuitOpen, 1));
-    assert_eq!(r.budget.unwrap().cloud_calls_used, 0);
-    assert_eq!(h.cloud.requests(), 2);
-    let resolved = c
-        .resolve_route(pb::ResolveRouteRequest { report_id: "x".into(), section_type: 0, phase: P::Abstract as i32 })
+    let r = c
+        .generate(request("cb-open", P::Refine, S::Analysis))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(resolved.route.unwrap().fallback_reason, F::CircuitOpen as i32);
+    assert_eq!(
+        (tier(&r), reason(&r), r.attempts),
+        (T::Secondary, F::CircuitOpen, 1)
+    );
+    assert_eq!(r.budget.unwrap().cloud_calls_used, 0);
+    assert_eq!(h.cloud.requests(), 2);
+    let resolved = c
+        .resolve_route(pb::ResolveRouteRequest {
+            report_id: "x".into(),
+            section_type: 0,
+            phase: P::Abstract as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        resolved.route.unwrap().fallback_reason,
+        F::CircuitOpen as i32
+    );
 }
 
 #[tokio::test]
 async fn health_and_reflection_are_served() {
     let h = Harness::start(&[]).await;
-    assert!(vra_gateway::server::check_health(&h.addr.to_string()).await.unwrap());
+    assert!(
+        vra_gateway::server::check_health(&h.addr.to_string())
+            .await
+            .unwrap()
+    );
 
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::{ServerReflectionRequest, server_reflection_request::MessageRequest, server_reflection_response::MessageResponse};
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", h.addr)).unwrap().connect().await.unwrap();
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_request::MessageRequest,
+        server_reflection_response::MessageResponse,
+    };
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", h.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut client = ServerReflectionClient::new(channel);
-    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-    let mut stream = client.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
     let resp = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else { panic!("no service list") };
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("no service list")
+    };
     let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
-    assert!(names.contains(&"vra.gateway.v1.GatewayService"), "{names:?}");
+    assert!(
+        names.contains(&"vra.gateway.v1.GatewayService"),
+        "{names:?}"
+    );
     assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
 }
 
 #[tokio::test]
 async fn graceful_shutdown_finishes_in_flight_calls() {
     let h = Harness::start(&[]).await;
-    h.cloud.push(Step::Reply { text: "late but complete".into(), delay: Duration::from_millis(500), chunk_delay: Duration::ZERO });
+    h.cloud.push(Step::Reply {
+        text: "late but complete".into(),
+        delay: Duration::from_millis(500),
+        chunk_delay: Duration::ZERO,
+    });
     let mut c = h.client.clone();
-    let call = tokio::spawn(async move { c.generate(request("drain", P::Refine, S::Analysis)).await });
+    let call =
+        tokio::spawn(async move { c.generate(request("drain", P::Refine, S::Analysis)).await });
     // Wait until the upstream has the request, then ask the server to stop.
     while h.cloud.requests() == 0 {
         tokio::task::yield_now().await;
     }
     h.shutdown().await;
-    let resp = call.await.unwrap().expect("in-flight call completed").into_inner();
+    let resp = call
+        .await
+        .unwrap()
+        .expect("in-flight call completed")
+        .into_inner();
     assert_eq!(resp.text, "late but complete");
 }

@@ -39,8 +39,12 @@ pub fn config(cloud: &Sim, local: &Sim, overrides: &[(&str, &str)]) -> Config {
     for (k, v) in BASE {
         sources.env.insert(k.to_string(), v.to_string());
     }
-    sources.env.insert("OPENAI_BASE_URL".into(), cloud.openai_base());
-    sources.env.insert("OLLAMA_HOST".into(), local.ollama_base());
+    sources
+        .env
+        .insert("OPENAI_BASE_URL".into(), cloud.openai_base());
+    sources
+        .env
+        .insert("OLLAMA_HOST".into(), local.ollama_base());
     for (k, v) in overrides {
         sources.env.insert(k.to_string(), v.to_string());
     }
@@ -86,7 +90,9 @@ impl Harness {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            task.await.expect("server task").expect("server ran cleanly");
+            task.await
+                .expect("server task")
+                .expect("server ran cleanly");
         }
     }
 }
@@ -121,7 +127,8 @@ pub fn tier(resp: &pb::GenerateResponse) -> pb::ProviderTier {
 }
 
 pub fn reason(resp: &pb::GenerateResponse) -> pb::FallbackReason {
-    pb::FallbackReason::try_from(resp.route.as_ref().expect("route").fallback_reason).expect("reason")
+    pb::FallbackReason::try_from(resp.route.as_ref().expect("route").fallback_reason)
+        .expect("reason")
 }
 
 pub fn rule(resp: &pb::GenerateResponse) -> &str {

@@ -1,0 +1,396 @@
+//! Tests that run the real `vra-gateway` binary: configuration errors and exit codes,
+//! `--print-config`, the exact `[Hybrid]` log lines, secrets kept out of logs, and graceful
+//! shutdown on SIGTERM.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::request;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tonic::Code;
+use vra_gateway::pb::{CompilationPhase as P, SectionType as S};
+use vra_gateway::providers::sim::{Sim, Step};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vra-gateway");
+const KEY: &str = "sk-live-DO-NOT-LOG-4f9a8b7c";
+const PROMPT_MARKER: &str = "confidential-prompt-marker-7d1e";
+
+/// A fresh, empty working directory (so no stray `.env` is read).
+fn temp_dir() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "vra-gw-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The binary with a clean environment (PATH only) in an empty directory.
+fn command(dir: &PathBuf, env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+async fn run_to_end(dir: &PathBuf, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = command(dir, env).args(args).output().await.unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn invalid_configuration_exits_2_naming_the_variable() {
+    let dir = temp_dir();
+    let cases = [
+        ("VRA_HYBRID_MODE", "perhaps"),
+        ("MAX_CLOUD_CALLS", "-3"),
+        ("MAX_CLOUD_CALLS", "lots"),
+        ("PRIMARY_PROVIDER", "bard"),
+        ("SECONDARY_PROVIDER", "gemini"),
+        ("VRA_GATEWAY_ADDR", "not-an-address"),
+        ("VRA_RETRY_MAX_ATTEMPTS", "0"),
+        ("VRA_UPSTREAM_TIMEOUT_MS", "fast"),
+        ("VRA_LOG_FORMAT", "yaml"),
+        ("OPENAI_BASE_URL", "not a url"),
+    ];
+    for (var, value) in cases {
+        let (code, _, stderr) = run_to_end(&dir, &["serve"], &[(var, value)]).await;
+        assert_eq!(code, 2, "{var}={value}: {stderr}");
+        assert!(stderr.contains(var), "{var}={value}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn layered_sources_and_redacted_print_config() {
+    let dir = temp_dir();
+    std::fs::write(
+        dir.join(".env"),
+        "MAX_CLOUD_CALLS=7\nPRIMARY_MODEL=from-dotenv\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("gw.toml"),
+        "max_cloud_calls = 9\nvra_hybrid_mode = true\nsecondary_model = \"from-file\"\n",
+    )
+    .unwrap();
+    let env = [("OPENAI_API_KEY", KEY), ("PRIMARY_MODEL", "from-env")];
+    let (code, stdout, stderr) = run_to_end(
+        &dir,
+        &["serve", "--print-config", "--config", "gw.toml"],
+        &env,
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("PRIMARY_MODEL=from-env    # env"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("MAX_CLOUD_CALLS=7    # .env"), "{stdout}");
+    assert!(
+        stdout.contains("VRA_HYBRID_MODE=true    # file"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("SECONDARY_MODEL=from-file    # file"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("OPENAI_API_KEY=<redacted>"), "{stdout}");
+    assert!(!stdout.contains(KEY) && !stderr.contains(KEY));
+
+    // VRA_GATEWAY_CONFIG names the file too; a bad value in it exits 2 naming the setting.
+    let dir = temp_dir();
+    std::fs::write(dir.join("bad.toml"), "max_cloud_calls = \"many\"\n").unwrap();
+    let (code, _, stderr) =
+        run_to_end(&dir, &["serve"], &[("VRA_GATEWAY_CONFIG", "bad.toml")]).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("MAX_CLOUD_CALLS"), "{stderr}");
+    let (code, _, stderr) = run_to_end(&dir, &["serve", "--config", "missing.toml"], &[]).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("VRA_GATEWAY_CONFIG") && stderr.contains("missing.toml"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn help_documents_commands_and_settings() {
+    let (code, stdout, _) = run_to_end(&temp_dir(), &["--help"], &[]).await;
+    assert_eq!(code, 0);
+    for needle in [
+        "serve",
+        "demo",
+        "health",
+        "VRA_HYBRID_MODE",
+        "MAX_CLOUD_CALLS",
+        "VRA_LEDGER_URL",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ] {
+        assert!(stdout.contains(needle), "--help lacks {needle}");
+    }
+}
+
+/// A running gateway binary whose stderr lines are collected.
+struct Running {
+    child: Child,
+    addr: String,
+    lines: mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    async fn start(env: &[(&str, &str)]) -> Running {
+        let mut child = command(&temp_dir(), env).arg("serve").spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, mut lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        let addr = loop {
+            let line = tokio::time::timeout(Duration::from_secs(20), lines.recv())
+                .await
+                .expect("gateway started in time")
+                .expect("gateway is running");
+            seen.push(line.clone());
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        Running {
+            child,
+            addr,
+            lines,
+            seen,
+        }
+    }
+
+    /// Collects lines until one contains `needle` (or fails after a timeout).
+    async fn wait_for(&mut self, needle: &str) -> String {
+        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(10), self.lines.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "no log line with {needle:?}; saw:\n{}",
+                        self.seen.join("\n")
+                    )
+                })
+                .expect("stderr open");
+            self.seen.push(line.clone());
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    fn sigterm(&self) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for exit and returns the code plus every stderr line.
+    async fn finish(mut self) -> (i32, Vec<String>) {
+        let status = tokio::time::timeout(Duration::from_secs(40), self.child.wait())
+            .await
+            .expect("exited")
+            .unwrap();
+        while let Some(line) = self.lines.recv().await {
+            self.seen.push(line);
+        }
+        (status.code().unwrap_or(-1), self.seen)
+    }
+}
+
+fn gateway_env<'a>(
+    cloud: &'a str,
+    local: &'a str,
+    extra: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    let mut env = vec![
+        ("VRA_HYBRID_MODE", "true"),
+        ("VRA_GATEWAY_ADDR", "127.0.0.1:0"),
+        ("VRA_METRICS_ADDR", ""),
+        ("OPENAI_BASE_URL", cloud),
+        ("OLLAMA_HOST", local),
+        ("OPENAI_API_KEY", KEY),
+        ("VRA_RETRY_MAX_ATTEMPTS", "1"),
+        ("MAX_CLOUD_CALLS", "1"),
+    ];
+    env.extend_from_slice(extra);
+    env
+}
+
+#[tokio::test]
+async fn hybrid_log_lines_are_exact_and_secrets_stay_out() {
+    let cloud = Sim::start().await.unwrap();
+    let local = Sim::start().await.unwrap();
+    let (cloud_url, local_url) = (cloud.openai_base(), local.ollama_base());
+    let env = gateway_env(&cloud_url, &local_url, &[("RUST_LOG", "trace")]);
+    let mut gw = Running::start(&env).await;
+    let mut client = common::connect(gw.addr.parse().unwrap()).await;
+    let call = |report: &str, phase, section| {
+        let mut req = request(report, phase, section);
+        req.prompt = format!("{PROMPT_MARKER} write it");
+        req
+    };
+
+    client
+        .generate(call("rep-a", P::Refine, S::Analysis))
+        .await
+        .unwrap();
+    let line = gw
+        .wait_for("[Hybrid] Phase=REFINE | Section=1.3 | Provider=OPENAI | Model=gpt-4o")
+        .await;
+    assert!(line.contains(" INFO "), "{line}");
+
+    client
+        .generate(call("rep-a", P::Abstract, S::Other))
+        .await
+        .unwrap();
+    let line = gw
+        .wait_for("[Hybrid] Event=FALLBACK | Reason=COST_LIMIT | Report=rep-a | Phase=ABSTRACT")
+        .await;
+    assert!(line.contains(" WARN "), "{line}");
+    gw.wait_for(
+        "[Hybrid] Phase=ABSTRACT | Section=1.3 | Provider=LOCAL | Model=llama3:8b | Report=rep-a",
+    )
+    .await;
+
+    cloud.push(Step::fail(500));
+    client
+        .generate(call("rep-b", P::Refine, S::Analysis))
+        .await
+        .unwrap();
+    let line = gw
+        .wait_for(
+            "[Hybrid] Phase=REFINE | Event=FALLBACK | From=PRIMARY | To=SECONDARY | Error=HTTP 500",
+        )
+        .await;
+    assert!(line.contains(" WARN "), "{line}");
+
+    cloud.push(Step::fail(503));
+    local.push(Step::fail(500));
+    let err = client
+        .generate(call("rep-c", P::Draft, S::Introduction))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    let line = gw
+        .wait_for("[Hybrid] Phase=DRAFT | Event=FALLBACK_FAILED | Error=HTTP 503")
+        .await;
+    assert!(
+        line.contains(" ERROR ") && line.contains("HTTP 500"),
+        "{line}"
+    );
+
+    gw.sigterm();
+    let (code, lines) = gw.finish().await;
+    assert_eq!(code, 0);
+    let all = lines.join("\n");
+    assert!(!all.contains(KEY), "the API key leaked into the logs");
+    assert!(
+        !all.contains(PROMPT_MARKER),
+        "prompt text leaked into the logs"
+    );
+    assert!(
+        !all.contains('\u{1b}'),
+        "no ANSI colour codes when stderr is not a terminal"
+    );
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_trace_id() {
+    let cloud = Sim::start().await.unwrap();
+    let local = Sim::start().await.unwrap();
+    let (cloud_url, local_url) = (cloud.openai_base(), local.ollama_base());
+    let env = gateway_env(&cloud_url, &local_url, &[("VRA_LOG_FORMAT", "json")]);
+    let mut gw = Running::start(&env).await;
+    let mut client = common::connect(gw.addr.parse().unwrap()).await;
+    let mut req = tonic::Request::new(request("json-rep", P::Refine, S::Analysis));
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    req.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-b7ad6b7169203331-01")
+            .parse()
+            .unwrap(),
+    );
+    client.generate(req).await.unwrap();
+    let line = gw.wait_for("[Hybrid] Phase=REFINE").await;
+    let json: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(json["level"], "INFO");
+    assert_eq!(
+        json["message"],
+        "[Hybrid] Phase=REFINE | Section=1.3 | Provider=OPENAI | Model=gpt-4o | Report=json-rep"
+    );
+    assert_eq!(
+        json["trace_id"], trace_id,
+        "the caller's trace continues in the log line"
+    );
+    gw.sigterm();
+    assert_eq!(gw.finish().await.0, 0);
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_calls_then_exits_zero() {
+    let cloud = Sim::start().await.unwrap();
+    let local = Sim::start().await.unwrap();
+    cloud.push(Step::Reply {
+        text: "finished during shutdown".into(),
+        delay: Duration::from_millis(700),
+        chunk_delay: Duration::ZERO,
+    });
+    let (cloud_url, local_url) = (cloud.openai_base(), local.ollama_base());
+    let gw = Running::start(&gateway_env(&cloud_url, &local_url, &[])).await;
+    let mut client = common::connect(gw.addr.parse().unwrap()).await;
+    let call = tokio::spawn(async move {
+        client
+            .generate(request("drain", P::Refine, S::Analysis))
+            .await
+    });
+    while cloud.requests() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    gw.sigterm();
+    let resp = call
+        .await
+        .unwrap()
+        .expect("in-flight call finished")
+        .into_inner();
+    assert_eq!(resp.text, "finished during shutdown");
+    let (code, lines) = gw.finish().await;
+    assert_eq!(code, 0, "{}", lines.join("\n"));
+    assert!(lines.iter().any(|l| l.contains("draining in-flight calls")));
+}
