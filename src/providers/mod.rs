@@ -98,12 +98,15 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
-    /// Connect errors, timeouts, 408, 429 and 5xx may succeed on another try.
+    /// Connect errors, timeouts, 408, 429 and 5xx may succeed on another try — and so may a
+    /// stream that broke or went silent (retried only before its first delta).
     pub fn is_retryable(&self) -> bool {
         match self {
-            ProviderError::Connect(_) | ProviderError::Timeout | ProviderError::Transport(_) => {
-                true
-            }
+            ProviderError::Connect(_)
+            | ProviderError::Timeout
+            | ProviderError::Transport(_)
+            | ProviderError::StreamIdle(_)
+            | ProviderError::Truncated => true,
             ProviderError::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
             _ => false,
         }

@@ -460,6 +460,7 @@ fn frame(format: Format, v: &serde_json::Value) -> Vec<u8> {
     }
 }
 
+#[derive(Clone, Copy, PartialEq)]
 enum Ending {
     Close,
     Break,
@@ -482,6 +483,10 @@ fn streamed(
             .then(move |f| async move {
                 if !delay.is_zero() && f.is_some() {
                     tokio::time::sleep(delay).await;
+                }
+                if f.is_none() && ending == Ending::Break {
+                    // Let the frames already written reach the client before the break.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 f
             })
