@@ -90,6 +90,8 @@ pub fn init(config: &Config) -> TelemetryGuard {
 
 /// Like [`init`], with the log filter used when `RUST_LOG` is unset.
 pub fn init_with_default(config: &Config, default_filter: &str) -> TelemetryGuard {
+    // The http/protobuf exporter builds a reqwest client, which needs the TLS provider.
+    crate::install_crypto_provider();
     let _ = SETTINGS.set(Settings {
         json: config.log_format == LogFormat::Json,
         trace_content: config.trace_content,

@@ -3,6 +3,8 @@
 //! that speak the real wire formats and count every request.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
