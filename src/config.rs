@@ -393,12 +393,24 @@ fn parse_millis(setting: Setting, sources: &Sources, min: u64) -> Result<Duratio
 }
 
 fn parse_addr(setting: Setting, value: &str) -> Result<SocketAddr, ConfigError> {
-    value.trim().parse().map_err(|_| {
-        ConfigError::new(
-            setting.var,
-            format!("`{value}` is not a socket address; accepted: IP:PORT, e.g. 127.0.0.1:50051 or [::]:50051"),
-        )
-    })
+    let value = value.trim();
+    if let Ok(addr) = value.parse() {
+        return Ok(addr);
+    }
+    // `localhost:50051` and other host names resolve once, at startup.
+    use std::net::ToSocketAddrs;
+    value
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| {
+            ConfigError::new(
+                setting.var,
+                format!(
+                    "`{value}` is not a socket address; accepted: HOST:PORT, e.g. 127.0.0.1:50051, [::]:50051 or localhost:50051"
+                ),
+            )
+        })
 }
 
 fn parse_url(var: &str, value: &str) -> Result<String, ConfigError> {
@@ -835,6 +847,8 @@ mod tests {
 
     #[test]
     fn ollama_host_without_scheme() {
+        let c = Config::from_sources(&sources(&[("VRA_GATEWAY_ADDR", "localhost:7000")])).unwrap();
+        assert!(c.listen_addr.ip().is_loopback() && c.listen_addr.port() == 7000);
         let c = Config::from_sources(&sources(&[("OLLAMA_HOST", "gpu-box:11434")])).unwrap();
         assert_eq!(c.secondary.provider.base_url, "http://gpu-box:11434");
     }

@@ -456,12 +456,6 @@ impl Gateway {
                 },
                 TierOutcome::Failed(error) => {
                     let (provider, _) = self.provider(Tier::Primary);
-                    if error.is_auth() {
-                        tracing::error!(
-                            "primary provider `{}` rejected its credentials ({error}): check its API key configuration",
-                            provider.config().name
-                        );
-                    }
                     telemetry::hybrid(
                         Hybrid::Fallback,
                         format_args!(
@@ -618,6 +612,12 @@ impl Gateway {
                 Err(e) => e,
             };
             telemetry::attempt_failed(&span, &error);
+            if error.is_auth() {
+                tracing::error!(
+                    "provider `{}` rejected its credentials ({error}): a configuration error, check its API key",
+                    config.name
+                );
+            }
             if !self.retry.should_retry(attempt, &error) {
                 breaker.record(permit, false, error.is_provider_fault());
                 return TierOutcome::Failed(error);

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod redis_server;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -64,12 +65,7 @@ impl Harness {
 
     /// Starts a gateway with an explicit configuration.
     pub async fn start_with(cloud: Sim, local: Sim, config: Config) -> Harness {
-        let listener = server::bind(config.listen_addr).await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::run(config, listener, async {
-            let _ = stopped.await;
-        }));
+        let Replica { addr, stop, task } = Replica::start(config).await;
         let client = connect(addr).await;
         Harness {
             cloud,
@@ -153,3 +149,30 @@ pub const SECTIONS: [SectionType; 7] = [
     SectionType::Implementation,
     SectionType::Other,
 ];
+
+/// A bare gateway server (no upstreams of its own), e.g. one of several replicas.
+pub struct Replica {
+    pub addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), server::ServeError>>,
+}
+
+impl Replica {
+    pub async fn start(config: Config) -> Replica {
+        let listener = server::bind(config.listen_addr).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        Replica { addr, stop, task }
+    }
+
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .expect("server task")
+            .expect("server ran cleanly");
+    }
+}

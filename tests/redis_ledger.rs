@@ -1,0 +1,272 @@
+//! The Redis ledger against a real `redis-server`: one exact budget across three replicas,
+//! fail-safe while Redis is down, recovery when it is back, TTLs and key hygiene.
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis_server::RedisServer;
+use common::{Replica, config, connect, reason, request, tier};
+use redis::AsyncCommands;
+use tonic::Code;
+use vra_gateway::pb::{
+    self, CompilationPhase as P, FallbackReason as F, ProviderTier as T, SectionType as S,
+};
+use vra_gateway::providers::sim::Sim;
+
+async fn usage(addr: std::net::SocketAddr, report: &str) -> pb::GetReportUsageResponse {
+    connect(addr)
+        .await
+        .get_report_usage(pb::GetReportUsageRequest {
+            report_id: report.into(),
+        })
+        .await
+        .expect("usage")
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_share_one_exact_budget() {
+    let Some(redis) = RedisServer::start("three_replicas_share_one_exact_budget").await else {
+        return;
+    };
+    let cloud = Sim::start().await.unwrap();
+    let local = Sim::start().await.unwrap();
+    let url = redis.url();
+    let settings = [("VRA_LEDGER_URL", url.as_str()), ("MAX_CLOUD_CALLS", "15")];
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        // Separate servers, separate Redis connections, one Redis.
+        replicas.push(Replica::start(config(&cloud, &local, &settings)).await);
+    }
+    let mut clients = Vec::new();
+    for r in &replicas {
+        clients.push(connect(r.addr).await);
+    }
+    let mut tasks = Vec::new();
+    for i in 0..150 {
+        let mut client = clients[i % 3].clone();
+        tasks.push(tokio::spawn(async move {
+            client
+                .generate(request("shared-report", P::Refine, S::Analysis))
+                .await
+                .map(|r| r.into_inner())
+        }));
+    }
+    let (mut primary, mut cost_limited) = (0, 0);
+    for t in tasks {
+        let resp = t.await.unwrap().expect("every call is answered");
+        match (tier(&resp), reason(&resp)) {
+            (T::Primary, F::Unspecified) => primary += 1,
+            (T::Secondary, F::CostLimit) => cost_limited += 1,
+            other => panic!("unexpected route {other:?}"),
+        }
+    }
+    assert_eq!(
+        cloud.requests(),
+        15,
+        "the cloud upstream received exactly MAX_CLOUD_CALLS requests"
+    );
+    assert_eq!((primary, cost_limited), (15, 135));
+    for r in &replicas {
+        let u = usage(r.addr, "shared-report").await;
+        let b = u.budget.unwrap();
+        assert_eq!(
+            (b.cloud_calls_used, b.cloud_calls_limit, b.exhausted),
+            (15, 15, true)
+        );
+        assert_eq!(
+            (u.primary_calls, u.secondary_calls, u.fallbacks),
+            (15, 135, 135),
+            "replicas agree"
+        );
+    }
+    for r in replicas {
+        r.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn redis_down_fails_safe_and_recovers() {
+    let Some(mut redis) = RedisServer::start("redis_down_fails_safe_and_recovers").await else {
+        return;
+    };
+    let cloud = Sim::start().await.unwrap();
+    let local = Sim::start().await.unwrap();
+    let url = redis.url();
+    let gw = Replica::start(config(
+        &cloud,
+        &local,
+        &[
+            ("VRA_LEDGER_URL", url.as_str()),
+            ("VRA_LEDGER_TIMEOUT_MS", "200"),
+        ],
+    ))
+    .await;
+    let mut client = connect(gw.addr).await;
+    let r = client
+        .generate(request("ha", P::Refine, S::Analysis))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(tier(&r), T::Primary);
+    assert_eq!(cloud.requests(), 1);
+
+    redis.stop().await;
+    for i in 0..5 {
+        let r = client
+            .generate(request(&format!("ha-{i}"), P::Refine, S::Analysis))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (tier(&r), reason(&r)),
+            (T::Secondary, F::LedgerUnavailable),
+            "call {i} while Redis is down"
+        );
+    }
+    assert_eq!(
+        cloud.requests(),
+        1,
+        "zero cloud requests while the ledger is down"
+    );
+    let err = client
+        .get_report_usage(pb::GetReportUsageRequest {
+            report_id: "ha".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(
+        vra_gateway::server::check_health(&gw.addr.to_string())
+            .await
+            .unwrap(),
+        "SERVING: the secondary still answers"
+    );
+
+    redis.restart().await;
+    // The connection manager reconnects in the background; budgeted cloud calls resume.
+    let resumed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let r = client
+                .generate(request("ha-back", P::Refine, S::Analysis))
+                .await
+                .unwrap()
+                .into_inner();
+            if tier(&r) == T::Primary {
+                return r;
+            }
+            assert_eq!(reason(&r), F::LedgerUnavailable);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("cloud calls resume after Redis is back");
+    assert_eq!(
+        resumed.budget.unwrap().cloud_calls_used,
+        1,
+        "the restarted Redis starts empty"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn starting_without_redis_serves_fail_safe() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let url = format!("redis://{dead}/0");
+    let cloud = Sim::start().await.unwrap();
+    let local = Sim::start().await.unwrap();
+    let gw = Replica::start(config(&cloud, &local, &[("VRA_LEDGER_URL", url.as_str())])).await;
+    let r = connect(gw.addr)
+        .await
+        .generate(request("nr", P::Abstract, S::Other))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((tier(&r), reason(&r)), (T::Secondary, F::LedgerUnavailable));
+    assert_eq!(cloud.requests(), 0);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn keys_are_namespaced_expire_and_treat_report_ids_as_data() {
+    let Some(redis) =
+        RedisServer::start("keys_are_namespaced_expire_and_treat_report_ids_as_data").await
+    else {
+        return;
+    };
+    let cloud = Sim::start().await.unwrap();
+    let local = Sim::start().await.unwrap();
+    let url = redis.url();
+    let gw = Replica::start(config(
+        &cloud,
+        &local,
+        &[
+            ("VRA_LEDGER_URL", url.as_str()),
+            ("VRA_LEDGER_PREFIX", "test:"),
+            ("VRA_REPORT_TTL_SECS", "1"),
+        ],
+    ))
+    .await;
+    let mut client = connect(gw.addr).await;
+    let odd = "report *?[x]{y} \"quoted\" \n KEYS * -- EVAL";
+    client
+        .generate(request(odd, P::Refine, S::Analysis))
+        .await
+        .unwrap();
+    client
+        .generate(request("plain", P::Expand, S::Analysis))
+        .await
+        .unwrap();
+
+    let mut conn = redis.client().await;
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut keys: Vec<String> = keys
+        .into_iter()
+        .map(|k| String::from_utf8(k).unwrap())
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec![
+            "test:report:plain".to_string(),
+            format!("test:report:{odd}")
+        ]
+    );
+    let used: u32 = conn
+        .hget(format!("test:report:{odd}"), "used")
+        .await
+        .unwrap();
+    assert_eq!(used, 1);
+    let ttl: i64 = conn.pttl(format!("test:report:{odd}")).await.unwrap();
+    assert!(
+        ttl > 0 && ttl <= 1000,
+        "the TTL is refreshed to VRA_REPORT_TTL_SECS: {ttl} ms"
+    );
+    // Expiry is Redis's own clock: wait for it, bounded.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let n: u32 = conn.exists(format!("test:report:{odd}")).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the report's key expired");
+    let u = usage(gw.addr, odd).await;
+    assert_eq!(
+        u.budget.unwrap().cloud_calls_used,
+        0,
+        "an expired report starts over"
+    );
+    gw.shutdown().await;
+}
