@@ -169,6 +169,31 @@ async fn hybrid_log_lines_are_exact_and_secrets_stay_out() {
         "{line}"
     );
 
+    cloud.push(Step::StreamThenBreak {
+        text: "one two three".into(),
+        deltas: 1,
+    });
+    let mut stream = client
+        .generate_stream(vra_gateway::pb::GenerateStreamRequest {
+            report_id: "rep-d".into(),
+            section_id: "4.2".into(),
+            section_type: S::Analysis as i32,
+            phase: P::Refine as i32,
+            prompt: format!("{PROMPT_MARKER} stream it"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while let Ok(Some(_)) = stream.message().await {}
+    let line = gw
+        .wait_for("[Hybrid] Phase=REFINE | Event=STREAM_ABORTED | Provider=OPENAI | Error=")
+        .await;
+    assert!(
+        line.contains(" ERROR ") && line.contains("Report=rep-d"),
+        "{line}"
+    );
+
     gw.sigterm();
     let (code, lines) = gw.finish().await;
     assert_eq!(code, 0);

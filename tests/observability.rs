@@ -363,6 +363,59 @@ async fn prompts_reach_spans_only_when_opted_in() {
 }
 
 #[tokio::test]
+async fn http_protobuf_export_works_too() {
+    use axum::body::Bytes;
+    use prost::Message;
+    let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
+    let sink = spans.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: Bytes| {
+            let sink = sink.clone();
+            async move {
+                let req = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf body");
+                let mut spans = sink.lock().unwrap();
+                for rs in req.resource_spans {
+                    for ss in rs.scope_spans {
+                        spans.extend(ss.spans);
+                    }
+                }
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let cloud = Sim::start().await.unwrap();
+    let local = Sim::start().await.unwrap();
+    let (cloud_url, local_url) = (cloud.openai_base(), local.ollama_base());
+    let env = gateway_env(
+        &cloud_url,
+        &local_url,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ],
+    );
+    let gw = Running::start(&env).await;
+    common::connect(gw.addr.parse().unwrap())
+        .await
+        .generate(request("over-http", P::Expand, S::Other))
+        .await
+        .unwrap();
+    gw.sigterm();
+    assert_eq!(gw.finish().await.0, 0);
+    let spans = spans.lock().unwrap().clone();
+    let server = server_span(&spans, "over-http");
+    let names: Vec<_> = children(&spans, server)
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    assert_eq!(names, ["chat llama3:8b"]);
+}
+
+#[tokio::test]
 async fn an_unreachable_collector_never_fails_a_call() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

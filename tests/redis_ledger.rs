@@ -179,15 +179,45 @@ async fn starting_without_redis_serves_fail_safe() {
     let url = format!("redis://{dead}/0");
     let cloud = Sim::start().await.unwrap();
     let local = Sim::start().await.unwrap();
-    let gw = Replica::start(config(&cloud, &local, &[("VRA_LEDGER_URL", url.as_str())])).await;
-    let r = connect(gw.addr)
-        .await
+    let gw = Replica::start(config(
+        &cloud,
+        &local,
+        &[
+            ("VRA_LEDGER_URL", url.as_str()),
+            ("VRA_CIRCUIT_FAILURES", "1"),
+            ("VRA_RETRY_MAX_ATTEMPTS", "1"),
+        ],
+    ))
+    .await;
+    let mut client = connect(gw.addr).await;
+    let r = client
         .generate(request("nr", P::Abstract, S::Other))
         .await
         .unwrap()
         .into_inner();
     assert_eq!((tier(&r), reason(&r)), (T::Secondary, F::LedgerUnavailable));
     assert_eq!(cloud.requests(), 0);
+    let addr = gw.addr.to_string();
+    assert!(
+        vra_gateway::server::check_health(&addr).await.unwrap(),
+        "SERVING while the secondary answers"
+    );
+
+    // With the secondary unusable too (its circuit opens after one failed call), nothing can
+    // be served safely: the health service says NOT_SERVING.
+    local.set_default(vra_gateway::providers::sim::Step::fail(500));
+    let err = client
+        .generate(request("nr", P::Expand, S::Other))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while vra_gateway::server::check_health(&addr).await.unwrap() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("NOT_SERVING once the ledger and the secondary are both unusable");
     gw.shutdown().await;
 }
 
