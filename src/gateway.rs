@@ -139,6 +139,18 @@ struct CallState<'a> {
     refused: bool,
 }
 
+impl<'a> CallState<'a> {
+    fn new(input: &'a GenerateInput, deadline: Deadline) -> Self {
+        Self {
+            input,
+            deadline,
+            attempts: 0,
+            last_used: None,
+            refused: false,
+        }
+    }
+}
+
 /// A successful first phase of a call: the value, the tier that produced it and why.
 struct Served<T> {
     value: T,
@@ -270,13 +282,7 @@ impl Gateway {
         input: &GenerateInput,
         deadline: Deadline,
     ) -> Result<Generated, GatewayError> {
-        let mut state = CallState {
-            input,
-            deadline,
-            attempts: 0,
-            last_used: None,
-            refused: false,
-        };
+        let mut state = CallState::new(input, deadline);
         let served = self
             .serve(&mut state, |provider, req| {
                 Box::pin(async move { provider.complete(&req).await })
@@ -338,13 +344,7 @@ impl Gateway {
         deadline: Deadline,
         tx: &mpsc::Sender<Result<StreamItem, GatewayError>>,
     ) {
-        let mut state = CallState {
-            input,
-            deadline,
-            attempts: 0,
-            last_used: None,
-            refused: false,
-        };
+        let mut state = CallState::new(input, deadline);
         let idle = self.stream_idle;
         let served = self
             .serve(&mut state, move |provider, req| {

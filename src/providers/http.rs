@@ -1,22 +1,87 @@
-//! HTTP plumbing shared by the providers: one pooled client per provider, sending with trace
-//! context, and mapping transport failures and error statuses into [`ProviderError`].
+//! HTTP plumbing shared by the providers: one pooled client per provider, the request/response
+//! cycle of a completion or a stream, trace-context injection, and the mapping of transport
+//! failures and error statuses into [`ProviderError`]. Each provider only supplies its wire
+//! format: the request body, the response parser and the stream decoder.
 
 use std::time::{Duration, SystemTime};
 
+use futures_util::StreamExt;
 use http::HeaderMap;
-pub(crate) use http::header::ACCEPT;
+use http::header::ACCEPT;
 use reqwest::{RequestBuilder, Response};
+use serde::Serialize;
 
-use super::{BuildError, ProviderError};
+use super::stream::{Decoder, decode};
+use super::{BuildError, Completion, EventStream, ProviderError};
 use crate::config::{ProviderConfig, Secret};
 use crate::resilience::parse_retry_after;
+
+/// One provider endpoint: its pooled client, URL, per-attempt timeout and key.
+pub(crate) struct Endpoint {
+    client: reqwest::Client,
+    url: String,
+    timeout: Duration,
+    api_key: Option<Secret>,
+}
+
+impl Endpoint {
+    pub(crate) fn new(config: &ProviderConfig, path: &str) -> Result<Self, BuildError> {
+        Ok(Self {
+            client: client(config)?,
+            url: join(&config.base_url, path),
+            timeout: config.timeout,
+            api_key: config.api_key.clone(),
+        })
+    }
+
+    /// One non-streaming request: send `body`, parse the answer with `parse`, record it on the
+    /// current (attempt) span.
+    pub(crate) async fn complete(
+        &self,
+        body: &impl Serialize,
+        parse: fn(&[u8]) -> Result<Completion, ProviderError>,
+    ) -> Result<Completion, ProviderError> {
+        let builder = self.client.post(&self.url).timeout(self.timeout).json(body);
+        let response = send(builder, self.api_key.as_ref()).await?;
+        let bytes = response.bytes().await.map_err(map_reqwest)?;
+        let completion = parse(&bytes)?;
+        crate::telemetry::record_response(
+            &tracing::Span::current(),
+            &completion.model,
+            completion.usage,
+            &completion.finish_reason,
+            Some(&completion.text),
+        );
+        Ok(completion)
+    }
+
+    /// One streaming request. The time to response headers is bounded by the attempt timeout;
+    /// after that only the idle timeout applies, so long generations are not cut.
+    pub(crate) async fn stream(
+        &self,
+        body: &impl Serialize,
+        accept: &'static str,
+        decoder: impl Decoder,
+        idle: Duration,
+    ) -> Result<EventStream, ProviderError> {
+        let builder = self
+            .client
+            .post(&self.url)
+            .header(ACCEPT, accept)
+            .json(body);
+        let response = tokio::time::timeout(self.timeout, send(builder, self.api_key.as_ref()))
+            .await
+            .map_err(|_| ProviderError::Timeout)??;
+        Ok(decode(response.bytes_stream().boxed(), decoder, idle))
+    }
+}
 
 /// Longest upstream error excerpt kept in an error message.
 const ERROR_EXCERPT: usize = 200;
 
 /// A pooled client with the provider's connect timeout. The per-attempt timeout is set per
 /// request, because a stream must not be cut by a total-time limit (it has an idle timeout).
-pub(crate) fn client(config: &ProviderConfig) -> Result<reqwest::Client, BuildError> {
+fn client(config: &ProviderConfig) -> Result<reqwest::Client, BuildError> {
     crate::install_crypto_provider();
     reqwest::Client::builder()
         .connect_timeout(config.connect_timeout)
@@ -31,7 +96,7 @@ pub(crate) fn client(config: &ProviderConfig) -> Result<reqwest::Client, BuildEr
 
 /// Sends a request with the current trace context and the provider's bearer key; returns the
 /// response only when its status is a success.
-pub(crate) async fn send(
+async fn send(
     builder: RequestBuilder,
     api_key: Option<&Secret>,
 ) -> Result<Response, ProviderError> {
@@ -65,11 +130,6 @@ pub(crate) async fn send(
         retry_after,
         message,
     })
-}
-
-/// Reads a whole response body.
-pub(crate) async fn body(response: Response) -> Result<bytes::Bytes, ProviderError> {
-    response.bytes().await.map_err(map_reqwest)
 }
 
 /// Maps a reqwest failure to a typed error, without the URL.
@@ -116,7 +176,7 @@ fn scrub(text: &str, key: Option<&Secret>) -> String {
 }
 
 /// Appends `path` to a base URL that has no trailing slash.
-pub(crate) fn join(base: &str, path: &str) -> String {
+fn join(base: &str, path: &str) -> String {
     format!("{base}{path}")
 }
 

@@ -37,6 +37,31 @@ pub struct ChatRequest {
     pub stop: Vec<String>,
 }
 
+impl ChatRequest {
+    /// The chat messages: the system prompt (if any), then the user prompt.
+    pub fn messages(&self) -> Vec<Message<'_>> {
+        let mut messages = Vec::with_capacity(2);
+        if let Some(system) = self.system.as_deref().filter(|s| !s.is_empty()) {
+            messages.push(Message {
+                role: "system",
+                content: system,
+            });
+        }
+        messages.push(Message {
+            role: "user",
+            content: &self.prompt,
+        });
+        messages
+    }
+}
+
+/// A chat message as both wire formats (OpenAI and Ollama) write it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Message<'a> {
+    pub role: &'static str,
+    pub content: &'a str,
+}
+
 /// Token counts as reported by the upstream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TokenUsage {

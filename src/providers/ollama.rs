@@ -8,9 +8,8 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
 
-use super::stream::{NdjsonDecoder, decode};
+use super::stream::NdjsonDecoder;
 use super::{
     BuildError, ChatRequest, Completion, EventStream, Provider, ProviderError, TokenUsage, http,
 };
@@ -19,12 +18,6 @@ use crate::config::ProviderConfig;
 /// The JSON shapes of Ollama's `/api/chat`.
 pub mod wire {
     use serde::{Deserialize, Serialize};
-
-    #[derive(Debug, Serialize)]
-    pub struct Message<'a> {
-        pub role: &'a str,
-        pub content: &'a str,
-    }
 
     #[derive(Debug, Serialize, Default)]
     pub struct Options<'a> {
@@ -39,7 +32,7 @@ pub mod wire {
     #[derive(Debug, Serialize)]
     pub struct Request<'a> {
         pub model: &'a str,
-        pub messages: Vec<Message<'a>>,
+        pub messages: Vec<crate::providers::Message<'a>>,
         pub stream: bool,
         pub options: Options<'a>,
     }
@@ -68,34 +61,21 @@ pub mod wire {
 /// An Ollama upstream.
 pub struct Ollama {
     config: ProviderConfig,
-    client: reqwest::Client,
-    url: String,
+    endpoint: http::Endpoint,
 }
 
 impl Ollama {
     pub fn new(config: ProviderConfig) -> Result<Self, BuildError> {
         Ok(Self {
-            client: http::client(&config)?,
-            url: http::join(&config.base_url, "/api/chat"),
+            endpoint: http::Endpoint::new(&config, "/api/chat")?,
             config,
         })
     }
 
     fn body<'a>(req: &'a ChatRequest, stream: bool) -> wire::Request<'a> {
-        let mut messages = Vec::with_capacity(2);
-        if let Some(system) = req.system.as_deref().filter(|s| !s.is_empty()) {
-            messages.push(wire::Message {
-                role: "system",
-                content: system,
-            });
-        }
-        messages.push(wire::Message {
-            role: "user",
-            content: &req.prompt,
-        });
         wire::Request {
             model: &req.model,
-            messages,
+            messages: req.messages(),
             stream,
             options: wire::Options {
                 temperature: req.temperature,
@@ -139,21 +119,9 @@ impl Provider for Ollama {
     }
 
     async fn complete(&self, req: &ChatRequest) -> Result<Completion, ProviderError> {
-        let builder = self
-            .client
-            .post(&self.url)
-            .timeout(self.config.timeout)
-            .json(&Self::body(req, false));
-        let response = http::send(builder, self.config.api_key.as_ref()).await?;
-        let completion = parse_response(&http::body(response).await?)?;
-        crate::telemetry::record_response(
-            &tracing::Span::current(),
-            &completion.model,
-            completion.usage,
-            &completion.finish_reason,
-            Some(&completion.text),
-        );
-        Ok(completion)
+        self.endpoint
+            .complete(&Self::body(req, false), parse_response)
+            .await
     }
 
     async fn stream(
@@ -161,14 +129,14 @@ impl Provider for Ollama {
         req: &ChatRequest,
         idle: Duration,
     ) -> Result<EventStream, ProviderError> {
-        let builder = self.client.post(&self.url).json(&Self::body(req, true));
-        let response = tokio::time::timeout(
-            self.config.timeout,
-            http::send(builder, self.config.api_key.as_ref()),
-        )
-        .await
-        .map_err(|_| ProviderError::Timeout)??;
-        Ok(decode(response.bytes_stream().boxed(), NdjsonDecoder, idle))
+        self.endpoint
+            .stream(
+                &Self::body(req, true),
+                "application/x-ndjson",
+                NdjsonDecoder,
+                idle,
+            )
+            .await
     }
 }
 

@@ -7,9 +7,8 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
 
-use super::stream::{SseDecoder, decode};
+use super::stream::SseDecoder;
 use super::{
     BuildError, ChatRequest, Completion, EventStream, Provider, ProviderError, TokenUsage, http,
 };
@@ -19,12 +18,6 @@ use crate::config::ProviderConfig;
 pub mod wire {
     use serde::{Deserialize, Serialize};
 
-    #[derive(Debug, Serialize, Deserialize)]
-    pub struct Message<'a> {
-        pub role: &'a str,
-        pub content: &'a str,
-    }
-
     #[derive(Debug, Serialize)]
     pub struct StreamOptions {
         pub include_usage: bool,
@@ -33,7 +26,7 @@ pub mod wire {
     #[derive(Debug, Serialize)]
     pub struct Request<'a> {
         pub model: &'a str,
-        pub messages: Vec<Message<'a>>,
+        pub messages: Vec<crate::providers::Message<'a>>,
         #[serde(skip_serializing_if = "Option::is_none")]
         pub temperature: Option<f32>,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -100,34 +93,21 @@ pub mod wire {
 /// An OpenAI-compatible upstream.
 pub struct OpenAi {
     config: ProviderConfig,
-    client: reqwest::Client,
-    url: String,
+    endpoint: http::Endpoint,
 }
 
 impl OpenAi {
     pub fn new(config: ProviderConfig) -> Result<Self, BuildError> {
         Ok(Self {
-            client: http::client(&config)?,
-            url: http::join(&config.base_url, "/chat/completions"),
+            endpoint: http::Endpoint::new(&config, "/chat/completions")?,
             config,
         })
     }
 
     fn body<'a>(req: &'a ChatRequest, stream: bool) -> wire::Request<'a> {
-        let mut messages = Vec::with_capacity(2);
-        if let Some(system) = req.system.as_deref().filter(|s| !s.is_empty()) {
-            messages.push(wire::Message {
-                role: "system",
-                content: system,
-            });
-        }
-        messages.push(wire::Message {
-            role: "user",
-            content: &req.prompt,
-        });
         wire::Request {
             model: &req.model,
-            messages,
+            messages: req.messages(),
             temperature: req.temperature,
             max_tokens: req.max_tokens,
             stop: &req.stop,
@@ -171,21 +151,9 @@ impl Provider for OpenAi {
     }
 
     async fn complete(&self, req: &ChatRequest) -> Result<Completion, ProviderError> {
-        let builder = self
-            .client
-            .post(&self.url)
-            .timeout(self.config.timeout)
-            .json(&Self::body(req, false));
-        let response = http::send(builder, self.config.api_key.as_ref()).await?;
-        let completion = parse_response(&http::body(response).await?)?;
-        crate::telemetry::record_response(
-            &tracing::Span::current(),
-            &completion.model,
-            completion.usage,
-            &completion.finish_reason,
-            Some(&completion.text),
-        );
-        Ok(completion)
+        self.endpoint
+            .complete(&Self::body(req, false), parse_response)
+            .await
     }
 
     async fn stream(
@@ -193,23 +161,14 @@ impl Provider for OpenAi {
         req: &ChatRequest,
         idle: Duration,
     ) -> Result<EventStream, ProviderError> {
-        let builder = self
-            .client
-            .post(&self.url)
-            .header(http::ACCEPT, "text/event-stream")
-            .json(&Self::body(req, true));
-        // The time to response headers is bounded by the attempt timeout; after that, idle.
-        let response = tokio::time::timeout(
-            self.config.timeout,
-            http::send(builder, self.config.api_key.as_ref()),
-        )
-        .await
-        .map_err(|_| ProviderError::Timeout)??;
-        Ok(decode(
-            response.bytes_stream().boxed(),
-            SseDecoder::default(),
-            idle,
-        ))
+        self.endpoint
+            .stream(
+                &Self::body(req, true),
+                "text/event-stream",
+                SseDecoder::default(),
+                idle,
+            )
+            .await
     }
 }
 
