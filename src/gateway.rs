@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::providers::{
     ChatRequest, Completion, EventStream, Provider, ProviderError, StreamEvent, Tiers, TokenUsage,
 };
-use crate::resilience::{CircuitBreaker, Deadline, Permit, RetryPolicy};
+use crate::resilience::{BreakerState, CircuitBreaker, Deadline, Permit, RetryPolicy};
 use crate::routing::{self, Phase, Policy, Rule, SectionType, Tier};
 use crate::telemetry::{self, Hybrid};
 
@@ -209,7 +209,7 @@ impl Gateway {
 
     /// Whether the secondary's circuit is open (used by health reporting).
     pub fn secondary_unusable(&self) -> bool {
-        self.breaker(Tier::Secondary).state() == crate::resilience::BreakerState::Open
+        self.breaker(Tier::Secondary).state() == BreakerState::Open
     }
 
     fn route_info(&self, tier: Tier, rule: Rule, fallback: Option<FallbackReason>) -> RouteInfo {
@@ -234,24 +234,15 @@ impl Gateway {
         let decision = routing::route(self.policy, phase, section);
         let usage = self.ledger.usage(report_id).await;
         let budget = self.budget_from(usage.as_ref().ok());
-        let fallback = match (decision.tier, decision.cloud) {
-            (Tier::Primary, true) => match &usage {
-                Err(_) => Some(FallbackReason::LedgerUnavailable),
-                Ok(u) if u.is_spent(self.limit) => Some(FallbackReason::CostLimit),
-                Ok(_)
-                    if self.breaker(Tier::Primary).state()
-                        == crate::resilience::BreakerState::Open =>
-                {
-                    Some(FallbackReason::CircuitOpen)
-                }
-                Ok(_) => None,
-            },
-            (Tier::Primary, false)
-                if self.breaker(Tier::Primary).state() == crate::resilience::BreakerState::Open =>
-            {
-                Some(FallbackReason::CircuitOpen)
+        let primary_open = self.breaker(Tier::Primary).state() == BreakerState::Open;
+        let fallback = match (decision.tier, decision.cloud, &usage) {
+            (Tier::Secondary, _, _) => None,
+            (Tier::Primary, true, Err(_)) => Some(FallbackReason::LedgerUnavailable),
+            (Tier::Primary, true, Ok(u)) if u.is_spent(self.limit) => {
+                Some(FallbackReason::CostLimit)
             }
-            _ => None,
+            (Tier::Primary, _, _) if primary_open => Some(FallbackReason::CircuitOpen),
+            (Tier::Primary, _, _) => None,
         };
         let tier = if fallback.is_some() {
             Tier::Secondary
