@@ -278,17 +278,21 @@ async fn stream_section(
         system_prompt: request.system_prompt,
         options: request.options,
     };
-    print!(
-        "streaming section {} {title} / {}: ",
-        request.section_id,
-        phase_name(phase)
-    );
-    std::io::stdout().flush()?;
     let mut stream = client.generate_stream(stream_req).await?.into_inner();
     let mut done = None;
+    let mut first = true;
     while let Some(msg) = stream.next().await {
         let msg = msg?;
         if !msg.delta.is_empty() {
+            if first {
+                // The header goes out with the first token, after the gateway's routing line.
+                print!(
+                    "streaming section {} {title} / {}: ",
+                    request.section_id,
+                    phase_name(phase)
+                );
+                first = false;
+            }
             print!("{}", msg.delta);
             std::io::stdout().flush()?;
         }

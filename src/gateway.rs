@@ -286,6 +286,7 @@ impl Gateway {
             ..
         } = served.value;
         let route = self.route_info(served.tier, served.decision.rule, served.fallback);
+        Self::log_routed(input, &route);
         let budget = self.finish_call(&state, &route, usage).await;
         telemetry::record_route(&Span::current(), &route, &budget);
         Ok(Generated {
@@ -355,6 +356,8 @@ impl Gateway {
             }
         };
         let route = self.route_info(tier, decision.rule, fallback);
+        // Logged as soon as the route is final, before the text flows.
+        Self::log_routed(input, &route);
         let mut end = None;
         match first {
             StreamEvent::Delta(text) => {
@@ -629,6 +632,21 @@ impl Gateway {
         }
     }
 
+    /// The `[Hybrid]` line of a served call: which provider and model wrote the section.
+    fn log_routed(input: &GenerateInput, route: &RouteInfo) {
+        telemetry::hybrid(
+            Hybrid::Routed,
+            format_args!(
+                "[Hybrid] Phase={} | Section={} | Provider={} | Model={} | Report={}",
+                input.phase,
+                section_label(&input.section_id),
+                route.provider.to_ascii_uppercase(),
+                route.model,
+                input.report_id
+            ),
+        );
+    }
+
     /// Records a served call in the ledger and returns the report's budget after it.
     async fn finish_call(
         &self,
@@ -645,17 +663,6 @@ impl Gateway {
         };
         self.metrics.tokens(&route.provider, usage);
         let input = state.input;
-        telemetry::hybrid(
-            Hybrid::Routed,
-            format_args!(
-                "[Hybrid] Phase={} | Section={} | Provider={} | Model={} | Report={}",
-                input.phase,
-                section_label(&input.section_id),
-                route.provider.to_ascii_uppercase(),
-                route.model,
-                input.report_id
-            ),
-        );
         match self.ledger.record(&input.report_id, record).await {
             Ok(u) => BudgetInfo {
                 used: u.cloud_calls_used,
