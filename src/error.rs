@@ -56,10 +56,6 @@ pub enum GatewayError {
     /// The caller's deadline passed.
     #[error("deadline exceeded after {attempts} upstream attempt(s)")]
     DeadlineExceeded { attempts: u32 },
-
-    /// The server is shutting down.
-    #[error("server is shutting down")]
-    ShuttingDown,
 }
 
 fn join(failures: &[ProviderFailure]) -> String {
@@ -87,7 +83,6 @@ impl GatewayError {
             GatewayError::StreamAborted(_) => Code::Unavailable,
             GatewayError::Ledger(_) => Code::Unavailable,
             GatewayError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
-            GatewayError::ShuttingDown => Code::Unavailable,
         }
     }
 
@@ -105,7 +100,6 @@ impl GatewayError {
             GatewayError::StreamAborted(_) => "stream_aborted",
             GatewayError::Ledger(_) => "ledger_unavailable",
             GatewayError::DeadlineExceeded { .. } => "deadline_exceeded",
-            GatewayError::ShuttingDown => "unavailable",
         }
     }
 }

@@ -68,12 +68,6 @@ impl Deadline {
     pub fn would_pass(&self, d: Duration) -> bool {
         self.0.is_some_and(|end| Instant::now() + d >= end)
     }
-
-    /// Time left, if a deadline is set.
-    pub fn remaining(&self) -> Option<Duration> {
-        self.0
-            .map(|end| end.saturating_duration_since(Instant::now()))
-    }
 }
 
 /// Parses a `Retry-After` value: delay-seconds or an HTTP date (relative to `now`).

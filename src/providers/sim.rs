@@ -103,8 +103,6 @@ struct State {
     requests: AtomicUsize,
     closed: AtomicUsize,
     closed_notify: Notify,
-    /// Simulated time-to-first-token / inter-token delay applied on top of every step.
-    words_per_chunk: usize,
 }
 
 /// A running simulated upstream. Dropping it stops the server.
@@ -139,7 +137,6 @@ impl Sim {
             requests: AtomicUsize::new(0),
             closed: AtomicUsize::new(0),
             closed_notify: Notify::new(),
-            words_per_chunk: 1,
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(openai))
@@ -288,7 +285,6 @@ async fn handle(
         format,
         model,
         prompt_tokens: prompt_words as u32,
-        words_per_chunk: state.words_per_chunk,
     };
     respond(ctx, step, stream, guard).await
 }
@@ -297,7 +293,6 @@ struct Ctx {
     format: Format,
     model: String,
     prompt_tokens: u32,
-    words_per_chunk: usize,
 }
 
 async fn respond(ctx: Ctx, step: Step, stream: bool, guard: CloseGuard) -> Response {
@@ -422,7 +417,7 @@ pub fn split_words(text: &str, words_per_chunk: usize) -> Vec<String> {
 /// Wire frames of a streamed answer: up to `max_deltas` text chunks, then (if `end`) the
 /// terminal frames.
 fn frames(ctx: &Ctx, text: &str, max_deltas: usize, end: bool) -> Vec<Vec<u8>> {
-    let pieces = split_words(text, ctx.words_per_chunk);
+    let pieces = split_words(text, 1);
     let completion = pieces.len() as u32;
     let mut out: Vec<Vec<u8>> = Vec::new();
     for piece in pieces.iter().take(max_deltas) {
