@@ -78,7 +78,8 @@ pub struct RouteInfo {
     pub rule: Rule,
 }
 
-/// A report's budget as returned to callers.
+/// A report's budget as returned to callers. `exhausted` means no cloud call is left: the
+/// budget is used up (or was refused), so the next primary call will fall back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BudgetInfo {
     pub used: u32,
@@ -263,7 +264,7 @@ impl Gateway {
         BudgetInfo {
             used: usage.cloud_calls_used,
             limit: self.limit,
-            exhausted: usage.exhausted,
+            exhausted: usage.is_spent(self.limit),
         }
     }
 
@@ -667,14 +668,14 @@ impl Gateway {
             Ok(u) => BudgetInfo {
                 used: u.cloud_calls_used,
                 limit: self.limit,
-                exhausted: u.exhausted || state.refused,
+                exhausted: state.refused || u.is_spent(self.limit),
             },
             Err(e) => {
                 tracing::warn!("could not record usage of report: {e}");
                 BudgetInfo {
                     used: state.last_used.unwrap_or(0),
                     limit: self.limit,
-                    exhausted: state.refused,
+                    exhausted: state.refused || state.last_used.is_some_and(|u| u >= self.limit),
                 }
             }
         }

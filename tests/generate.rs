@@ -204,7 +204,10 @@ async fn cost_limit_pins_the_report_to_the_secondary() {
         .unwrap()
         .into_inner();
     assert_eq!((tier(&first), reason(&first)), (T::Primary, F::Unspecified));
-    assert!(!first.budget.unwrap().exhausted);
+    assert!(
+        first.budget.unwrap().exhausted,
+        "the only unit is used: nothing is left"
+    );
     for (phase, section) in [
         (P::Refine, S::Analysis),
         (P::Draft, S::Introduction),
