@@ -19,6 +19,7 @@ use std::time::{Duration, Instant as StdInstant};
 
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
+use opentelemetry::context::FutureExt as _;
 use tokio::sync::mpsc;
 use tracing::{Instrument, Span};
 
@@ -311,6 +312,7 @@ impl Gateway {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let gateway = self.clone();
         let span = Span::current();
+        let cx = opentelemetry::Context::current();
         tokio::spawn(
             async move {
                 let closed = tx.clone();
@@ -326,7 +328,8 @@ impl Gateway {
                     _ = gateway.run_stream(&input, deadline, &tx) => {}
                 }
             }
-            .instrument(span),
+            .instrument(span)
+            .with_context(cx),
         );
         rx
     }

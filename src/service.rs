@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
+use opentelemetry::context::FutureExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
@@ -270,10 +271,10 @@ impl From<Generated> for pb::GenerateResponse {
 }
 
 /// Opens the server span of an RPC and continues the caller's trace.
-fn rpc_span(method: &'static str, metadata: &MetadataMap) -> Span {
+fn rpc_span(method: &'static str, metadata: &MetadataMap) -> (Span, opentelemetry::Context) {
     let span = telemetry::server_span(method);
-    telemetry::extract_parent(&span, &metadata.clone().into_headers());
-    span
+    let cx = telemetry::extract_parent(&span, &metadata.clone().into_headers());
+    (span, cx)
 }
 
 fn record_input(span: &Span, input: &GenerateInput) {
@@ -306,7 +307,7 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
         &self,
         request: Request<pb::GenerateRequest>,
     ) -> Result<Response<pb::GenerateResponse>, Status> {
-        let span = rpc_span("Generate", request.metadata());
+        let (span, cx) = rpc_span("Generate", request.metadata());
         let deadline = deadline_for(request.metadata());
         let gateway = self.gateway.clone();
         let metrics = self.metrics.clone();
@@ -334,6 +335,7 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
             finish(&Span::current(), result).map(|g| Response::new(g.into()))
         }
         .instrument(span)
+        .with_context(cx)
         .await
     }
 
@@ -343,7 +345,7 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
         &self,
         request: Request<pb::GenerateStreamRequest>,
     ) -> Result<Response<Self::GenerateStreamStream>, Status> {
-        let span = rpc_span("GenerateStream", request.metadata());
+        let (span, cx) = rpc_span("GenerateStream", request.metadata());
         let deadline = deadline_for(request.metadata());
         let input = {
             let _enter = span.enter();
@@ -356,6 +358,7 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
         let in_flight = self.metrics.in_flight("GenerateStream");
         let rx = {
             let _enter = span.enter();
+            let _cx = cx.attach();
             self.gateway.generate_stream(input, deadline)
         };
         let metrics = self.metrics.clone();
@@ -392,7 +395,7 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
         &self,
         request: Request<pb::ResolveRouteRequest>,
     ) -> Result<Response<pb::ResolveRouteResponse>, Status> {
-        let span = rpc_span("ResolveRoute", request.metadata());
+        let (span, cx) = rpc_span("ResolveRoute", request.metadata());
         let gateway = self.gateway.clone();
         async move {
             let req = request.into_inner();
@@ -407,6 +410,7 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
             }))
         }
         .instrument(span)
+        .with_context(cx)
         .await
     }
 
@@ -414,7 +418,7 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
         &self,
         request: Request<pb::GetReportUsageRequest>,
     ) -> Result<Response<pb::GetReportUsageResponse>, Status> {
-        let span = rpc_span("GetReportUsage", request.metadata());
+        let (span, cx) = rpc_span("GetReportUsage", request.metadata());
         let gateway = self.gateway.clone();
         async move {
             let req = request.into_inner();
@@ -438,6 +442,7 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
             }))
         }
         .instrument(span)
+        .with_context(cx)
         .await
     }
 }

@@ -124,7 +124,7 @@ pub fn init_with_default(config: &Config, default_filter: &str) -> TelemetryGuar
             .with_writer(std::io::stderr)
             .with_ansi(std::io::stderr().is_terminal())
             .event_format(LineFormat)
-            .with_filter(filter())
+            .with_filter(events_only(filter()))
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
@@ -132,14 +132,19 @@ pub fn init_with_default(config: &Config, default_filter: &str) -> TelemetryGuar
             .with_current_span(false)
             .with_span_list(false)
             .with_writer(std::io::stderr)
-            .with_filter(filter())
+            .with_filter(events_only(filter()))
             .boxed(),
     };
     // Spans and their events go to OpenTelemetry at debug and above, whatever RUST_LOG says,
     // so retries show up as span events even when they are not logged.
-    let otel_layer = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_filter(EnvFilter::new("vra_gateway=debug"));
+    // The OpenTelemetry layer only runs when spans are exported: building spans for a
+    // provider that drops them cost a quarter of the gateway's CPU (bench/RESULTS.md, F1).
+    // Without it the caller's trace context is still forwarded (see `extract_parent`).
+    let otel_layer = export_enabled().then(|| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(EnvFilter::new("vra_gateway=debug"))
+    });
     let _ = tracing_subscriber::registry()
         .with(fmt_layer)
         .with(otel_layer)
@@ -176,6 +181,21 @@ fn span_exporter() -> Result<opentelemetry_otlp::SpanExporter, String> {
         }
     }
     .map_err(|e| e.to_string())
+}
+
+/// Restricts a log layer to events: neither formatter prints span fields, so spans need not
+/// be recorded (and formatted) for the logs at all.
+fn events_only(
+    filter: EnvFilter,
+) -> tracing_subscriber::filter::combinator::And<
+    EnvFilter,
+    tracing_subscriber::filter::FilterFn,
+    tracing_subscriber::Registry,
+> {
+    use tracing_subscriber::filter::FilterExt;
+    filter.and(tracing_subscriber::filter::filter_fn(|meta| {
+        meta.is_event()
+    }))
 }
 
 /// The text log format: `<timestamp> <LEVEL> <message> <fields>`, one line per event. Unlike
@@ -236,9 +256,20 @@ pub fn hybrid(kind: Hybrid, line: fmt::Arguments<'_>) {
 
 /// The trace id of the current span, if it belongs to a valid trace.
 pub fn current_trace_id() -> Option<String> {
-    let cx = Span::current().context();
+    let cx = current_context();
     let sc = cx.span().span_context().clone();
     sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+/// The trace context of the code running now: the current span's when spans are exported,
+/// else the caller's context attached to the request's future (see [`extract_parent`]).
+fn current_context() -> opentelemetry::Context {
+    let cx = Span::current().context();
+    if cx.span().span_context().is_valid() {
+        cx
+    } else {
+        opentelemetry::Context::current()
+    }
 }
 
 /// Creates the SERVER span of one RPC (RPC semantic conventions plus `vra.*` attributes).
@@ -294,13 +325,7 @@ pub fn record_status(span: &Span, code: tonic::Code, message: Option<&str>) {
 /// Creates the CLIENT span of one upstream HTTP attempt (GenAI semantic conventions).
 pub fn attempt_span(provider: &dyn Provider, model: &str, tier: Tier, attempt: u32) -> Span {
     let config = provider.config();
-    let (address, port) = match reqwest::Url::parse(&config.base_url) {
-        Ok(url) => (
-            url.host_str().unwrap_or_default().to_string(),
-            url.port_or_known_default().unwrap_or(0),
-        ),
-        Err(_) => (String::new(), 0),
-    };
+    let (address, port) = provider.address();
     tracing::info_span!(
         "chat",
         otel.name = %format_args!("chat {model}"),
@@ -417,18 +442,23 @@ impl Injector for HeaderInjector<'_> {
     }
 }
 
-/// Continues the caller's trace: makes the W3C context in `headers` the parent of `span`.
-pub fn extract_parent(span: &Span, headers: &HeaderMap) {
+/// Continues the caller's trace: makes the W3C context in `headers` the parent of `span`, and
+/// returns it so the request's future can carry it (`opentelemetry::context::FutureExt`) — that
+/// is what gets forwarded upstream when spans are not exported.
+pub fn extract_parent(span: &Span, headers: &HeaderMap) -> opentelemetry::Context {
     let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderCarrier(headers)));
     if cx.span().span_context().is_valid() {
-        let _ = span.set_parent(cx);
+        let _ = span.set_parent(cx.clone());
     }
+    cx
 }
 
-/// Writes the current span's W3C trace context into outgoing request headers.
+/// Writes the current W3C trace context into outgoing request headers.
 pub fn inject_trace_context(headers: &mut HeaderMap) {
-    let cx = Span::current().context();
-    opentelemetry::global::get_text_map_propagator(|p| {
-        p.inject_context(&cx, &mut HeaderInjector(headers))
-    });
+    let cx = current_context();
+    if cx.span().span_context().is_valid() {
+        opentelemetry::global::get_text_map_propagator(|p| {
+            p.inject_context(&cx, &mut HeaderInjector(headers))
+        });
+    }
 }

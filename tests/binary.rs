@@ -237,6 +237,12 @@ async fn json_logs_carry_the_trace_id() {
         json["trace_id"], trace_id,
         "the caller's trace continues in the log line"
     );
+    // Without OTLP export the gateway records no spans, yet still forwards the caller's trace.
+    let forwarded = cloud.recorded()[0]
+        .traceparent
+        .clone()
+        .expect("traceparent sent upstream");
+    assert!(forwarded.contains(trace_id), "{forwarded}");
     gw.sigterm();
     assert_eq!(gw.finish().await.0, 0);
 }

@@ -19,19 +19,33 @@ use crate::resilience::parse_retry_after;
 /// One provider endpoint: its pooled client, URL, per-attempt timeout and key.
 pub(crate) struct Endpoint {
     client: reqwest::Client,
-    url: String,
+    /// Parsed once: reqwest would parse a string URL again on every request.
+    url: reqwest::Url,
+    host: String,
+    port: u16,
     timeout: Duration,
     api_key: Option<Secret>,
 }
 
 impl Endpoint {
     pub(crate) fn new(config: &ProviderConfig, path: &str) -> Result<Self, BuildError> {
+        let url = reqwest::Url::parse(&join(&config.base_url, path)).map_err(|e| BuildError {
+            name: config.name.clone(),
+            message: format!("invalid base URL: {e}"),
+        })?;
         Ok(Self {
+            host: url.host_str().unwrap_or_default().to_string(),
+            port: url.port_or_known_default().unwrap_or(0),
             client: client(config)?,
-            url: join(&config.base_url, path),
+            url,
             timeout: config.timeout,
             api_key: config.api_key.clone(),
         })
+    }
+
+    /// The upstream's host and port (`server.address`, `server.port`).
+    pub(crate) fn address(&self) -> (&str, u16) {
+        (&self.host, self.port)
     }
 
     /// One non-streaming request: send `body`, parse the answer with `parse`, record it on the
@@ -41,7 +55,11 @@ impl Endpoint {
         body: &impl Serialize,
         parse: fn(&[u8]) -> Result<Completion, ProviderError>,
     ) -> Result<Completion, ProviderError> {
-        let builder = self.client.post(&self.url).timeout(self.timeout).json(body);
+        let builder = self
+            .client
+            .post(self.url.clone())
+            .timeout(self.timeout)
+            .json(body);
         let response = send(builder, self.api_key.as_ref()).await?;
         let bytes = response.bytes().await.map_err(map_reqwest)?;
         let completion = parse(&bytes)?;
@@ -66,7 +84,7 @@ impl Endpoint {
     ) -> Result<EventStream, ProviderError> {
         let builder = self
             .client
-            .post(&self.url)
+            .post(self.url.clone())
             .header(ACCEPT, accept)
             .json(body);
         let response = tokio::time::timeout(self.timeout, send(builder, self.api_key.as_ref()))

@@ -207,6 +207,9 @@ pub trait Provider: Send + Sync + 'static {
         idle_timeout: Duration,
     ) -> Result<EventStream, ProviderError>;
 
+    /// The upstream's host and port, for span attributes.
+    fn address(&self) -> (&str, u16);
+
     /// The `gen_ai.provider.name` of this wire format (`openai`, `ollama`).
     fn system(&self) -> &'static str {
         match self.config().kind {

@@ -118,6 +118,10 @@ impl Provider for Ollama {
         &self.config
     }
 
+    fn address(&self) -> (&str, u16) {
+        self.endpoint.address()
+    }
+
     async fn complete(&self, req: &ChatRequest) -> Result<Completion, ProviderError> {
         self.endpoint
             .complete(&Self::body(req, false), parse_response)
