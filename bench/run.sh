@@ -1,0 +1,504 @@
+#!/usr/bin/env bash
+# The benchmark suite of vra-gateway (issue 6): one entry point.
+#
+#   bash bench/run.sh           full run (~10-15 min on 2 cores): writes bench/RESULTS.md
+#   bash bench/run.sh --smoke   1-second scenarios, no nginx / LiteLLM / criterion: checks the
+#                               harness end to end; writes target/bench-smoke/RESULTS.md
+#   bash bench/run.sh --report-only
+#                               rewrites bench/RESULTS.md from the last full run's raw results
+#                               (target/bench-run/), e.g. after editing bench/findings.md
+#
+# It builds in release mode, starts on 127.0.0.1 only: the fast fake upstream
+# (`vra-loadgen upstream`), nginx (proxy_pass with keep-alive, when installed), the gateway
+# with the in-memory ledger, Redis and the gateway with the Redis ledger (when redis-server is
+# installed), LiteLLM (full mode, via bench/litellm.sh, when it can be installed); drives
+# them all with the same load generator (`vra-loadgen`), and stops everything on exit. A
+# missing optional tool is skipped with a notice, never a failure.
+#
+# Environment: CARGO_TARGET_DIR is honoured. VRA_BENCH_PIN=0 disables CPU pinning.
+# VRA_BENCH_LITELLM=0 skips LiteLLM. VRA_BENCH_DURATION / VRA_BENCH_WARMUP override the
+# per-scenario seconds.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+SMOKE=0
+REPORT_ONLY=0
+case "${1:-}" in
+--smoke) SMOKE=1 ;;
+--report-only) REPORT_ONLY=1 ;;
+"") ;;
+*)
+    echo "usage: bash bench/run.sh [--smoke | --report-only]" >&2
+    exit 2
+    ;;
+esac
+
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET_DIR/release
+if [ "$SMOKE" = 1 ]; then
+    OUT_DIR=$ROOT/target/bench-smoke
+    RESULTS_MD=$OUT_DIR/RESULTS.md
+    DURATION=${VRA_BENCH_DURATION:-1}
+    WARMUP=${VRA_BENCH_WARMUP:-0.2}
+    STREAMS=100
+    LEDGER_REPORTS=20000
+else
+    OUT_DIR=$ROOT/target/bench-run
+    RESULTS_MD=$ROOT/bench/RESULTS.md
+    DURATION=${VRA_BENCH_DURATION:-10}
+    WARMUP=${VRA_BENCH_WARMUP:-2}
+    STREAMS=1000
+    LEDGER_REPORTS=1000000
+fi
+LOGS=$OUT_DIR/logs
+RESULTS=$OUT_DIR/results.jsonl
+COMMANDS=$OUT_DIR/commands.txt
+SETUP=$OUT_DIR/setup.md
+TABLES=$OUT_DIR/tables.md
+
+# RESULTS.md = setup (written during the run) + tables (from the raw results) + findings +
+# commands.
+assemble() {
+    local criterion=()
+    if [ -f "$OUT_DIR/criterion-ran" ]; then criterion=(--criterion "$TARGET_DIR/criterion"); fi
+    "$BIN/vra-loadgen" report --results "$RESULTS" "${criterion[@]}" --out "$TABLES"
+    {
+        cat "$SETUP"
+        echo
+        cat "$TABLES"
+        echo "## Findings"
+        echo
+        if [ -f "$ROOT/bench/findings.md" ]; then
+            cat "$ROOT/bench/findings.md"
+        else
+            echo "(none recorded)"
+        fi
+        echo
+        echo "## Commands"
+        echo
+        echo '```'
+        cat "$COMMANDS"
+        echo '```'
+    } >"$RESULTS_MD"
+}
+
+if [ "$REPORT_ONLY" = 1 ]; then
+    for f in "$RESULTS" "$SETUP" "$COMMANDS" "$BIN/vra-loadgen"; do
+        [ -e "$f" ] || {
+            echo "bench: $f is missing: run bash bench/run.sh first" >&2
+            exit 1
+        }
+    done
+    assemble
+    echo "bench: rewrote $RESULTS_MD from $RESULTS"
+    exit 0
+fi
+
+rm -rf "$OUT_DIR"
+mkdir -p "$LOGS"
+: >"$RESULTS"
+: >"$COMMANDS"
+WORK=$(mktemp -d -t vra-bench.XXXXXX)
+STARTED_AT=$(date +%s)
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
+
+# Traffic goes to 127.0.0.1 only: never through an environment proxy.
+unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY ALL_PROXY all_proxy NO_PROXY no_proxy
+# 1k concurrent streams need ~3k sockets across the processes.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+log() { printf '[bench %4ds] %s\n' "$(($(date +%s) - STARTED_AT))" "$*"; }
+note_skip() { # TARGET REASON
+    log "SKIP $1: $2"
+    printf '{"kind":"skip","target":"%s","reason":"%s"}\n' "$1" "${2//\"/\'}" >>"$RESULTS"
+}
+
+# --- processes we start, stopped on exit -------------------------------------------------
+PIDS=()
+stop_pid() {
+    local pid=$1 child
+    kill -0 "$pid" 2>/dev/null || return 0
+    for child in $(ps -o pid= --ppid "$pid" 2>/dev/null); do
+        kill "$child" 2>/dev/null || true
+    done
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -9 "$pid" 2>/dev/null || true
+}
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        stop_pid "$pid"
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- CPU split -----------------------------------------------------------------------------
+PIN_SERVER=()
+PIN_CLIENT=()
+if [ "${VRA_BENCH_PIN:-1}" = 1 ] && command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+    PIN_SERVER=(taskset -c 1)
+    PIN_CLIENT=(taskset -c 0)
+    CPU_SPLIT="pinned with taskset: the server under test (vra-gateway, nginx or LiteLLM) on CPU 1; the load generator, the fake upstream and Redis on CPU 0"
+else
+    CPU_SPLIT="not pinned (taskset missing, fewer than 2 CPUs, or VRA_BENCH_PIN=0): every process shares every core"
+fi
+
+# Benchmark processes that are not the server under test (upstreams, Redis): their CPU is not
+# counted as interference from the rest of the machine.
+ENV_PIDS=()
+
+# --- helpers -------------------------------------------------------------------------------
+free_port() { "$BIN/vra-loadgen" free-port; }
+
+wait_port() { # PORT PID SECONDS
+    local port=$1 pid=$2 tries=$(($3 * 10))
+    for _ in $(seq "$tries"); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            return 1
+        fi
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+record_idle_rss() { # TARGET PID
+    local kb
+    kb=$(rss_kb "$2")
+    printf '{"kind":"rss","label":"%s-idle","kb":%s}\n' "$1" "${kb:-0}" >>"$RESULTS"
+    log "idle RSS of $1: ${kb:-0} kB"
+}
+
+# Runs one load scenario; a failing run is noted, not fatal.
+load() { # LABEL PROTO TARGET WATCH_PID [loadgen args...]
+    local label=$1 proto=$2 target=$3 pid=$4
+    shift 4
+    local cmd=("${PIN_CLIENT[@]}" "$BIN/vra-loadgen" "$proto" --target "$target" --label "$label"
+        --watch-pid "$pid" "${ENV_PIDS[@]}" --duration "$DURATION" --warmup "$WARMUP" --out "$RESULTS" "$@")
+    echo "${cmd[*]}" >>"$COMMANDS"
+    log "$label"
+    if ! "${cmd[@]}" >"$LOGS/load-${label//\//-}.log" 2>&1; then
+        note_skip "$label" "load generator failed: $(tail -n 1 "$LOGS/load-${label//\//-}.log")"
+        return 0
+    fi
+    grep -v '^{' "$LOGS/load-${label//\//-}.log" | sed 's/^/    /'
+}
+
+start_upstream() { # NAME PORT [upstream args...]; sets LAST_PID
+    local name=$1 port=$2
+    shift 2
+    "${PIN_CLIENT[@]}" "$BIN/vra-loadgen" upstream --addr "127.0.0.1:$port" "$@" >"$LOGS/$name.log" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+    wait_port "$port" "$LAST_PID" 10 || {
+        echo "bench: $name did not start; see $LOGS/$name.log" >&2
+        exit 1
+    }
+}
+
+# The gateway with a clean environment and an empty working directory (no stray .env).
+start_gateway() { # NAME PORT UPSTREAM_PORT [VAR=VALUE...]; sets LAST_PID
+    local name=$1 port=$2 up=$3
+    shift 3
+    (
+        cd "$WORK"
+        exec env -i PATH="$PATH" HOME="${HOME:-/root}" RUST_LOG=warn \
+            VRA_GATEWAY_ADDR="127.0.0.1:$port" VRA_METRICS_ADDR= VRA_HYBRID_MODE=true \
+            MAX_CLOUD_CALLS=1000000000 OPENAI_BASE_URL="http://127.0.0.1:$up/v1" \
+            OPENAI_API_KEY=sk-bench OLLAMA_HOST="http://127.0.0.1:$up" "$@" \
+            "${PIN_SERVER[@]}" "$BIN/vra-gateway" serve
+    ) >"$LOGS/$name.log" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+    wait_port "$port" "$LAST_PID" 20 || {
+        echo "bench: $name did not start; see $LOGS/$name.log" >&2
+        tail -n 20 "$LOGS/$name.log" >&2 || true
+        exit 1
+    }
+}
+
+# --- build ---------------------------------------------------------------------------------
+log "building release binaries (cargo build --release --bins)"
+echo "cargo build --release --bins" >>"$COMMANDS"
+if ! cargo build --release --bins >"$LOGS/build.log" 2>&1; then
+    tail -n 40 "$LOGS/build.log" >&2
+    echo "bench: release build failed" >&2
+    exit 1
+fi
+log "build done"
+
+# --- upstream and servers ------------------------------------------------------------------
+UP_PORT=$(free_port)
+start_upstream upstream "$UP_PORT" --tokens 16
+UP_PID=$LAST_PID
+ENV_PIDS+=(--env-pid "$UP_PID")
+UP_URL=http://127.0.0.1:$UP_PORT/v1/chat/completions
+echo "vra-loadgen upstream --addr 127.0.0.1:$UP_PORT --tokens 16" >>"$COMMANDS"
+log "fake upstream on 127.0.0.1:$UP_PORT (pid $UP_PID)"
+
+GW_PORT=$(free_port)
+start_gateway gateway "$GW_PORT" "$UP_PORT"
+GW_PID=$LAST_PID
+log "gateway (memory ledger) on 127.0.0.1:$GW_PORT (pid $GW_PID)"
+
+# The gRPC floor: the gateway's service answering at once, on the server CPU like the gateway.
+ECHO_PORT=$(free_port)
+"${PIN_SERVER[@]}" "$BIN/vra-loadgen" grpc-echo --addr "127.0.0.1:$ECHO_PORT" --tokens 16 >"$LOGS/grpc-echo.log" 2>&1 &
+ECHO_PID=$!
+PIDS+=("$ECHO_PID")
+wait_port "$ECHO_PORT" "$ECHO_PID" 10 || {
+    echo "bench: grpc-echo did not start; see $LOGS/grpc-echo.log" >&2
+    exit 1
+}
+echo "vra-loadgen grpc-echo --addr 127.0.0.1:$ECHO_PORT --tokens 16" >>"$COMMANDS"
+log "gRPC floor (vra-loadgen grpc-echo) on 127.0.0.1:$ECHO_PORT (pid $ECHO_PID)"
+ECHO=127.0.0.1:$ECHO_PORT
+sleep 1
+record_idle_rss gateway "$GW_PID"
+record_idle_rss direct "$UP_PID"
+
+NGINX_VERSION="not installed"
+NGX_PID=""
+if [ "$SMOKE" = 1 ]; then
+    NGINX_VERSION="skipped in smoke mode"
+    note_skip nginx "skipped in smoke mode"
+elif ! command -v nginx >/dev/null; then
+    note_skip nginx "nginx is not installed (apt-get install nginx); thin-proxy comparison skipped"
+else
+    NGINX_VERSION=$(nginx -v 2>&1 | sed 's/^nginx version: //')
+    NGX_PORT=$(free_port)
+    mkdir -p "$WORK/nginx"
+    NGINX_USER=""
+    [ "$(id -u)" = 0 ] && NGINX_USER="user root;"
+    cat >"$WORK/nginx/nginx.conf" <<EOF
+$NGINX_USER
+worker_processes 1;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/nginx/body;
+    proxy_temp_path $WORK/nginx/proxy;
+    fastcgi_temp_path $WORK/nginx/fastcgi;
+    uwsgi_temp_path $WORK/nginx/uwsgi;
+    scgi_temp_path $WORK/nginx/scgi;
+    upstream fake_llm {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 256;
+    }
+    server {
+        listen 127.0.0.1:$NGX_PORT;
+        keepalive_requests 1000000;
+        location / {
+            proxy_pass http://fake_llm;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+    "${PIN_SERVER[@]}" nginx -e "$WORK/nginx/error.log" -p "$WORK/nginx/" -c "$WORK/nginx/nginx.conf" >"$LOGS/nginx.log" 2>&1 &
+    NGX_PID=$!
+    PIDS+=("$NGX_PID")
+    if wait_port "$NGX_PORT" "$NGX_PID" 10; then
+        log "nginx $NGINX_VERSION on 127.0.0.1:$NGX_PORT (pid $NGX_PID)"
+        sleep 0.5
+        record_idle_rss nginx "$NGX_PID"
+    else
+        note_skip nginx "nginx did not start: $(tail -n 1 "$WORK/nginx/error.log" 2>/dev/null)"
+        NGX_PID=""
+    fi
+fi
+
+REDIS_VERSION="not installed"
+GWR_PID=""
+if ! command -v redis-server >/dev/null; then
+    note_skip gateway-redis "redis-server is not installed; Redis-ledger scenarios skipped"
+else
+    REDIS_VERSION=$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')
+    REDIS_PORT=$(free_port)
+    "${PIN_CLIENT[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" \
+        --appendonly no --daemonize no --dir "$WORK" >"$LOGS/redis.log" 2>&1 &
+    REDIS_PID=$!
+    PIDS+=("$REDIS_PID")
+    ENV_PIDS+=(--env-pid "$REDIS_PID")
+    if wait_port "$REDIS_PORT" "$REDIS_PID" 10; then
+        GWR_PORT=$(free_port)
+        start_gateway gateway-redis "$GWR_PORT" "$UP_PORT" VRA_LEDGER_URL="redis://127.0.0.1:$REDIS_PORT/0"
+        GWR_PID=$LAST_PID
+        log "Redis $REDIS_VERSION on 127.0.0.1:$REDIS_PORT; gateway (Redis ledger) on 127.0.0.1:$GWR_PORT (pid $GWR_PID)"
+        sleep 1
+        record_idle_rss gateway-redis "$GWR_PID"
+    else
+        note_skip gateway-redis "redis-server did not start"
+    fi
+fi
+
+LITELLM_VERSION="not run"
+# The master key LiteLLM requires (bench/litellm.sh serve reads it); local only.
+export LITELLM_BENCH_KEY=sk-vra-bench-local-only-not-a-secret
+LL_PID=""
+if [ "$SMOKE" = 1 ]; then
+    LITELLM_VERSION="skipped in smoke mode"
+    note_skip litellm "skipped in smoke mode"
+elif [ "${VRA_BENCH_LITELLM:-1}" != 1 ]; then
+    note_skip litellm "VRA_BENCH_LITELLM=0"
+else
+    log "installing LiteLLM into bench/.venv (bounded to 10 minutes)"
+    echo "bash bench/litellm.sh install" >>"$COMMANDS"
+    if timeout 600 bash bench/litellm.sh install >"$LOGS/litellm-install.log" 2>&1; then
+        LITELLM_VERSION=$(bash bench/litellm.sh version 2>/dev/null || echo unknown)
+        LL_PORT=$(free_port)
+        echo "bash bench/litellm.sh serve $LL_PORT http://127.0.0.1:$UP_PORT/v1" >>"$COMMANDS"
+        "${PIN_SERVER[@]}" bash bench/litellm.sh serve "$LL_PORT" "http://127.0.0.1:$UP_PORT/v1" >"$LOGS/litellm.log" 2>&1 &
+        LL_PID=$!
+        PIDS+=("$LL_PID")
+        if wait_port "$LL_PORT" "$LL_PID" 180; then
+            log "LiteLLM $LITELLM_VERSION on 127.0.0.1:$LL_PORT (pid $LL_PID)"
+            sleep 2
+            record_idle_rss litellm "$LL_PID"
+        else
+            note_skip litellm "LiteLLM did not start (it exited, or 180 s passed): $(grep -v '^\s*$' "$LOGS/litellm.log" 2>/dev/null | tail -n 1)"
+            stop_pid "$LL_PID"
+            LL_PID=""
+        fi
+    else
+        note_skip litellm "installing litellm[proxy] from PyPI failed or took too long: $(tail -n 1 "$LOGS/litellm-install.log" 2>/dev/null)"
+    fi
+fi
+
+# --- scenarios -----------------------------------------------------------------------------
+GW=127.0.0.1:$GW_PORT
+# One connection in flight, unary.
+load c1/direct http "$UP_URL" "$UP_PID" --mode closed --concurrency 1
+[ -n "$NGX_PID" ] && load c1/nginx http "http://127.0.0.1:$NGX_PORT/v1/chat/completions" "$NGX_PID" --mode closed --concurrency 1
+load c1/grpc-floor grpc "$ECHO" "$ECHO_PID" --mode closed --concurrency 1
+load c1/gateway grpc "$GW" "$GW_PID" --mode closed --concurrency 1
+[ -n "$GWR_PID" ] && load c1/gateway-redis grpc "127.0.0.1:$GWR_PORT" "$GWR_PID" --mode closed --concurrency 1
+[ -n "$LL_PID" ] && load c1/litellm http "http://127.0.0.1:$LL_PORT/v1/chat/completions" "$LL_PID" --model bench-model --api-key "$LITELLM_BENCH_KEY" --mode closed --concurrency 1
+
+# Open loop at 1000 RPS (LiteLLM tops out far below it; its capacity is the c64 scenario).
+load open1000/direct http "$UP_URL" "$UP_PID" --mode open --rate 1000
+[ -n "$NGX_PID" ] && load open1000/nginx http "http://127.0.0.1:$NGX_PORT/v1/chat/completions" "$NGX_PID" --mode open --rate 1000
+load open1000/grpc-floor grpc "$ECHO" "$ECHO_PID" --mode open --rate 1000
+load open1000/gateway grpc "$GW" "$GW_PID" --mode open --rate 1000
+[ -n "$GWR_PID" ] && load open1000/gateway-redis grpc "127.0.0.1:$GWR_PORT" "$GWR_PID" --mode open --rate 1000
+
+# Max throughput: 64 in flight.
+load c64/direct http "$UP_URL" "$UP_PID" --mode closed --concurrency 64
+[ -n "$NGX_PID" ] && load c64/nginx http "http://127.0.0.1:$NGX_PORT/v1/chat/completions" "$NGX_PID" --mode closed --concurrency 64
+load c64/grpc-floor grpc "$ECHO" "$ECHO_PID" --mode closed --concurrency 64
+load c64/gateway grpc "$GW" "$GW_PID" --mode closed --concurrency 64
+[ -n "$GWR_PID" ] && load c64/gateway-redis grpc "127.0.0.1:$GWR_PORT" "$GWR_PID" --mode closed --concurrency 64
+[ -n "$LL_PID" ] && load c64/litellm http "http://127.0.0.1:$LL_PORT/v1/chat/completions" "$LL_PID" --model bench-model --api-key "$LITELLM_BENCH_KEY" --mode closed --concurrency 64 --timeout-ms 30000
+
+# One hot report: every call reserves on the same ledger entry.
+load hot-c64/gateway grpc "$GW" "$GW_PID" --mode closed --concurrency 64 --hot-report
+[ -n "$GWR_PID" ] && load hot-c64/gateway-redis grpc "127.0.0.1:$GWR_PORT" "$GWR_PID" --mode closed --concurrency 64 --hot-report
+
+# Streaming time to first token, one stream in flight.
+load stream-c1/direct http "$UP_URL" "$UP_PID" --mode closed --concurrency 1 --stream
+load stream-c1/grpc-floor grpc "$ECHO" "$ECHO_PID" --mode closed --concurrency 1 --stream
+load stream-c1/gateway grpc "$GW" "$GW_PID" --mode closed --concurrency 1 --stream
+
+# Memory under many concurrent streams: a slow upstream (each stream lasts ~2 s; ~0.5 s in
+# smoke mode) and a fresh gateway, so its RSS is not inflated by the scenarios above.
+if [ "$SMOKE" = 1 ]; then SLOW=(--tokens 5 --token-delay-ms 100); else SLOW=(--tokens 20 --token-delay-ms 100); fi
+SLOW_PORT=$(free_port)
+start_upstream upstream-slow "$SLOW_PORT" "${SLOW[@]}"
+ENV_PIDS+=(--env-pid "$LAST_PID")
+echo "vra-loadgen upstream --addr 127.0.0.1:$SLOW_PORT ${SLOW[*]}" >>"$COMMANDS"
+GWS_PORT=$(free_port)
+start_gateway gateway-streams "$GWS_PORT" "$SLOW_PORT"
+GWS_PID=$LAST_PID
+sleep 0.5
+load "stream-1k/gateway" grpc "127.0.0.1:$GWS_PORT" "$GWS_PID" --mode closed --concurrency "$STREAMS" --stream \
+    --timeout-ms 30000 --warmup 0
+stop_pid "$GWS_PID"
+
+# Memory per tracked report.
+log "ledger-mem: $LEDGER_REPORTS reports"
+echo "vra-loadgen ledger-mem --reports $LEDGER_REPORTS" >>"$COMMANDS"
+"${PIN_CLIENT[@]}" "$BIN/vra-loadgen" ledger-mem --reports "$LEDGER_REPORTS" --out "$RESULTS" >"$LOGS/ledger-mem.log" 2>&1 ||
+    note_skip ledger-mem "failed: $(tail -n 1 "$LOGS/ledger-mem.log")"
+grep -v '^{' "$LOGS/ledger-mem.log" | sed 's/^/    /' || true
+
+# Stop the servers before the micro-benchmarks so nothing competes with them.
+for pid in "${PIDS[@]}"; do
+    stop_pid "$pid"
+done
+PIDS=()
+
+if [ "$SMOKE" = 1 ]; then
+    log "micro-benchmarks skipped in smoke mode"
+else
+    log "micro-benchmarks (criterion)"
+    echo "cargo bench --bench micro -- --warm-up-time 1 --measurement-time 3" >>"$COMMANDS"
+    # Build on every core, then run the built executable pinned like the servers (a second
+    # `cargo bench` would rebuild, pinned, if the tree changed meanwhile).
+    MICRO_EXE=""
+    if cargo bench --bench micro --no-run >"$LOGS/criterion-build.log" 2>&1; then
+        MICRO_EXE=$(sed -n 's/.*Executable benches\/micro.rs (\(.*\))$/\1/p' "$LOGS/criterion-build.log" | tail -n 1)
+    fi
+    if [ -n "$MICRO_EXE" ] && CRITERION_HOME="$TARGET_DIR/criterion" "${PIN_SERVER[@]}" "$MICRO_EXE" --bench \
+        --warm-up-time 1 --measurement-time 3 >"$LOGS/criterion.log" 2>&1; then
+        grep -E '^[a-z_0-9]+/[a-z_0-9]+|time:|thrpt:' "$LOGS/criterion.log" | sed 's/^/    /' || true
+        touch "$OUT_DIR/criterion-ran"
+    else
+        note_skip criterion "cargo bench failed: $(tail -n 1 "$LOGS/criterion.log" "$LOGS/criterion-build.log" 2>/dev/null | tail -n 1)"
+    fi
+fi
+
+# --- RESULTS.md ----------------------------------------------------------------------------
+log "writing $RESULTS_MD"
+
+CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || echo unknown)
+MEM_GB=$(awk '/^MemTotal:/ {printf "%.1f", $2 / 1048576}' /proc/meminfo 2>/dev/null || echo "?")
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+DIRTY=""
+if [ -n "$(git status --porcelain 2>/dev/null)" ]; then DIRTY=" (with uncommitted changes)"; fi
+MODE="full"
+[ "$SMOKE" = 1 ] && MODE="smoke (1-second scenarios; not for comparison)"
+{
+    echo "# Benchmark results"
+    echo
+    echo "Written by \`bash bench/run.sh\` — do not edit by hand: rerun it. The Findings section is"
+    echo "copied from \`bench/findings.md\` (\`bash bench/run.sh --report-only\` refreshes it)."
+    echo
+    echo "## Setup"
+    echo
+    echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); mode: $MODE; total run time $(($(date +%s) - STARTED_AT)) s"
+    echo "- Load average before the run: $LOAD_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"
+    echo "  (other work on the machine skews every number: see Interference below)"
+    echo "- Machine: $(nproc) CPUs ($CPU_MODEL), $MEM_GB GiB memory, Linux $(uname -r)"
+    echo "- Git commit: $COMMIT$DIRTY; $(rustc --version 2>/dev/null || echo 'rustc unknown'), release profile"
+    echo "- CPU split: $CPU_SPLIT"
+    echo "- Upstream: \`vra-loadgen upstream\`, a fast fake OpenAI-compatible server (fixed 16-token"
+    echo "  completion; the SSE stream in one chunk), not nginx serving a static file"
+    echo "- Gateway: \`vra-gateway serve\`, RUST_LOG=warn, no metrics listener, no OTLP export,"
+    echo "  VRA_HYBRID_MODE=true, MAX_CLOUD_CALLS=1000000000; calls are REFINE (primary, cloud tier:"
+    echo "  every call reserves and records a budget unit)"
+    echo "- Load: \`vra-loadgen\` (same binary for every target): gRPC \`Generate\` (tonic client) to"
+    echo "  the gateway and the gRPC floor, the same chat JSON over HTTP/1.1 keep-alive (a minimal"
+    echo "  client, wrk-like) to the others; ${WARMUP} s warm-up then ${DURATION} s measured per"
+    echo "  scenario; report ids cycle over 100,000 ids"
+    echo "- gRPC floor: \`vra-loadgen grpc-echo\`, the gateway's own service answering at once with a"
+    echo "  fixed response — what the gRPC round trip alone costs, for the same client"
+    echo "- nginx: $NGINX_VERSION; Redis: $REDIS_VERSION; LiteLLM: $LITELLM_VERSION (one worker)"
+} >"$SETUP"
+assemble
+log "done: $RESULTS_MD"
