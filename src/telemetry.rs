@@ -124,7 +124,7 @@ pub fn init_with_default(config: &Config, default_filter: &str) -> TelemetryGuar
             .with_writer(std::io::stderr)
             .with_ansi(std::io::stderr().is_terminal())
             .event_format(LineFormat)
-            .with_filter(events_only(filter()))
+            .with_filter(filter())
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
@@ -132,7 +132,7 @@ pub fn init_with_default(config: &Config, default_filter: &str) -> TelemetryGuar
             .with_current_span(false)
             .with_span_list(false)
             .with_writer(std::io::stderr)
-            .with_filter(events_only(filter()))
+            .with_filter(filter())
             .boxed(),
     };
     // Spans and their events go to OpenTelemetry at debug and above, whatever RUST_LOG says,
@@ -181,21 +181,6 @@ fn span_exporter() -> Result<opentelemetry_otlp::SpanExporter, String> {
         }
     }
     .map_err(|e| e.to_string())
-}
-
-/// Restricts a log layer to events: neither formatter prints span fields, so spans need not
-/// be recorded (and formatted) for the logs at all.
-fn events_only(
-    filter: EnvFilter,
-) -> tracing_subscriber::filter::combinator::And<
-    EnvFilter,
-    tracing_subscriber::filter::FilterFn,
-    tracing_subscriber::Registry,
-> {
-    use tracing_subscriber::filter::FilterExt;
-    filter.and(tracing_subscriber::filter::filter_fn(|meta| {
-        meta.is_event()
-    }))
 }
 
 /// The text log format: `<timestamp> <LEVEL> <message> <fields>`, one line per event. Unlike
