@@ -269,15 +269,7 @@ async fn stream_section(
     title: &str,
 ) -> Result<Row, Box<dyn std::error::Error>> {
     let phase = CompilationPhase::try_from(request.phase).unwrap_or_default();
-    let stream_req = pb::GenerateStreamRequest {
-        report_id: request.report_id,
-        section_id: request.section_id.clone(),
-        section_type: request.section_type,
-        phase: request.phase,
-        prompt: request.prompt,
-        system_prompt: request.system_prompt,
-        options: request.options,
-    };
+    let stream_req = pb::GenerateStreamRequest::from(request.clone());
     let mut stream = client.generate_stream(stream_req).await?.into_inner();
     let mut done = None;
     let mut first = true;

@@ -44,6 +44,28 @@ pub mod pb {
     /// The encoded file descriptor set, served by the reflection service.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/gateway_descriptor.bin"));
+
+    /// The two request messages carry the same fields (the contract says so); one conversion
+    /// each way serves the service, the demo and the tests.
+    macro_rules! same_fields {
+        ($from:ident => $to:ident) => {
+            impl From<$from> for $to {
+                fn from(r: $from) -> Self {
+                    $to {
+                        report_id: r.report_id,
+                        section_id: r.section_id,
+                        section_type: r.section_type,
+                        phase: r.phase,
+                        prompt: r.prompt,
+                        system_prompt: r.system_prompt,
+                        options: r.options,
+                    }
+                }
+            }
+        };
+    }
+    same_fields!(GenerateStreamRequest => GenerateRequest);
+    same_fields!(GenerateRequest => GenerateStreamRequest);
 }
 
 /// Installs rustls' ring crypto provider for outgoing TLS (OpenAI, `rediss://`). Idempotent.

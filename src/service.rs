@@ -198,18 +198,6 @@ pub fn validate(
     })
 }
 
-fn stream_request(r: pb::GenerateStreamRequest) -> pb::GenerateRequest {
-    pb::GenerateRequest {
-        report_id: r.report_id,
-        section_id: r.section_id,
-        section_type: r.section_type,
-        phase: r.phase,
-        prompt: r.prompt,
-        system_prompt: r.system_prompt,
-        options: r.options,
-    }
-}
-
 impl From<Tier> for pb::ProviderTier {
     fn from(t: Tier) -> Self {
         match t {
@@ -349,7 +337,10 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
         let deadline = deadline_for(request.metadata());
         let input = {
             let _enter = span.enter();
-            let input = validate(stream_request(request.into_inner()), self.max_prompt_bytes);
+            let input = validate(
+                pb::GenerateRequest::from(request.into_inner()),
+                self.max_prompt_bytes,
+            );
             let input = finish(&span, input)?;
             record_input(&span, &input);
             input

@@ -17,16 +17,7 @@ const CLOUD_TEXT: &str = "Cloud wrote this: Grüße aus der Wolke ☁️, with c
 const LOCAL_TEXT: &str = "Local model text — llama writes plainly.";
 
 fn stream_request(report: &str, phase: P, section: S) -> pb::GenerateStreamRequest {
-    let r = request(report, phase, section);
-    pb::GenerateStreamRequest {
-        report_id: r.report_id,
-        section_id: r.section_id,
-        section_type: r.section_type,
-        phase: r.phase,
-        prompt: r.prompt,
-        system_prompt: r.system_prompt,
-        options: r.options,
-    }
+    request(report, phase, section).into()
 }
 
 /// Reads a whole stream: the deltas, the final message, and the terminal error if any.
