@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use vra_gateway::budget::memory::MemoryLedger;
+use vra_gateway::domain::{Phase, SectionType};
 use vra_gateway::providers::stream::{Decoder, LineBuffer, NdjsonDecoder, SseDecoder, feed};
-use vra_gateway::routing::{self, Phase, Policy, SectionType};
+use vra_gateway::routing::{self, Policy};
 
 /// Tasks contending for one report in the contended reservation benchmark.
 const TASKS: u64 = 64;
@@ -56,7 +57,7 @@ fn ledger(c: &mut Criterion) {
         .map(|i| format!("{i:08x}-0000-4000-8000-{i:012x}"))
         .collect();
     for id in &ids {
-        many.reserve_now(id, u32::MAX);
+        many.reserve_now(id, u32::MAX).expect("the ledger has room");
     }
     let mut next = 0usize;
     g.bench_function("reserve_uncontended_100k_reports", |b| {
@@ -81,7 +82,7 @@ fn ledger(c: &mut Criterion) {
                         let l = hot.clone();
                         tokio::spawn(async move {
                             for _ in 0..per_task {
-                                black_box(l.reserve_now("hot-report", u32::MAX));
+                                let _ = black_box(l.reserve_now("hot-report", u32::MAX));
                             }
                         })
                     })

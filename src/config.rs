@@ -87,6 +87,9 @@ settings! {
     LEDGER_URL = "VRA_LEDGER_URL", "", "redis://host:port/db (or rediss://) selects the Redis ledger; empty = in-memory.", secret = true;
     LEDGER_PREFIX = "VRA_LEDGER_PREFIX", "vra:", "Key prefix of the Redis ledger.";
     LEDGER_TIMEOUT_MS = "VRA_LEDGER_TIMEOUT_MS", "200", "Redis ledger operation timeout; past it, calls fail safe to the secondary.";
+    LEDGER_MAX_REPORTS = "VRA_LEDGER_MAX_REPORTS", "1000000", "Reports the in-memory ledger tracks at most; past it a new report's cloud calls fail safe (LEDGER_UNAVAILABLE).";
+    MAX_RESPONSE_BYTES = "VRA_MAX_RESPONSE_BYTES", "8388608", "Largest upstream response body (unary answers and error bodies) read, in bytes.";
+    MAX_STREAM_LINE_BYTES = "VRA_MAX_STREAM_LINE_BYTES", "1048576", "Longest SSE / NDJSON line of an upstream stream, in bytes.";
 }
 
 /// Settings that belong to the OpenTelemetry SDK rather than to the gateway; they are read by
@@ -157,6 +160,26 @@ pub struct ProviderConfig {
     pub tier: CostTier,
     pub timeout: Duration,
     pub connect_timeout: Duration,
+    pub limits: BodyLimits,
+}
+
+/// How much of an upstream's answer is read at most: past a limit the request fails with
+/// [`crate::domain::ProviderError::TooLarge`] instead of growing memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// A unary response body or an error body (`VRA_MAX_RESPONSE_BYTES`).
+    pub response_bytes: usize,
+    /// One SSE / NDJSON line of a stream (`VRA_MAX_STREAM_LINE_BYTES`).
+    pub line_bytes: usize,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        Self {
+            response_bytes: 8 << 20,
+            line_bytes: 1 << 20,
+        }
+    }
 }
 
 impl ProviderConfig {
@@ -191,6 +214,8 @@ pub struct LedgerConfig {
     pub url: Option<Secret>,
     pub prefix: String,
     pub timeout: Duration,
+    /// Reports the in-memory ledger tracks at most.
+    pub max_reports: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -442,7 +467,11 @@ impl Config {
     pub fn from_sources(s: &Sources) -> Result<Config, ConfigError> {
         let timeout = parse_millis(UPSTREAM_TIMEOUT_MS, s, 1)?;
         let connect_timeout = parse_millis(CONNECT_TIMEOUT_MS, s, 1)?;
-        let providers = provider_table(s, timeout, connect_timeout)?;
+        let limits = BodyLimits {
+            response_bytes: parse_uint(MAX_RESPONSE_BYTES, s, 1024)?,
+            line_bytes: parse_uint(MAX_STREAM_LINE_BYTES, s, 1024)?,
+        };
+        let providers = provider_table(s, timeout, connect_timeout, limits)?;
 
         let primary_name = s
             .get(PRIMARY_PROVIDER)
@@ -539,6 +568,7 @@ impl Config {
                 url: ledger_url.map(Secret::new),
                 prefix: s.get_or_default(LEDGER_PREFIX),
                 timeout: parse_millis(LEDGER_TIMEOUT_MS, s, 1)?,
+                max_reports: parse_uint(LEDGER_MAX_REPORTS, s, 1)?,
             },
             shutdown_grace: Duration::from_secs(30),
         })
@@ -591,6 +621,7 @@ fn provider_table(
     s: &Sources,
     timeout: Duration,
     connect_timeout: Duration,
+    limits: BodyLimits,
 ) -> Result<BTreeMap<String, ProviderConfig>, ConfigError> {
     let mut table = BTreeMap::new();
     let openai = ProviderConfig {
@@ -604,6 +635,7 @@ fn provider_table(
         tier: CostTier::Cloud,
         timeout,
         connect_timeout,
+        limits,
     };
     let ollama_url = parse_url(
         OLLAMA_HOST.var,
@@ -620,6 +652,7 @@ fn provider_table(
                 tier: CostTier::Local,
                 timeout,
                 connect_timeout,
+                limits,
             },
         );
     }
@@ -647,6 +680,7 @@ fn provider_table(
                     .connect_timeout_ms
                     .map(Duration::from_millis)
                     .unwrap_or(connect_timeout),
+                limits,
             },
         );
     }

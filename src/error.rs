@@ -7,22 +7,8 @@
 use tonic::{Code, Status};
 
 use crate::budget::LedgerError;
-
-/// One provider's failure, as reported to the caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProviderFailure {
-    /// `PRIMARY` or `SECONDARY`.
-    pub tier: &'static str,
-    /// Configured provider name.
-    pub provider: String,
-    pub error: String,
-}
-
-impl std::fmt::Display for ProviderFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.tier, self.provider, self.error)
-    }
-}
+pub use crate::domain::ProviderFailure;
+use crate::domain::Untrusted;
 
 /// Why a gateway call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,16 +32,21 @@ pub enum GatewayError {
     AllProvidersFailed(Vec<ProviderFailure>),
 
     /// The upstream broke after the first delta was sent; the stream cannot be resumed.
-    #[error("stream aborted after partial output: {0}")]
+    #[error("stream aborted after partial output: {}", Untrusted(.0))]
     StreamAborted(String),
 
     /// The ledger is needed (to budget a cloud call, or to answer a query) but unreachable.
-    #[error("{0}")]
+    #[error("{}", Untrusted(&.0.to_string()))]
     Ledger(#[from] LedgerError),
 
     /// The caller's deadline passed.
     #[error("deadline exceeded after {attempts} upstream attempt(s)")]
     DeadlineExceeded { attempts: u32 },
+
+    /// A bug: the request's task panicked. Logged and counted where it is caught; the caller
+    /// only learns that it happened.
+    #[error("internal error")]
+    Internal,
 }
 
 fn join(failures: &[ProviderFailure]) -> String {
@@ -83,6 +74,7 @@ impl GatewayError {
             GatewayError::StreamAborted(_) => Code::Unavailable,
             GatewayError::Ledger(_) => Code::Unavailable,
             GatewayError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            GatewayError::Internal => Code::Internal,
         }
     }
 
@@ -100,6 +92,7 @@ impl GatewayError {
             GatewayError::StreamAborted(_) => "stream_aborted",
             GatewayError::Ledger(_) => "ledger_unavailable",
             GatewayError::DeadlineExceeded { .. } => "deadline_exceeded",
+            GatewayError::Internal => "internal",
         }
     }
 }

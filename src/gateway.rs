@@ -13,46 +13,36 @@
 //!
 //! Streaming follows the same steps up to the first delta; after it, no retry or fallback is
 //! possible (the client never gets text from two models spliced together).
+//!
+//! Each concern reads on its own: [`Gateway::serve`] decides between the tiers,
+//! [`Gateway::call_tier`] runs one tier's attempts under a circuit-breaker permit,
+//! [`Gateway::reserve`] is the budget step, [`Gateway::attempt`] one upstream request with its
+//! span and metrics, and [`Gateway::retry_delay`] the retry decision. Everything acquired is a
+//! guard (the breaker's [`CallPermit`](crate::resilience::CallPermit), the in-flight gauge), so a call dropped anywhere — by
+//! a deadline, a cancel or a panic — leaves no state behind.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
-use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
+use futures_util::{FutureExt as _, StreamExt};
 use opentelemetry::context::FutureExt as _;
 use tokio::sync::mpsc;
 use tracing::{Instrument, Span};
 
 use crate::budget::{CallRecord, Ledger, ReportUsage, Reservation};
 use crate::config::Config;
-use crate::error::{GatewayError, ProviderFailure};
-use crate::metrics::Metrics;
-use crate::providers::{
-    ChatRequest, Completion, EventStream, Provider, ProviderError, StreamEvent, Tiers, TokenUsage,
+use crate::domain::{
+    BudgetInfo, FallbackReason, Phase, ProviderError, ProviderFailure, RouteInfo, Rule,
+    SectionType, Tier, TokenUsage,
 };
-use crate::resilience::{BreakerState, CircuitBreaker, Deadline, Permit, RetryPolicy};
-use crate::routing::{self, Phase, Policy, Rule, SectionType, Tier};
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use crate::providers::{ChatRequest, Completion, EventStream, Provider, StreamEvent, Tiers};
+use crate::resilience::{BreakerState, CircuitBreaker, Deadline, RetryPolicy};
+use crate::routing::{self, Policy};
 use crate::telemetry::{self, Hybrid};
-
-/// Why the secondary served a call the matrix gave to the primary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FallbackReason {
-    CostLimit,
-    PrimaryError,
-    CircuitOpen,
-    LedgerUnavailable,
-}
-
-impl FallbackReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FallbackReason::CostLimit => "COST_LIMIT",
-            FallbackReason::PrimaryError => "PRIMARY_ERROR",
-            FallbackReason::CircuitOpen => "CIRCUIT_OPEN",
-            FallbackReason::LedgerUnavailable => "LEDGER_UNAVAILABLE",
-        }
-    }
-}
 
 /// A validated generation request.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,26 +56,6 @@ pub struct GenerateInput {
     pub temperature: Option<f32>,
     pub max_tokens: Option<u32>,
     pub stop: Vec<String>,
-}
-
-/// Where a call went and why.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RouteInfo {
-    pub tier: Tier,
-    pub provider: String,
-    pub model: String,
-    pub cloud: bool,
-    pub fallback: Option<FallbackReason>,
-    pub rule: Rule,
-}
-
-/// A report's budget as returned to callers. `exhausted` means no cloud call is left: the
-/// budget is used up (or was refused), so the next primary call will fall back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BudgetInfo {
-    pub used: u32,
-    pub limit: u32,
-    pub exhausted: bool,
 }
 
 /// The result of a generation (for streams, `text` is empty: it went out as deltas).
@@ -131,6 +101,14 @@ enum TierOutcome<T> {
     CircuitOpen,
 }
 
+/// The budget step's answer for one attempt.
+enum Budgeted {
+    /// Go ahead (a unit was taken, or the provider is local and needs none).
+    Go,
+    Refused,
+    LedgerDown,
+}
+
 /// Per-call bookkeeping shared by the unary and streaming paths.
 struct CallState<'a> {
     input: &'a GenerateInput,
@@ -149,6 +127,24 @@ impl<'a> CallState<'a> {
             attempts: 0,
             last_used: None,
             refused: false,
+        }
+    }
+
+    /// This call's `[Hybrid]` events.
+    fn hybrid(&self) -> Hybrid<'a> {
+        let input = self.input;
+        Hybrid::new(input.phase.as_str(), &input.section_id, &input.report_id)
+    }
+
+    fn chat_request(&self, model: &str) -> ChatRequest {
+        let input = self.input;
+        ChatRequest {
+            model: model.to_string(),
+            system: input.system_prompt.clone(),
+            prompt: input.prompt.clone(),
+            temperature: input.temperature,
+            max_tokens: input.max_tokens,
+            stop: input.stop.clone(),
         }
     }
 }
@@ -200,6 +196,10 @@ impl Gateway {
             Tier::Primary => (&self.tiers.primary, &self.tiers.primary_model),
             Tier::Secondary => (&self.tiers.secondary, &self.tiers.secondary_model),
         }
+    }
+
+    fn provider_name(&self, tier: Tier) -> &str {
+        &self.provider(tier).0.config().name
     }
 
     fn breaker(&self, tier: Tier) -> &CircuitBreaker {
@@ -288,7 +288,7 @@ impl Gateway {
             ..
         } = served.value;
         let route = self.route_info(served.tier, served.decision.rule, served.fallback);
-        Self::log_routed(input, &route);
+        Self::log_routed(&state, &route);
         let budget = self.finish_call(&state, &route, usage).await;
         telemetry::record_route(&Span::current(), &route, &budget);
         Ok(Generated {
@@ -325,7 +325,16 @@ impl Gateway {
                     _ = sleep_until(deadline_at) => {
                         let _ = tx.send(Err(GatewayError::DeadlineExceeded { attempts: 0 })).await;
                     }
-                    _ = gateway.run_stream(&input, deadline, &tx) => {}
+                    run = AssertUnwindSafe(gateway.run_stream(&input, deadline, &tx)).catch_unwind() => {
+                        if let Err(panic) = run {
+                            gateway.metrics.panicked("GenerateStream");
+                            tracing::error!(
+                                panic = panic_message(&*panic),
+                                "stream task panicked; the client gets INTERNAL"
+                            );
+                            let _ = tx.send(Err(GatewayError::Internal)).await;
+                        }
+                    }
                 }
             }
             .instrument(span)
@@ -361,7 +370,7 @@ impl Gateway {
         };
         let route = self.route_info(tier, decision.rule, fallback);
         // Logged as soon as the route is final, before the text flows.
-        Self::log_routed(input, &route);
+        Self::log_routed(&state, &route);
         let mut end = None;
         match first {
             StreamEvent::Delta(text) => {
@@ -386,19 +395,12 @@ impl Gateway {
                 Some(Err(e)) => e,
                 None => ProviderError::Truncated,
             };
-            telemetry::hybrid(
-                Hybrid::StreamAborted,
-                format_args!(
-                    "[Hybrid] Phase={} | Event=STREAM_ABORTED | Provider={} | Error={error} | Report={}",
-                    input.phase,
-                    route.provider.to_ascii_uppercase(),
-                    input.report_id
-                ),
-            );
+            let error = error.to_string();
+            state
+                .hybrid()
+                .stream_aborted(&route.provider, &route.model, &error);
             self.metrics.stream_aborted();
-            let _ = tx
-                .send(Err(GatewayError::StreamAborted(error.to_string())))
-                .await;
+            let _ = tx.send(Err(GatewayError::StreamAborted(error))).await;
             return;
         }
         let Some(StreamEvent::Done {
@@ -453,41 +455,26 @@ impl Gateway {
                     _ => FallbackReason::CircuitOpen,
                 },
                 TierOutcome::Failed(error) => {
-                    let (provider, _) = self.provider(Tier::Primary);
-                    telemetry::hybrid(
-                        Hybrid::Fallback,
-                        format_args!(
-                            "[Hybrid] Phase={} | Event=FALLBACK | From=PRIMARY | To=SECONDARY | Error={error} | Report={}",
-                            input.phase, input.report_id
-                        ),
-                    );
+                    let primary = self.provider_name(Tier::Primary);
+                    let error = error.to_string();
+                    state.hybrid().fallback_on_error(primary, &error);
                     failures.push(ProviderFailure {
                         tier: Tier::Primary.as_str(),
-                        provider: provider.config().name.clone(),
-                        error: error.to_string(),
+                        provider: primary.to_string(),
+                        error,
                     });
                     FallbackReason::PrimaryError
                 }
             };
             if reason != FallbackReason::PrimaryError {
-                telemetry::hybrid(
-                    Hybrid::Fallback,
-                    format_args!(
-                        "[Hybrid] Event=FALLBACK | Reason={} | Report={} | Phase={} | Section={}",
-                        reason.as_str(),
-                        input.report_id,
-                        input.phase,
-                        section_label(&input.section_id)
-                    ),
-                );
+                state.hybrid().fallback(reason);
             }
             self.metrics.fallback(reason);
             span.record("vra.fallback.reason", reason.as_str());
             fallback = Some(reason);
         }
 
-        let (secondary, _) = self.provider(Tier::Secondary);
-        let secondary_name = secondary.config().name.clone();
+        let secondary = self.provider_name(Tier::Secondary);
         let error = match self.call_tier(state, Tier::Secondary, &op).await {
             TierOutcome::Ok(value) => {
                 return Ok(Served {
@@ -501,7 +488,7 @@ impl Gateway {
                 return Err(GatewayError::BudgetExhausted {
                     used: state.last_used.unwrap_or(self.limit),
                     limit: self.limit,
-                    provider: secondary_name,
+                    provider: secondary.to_string(),
                 });
             }
             TierOutcome::LedgerDown => {
@@ -512,7 +499,7 @@ impl Gateway {
         };
         failures.push(ProviderFailure {
             tier: Tier::Secondary.as_str(),
-            provider: secondary_name.clone(),
+            provider: secondary.to_string(),
             error,
         });
         let all = failures
@@ -521,134 +508,169 @@ impl Gateway {
             .collect::<Vec<_>>()
             .join("; ");
         if fallback.is_some() {
-            telemetry::hybrid(
-                Hybrid::FallbackFailed,
-                format_args!(
-                    "[Hybrid] Phase={} | Event=FALLBACK_FAILED | Error={all} | Report={}",
-                    input.phase, input.report_id
-                ),
-            );
+            state.hybrid().fallback_failed(&all);
         } else {
-            telemetry::hybrid(
-                Hybrid::FallbackFailed,
-                format_args!(
-                    "[Hybrid] Phase={} | Event=FAILED | Provider={} | Error={all} | Report={}",
-                    input.phase,
-                    secondary_name.to_ascii_uppercase(),
-                    input.report_id
-                ),
-            );
+            state.hybrid().failed(secondary, &all);
         }
         Err(GatewayError::AllProvidersFailed(failures))
     }
 
-    /// Calls one tier's provider with retries; each attempt to a cloud provider is budgeted.
+    /// Calls one tier's provider, with retries, under a circuit-breaker permit. The permit is
+    /// a guard: if this future is dropped mid-call, it gives no verdict (see [`crate::resilience::CallPermit`]).
     async fn call_tier<T, F>(&self, state: &mut CallState<'_>, tier: Tier, op: &F) -> TierOutcome<T>
+    where
+        F: Fn(Arc<dyn Provider>, ChatRequest) -> BoxFuture<'static, Result<T, ProviderError>>,
+    {
+        let Some(permit) = self.breaker(tier).admit() else {
+            return TierOutcome::CircuitOpen;
+        };
+        let (_, model) = self.provider(tier);
+        let request = state.chat_request(model);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match self.reserve(state, tier).await {
+                Budgeted::Go => {}
+                Budgeted::Refused => {
+                    permit.failed(false);
+                    return TierOutcome::BudgetRefused;
+                }
+                Budgeted::LedgerDown => {
+                    permit.failed(false);
+                    return TierOutcome::LedgerDown;
+                }
+            }
+            let error = match self.attempt(state, tier, attempt, &request, op).await {
+                Ok(value) => {
+                    permit.succeeded();
+                    return TierOutcome::Ok(value);
+                }
+                Err(error) => error,
+            };
+            match self.retry_delay(state, attempt, &error) {
+                Some(delay) => {
+                    tracing::debug!(
+                        attempt,
+                        delay_ms = delay.as_millis() as u64,
+                        provider = self.provider_name(tier),
+                        error = %error,
+                        "retrying upstream request"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                None => {
+                    permit.failed(error.is_provider_fault());
+                    return TierOutcome::Failed(error);
+                }
+            }
+        }
+    }
+
+    /// The budget step before each attempt: a cloud-tier provider needs one unit of the
+    /// report's budget, reserved atomically; a local one needs nothing.
+    async fn reserve(&self, state: &mut CallState<'_>, tier: Tier) -> Budgeted {
+        let (provider, _) = self.provider(tier);
+        let config = provider.config();
+        if !config.is_cloud() {
+            return Budgeted::Go;
+        }
+        match self
+            .ledger
+            .reserve(&state.input.report_id, self.limit)
+            .await
+        {
+            Ok(Reservation::Granted { used }) => {
+                state.last_used = Some(used);
+                self.metrics.budget_reserved(&config.name);
+                Budgeted::Go
+            }
+            Ok(Reservation::Refused { used, newly }) => {
+                state.last_used = Some(used);
+                state.refused = true;
+                if newly {
+                    self.metrics.report_hit_cost_limit();
+                }
+                Budgeted::Refused
+            }
+            Err(e) => {
+                self.metrics.ledger_error(e.kind());
+                tracing::warn!(
+                    backend = self.ledger.backend(),
+                    "budget ledger unavailable: {e}"
+                );
+                Budgeted::LedgerDown
+            }
+        }
+    }
+
+    /// One upstream request: its CLIENT span, its metrics, its outcome.
+    async fn attempt<T, F>(
+        &self,
+        state: &mut CallState<'_>,
+        tier: Tier,
+        attempt: u32,
+        request: &ChatRequest,
+        op: &F,
+    ) -> Result<T, ProviderError>
     where
         F: Fn(Arc<dyn Provider>, ChatRequest) -> BoxFuture<'static, Result<T, ProviderError>>,
     {
         let (provider, model) = self.provider(tier);
         let config = provider.config();
-        let breaker = self.breaker(tier);
-        let permit = breaker.allow();
-        if permit == Permit::Reject {
-            return TierOutcome::CircuitOpen;
-        }
-        let input = state.input;
-        let request = ChatRequest {
-            model: model.to_string(),
-            system: input.system_prompt.clone(),
-            prompt: input.prompt.clone(),
-            temperature: input.temperature,
-            max_tokens: input.max_tokens,
-            stop: input.stop.clone(),
+        let (address, port) = provider.address();
+        let upstream = telemetry::Upstream {
+            system: provider.system(),
+            provider: &config.name,
+            cloud: config.is_cloud(),
+            address,
+            port,
         };
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            if config.is_cloud() {
-                match self.ledger.reserve(&input.report_id, self.limit).await {
-                    Ok(Reservation::Granted { used }) => {
-                        state.last_used = Some(used);
-                        self.metrics.budget_reserved(&config.name);
-                    }
-                    Ok(Reservation::Refused { used, newly }) => {
-                        state.last_used = Some(used);
-                        state.refused = true;
-                        if newly {
-                            self.metrics.report_hit_cost_limit();
-                        }
-                        breaker.record(permit, false, false);
-                        return TierOutcome::BudgetRefused;
-                    }
-                    Err(e) => {
-                        tracing::warn!(
-                            backend = self.ledger.backend(),
-                            "budget ledger unavailable: {e}"
-                        );
-                        breaker.record(permit, false, false);
-                        return TierOutcome::LedgerDown;
-                    }
+        state.attempts += 1;
+        let span = telemetry::attempt_span(upstream, model, tier, attempt);
+        telemetry::record_request(&span, request.system.as_deref(), &request.prompt);
+        let started = StdInstant::now();
+        let result = op(provider.clone(), request.clone())
+            .instrument(span.clone())
+            .await;
+        self.metrics.attempt(
+            &config.name,
+            model,
+            result.as_ref().err(),
+            started.elapsed(),
+        );
+        match &result {
+            Ok(_) => telemetry::attempt_ok(&span),
+            Err(error) => {
+                telemetry::attempt_failed(&span, error);
+                if error.is_auth() {
+                    tracing::error!(
+                        "provider `{}` rejected its credentials ({error}): a configuration error, check its API key",
+                        config.name
+                    );
                 }
             }
-            state.attempts += 1;
-            let span = telemetry::attempt_span(provider.as_ref(), model, tier, attempt);
-            telemetry::record_request(&span, &request);
-            let started = StdInstant::now();
-            let result = op(provider.clone(), request.clone())
-                .instrument(span.clone())
-                .await;
-            let elapsed = started.elapsed();
-            self.metrics
-                .attempt(&config.name, model, result.as_ref().err(), elapsed);
-            let error = match result {
-                Ok(value) => {
-                    telemetry::attempt_ok(&span);
-                    breaker.record(permit, true, false);
-                    return TierOutcome::Ok(value);
-                }
-                Err(e) => e,
-            };
-            telemetry::attempt_failed(&span, &error);
-            if error.is_auth() {
-                tracing::error!(
-                    "provider `{}` rejected its credentials ({error}): a configuration error, check its API key",
-                    config.name
-                );
-            }
-            if !self.retry.should_retry(attempt, &error) {
-                breaker.record(permit, false, error.is_provider_fault());
-                return TierOutcome::Failed(error);
-            }
-            let delay = self.retry.delay(attempt, &error, rand::random::<f64>());
-            if state.deadline.would_pass(delay) {
-                breaker.record(permit, false, error.is_provider_fault());
-                return TierOutcome::Failed(error);
-            }
-            tracing::debug!(
-                attempt,
-                delay_ms = delay.as_millis() as u64,
-                provider = %config.name,
-                error = %error,
-                "retrying upstream request"
-            );
-            tokio::time::sleep(delay).await;
         }
+        result
+    }
+
+    /// How long to wait before retrying after failed attempt `attempt`, or `None` when the
+    /// error is final, the attempts are used up, or the wait would pass the caller's deadline.
+    fn retry_delay(
+        &self,
+        state: &CallState<'_>,
+        attempt: u32,
+        error: &ProviderError,
+    ) -> Option<Duration> {
+        if !self.retry.should_retry(attempt, error) {
+            return None;
+        }
+        let delay = self.retry.delay(attempt, error, rand::random::<f64>());
+        (!state.deadline.would_pass(delay)).then_some(delay)
     }
 
     /// The `[Hybrid]` line of a served call: which provider and model wrote the section.
-    fn log_routed(input: &GenerateInput, route: &RouteInfo) {
-        telemetry::hybrid(
-            Hybrid::Routed,
-            format_args!(
-                "[Hybrid] Phase={} | Section={} | Provider={} | Model={} | Report={}",
-                input.phase,
-                section_label(&input.section_id),
-                route.provider.to_ascii_uppercase(),
-                route.model,
-                input.report_id
-            ),
-        );
+    fn log_routed(state: &CallState<'_>, route: &RouteInfo) {
+        state.hybrid().routed(&route.provider, &route.model);
     }
 
     /// Records a served call in the ledger and returns the report's budget after it.
@@ -700,12 +722,13 @@ async fn open_stream(
     }
 }
 
-fn section_label(section_id: &str) -> &str {
-    if section_id.is_empty() {
-        "-"
-    } else {
-        section_id
-    }
+/// The message of a caught panic, when it has one.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// Resolves when the deadline passes (never, without one).

@@ -26,6 +26,7 @@
 pub mod budget;
 pub mod config;
 pub mod demo;
+pub mod domain;
 pub mod error;
 pub mod gateway;
 pub mod metrics;

@@ -15,8 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::gateway::FallbackReason;
-use crate::providers::{ProviderError, TokenUsage};
+use crate::domain::{FallbackReason, ProviderError, TokenUsage};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -75,6 +74,13 @@ pub struct Metrics {
     tokens: Family<TokenLabels, Counter>,
     in_flight: Family<MethodLabels, Gauge>,
     stream_aborts: Counter,
+    panics: Family<MethodLabels, Counter>,
+    ledger_errors: Family<KindLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
 }
 
 impl Default for Metrics {
@@ -136,8 +142,22 @@ impl Metrics {
             "Streams ended by an upstream error after the first delta",
             stream_aborts.clone(),
         );
+        let panics = Family::default();
+        registry.register(
+            "panics",
+            "Request tasks that panicked (a bug); the caller got INTERNAL",
+            panics.clone(),
+        );
+        let ledger_errors = Family::default();
+        registry.register(
+            "ledger_errors",
+            "Budget reservations the ledger could not answer (unavailable, timeout, full); the call failed safe",
+            ledger_errors.clone(),
+        );
         Self {
             registry,
+            panics,
+            ledger_errors,
             requests,
             fallbacks,
             cost_limit_reports,
@@ -219,6 +239,16 @@ impl Metrics {
 
     pub fn stream_aborted(&self) {
         self.stream_aborts.inc();
+    }
+
+    /// Counts a request task that panicked.
+    pub fn panicked(&self, method: &'static str) {
+        self.panics.get_or_create(&MethodLabels { method }).inc();
+    }
+
+    /// Counts a reservation the ledger could not answer, by kind (`full`, `timeout`, ...).
+    pub fn ledger_error(&self, kind: &'static str) {
+        self.ledger_errors.get_or_create(&KindLabels { kind }).inc();
     }
 
     /// Tracks one in-flight call until the guard is dropped.

@@ -3,15 +3,18 @@
 //! The gateway's call loop ([`crate::gateway`]) asks this module three questions: may I try
 //! again ([`RetryPolicy::should_retry`]), how long do I wait ([`RetryPolicy::delay`], which
 //! honours `Retry-After` up to the cap and never sleeps past the caller's deadline), and may I
-//! call this provider at all right now ([`CircuitBreaker::allow`]).
+//! call this provider at all right now ([`CircuitBreaker::admit`]).
+//!
+//! Time arithmetic here never panics: a deadline too far away to represent is no deadline, and
+//! every sum is checked or saturating, whatever a caller or an upstream sends.
 
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::config::{CircuitConfig, RetryConfig};
-use crate::providers::ProviderError;
+use crate::domain::ProviderError;
 
 /// Exponential backoff with full jitter, bounded attempts.
 #[derive(Debug, Clone, Copy)]
@@ -60,30 +63,17 @@ impl RetryPolicy {
 pub struct Deadline(pub Option<Instant>);
 
 impl Deadline {
+    /// The deadline `timeout` from now; none when there is no timeout or it lies too far in
+    /// the future to represent (it could never pass anyway).
     pub fn after(timeout: Option<Duration>) -> Self {
-        Deadline(timeout.map(|t| Instant::now() + t))
+        Deadline(timeout.and_then(|t| Instant::now().checked_add(t)))
     }
 
     /// Whether sleeping `d` from now would end past the deadline.
     pub fn would_pass(&self, d: Duration) -> bool {
-        self.0.is_some_and(|end| Instant::now() + d >= end)
+        self.0
+            .is_some_and(|end| Instant::now().checked_add(d).is_none_or(|t| t >= end))
     }
-}
-
-/// Parses a `Retry-After` value: delay-seconds or an HTTP date (relative to `now`).
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    if let Ok(secs) = value.parse::<f64>()
-        && secs.is_finite()
-        && secs >= 0.0
-    {
-        return Some(Duration::from_secs_f64(secs));
-    }
-    let when = httpdate::parse_http_date(value).ok()?;
-    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// Circuit breaker state.
@@ -109,15 +99,58 @@ pub struct CircuitBreaker {
     inner: Mutex<BreakerInner>,
 }
 
-/// Permission to call, from [`CircuitBreaker::allow`].
+/// Permission to call a provider, from [`CircuitBreaker::admit`]. A guard: the call reports
+/// its verdict with [`CallPermit::succeeded`] or [`CallPermit::failed`]; a permit dropped
+/// without a verdict — the caller's deadline passed, the client cancelled, the task panicked —
+/// gives no verdict about the provider. For the half-open probe that means the probe slot is
+/// released and the circuit stays half-open, so the very next call probes again: an abandoned
+/// probe never pins the circuit open, and an impatient caller never opens it either.
+#[derive(Debug)]
+#[must_use = "a permit reports the call's outcome; dropping it says nothing"]
+pub struct CallPermit<'a> {
+    breaker: &'a CircuitBreaker,
+    probe: bool,
+}
+
+impl CallPermit<'_> {
+    /// Whether this call is the half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    /// The call succeeded: the circuit closes.
+    pub fn succeeded(mut self) {
+        self.breaker.record(self.probe, Verdict::Success);
+        self.probe = false;
+    }
+
+    /// The call failed. `fault` is false for failures that say nothing about the provider's
+    /// health (a 400 for this request, a refused budget): those count neither way.
+    pub fn failed(mut self, fault: bool) {
+        let verdict = if fault {
+            Verdict::Fault
+        } else {
+            Verdict::Neutral
+        };
+        self.breaker.record(self.probe, verdict);
+        self.probe = false;
+    }
+}
+
+impl Drop for CallPermit<'_> {
+    fn drop(&mut self) {
+        // `succeeded`/`failed` clear `probe` after recording; what is left is an abandoned probe.
+        if self.probe {
+            self.breaker.lock().probe_in_flight = false;
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Permit {
-    /// Call normally.
-    Call,
-    /// Call as the half-open probe.
-    Probe,
-    /// Skip the provider.
-    Reject,
+enum Verdict {
+    Success,
+    Fault,
+    Neutral,
 }
 
 impl CircuitBreaker {
@@ -145,43 +178,56 @@ impl CircuitBreaker {
         }
     }
 
-    /// Whether a call may go to the provider now.
-    pub fn allow(&self) -> Permit {
+    /// A permit to call the provider now, or `None` while the circuit is open (or half-open
+    /// with its one probe in flight).
+    pub fn admit(&self) -> Option<CallPermit<'_>> {
         if self.config.failure_threshold == 0 {
-            return Permit::Call;
+            return Some(CallPermit {
+                breaker: self,
+                probe: false,
+            });
         }
         let mut inner = self.lock();
-        match inner.open_until {
-            None => Permit::Call,
-            Some(until) if Instant::now() < until => Permit::Reject,
-            Some(_) if inner.probe_in_flight => Permit::Reject,
+        let probe = match inner.open_until {
+            None => false,
+            Some(until) if Instant::now() < until => return None,
+            Some(_) if inner.probe_in_flight => return None,
             Some(_) => {
                 inner.probe_in_flight = true;
-                Permit::Probe
+                true
             }
-        }
+        };
+        Some(CallPermit {
+            breaker: self,
+            probe,
+        })
     }
 
-    /// Records a call's outcome. `fault` is false for failures that say nothing about the
-    /// provider's health (e.g. a 400 for this request).
-    pub fn record(&self, permit: Permit, success: bool, fault: bool) {
-        if self.config.failure_threshold == 0 || permit == Permit::Reject {
+    fn record(&self, probe: bool, verdict: Verdict) {
+        if self.config.failure_threshold == 0 {
             return;
         }
         let mut inner = self.lock();
-        if permit == Permit::Probe {
+        if probe {
             inner.probe_in_flight = false;
         }
-        if success || !fault {
-            if success {
+        match verdict {
+            Verdict::Success => {
                 inner.consecutive_failures = 0;
                 inner.open_until = None;
             }
-            return;
-        }
-        inner.consecutive_failures = inner.consecutive_failures.saturating_add(1);
-        if permit == Permit::Probe || inner.consecutive_failures >= self.config.failure_threshold {
-            inner.open_until = Some(Instant::now() + self.config.open_for);
+            Verdict::Neutral => {}
+            Verdict::Fault => {
+                inner.consecutive_failures = inner.consecutive_failures.saturating_add(1);
+                if probe || inner.consecutive_failures >= self.config.failure_threshold {
+                    // Saturating: an open period too long to represent stays open "forever".
+                    let now = Instant::now();
+                    inner.open_until = Some(
+                        now.checked_add(self.config.open_for)
+                            .unwrap_or(now + Duration::from_secs(86_400 * 365)),
+                    );
+                }
+            }
         }
     }
 }
@@ -249,54 +295,81 @@ mod tests {
         assert_eq!(p.delay(1, &err(120), 0.0), Duration::from_millis(4000));
     }
 
-    #[test]
-    fn parses_both_retry_after_forms() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        assert_eq!(parse_retry_after("2", now), Some(Duration::from_secs(2)));
-        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
-        let date = httpdate::fmt_http_date(now + Duration::from_secs(3));
-        assert_eq!(parse_retry_after(&date, now), Some(Duration::from_secs(3)));
-        let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
-        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("soon", now), None);
-        assert_eq!(parse_retry_after("-1", now), None);
+    fn breaker(threshold: u32) -> CircuitBreaker {
+        CircuitBreaker::new(CircuitConfig {
+            failure_threshold: threshold,
+            open_for: Duration::from_secs(30),
+        })
     }
 
     #[tokio::test(start_paused = true)]
     async fn breaker_opens_after_consecutive_faults_then_probes() {
-        let b = CircuitBreaker::new(CircuitConfig {
-            failure_threshold: 2,
-            open_for: Duration::from_secs(30),
-        });
-        b.record(b.allow(), false, true);
+        let b = breaker(2);
+        b.admit().unwrap().failed(true);
         assert_eq!(b.state(), BreakerState::Closed);
-        b.record(b.allow(), false, false); // a 400: not the provider's fault
+        b.admit().unwrap().failed(false); // a 400: not the provider's fault
         assert_eq!(b.state(), BreakerState::Closed);
-        b.record(b.allow(), false, true);
+        b.admit().unwrap().failed(true);
         assert_eq!(b.state(), BreakerState::Open);
-        assert_eq!(b.allow(), Permit::Reject);
+        assert!(b.admit().is_none());
         tokio::time::advance(Duration::from_secs(31)).await;
-        let probe = b.allow();
-        assert_eq!(probe, Permit::Probe);
-        assert_eq!(b.allow(), Permit::Reject, "one probe at a time");
-        b.record(probe, false, true);
+        let probe = b.admit().unwrap();
+        assert!(probe.is_probe());
+        assert!(b.admit().is_none(), "one probe at a time");
+        probe.failed(true);
         assert_eq!(b.state(), BreakerState::Open, "a failed probe reopens");
         tokio::time::advance(Duration::from_secs(31)).await;
-        let probe = b.allow();
-        b.record(probe, true, false);
+        b.admit().unwrap().succeeded();
         assert_eq!(b.state(), BreakerState::Closed);
-        assert_eq!(b.allow(), Permit::Call);
+        assert!(!b.admit().unwrap().is_probe());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_probe_frees_the_probe_slot_without_a_verdict() {
+        let b = breaker(1);
+        b.admit().unwrap().failed(true);
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let probe = b.admit().unwrap();
+        assert!(probe.is_probe());
+        drop(probe); // the caller gave up (deadline, cancel, panic)
+        assert_eq!(b.state(), BreakerState::HalfOpen, "no verdict either way");
+        let next = b.admit().expect("the next call probes at once");
+        assert!(next.is_probe());
+        next.succeeded();
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_neutral_probe_verdict_keeps_exactly_one_probe() {
+        let b = breaker(1);
+        b.admit().unwrap().failed(true);
+        tokio::time::advance(Duration::from_secs(31)).await;
+        b.admit().unwrap().failed(false); // e.g. the probe got a 400
+        let second = b.admit().expect("half-open again");
+        assert!(second.is_probe());
+        assert!(b.admit().is_none(), "still one probe at a time");
+        drop(second);
+    }
+
+    #[test]
+    fn deadlines_too_far_away_are_no_deadline() {
+        assert!(Deadline::after(Some(Duration::MAX)).0.is_none());
+        assert!(!Deadline::after(Some(Duration::MAX)).would_pass(Duration::MAX));
+        let soon = Deadline::after(Some(Duration::from_millis(10)));
+        assert!(
+            soon.would_pass(Duration::MAX),
+            "no overflow, and it would pass"
+        );
+        assert!(soon.would_pass(Duration::from_secs(1)));
+        assert!(!Deadline(None).would_pass(Duration::MAX));
     }
 
     #[test]
     fn disabled_breaker_always_calls() {
-        let b = CircuitBreaker::new(CircuitConfig {
-            failure_threshold: 0,
-            open_for: Duration::from_secs(1),
-        });
+        let b = breaker(0);
         for _ in 0..10 {
-            b.record(b.allow(), false, true);
+            b.admit().unwrap().failed(true);
         }
-        assert_eq!(b.allow(), Permit::Call);
+        assert!(b.admit().is_some());
     }
 }

@@ -1,25 +1,25 @@
 //! The tonic service: validate → hand to [`Gateway`] → convert the answer. Thin on purpose;
 //! the pipeline lives in [`crate::gateway`], error codes in [`crate::error`].
 
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt as _, Stream, StreamExt};
 use opentelemetry::context::FutureExt as _;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span};
 
-use crate::error::GatewayError;
-use crate::gateway::{
-    BudgetInfo, FallbackReason, Gateway, GenerateInput, Generated, RouteInfo, StreamItem,
+use crate::domain::{
+    BudgetInfo, FallbackReason, Phase, RouteInfo, SectionType, Tier, has_forbidden_id_char,
 };
+use crate::error::GatewayError;
+use crate::gateway::{Gateway, GenerateInput, Generated, StreamItem, panic_message};
 use crate::metrics::Metrics;
 use crate::pb;
 use crate::resilience::Deadline;
-use crate::routing::{Phase, SectionType, Tier};
 use crate::telemetry;
 
 /// Longest accepted `report_id` / `section_id`, in bytes.
@@ -44,20 +44,41 @@ impl GatewayService {
     }
 }
 
-/// The caller's `grpc-timeout`, if it sent one.
-pub fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
+/// Parses a `grpc-timeout` value as the gRPC spec writes it: 1 to 8 ASCII digits and a unit
+/// (`H`ours, `M`inutes, `S`econds, `m`illis, `u`micros, `n`anos). Anything else is `None`.
+pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
+    let (unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    // At most 8 digits: no overflow below, even in hours.
+    let n = digits
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
     Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
         _ => return None,
     })
+}
+
+/// The caller's `grpc-timeout`, if it sent a valid one. A malformed value is treated as no
+/// deadline and logged at debug — as tonic's own timeout layer treats it, so the two never
+/// disagree about whether a call has a deadline.
+pub fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?;
+    let parsed = parse_grpc_timeout(value.as_bytes());
+    if parsed.is_none() {
+        tracing::debug!(
+            "ignoring malformed grpc-timeout ({} bytes): treated as no deadline",
+            value.len()
+        );
+    }
+    parsed
 }
 
 /// Our own deadline, a little before the caller's: tonic's transport cancels the handler at
@@ -104,17 +125,29 @@ fn section_type_from(value: i32) -> Result<SectionType, GatewayError> {
     })
 }
 
-fn report_id(value: &str) -> Result<(), GatewayError> {
-    if value.is_empty() {
-        return Err(GatewayError::invalid("report_id", "must not be empty"));
+/// Checks an id that ends up in ledger keys, log lines and spans. The value is never echoed:
+/// the message names the field and the rule only.
+fn id(field: &'static str, value: &str, required: bool) -> Result<(), GatewayError> {
+    if required && value.is_empty() {
+        return Err(GatewayError::invalid(field, "must not be empty"));
     }
     if value.len() > MAX_ID_BYTES {
         return Err(GatewayError::invalid(
-            "report_id",
+            field,
             format!("must be at most {MAX_ID_BYTES} bytes, got {}", value.len()),
         ));
     }
+    if has_forbidden_id_char(value) {
+        return Err(GatewayError::invalid(
+            field,
+            "must not contain control characters (C0/C1, including newline, carriage return and tab), line separators or `|`",
+        ));
+    }
     Ok(())
+}
+
+fn report_id(value: &str) -> Result<(), GatewayError> {
+    id("report_id", value, true)
 }
 
 /// Validates a generation request into the gateway's input. Errors name the field.
@@ -123,15 +156,7 @@ pub fn validate(
     max_prompt_bytes: usize,
 ) -> Result<GenerateInput, GatewayError> {
     report_id(&req.report_id)?;
-    if req.section_id.len() > MAX_ID_BYTES {
-        return Err(GatewayError::invalid(
-            "section_id",
-            format!(
-                "must be at most {MAX_ID_BYTES} bytes, got {}",
-                req.section_id.len()
-            ),
-        ));
-    }
+    id("section_id", &req.section_id, false)?;
     let phase = phase_from(req.phase)?;
     let section_type = section_type_from(req.section_type)?;
     if req.prompt.trim().is_empty() {
@@ -289,6 +314,25 @@ fn finish<T>(span: &Span, result: Result<T, GatewayError>) -> Result<T, Status> 
 
 type StreamOf<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// The pipeline's stream items, guaranteed to end with a terminal item (`Done` or an error):
+/// should the producer vanish without one (a bug), the client gets INTERNAL instead of an OK
+/// stream that silently lacks its `done` message.
+fn terminated(
+    rx: tokio::sync::mpsc::Receiver<Result<StreamItem, GatewayError>>,
+) -> impl Stream<Item = Result<StreamItem, GatewayError>> {
+    futures_util::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        match rx.recv().await {
+            Some(item @ Ok(StreamItem::Delta(_))) => Some((item, Some(rx))),
+            Some(terminal) => Some((terminal, None)),
+            None => {
+                tracing::error!("stream producer ended without a terminal message");
+                Some((Err(GatewayError::Internal), None))
+            }
+        }
+    })
+}
+
 #[tonic::async_trait]
 impl pb::gateway_service_server::GatewayService for GatewayService {
     async fn generate(
@@ -305,7 +349,20 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
             let input = finish(&Span::current(), input)?;
             record_input(&Span::current(), &input);
             let _in_flight = metrics.in_flight("Generate");
-            let call = gateway.generate(&input, deadline);
+            // A panic in the pipeline is a bug; the caller still gets a status (INTERNAL),
+            // and every guard the call held is released by the unwind.
+            let call = AssertUnwindSafe(gateway.generate(&input, deadline))
+                .catch_unwind()
+                .map(|run| {
+                    run.unwrap_or_else(|panic| {
+                        metrics.panicked("Generate");
+                        tracing::error!(
+                            panic = panic_message(&*panic),
+                            "request task panicked; the caller gets INTERNAL"
+                        );
+                        Err(GatewayError::Internal)
+                    })
+                });
             let result = match deadline.0 {
                 Some(at) => tokio::time::timeout_at(at, call)
                     .await
@@ -353,7 +410,7 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
             self.gateway.generate_stream(input, deadline)
         };
         let metrics = self.metrics.clone();
-        let stream = ReceiverStream::new(rx).map(move |item| {
+        let stream = terminated(rx).map(move |item| {
             let _keep = &in_flight;
             match item {
                 Ok(StreamItem::Delta(delta)) => {

@@ -8,8 +8,10 @@
 //! - Context: W3C `traceparent`/`tracestate`/`baggage` are extracted from incoming gRPC
 //!   metadata ([`extract_parent`]) and injected into every upstream request
 //!   ([`inject_trace_context`]).
-//! - `[Hybrid]` lines ([`hybrid`]) are the operator-facing story of each call; in JSON format
-//!   they carry `trace_id` so logs and traces join.
+//! - `[Hybrid]` events ([`Hybrid`]) are the operator-facing story of each call; in JSON format
+//!   they carry their parts as fields and `trace_id`, so logs and traces join.
+//!
+//! This module is fed plain values ([`crate::domain`]); it imports no pipeline code.
 //!
 //! Prompt and completion text never reach spans unless `VRA_TRACE_CONTENT=true`.
 
@@ -33,9 +35,9 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{Config, LogFormat};
-use crate::gateway::{BudgetInfo, RouteInfo};
-use crate::providers::{ChatRequest, Provider, ProviderError, TokenUsage};
-use crate::routing::Tier;
+use crate::domain::{
+    BudgetInfo, FallbackReason, ProviderError, RouteInfo, Tier, TokenUsage, Untrusted,
+};
 
 /// Longest prompt/completion excerpt put in a span when content tracing is on.
 const CONTENT_LIMIT: usize = 1024;
@@ -206,36 +208,206 @@ where
     }
 }
 
-/// Severity of a `[Hybrid]` line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hybrid {
-    /// A call was served: INFO.
-    Routed,
-    /// A fallback to the secondary: WARN.
-    Fallback,
-    /// Every provider failed: ERROR.
-    FallbackFailed,
-    /// A stream broke after its first delta: ERROR.
-    StreamAborted,
+/// One `[Hybrid]` event: the operator-facing story of a call, built in one place.
+///
+/// Text logs get the documented line (`[Hybrid] Phase=DRAFT | Section=1.3 | ...`); JSON logs
+/// get the same line as `message` plus each part as its own field (`event`, `phase`,
+/// `section`, `report_id`, `provider`, `model`, `reason`, `error`) and `trace_id`, so log
+/// pipelines never parse the message. Ids reach here validated (no control characters, no
+/// `|`); error text is shown through [`Untrusted`] (escaped, capped), so no event can forge a
+/// second line.
+#[derive(Debug, Clone, Copy)]
+pub struct Hybrid<'a> {
+    pub phase: &'a str,
+    /// The section id (`-` when the caller sent none).
+    pub section: &'a str,
+    pub report_id: &'a str,
 }
 
-/// Writes one `[Hybrid]` line. In JSON format the line also carries `trace_id`; the text line
-/// stays exactly the documented text.
-pub fn hybrid(kind: Hybrid, line: fmt::Arguments<'_>) {
-    let json = settings().json;
-    let trace_id = if json { current_trace_id() } else { None };
-    macro_rules! emit {
-        ($level:expr) => {
-            match trace_id {
-                Some(id) => tracing::event!(target: "vra_gateway::hybrid", $level, trace_id = %id, "{}", line),
-                None => tracing::event!(target: "vra_gateway::hybrid", $level, "{}", line),
-            }
+impl<'a> Hybrid<'a> {
+    pub fn new(phase: &'a str, section_id: &'a str, report_id: &'a str) -> Self {
+        let section = if section_id.is_empty() {
+            "-"
+        } else {
+            section_id
         };
+        Self {
+            phase,
+            section,
+            report_id,
+        }
     }
-    match kind {
-        Hybrid::Routed => emit!(Level::INFO),
-        Hybrid::Fallback => emit!(Level::WARN),
-        Hybrid::FallbackFailed | Hybrid::StreamAborted => emit!(Level::ERROR),
+
+    /// INFO: the call was served by `provider` / `model`.
+    pub fn routed(self, provider: &str, model: &str) {
+        let p = Upper(provider);
+        self.emit(
+            Level::INFO,
+            Parts {
+                event: "ROUTED",
+                provider: Some(provider),
+                model: Some(model),
+                ..Parts::default()
+            },
+            format_args!(
+                "[Hybrid] Phase={} | Section={} | Provider={p} | Model={model} | Report={}",
+                self.phase, self.section, self.report_id
+            ),
+        );
+    }
+
+    /// WARN: the primary failed for good; the secondary takes over (`PRIMARY_ERROR`).
+    pub fn fallback_on_error(self, primary: &str, error: &str) {
+        let e = Untrusted(error);
+        self.emit(
+            Level::WARN,
+            Parts {
+                event: "FALLBACK",
+                provider: Some(primary),
+                reason: Some("PRIMARY_ERROR"),
+                error: Some(error),
+                ..Parts::default()
+            },
+            format_args!(
+                "[Hybrid] Phase={} | Event=FALLBACK | From=PRIMARY | To=SECONDARY | Error={e} | Report={}",
+                self.phase, self.report_id
+            ),
+        );
+    }
+
+    /// WARN: the primary was skipped for `reason` (`COST_LIMIT`, `CIRCUIT_OPEN`, ...).
+    pub fn fallback(self, reason: FallbackReason) {
+        let r = reason.as_str();
+        self.emit(
+            Level::WARN,
+            Parts {
+                event: "FALLBACK",
+                reason: Some(r),
+                ..Parts::default()
+            },
+            format_args!(
+                "[Hybrid] Event=FALLBACK | Reason={r} | Report={} | Phase={} | Section={}",
+                self.report_id, self.phase, self.section
+            ),
+        );
+    }
+
+    /// ERROR: the call fell back and the secondary failed too; `errors` lists every provider's.
+    pub fn fallback_failed(self, errors: &str) {
+        let e = Untrusted(errors);
+        self.emit(
+            Level::ERROR,
+            Parts {
+                event: "FALLBACK_FAILED",
+                error: Some(errors),
+                ..Parts::default()
+            },
+            format_args!(
+                "[Hybrid] Phase={} | Event=FALLBACK_FAILED | Error={e} | Report={}",
+                self.phase, self.report_id
+            ),
+        );
+    }
+
+    /// ERROR: the only provider the call could use (the secondary) failed.
+    pub fn failed(self, provider: &str, error: &str) {
+        let (p, e) = (Upper(provider), Untrusted(error));
+        self.emit(
+            Level::ERROR,
+            Parts {
+                event: "FAILED",
+                provider: Some(provider),
+                error: Some(error),
+                ..Parts::default()
+            },
+            format_args!(
+                "[Hybrid] Phase={} | Event=FAILED | Provider={p} | Error={e} | Report={}",
+                self.phase, self.report_id
+            ),
+        );
+    }
+
+    /// ERROR: a stream broke after its first delta.
+    pub fn stream_aborted(self, provider: &str, model: &str, error: &str) {
+        let (p, e) = (Upper(provider), Untrusted(error));
+        self.emit(
+            Level::ERROR,
+            Parts {
+                event: "STREAM_ABORTED",
+                provider: Some(provider),
+                model: Some(model),
+                error: Some(error),
+                ..Parts::default()
+            },
+            format_args!(
+                "[Hybrid] Phase={} | Event=STREAM_ABORTED | Provider={p} | Error={e} | Report={}",
+                self.phase, self.report_id
+            ),
+        );
+    }
+
+    fn emit(self, level: Level, parts: Parts<'_>, line: fmt::Arguments<'_>) {
+        if !settings().json {
+            macro_rules! text {
+                ($level:expr) => {
+                    tracing::event!(target: "vra_gateway::hybrid", $level, "{}", line)
+                };
+            }
+            match level {
+                Level::INFO => text!(Level::INFO),
+                Level::WARN => text!(Level::WARN),
+                _ => text!(Level::ERROR),
+            }
+            return;
+        }
+        let trace_id = current_trace_id();
+        let error = parts.error.map(|e| Untrusted(e).to_string());
+        macro_rules! json {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "vra_gateway::hybrid",
+                    $level,
+                    event = parts.event,
+                    phase = self.phase,
+                    section = self.section,
+                    report_id = self.report_id,
+                    provider = parts.provider,
+                    model = parts.model,
+                    reason = parts.reason,
+                    error = error.as_deref(),
+                    trace_id = trace_id.as_deref(),
+                    "{}",
+                    line
+                )
+            };
+        }
+        match level {
+            Level::INFO => json!(Level::INFO),
+            Level::WARN => json!(Level::WARN),
+            _ => json!(Level::ERROR),
+        }
+    }
+}
+
+/// The optional parts of a `[Hybrid]` event.
+#[derive(Default)]
+struct Parts<'a> {
+    event: &'static str,
+    provider: Option<&'a str>,
+    model: Option<&'a str>,
+    reason: Option<&'static str>,
+    error: Option<&'a str>,
+}
+
+/// Displays a provider name in upper case (as `[Hybrid]` lines write it) without allocating.
+struct Upper<'a>(&'a str);
+
+impl fmt::Display for Upper<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use fmt::Write as _;
+        self.0
+            .chars()
+            .try_for_each(|c| f.write_char(c.to_ascii_uppercase()))
     }
 }
 
@@ -307,17 +479,27 @@ pub fn record_status(span: &Span, code: tonic::Code, message: Option<&str>) {
     }
 }
 
+/// What an attempt span says about its upstream — plain values.
+#[derive(Debug, Clone, Copy)]
+pub struct Upstream<'a> {
+    /// `gen_ai.provider.name`: the wire format (`openai`, `ollama`).
+    pub system: &'static str,
+    /// The configured provider name.
+    pub provider: &'a str,
+    pub cloud: bool,
+    pub address: &'a str,
+    pub port: u16,
+}
+
 /// Creates the CLIENT span of one upstream HTTP attempt (GenAI semantic conventions).
-pub fn attempt_span(provider: &dyn Provider, model: &str, tier: Tier, attempt: u32) -> Span {
-    let config = provider.config();
-    let (address, port) = provider.address();
+pub fn attempt_span(upstream: Upstream<'_>, model: &str, tier: Tier, attempt: u32) -> Span {
     tracing::info_span!(
         "chat",
         otel.name = %format_args!("chat {model}"),
         otel.kind = "client",
         otel.status_code = Empty,
         gen_ai.operation.name = "chat",
-        gen_ai.provider.name = provider.system(),
+        gen_ai.provider.name = upstream.system,
         gen_ai.request.model = model,
         gen_ai.response.model = Empty,
         gen_ai.usage.input_tokens = Empty,
@@ -325,14 +507,14 @@ pub fn attempt_span(provider: &dyn Provider, model: &str, tier: Tier, attempt: u
         gen_ai.response.finish_reasons = Empty,
         gen_ai.input.messages = Empty,
         gen_ai.output.messages = Empty,
-        server.address = address,
-        server.port = i64::from(port),
+        server.address = upstream.address,
+        server.port = i64::from(upstream.port),
         http.response.status_code = Empty,
         error.type = Empty,
         vra.attempt = i64::from(attempt),
         vra.tier = tier.as_str(),
-        vra.provider = config.name.as_str(),
-        vra.cloud = config.is_cloud(),
+        vra.provider = upstream.provider,
+        vra.cloud = upstream.cloud,
     )
 }
 
@@ -381,15 +563,15 @@ pub fn record_response(
 }
 
 /// Puts the (truncated) prompt on the attempt span — only when `VRA_TRACE_CONTENT=true`.
-pub fn record_request(span: &Span, req: &ChatRequest) {
+pub fn record_request(span: &Span, system: Option<&str>, prompt: &str) {
     if !settings().trace_content {
         return;
     }
     let mut messages = Vec::new();
-    if let Some(system) = &req.system {
+    if let Some(system) = system {
         messages.push(serde_json::json!({"role": "system", "parts": [{"type": "text", "content": truncate(system)}]}));
     }
-    messages.push(serde_json::json!({"role": "user", "parts": [{"type": "text", "content": truncate(&req.prompt)}]}));
+    messages.push(serde_json::json!({"role": "user", "parts": [{"type": "text", "content": truncate(prompt)}]}));
     span.record(
         "gen_ai.input.messages",
         serde_json::Value::Array(messages).to_string().as_str(),

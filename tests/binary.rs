@@ -9,8 +9,8 @@ use std::time::Duration;
 use common::process::{KEY, Running, gateway_env, run_to_end, temp_dir};
 use common::request;
 use tonic::Code;
+use vra_gateway::demo::sim::{Sim, Step};
 use vra_gateway::pb::{CompilationPhase as P, SectionType as S};
-use vra_gateway::providers::sim::{Sim, Step};
 
 const PROMPT_MARKER: &str = "confidential-prompt-marker-7d1e";
 

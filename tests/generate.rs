@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use common::{Harness, PHASES, SECTIONS, reason, request, rule, tier};
 use tonic::Code;
+use vra_gateway::demo::sim::Step;
 use vra_gateway::pb::{
     self, CompilationPhase as P, FallbackReason as F, ProviderTier as T, SectionType as S,
 };
-use vra_gateway::providers::sim::Step;
 
 /// The documented matrix, written out independently of `vra_gateway::routing`.
 fn expected(hybrid: bool, phase: P, section: S) -> (T, &'static str) {
@@ -425,8 +425,8 @@ async fn persistent_5xx_falls_back_to_the_secondary() {
 #[tokio::test]
 async fn connect_errors_fall_back_too() {
     // A cloud upstream that is not listening at all.
-    let cloud = vra_gateway::providers::sim::Sim::start().await.unwrap();
-    let local = vra_gateway::providers::sim::Sim::start().await.unwrap();
+    let cloud = vra_gateway::demo::sim::Sim::start().await.unwrap();
+    let local = vra_gateway::demo::sim::Sim::start().await.unwrap();
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

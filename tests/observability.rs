@@ -18,8 +18,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind};
 use tokio_stream::wrappers::TcpListenerStream;
+use vra_gateway::demo::sim::{Sim, Step};
 use vra_gateway::pb::{self, CompilationPhase as P, SectionType as S};
-use vra_gateway::providers::sim::{Sim, Step};
 
 const PROMPT_MARKER: &str = "secret-prompt-text-5b2c";
 

@@ -9,10 +9,10 @@ use common::redis_server::RedisServer;
 use common::{Replica, config, connect, reason, request, tier};
 use redis::AsyncCommands;
 use tonic::Code;
+use vra_gateway::demo::sim::Sim;
 use vra_gateway::pb::{
     self, CompilationPhase as P, FallbackReason as F, ProviderTier as T, SectionType as S,
 };
-use vra_gateway::providers::sim::Sim;
 
 async fn usage(addr: std::net::SocketAddr, report: &str) -> pb::GetReportUsageResponse {
     connect(addr)
@@ -205,7 +205,7 @@ async fn starting_without_redis_serves_fail_safe() {
 
     // With the secondary unusable too (its circuit opens after one failed call), nothing can
     // be served safely: the health service says NOT_SERVING.
-    local.set_default(vra_gateway::providers::sim::Step::fail(500));
+    local.set_default(vra_gateway::demo::sim::Step::fail(500));
     let err = client
         .generate(request("nr", P::Expand, S::Other))
         .await

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use common::{Harness, request};
 use tonic::{Code, Status};
+use vra_gateway::demo::sim::Step;
 use vra_gateway::pb::{
     self, CompilationPhase as P, FallbackReason as F, ProviderTier as T, SectionType as S,
 };
-use vra_gateway::providers::sim::Step;
 
 const CLOUD_TEXT: &str = "Cloud wrote this: Grüße aus der Wolke ☁️, with care and   odd  spacing.";
 const LOCAL_TEXT: &str = "Local model text — llama writes plainly.";

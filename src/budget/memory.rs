@@ -1,21 +1,30 @@
 //! In-process ledger: sharded maps behind short-lived mutexes.
 //!
 //! A reservation is one lock of one shard, a lookup and an increment — no `.await` while the
-//! lock is held, so it is atomic with respect to every other task. Memory is bounded by the
-//! TTL: an entry unused for `VRA_REPORT_TTL_SECS` is treated as absent and removed by a
-//! periodic sweep (see [`MemoryLedger::spawn_sweeper`]).
+//! lock is held, so it is atomic with respect to every other task.
+//!
+//! Memory is bounded twice. By time: an entry unused for `VRA_REPORT_TTL_SECS` is treated as
+//! absent and removed by a periodic sweep ([`MemoryLedger::spawn_sweeper`]), one shard at a
+//! time, which also gives freed capacity back. By count: at most `VRA_LEDGER_MAX_REPORTS`
+//! reports are tracked; when full, a *new* report's reservation fails with
+//! [`LedgerError::Full`] — the pipeline treats that like an unreachable ledger and serves the
+//! call locally (`LEDGER_UNAVAILABLE`), never over budget — while known reports keep working.
+//! Nothing live is ever evicted: that would reset its budget.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
 use super::{CallRecord, Ledger, LedgerError, ReportUsage, Reservation};
-use crate::routing::Tier;
+use crate::domain::Tier;
 
-const SHARDS: usize = 32;
+/// Enough shards that one holds a few thousand entries at the default cap, so a sweep step
+/// (one shard) holds its lock only briefly.
+const SHARDS: usize = 256;
 
 /// One shard: report id → entry.
 type Shard = Mutex<HashMap<Box<str>, Entry>>;
@@ -31,15 +40,36 @@ pub struct MemoryLedger {
     shards: Box<[Shard]>,
     hasher: RandomState,
     ttl: Duration,
+    max_reports: usize,
+    /// Entries across all shards; never above `max_reports`.
+    tracked: AtomicUsize,
 }
 
 impl MemoryLedger {
+    /// A ledger with the default cap of `VRA_LEDGER_MAX_REPORTS`.
     pub fn new(ttl: Duration) -> Self {
+        Self::with_capacity(ttl, 1_000_000)
+    }
+
+    /// A ledger that tracks at most `max_reports` reports.
+    pub fn with_capacity(ttl: Duration, max_reports: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             ttl,
+            max_reports,
+            tracked: AtomicUsize::new(0),
         }
+    }
+
+    /// Takes one slot of the cap for a new entry, exactly (no overshoot under contention).
+    fn admit_new(&self) -> Result<(), LedgerError> {
+        self.tracked
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_reports).then_some(n + 1)
+            })
+            .map(drop)
+            .map_err(|_| LedgerError::Full(self.max_reports))
     }
 
     fn shard(&self, report_id: &str) -> MutexGuard<'_, HashMap<Box<str>, Entry>> {
@@ -49,27 +79,34 @@ impl MemoryLedger {
         self.shards[idx].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `f` on the live entry of `report_id`, creating (or resetting an expired) one.
+    /// Runs `f` on the live entry of `report_id`, creating (or resetting an expired) one; a
+    /// new entry needs a slot of the cap.
     fn with_entry<T>(
         &self,
         report_id: &str,
         now: Instant,
         f: impl FnOnce(&mut ReportUsage) -> T,
-    ) -> T {
+    ) -> Result<T, LedgerError> {
         let mut shard = self.shard(report_id);
-        let entry = shard.entry(report_id.into()).or_insert(Entry {
-            usage: ReportUsage::default(),
-            last_used: now,
-        });
+        let entry = match shard.get_mut(report_id) {
+            Some(entry) => entry,
+            None => {
+                self.admit_new()?;
+                shard.entry(report_id.into()).or_insert(Entry {
+                    usage: ReportUsage::default(),
+                    last_used: now,
+                })
+            }
+        };
         if now.saturating_duration_since(entry.last_used) > self.ttl {
             entry.usage = ReportUsage::default();
         }
         entry.last_used = now;
-        f(&mut entry.usage)
+        Ok(f(&mut entry.usage))
     }
 
     /// Synchronous reservation — the whole atomic step.
-    pub fn reserve_now(&self, report_id: &str, limit: u32) -> Reservation {
+    pub fn reserve_now(&self, report_id: &str, limit: u32) -> Result<Reservation, LedgerError> {
         self.with_entry(report_id, Instant::now(), |u| {
             if u.exhausted || u.cloud_calls_used >= limit {
                 let newly = !u.exhausted;
@@ -97,13 +134,21 @@ impl MemoryLedger {
 
     /// Removes entries idle for longer than the TTL as of `now`; returns how many.
     pub fn sweep(&self, now: Instant) -> usize {
-        let mut removed = 0;
-        for shard in self.shards.iter() {
-            let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
-            let before = map.len();
-            map.retain(|_, e| now.saturating_duration_since(e.last_used) <= self.ttl);
-            removed += before - map.len();
+        (0..SHARDS).map(|i| self.sweep_shard(i, now)).sum()
+    }
+
+    /// One bounded step of the sweep: one shard, under its lock only for this step. Capacity
+    /// the shard no longer needs is given back to the allocator.
+    fn sweep_shard(&self, index: usize, now: Instant) -> usize {
+        let mut map = self.shards[index].lock().unwrap_or_else(|p| p.into_inner());
+        let before = map.len();
+        map.retain(|_, e| now.saturating_duration_since(e.last_used) <= self.ttl);
+        let removed = before - map.len();
+        if map.capacity() > 2 * map.len() + 16 {
+            map.shrink_to_fit();
         }
+        drop(map);
+        self.tracked.fetch_sub(removed, Ordering::AcqRel);
         removed
     }
 
@@ -119,7 +164,8 @@ impl MemoryLedger {
         self.len() == 0
     }
 
-    /// Sweeps expired entries every `min(ttl, 60 s)` until the ledger is dropped.
+    /// Sweeps expired entries every `min(ttl, 60 s)` until the ledger is dropped, one shard
+    /// per step, yielding between steps so no worker is held up for long.
     pub fn spawn_sweeper(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         let period = self
@@ -131,8 +177,13 @@ impl MemoryLedger {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let Some(ledger) = weak.upgrade() else { break };
-                ledger.sweep(Instant::now());
+                let now = Instant::now();
+                for index in 0..SHARDS {
+                    let Some(ledger) = weak.upgrade() else { return };
+                    ledger.sweep_shard(index, now);
+                    drop(ledger);
+                    tokio::task::yield_now().await;
+                }
             }
         });
     }
@@ -141,7 +192,7 @@ impl MemoryLedger {
 #[async_trait]
 impl Ledger for MemoryLedger {
     async fn reserve(&self, report_id: &str, limit: u32) -> Result<Reservation, LedgerError> {
-        Ok(self.reserve_now(report_id, limit))
+        self.reserve_now(report_id, limit)
     }
 
     async fn usage(&self, report_id: &str) -> Result<ReportUsage, LedgerError> {
@@ -149,10 +200,10 @@ impl Ledger for MemoryLedger {
     }
 
     async fn record(&self, report_id: &str, call: CallRecord) -> Result<ReportUsage, LedgerError> {
-        Ok(self.with_entry(report_id, Instant::now(), |u| {
+        self.with_entry(report_id, Instant::now(), |u| {
             apply_record(u, call);
             *u
-        }))
+        })
     }
 
     async fn ping(&self) -> Result<(), LedgerError> {
@@ -190,10 +241,13 @@ mod tests {
     fn grants_exactly_the_limit_then_pins_exhausted() {
         let ledger = MemoryLedger::new(Duration::from_secs(60));
         for i in 1..=3 {
-            assert_eq!(ledger.reserve_now("r", 3), Reservation::Granted { used: i });
+            assert_eq!(
+                ledger.reserve_now("r", 3).unwrap(),
+                Reservation::Granted { used: i }
+            );
         }
         assert_eq!(
-            ledger.reserve_now("r", 3),
+            ledger.reserve_now("r", 3).unwrap(),
             Reservation::Refused {
                 used: 3,
                 newly: true
@@ -201,7 +255,7 @@ mod tests {
         );
         // Exhaustion is sticky even if the limit were raised for later calls.
         assert_eq!(
-            ledger.reserve_now("r", 10),
+            ledger.reserve_now("r", 10).unwrap(),
             Reservation::Refused {
                 used: 3,
                 newly: false
@@ -209,7 +263,7 @@ mod tests {
         );
         assert!(ledger.usage_at("r", Instant::now()).exhausted);
         assert_eq!(
-            ledger.reserve_now("other", 3),
+            ledger.reserve_now("other", 3).unwrap(),
             Reservation::Granted { used: 1 }
         );
     }
@@ -218,7 +272,7 @@ mod tests {
     fn zero_limit_refuses_at_once() {
         let ledger = MemoryLedger::new(Duration::from_secs(60));
         assert_eq!(
-            ledger.reserve_now("r", 0),
+            ledger.reserve_now("r", 0).unwrap(),
             Reservation::Refused {
                 used: 0,
                 newly: true
@@ -234,7 +288,9 @@ mod tests {
                 let l = ledger.clone();
                 std::thread::spawn(move || {
                     (0..100)
-                        .filter(|_| matches!(l.reserve_now("hot", 15), Reservation::Granted { .. }))
+                        .filter(|_| {
+                            matches!(l.reserve_now("hot", 15), Ok(Reservation::Granted { .. }))
+                        })
                         .count()
                 })
             })
@@ -246,12 +302,48 @@ mod tests {
     #[test]
     fn entries_expire_after_the_ttl() {
         let ledger = MemoryLedger::new(Duration::from_secs(10));
-        ledger.reserve_now("r", 5);
+        ledger.reserve_now("r", 5).unwrap();
         let later = Instant::now() + Duration::from_secs(11);
         assert_eq!(ledger.usage_at("r", later), ReportUsage::default());
         assert_eq!(ledger.sweep(Instant::now()), 0);
         assert_eq!(ledger.sweep(later), 1);
         assert!(ledger.is_empty());
+    }
+
+    #[test]
+    fn a_full_ledger_refuses_new_reports_but_serves_known_ones() {
+        let ledger = MemoryLedger::with_capacity(Duration::from_secs(10), 2);
+        ledger.reserve_now("a", 5).unwrap();
+        ledger.reserve_now("b", 5).unwrap();
+        assert_eq!(ledger.reserve_now("c", 5), Err(LedgerError::Full(2)));
+        assert_eq!(ledger.len(), 2, "nothing live was evicted");
+        assert_eq!(
+            ledger.reserve_now("a", 5),
+            Ok(Reservation::Granted { used: 2 })
+        );
+        // Once the sweep frees a slot, new reports are welcome again.
+        let later = Instant::now() + Duration::from_secs(11);
+        assert_eq!(ledger.sweep(later), 2);
+        assert_eq!(ledger.with_entry("c", later, |u| u.cloud_calls_used), Ok(0));
+        assert_eq!(ledger.len(), 1);
+    }
+
+    #[test]
+    fn the_cap_is_exact_under_contention() {
+        let ledger = Arc::new(MemoryLedger::with_capacity(Duration::from_secs(60), 100));
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let l = ledger.clone();
+                std::thread::spawn(move || {
+                    (0..100)
+                        .filter(|i| l.reserve_now(&format!("{t}-{i}"), 1).is_ok())
+                        .count()
+                })
+            })
+            .collect();
+        let admitted: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(admitted, 100);
+        assert_eq!(ledger.len(), 100);
     }
 
     #[test]
@@ -264,11 +356,13 @@ mod tests {
             input_tokens: 10,
             output_tokens: 5,
         };
-        ledger.with_entry("r", Instant::now(), |u| {
-            apply_record(u, call(Tier::Primary, false, true));
-            apply_record(u, call(Tier::Secondary, true, false));
-            apply_record(u, call(Tier::Secondary, false, false));
-        });
+        ledger
+            .with_entry("r", Instant::now(), |u| {
+                apply_record(u, call(Tier::Primary, false, true));
+                apply_record(u, call(Tier::Secondary, true, false));
+                apply_record(u, call(Tier::Secondary, false, false));
+            })
+            .unwrap();
         let u = ledger.usage_at("r", Instant::now());
         assert_eq!((u.primary_calls, u.secondary_calls, u.fallbacks), (1, 2, 1));
         assert_eq!((u.cloud_input_tokens, u.cloud_output_tokens), (10, 5));

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::config::Config;
-use crate::routing::Tier;
+use crate::domain::Tier;
 
 /// The answer to a reservation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +70,21 @@ pub enum LedgerError {
     Unavailable(String),
     #[error("ledger timed out after {0} ms")]
     Timeout(u64),
+    /// The in-memory ledger tracks `VRA_LEDGER_MAX_REPORTS` reports and this one is new.
+    /// Evicting a live report would reset its budget, so the new one fails safe instead.
+    #[error("ledger full: already tracking {0} reports (VRA_LEDGER_MAX_REPORTS)")]
+    Full(usize),
+}
+
+impl LedgerError {
+    /// Low-cardinality label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LedgerError::Unavailable(_) => "unavailable",
+            LedgerError::Timeout(_) => "timeout",
+            LedgerError::Full(_) => "full",
+        }
+    }
 }
 
 /// Storage of per-report budget state.
@@ -104,7 +119,10 @@ pub fn build(config: &Config) -> Result<Arc<dyn Ledger>, LedgerError> {
             config.ledger.timeout,
         )?)),
         None => {
-            let ledger = Arc::new(memory::MemoryLedger::new(config.report_ttl));
+            let ledger = Arc::new(memory::MemoryLedger::with_capacity(
+                config.report_ttl,
+                config.ledger.max_reports,
+            ));
             ledger.spawn_sweeper();
             Ok(ledger)
         }

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{CallRecord, Ledger, LedgerError, ReportUsage, Reservation};
-use crate::routing::Tier;
+use crate::domain::Tier;
 
 /// Check-and-increment. KEYS[1] = report hash; ARGV[1] = limit; ARGV[2] = TTL seconds.
 /// Returns {outcome, used}: outcome 1 = granted, 0 = refused, 2 = refused and newly exhausted.

@@ -14,7 +14,6 @@ use serde::Serialize;
 use super::stream::{Decoder, decode};
 use super::{BuildError, Completion, EventStream, ProviderError};
 use crate::config::{ProviderConfig, Secret};
-use crate::resilience::parse_retry_after;
 
 /// One provider endpoint: its pooled client, URL, per-attempt timeout and key.
 pub(crate) struct Endpoint {
@@ -150,6 +149,21 @@ async fn send(
     })
 }
 
+/// Parses a `Retry-After` value (RFC 9110 §10.2.3): delay-seconds (digits only) or an HTTP
+/// date, relative to `now`. Anything else — fractions, exponents, signs, garbage — is `None`
+/// and the caller falls back to its normal backoff. Never panics: a delay too large for a
+/// `u64` saturates (the retry policy caps it at `VRA_RETRY_MAX_BACKOFF_MS` anyway).
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim_matches([' ', '\t']);
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Duration::from_secs(
+            value.parse::<u64>().unwrap_or(u64::MAX),
+        ));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
 /// Maps a reqwest failure to a typed error, without the URL.
 pub(crate) fn map_reqwest(e: reqwest::Error) -> ProviderError {
     if e.is_timeout() {
@@ -218,6 +232,40 @@ mod tests {
             error_excerpt(long.as_bytes()).chars().count(),
             ERROR_EXCERPT + 1
         );
+    }
+
+    #[test]
+    fn parses_both_retry_after_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(parse_retry_after("2", now), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(3));
+        assert_eq!(parse_retry_after(&date, now), Some(Duration::from_secs(3)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("99999999999999999999", now),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        for junk in [
+            "soon", "-1", "+1", "1e20", "1.5", "NaN", "inf", "", " ", "0x10", "１",
+        ] {
+            assert_eq!(parse_retry_after(junk, now), None, "{junk:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        /// Any header value: no panic, and a delay is either the digits' value or a date's.
+        #[test]
+        fn retry_after_never_panics(value in "\\PC{0,40}", secs in 0u64..u64::MAX) {
+            let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+            let _ = parse_retry_after(&value, now);
+            proptest::prop_assert_eq!(
+                parse_retry_after(&secs.to_string(), now),
+                Some(Duration::from_secs(secs))
+            );
+        }
     }
 
     #[test]

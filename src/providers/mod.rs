@@ -8,12 +8,10 @@
 //! - [`openai`]: OpenAI-compatible Chat Completions (OpenAI, vLLM, llama.cpp server, ...).
 //! - [`ollama`]: Ollama's native `/api/chat`.
 //! - [`stream`]: incremental SSE / NDJSON decoding shared by both streaming paths.
-//! - [`sim`]: the in-process simulated upstreams used by `demo`, tests and benchmarks.
 
 mod http;
 pub mod ollama;
 pub mod openai;
-pub mod sim;
 pub mod stream;
 
 use std::collections::BTreeMap;
@@ -25,6 +23,7 @@ use async_trait::async_trait;
 use futures_util::Stream;
 
 use crate::config::{Endpoint, ProviderConfig, ProviderKind};
+pub use crate::domain::{ProviderError, TokenUsage};
 
 /// What the gateway asks of a model.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,13 +61,6 @@ pub struct Message<'a> {
     pub content: &'a str,
 }
 
-/// Token counts as reported by the upstream.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TokenUsage {
-    pub input: u32,
-    pub output: u32,
-}
-
 /// A finished (non-streamed) generation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
@@ -94,101 +86,6 @@ pub enum StreamEvent {
 
 /// A streamed generation: deltas, then exactly one `Done`, or an error.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, ProviderError>> + Send>>;
-
-/// Why one upstream request failed. Messages never contain API keys or prompt text.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProviderError {
-    #[error("connect error: {0}")]
-    Connect(String),
-    #[error("timed out")]
-    Timeout,
-    #[error("HTTP {status}{}", if .message.is_empty() { String::new() } else { format!(": {}", .message) })]
-    Status {
-        status: u16,
-        /// The upstream's `Retry-After`, already parsed.
-        retry_after: Option<Duration>,
-        /// A short excerpt of the upstream's error message (empty for 401/403).
-        message: String,
-    },
-    #[error("malformed response: {0}")]
-    Malformed(String),
-    #[error("upstream error: {0}")]
-    Upstream(String),
-    #[error("stream idle for {0} ms")]
-    StreamIdle(u64),
-    #[error("stream ended without a terminal event")]
-    Truncated,
-    #[error("transport error: {0}")]
-    Transport(String),
-}
-
-impl ProviderError {
-    /// Connect errors, timeouts, 408, 429 and 5xx may succeed on another try — and so may a
-    /// stream that broke or went silent (retried only before its first delta).
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            ProviderError::Connect(_)
-            | ProviderError::Timeout
-            | ProviderError::Transport(_)
-            | ProviderError::StreamIdle(_)
-            | ProviderError::Truncated => true,
-            ProviderError::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
-            _ => false,
-        }
-    }
-
-    /// Whether the failure says something about the provider's health (circuit breaker food),
-    /// as opposed to this particular request (e.g. a 400).
-    pub fn is_provider_fault(&self) -> bool {
-        match self {
-            ProviderError::Status { status, .. } => {
-                matches!(status, 401 | 403 | 408 | 429 | 500..=599)
-            }
-            _ => true,
-        }
-    }
-
-    /// Whether this is an authentication problem — a configuration error, logged as such.
-    pub fn is_auth(&self) -> bool {
-        matches!(
-            self,
-            ProviderError::Status {
-                status: 401 | 403,
-                ..
-            }
-        )
-    }
-
-    /// `Retry-After` sent with the error, if any.
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            ProviderError::Status { retry_after, .. } => *retry_after,
-            _ => None,
-        }
-    }
-
-    /// Low-cardinality type for `error.type` and metric labels.
-    pub fn kind(&self) -> String {
-        match self {
-            ProviderError::Connect(_) => "connect_error".into(),
-            ProviderError::Timeout => "timeout".into(),
-            ProviderError::Status { status, .. } => status.to_string(),
-            ProviderError::Malformed(_) => "malformed_response".into(),
-            ProviderError::Upstream(_) => "upstream_error".into(),
-            ProviderError::StreamIdle(_) => "stream_idle".into(),
-            ProviderError::Truncated => "stream_truncated".into(),
-            ProviderError::Transport(_) => "transport_error".into(),
-        }
-    }
-
-    /// The HTTP status, when the upstream answered with one.
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            ProviderError::Status { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-}
 
 /// One upstream. Each call is a single HTTP request.
 #[async_trait]

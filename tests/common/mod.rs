@@ -12,9 +12,9 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use vra_gateway::config::{Config, Sources};
+use vra_gateway::demo::sim::Sim;
 use vra_gateway::pb::gateway_service_client::GatewayServiceClient;
 use vra_gateway::pb::{self, CompilationPhase, SectionType};
-use vra_gateway::providers::sim::Sim;
 use vra_gateway::server;
 
 pub struct Harness {

@@ -4,7 +4,7 @@
 //!
 //! Every answer is built once at startup and served as shared `Bytes`: a request costs one
 //! body read and a substring check, so the upstream is as close to free as an HTTP server
-//! gets and the benchmark measures what sits in front of it. (`providers::sim::Sim` records
+//! gets and the benchmark measures what sits in front of it. (`demo::sim::Sim` records
 //! every request for the tests' assertions and would grow without bound here.)
 
 use std::convert::Infallible;

@@ -1,13 +1,18 @@
 //! `vra-gateway demo`: the real gateway, end to end, against SIMULATED upstreams.
 //!
 //! Starts two in-process HTTP servers that speak the real OpenAI and Ollama wire formats with
-//! canned text ([`crate::providers::sim`]), starts the real gateway on a free port, and drives
+//! canned text ([`crate::demo::sim`]), starts the real gateway on a free port, and drives
 //! a sample report through a real gRPC client: five sections × DRAFT/EXPAND/REFINE, then the
 //! ABSTRACT, with hybrid mode on, a budget of 6 cloud calls and one injected burst of primary
 //! 500s. The table it prints makes the routing matrix, the PRIMARY_ERROR fallback and the
 //! COST_LIMIT fallback visible; one section is streamed token by token.
 //!
 //! `--openai-base-url` / `--ollama-host` point the demo at real backends instead.
+//!
+//! Nothing here is a production code path: [`sim`] is the one simulated backend of the
+//! product, used by this demo, the tests and the benchmarks as the "remote LLM".
+
+pub mod sim;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -15,9 +20,9 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 
 use crate::config::{Config, Sources};
+use crate::demo::sim::{Sim, Step};
 use crate::pb::gateway_service_client::GatewayServiceClient;
 use crate::pb::{self, CompilationPhase, SectionType};
-use crate::providers::sim::{Sim, Step};
 use crate::server;
 
 /// Where the demo's upstreams are.
@@ -111,7 +116,7 @@ pub async fn run(options: DemoOptions) -> Result<(), Box<dyn std::error::Error>>
     if let Some(local) = &local_sim {
         // A visible token-by-token pace for the streamed section.
         local.set_default(Step::Reply {
-            text: crate::providers::sim::DEFAULT_TEXT.into(),
+            text: crate::demo::sim::DEFAULT_TEXT.into(),
             delay: Duration::ZERO,
             chunk_delay: Duration::from_millis(35),
         });

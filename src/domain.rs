@@ -1,0 +1,394 @@
+//! The plain types every layer shares: tiers, phases, section types, rule ids, fallback
+//! reasons, where a call went ([`RouteInfo`]), a report's budget ([`BudgetInfo`]), token usage
+//! and provider errors — plus [`Untrusted`], the one way text from outside (an upstream's error
+//! body, a client's id) reaches a log line or a status.
+//!
+//! This module imports nothing from the crate: routing, providers, the ledger, the pipeline,
+//! telemetry and metrics all speak these types, so none of them needs to import another.
+
+use std::fmt;
+use std::time::Duration;
+
+/// The phase of report compilation a call belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    Draft,
+    Expand,
+    Refine,
+    Abstract,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 4] = [Phase::Draft, Phase::Expand, Phase::Refine, Phase::Abstract];
+
+    /// Upper-case name used in `[Hybrid]` log lines and span attributes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Draft => "DRAFT",
+            Phase::Expand => "EXPAND",
+            Phase::Refine => "REFINE",
+            Phase::Abstract => "ABSTRACT",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The kind of section being written. Only DRAFT routing looks at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SectionType {
+    Unspecified,
+    Introduction,
+    Conclusion,
+    Analysis,
+    Methodology,
+    Implementation,
+    Other,
+}
+
+impl SectionType {
+    pub const ALL: [SectionType; 7] = [
+        SectionType::Unspecified,
+        SectionType::Introduction,
+        SectionType::Conclusion,
+        SectionType::Analysis,
+        SectionType::Methodology,
+        SectionType::Implementation,
+        SectionType::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SectionType::Unspecified => "UNSPECIFIED",
+            SectionType::Introduction => "INTRODUCTION",
+            SectionType::Conclusion => "CONCLUSION",
+            SectionType::Analysis => "ANALYSIS",
+            SectionType::Methodology => "METHODOLOGY",
+            SectionType::Implementation => "IMPLEMENTATION",
+            SectionType::Other => "OTHER",
+        }
+    }
+}
+
+/// Which configured provider the matrix picks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tier {
+    Primary,
+    Secondary,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Primary => "PRIMARY",
+            Tier::Secondary => "SECONDARY",
+        }
+    }
+}
+
+/// The matrix row that decided. The ids are part of the public contract (README, `Route.rule`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rule {
+    AbstractAlwaysPrimary,
+    HybridOff,
+    RefinePrimary,
+    ExpandSecondary,
+    DraftReasoningPrimary,
+    DraftTemplateSecondary,
+    DraftDefaultPrimary,
+}
+
+impl Rule {
+    /// Stable kebab-case id.
+    pub fn id(self) -> &'static str {
+        match self {
+            Rule::AbstractAlwaysPrimary => "abstract-always-primary",
+            Rule::HybridOff => "hybrid-off",
+            Rule::RefinePrimary => "refine-primary",
+            Rule::ExpandSecondary => "expand-secondary",
+            Rule::DraftReasoningPrimary => "draft-reasoning-primary",
+            Rule::DraftTemplateSecondary => "draft-template-secondary",
+            Rule::DraftDefaultPrimary => "draft-default-primary",
+        }
+    }
+}
+
+/// Why the secondary served a call the matrix gave to the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FallbackReason {
+    CostLimit,
+    PrimaryError,
+    CircuitOpen,
+    LedgerUnavailable,
+}
+
+impl FallbackReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FallbackReason::CostLimit => "COST_LIMIT",
+            FallbackReason::PrimaryError => "PRIMARY_ERROR",
+            FallbackReason::CircuitOpen => "CIRCUIT_OPEN",
+            FallbackReason::LedgerUnavailable => "LEDGER_UNAVAILABLE",
+        }
+    }
+}
+
+/// Where a call went and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteInfo {
+    pub tier: Tier,
+    pub provider: String,
+    pub model: String,
+    pub cloud: bool,
+    pub fallback: Option<FallbackReason>,
+    pub rule: Rule,
+}
+
+/// A report's budget as returned to callers. `exhausted` means no cloud call is left: the
+/// budget is used up (or was refused), so the next primary call will fall back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetInfo {
+    pub used: u32,
+    pub limit: u32,
+    pub exhausted: bool,
+}
+
+/// Token counts as reported by the upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenUsage {
+    pub input: u32,
+    pub output: u32,
+}
+
+/// Why one upstream request failed. Messages never contain API keys or prompt text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    #[error("connect error: {}", Untrusted(.0))]
+    Connect(String),
+    #[error("timed out")]
+    Timeout,
+    #[error("HTTP {status}{}{}", if .message.is_empty() { "" } else { ": " }, Untrusted(.message))]
+    Status {
+        status: u16,
+        /// The upstream's `Retry-After`, already parsed.
+        retry_after: Option<Duration>,
+        /// A short excerpt of the upstream's error message (empty for 401/403).
+        message: String,
+    },
+    #[error("malformed response: {}", Untrusted(.0))]
+    Malformed(String),
+    #[error("upstream error: {}", Untrusted(.0))]
+    Upstream(String),
+    #[error("stream idle for {0} ms")]
+    StreamIdle(u64),
+    #[error("stream ended without a terminal event")]
+    Truncated,
+    #[error("transport error: {}", Untrusted(.0))]
+    Transport(String),
+    /// A body or a stream line past its limit (`VRA_MAX_RESPONSE_BYTES`,
+    /// `VRA_MAX_STREAM_LINE_BYTES`): the rest is not read.
+    #[error("{what} larger than {limit} bytes")]
+    TooLarge { what: &'static str, limit: usize },
+}
+
+impl ProviderError {
+    /// Connect errors, timeouts, 408, 429 and 5xx may succeed on another try — and so may a
+    /// stream that broke or went silent (retried only before its first delta).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ProviderError::Connect(_)
+            | ProviderError::Timeout
+            | ProviderError::Transport(_)
+            | ProviderError::StreamIdle(_)
+            | ProviderError::Truncated => true,
+            ProviderError::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
+            _ => false,
+        }
+    }
+
+    /// Whether the failure says something about the provider's health (circuit breaker food),
+    /// as opposed to this particular request (e.g. a 400).
+    pub fn is_provider_fault(&self) -> bool {
+        match self {
+            ProviderError::Status { status, .. } => {
+                matches!(status, 401 | 403 | 408 | 429 | 500..=599)
+            }
+            _ => true,
+        }
+    }
+
+    /// Whether this is an authentication problem — a configuration error, logged as such.
+    pub fn is_auth(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::Status {
+                status: 401 | 403,
+                ..
+            }
+        )
+    }
+
+    /// `Retry-After` sent with the error, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProviderError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Low-cardinality type for `error.type` and metric labels.
+    pub fn kind(&self) -> String {
+        match self {
+            ProviderError::Connect(_) => "connect_error".into(),
+            ProviderError::Timeout => "timeout".into(),
+            ProviderError::Status { status, .. } => status.to_string(),
+            ProviderError::Malformed(_) => "malformed_response".into(),
+            ProviderError::Upstream(_) => "upstream_error".into(),
+            ProviderError::StreamIdle(_) => "stream_idle".into(),
+            ProviderError::Truncated => "stream_truncated".into(),
+            ProviderError::Transport(_) => "transport_error".into(),
+            ProviderError::TooLarge { .. } => "response_too_large".into(),
+        }
+    }
+
+    /// The HTTP status, when the upstream answered with one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ProviderError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// One provider's failure, as reported to the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderFailure {
+    /// `PRIMARY` or `SECONDARY`.
+    pub tier: &'static str,
+    /// Configured provider name.
+    pub provider: String,
+    pub error: String,
+}
+
+impl std::fmt::Display for ProviderFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.tier, self.provider, self.error)
+    }
+}
+
+/// Longest piece of outside text (an upstream's error message, say) kept in a log line or a
+/// status message, in bytes.
+pub const MAX_UNTRUSTED_BYTES: usize = 512;
+
+/// Displays text that came from outside the gateway so that it stays on one line and within
+/// [`MAX_UNTRUSTED_BYTES`]: control characters (C0, DEL, C1) and the Unicode line and
+/// paragraph separators are escaped (`\n`, `\u{1b}`), and longer text is cut on a character
+/// boundary with `…`. Nothing an upstream sends can start a second (forged) log line.
+#[derive(Debug, Clone, Copy)]
+pub struct Untrusted<'a>(pub &'a str);
+
+impl fmt::Display for Untrusted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use fmt::Write as _;
+        let mut written = 0;
+        let mut plain_from = 0;
+        let text = self.0;
+        for (i, c) in text.char_indices() {
+            let escaped = match c {
+                '\n' => Some(Escape::Short('n')),
+                '\r' => Some(Escape::Short('r')),
+                '\t' => Some(Escape::Short('t')),
+                c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => Some(Escape::Code(c)),
+                _ => None,
+            };
+            let width = match escaped {
+                Some(Escape::Short(_)) => 2,
+                Some(Escape::Code(c)) => 5 + hex_digits(c),
+                None => c.len_utf8(),
+            };
+            if written + width > MAX_UNTRUSTED_BYTES {
+                f.write_str(&text[plain_from..i])?;
+                return f.write_char('…');
+            }
+            written += width;
+            if let Some(e) = escaped {
+                f.write_str(&text[plain_from..i])?;
+                match e {
+                    Escape::Short(s) => write!(f, "\\{s}")?,
+                    Escape::Code(c) => write!(f, "\\u{{{:x}}}", c as u32)?,
+                }
+                plain_from = i + c.len_utf8();
+            }
+        }
+        f.write_str(&text[plain_from..])
+    }
+}
+
+enum Escape {
+    Short(char),
+    Code(char),
+}
+
+fn hex_digits(c: char) -> usize {
+    let n = c as u32;
+    (32 - n.max(1).leading_zeros() as usize).div_ceil(4)
+}
+
+/// Whether an id (`report_id`, `section_id`) holds a character that could forge or split a log
+/// line or a `[Hybrid]` field: a control character (C0, DEL, C1), a Unicode line or paragraph
+/// separator, or `|`.
+pub fn has_forbidden_id_char(id: &str) -> bool {
+    id.chars()
+        .any(|c| c.is_control() || c == '|' || c == '\u{2028}' || c == '\u{2029}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn untrusted_text_stays_on_one_line() {
+        let forged = "oops\n[Hybrid] Event=FALLBACK | Reason=COST_LIMIT\r\u{1b}[31m\u{85}\u{2028}";
+        let shown = Untrusted(forged).to_string();
+        assert_eq!(
+            shown,
+            "oops\\n[Hybrid] Event=FALLBACK | Reason=COST_LIMIT\\r\\u{1b}[31m\\u{85}\\u{2028}"
+        );
+        assert!(!shown.chars().any(char::is_control));
+    }
+
+    #[test]
+    fn untrusted_text_is_capped_on_a_char_boundary() {
+        let long = "é".repeat(1000);
+        let shown = Untrusted(&long).to_string();
+        assert!(shown.len() <= MAX_UNTRUSTED_BYTES + '…'.len_utf8());
+        assert!(shown.ends_with('…'));
+        let escapes = "\n".repeat(1000);
+        let shown = Untrusted(&escapes).to_string();
+        assert_eq!(shown.len(), MAX_UNTRUSTED_BYTES + '…'.len_utf8());
+        assert_eq!(Untrusted("short").to_string(), "short");
+    }
+
+    #[test]
+    fn ids_with_separators_are_forbidden() {
+        for bad in [
+            "a\nb",
+            "a\rb",
+            "a\tb",
+            "a|b",
+            "\u{85}",
+            "\u{7f}",
+            "\u{0}",
+            "x\u{2028}",
+        ] {
+            assert!(has_forbidden_id_char(bad), "{bad:?}");
+        }
+        for good in ["q3-report", "1.3", "Bericht für Q3", "ü/ß:#@", ""] {
+            assert!(!has_forbidden_id_char(good), "{good:?}");
+        }
+    }
+}
