@@ -801,6 +801,35 @@ mod tests {
         }
     }
 
+    /// Which variable an error about `var`'s value may name: its own, or the one whose rule
+    /// it broke (a model belongs to its provider setting, the backoff base to its cap).
+    fn blamed_for(var: &str) -> &str {
+        match var {
+            "PRIMARY_MODEL" => "PRIMARY_PROVIDER",
+            "SECONDARY_MODEL" => "SECONDARY_PROVIDER",
+            "VRA_RETRY_BASE_MS" => "VRA_RETRY_MAX_BACKOFF_MS",
+            other => other,
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Any string in any setting: a valid configuration or an error naming that setting —
+        /// never a panic. (The two listen addresses are left out: they accept host names, and
+        /// resolving random ones would make the test depend on DNS; they have example tests.)
+        #[test]
+        fn any_value_of_any_setting_is_accepted_or_named(
+            index in 0..SETTINGS.len(),
+            value in "(?s).{0,24}",
+        ) {
+            let setting = SETTINGS[index];
+            proptest::prop_assume!(!matches!(setting.var, "VRA_GATEWAY_ADDR" | "VRA_METRICS_ADDR"));
+            if let Err(err) = Config::from_sources(&sources(&[(setting.var, value.as_str())])) {
+                proptest::prop_assert_eq!(err.var.as_str(), blamed_for(setting.var), "{}", err);
+            }
+        }
+    }
+
     #[test]
     fn precedence_is_env_then_dotenv_then_file() {
         let mut s = Sources::default();

@@ -636,6 +636,89 @@ mod tests {
         assert_eq!(input.system_prompt, None);
     }
 
+    const FIELDS: [&str; 9] = [
+        "report_id",
+        "section_id",
+        "phase",
+        "section_type",
+        "prompt",
+        "system_prompt",
+        "options.temperature",
+        "options.max_tokens",
+        "options.stop",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Arbitrary requests: validation never panics; an error names a known field and never
+        /// echoes the ids; an accepted request has ids that cannot split a log line.
+        #[test]
+        fn validation_is_total_and_never_echoes(
+            report_id in "(?s).{0,40}",
+            section_id in "(?s).{0,40}",
+            prompt in "(?s).{0,60}",
+            phase in -2i32..7,
+            section_type in -2i32..9,
+            temperature in proptest::option::of(proptest::num::f32::ANY),
+            max_tokens in proptest::option::of(proptest::num::u32::ANY),
+            stop in proptest::collection::vec("(?s).{0,8}", 0..20),
+        ) {
+            let req = pb::GenerateRequest {
+                report_id: report_id.clone(),
+                section_id: section_id.clone(),
+                section_type,
+                phase,
+                prompt,
+                system_prompt: String::new(),
+                options: Some(pb::GenerationOptions { temperature, max_tokens, stop }),
+            };
+            match validate(req, 50) {
+                Ok(input) => {
+                    proptest::prop_assert!(!has_forbidden_id_char(&input.report_id));
+                    proptest::prop_assert!(!has_forbidden_id_char(&input.section_id));
+                    proptest::prop_assert!(!input.report_id.is_empty());
+                }
+                Err(GatewayError::InvalidArgument { field, reason }) => {
+                    proptest::prop_assert!(FIELDS.contains(&field), "{}", field);
+                    for id in [&report_id, &section_id] {
+                        if id.chars().count() > 3 {
+                            proptest::prop_assert!(!reason.contains(id.as_str()), "{}", reason);
+                        }
+                    }
+                }
+                Err(other) => proptest::prop_assert!(false, "unexpected {:?}", other),
+            }
+        }
+
+        /// Any bytes as `grpc-timeout`: no panic; a value is accepted only in the spec's shape.
+        #[test]
+        fn grpc_timeout_parser_is_total(value in proptest::collection::vec(proptest::num::u8::ANY, 0..12)) {
+            if parse_grpc_timeout(&value).is_some() {
+                let (unit, digits) = value.split_last().unwrap();
+                proptest::prop_assert!(b"HMSmun".contains(unit));
+                proptest::prop_assert!((1..=8).contains(&digits.len()));
+                proptest::prop_assert!(digits.iter().all(u8::is_ascii_digit));
+            }
+        }
+
+        /// Every spec-shaped value parses to exactly its duration, up to 8 digits of hours.
+        #[test]
+        fn grpc_timeout_round_trips(n in 0u64..100_000_000, unit in 0usize..6) {
+            let (suffix, expected) = [
+                ("H", Duration::from_secs(n * 3600)),
+                ("M", Duration::from_secs(n * 60)),
+                ("S", Duration::from_secs(n)),
+                ("m", Duration::from_millis(n)),
+                ("u", Duration::from_micros(n)),
+                ("n", Duration::from_nanos(n)),
+            ][unit];
+            let text = format!("{n}{suffix}");
+            proptest::prop_assert_eq!(parse_grpc_timeout(text.as_bytes()), Some(expected));
+            // The resulting deadline never overflows.
+            let _ = Deadline::after(Some(expected));
+        }
+    }
+
     #[test]
     fn parses_grpc_timeout_units() {
         let mut m = MetadataMap::new();
@@ -648,7 +731,22 @@ mod tests {
             m.insert("grpc-timeout", v.parse().unwrap());
             assert_eq!(grpc_timeout(&m), Some(d), "{v}");
         }
-        m.insert("grpc-timeout", "5x".parse().unwrap());
-        assert_eq!(grpc_timeout(&m), None);
+        for bad in [
+            "5x",
+            "123456789S",
+            "S",
+            "-1S",
+            "1.5S",
+            "99999999999999999H",
+            " 5S",
+        ] {
+            m.insert("grpc-timeout", bad.parse().unwrap());
+            assert_eq!(grpc_timeout(&m), None, "{bad}");
+        }
+        m.insert("grpc-timeout", "99999999H".parse().unwrap());
+        assert_eq!(
+            grpc_timeout(&m),
+            Some(Duration::from_secs(99_999_999 * 3600))
+        );
     }
 }

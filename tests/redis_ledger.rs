@@ -242,7 +242,9 @@ async fn keys_are_namespaced_expire_and_treat_report_ids_as_data() {
     ))
     .await;
     let mut client = connect(gw.addr).await;
-    let odd = "report *?[x]{y} \"quoted\" \n KEYS * -- EVAL";
+    // Ids are data: glob characters, quotes and Lua-looking text (control characters are
+    // rejected at the edge, see tests/hardening.rs).
+    let odd = "report *?[x]{y} \"quoted\" KEYS * -- EVAL";
     client
         .generate(request(odd, P::Refine, S::Analysis))
         .await

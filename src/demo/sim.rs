@@ -55,6 +55,8 @@ pub enum Step {
     },
     /// Never answer.
     Hang,
+    /// Answer with an error status and exactly this body (e.g. hostile error text).
+    FailWith { status: u16, body: String },
 }
 
 impl Step {
@@ -356,6 +358,11 @@ async fn respond(ctx: Ctx, step: Step, stream: bool, guard: CloseGuard) -> Respo
             chunks,
             chunk_delay,
         } => streamed(ctx.format, chunks, chunk_delay, Ending::Close, guard),
+        Step::FailWith { status, body } => {
+            drop(guard);
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
         Step::Hang => {
             let _guard = guard;
             std::future::pending::<()>().await;
