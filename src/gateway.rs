@@ -329,7 +329,7 @@ impl Gateway {
                         if let Err(panic) = run {
                             gateway.metrics.panicked("GenerateStream");
                             tracing::error!(
-                                panic = panic_message(&*panic),
+                                panic = telemetry::panic_message(&*panic),
                                 "stream task panicked; the client gets INTERNAL"
                             );
                             let _ = tx.send(Err(GatewayError::Internal)).await;
@@ -720,15 +720,6 @@ async fn open_stream(
         Some(Err(e)) => Err(e),
         None => Err(ProviderError::Truncated),
     }
-}
-
-/// The message of a caught panic, when it has one.
-pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)")
 }
 
 /// Resolves when the deadline passes (never, without one).

@@ -118,6 +118,7 @@ fn serve(config_path: Option<PathBuf>, print_config: bool) -> ExitCode {
     };
     let result = rt.block_on(async {
         let mut guard = telemetry::init(&config);
+        telemetry::log_panics();
         let listener = server::bind(config.listen_addr).await?;
         let result = server::run(config, listener, server::shutdown_signal()).await;
         guard.shutdown();

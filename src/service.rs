@@ -16,7 +16,7 @@ use crate::domain::{
     BudgetInfo, FallbackReason, Phase, RouteInfo, SectionType, Tier, has_forbidden_id_char,
 };
 use crate::error::GatewayError;
-use crate::gateway::{Gateway, GenerateInput, Generated, StreamItem, panic_message};
+use crate::gateway::{Gateway, GenerateInput, Generated, StreamItem};
 use crate::metrics::Metrics;
 use crate::pb;
 use crate::resilience::Deadline;
@@ -357,7 +357,7 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
                     run.unwrap_or_else(|panic| {
                         metrics.panicked("Generate");
                         tracing::error!(
-                            panic = panic_message(&*panic),
+                            panic = telemetry::panic_message(&*panic),
                             "request task panicked; the caller gets INTERNAL"
                         );
                         Err(GatewayError::Internal)

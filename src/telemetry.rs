@@ -411,6 +411,33 @@ impl fmt::Display for Upper<'_> {
     }
 }
 
+/// Routes panic reports through the log (so JSON logs stay JSON) instead of raw stderr. A
+/// panic in a request task is a bug: the service answers the caller INTERNAL and counts it in
+/// `vra_gateway_panics_total`; this line says where it happened.
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = panic_message(info.payload());
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(
+            target: "vra_gateway::panic",
+            "task panicked at {location}: {}",
+            Untrusted(payload)
+        );
+    }));
+}
+
+/// The message of a panic payload, when it has one.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
 /// The trace id of the current span, if it belongs to a valid trace.
 pub fn current_trace_id() -> Option<String> {
     let cx = current_context();
