@@ -439,6 +439,19 @@ fn render(r: &Results) -> String {
             "| memory ledger: live heap per report | {:.0} B |",
             v["heap_bytes_per_report"].as_f64().unwrap_or(0.0)
         );
+        if let Some(full) = v["rss_full_kb"].as_f64() {
+            let _ = writeln!(
+                out,
+                "| memory ledger: process RSS with {} tracked reports | {} |",
+                v["reports"].as_u64().unwrap_or(0),
+                mb(Some(full))
+            );
+            let _ = writeln!(
+                out,
+                "| memory ledger: process RSS after they all expired and were swept | {} |",
+                mb(v["rss_after_expiry_kb"].as_f64())
+            );
+        }
     }
     out.push('\n');
 
