@@ -14,12 +14,12 @@
 //! Streaming follows the same steps up to the first delta; after it, no retry or fallback is
 //! possible (the client never gets text from two models spliced together).
 //!
-//! Each concern reads on its own: [`Gateway::serve`] decides between the tiers,
-//! [`Gateway::call_tier`] runs one tier's attempts under a circuit-breaker permit,
-//! [`Gateway::reserve`] is the budget step, [`Gateway::attempt`] one upstream request with its
-//! span and metrics, and [`Gateway::retry_delay`] the retry decision. Everything acquired is a
-//! guard (the breaker's [`CallPermit`](crate::resilience::CallPermit), the in-flight gauge), so a call dropped anywhere — by
-//! a deadline, a cancel or a panic — leaves no state behind.
+//! Each concern reads on its own: `Gateway::serve` decides between the tiers,
+//! `Gateway::call_tier` runs one tier's attempts under a circuit-breaker permit,
+//! `Gateway::reserve` is the budget step, `Gateway::attempt` one upstream request with its
+//! span and metrics, and `Gateway::retry_delay` the retry decision. Everything acquired is a
+//! guard (the breaker's [`CallPermit`](crate::resilience::CallPermit), the in-flight gauge),
+//! so a call dropped anywhere — by a deadline, a cancel or a panic — leaves no state behind.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;

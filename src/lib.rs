@@ -7,21 +7,28 @@
 //!
 //! # Layout
 //!
+//! - [`domain`]: the plain types every layer shares — tiers, phases, rule ids, fallback
+//!   reasons, route and budget info, token usage, provider errors — and [`domain::Untrusted`],
+//!   how outside text reaches a log line. It imports nothing from the crate, so no layer needs
+//!   to import the pipeline.
 //! - [`routing`]: the matrix — a pure function from (phase, section type, hybrid mode) to a
 //!   tier and a named rule. Change routing here.
 //! - [`budget`]: the per-report cloud budget behind the [`budget::Ledger`] trait, with an
 //!   in-memory and a Redis backend. Add a ledger backend here.
 //! - [`providers`]: upstream LLMs behind the [`providers::Provider`] trait (OpenAI-compatible,
-//!   Ollama), their streaming decoders, and the simulated upstreams of `demo` and the tests.
-//!   Add a provider kind here.
-//! - [`resilience`]: retry/backoff, `Retry-After`, deadlines and the circuit breaker.
+//!   Ollama), their HTTP cycle (bounded bodies, `Retry-After`) and streaming decoders. Add a
+//!   provider kind here.
+//! - [`resilience`]: retry/backoff, deadlines and the circuit breaker (RAII permits).
 //! - [`gateway`]: the pipeline — route, budget, call, retry, fall back, record.
 //! - [`service`]: the tonic service — validation and conversion around the pipeline.
 //! - [`error`]: the gateway error enum and its one mapping to `tonic::Status`.
 //! - [`server`]: wiring, health, reflection, metrics endpoint, graceful shutdown.
 //! - [`config`]: one typed configuration from env, `.env` and TOML, validated up front.
-//! - [`telemetry`] and [`metrics`]: logs, `[Hybrid]` lines, OTLP traces, Prometheus.
-//! - [`demo`]: `vra-gateway demo`, the gateway end to end against simulated upstreams.
+//! - [`telemetry`] and [`metrics`]: logs, `[Hybrid]` events, OTLP traces, Prometheus — fed
+//!   plain values.
+//! - [`demo`]: not production code. `vra-gateway demo`, the gateway end to end against
+//!   simulated upstreams, and [`demo::sim`], those upstreams (also the tests' and benchmarks'
+//!   "remote LLM").
 
 pub mod budget;
 pub mod config;
