@@ -13,9 +13,9 @@ use serde::Serialize;
 
 use super::stream::{Decoder, decode};
 use super::{BuildError, Completion, EventStream, ProviderError};
-use crate::config::{ProviderConfig, Secret};
+use crate::config::{BodyLimits, ProviderConfig, Secret};
 
-/// One provider endpoint: its pooled client, URL, per-attempt timeout and key.
+/// One provider endpoint: its pooled client, URL, per-attempt timeout, key and body limits.
 pub(crate) struct Endpoint {
     client: reqwest::Client,
     /// Parsed once: reqwest would parse a string URL again on every request.
@@ -24,6 +24,7 @@ pub(crate) struct Endpoint {
     port: u16,
     timeout: Duration,
     api_key: Option<Secret>,
+    limits: BodyLimits,
 }
 
 impl Endpoint {
@@ -39,6 +40,7 @@ impl Endpoint {
             url,
             timeout: config.timeout,
             api_key: config.api_key.clone(),
+            limits: config.limits,
         })
     }
 
@@ -73,7 +75,8 @@ impl Endpoint {
     }
 
     /// One streaming request. The time to response headers is bounded by the attempt timeout;
-    /// after that only the idle timeout applies, so long generations are not cut.
+    /// after that only the idle timeout applies, so long generations are not cut. Each line is
+    /// bounded by `VRA_MAX_STREAM_LINE_BYTES`.
     pub(crate) async fn stream(
         &self,
         body: &impl Serialize,
@@ -89,7 +92,12 @@ impl Endpoint {
         let response = tokio::time::timeout(self.timeout, send(builder, self.api_key.as_ref()))
             .await
             .map_err(|_| ProviderError::Timeout)??;
-        Ok(decode(response.bytes_stream().boxed(), decoder, idle))
+        Ok(decode(
+            response.bytes_stream().boxed(),
+            decoder,
+            idle,
+            self.limits.line_bytes,
+        ))
     }
 }
 
