@@ -15,7 +15,8 @@
 //! still pending — fails the stream with [`ProviderError::TooLarge`] and the rest is not read.
 //! An SSE event may span several `data:` lines; [`SseDecoder`] caps the data it accumulates
 //! for one event at the same limit. Between two chunks the buffer holds at most the pending
-//! line (≤ the limit); while a chunk is being split, at most that plus the chunk.
+//! line (the limit, and a `\r` that may start its line ending); while a chunk is being split,
+//! at most that plus the chunk.
 //!
 //! The splitter is linear in its input: it remembers how far it has searched for `\n`, so a
 //! long line that arrives in many small chunks is scanned once, not once per chunk; consumed
