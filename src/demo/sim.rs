@@ -53,6 +53,13 @@ pub enum Step {
         chunks: Vec<Vec<u8>>,
         chunk_delay: Duration,
     },
+    /// Send these body chunks with status 200, then `filler` again and again, without end and
+    /// without a `Content-Length`: a line or a body that never finishes. It is produced as the
+    /// client reads, so the upstream never holds more than one filler.
+    Endless {
+        chunks: Vec<Vec<u8>>,
+        filler: Vec<u8>,
+    },
     /// Never answer.
     Hang,
     /// Answer with an error status and exactly this body (e.g. hostile error text).
@@ -363,6 +370,13 @@ async fn respond(ctx: Ctx, step: Step, stream: bool, guard: CloseGuard) -> Respo
             let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
+        Step::Endless { chunks, filler } => {
+            let filler = Bytes::from(filler);
+            let body = futures_util::stream::iter(chunks.into_iter().map(Bytes::from))
+                .chain(futures_util::stream::repeat(filler))
+                .map(Ok::<_, std::io::Error>);
+            body_response(ctx.format, body, guard)
+        }
         Step::Hang => {
             let _guard = guard;
             std::future::pending::<()>().await;
@@ -476,10 +490,6 @@ fn streamed(
     ending: Ending,
     guard: CloseGuard,
 ) -> Response {
-    let content_type = match format {
-        Format::OpenAi => "text/event-stream",
-        Format::Ollama => "application/x-ndjson",
-    };
     let body =
         futures_util::stream::iter(frames.into_iter().map(Some).chain(std::iter::once(None)))
             .then(move |f| async move {
@@ -503,7 +513,20 @@ fn streamed(
                 };
                 futures_util::stream::iter(item).right_stream()
             });
-    // The guard lives as long as the body: dropped at its end or when the client goes away.
+    body_response(format, body, guard)
+}
+
+/// A 200 streaming `body` with the format's content type. The guard lives as long as the body:
+/// dropped at its end or when the client goes away.
+fn body_response(
+    format: Format,
+    body: impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    guard: CloseGuard,
+) -> Response {
+    let content_type = match format {
+        Format::OpenAi => "text/event-stream",
+        Format::Ollama => "application/x-ndjson",
+    };
     let body = body.map(move |item| {
         let _ = &guard;
         item

@@ -2,6 +2,20 @@
 //! cycle of a completion or a stream, trace-context injection, and the mapping of transport
 //! failures and error statuses into [`ProviderError`]. Each provider only supplies its wire
 //! format: the request body, the response parser and the stream decoder.
+//!
+//! # Bounded bodies
+//!
+//! An upstream decides how much it sends; the gateway decides how much it keeps. No body is
+//! read whole without a limit ([`BodyLimits`], from `VRA_MAX_RESPONSE_BYTES` and
+//! `VRA_MAX_STREAM_LINE_BYTES`):
+//!
+//! - a unary answer is read chunk by chunk and fails with [`ProviderError::TooLarge`] as soon
+//!   as it would pass `response_bytes` — at once when its `Content-Length` says so; the rest
+//!   is not read and the connection is dropped;
+//! - an error body (non-2xx) is read up to `response_bytes` and no further; the excerpt comes
+//!   from what was read, and the error stays the status;
+//! - a stream is unbounded in length (long generations are fine) but bounded per line, see
+//!   [`super::stream`].
 
 use std::time::{Duration, SystemTime};
 
@@ -13,9 +27,12 @@ use serde::Serialize;
 
 use super::stream::{Decoder, decode};
 use super::{BuildError, Completion, EventStream, ProviderError};
-use crate::config::{ProviderConfig, Secret};
+use crate::config::{BodyLimits, ProviderConfig, Secret};
 
-/// One provider endpoint: its pooled client, URL, per-attempt timeout and key.
+/// What [`ProviderError::TooLarge`] names when a unary answer is past its limit.
+pub const TOO_LARGE_BODY: &str = "response body";
+
+/// One provider endpoint: its pooled client, URL, per-attempt timeout, key and body limits.
 pub(crate) struct Endpoint {
     client: reqwest::Client,
     /// Parsed once: reqwest would parse a string URL again on every request.
@@ -24,6 +41,7 @@ pub(crate) struct Endpoint {
     port: u16,
     timeout: Duration,
     api_key: Option<Secret>,
+    limits: BodyLimits,
 }
 
 impl Endpoint {
@@ -39,6 +57,7 @@ impl Endpoint {
             url,
             timeout: config.timeout,
             api_key: config.api_key.clone(),
+            limits: config.limits,
         })
     }
 
@@ -59,8 +78,8 @@ impl Endpoint {
             .post(self.url.clone())
             .timeout(self.timeout)
             .json(body);
-        let response = send(builder, self.api_key.as_ref()).await?;
-        let bytes = response.bytes().await.map_err(map_reqwest)?;
+        let response = send(builder, self.api_key.as_ref(), self.limits).await?;
+        let bytes = read_body(response, self.limits.response_bytes).await?;
         let completion = parse(&bytes)?;
         crate::telemetry::record_response(
             &tracing::Span::current(),
@@ -73,7 +92,8 @@ impl Endpoint {
     }
 
     /// One streaming request. The time to response headers is bounded by the attempt timeout;
-    /// after that only the idle timeout applies, so long generations are not cut.
+    /// after that only the idle timeout applies, so long generations are not cut. Each line is
+    /// bounded by `VRA_MAX_STREAM_LINE_BYTES`.
     pub(crate) async fn stream(
         &self,
         body: &impl Serialize,
@@ -86,10 +106,18 @@ impl Endpoint {
             .post(self.url.clone())
             .header(ACCEPT, accept)
             .json(body);
-        let response = tokio::time::timeout(self.timeout, send(builder, self.api_key.as_ref()))
-            .await
-            .map_err(|_| ProviderError::Timeout)??;
-        Ok(decode(response.bytes_stream().boxed(), decoder, idle))
+        let response = tokio::time::timeout(
+            self.timeout,
+            send(builder, self.api_key.as_ref(), self.limits),
+        )
+        .await
+        .map_err(|_| ProviderError::Timeout)??;
+        Ok(decode(
+            response.bytes_stream().boxed(),
+            decoder,
+            idle,
+            self.limits.line_bytes,
+        ))
     }
 }
 
@@ -112,10 +140,11 @@ fn client(config: &ProviderConfig) -> Result<reqwest::Client, BuildError> {
 }
 
 /// Sends a request with the current trace context and the provider's bearer key; returns the
-/// response only when its status is a success.
+/// response only when its status is a success. An error body is read up to the response limit.
 async fn send(
     builder: RequestBuilder,
     api_key: Option<&Secret>,
+    limits: BodyLimits,
 ) -> Result<Response, ProviderError> {
     let mut headers = HeaderMap::new();
     crate::telemetry::inject_trace_context(&mut headers);
@@ -139,7 +168,7 @@ async fn send(
     let message = if matches!(code, 401 | 403) {
         String::new()
     } else {
-        let body = response.bytes().await.unwrap_or_default();
+        let body = read_prefix(response, limits.response_bytes).await;
         scrub(&error_excerpt(&body), api_key)
     };
     Err(ProviderError::Status {
@@ -147,6 +176,44 @@ async fn send(
         retry_after,
         message,
     })
+}
+
+/// Reads a whole body of at most `limit` bytes, chunk by chunk. A body that says (by its
+/// `Content-Length`) or turns out to be longer fails with [`ProviderError::TooLarge`] before
+/// more than `limit` bytes are buffered; the rest is not read, and dropping the response
+/// closes the connection.
+async fn read_body(mut response: Response, limit: usize) -> Result<Vec<u8>, ProviderError> {
+    let too_large = || ProviderError::TooLarge {
+        what: TOO_LARGE_BODY,
+        limit,
+    };
+    let announced = response.content_length();
+    if announced.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    // Within the limit (checked above), so the announced length is safe to reserve.
+    let mut body = Vec::with_capacity(announced.unwrap_or(0) as usize);
+    while let Some(chunk) = response.chunk().await.map_err(map_reqwest)? {
+        if chunk.len() > limit - body.len() {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Reads at most the first `limit` bytes of a body — an error body, whose excerpt is all that
+/// is kept — and stops there. A transport error ends the read with what arrived before it.
+async fn read_prefix(mut response: Response, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < limit {
+        let Ok(Some(chunk)) = response.chunk().await else {
+            break;
+        };
+        let room = limit - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+    body
 }
 
 /// Parses a `Retry-After` value (RFC 9110 §10.2.3): delay-seconds (digits only) or an HTTP
@@ -266,6 +333,57 @@ mod tests {
                 Some(Duration::from_secs(secs))
             );
         }
+    }
+
+    /// Bodies from the simulated upstream, read with a plain client.
+    async fn respond(sim: &crate::demo::sim::Sim) -> Response {
+        crate::install_crypto_provider();
+        reqwest::Client::new()
+            .post(format!("{}/chat/completions", sim.openai_base()))
+            .json(&serde_json::json!({"model": "m"}))
+            .send()
+            .await
+            .expect("the sim answers")
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_up_to_the_limit_and_no_further() {
+        use crate::demo::sim::{Sim, Step};
+        let sim = Sim::start().await.unwrap();
+        let too_large = ProviderError::TooLarge {
+            what: TOO_LARGE_BODY,
+            limit: 2048,
+        };
+        // Announced too large by Content-Length: refused before the body is read.
+        sim.push(Step::reply("x".repeat(4096)));
+        let r = respond(&sim).await;
+        assert!(r.content_length().is_some_and(|n| n > 2048));
+        assert_eq!(read_body(r, 2048).await.unwrap_err(), too_large);
+        // No Content-Length and no end: cut once more than the limit would be buffered.
+        let endless = Step::Endless {
+            chunks: vec![b"{\"choices\":[".to_vec()],
+            filler: vec![b' '; 1000],
+        };
+        sim.push(endless.clone());
+        let r = respond(&sim).await;
+        assert_eq!(r.content_length(), None);
+        assert_eq!(read_body(r, 2048).await.unwrap_err(), too_large);
+        // Exactly the limit, in chunks: read whole.
+        sim.push(Step::Raw {
+            chunks: vec![vec![b'x'; 1024], vec![b'y'; 1024]],
+            chunk_delay: Duration::ZERO,
+        });
+        let body = read_body(respond(&sim).await, 2048).await.unwrap();
+        assert_eq!((body.len(), body[0], body[2047]), (2048, b'x', b'y'));
+        // An error body: its first `limit` bytes, without an error.
+        sim.push(endless);
+        let body = read_prefix(respond(&sim).await, 2048).await;
+        assert_eq!(body.len(), 2048);
+        assert!(body.starts_with(b"{\"choices\":["));
+        assert!(
+            sim.wait_closed(4, Duration::from_secs(5)).await,
+            "the endless bodies were dropped, not read on"
+        );
     }
 
     #[test]

@@ -169,7 +169,7 @@ impl Provider for OpenAi {
             .stream(
                 &Self::body(req, true),
                 "text/event-stream",
-                SseDecoder::default(),
+                SseDecoder::new(self.config.limits.line_bytes),
                 idle,
             )
             .await

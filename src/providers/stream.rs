@@ -6,6 +6,23 @@
 //! [`StreamEvent`]s; [`decode`] drives one over an HTTP body with an idle timeout and makes a
 //! stream that ends without its terminal event an error ([`ProviderError::Truncated`]).
 //!
+//! # Bounded memory, linear time
+//!
+//! A stream as a whole is not capped: a long generation is legitimate, and its lines are
+//! handed on and dropped as soon as they are complete. What an upstream could make the gateway
+//! hold is the one line it has not finished, so that is capped: a line longer than
+//! `VRA_MAX_STREAM_LINE_BYTES` ([`crate::config::BodyLimits::line_bytes`]) — finished or
+//! still pending — fails the stream with [`ProviderError::TooLarge`] and the rest is not read.
+//! An SSE event may span several `data:` lines; [`SseDecoder`] caps the data it accumulates
+//! for one event at the same limit. Between two chunks the buffer holds at most the pending
+//! line (the limit, and a `\r` that may start its line ending); while a chunk is being split,
+//! at most that plus the chunk.
+//!
+//! The splitter is linear in its input: it remembers how far it has searched for `\n`, so a
+//! long line that arrives in many small chunks is scanned once, not once per chunk; consumed
+//! lines are dropped by moving the pending tail to the front, and each byte is moved at most
+//! once.
+//!
 //! Why not an SSE crate: OpenAI's use of SSE is one `data:` line per event; the line buffer is
 //! the part that needs care and it is shared with NDJSON, so one small tested module serves
 //! both formats.
@@ -17,32 +34,93 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
 use super::{EventStream, ProviderError, StreamEvent, TokenUsage};
+use crate::config::BodyLimits;
 
-/// Accumulates bytes and yields complete lines (without `\n` or `\r\n`).
-#[derive(Debug, Default)]
+/// What [`ProviderError::TooLarge`] names when one line of a stream is past its limit.
+pub const TOO_LARGE_LINE: &str = "stream line";
+/// What [`ProviderError::TooLarge`] names when the data of one SSE event is past its limit.
+pub const TOO_LARGE_EVENT: &str = "stream event";
+
+/// Accumulates bytes and yields complete lines (without `\n` or `\r\n`), none longer than
+/// its limit.
+#[derive(Debug)]
 pub struct LineBuffer {
     buf: Vec<u8>,
+    /// Where the pending (not yet returned) bytes begin.
     start: usize,
+    /// Where the search for the next `\n` resumes: `buf[start..scanned]` holds none.
+    scanned: usize,
+    /// Longest line, in bytes, not counting its `\n` or `\r\n`.
+    max_line: usize,
+    /// What the tests check: work and memory linear in, and bounded by, the input.
+    #[cfg(test)]
+    stats: Stats,
+}
+
+/// Counters of a [`LineBuffer`]'s work, kept for the tests only.
+#[cfg(test)]
+#[derive(Debug, Default, Clone, Copy)]
+struct Stats {
+    /// Bytes examined by the `\n` search.
+    examined: usize,
+    /// Bytes moved to the front by compaction.
+    moved: usize,
+    /// Most bytes the buffer held at once.
+    peak: usize,
+}
+
+impl Default for LineBuffer {
+    /// A buffer with the default `VRA_MAX_STREAM_LINE_BYTES`.
+    fn default() -> Self {
+        Self::new(BodyLimits::default().line_bytes)
+    }
 }
 
 impl LineBuffer {
-    pub fn push(&mut self, chunk: &[u8]) {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
+    /// A buffer whose lines may be at most `max_line` bytes long (without the line ending).
+    pub fn new(max_line: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            start: 0,
+            scanned: 0,
+            max_line,
+            #[cfg(test)]
+            stats: Stats::default(),
         }
-        self.buf.extend_from_slice(chunk);
     }
 
-    /// The next complete line, if one is buffered.
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.compact();
+        self.buf.extend_from_slice(chunk);
+        #[cfg(test)]
+        {
+            self.stats.peak = self.stats.peak.max(self.buf.len());
+        }
+    }
+
+    /// The next complete line, if one is buffered. A line longer than the limit is an error
+    /// ([`ProviderError::TooLarge`]); so is one that is not UTF-8.
     pub fn next_line(&mut self) -> Option<Result<&str, ProviderError>> {
-        let rest = &self.buf[self.start..];
-        let nl = rest.iter().position(|&b| b == b'\n')?;
+        let from = self.scanned;
+        let found = self.buf[from..].iter().position(|&b| b == b'\n');
+        #[cfg(test)]
+        {
+            self.stats.examined += found.map_or(self.buf.len() - from, |i| i + 1);
+        }
+        let Some(i) = found else {
+            self.scanned = self.buf.len();
+            return None;
+        };
+        let nl = from + i;
         let line_start = self.start;
-        self.start += nl + 1;
-        let mut line = &self.buf[line_start..line_start + nl];
+        self.start = nl + 1;
+        self.scanned = self.start;
+        let mut line = &self.buf[line_start..nl];
         if let [head @ .., b'\r'] = line {
             line = head;
+        }
+        if line.len() > self.max_line {
+            return Some(Err(self.too_large()));
         }
         Some(
             std::str::from_utf8(line)
@@ -50,10 +128,38 @@ impl LineBuffer {
         )
     }
 
-    /// Drops consumed bytes so the buffer does not grow with the stream.
+    /// Fails when the unfinished last line is already longer than the limit (a `\r` at its
+    /// end may still be part of its line ending and does not count).
+    fn check_pending(&self) -> Result<(), ProviderError> {
+        let pending = match self.pending() {
+            [head @ .., b'\r'] => head,
+            p => p,
+        };
+        if pending.len() > self.max_line {
+            return Err(self.too_large());
+        }
+        Ok(())
+    }
+
+    fn too_large(&self) -> ProviderError {
+        ProviderError::TooLarge {
+            what: TOO_LARGE_LINE,
+            limit: self.max_line,
+        }
+    }
+
+    /// Drops consumed lines so the buffer holds only the pending bytes. When lines are taken
+    /// until none is left (as [`feed`] does), each byte is moved at most once: it is moved only
+    /// after the line before it was consumed, and then no `\n` precedes it any more, so the
+    /// next consumed line takes it along instead of moving it again.
     fn compact(&mut self) {
-        if self.start > 4096 {
+        if self.start > 0 {
+            #[cfg(test)]
+            {
+                self.stats.moved += self.buf.len() - self.start;
+            }
             self.buf.drain(..self.start);
+            self.scanned -= self.start;
             self.start = 0;
         }
     }
@@ -79,6 +185,8 @@ pub trait Decoder: Send + 'static {
 }
 
 /// Feeds a chunk through the line buffer and decoder. Used by [`decode`] and by the tests.
+/// Fails with [`ProviderError::TooLarge`] when a line — complete, or still unfinished after
+/// this chunk — is longer than the buffer's limit.
 pub fn feed(
     lines: &mut LineBuffer,
     decoder: &mut impl Decoder,
@@ -90,12 +198,13 @@ pub fn feed(
         decoder.line(line?, out)?;
     }
     lines.compact();
-    Ok(())
+    lines.check_pending()
 }
 
 /// Drives `decoder` over `body`: yields deltas, then the terminal `Done`, and then ends. A
-/// silent upstream is cut after `idle`; a body that ends before `Done` yields `Truncated`.
-pub fn decode<S, D>(body: S, decoder: D, idle: Duration) -> EventStream
+/// silent upstream is cut after `idle`; a body that ends before `Done` yields `Truncated`; a
+/// line longer than `max_line` bytes yields [`ProviderError::TooLarge`].
+pub fn decode<S, D>(body: S, decoder: D, idle: Duration, max_line: usize) -> EventStream
 where
     S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static,
     D: Decoder,
@@ -113,7 +222,7 @@ where
         span: tracing::Span::current(),
         body: Box::pin(body),
         decoder,
-        lines: LineBuffer::default(),
+        lines: LineBuffer::new(max_line),
         out: VecDeque::new(),
         finished: false,
     };
@@ -182,16 +291,41 @@ where
 /// OpenAI Chat Completions streaming: SSE `data:` lines of `chat.completion.chunk` objects,
 /// ended by `data: [DONE]`. Usage arrives in a last chunk with empty `choices` when the
 /// request set `stream_options.include_usage`.
-#[derive(Debug, Default)]
+///
+/// The `data` of one event may span several `data:` lines; what it accumulates is capped at
+/// the stream line limit, so many short lines cannot add up to an unbounded event.
+#[derive(Debug)]
 pub struct SseDecoder {
     data: String,
     has_data: bool,
+    /// Most bytes of `data` one event may accumulate.
+    max_data: usize,
     model: String,
     usage: TokenUsage,
     finish_reason: Option<String>,
 }
 
+impl Default for SseDecoder {
+    /// A decoder with the default `VRA_MAX_STREAM_LINE_BYTES` as its event data limit.
+    fn default() -> Self {
+        Self::new(BodyLimits::default().line_bytes)
+    }
+}
+
 impl SseDecoder {
+    /// A decoder whose events may carry at most `max_data` bytes of data (the stream line
+    /// limit: one event is usually one line).
+    pub fn new(max_data: usize) -> Self {
+        Self {
+            data: String::new(),
+            has_data: false,
+            max_data,
+            model: String::new(),
+            usage: TokenUsage::default(),
+            finish_reason: None,
+        }
+    }
+
     fn dispatch(&mut self, out: &mut VecDeque<StreamEvent>) -> Result<(), ProviderError> {
         if !self.has_data {
             return Ok(());
@@ -249,6 +383,13 @@ impl Decoder for SseDecoder {
             None => (line, ""),
         };
         if field == "data" {
+            let joined = self.data.len() + usize::from(self.has_data) + value.len();
+            if joined > self.max_data {
+                return Err(ProviderError::TooLarge {
+                    what: TOO_LARGE_EVENT,
+                    limit: self.max_data,
+                });
+            }
             if self.has_data {
                 self.data.push('\n');
             }
@@ -310,7 +451,17 @@ mod tests {
         decoder: &mut impl Decoder,
         chunks: &[&[u8]],
     ) -> Result<Vec<StreamEvent>, ProviderError> {
-        let mut lines = LineBuffer::default();
+        run_limited(decoder, chunks, BodyLimits::default().line_bytes)
+    }
+
+    /// Feeds `chunks` through a line buffer of `max_line`, then ends the body, as [`decode`]
+    /// does.
+    fn run_limited(
+        decoder: &mut impl Decoder,
+        chunks: &[&[u8]],
+        max_line: usize,
+    ) -> Result<Vec<StreamEvent>, ProviderError> {
+        let mut lines = LineBuffer::new(max_line);
         let mut out = VecDeque::new();
         for c in chunks {
             feed(&mut lines, decoder, c, &mut out)?;
@@ -404,8 +555,138 @@ mod tests {
         assert!(matches!(err, ProviderError::Malformed(_)));
     }
 
+    /// Hands every line on as it is, to test the line buffer on its own.
+    struct Echo;
+
+    impl Decoder for Echo {
+        fn line(
+            &mut self,
+            line: &str,
+            out: &mut VecDeque<StreamEvent>,
+        ) -> Result<(), ProviderError> {
+            out.push_back(StreamEvent::Delta(line.to_string()));
+            Ok(())
+        }
+    }
+
+    fn echoed(events: &[StreamEvent]) -> Vec<&str> {
+        events
+            .iter()
+            .map(|e| match e {
+                StreamEvent::Delta(l) => l.as_str(),
+                StreamEvent::Done { .. } => unreachable!("Echo makes no Done"),
+            })
+            .collect()
+    }
+
+    const LINE: ProviderError = ProviderError::TooLarge {
+        what: TOO_LARGE_LINE,
+        limit: 16,
+    };
+
+    #[test]
+    fn a_line_at_the_limit_passes_and_one_byte_more_fails() {
+        let at = "0123456789abcdef"; // 16 bytes
+        let got = run_limited(&mut Echo, &[format!("{at}\r\n{at}\n").as_bytes()], 16).unwrap();
+        assert_eq!(echoed(&got), [at, at]);
+        // Longer, complete in one chunk.
+        let err = run_limited(&mut Echo, &[format!("{at}!\n").as_bytes()], 16).unwrap_err();
+        assert_eq!(err, LINE);
+        // Longer and unfinished: fails with the chunk that makes it too long, before its end.
+        let mut lines = LineBuffer::new(16);
+        let mut out = VecDeque::new();
+        feed(&mut lines, &mut Echo, at.as_bytes(), &mut out).unwrap();
+        feed(&mut lines, &mut Echo, b"\r", &mut out).unwrap(); // may still end as "\r\n"
+        let err = feed(&mut lines, &mut Echo, b"!", &mut out).unwrap_err();
+        assert_eq!(err, LINE);
+        assert!(out.is_empty());
+        // Short lines never add up: only one line is held at a time.
+        let many = "0123456789\n".repeat(1000);
+        let got = run_limited(&mut Echo, &[many.as_bytes()], 16).unwrap();
+        assert_eq!(got.len(), 1000);
+    }
+
+    #[test]
+    fn too_large_falls_back_and_is_not_retried() {
+        assert!(
+            !LINE.is_retryable(),
+            "the same request gets the same answer"
+        );
+        assert!(LINE.is_provider_fault());
+        assert_eq!(LINE.kind(), "response_too_large");
+        assert_eq!(LINE.to_string(), "stream line larger than 16 bytes");
+    }
+
+    #[test]
+    fn sse_event_data_is_capped_across_lines() {
+        // Each event is split over two `data:` lines and stays within 32 bytes: fine, forever.
+        let event = "data: {\"choices\":\ndata: []}\n\n";
+        let body = event.repeat(200);
+        let got = run_limited(&mut SseDecoder::new(32), &[body.as_bytes()], 32).unwrap();
+        assert!(got.is_empty(), "{got:?}");
+        // Short lines that never end their event add up to too much data.
+        let endless = "data: xxxxxxxxxxxxxxx\n".repeat(3); // 15 + 1 + 15 + 1 + 15 = 47 > 32
+        let err = run_limited(&mut SseDecoder::new(32), &[endless.as_bytes()], 32).unwrap_err();
+        assert_eq!(
+            err,
+            ProviderError::TooLarge {
+                what: TOO_LARGE_EVENT,
+                limit: 32
+            }
+        );
+    }
+
+    #[test]
+    fn one_long_line_in_one_byte_chunks_is_scanned_once() {
+        const N: usize = 200_000;
+        let mut lines = LineBuffer::new(N);
+        let mut out = VecDeque::new();
+        for _ in 0..N {
+            feed(&mut lines, &mut Echo, b"x", &mut out).unwrap();
+        }
+        feed(&mut lines, &mut Echo, b"\n", &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        // Rescanning the pending bytes per chunk would examine N²/2 = 2·10¹⁰ bytes.
+        assert_eq!(lines.stats.examined, N + 1, "each byte examined once");
+        assert_eq!(lines.stats.moved, 0, "nothing moved while the line grows");
+        assert_eq!(lines.stats.peak, N + 1);
+        assert!(lines.pending().is_empty());
+    }
+
+    #[tokio::test]
+    async fn decode_cuts_an_endless_line_and_reads_no_further() {
+        let polled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = polled.clone();
+        let first = Bytes::from_static(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: {\"x\":\"",
+        );
+        let body = futures_util::stream::iter([first])
+            .chain(futures_util::stream::repeat(Bytes::from_static(
+                &[b'x'; 100],
+            )))
+            .map(move |chunk| {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok::<_, reqwest::Error>(chunk)
+            });
+        let mut events = decode(body, SseDecoder::new(1024), Duration::from_secs(5), 1024);
+        assert_eq!(
+            events.next().await,
+            Some(Ok(StreamEvent::Delta("Hi".into())))
+        );
+        assert_eq!(
+            events.next().await,
+            Some(Err(ProviderError::TooLarge {
+                what: TOO_LARGE_LINE,
+                limit: 1024
+            }))
+        );
+        assert_eq!(events.next().await, None);
+        // 10 + 100·k > 1024 first at k = 11: the first chunk and 11 fillers, nothing more.
+        assert_eq!(polled.load(std::sync::atomic::Ordering::SeqCst), 12);
+    }
+
     fn splits(len: usize) -> impl Strategy<Value = Vec<usize>> {
-        proptest::collection::vec(0..=len, 0..12).prop_map(|mut v| {
+        proptest::collection::vec(0..=len, 0..24).prop_map(|mut v| {
             v.sort_unstable();
             v
         })
@@ -422,12 +703,113 @@ mod tests {
         out
     }
 
+    /// The longest line of a fixture, without its line ending.
+    fn longest_line(text: &str) -> usize {
+        text.split('\n')
+            .map(|l| l.trim_end_matches('\r').len())
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn one_byte_chunks_parse_the_same() {
+        for (text, expect) in [
+            (SSE, expected("gpt-4o-2024", "length")),
+            (NDJSON, expected("llama3:8b", "stop")),
+        ] {
+            let chunks: Vec<&[u8]> = text.as_bytes().chunks(1).collect();
+            let limit = longest_line(text);
+            let got = if text == SSE {
+                run_limited(&mut SseDecoder::new(limit), &chunks, limit)
+            } else {
+                run_limited(&mut NdjsonDecoder, &chunks, limit)
+            };
+            assert_eq!(got.unwrap(), expect);
+        }
+    }
+
+    /// Bytes that look a little like SSE and NDJSON: arbitrary bytes, line endings, field
+    /// names, JSON, and runs long enough to pass a small limit.
+    fn noise() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            any::<u8>().prop_map(|b| vec![b]),
+            Just(b"\n".to_vec()),
+            Just(b"\r\n".to_vec()),
+            Just(b"data: ".to_vec()),
+            Just(b"data: [DONE]".to_vec()),
+            Just(b": keep-alive".to_vec()),
+            Just(br#"{"choices":[{"delta":{"content":"hi"}}]}"#.to_vec()),
+            Just(br#"{"message":{"content":"hi"},"done":false}"#.to_vec()),
+            Just(br#"{"done":true}"#.to_vec()),
+            (1usize..100).prop_map(|n| vec![b'x'; n]),
+        ];
+        proptest::collection::vec(piece, 0..48).prop_map(|v| v.concat())
+    }
+
+    fn noise_and_splits() -> impl Strategy<Value = (Vec<u8>, Vec<usize>)> {
+        noise().prop_flat_map(|bytes| {
+            let len = bytes.len();
+            (Just(bytes), splits(len))
+        })
+    }
+
+    /// Feeds arbitrary chunks as [`decode`] would, until the first error, checking after every
+    /// chunk that the buffer holds at most the limit (plus a `\r` that may still end the line)
+    /// and held at most that plus the chunk, that the decoder's pending data (`data_len`) is
+    /// within the limit, and that the work stays linear in the input.
+    fn feed_noise<D: Decoder>(
+        decoder: &mut D,
+        chunks: &[Vec<u8>],
+        limit: usize,
+        data_len: impl Fn(&D) -> usize,
+    ) -> Result<(), TestCaseError> {
+        let mut lines = LineBuffer::new(limit);
+        let mut out = VecDeque::new();
+        let mut total = 0;
+        let mut ended = false;
+        for chunk in chunks {
+            lines.stats.peak = 0;
+            total += chunk.len();
+            let fed = feed(&mut lines, decoder, chunk, &mut out);
+            prop_assert!(lines.stats.peak <= limit + 1 + chunk.len());
+            prop_assert!(lines.stats.examined <= total && lines.stats.moved <= total);
+            match fed {
+                Ok(()) => {
+                    prop_assert!(lines.buf.len() <= limit + 1, "{} held", lines.buf.len());
+                    prop_assert_eq!(lines.start, 0);
+                }
+                Err(_) => {
+                    ended = true;
+                    break;
+                }
+            }
+            prop_assert!(data_len(decoder) <= limit);
+        }
+        if !ended {
+            let rest = String::from_utf8_lossy(lines.pending()).into_owned();
+            let _ = decoder.finish(&rest, &mut out);
+        }
+        Ok(())
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
         #[test]
         fn any_split_of_sse_parses_the_same(cuts in splits(SSE.len())) {
             let chunks = chunked(SSE.as_bytes(), &cuts);
             let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
             prop_assert_eq!(run(&mut SseDecoder::default(), &refs).unwrap(), expected("gpt-4o-2024", "length"));
+            // A limit as long as the longest line is enough; one byte less fails, however split.
+            let limit = longest_line(SSE);
+            prop_assert_eq!(
+                run_limited(&mut SseDecoder::new(limit), &refs, limit).unwrap(),
+                expected("gpt-4o-2024", "length")
+            );
+            prop_assert_eq!(
+                run_limited(&mut SseDecoder::new(limit - 1), &refs, limit - 1).unwrap_err(),
+                ProviderError::TooLarge { what: TOO_LARGE_LINE, limit: limit - 1 }
+            );
         }
 
         #[test]
@@ -435,6 +817,32 @@ mod tests {
             let chunks = chunked(NDJSON.as_bytes(), &cuts);
             let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
             prop_assert_eq!(run(&mut NdjsonDecoder, &refs).unwrap(), expected("llama3:8b", "stop"));
+            let limit = longest_line(NDJSON);
+            prop_assert_eq!(
+                run_limited(&mut NdjsonDecoder, &refs, limit).unwrap(),
+                expected("llama3:8b", "stop")
+            );
+            prop_assert_eq!(
+                run_limited(&mut NdjsonDecoder, &refs, limit - 1).unwrap_err(),
+                ProviderError::TooLarge { what: TOO_LARGE_LINE, limit: limit - 1 }
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Arbitrary bytes, split anywhere: no panic, bounded buffers, linear work.
+        #[test]
+        fn sse_noise_is_bounded((bytes, cuts) in noise_and_splits(), limit in 8usize..128) {
+            let chunks = chunked(&bytes, &cuts);
+            feed_noise(&mut SseDecoder::new(limit), &chunks, limit, |d| d.data.len())?;
+        }
+
+        #[test]
+        fn ndjson_noise_is_bounded((bytes, cuts) in noise_and_splits(), limit in 8usize..128) {
+            let chunks = chunked(&bytes, &cuts);
+            feed_noise(&mut NdjsonDecoder, &chunks, limit, |_| 0)?;
         }
     }
 }
