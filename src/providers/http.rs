@@ -19,6 +19,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use bytes::{Bytes, BytesMut};
+
 use futures_util::StreamExt;
 use http::HeaderMap;
 use http::header::ACCEPT;
@@ -182,24 +184,25 @@ async fn send(
 /// `Content-Length`) or turns out to be longer fails with [`ProviderError::TooLarge`] before
 /// more than `limit` bytes are buffered; the rest is not read, and dropping the response
 /// closes the connection.
-async fn read_body(mut response: Response, limit: usize) -> Result<Vec<u8>, ProviderError> {
+async fn read_body(mut response: Response, limit: usize) -> Result<Bytes, ProviderError> {
     let too_large = || ProviderError::TooLarge {
         what: TOO_LARGE_BODY,
         limit,
     };
-    let announced = response.content_length();
-    if announced.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
+    match response.content_length() {
+        Some(n) if n > limit as u64 => return Err(too_large()),
+        // HTTP framing holds the body to its announced length: read it in one piece.
+        Some(_) => return response.bytes().await.map_err(map_reqwest),
+        None => {}
     }
-    // Within the limit (checked above), so the announced length is safe to reserve.
-    let mut body = Vec::with_capacity(announced.unwrap_or(0) as usize);
+    let mut body = BytesMut::new();
     while let Some(chunk) = response.chunk().await.map_err(map_reqwest)? {
         if chunk.len() > limit - body.len() {
             return Err(too_large());
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body)
+    Ok(body.freeze())
 }
 
 /// Reads at most the first `limit` bytes of a body — an error body, whose excerpt is all that
