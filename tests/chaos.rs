@@ -11,11 +11,13 @@
 //!
 //! Dozens of concurrent clients mix `Generate` and `GenerateStream` over many reports with
 //! random phases and section types; some set short deadlines, some drop their call after a
-//! random delay, some send ids that must be refused or raw hostile `grpc-timeout` values, and
-//! one task opens raw TCP connections that speak garbage. The second scenario uses the Redis
-//! ledger (append-only file, fsync always) and kills `redis-server` mid-run, then restarts it
-//! on the same port and directory; later it freezes it (SIGSTOP) for a while: connections stay
-//! open, nothing answers.
+//! random delay, some send invalid requests (forbidden characters in ids, oversized or blank
+//! prompts, unknown enum values) that must be refused or raw hostile `grpc-timeout` values;
+//! one task opens raw TCP connections that speak garbage or nothing, and holds two HTTP/2
+//! connections full of calls whose message never comes (slowloris). The second scenario uses
+//! the Redis ledger (append-only file, fsync always) and kills `redis-server` mid-run, then
+//! restarts it on the same port and directory; later it freezes it (SIGSTOP) for a while:
+//! connections stay open, nothing answers.
 //!
 //! At the end: the process is alive, drained (no call in flight), SERVING, answers a normal
 //! call from the primary again, exits 0 on SIGTERM; its output holds no panic, no forged line,
@@ -74,7 +76,7 @@ const STUCK_AFTER: Duration = Duration::from_secs(20);
 const WORDS: usize = 8;
 /// A `[Hybrid]` line that a hostile upstream tries to forge through its error text.
 const FORGED: &str = "[Hybrid] Event=FALLBACK | Reason=COST_LIMIT | Report=forged-by-upstream";
-/// The report marker of calls with hostile ids: no upstream may ever see it.
+/// The report marker of invalid requests: no upstream may ever see it.
 const HOSTILE: &str = "HOSTILE";
 
 /// Gateway settings: small budget, short upstream timeouts (hangs end), tiny backoff cap
@@ -84,7 +86,7 @@ const SETTINGS: &[(&str, &str)] = &[
     ("VRA_GATEWAY_ADDR", "127.0.0.1:0"),
     ("VRA_METRICS_ADDR", "127.0.0.1:0"),
     ("OPENAI_API_KEY", KEY),
-    ("MAX_CLOUD_CALLS", "5"),
+    ("MAX_CLOUD_CALLS", "5"), // CAP
     ("VRA_RETRY_MAX_ATTEMPTS", "3"),
     ("VRA_RETRY_BASE_MS", "1"),
     ("VRA_RETRY_MAX_BACKOFF_MS", "20"),
@@ -94,7 +96,7 @@ const SETTINGS: &[(&str, &str)] = &[
     ("VRA_CIRCUIT_FAILURES", "2"),
     ("VRA_CIRCUIT_OPEN_MS", "200"),
     ("VRA_LEDGER_TIMEOUT_MS", "200"),
-    ("VRA_MAX_PROMPT_BYTES", "4096"),
+    ("VRA_MAX_PROMPT_BYTES", "4096"), // MAX_PROMPT_BYTES
 ];
 
 fn main() {
@@ -1182,12 +1184,73 @@ async fn client_task(addr: SocketAddr, index: u64, seed: u64, stop_at: Instant) 
     tally
 }
 
+/// Connections that each open this many gRPC streams, send their headers and never their
+/// message, and hold them for the whole load (slowloris).
+const HALF_OPEN_CONNECTIONS: u32 = 2;
+const HALF_OPEN_STREAMS: u32 = 1000;
+
+/// HTTP/2 bytes of a connection that opens `count` `Generate` calls and sends only their
+/// headers (HPACK literals, no Huffman).
+fn half_open_streams(count: u32) -> Vec<u8> {
+    fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+        out.extend_from_slice(&[kind, flags]);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+    }
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/vra.gateway.v1.GatewayService/Generate"),
+        (":authority", "chaos"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        block.push(0);
+        block.push(name.len() as u8);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frame(&mut out, 4, 0, 0, &[]); // SETTINGS
+    frame(&mut out, 4, 1, 0, &[]); // SETTINGS ACK
+    for i in 0..count {
+        frame(&mut out, 1, 4, 2 * i + 1, &block); // HEADERS, END_HEADERS, no END_STREAM
+    }
+    out
+}
+
+/// Holds one slowloris connection until `stop_at`, reading (and dropping) what the server says.
+async fn hold_half_open(addr: SocketAddr, stop_at: Instant) -> Result<(), String> {
+    let mut conn = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("half-open connect: {e}"))?;
+    conn.write_all(&half_open_streams(HALF_OPEN_STREAMS))
+        .await
+        .map_err(|e| format!("half-open write: {e}"))?;
+    let mut buf = vec![0u8; 16 << 10];
+    let _ = tokio::time::timeout_at(stop_at, async {
+        while let Ok(n) = conn.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    Ok(())
+}
+
 /// Raw TCP connections that speak garbage, half a protocol, or nothing at all.
 async fn junk_connections(addr: SocketAddr, seed: u64, stop_at: Instant) -> (u64, Vec<String>) {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x6a75_6e6b);
     let mut held = Vec::new();
     let mut opened = 0;
     let mut errors = Vec::new();
+    let slowloris: Vec<_> = (0..HALF_OPEN_CONNECTIONS)
+        .map(|_| tokio::spawn(hold_half_open(addr, stop_at)))
+        .collect();
     while Instant::now() < stop_at {
         match tokio::net::TcpStream::connect(addr).await {
             Ok(mut conn) => {
@@ -1225,6 +1288,13 @@ async fn junk_connections(addr: SocketAddr, seed: u64, stop_at: Instant) -> (u64
             Err(e) => errors.push(format!("raw connect to the gateway failed: {e}")),
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(20..120))).await;
+    }
+    for task in slowloris {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => errors.push(e),
+            Err(e) => errors.push(format!("half-open task: {e}")),
+        }
     }
     (opened, errors)
 }
@@ -1433,6 +1503,223 @@ fn fault_summary(up: &Upstream) -> String {
     )
 }
 
+/// Kills Redis a third into the run (SIGKILL, as a crash), keeps it down, restarts it on the
+/// same port and directory and checks that no budget count was lost; two thirds into the run,
+/// freezes it (SIGSTOP): connections stay open but nothing answers.
+async fn redis_outage(
+    redis: &mut AofRedis,
+    load_started: Instant,
+    load: Duration,
+) -> Result<Outage, String> {
+    tokio::time::sleep_until(load_started + load / 3).await;
+    let reports: Vec<String> = (0..REPORTS).map(report_name).collect();
+    let before = redis.used(&reports).await?;
+    redis.kill().await;
+    let down_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    redis.spawn().await;
+    let down_for = down_at.elapsed();
+    let after = redis.used(&reports).await?;
+    let lost = reports
+        .iter()
+        .filter(|r| after[*r] < before[*r])
+        .map(|r| {
+            format!(
+                "{r}: used {} before the kill, {} after",
+                before[r], after[r]
+            )
+        })
+        .collect();
+    tokio::time::sleep_until(load_started + load * 2 / 3).await;
+    redis.signal("STOP")?;
+    let paused_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.signal("CONT")?;
+    Ok(Outage {
+        down_for,
+        paused_for: paused_at.elapsed(),
+        reports_checked: reports.iter().filter(|r| before[*r] > 0).count(),
+        lost,
+    })
+}
+
+/// With the upstreams calm again, the gateway recovers by itself: within a bounded time a
+/// normal call is served by the primary (breaker closed, ledger reachable) and a normal stream
+/// ends with `done`.
+async fn check_recovery(
+    checks: &mut Checks,
+    client: &mut GatewayServiceClient<Channel>,
+    cloud: &Upstream,
+) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = String::from("no call made");
+    let mut recovered = false;
+    for i in 0.. {
+        if Instant::now() > deadline {
+            break;
+        }
+        let report = format!("chaos-final-{i}");
+        let req = pb::GenerateRequest {
+            prompt: format!("report={report}; one normal call"),
+            ..common::request(&report, CompilationPhase::Refine, SectionType::Analysis)
+        };
+        match client.generate(req).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                let route = r.route.unwrap_or_default();
+                if route.tier == pb::ProviderTier::Primary as i32 && route.fallback_reason == 0 {
+                    recovered = true;
+                    checks.check(r.text == cloud_text(), || {
+                        format!("final call text {:?}", r.text)
+                    });
+                    let seen = lock(&cloud.per_report).get(&report).copied().unwrap_or(0);
+                    checks.check(seen == 1, || {
+                        format!("the final call reached the cloud {seen} times")
+                    });
+                    break;
+                }
+                last = format!(
+                    "served by {} ({})",
+                    route.provider,
+                    fallback_name(route.fallback_reason)
+                );
+            }
+            Err(s) => last = format!("{s:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    checks.check(recovered, || {
+        format!("no normal call was served by the primary within 15 s after the load; last: {last}")
+    });
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut streamed = false;
+    for i in 0.. {
+        if Instant::now() > deadline {
+            break;
+        }
+        let report = format!("chaos-final-stream-{i}");
+        let call = Call {
+            request: pb::GenerateRequest {
+                prompt: format!("report={report}; one normal stream"),
+                ..common::request(&report, CompilationPhase::Expand, SectionType::Analysis)
+            },
+            report,
+            streaming: true,
+            mode: Mode::Plain,
+        };
+        if let Outcome::Answer { text, .. } = stream(client, &call).await {
+            streamed = true;
+            checks.check(text == local_text(), || {
+                format!("final stream text {text:?}")
+            });
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    checks.check(streamed, || {
+        "no normal stream was served within 15 s after the load".into()
+    });
+}
+
+/// Per report, the cloud saw at most the cap, and no more requests than the ledger counted
+/// (every cloud request was budgeted first); no invalid request reached an upstream. Returns
+/// the highest per-report count, how many reports reached the cap, and all cloud requests.
+async fn check_budget(
+    checks: &mut Checks,
+    client: &mut GatewayServiceClient<Channel>,
+    cloud: &Upstream,
+    local: &Upstream,
+    reserved: f64,
+) -> (u32, usize, u64) {
+    let mut over_cap = Vec::new();
+    let mut unbudgeted = Vec::new();
+    let seen: HashMap<String, u32> = lock(&cloud.per_report).clone();
+    for (report, &n) in seen.iter().filter(|(r, _)| r.as_str() != HOSTILE) {
+        if n > CAP {
+            over_cap.push(format!("{report}: {n}"));
+        }
+        let usage = client
+            .get_report_usage(pb::GetReportUsageRequest {
+                report_id: report.clone(),
+            })
+            .await;
+        match usage {
+            Ok(u) => {
+                let used = u.into_inner().budget.map_or(0, |b| b.cloud_calls_used);
+                if n > used {
+                    unbudgeted.push(format!("{report}: cloud saw {n}, ledger used {used}"));
+                }
+            }
+            Err(s) => unbudgeted.push(format!("{report}: usage failed: {s:?}")),
+        }
+    }
+    checks.check(over_cap.is_empty(), || {
+        format!(
+            "reports over the cap of {CAP} cloud requests: {}",
+            over_cap.join(", ")
+        )
+    });
+    checks.check(unbudgeted.is_empty(), || {
+        format!(
+            "cloud requests beyond the ledger's count: {}",
+            unbudgeted.join(", ")
+        )
+    });
+    let invalid_seen = seen.get(HOSTILE).copied().unwrap_or(0)
+        + lock(&local.per_report).get(HOSTILE).copied().unwrap_or(0);
+    checks.check(invalid_seen == 0, || {
+        format!("{invalid_seen} invalid requests reached an upstream")
+    });
+    let unattributed =
+        cloud.unattributed.load(Ordering::SeqCst) + local.unattributed.load(Ordering::SeqCst);
+    checks.check(unattributed == 0, || {
+        format!("{unattributed} upstream requests named no report")
+    });
+    let (cloud_max, at_cap, cloud_total) = cloud.cloud_max();
+    checks.check(at_cap > 0, || {
+        "no report reached the cap: the load did not test the budget".into()
+    });
+    checks.check(reserved >= cloud_total as f64, || {
+        format!("{cloud_total} cloud requests but only {reserved} budget units reserved")
+    });
+    (cloud_max, at_cap, cloud_total)
+}
+
+/// The gateway's whole stderr: no panic, no forged `[Hybrid]` line (the forged text may only
+/// appear escaped, inside a line), no control character, no API key.
+fn check_output(checks: &mut Checks, lines: &[String]) {
+    let panicked: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.contains("panicked"))
+        .map(String::as_str)
+        .collect();
+    checks.check(panicked.is_empty(), || {
+        format!(
+            "panics in the gateway's output:\n  {}",
+            panicked[..panicked.len().min(5)].join("\n  ")
+        )
+    });
+    let escaped_forgery = format!("\\n{FORGED}");
+    let forged: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains(FORGED) && !l.contains(&escaped_forgery))
+        .collect();
+    checks.check(forged.is_empty(), || {
+        format!("a forged [Hybrid] line reached the log: {:?}", forged[0])
+    });
+    let controls = lines
+        .iter()
+        .filter(|l| l.chars().any(char::is_control))
+        .count();
+    checks.check(controls == 0, || {
+        format!("{controls} log lines hold control characters")
+    });
+    checks.check(!lines.iter().any(|l| l.contains(KEY)), || {
+        "the API key leaked into the logs".into()
+    });
+}
+
 async fn soak(scenario: Scenario) -> Result<(), String> {
     let started = std::time::Instant::now();
     let seed = seed();
@@ -1471,41 +1758,10 @@ async fn soak(scenario: Scenario) -> Result<(), String> {
         .map(|i| tokio::spawn(client_task(addr, i, seed, stop_at)))
         .collect();
     let junk = tokio::spawn(junk_connections(addr, seed, stop_at));
-    let mut outage = None;
-    if let Some(redis) = redis.as_mut() {
-        // Kill Redis a third into the run, keep it down for a while, bring it back.
-        tokio::time::sleep(load / 3).await;
-        let reports: Vec<String> = (0..REPORTS).map(report_name).collect();
-        let before = redis.used(&reports).await?;
-        redis.kill().await;
-        let down_at = Instant::now();
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        redis.spawn().await;
-        let down_for = down_at.elapsed();
-        let after = redis.used(&reports).await?;
-        let lost = reports
-            .iter()
-            .filter(|r| after[*r] < before[*r])
-            .map(|r| {
-                format!(
-                    "{r}: used {} before the kill, {} after",
-                    before[r], after[r]
-                )
-            })
-            .collect();
-        // Later, freeze it: connections stay open but nothing answers.
-        tokio::time::sleep_until(load_started + load * 2 / 3).await;
-        redis.signal("STOP")?;
-        let paused_at = Instant::now();
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        redis.signal("CONT")?;
-        outage = Some(Outage {
-            down_for,
-            paused_for: paused_at.elapsed(),
-            reports_checked: reports.iter().filter(|r| before[*r] > 0).count(),
-            lost,
-        });
-    }
+    let outage = match redis.as_mut() {
+        Some(redis) => Some(redis_outage(redis, load_started, load).await?),
+        None => None,
+    };
     let mut tally = Tally::default();
     for c in clients {
         tally.merge(c.await.map_err(|e| format!("client task: {e}"))?);
@@ -1565,125 +1821,10 @@ async fn soak(scenario: Scenario) -> Result<(), String> {
         "health never SERVING after the load".into()
     });
     let mut client = common::connect(addr).await;
-    let mut last = String::new();
-    let mut recovered = None;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    for i in 0.. {
-        if Instant::now() > deadline {
-            break;
-        }
-        let report = format!("chaos-final-{i}");
-        let req = pb::GenerateRequest {
-            prompt: format!("report={report}; one normal call"),
-            ..common::request(&report, CompilationPhase::Refine, SectionType::Analysis)
-        };
-        match client.generate(req).await {
-            Ok(r) => {
-                let r = r.into_inner();
-                let route = r.route.clone().unwrap_or_default();
-                if route.tier == pb::ProviderTier::Primary as i32 && route.fallback_reason == 0 {
-                    recovered = Some((report, r));
-                    break;
-                }
-                last = format!(
-                    "served by {} ({})",
-                    route.provider,
-                    fallback_name(route.fallback_reason)
-                );
-            }
-            Err(s) => last = format!("{s:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    match &recovered {
-        Some((report, r)) => {
-            checks.check(r.text == cloud_text(), || {
-                format!("final call text {:?}", r.text)
-            });
-            let seen = lock(&cloud.per_report).get(report).copied().unwrap_or(0);
-            checks.check(seen == 1, || {
-                format!("the final call reached the cloud {seen} times")
-            });
-        }
-        None => checks.0.push(format!(
-            "no normal call was served by the primary within 15 s after the load; last: {last}"
-        )),
-    }
-    let mut final_stream = Outcome::Stuck;
-    for i in 0..20 {
-        let report = format!("chaos-final-stream-{i}");
-        let call = Call {
-            request: pb::GenerateRequest {
-                prompt: format!("report={report}; one normal stream"),
-                ..common::request(&report, CompilationPhase::Expand, SectionType::Analysis)
-            },
-            report,
-            streaming: true,
-            mode: Mode::Plain,
-        };
-        final_stream = stream(&mut client, &call).await;
-        if matches!(final_stream, Outcome::Answer { .. }) {
-            break;
-        }
-    }
-    checks.check(
-        matches!(&final_stream, Outcome::Answer { text, .. } if *text == local_text()),
-        || "no normal stream was served after the load".into(),
-    );
+    check_recovery(&mut checks, &mut client, &cloud).await;
 
-    // The budget: per report, the cloud saw at most the cap, and no more than the ledger
-    // counted (every cloud request was budgeted first).
-    let mut over_cap = Vec::new();
-    let mut unbudgeted = Vec::new();
-    let seen: HashMap<String, u32> = lock(&cloud.per_report).clone();
-    for (report, &n) in seen.iter().filter(|(r, _)| r.as_str() != HOSTILE) {
-        if n > CAP {
-            over_cap.push(format!("{report}: {n}"));
-        }
-        let usage = client
-            .get_report_usage(pb::GetReportUsageRequest {
-                report_id: report.clone(),
-            })
-            .await;
-        match usage {
-            Ok(u) => {
-                let used = u.into_inner().budget.map_or(0, |b| b.cloud_calls_used);
-                if n > used {
-                    unbudgeted.push(format!("{report}: cloud saw {n}, ledger used {used}"));
-                }
-            }
-            Err(s) => unbudgeted.push(format!("{report}: usage failed: {s:?}")),
-        }
-    }
-    checks.check(over_cap.is_empty(), || {
-        format!(
-            "reports over the cap of {CAP} cloud requests: {}",
-            over_cap.join(", ")
-        )
-    });
-    checks.check(unbudgeted.is_empty(), || {
-        format!(
-            "cloud requests beyond the ledger's count: {}",
-            unbudgeted.join(", ")
-        )
-    });
-    let hostile_seen = seen.get(HOSTILE).copied().unwrap_or(0)
-        + lock(&local.per_report).get(HOSTILE).copied().unwrap_or(0);
-    checks.check(hostile_seen == 0, || {
-        format!("{hostile_seen} calls with forbidden ids reached an upstream")
-    });
-    let unattributed =
-        cloud.unattributed.load(Ordering::SeqCst) + local.unattributed.load(Ordering::SeqCst);
-    checks.check(unattributed == 0, || {
-        format!("{unattributed} upstream requests named no report")
-    });
-    let (cloud_max, at_cap, cloud_total) = cloud.cloud_max();
-    checks.check(at_cap > 0, || {
-        "no report reached the cap: the load did not test the budget".into()
-    });
-    checks.check(reserved >= cloud_total as f64, || {
-        format!("{cloud_total} cloud requests but only {reserved} budget units reserved")
-    });
+    let (cloud_max, at_cap, cloud_total) =
+        check_budget(&mut checks, &mut client, &cloud, &local, reserved).await;
 
     let ledger_unavailable = tally
         .fallbacks
@@ -1728,36 +1869,7 @@ async fn soak(scenario: Scenario) -> Result<(), String> {
     let (code, lines) = gw.finish().await;
     let shutdown_secs = stopping.elapsed().as_secs_f64();
     checks.check(code == 0, || format!("exit code {code} after SIGTERM"));
-    let panicked: Vec<&String> = lines.iter().filter(|l| l.contains("panicked")).collect();
-    checks.check(panicked.is_empty(), || {
-        format!(
-            "panics in the gateway's output:\n  {}",
-            panicked
-                .iter()
-                .take(5)
-                .map(|l| l.as_str())
-                .collect::<Vec<_>>()
-                .join("\n  ")
-        )
-    });
-    let escaped_forgery = format!("\\n{FORGED}");
-    let forged: Vec<&String> = lines
-        .iter()
-        .filter(|l| l.contains(FORGED) && !l.contains(&escaped_forgery))
-        .collect();
-    checks.check(forged.is_empty(), || {
-        format!("a forged [Hybrid] line reached the log: {:?}", forged[0])
-    });
-    let controls = lines
-        .iter()
-        .filter(|l| l.chars().any(char::is_control))
-        .count();
-    checks.check(controls == 0, || {
-        format!("{controls} log lines hold control characters")
-    });
-    checks.check(!lines.iter().any(|l| l.contains(KEY)), || {
-        "the API key leaked into the logs".into()
-    });
+    check_output(&mut checks, &lines);
 
     // The figures.
     let mut codes = tally.codes.clone();
@@ -1775,7 +1887,7 @@ async fn soak(scenario: Scenario) -> Result<(), String> {
          statuses: {statuses}; OK fallbacks: {}; \
          cloud faults: {}; local faults: {}; \
          cloud requests max per report {cloud_max} (cap {CAP}; {at_cap} reports at the cap; {cloud_total} in all; {reserved} units reserved); \
-         raw junk connections {junk_opened}; max RSS {} MB (VmHWM; {} MB at the end)",
+         raw junk connections {junk_opened}, {HALF_OPEN_CONNECTIONS}x{HALF_OPEN_STREAMS} half-open streams held; max RSS {} MB (VmHWM; {} MB at the end)",
         scenario.name(),
         tally.calls,
         tally.streams,
