@@ -39,9 +39,9 @@ pub enum GatewayError {
     #[error("{}", Untrusted(&.0.to_string()))]
     Ledger(#[from] LedgerError),
 
-    /// The caller's deadline passed.
-    #[error("deadline exceeded after {attempts} upstream attempt(s)")]
-    DeadlineExceeded { attempts: u32 },
+    /// The caller's deadline passed; the upstream request (if any) was dropped.
+    #[error("deadline exceeded; the upstream request was dropped")]
+    DeadlineExceeded,
 
     /// A bug: the request's task panicked. Logged and counted where it is caught; the caller
     /// only learns that it happened.
@@ -73,7 +73,7 @@ impl GatewayError {
             GatewayError::AllProvidersFailed(_) => Code::Unavailable,
             GatewayError::StreamAborted(_) => Code::Unavailable,
             GatewayError::Ledger(_) => Code::Unavailable,
-            GatewayError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            GatewayError::DeadlineExceeded => Code::DeadlineExceeded,
             GatewayError::Internal => Code::Internal,
         }
     }
@@ -91,7 +91,7 @@ impl GatewayError {
             GatewayError::AllProvidersFailed(_) => "unavailable",
             GatewayError::StreamAborted(_) => "stream_aborted",
             GatewayError::Ledger(_) => "ledger_unavailable",
-            GatewayError::DeadlineExceeded { .. } => "deadline_exceeded",
+            GatewayError::DeadlineExceeded => "deadline_exceeded",
             GatewayError::Internal => "internal",
         }
     }
@@ -142,9 +142,7 @@ mod tests {
                 && s.message().contains("SECONDARY local: connect error")
         );
         assert_eq!(
-            GatewayError::DeadlineExceeded { attempts: 1 }
-                .into_status()
-                .code(),
+            GatewayError::DeadlineExceeded.into_status().code(),
             Code::DeadlineExceeded
         );
     }

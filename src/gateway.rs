@@ -323,7 +323,7 @@ impl Gateway {
                         tracing::debug!("stream cancelled by the client");
                     }
                     _ = sleep_until(deadline_at) => {
-                        let _ = tx.send(Err(GatewayError::DeadlineExceeded { attempts: 0 })).await;
+                        let _ = tx.send(Err(GatewayError::DeadlineExceeded)).await;
                     }
                     run = AssertUnwindSafe(gateway.run_stream(&input, deadline, &tx)).catch_unwind() => {
                         if let Err(panic) = run {

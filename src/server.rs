@@ -3,7 +3,8 @@
 //!
 //! Shutdown, as in mini-redis: [`run`] races the server against a shutdown future; once it
 //! fires the listener stops accepting, health turns NOT_SERVING, in-flight calls get up to
-//! `shutdown_grace` (30 s) to finish, and the caller flushes telemetry afterwards.
+//! `shutdown_grace` (30 s) to finish — the wait ends as soon as none is left, whatever idle
+//! connections remain — and the caller flushes telemetry afterwards.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,6 +24,13 @@ use crate::pb;
 use crate::pb::gateway_service_server::GatewayServiceServer;
 use crate::providers::Tiers;
 use crate::service::GatewayService;
+
+/// After the last call of a graceful shutdown, how long connections get to flush their
+/// responses and close before the process exits anyway.
+const SHUTDOWN_LINGER: Duration = Duration::from_millis(500);
+
+/// HTTP/2 streams (calls) one client connection may have open at once.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 
 /// A startup failure that is not a configuration error.
 #[derive(Debug, thiserror::Error)]
@@ -93,12 +101,9 @@ pub async fn run(
         .saturating_mul(4)
         .saturating_add(1 << 20)
         .max(16 << 20);
-    let service = GatewayServiceServer::new(GatewayService::new(
-        gateway.clone(),
-        metrics.clone(),
-        config.max_prompt_bytes,
-    ))
-    .max_decoding_message_size(decode_limit);
+    let service = GatewayService::new(gateway.clone(), metrics.clone(), config.max_prompt_bytes);
+    let calls = service.calls();
+    let service = GatewayServiceServer::new(service).max_decoding_message_size(decode_limit);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -126,6 +131,9 @@ pub async fn run(
     );
 
     let server = tonic::transport::Server::builder()
+        // tonic's default is unlimited streams per connection: one client could hold any
+        // number of half-sent calls. Made configurable with the rest of the edge limits.
+        .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(service)
@@ -144,8 +152,17 @@ pub async fn run(
             health_task.abort();
             reporter.set_not_serving::<GatewayServiceServer<GatewayService>>().await;
             let _ = stop_tx.send(true);
-            match tokio::time::timeout(config.shutdown_grace, &mut server).await {
-                Ok(res) => res.map_err(ServeError::from),
+            // Done when the server has closed every connection, or once no call has been in
+            // flight for a moment (time for the last responses to be written): an idle — or
+            // silent, half-open — connection must not hold up the exit.
+            let drained = async {
+                tokio::select! {
+                    res = &mut server => res.map_err(ServeError::from),
+                    () = calls.idle_for(SHUTDOWN_LINGER) => Ok(()),
+                }
+            };
+            match tokio::time::timeout(config.shutdown_grace, drained).await {
+                Ok(res) => res,
                 Err(_) => {
                     tracing::warn!("grace period over; dropping the calls still in flight");
                     Ok(())

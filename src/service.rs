@@ -4,10 +4,12 @@
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::{FutureExt as _, Stream, StreamExt};
 use opentelemetry::context::FutureExt as _;
+use tokio::sync::Notify;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span};
@@ -32,6 +34,7 @@ pub struct GatewayService {
     gateway: Arc<Gateway>,
     metrics: Arc<Metrics>,
     max_prompt_bytes: usize,
+    calls: Arc<CallsInFlight>,
 }
 
 impl GatewayService {
@@ -40,21 +43,95 @@ impl GatewayService {
             gateway,
             metrics,
             max_prompt_bytes,
+            calls: Arc::default(),
+        }
+    }
+
+    /// The generation calls this service is handling, for graceful shutdown.
+    pub fn calls(&self) -> Arc<CallsInFlight> {
+        self.calls.clone()
+    }
+}
+
+/// Counts the generation calls being handled (a stream until its last message), so that
+/// graceful shutdown can end as soon as none is left instead of waiting for idle connections.
+#[derive(Debug, Default)]
+pub struct CallsInFlight {
+    count: AtomicUsize,
+    /// Notified when the count drops to zero.
+    idle: Notify,
+    /// Notified when the count rises from zero.
+    busy: Notify,
+}
+
+impl CallsInFlight {
+    /// Counts one call until the guard is dropped.
+    pub fn enter(self: &Arc<Self>) -> CallGuard {
+        if self.count.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.busy.notify_waiters();
+        }
+        CallGuard(self.clone())
+    }
+
+    /// Calls being handled now.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Resolves once no call is in flight.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Resolves once no call has been in flight for `quiet` in a row.
+    pub async fn idle_for(&self, quiet: Duration) {
+        loop {
+            self.idle().await;
+            let busy = self.busy.notified();
+            tokio::pin!(busy);
+            busy.as_mut().enable();
+            if self.count() != 0 {
+                continue;
+            }
+            if tokio::time::timeout(quiet, busy).await.is_err() {
+                return;
+            }
         }
     }
 }
 
-/// Parses a `grpc-timeout` value as the gRPC spec writes it: 1 to 8 ASCII digits and a unit
-/// (`H`ours, `M`inutes, `S`econds, `m`illis, `u`micros, `n`anos). Anything else is `None`.
+/// One call in flight; dropping it (finished, cancelled, panicked) counts it out.
+#[derive(Debug)]
+pub struct CallGuard(Arc<CallsInFlight>);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Parses a `grpc-timeout` value: at most 8 characters of a decimal number and a unit
+/// (`H`ours, `M`inutes, `S`econds, `m`illis, `u`micros, `n`anos). That is the gRPC spec's
+/// "1 to 8 digits", read exactly as tonic's own timeout layer reads it (which also takes a
+/// leading `+`), so the two always agree on whether a call has a deadline. Anything else is
+/// `None`.
 pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
-    let (unit, digits) = value.split_last()?;
-    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+    let (unit, number) = value.split_last()?;
+    if number.len() > 8 {
         return None;
     }
-    // At most 8 digits: no overflow below, even in hours.
-    let n = digits
-        .iter()
-        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    // At most 8 characters: no overflow below, even in hours.
+    let n: u64 = std::str::from_utf8(number).ok()?.parse().ok()?;
     Some(match unit {
         b'H' => Duration::from_secs(n * 3600),
         b'M' => Duration::from_secs(n * 60),
@@ -67,8 +144,7 @@ pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
 }
 
 /// The caller's `grpc-timeout`, if it sent a valid one. A malformed value is treated as no
-/// deadline and logged at debug — as tonic's own timeout layer treats it, so the two never
-/// disagree about whether a call has a deadline.
+/// deadline and logged at debug — as tonic's own timeout layer treats it.
 pub fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
     let value = metadata.get("grpc-timeout")?;
     let parsed = parse_grpc_timeout(value.as_bytes());
@@ -344,11 +420,12 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
         let gateway = self.gateway.clone();
         let metrics = self.metrics.clone();
         let max = self.max_prompt_bytes;
+        let call = self.calls.enter();
         async move {
             let input = validate(request.into_inner(), max);
             let input = finish(&Span::current(), input)?;
             record_input(&Span::current(), &input);
-            let _in_flight = metrics.in_flight("Generate");
+            let _in_flight = (metrics.in_flight("Generate"), call);
             // A panic in the pipeline is a bug; the caller still gets a status (INTERNAL),
             // and every guard the call held is released by the unwind.
             let call = AssertUnwindSafe(gateway.generate(&input, deadline))
@@ -366,14 +443,14 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
             let result = match deadline.0 {
                 Some(at) => tokio::time::timeout_at(at, call)
                     .await
-                    .unwrap_or(Err(GatewayError::DeadlineExceeded { attempts: 0 })),
+                    .unwrap_or(Err(GatewayError::DeadlineExceeded)),
                 None => call.await,
             };
             let (tier, provider, outcome) = match &result {
                 Ok(g) => (g.route.tier.as_str(), g.route.provider.clone(), "ok"),
                 Err(e) => ("NONE", String::new(), e.outcome()),
             };
-            if let Err(GatewayError::DeadlineExceeded { .. }) = &result {
+            if let Err(GatewayError::DeadlineExceeded) = &result {
                 tracing::warn!(report = %input.report_id, phase = %input.phase, "caller deadline exceeded; upstream request dropped");
             }
             metrics.request("Generate", input.phase.as_str(), tier, &provider, outcome);
@@ -403,7 +480,7 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
             input
         };
         let phase = input.phase.as_str();
-        let in_flight = self.metrics.in_flight("GenerateStream");
+        let in_flight = (self.metrics.in_flight("GenerateStream"), self.calls.enter());
         let rx = {
             let _enter = span.enter();
             let _cx = cx.attach();
@@ -694,9 +771,10 @@ mod tests {
         #[test]
         fn grpc_timeout_parser_is_total(value in proptest::collection::vec(proptest::num::u8::ANY, 0..12)) {
             if parse_grpc_timeout(&value).is_some() {
-                let (unit, digits) = value.split_last().unwrap();
+                let (unit, number) = value.split_last().unwrap();
+                let digits = number.strip_prefix(b"+").unwrap_or(number);
                 proptest::prop_assert!(b"HMSmun".contains(unit));
-                proptest::prop_assert!((1..=8).contains(&digits.len()));
+                proptest::prop_assert!(!digits.is_empty() && number.len() <= 8);
                 proptest::prop_assert!(digits.iter().all(u8::is_ascii_digit));
             }
         }
@@ -735,6 +813,7 @@ mod tests {
             "5x",
             "123456789S",
             "S",
+            "+S",
             "-1S",
             "1.5S",
             "99999999999999999H",
@@ -743,6 +822,9 @@ mod tests {
             m.insert("grpc-timeout", bad.parse().unwrap());
             assert_eq!(grpc_timeout(&m), None, "{bad}");
         }
+        // A leading `+`, as tonic's timeout layer reads it.
+        m.insert("grpc-timeout", "+1S".parse().unwrap());
+        assert_eq!(grpc_timeout(&m), Some(Duration::from_secs(1)));
         m.insert("grpc-timeout", "99999999H".parse().unwrap());
         assert_eq!(
             grpc_timeout(&m),

@@ -490,3 +490,33 @@ async fn a_panicking_task_answers_internal_and_is_counted() {
         .expect_err("still a bug, still answered");
     assert_eq!(err.code(), Code::Internal);
 }
+
+/// Shutdown waits for calls, not for connections: a silent client connection (here one that
+/// never even finishes the HTTP/2 handshake) must not hold SIGTERM up for the 30 s grace.
+#[tokio::test]
+async fn an_idle_connection_does_not_delay_shutdown() {
+    let cloud = Sim::start().await.unwrap();
+    let local = Sim::start().await.unwrap();
+    let (cloud_url, local_url) = (cloud.openai_base(), local.ollama_base());
+    let gw = Running::start(&gateway_env(&cloud_url, &local_url, &[])).await;
+    let _silent = tokio::net::TcpStream::connect(&gw.addr).await.unwrap();
+    let mut preface_only = tokio::net::TcpStream::connect(&gw.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut preface_only, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    // A served call first, so the server is certainly past accepting those connections.
+    common::connect(gw.addr.parse().unwrap())
+        .await
+        .generate(request("idle-conn", P::Expand, S::Other))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    gw.sigterm();
+    let (code, _) = gw.finish().await;
+    assert_eq!(code, 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "exit took {:?}: shutdown waited for idle connections",
+        started.elapsed()
+    );
+}
