@@ -264,9 +264,12 @@ async fn sigterm_drains_in_flight_calls_then_exits_zero() {
             .generate(request("drain", P::Refine, S::Analysis))
             .await
     });
-    while cloud.requests() == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // SIGTERM only once the call is in flight: the upstream has received it (and delays its
+    // answer by 700 ms).
+    assert!(
+        cloud.wait_requests(1, Duration::from_secs(10)).await,
+        "the call reached the upstream"
+    );
     gw.sigterm();
     let resp = call
         .await

@@ -12,9 +12,13 @@ use std::time::Duration;
 use common::redis_server::{self, RedisServer};
 use common::trials::{Gate, Runtime, async_trial};
 use common::{Replica, config, connect, reason, request, tier};
+use futures_util::StreamExt;
 use libtest_mimic::Arguments;
 use redis::AsyncCommands;
 use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 use vra_gateway::demo::sim::Sim;
 use vra_gateway::pb::{
     self, CompilationPhase as P, FallbackReason as F, ProviderTier as T, SectionType as S,
@@ -182,7 +186,10 @@ async fn redis_down_fails_safe_and_recovers() {
     );
 
     redis.restart().await;
-    // The connection manager reconnects in the background; budgeted cloud calls resume.
+    // The connection manager reconnects on the next ledger operation (a call, or the health
+    // watcher's ping every second); budgeted cloud calls resume. Each new try waits for the
+    // gateway's next command to the restarted Redis, seen through MONITOR — not for a timer.
+    let mut gateway_commands = redis.monitor().await;
     let resumed = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let r = client
@@ -194,7 +201,10 @@ async fn redis_down_fails_safe_and_recovers() {
                 return r;
             }
             assert_eq!(reason(&r), F::LedgerUnavailable);
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            gateway_commands
+                .next()
+                .await
+                .expect("the MONITOR connection stays open");
         }
     })
     .await
@@ -240,7 +250,20 @@ async fn starting_without_redis_serves_fail_safe() {
     );
 
     // With the secondary unusable too (its circuit opens after one failed call), nothing can
-    // be served safely: the health service says NOT_SERVING.
+    // be served safely: the health service says NOT_SERVING. Its Watch stream sends the
+    // current status, then every change.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect to the health service");
+    let mut health = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health Watch")
+        .into_inner();
     local.set_default(vra_gateway::demo::sim::Step::fail(500));
     let err = client
         .generate(request("nr", P::Expand, S::Other))
@@ -248,12 +271,21 @@ async fn starting_without_redis_serves_fail_safe() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     tokio::time::timeout(Duration::from_secs(5), async {
-        while vra_gateway::server::check_health(&addr).await.unwrap() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        loop {
+            let update = health
+                .message()
+                .await
+                .expect("health Watch stream")
+                .expect("health Watch stream stays open");
+            if update.status == ServingStatus::NotServing as i32 {
+                return;
+            }
         }
     })
     .await
     .expect("NOT_SERVING once the ledger and the secondary are both unusable");
+    // An open Watch is an in-flight call: end it, or shutdown waits out its grace period.
+    drop(health);
     gw.shutdown().await;
 }
 
@@ -318,18 +350,25 @@ async fn keys_are_namespaced_expire_and_treat_report_ids_as_data() {
         ttl > 0 && ttl <= 1000,
         "the TTL is refreshed to VRA_REPORT_TTL_SECS: {ttl} ms"
     );
-    // Expiry is Redis's own clock: wait for it, bounded.
-    tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let n: u32 = conn.exists(format!("test:report:{odd}")).await.unwrap();
-            if n == 0 {
-                break;
+    // Expiry is Redis's own clock: wait for its `expired` keyspace event for the key,
+    // subscribed before looking, so an expiry between the look and the wait is not missed.
+    let key = format!("test:report:{odd}");
+    let mut expired = redis.expired_keys().await;
+    let n: u32 = conn.exists(&key).await.unwrap();
+    if n == 1 {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(k) = expired.next().await {
+                if k == key.as_bytes() {
+                    return;
+                }
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("the report's key expired");
+            panic!("the keyspace event subscription ended");
+        })
+        .await
+        .expect("the report's key expired");
+    }
+    let n: u32 = conn.exists(&key).await.unwrap();
+    assert_eq!(n, 0, "the report's key is gone");
     let u = usage(gw.addr, odd).await;
     assert_eq!(
         u.budget.unwrap().cloud_calls_used,

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -117,6 +119,42 @@ impl RedisServer {
     pub async fn restart(&mut self) {
         self.stop().await;
         self.spawn().await;
+    }
+
+    /// Every command the server processes from now on (`MONITOR`), one line each.
+    pub async fn monitor(&self) -> BoxStream<'static, String> {
+        let monitor = redis::Client::open(self.url())
+            .expect("url")
+            .get_async_monitor()
+            .await
+            .expect("MONITOR connection");
+        monitor.into_on_message::<String>().boxed()
+    }
+
+    /// The names of the keys that expire from now on: keyspace notifications are switched on
+    /// and subscribed to before this returns, so no expiry after it is missed.
+    pub async fn expired_keys(&self) -> BoxStream<'static, Vec<u8>> {
+        let mut conn = self.client().await;
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("notify-keyspace-events")
+            .arg("Ex")
+            .query_async::<()>(&mut conn)
+            .await
+            .expect("enable keyspace notifications");
+        let mut pubsub = redis::Client::open(self.url())
+            .expect("url")
+            .get_async_pubsub()
+            .await
+            .expect("pub/sub connection");
+        pubsub
+            .subscribe("__keyevent@0__:expired")
+            .await
+            .expect("subscribe to expiry events");
+        pubsub
+            .into_on_message()
+            .map(|msg| msg.get_payload_bytes().to_vec())
+            .boxed()
     }
 
     /// A plain client connection for assertions.
