@@ -281,3 +281,19 @@ async fn sigterm_drains_in_flight_calls_then_exits_zero() {
     assert_eq!(code, 0, "{}", lines.join("\n"));
     assert!(lines.iter().any(|l| l.contains("draining in-flight calls")));
 }
+
+/// A supervisor may send SIGTERM as soon as the gateway says it is listening: by then the
+/// handler must be installed, or the default action kills the process (no drain, no span
+/// flush). Before the fix about half of these SIGTERMs killed it; five tries catch that.
+#[tokio::test]
+async fn sigterm_right_after_listening_exits_zero() {
+    let cloud = Sim::start().await.unwrap();
+    let local = Sim::start().await.unwrap();
+    let (cloud_url, local_url) = (cloud.openai_base(), local.ollama_base());
+    for _ in 0..5 {
+        let gw = Running::start(&gateway_env(&cloud_url, &local_url, &[])).await;
+        gw.sigterm();
+        let (code, lines) = gw.finish().await;
+        assert_eq!(code, 0, "{}", lines.join("\n"));
+    }
+}
