@@ -20,6 +20,8 @@
 //!   provider kind here.
 //! - [`resilience`]: retry/backoff, deadlines and the circuit breaker (RAII permits).
 //! - [`gateway`]: the pipeline — route, budget, call, retry, fall back, record.
+//! - [`edge`]: what every call passes before a service — tower layers stacked once in
+//!   [`server`] (today: the caller's deadline, stamped at arrival). Add an edge layer here.
 //! - [`service`]: the tonic service — validation and conversion around the pipeline.
 //! - [`error`]: the gateway error enum and its one mapping to `tonic::Status`.
 //! - [`server`]: wiring, health, reflection, metrics endpoint, graceful shutdown.
@@ -34,6 +36,7 @@ pub mod budget;
 pub mod config;
 pub mod demo;
 pub mod domain;
+pub mod edge;
 pub mod error;
 pub mod gateway;
 pub mod metrics;

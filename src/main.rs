@@ -119,8 +119,10 @@ fn serve(config_path: Option<PathBuf>, print_config: bool) -> ExitCode {
     let result = rt.block_on(async {
         let mut guard = telemetry::init(&config);
         telemetry::log_panics();
+        // Handlers first: a SIGTERM once the listener is announced must drain, not kill.
+        let shutdown = server::shutdown_signal();
         let listener = server::bind(config.listen_addr).await?;
-        let result = server::run(config, listener, server::shutdown_signal()).await;
+        let result = server::run(config, listener, shutdown).await;
         guard.shutdown();
         result
     });

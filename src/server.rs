@@ -18,6 +18,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::budget;
 use crate::config::Config;
+use crate::edge;
 use crate::gateway::Gateway;
 use crate::metrics::{self, Metrics};
 use crate::pb;
@@ -134,6 +135,10 @@ pub async fn run(
         // tonic's default is unlimited streams per connection: one client could hold any
         // number of half-sent calls. Made configurable with the rest of the edge limits.
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
+        // The edge layers, outermost first (src/edge.rs).
+        .layer(tower::util::MapRequestLayer::new(
+            edge::stamp_deadline::<tonic::body::Body>,
+        ))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(service)
@@ -206,25 +211,44 @@ async fn watch_health(gateway: Arc<Gateway>, reporter: HealthReporter) {
     }
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Installs the SIGINT (Ctrl-C) and SIGTERM handlers now, and returns a future that resolves on
+/// the first of them. Call it inside the runtime before binding and announcing the listener:
+/// until a handler is installed a signal gets its default action, which kills the process —
+/// no drain, no span flush. (Registering lazily, on the future's first poll, left a window
+/// after the "listening on" line in which a SIGTERM killed the gateway.)
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{Signal, SignalKind, signal};
+        let install = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot handle {name} ({e}): it will end the process without a drain"
+                );
+                None
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        let mut int = install(SignalKind::interrupt(), "SIGINT");
+        let mut term = install(SignalKind::terminate(), "SIGTERM");
+        async fn recv(s: Option<&mut Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
         }
-    };
+        async move {
+            tokio::select! {
+                () = recv(int.as_mut()) => {},
+                () = recv(term.as_mut()) => {},
+            }
+        }
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

@@ -17,6 +17,7 @@ use tracing::{Instrument, Span};
 use crate::domain::{
     BudgetInfo, FallbackReason, Phase, RouteInfo, SectionType, Tier, has_forbidden_id_char,
 };
+use crate::edge::{self, CallerDeadline};
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, GenerateInput, Generated, StreamItem};
 use crate::metrics::Metrics;
@@ -120,49 +121,16 @@ impl Drop for CallGuard {
     }
 }
 
-/// Parses a `grpc-timeout` value: at most 8 characters of a decimal number and a unit
-/// (`H`ours, `M`inutes, `S`econds, `m`illis, `u`micros, `n`anos). That is the gRPC spec's
-/// "1 to 8 digits", read exactly as tonic's own timeout layer reads it (which also takes a
-/// leading `+`), so the two always agree on whether a call has a deadline. Anything else is
-/// `None`.
-pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
-    let (unit, number) = value.split_last()?;
-    if number.len() > 8 {
-        return None;
+/// The caller's deadline: stamped by the edge layer when the call arrived (see
+/// [`crate::edge`]), else — for a service mounted without that layer — computed now.
+fn deadline_of<T>(request: &Request<T>) -> Deadline {
+    match request.extensions().get::<CallerDeadline>() {
+        Some(stamped) => stamped.0,
+        None => edge::deadline_from(
+            request.metadata().get("grpc-timeout").map(|v| v.as_bytes()),
+            tokio::time::Instant::now(),
+        ),
     }
-    // At most 8 characters: no overflow below, even in hours.
-    let n: u64 = std::str::from_utf8(number).ok()?.parse().ok()?;
-    Some(match unit {
-        b'H' => Duration::from_secs(n * 3600),
-        b'M' => Duration::from_secs(n * 60),
-        b'S' => Duration::from_secs(n),
-        b'm' => Duration::from_millis(n),
-        b'u' => Duration::from_micros(n),
-        b'n' => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
-/// The caller's `grpc-timeout`, if it sent a valid one. A malformed value is treated as no
-/// deadline and logged at debug — as tonic's own timeout layer treats it.
-pub fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?;
-    let parsed = parse_grpc_timeout(value.as_bytes());
-    if parsed.is_none() {
-        tracing::debug!(
-            "ignoring malformed grpc-timeout ({} bytes): treated as no deadline",
-            value.len()
-        );
-    }
-    parsed
-}
-
-/// Our own deadline, a little before the caller's: tonic's transport cancels the handler at
-/// the caller's deadline with CANCELLED, and the contract says DEADLINE_EXCEEDED.
-fn deadline_for(metadata: &MetadataMap) -> Deadline {
-    Deadline::after(
-        grpc_timeout(metadata).map(|t| t.saturating_sub((t / 20).min(Duration::from_millis(20)))),
-    )
 }
 
 fn phase_from(value: i32) -> Result<Phase, GatewayError> {
@@ -416,7 +384,7 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
         request: Request<pb::GenerateRequest>,
     ) -> Result<Response<pb::GenerateResponse>, Status> {
         let (span, cx) = rpc_span("Generate", request.metadata());
-        let deadline = deadline_for(request.metadata());
+        let deadline = deadline_of(&request);
         let gateway = self.gateway.clone();
         let metrics = self.metrics.clone();
         let max = self.max_prompt_bytes;
@@ -468,7 +436,7 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
         request: Request<pb::GenerateStreamRequest>,
     ) -> Result<Response<Self::GenerateStreamStream>, Status> {
         let (span, cx) = rpc_span("GenerateStream", request.metadata());
-        let deadline = deadline_for(request.metadata());
+        let deadline = deadline_of(&request);
         let input = {
             let _enter = span.enter();
             let input = validate(
@@ -767,68 +735,5 @@ mod tests {
             }
         }
 
-        /// Any bytes as `grpc-timeout`: no panic; a value is accepted only in the spec's shape.
-        #[test]
-        fn grpc_timeout_parser_is_total(value in proptest::collection::vec(proptest::num::u8::ANY, 0..12)) {
-            if parse_grpc_timeout(&value).is_some() {
-                let (unit, number) = value.split_last().unwrap();
-                let digits = number.strip_prefix(b"+").unwrap_or(number);
-                proptest::prop_assert!(b"HMSmun".contains(unit));
-                proptest::prop_assert!(!digits.is_empty() && number.len() <= 8);
-                proptest::prop_assert!(digits.iter().all(u8::is_ascii_digit));
-            }
-        }
-
-        /// Every spec-shaped value parses to exactly its duration, up to 8 digits of hours.
-        #[test]
-        fn grpc_timeout_round_trips(n in 0u64..100_000_000, unit in 0usize..6) {
-            let (suffix, expected) = [
-                ("H", Duration::from_secs(n * 3600)),
-                ("M", Duration::from_secs(n * 60)),
-                ("S", Duration::from_secs(n)),
-                ("m", Duration::from_millis(n)),
-                ("u", Duration::from_micros(n)),
-                ("n", Duration::from_nanos(n)),
-            ][unit];
-            let text = format!("{n}{suffix}");
-            proptest::prop_assert_eq!(parse_grpc_timeout(text.as_bytes()), Some(expected));
-            // The resulting deadline never overflows.
-            let _ = Deadline::after(Some(expected));
-        }
-    }
-
-    #[test]
-    fn parses_grpc_timeout_units() {
-        let mut m = MetadataMap::new();
-        for (v, d) in [
-            ("5S", Duration::from_secs(5)),
-            ("250m", Duration::from_millis(250)),
-            ("2M", Duration::from_secs(120)),
-            ("100u", Duration::from_micros(100)),
-        ] {
-            m.insert("grpc-timeout", v.parse().unwrap());
-            assert_eq!(grpc_timeout(&m), Some(d), "{v}");
-        }
-        for bad in [
-            "5x",
-            "123456789S",
-            "S",
-            "+S",
-            "-1S",
-            "1.5S",
-            "99999999999999999H",
-            " 5S",
-        ] {
-            m.insert("grpc-timeout", bad.parse().unwrap());
-            assert_eq!(grpc_timeout(&m), None, "{bad}");
-        }
-        // A leading `+`, as tonic's timeout layer reads it.
-        m.insert("grpc-timeout", "+1S".parse().unwrap());
-        assert_eq!(grpc_timeout(&m), Some(Duration::from_secs(1)));
-        m.insert("grpc-timeout", "99999999H".parse().unwrap());
-        assert_eq!(
-            grpc_timeout(&m),
-            Some(Duration::from_secs(99_999_999 * 3600))
-        );
     }
 }

@@ -2,11 +2,16 @@
 //! every server, 1-second load scenarios, the report) and checks the report it writes.
 //!
 //! Opt-in, because it builds in release mode (minutes when cold) and loads the machine: set
-//! `VRA_BENCH_SMOKE=1`. Without it the test prints a SKIP line and passes.
+//! `VRA_BENCH_SMOKE=1` (`.ci/run` does), or ask for ignored tests (`-- --ignored`). Otherwise
+//! it is reported as ignored, with the reason — a libtest-mimic target (`harness = false`).
 
-use std::io::Write;
+mod common;
+
 use std::path::Path;
 use std::process::Command;
+
+use common::trials::{Gate, sync_trial};
+use libtest_mimic::Arguments;
 
 /// Sections the report must have (see `src/bin/vra-loadgen/report.rs`).
 const HEADERS: &[&str] = &[
@@ -25,16 +30,20 @@ const HEADERS: &[&str] = &[
     "## Commands",
 ];
 
-#[test]
+fn main() {
+    let args = Arguments::from_args();
+    let gate = if std::env::var("VRA_BENCH_SMOKE").as_deref() == Ok("1") {
+        Gate::Open
+    } else {
+        Gate::Closed(
+            "set VRA_BENCH_SMOKE=1 to run `bash bench/run.sh --smoke`: a release build, then 1-second load scenarios".into(),
+        )
+    };
+    let trials = vec![sync_trial(&args, "bench_run_smoke", &gate, bench_run_smoke)];
+    libtest_mimic::run(&args, trials).exit();
+}
+
 fn bench_run_smoke() {
-    if std::env::var("VRA_BENCH_SMOKE").as_deref() != Ok("1") {
-        // Straight to stderr: the test harness does not capture it, so the skip is visible.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIP: set VRA_BENCH_SMOKE=1 to run `bash bench/run.sh --smoke` (release build + 1-second load scenarios)"
-        );
-        return;
-    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let results = root.join("target/bench-smoke/RESULTS.md");
     let _ = std::fs::remove_file(&results);

@@ -264,9 +264,12 @@ async fn sigterm_drains_in_flight_calls_then_exits_zero() {
             .generate(request("drain", P::Refine, S::Analysis))
             .await
     });
-    while cloud.requests() == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // SIGTERM only once the call is in flight: the upstream has received it (and delays its
+    // answer by 700 ms).
+    assert!(
+        cloud.wait_requests(1, Duration::from_secs(10)).await,
+        "the call reached the upstream"
+    );
     gw.sigterm();
     let resp = call
         .await
@@ -277,4 +280,20 @@ async fn sigterm_drains_in_flight_calls_then_exits_zero() {
     let (code, lines) = gw.finish().await;
     assert_eq!(code, 0, "{}", lines.join("\n"));
     assert!(lines.iter().any(|l| l.contains("draining in-flight calls")));
+}
+
+/// A supervisor may send SIGTERM as soon as the gateway says it is listening: by then the
+/// handler must be installed, or the default action kills the process (no drain, no span
+/// flush). Before the fix about half of these SIGTERMs killed it; five tries catch that.
+#[tokio::test]
+async fn sigterm_right_after_listening_exits_zero() {
+    let cloud = Sim::start().await.unwrap();
+    let local = Sim::start().await.unwrap();
+    let (cloud_url, local_url) = (cloud.openai_base(), local.ollama_base());
+    for _ in 0..5 {
+        let gw = Running::start(&gateway_env(&cloud_url, &local_url, &[])).await;
+        gw.sigterm();
+        let (code, lines) = gw.finish().await;
+        assert_eq!(code, 0, "{}", lines.join("\n"));
+    }
 }

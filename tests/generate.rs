@@ -468,25 +468,49 @@ async fn retry_after_is_honoured_up_to_the_cap() {
         started.elapsed()
     );
     assert_eq!((tier(&r), r.attempts), (T::Primary, 2));
+}
 
-    let h = Harness::start(&[("VRA_RETRY_MAX_BACKOFF_MS", "50")]).await;
-    h.cloud.push(Step::Fail {
-        status: 429,
-        retry_after: Some("3600".into()),
-    });
-    let started = Instant::now();
-    let r = h
-        .client
-        .clone()
-        .generate(request("ra-cap", P::Refine, S::Analysis))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "Retry-After must be capped"
-    );
-    assert_eq!((tier(&r), r.attempts), (T::Primary, 2));
+/// A huge `Retry-After` waits no longer than `VRA_RETRY_MAX_BACKOFF_MS`; values past `u64`
+/// (which used to panic the request task) and non-integers (ignored: the normal backoff, also
+/// capped) included.
+#[tokio::test]
+async fn retry_after_is_capped_by_the_max_backoff() {
+    const CAP: Duration = Duration::from_millis(50);
+    // The cap plus the call's own work, with room for a loaded CI machine — and far below
+    // any of the waits asked for (an hour and more).
+    const BOUND: Duration = Duration::from_secs(1);
+    let cap_ms = CAP.as_millis().to_string();
+    for retry_after in ["3600", "1e20", "99999999999999999999"] {
+        let h = Harness::start(&[("VRA_RETRY_MAX_BACKOFF_MS", cap_ms.as_str())]).await;
+        h.cloud.push(Step::Fail {
+            status: 429,
+            retry_after: Some(retry_after.into()),
+        });
+        let started = Instant::now();
+        let r = h
+            .client
+            .clone()
+            .generate(request("ra-cap", P::Refine, S::Analysis))
+            .await
+            .unwrap_or_else(|e| panic!("Retry-After: {retry_after}: {e}"))
+            .into_inner();
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed < BOUND,
+            "Retry-After: {retry_after} with a {CAP:?} cap took {elapsed:?}"
+        );
+        assert_eq!(
+            (tier(&r), reason(&r), r.attempts),
+            (T::Primary, F::Unspecified, 2),
+            "Retry-After: {retry_after}: the second attempt succeeded"
+        );
+        assert_eq!(
+            h.cloud.requests(),
+            2,
+            "Retry-After: {retry_after}: the upstream saw the retry"
+        );
+        h.shutdown().await;
+    }
 }
 
 #[tokio::test]

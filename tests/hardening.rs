@@ -135,7 +135,12 @@ async fn an_abandoned_probe_does_not_pin_the_circuit_open() {
     let mut req = tonic::Request::new(call("cb-probe-deadline"));
     req.set_timeout(Duration::from_millis(200));
     let err = c.generate(req).await.expect_err("deadline");
-    assert_eq!(err.code(), Code::DeadlineExceeded);
+    // The gateway answers DEADLINE_EXCEEDED a little early; on a busy machine the client's own
+    // timer (tonic: CANCELLED "Timeout expired") may still win. Either way the caller gave up.
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
     assert!(
         h.cloud.wait_closed(2, Duration::from_secs(5)).await,
         "the probe's upstream request was dropped"

@@ -5,7 +5,8 @@
 //! (and says so on screen), and the tests and benchmarks use it as the "remote LLM". The
 //! gateway talks to it over real HTTP exactly as it talks to OpenAI or Ollama. Behaviour is
 //! scriptable per request ([`Step`]), every request is counted and recorded, and streamed
-//! bodies report when the client dropped them ([`Sim::wait_closed`]).
+//! bodies report when the client dropped them ([`Sim::wait_closed`]); tests wait for requests
+//! with [`Sim::wait_requests`] instead of polling.
 //!
 //! Routes: `POST /v1/chat/completions` (OpenAI; base URL [`Sim::openai_base`]) and
 //! `POST /api/chat` (Ollama; base URL [`Sim::ollama_base`]).
@@ -110,6 +111,7 @@ struct State {
     default: Mutex<Step>,
     recorded: Mutex<Vec<Recorded>>,
     requests: AtomicUsize,
+    requests_notify: Notify,
     closed: AtomicUsize,
     closed_notify: Notify,
 }
@@ -144,6 +146,7 @@ impl Sim {
             default: Mutex::new(Step::reply(DEFAULT_TEXT)),
             recorded: Mutex::new(Vec::new()),
             requests: AtomicUsize::new(0),
+            requests_notify: Notify::new(),
             closed: AtomicUsize::new(0),
             closed_notify: Notify::new(),
         });
@@ -193,6 +196,22 @@ impl Sim {
     /// Requests received so far.
     pub fn requests(&self) -> usize {
         self.state.requests.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` requests were received (the handler has recorded the request
+    /// and picked its [`Step`], before any reply delay); returns false on timeout.
+    pub async fn wait_requests(&self, n: usize, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, async {
+            loop {
+                let notified = self.state.requests_notify.notified();
+                if self.requests() >= n {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await
+        .is_ok()
     }
 
     /// Every request received so far.
@@ -289,6 +308,7 @@ async fn handle(
     let step = lock(&state.script)
         .pop_front()
         .unwrap_or_else(|| lock(&state.default).clone());
+    state.requests_notify.notify_waiters();
     let guard = CloseGuard(state.clone());
     let ctx = Ctx {
         format,

@@ -5,6 +5,7 @@
 
 pub mod process;
 pub mod redis_server;
+pub mod trials;
 
 use std::net::SocketAddr;
 use std::time::Duration;

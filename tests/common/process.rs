@@ -1,8 +1,9 @@
 //! Running the real `vra-gateway` binary from tests: a clean environment, an empty working
 //! directory, and its stderr collected line by line.
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -42,16 +43,54 @@ pub fn command(dir: &PathBuf, env: &[(&str, &str)]) -> Command {
     cmd
 }
 
+/// Name of a signal that may end a process, for failure messages.
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        15 => "SIGTERM",
+        _ => "signal",
+    }
+}
+
+/// The exit code of a process that exited; a process ended by a signal is always a test
+/// failure, reported with the signal (and whether it dumped core) and everything it logged.
+fn exit_code(status: ExitStatus, stderr: &dyn Fn() -> String) -> i32 {
+    if let Some(code) = status.code() {
+        return code;
+    }
+    let signal = status.signal().unwrap_or_default();
+    panic!(
+        "the gateway was ended by signal {signal} ({}){}, not by exit; its stderr:\n{}",
+        signal_name(signal),
+        if status.core_dumped() {
+            ", core dumped"
+        } else {
+            ""
+        },
+        stderr()
+    )
+}
+
 pub async fn run_to_end(
     dir: &PathBuf,
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (i32, String, String) {
     let out = command(dir, env).args(args).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     (
-        out.status.code().unwrap_or(-1),
+        exit_code(out.status, &|| stderr.clone()),
         String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        stderr,
     )
 }
 
@@ -126,7 +165,8 @@ impl Running {
         assert!(status.success());
     }
 
-    /// Waits for exit and returns the code plus every stderr line.
+    /// Waits for exit and returns the code plus every stderr line; panics, naming the signal,
+    /// when the process was ended by a signal instead.
     pub async fn finish(mut self) -> (i32, Vec<String>) {
         let status = tokio::time::timeout(Duration::from_secs(40), self.child.wait())
             .await
@@ -135,7 +175,8 @@ impl Running {
         while let Some(line) = self.lines.recv().await {
             self.seen.push(line);
         }
-        (status.code().unwrap_or(-1), self.seen)
+        let code = exit_code(status, &|| self.seen.join("\n"));
+        (code, self.seen)
     }
 }
 

@@ -1,13 +1,18 @@
 //! A real `redis-server` for tests, on a free port with no persistence, started and stopped by
-//! the test itself. When the binary is missing the tests print a visible SKIP line — unless
-//! `VRA_REQUIRE_REDIS=1` (set by `.ci/run`), which turns the absence into a failure.
+//! the test itself. When the binary is missing the tests that need it are reported as ignored
+//! ([`gate`]) — unless `VRA_REQUIRE_REDIS=1` (set by `.ci/run`), which makes the absence a
+//! failure.
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+use super::trials::Gate;
 
 pub struct RedisServer {
     child: Option<Child>,
@@ -22,22 +27,35 @@ fn binary() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+const MISSING: &str = "redis-server not found on PATH; .ci/run installs it";
+
+fn required() -> bool {
+    std::env::var("VRA_REQUIRE_REDIS").is_ok_and(|v| v == "1")
+}
+
+/// Whether the tests that need a `redis-server` run: closed (ignored, with the reason) when the
+/// binary is missing, unless `VRA_REQUIRE_REDIS=1` — then they run, and fail.
+pub fn gate() -> Gate {
+    if binary().is_none() && !required() {
+        Gate::Closed(MISSING.into())
+    } else {
+        Gate::Open
+    }
+}
+
 impl RedisServer {
-    /// Starts a server, or returns `None` after printing a SKIP notice for `test`.
-    pub async fn start(test: &str) -> Option<RedisServer> {
+    /// Starts a server; panics (failing the test) when there is no `redis-server` binary.
+    pub async fn start() -> RedisServer {
         if binary().is_none() {
-            if std::env::var("VRA_REQUIRE_REDIS").is_ok_and(|v| v == "1") {
-                panic!("redis-server is required (VRA_REQUIRE_REDIS=1) but not installed");
+            if required() {
+                panic!("{MISSING} (and VRA_REQUIRE_REDIS=1 makes it mandatory)");
             }
-            eprintln!(
-                "SKIP {test}: redis-server not found on PATH (apt-get install redis-server, or set VRA_REQUIRE_REDIS=1 to fail instead)"
-            );
-            return None;
+            panic!("{MISSING} (this test was asked to run anyway)");
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
+            .expect("bind a free port")
             .local_addr()
-            .ok()?
+            .expect("local address")
             .port();
         let dir = std::env::temp_dir().join(format!("vra-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -47,7 +65,7 @@ impl RedisServer {
             dir,
         };
         server.spawn().await;
-        Some(server)
+        server
     }
 
     pub fn url(&self) -> String {
@@ -101,6 +119,42 @@ impl RedisServer {
     pub async fn restart(&mut self) {
         self.stop().await;
         self.spawn().await;
+    }
+
+    /// Every command the server processes from now on (`MONITOR`), one line each.
+    pub async fn monitor(&self) -> BoxStream<'static, String> {
+        let monitor = redis::Client::open(self.url())
+            .expect("url")
+            .get_async_monitor()
+            .await
+            .expect("MONITOR connection");
+        monitor.into_on_message::<String>().boxed()
+    }
+
+    /// The names of the keys that expire from now on: keyspace notifications are switched on
+    /// and subscribed to before this returns, so no expiry after it is missed.
+    pub async fn expired_keys(&self) -> BoxStream<'static, Vec<u8>> {
+        let mut conn = self.client().await;
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("notify-keyspace-events")
+            .arg("Ex")
+            .query_async::<()>(&mut conn)
+            .await
+            .expect("enable keyspace notifications");
+        let mut pubsub = redis::Client::open(self.url())
+            .expect("url")
+            .get_async_pubsub()
+            .await
+            .expect("pub/sub connection");
+        pubsub
+            .subscribe("__keyevent@0__:expired")
+            .await
+            .expect("subscribe to expiry events");
+        pubsub
+            .into_on_message()
+            .map(|msg| msg.get_payload_bytes().to_vec())
+            .boxed()
     }
 
     /// A plain client connection for assertions.

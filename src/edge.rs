@@ -1,0 +1,182 @@
+//! The edge: what every call passes through before it reaches a service, as tower layers
+//! stacked once, in order, in [`crate::server::run`].
+//!
+//! 1. [`stamp_deadline`] reads the caller's `grpc-timeout` the moment the call arrives and
+//!    stamps the resulting [`CallerDeadline`] into the request's extensions.
+//!
+//! Why at arrival: tonic's own timeout layer, which sits just outside these layers, starts
+//! its clock when the call arrives and answers CANCELLED when it runs out. The gateway's
+//! deadline is a little earlier than the caller's (see [`deadline_from`]) so that the caller
+//! gets DEADLINE_EXCEEDED, as the contract says — which only holds if both clocks start at the
+//! same instant, not when a busy runtime gets round to the handler.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::resilience::Deadline;
+
+/// The caller's deadline as stamped at arrival, in the request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct CallerDeadline(pub Deadline);
+
+/// Edge layer 1: stamps the caller's deadline into the request (use with
+/// `tower::util::MapRequestLayer`).
+pub fn stamp_deadline<B>(mut request: http::Request<B>) -> http::Request<B> {
+    let deadline = deadline_from(
+        request
+            .headers()
+            .get("grpc-timeout")
+            .map(http::HeaderValue::as_bytes),
+        Instant::now(),
+    );
+    request.extensions_mut().insert(CallerDeadline(deadline));
+    request
+}
+
+/// The gateway's deadline for a call that arrived at `arrival` with this `grpc-timeout`: a
+/// little before the caller's (10 %, at most 50 ms), so the gateway's DEADLINE_EXCEEDED reaches
+/// the caller before its own timer or tonic's transport cancels the call (tonic, on both sides,
+/// reports CANCELLED "Timeout expired"). No (valid) timeout, no deadline.
+pub fn deadline_from(grpc_timeout: Option<&[u8]>, arrival: Instant) -> Deadline {
+    let timeout = grpc_timeout.and_then(|value| {
+        let parsed = parse_grpc_timeout(value);
+        if parsed.is_none() {
+            tracing::debug!(
+                "ignoring malformed grpc-timeout ({} bytes): treated as no deadline",
+                value.len()
+            );
+        }
+        parsed
+    });
+    let margin = |t: Duration| (t / 10).min(Duration::from_millis(50));
+    Deadline(timeout.and_then(|t| arrival.checked_add(t.saturating_sub(margin(t)))))
+}
+
+/// Parses a `grpc-timeout` value: at most 8 characters of a decimal number and a unit
+/// (`H`ours, `M`inutes, `S`econds, `m`illis, `u`micros, `n`anos). That is the gRPC spec's
+/// "1 to 8 digits", read exactly as tonic's own timeout layer reads it (which also takes a
+/// leading `+`), so the two always agree on whether a call has a deadline. Anything else is
+/// `None`.
+pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
+    let (unit, number) = value.split_last()?;
+    if number.len() > 8 {
+        return None;
+    }
+    // At most 8 characters: no overflow below, even in hours.
+    let n: u64 = std::str::from_utf8(number).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+        headers
+            .get("grpc-timeout")
+            .and_then(|v| parse_grpc_timeout(v.as_bytes()))
+    }
+
+    #[test]
+    fn parses_grpc_timeout_units() {
+        let mut m = http::HeaderMap::new();
+        for (v, d) in [
+            ("5S", Duration::from_secs(5)),
+            ("250m", Duration::from_millis(250)),
+            ("2M", Duration::from_secs(120)),
+            ("100u", Duration::from_micros(100)),
+        ] {
+            m.insert("grpc-timeout", v.parse().unwrap());
+            assert_eq!(grpc_timeout(&m), Some(d), "{v}");
+        }
+        for bad in [
+            "5x",
+            "123456789S",
+            "S",
+            "+S",
+            "-1S",
+            "1.5S",
+            "99999999999999999H",
+            " 5S",
+        ] {
+            m.insert("grpc-timeout", bad.parse().unwrap());
+            assert_eq!(grpc_timeout(&m), None, "{bad}");
+        }
+        // A leading `+`, as tonic's timeout layer reads it.
+        m.insert("grpc-timeout", "+1S".parse().unwrap());
+        assert_eq!(grpc_timeout(&m), Some(Duration::from_secs(1)));
+        m.insert("grpc-timeout", "99999999H".parse().unwrap());
+        assert_eq!(
+            grpc_timeout(&m),
+            Some(Duration::from_secs(99_999_999 * 3600))
+        );
+    }
+
+    #[test]
+    fn the_deadline_is_stamped_at_arrival_a_little_early() {
+        let request = http::Request::builder()
+            .header("grpc-timeout", "200m")
+            .body(())
+            .unwrap();
+        let before = Instant::now();
+        let stamped = stamp_deadline(request);
+        let CallerDeadline(Deadline(Some(at))) = stamped.extensions().get().copied().unwrap()
+        else {
+            panic!("a deadline")
+        };
+        let after = Instant::now();
+        // 200 ms less the margin of 10 %.
+        let expected = Duration::from_millis(180);
+        assert!(at >= before + expected && at <= after + expected);
+        let none = stamp_deadline(http::Request::new(()));
+        assert!(
+            none.extensions()
+                .get::<CallerDeadline>()
+                .unwrap()
+                .0
+                .0
+                .is_none()
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Any bytes as `grpc-timeout`: no panic; a value is accepted only in the spec's shape.
+        #[test]
+        fn grpc_timeout_parser_is_total(value in proptest::collection::vec(proptest::num::u8::ANY, 0..12)) {
+            if parse_grpc_timeout(&value).is_some() {
+                let (unit, number) = value.split_last().unwrap();
+                let digits = number.strip_prefix(b"+").unwrap_or(number);
+                proptest::prop_assert!(b"HMSmun".contains(unit));
+                proptest::prop_assert!(!digits.is_empty() && number.len() <= 8);
+                proptest::prop_assert!(digits.iter().all(u8::is_ascii_digit));
+            }
+        }
+
+        /// Every spec-shaped value parses to exactly its duration, up to 8 digits of hours.
+        #[test]
+        fn grpc_timeout_round_trips(n in 0u64..100_000_000, unit in 0usize..6) {
+            let (suffix, expected) = [
+                ("H", Duration::from_secs(n * 3600)),
+                ("M", Duration::from_secs(n * 60)),
+                ("S", Duration::from_secs(n)),
+                ("m", Duration::from_millis(n)),
+                ("u", Duration::from_micros(n)),
+                ("n", Duration::from_nanos(n)),
+            ][unit];
+            let text = format!("{n}{suffix}");
+            proptest::prop_assert_eq!(parse_grpc_timeout(text.as_bytes()), Some(expected));
+            // The resulting deadline never overflows.
+            let _ = Deadline::after(Some(expected));
+        }
+    }
+}
