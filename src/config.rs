@@ -766,6 +766,14 @@ mod tests {
     }
 
     #[test]
+    fn the_ledger_cap_default_is_the_memory_ledgers() {
+        assert_eq!(
+            LEDGER_MAX_REPORTS.default,
+            crate::budget::memory::DEFAULT_MAX_REPORTS.to_string()
+        );
+    }
+
+    #[test]
     fn booleans_accept_every_documented_spelling() {
         for v in ["true", "TRUE", "1", "yes", "On"] {
             assert!(parse_bool("X", v).unwrap(), "{v}");

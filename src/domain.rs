@@ -284,10 +284,12 @@ impl std::fmt::Display for ProviderFailure {
 /// status message, in bytes.
 pub const MAX_UNTRUSTED_BYTES: usize = 512;
 
-/// Displays text that came from outside the gateway so that it stays on one line and within
-/// [`MAX_UNTRUSTED_BYTES`]: control characters (C0, DEL, C1) and the Unicode line and
-/// paragraph separators are escaped (`\n`, `\u{1b}`), and longer text is cut on a character
-/// boundary with `…`. Nothing an upstream sends can start a second (forged) log line.
+/// Displays text that came from outside the gateway so that it stays on one line, in its own
+/// field, and within [`MAX_UNTRUSTED_BYTES`] (plus a final `…` when cut): control characters
+/// (C0, DEL, C1), the Unicode line and paragraph separators, the bidirectional-text controls
+/// and `|` (the `[Hybrid]` field separator) are escaped (`\n`, `\u{1b}`, `\u{7c}`), and
+/// longer text is cut on a character boundary. Nothing an upstream sends can start a second
+/// (forged) log line, add a forged ` | Field=` part, or make a terminal show reordered text.
 #[derive(Debug, Clone, Copy)]
 pub struct Untrusted<'a>(pub &'a str);
 
@@ -302,12 +304,12 @@ impl fmt::Display for Untrusted<'_> {
                 '\n' => Some(Escape::Short('n')),
                 '\r' => Some(Escape::Short('r')),
                 '\t' => Some(Escape::Short('t')),
-                c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => Some(Escape::Code(c)),
+                c if is_separator_or_control(c) => Some(Escape::Code(c)),
                 _ => None,
             };
             let width = match escaped {
                 Some(Escape::Short(_)) => 2,
-                Some(Escape::Code(c)) => 5 + hex_digits(c),
+                Some(Escape::Code(c)) => 4 + hex_digits(c),
                 None => c.len_utf8(),
             };
             if written + width > MAX_UNTRUSTED_BYTES {
@@ -328,6 +330,24 @@ impl fmt::Display for Untrusted<'_> {
     }
 }
 
+/// Several pieces of outside text (one per provider, say), each shown as [`Untrusted`] —
+/// escaped and capped on its own, so a long first one cannot push out the others — joined
+/// by `; `.
+#[derive(Debug, Clone, Copy)]
+pub struct UntrustedList<'a>(pub &'a [&'a str]);
+
+impl fmt::Display for UntrustedList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, text) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            Untrusted(text).fmt(f)?;
+        }
+        Ok(())
+    }
+}
+
 enum Escape {
     Short(char),
     Code(char),
@@ -340,10 +360,26 @@ fn hex_digits(c: char) -> usize {
 
 /// Whether an id (`report_id`, `section_id`) holds a character that could forge or split a log
 /// line or a `[Hybrid]` field: a control character (C0, DEL, C1), a Unicode line or paragraph
-/// separator, or `|`.
+/// separator, a bidirectional-text control, or `|`.
 pub fn has_forbidden_id_char(id: &str) -> bool {
-    id.chars()
-        .any(|c| c.is_control() || c == '|' || c == '\u{2028}' || c == '\u{2029}')
+    id.chars().any(is_separator_or_control)
+}
+
+/// Characters that can end a log line, split a `[Hybrid]` field or reorder what a terminal
+/// shows ("Trojan Source"): C0/DEL/C1 controls, U+2028/U+2029, the bidi marks, embeddings,
+/// overrides and isolates, and `|`.
+fn is_separator_or_control(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '|' | '\u{2028}'
+                | '\u{2029}'
+                | '\u{061c}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
 }
 
 #[cfg(test)]
@@ -356,8 +392,9 @@ mod tests {
         let shown = Untrusted(forged).to_string();
         assert_eq!(
             shown,
-            "oops\\n[Hybrid] Event=FALLBACK | Reason=COST_LIMIT\\r\\u{1b}[31m\\u{85}\\u{2028}"
+            "oops\\n[Hybrid] Event=FALLBACK \\u{7c} Reason=COST_LIMIT\\r\\u{1b}[31m\\u{85}\\u{2028}"
         );
+        assert_eq!(Untrusted("a\u{202e}b").to_string(), "a\\u{202e}b");
         assert!(!shown.chars().any(char::is_control));
     }
 
@@ -374,6 +411,13 @@ mod tests {
     }
 
     #[test]
+    fn each_listed_text_is_capped_on_its_own() {
+        let long = "x".repeat(4000);
+        let shown = UntrustedList(&[&long, "second\nerror"]).to_string();
+        assert!(shown.ends_with("…; second\\nerror"), "{shown}");
+    }
+
+    #[test]
     fn ids_with_separators_are_forbidden() {
         for bad in [
             "a\nb",
@@ -384,6 +428,8 @@ mod tests {
             "\u{7f}",
             "\u{0}",
             "x\u{2028}",
+            "x\u{202e}y",
+            "\u{2066}",
         ] {
             assert!(has_forbidden_id_char(bad), "{bad:?}");
         }

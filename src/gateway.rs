@@ -20,6 +20,8 @@
 //! span and metrics, and `Gateway::retry_delay` the retry decision. Everything acquired is a
 //! guard (the breaker's [`CallPermit`](crate::resilience::CallPermit), the in-flight gauge),
 //! so a call dropped anywhere — by a deadline, a cancel or a panic — leaves no state behind.
+//! The one exception is deliberate: a budget unit reserved for an attempt stays spent even if
+//! the request never left, because the ledger cannot know whether it reached the cloud.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -90,6 +92,8 @@ pub struct Gateway {
     breakers: [CircuitBreaker; 2],
     stream_idle: Duration,
     metrics: Arc<Metrics>,
+    /// A ledger that is down or full fails every call the same way: one warning a second.
+    ledger_warnings: telemetry::Throttle,
 }
 
 /// What happened on one tier.
@@ -179,6 +183,7 @@ impl Gateway {
                 CircuitBreaker::new(config.circuit),
             ],
             stream_idle: config.stream_idle_timeout,
+            ledger_warnings: telemetry::Throttle::new(Duration::from_secs(1)),
             metrics,
         }
     }
@@ -240,6 +245,9 @@ impl Gateway {
         let fallback = match (decision.tier, decision.cloud, &usage) {
             (Tier::Secondary, _, _) => None,
             (Tier::Primary, true, Err(_)) => Some(FallbackReason::LedgerUnavailable),
+            (Tier::Primary, true, Ok(_)) if !self.ledger.admits(report_id) => {
+                Some(FallbackReason::LedgerUnavailable)
+            }
             (Tier::Primary, true, Ok(u)) if u.is_spent(self.limit) => {
                 Some(FallbackReason::CostLimit)
             }
@@ -502,15 +510,11 @@ impl Gateway {
             provider: secondary.to_string(),
             error,
         });
-        let all = failures
-            .iter()
-            .map(|f| f.error.as_str())
-            .collect::<Vec<_>>()
-            .join("; ");
+        let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
         if fallback.is_some() {
-            state.hybrid().fallback_failed(&all);
+            state.hybrid().fallback_failed(&errors);
         } else {
-            state.hybrid().failed(secondary, &all);
+            state.hybrid().failed(secondary, &errors);
         }
         Err(GatewayError::AllProvidersFailed(failures))
     }
@@ -594,10 +598,13 @@ impl Gateway {
             }
             Err(e) => {
                 self.metrics.ledger_error(e.kind());
-                tracing::warn!(
-                    backend = self.ledger.backend(),
-                    "budget ledger unavailable: {e}"
-                );
+                if let Some(held_back) = self.ledger_warnings.check() {
+                    tracing::warn!(
+                        backend = self.ledger.backend(),
+                        held_back,
+                        "budget ledger unavailable: {e}; cloud calls fail safe to the secondary"
+                    );
+                }
                 Budgeted::LedgerDown
             }
         }
@@ -696,7 +703,9 @@ impl Gateway {
                 exhausted: state.refused || u.is_spent(self.limit),
             },
             Err(e) => {
-                tracing::warn!("could not record usage of report: {e}");
+                if let Some(held_back) = self.ledger_warnings.check() {
+                    tracing::warn!(held_back, "could not record usage of report: {e}");
+                }
                 BudgetInfo {
                     used: state.last_used.unwrap_or(0),
                     limit: self.limit,

@@ -2,8 +2,8 @@
 //!
 //! The gateway's call loop ([`crate::gateway`]) asks this module three questions: may I try
 //! again ([`RetryPolicy::should_retry`]), how long do I wait ([`RetryPolicy::delay`], which
-//! honours `Retry-After` up to the cap and never sleeps past the caller's deadline), and may I
-//! call this provider at all right now ([`CircuitBreaker::admit`]).
+//! honours `Retry-After` up to the cap; the gateway then checks it against the caller's
+//! [`Deadline`]), and may I call this provider at all right now ([`CircuitBreaker::admit`]).
 //!
 //! Time arithmetic here never panics: a deadline too far away to represent is no deadline, and
 //! every sum is checked or saturating, whatever a caller or an upstream sends.

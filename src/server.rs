@@ -133,7 +133,7 @@ pub async fn run(
 
     let server = tonic::transport::Server::builder()
         // tonic's default is unlimited streams per connection: one client could hold any
-        // number of half-sent calls. Made configurable with the rest of the edge limits.
+        // number of half-sent calls.
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
         // The edge layers, outermost first (src/edge.rs).
         .layer(tower::util::MapRequestLayer::new(

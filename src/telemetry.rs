@@ -18,6 +18,8 @@
 use std::fmt;
 use std::io::IsTerminal;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use http::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector, TextMapCompositePropagator};
@@ -37,6 +39,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 use crate::config::{Config, LogFormat};
 use crate::domain::{
     BudgetInfo, FallbackReason, ProviderError, RouteInfo, Tier, TokenUsage, Untrusted,
+    UntrustedList,
 };
 
 /// Longest prompt/completion excerpt put in a span when content tracing is on.
@@ -259,6 +262,7 @@ impl<'a> Hybrid<'a> {
     /// WARN: the primary failed for good; the secondary takes over (`PRIMARY_ERROR`).
     pub fn fallback_on_error(self, primary: &str, error: &str) {
         let e = Untrusted(error);
+        let error = &[error];
         self.emit(
             Level::WARN,
             Parts {
@@ -293,8 +297,8 @@ impl<'a> Hybrid<'a> {
     }
 
     /// ERROR: the call fell back and the secondary failed too; `errors` lists every provider's.
-    pub fn fallback_failed(self, errors: &str) {
-        let e = Untrusted(errors);
+    pub fn fallback_failed(self, errors: &[&str]) {
+        let e = UntrustedList(errors);
         self.emit(
             Level::ERROR,
             Parts {
@@ -310,14 +314,14 @@ impl<'a> Hybrid<'a> {
     }
 
     /// ERROR: the only provider the call could use (the secondary) failed.
-    pub fn failed(self, provider: &str, error: &str) {
-        let (p, e) = (Upper(provider), Untrusted(error));
+    pub fn failed(self, provider: &str, errors: &[&str]) {
+        let (p, e) = (Upper(provider), UntrustedList(errors));
         self.emit(
             Level::ERROR,
             Parts {
                 event: "FAILED",
                 provider: Some(provider),
-                error: Some(error),
+                error: Some(errors),
                 ..Parts::default()
             },
             format_args!(
@@ -330,6 +334,7 @@ impl<'a> Hybrid<'a> {
     /// ERROR: a stream broke after its first delta.
     pub fn stream_aborted(self, provider: &str, model: &str, error: &str) {
         let (p, e) = (Upper(provider), Untrusted(error));
+        let error = &[error];
         self.emit(
             Level::ERROR,
             Parts {
@@ -361,7 +366,7 @@ impl<'a> Hybrid<'a> {
             return;
         }
         let trace_id = current_trace_id();
-        let error = parts.error.map(|e| Untrusted(e).to_string());
+        let error = parts.error.map(|e| UntrustedList(e).to_string());
         macro_rules! json {
             ($level:expr) => {
                 tracing::event!(
@@ -396,7 +401,8 @@ struct Parts<'a> {
     provider: Option<&'a str>,
     model: Option<&'a str>,
     reason: Option<&'static str>,
-    error: Option<&'a str>,
+    /// Each provider's error, shown escaped and capped one by one.
+    error: Option<&'a [&'a str]>,
 }
 
 /// Displays a provider name in upper case (as `[Hybrid]` lines write it) without allocating.
@@ -427,6 +433,49 @@ pub fn log_panics() {
             Untrusted(payload)
         );
     }));
+}
+
+/// Lets one log line through per period and counts the ones it held back, so a condition
+/// every call hits (a ledger that is down or full) cannot flood the log.
+#[derive(Debug)]
+pub struct Throttle {
+    origin: std::time::Instant,
+    period_ms: u64,
+    next_ms: AtomicU64,
+    held_back: AtomicU64,
+}
+
+impl Throttle {
+    pub fn new(period: Duration) -> Self {
+        Self {
+            origin: std::time::Instant::now(),
+            period_ms: u64::try_from(period.as_millis()).unwrap_or(u64::MAX),
+            next_ms: AtomicU64::new(0),
+            held_back: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)`: log now; `n` lines were held back since the last one. `None`: hold it back.
+    pub fn check(&self) -> Option<u64> {
+        let now = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let next = self.next_ms.load(Ordering::Relaxed);
+        if now >= next
+            && self
+                .next_ms
+                .compare_exchange(
+                    next,
+                    now.saturating_add(self.period_ms),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            Some(self.held_back.swap(0, Ordering::Relaxed))
+        } else {
+            self.held_back.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
 }
 
 /// The message of a panic payload, when it has one.
@@ -654,5 +703,26 @@ pub fn inject_trace_context(headers: &mut HeaderMap) {
         opentelemetry::global::get_text_map_propagator(|p| {
             p.inject_context(&cx, &mut HeaderInjector(headers))
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_throttle_lets_one_line_through_per_period_and_counts_the_rest() {
+        let t = Throttle::new(Duration::from_secs(3600));
+        assert_eq!(t.check(), Some(0));
+        assert_eq!(t.check(), None);
+        assert_eq!(t.check(), None);
+        let every_time = Throttle::new(Duration::ZERO);
+        assert_eq!(every_time.check(), Some(0));
+        assert_eq!(every_time.check(), Some(0));
+    }
+
+    #[test]
+    fn upper_case_provider_names_without_allocating() {
+        assert_eq!(Upper("openai").to_string(), "OPENAI");
     }
 }

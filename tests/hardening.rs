@@ -410,6 +410,24 @@ async fn a_full_ledger_fails_safe_for_new_reports_only() {
         3,
         "nothing unbudgeted reached the cloud"
     );
+    // ResolveRoute predicts the same: a new report would fail safe, a known one would not.
+    for (id, expected) in [
+        ("yet-another", F::LedgerUnavailable),
+        ("known-2", F::Unspecified),
+    ] {
+        let route = c
+            .resolve_route(pb::ResolveRouteRequest {
+                report_id: id.into(),
+                section_type: S::Analysis as i32,
+                phase: P::Refine as i32,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .route
+            .unwrap();
+        assert_eq!(route.fallback_reason, expected as i32, "{id}");
+    }
 }
 
 /// A provider with a bug: it panics. Only possible through a code defect, so the test plugs

@@ -22,6 +22,9 @@ use async_trait::async_trait;
 use super::{CallRecord, Ledger, LedgerError, ReportUsage, Reservation};
 use crate::domain::Tier;
 
+/// The default of `VRA_LEDGER_MAX_REPORTS`.
+pub const DEFAULT_MAX_REPORTS: usize = 1_000_000;
+
 /// Enough shards that one holds a few thousand entries at the default cap, so a sweep step
 /// (one shard) holds its lock only briefly.
 const SHARDS: usize = 256;
@@ -48,7 +51,14 @@ pub struct MemoryLedger {
 impl MemoryLedger {
     /// A ledger with the default cap of `VRA_LEDGER_MAX_REPORTS`.
     pub fn new(ttl: Duration) -> Self {
-        Self::with_capacity(ttl, 1_000_000)
+        Self::with_capacity(ttl, DEFAULT_MAX_REPORTS)
+    }
+
+    /// Whether a reservation for `report_id` would find room: it is tracked already, or the
+    /// cap has room for one more.
+    pub fn admits(&self, report_id: &str) -> bool {
+        self.tracked.load(Ordering::Acquire) < self.max_reports
+            || self.shard(report_id).contains_key(report_id)
     }
 
     /// A ledger that tracks at most `max_reports` reports.
@@ -144,11 +154,11 @@ impl MemoryLedger {
         let before = map.len();
         map.retain(|_, e| now.saturating_duration_since(e.last_used) <= self.ttl);
         let removed = before - map.len();
+        // Under the lock, so the count never lags behind the entries that really exist.
+        self.tracked.fetch_sub(removed, Ordering::AcqRel);
         if map.capacity() > 2 * map.len() + 16 {
             map.shrink_to_fit();
         }
-        drop(map);
-        self.tracked.fetch_sub(removed, Ordering::AcqRel);
         removed
     }
 
@@ -208,6 +218,10 @@ impl Ledger for MemoryLedger {
 
     async fn ping(&self) -> Result<(), LedgerError> {
         Ok(())
+    }
+
+    fn admits(&self, report_id: &str) -> bool {
+        MemoryLedger::admits(self, report_id)
     }
 
     fn backend(&self) -> &'static str {
@@ -316,6 +330,7 @@ mod tests {
         ledger.reserve_now("a", 5).unwrap();
         ledger.reserve_now("b", 5).unwrap();
         assert_eq!(ledger.reserve_now("c", 5), Err(LedgerError::Full(2)));
+        assert!(ledger.admits("a") && !ledger.admits("c"));
         assert_eq!(ledger.len(), 2, "nothing live was evicted");
         assert_eq!(
             ledger.reserve_now("a", 5),

@@ -101,6 +101,12 @@ pub trait Ledger: Send + Sync + 'static {
     /// Adds one answered call to the report's counters; returns the report's state after it.
     async fn record(&self, report_id: &str, call: CallRecord) -> Result<ReportUsage, LedgerError>;
 
+    /// Whether a reservation for `report_id` would find room (a capped backend may refuse new
+    /// reports); used to predict routes without reserving.
+    fn admits(&self, _report_id: &str) -> bool {
+        true
+    }
+
     /// Whether the backend answers right now (for health reporting).
     async fn ping(&self) -> Result<(), LedgerError>;
 

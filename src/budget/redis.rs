@@ -64,7 +64,7 @@ impl RedisLedger {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| LedgerError::Unavailable(format!("{:?}", e.kind()).to_string()))?;
+            .map_err(|e| LedgerError::Unavailable(format!("{:?}", e.kind())))?;
         Ok(Self {
             conn,
             reserve: redis::Script::new(RESERVE_LUA),
@@ -101,7 +101,7 @@ fn describe(e: &redis::RedisError) -> String {
     } else if e.is_connection_refusal() || e.is_connection_dropped() || e.is_io_error() {
         "connection failed".into()
     } else {
-        format!("{:?}", e.kind()).to_string()
+        format!("{:?}", e.kind())
     }
 }
 

@@ -123,6 +123,10 @@ impl Endpoint {
     }
 }
 
+/// How much of an error body is read at most (within `VRA_MAX_RESPONSE_BYTES`): enough for
+/// any real error JSON, and it bounds what parsing it can cost.
+const ERROR_BODY_PREFIX: usize = 64 << 10;
+
 /// Longest upstream error excerpt kept in an error message.
 const ERROR_EXCERPT: usize = 200;
 
@@ -170,8 +174,9 @@ async fn send(
     let message = if matches!(code, 401 | 403) {
         String::new()
     } else {
-        let body = read_prefix(response, limits.response_bytes).await;
-        scrub(&error_excerpt(&body), api_key)
+        // Only an excerpt is kept, so only the start of the body is read.
+        let body = read_prefix(response, limits.response_bytes.min(ERROR_BODY_PREFIX)).await;
+        error_excerpt(&body, api_key)
     };
     Err(ProviderError::Status {
         status: code,
@@ -253,20 +258,26 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
-/// The `error.message` (OpenAI) or `error` (Ollama) field of an error body, else its start.
-fn error_excerpt(body: &[u8]) -> String {
-    let text = match serde_json::from_slice::<serde_json::Value>(body) {
+/// The `error.message` (OpenAI) or `error` (Ollama) field of an error body, else its start;
+/// the key scrubbed out first, then cut to [`ERROR_EXCERPT`] characters (so no part of a key
+/// that straddles the cut survives).
+fn error_excerpt(body: &[u8], key: Option<&Secret>) -> String {
+    let text = scrub(&error_message(body), key);
+    let text = text.trim();
+    match text.char_indices().nth(ERROR_EXCERPT) {
+        Some((idx, _)) => format!("{}…", &text[..idx]),
+        None => text.to_string(),
+    }
+}
+
+fn error_message(body: &[u8]) -> String {
+    match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(v) => match (&v["error"]["message"], &v["error"]) {
             (serde_json::Value::String(m), _) => m.clone(),
             (_, serde_json::Value::String(m)) => m.clone(),
             _ => String::from_utf8_lossy(body).into_owned(),
         },
         Err(_) => String::from_utf8_lossy(body).into_owned(),
-    };
-    let text = text.trim();
-    match text.char_indices().nth(ERROR_EXCERPT) {
-        Some((idx, _)) => format!("{}…", &text[..idx]),
-        None => text.to_string(),
     }
 }
 
@@ -289,17 +300,17 @@ mod tests {
     #[test]
     fn excerpts_prefer_the_error_message() {
         assert_eq!(
-            error_excerpt(br#"{"error":{"message":"rate limited","type":"x"}}"#),
+            error_excerpt(br#"{"error":{"message":"rate limited","type":"x"}}"#, None),
             "rate limited"
         );
         assert_eq!(
-            error_excerpt(br#"{"error":"model not found"}"#),
+            error_excerpt(br#"{"error":"model not found"}"#, None),
             "model not found"
         );
-        assert_eq!(error_excerpt(b"oops"), "oops");
+        assert_eq!(error_excerpt(b"oops", None), "oops");
         let long = "x".repeat(500);
         assert_eq!(
-            error_excerpt(long.as_bytes()).chars().count(),
+            error_excerpt(long.as_bytes(), None).chars().count(),
             ERROR_EXCERPT + 1
         );
     }
@@ -387,6 +398,18 @@ mod tests {
             sim.wait_closed(4, Duration::from_secs(5)).await,
             "the endless bodies were dropped, not read on"
         );
+    }
+
+    #[test]
+    fn a_key_straddling_the_excerpt_cut_is_scrubbed_first() {
+        let key = Secret::new("sk-live-0123456789abcdef");
+        let body = format!(
+            r#"{{"error":"{}{}"}}"#,
+            "x".repeat(ERROR_EXCERPT - 5),
+            key.expose()
+        );
+        let excerpt = error_excerpt(body.as_bytes(), Some(&key));
+        assert!(!excerpt.contains("sk-li"), "{excerpt}");
     }
 
     #[test]
