@@ -183,9 +183,10 @@ async fn a_cancelled_probe_does_not_pin_the_circuit_open() {
         })
     };
     // Cancel once the probe reached the primary.
-    while h.cloud.requests() < 2 {
-        tokio::task::yield_now().await;
-    }
+    assert!(
+        h.cloud.wait_requests(2, Duration::from_secs(5)).await,
+        "the probe reached the primary"
+    );
     probe.abort();
     assert!(
         h.cloud.wait_closed(2, Duration::from_secs(5)).await,
