@@ -37,8 +37,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -50,10 +49,11 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use common::process::{KEY, Running};
+use common::redis_server::{self, RedisServer};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -106,7 +106,7 @@ fn main() {
     let trials = vec![
         Trial::test("chaos_memory_ledger", || run(Scenario::Memory)),
         Trial::ignorable_test("chaos_redis_ledger_restarted_mid_run", || {
-            if redis_binary().is_none() {
+            if redis_server::binary().is_none() {
                 if std::env::var("VRA_REQUIRE_REDIS").is_ok_and(|v| v == "1") {
                     return Err(
                         "redis-server is required (VRA_REQUIRE_REDIS=1) but not on PATH".into(),
@@ -1303,130 +1303,27 @@ async fn junk_connections(addr: SocketAddr, seed: u64, stop_at: Instant) -> (u64
 // Redis with an append-only file, killed and restarted on the same port and directory.
 // ---------------------------------------------------------------------------------------------
 
-fn redis_binary() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("redis-server"))
-        .find(|p| p.is_file())
-}
-
-struct AofRedis {
-    binary: PathBuf,
-    port: u16,
-    dir: PathBuf,
-    child: Option<tokio::process::Child>,
-}
-
-impl AofRedis {
-    async fn start(binary: PathBuf) -> AofRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let dir =
-            std::env::temp_dir().join(format!("vra-chaos-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("redis dir");
-        let mut redis = AofRedis {
-            binary,
-            port,
-            dir,
-            child: None,
-        };
-        redis.spawn().await;
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    async fn spawn(&mut self) {
-        let mut child = tokio::process::Command::new(&self.binary)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start redis-server");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("Ready to accept connections") {
-                    return;
-                }
-            }
-            panic!("redis-server exited before it was ready");
-        })
+/// Each report's `used` count as Redis has it.
+async fn redis_used(
+    redis: &RedisServer,
+    reports: &[String],
+) -> Result<HashMap<String, u32>, String> {
+    let client = redis::Client::open(redis.url()).map_err(|e| e.to_string())?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
         .await
-        .expect("redis-server ready in time");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        self.child = Some(child);
-    }
-
-    /// Sends a signal (`STOP`, `CONT`) to the server.
-    fn signal(&self, signal: &str) -> Result<(), String> {
-        let pid = self
-            .child
-            .as_ref()
-            .and_then(|c| c.id())
-            .ok_or("redis-server is not running")?;
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .map_err(|e| format!("kill -{signal}: {e}"))?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(format!("kill -{signal} {pid} failed"))
-        }
-    }
-
-    /// SIGKILL, as a crash would, and wait for the process to end.
-    async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill().await;
-        }
-    }
-
-    /// Each report's `used` count as Redis has it.
-    async fn used(&self, reports: &[String]) -> Result<HashMap<String, u32>, String> {
-        let client = redis::Client::open(self.url()).map_err(|e| e.to_string())?;
-        let mut conn = client
-            .get_multiplexed_async_connection()
+        .map_err(|e| e.to_string())?;
+    let mut out = HashMap::new();
+    for r in reports {
+        let used: Option<u32> = redis::cmd("HGET")
+            .arg(format!("vra:report:{r}"))
+            .arg("used")
+            .query_async(&mut conn)
             .await
             .map_err(|e| e.to_string())?;
-        let mut out = HashMap::new();
-        for r in reports {
-            let used: Option<u32> = redis::cmd("HGET")
-                .arg(format!("vra:report:{r}"))
-                .arg("used")
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-            out.insert(r.clone(), used.unwrap_or(0));
-        }
-        Ok(out)
+        out.insert(r.clone(), used.unwrap_or(0));
     }
-}
-
-impl Drop for AofRedis {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.start_kill();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    Ok(out)
 }
 
 /// What happened to Redis during the run.
@@ -1507,19 +1404,19 @@ fn fault_summary(up: &Upstream) -> String {
 /// same port and directory and checks that no budget count was lost; two thirds into the run,
 /// freezes it (SIGSTOP): connections stay open but nothing answers.
 async fn redis_outage(
-    redis: &mut AofRedis,
+    redis: &mut RedisServer,
     load_started: Instant,
     load: Duration,
 ) -> Result<Outage, String> {
     tokio::time::sleep_until(load_started + load / 3).await;
     let reports: Vec<String> = (0..REPORTS).map(report_name).collect();
-    let before = redis.used(&reports).await?;
-    redis.kill().await;
+    let before = redis_used(redis, &reports).await?;
+    redis.stop().await;
     let down_at = Instant::now();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    redis.spawn().await;
+    redis.restart().await;
     let down_for = down_at.elapsed();
-    let after = redis.used(&reports).await?;
+    let after = redis_used(redis, &reports).await?;
     let lost = reports
         .iter()
         .filter(|r| after[*r] < before[*r])
@@ -1731,9 +1628,9 @@ async fn soak(scenario: Scenario) -> Result<(), String> {
 
     let mut redis = match scenario {
         Scenario::Memory => None,
-        Scenario::Redis => Some(AofRedis::start(redis_binary().expect("checked by main")).await),
+        Scenario::Redis => Some(RedisServer::start_aof().await),
     };
-    let redis_url = redis.as_ref().map(AofRedis::url);
+    let redis_url = redis.as_ref().map(RedisServer::url);
     let mut env: Vec<(&str, &str)> = SETTINGS.to_vec();
     env.push(("OPENAI_BASE_URL", &cloud_url));
     env.push(("OLLAMA_HOST", &local_url));

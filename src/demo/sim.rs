@@ -201,17 +201,8 @@ impl Sim {
     /// Waits until at least `n` requests were received (the handler has recorded the request
     /// and picked its [`Step`], before any reply delay); returns false on timeout.
     pub async fn wait_requests(&self, n: usize, timeout: Duration) -> bool {
-        tokio::time::timeout(timeout, async {
-            loop {
-                let notified = self.state.requests_notify.notified();
-                if self.requests() >= n {
-                    return;
-                }
-                notified.await;
-            }
-        })
-        .await
-        .is_ok()
+        let state = &self.state;
+        wait_count(&state.requests, &state.requests_notify, n, timeout).await
     }
 
     /// Every request received so far.
@@ -227,22 +218,29 @@ impl Sim {
     /// Waits until at least `n` response bodies were closed (sent to the end or dropped by
     /// the client); returns false on timeout.
     pub async fn wait_closed(&self, n: usize, timeout: Duration) -> bool {
-        tokio::time::timeout(timeout, async {
-            loop {
-                let notified = self.state.closed_notify.notified();
-                if self.closed() >= n {
-                    return;
-                }
-                notified.await;
-            }
-        })
-        .await
-        .is_ok()
+        let state = &self.state;
+        wait_count(&state.closed, &state.closed_notify, n, timeout).await
     }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Waits until `count` reaches `n`, woken by `notify`; false on timeout.
+async fn wait_count(count: &AtomicUsize, notify: &Notify, n: usize, timeout: Duration) -> bool {
+    tokio::time::timeout(timeout, async {
+        loop {
+            // Created before the check: `notify_waiters` reaches it from here on.
+            let notified = notify.notified();
+            if count.load(Ordering::SeqCst) >= n {
+                return;
+            }
+            notified.await;
+        }
+    })
+    .await
+    .is_ok()
 }
 
 /// Counts a response body as closed when it is dropped — by completion or by the client.

@@ -1,5 +1,6 @@
-//! A real `redis-server` for tests, on a free port with no persistence, started and stopped by
-//! the test itself. When the binary is missing the tests that need it are reported as ignored
+//! A real `redis-server` for tests, on a free port, started, stopped, frozen and restarted by
+//! the test itself — without persistence, or with an append-only file ([`RedisServer::start_aof`])
+//! for tests whose budget counts must survive a restart. When the binary is missing the tests that need it are reported as ignored
 //! ([`gate`]) — unless `VRA_REQUIRE_REDIS=1` (set by `.ci/run`), which makes the absence a
 //! failure.
 
@@ -18,9 +19,12 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: PathBuf,
+    /// Append-only file with fsync on every write: what was acknowledged survives a kill.
+    aof: bool,
 }
 
-fn binary() -> Option<PathBuf> {
+/// The `redis-server` on PATH, if any.
+pub fn binary() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join("redis-server"))
@@ -44,8 +48,19 @@ pub fn gate() -> Gate {
 }
 
 impl RedisServer {
-    /// Starts a server; panics (failing the test) when there is no `redis-server` binary.
+    /// Starts a server without persistence; panics (failing the test) when there is no
+    /// `redis-server` binary.
     pub async fn start() -> RedisServer {
+        Self::start_with(false).await
+    }
+
+    /// Starts a server with an append-only file (`--appendfsync always`): a restart on the same
+    /// directory keeps every acknowledged write.
+    pub async fn start_aof() -> RedisServer {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(aof: bool) -> RedisServer {
         if binary().is_none() {
             if required() {
                 panic!("{MISSING} (and VRA_REQUIRE_REDIS=1 makes it mandatory)");
@@ -63,6 +78,7 @@ impl RedisServer {
             child: None,
             port,
             dir,
+            aof,
         };
         server.spawn().await;
         server
@@ -74,17 +90,15 @@ impl RedisServer {
 
     /// Starts the process and waits for its "Ready to accept connections" line.
     async fn spawn(&mut self) {
+        let persistence: &[&str] = if self.aof {
+            &["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            &["--appendonly", "no"]
+        };
         let mut child = Command::new(binary().expect("redis-server"))
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(persistence)
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::piped())
@@ -115,10 +129,30 @@ impl RedisServer {
         }
     }
 
-    /// Starts it again on the same port (empty: `--save ""`).
+    /// Starts it again on the same port and directory: empty without persistence, with every
+    /// acknowledged write with an append-only file.
     pub async fn restart(&mut self) {
         self.stop().await;
         self.spawn().await;
+    }
+
+    /// Sends a signal (`STOP` freezes it, `CONT` thaws it) to the running server.
+    pub fn signal(&self, signal: &str) -> Result<(), String> {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(|c| c.id())
+            .ok_or("redis-server is not running")?;
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .map_err(|e| format!("kill -{signal}: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("kill -{signal} {pid} failed"))
+        }
     }
 
     /// Every command the server processes from now on (`MONITOR`), one line each.
