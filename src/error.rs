@@ -7,8 +7,7 @@
 use tonic::{Code, Status};
 
 use crate::budget::LedgerError;
-pub use crate::domain::ProviderFailure;
-use crate::domain::Untrusted;
+use crate::domain::{ProviderFailure, Untrusted};
 
 /// Why a gateway call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

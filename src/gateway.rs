@@ -296,7 +296,7 @@ impl Gateway {
             ..
         } = served.value;
         let route = self.route_info(served.tier, served.decision.rule, served.fallback);
-        Self::log_routed(&state, &route);
+        state.hybrid().routed(&route.provider, &route.model);
         let budget = self.finish_call(&state, &route, usage).await;
         telemetry::record_route(&Span::current(), &route, &budget);
         Ok(Generated {
@@ -336,10 +336,7 @@ impl Gateway {
                     run = AssertUnwindSafe(gateway.run_stream(&input, deadline, &tx)).catch_unwind() => {
                         if let Err(panic) = run {
                             gateway.metrics.panicked("GenerateStream");
-                            tracing::error!(
-                                panic = telemetry::panic_message(&*panic),
-                                "stream task panicked; the client gets INTERNAL"
-                            );
+                            telemetry::caught_panic("GenerateStream", &*panic);
                             let _ = tx.send(Err(GatewayError::Internal)).await;
                         }
                     }
@@ -378,7 +375,7 @@ impl Gateway {
         };
         let route = self.route_info(tier, decision.rule, fallback);
         // Logged as soon as the route is final, before the text flows.
-        Self::log_routed(&state, &route);
+        state.hybrid().routed(&route.provider, &route.model);
         let mut end = None;
         match first {
             StreamEvent::Delta(text) => {
@@ -673,11 +670,6 @@ impl Gateway {
         }
         let delay = self.retry.delay(attempt, error, rand::random::<f64>());
         (!state.deadline.would_pass(delay)).then_some(delay)
-    }
-
-    /// The `[Hybrid]` line of a served call: which provider and model wrote the section.
-    fn log_routed(state: &CallState<'_>, route: &RouteInfo) {
-        state.hybrid().routed(&route.provider, &route.model);
     }
 
     /// Records a served call in the ledger and returns the report's budget after it.

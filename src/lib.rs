@@ -77,6 +77,13 @@ pub mod pb {
     }
     same_fields!(GenerateStreamRequest => GenerateRequest);
     same_fields!(GenerateRequest => GenerateStreamRequest);
+
+    /// An enum value's generated name without its type's prefix, as tables and logs print it:
+    /// `short_name(FallbackReason::CostLimit.as_str_name(), "FALLBACK_REASON_")` is
+    /// `COST_LIMIT`. `None` for the `_UNSPECIFIED` value.
+    pub fn short_name(name: &'static str, prefix: &str) -> Option<&'static str> {
+        name.strip_prefix(prefix).filter(|n| *n != "UNSPECIFIED")
+    }
 }
 
 /// Installs rustls' ring crypto provider for outgoing TLS (OpenAI, `rediss://`). Idempotent.

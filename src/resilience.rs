@@ -63,10 +63,10 @@ impl RetryPolicy {
 pub struct Deadline(pub Option<Instant>);
 
 impl Deadline {
-    /// The deadline `timeout` from now; none when there is no timeout or it lies too far in
-    /// the future to represent (it could never pass anyway).
-    pub fn after(timeout: Option<Duration>) -> Self {
-        Deadline(timeout.and_then(|t| Instant::now().checked_add(t)))
+    /// The deadline `timeout` after `start`; none when there is no timeout or it lies too far
+    /// in the future to represent (it could never pass anyway).
+    pub fn after(start: Instant, timeout: Option<Duration>) -> Self {
+        Deadline(timeout.and_then(|t| start.checked_add(t)))
     }
 
     /// Whether sleeping `d` from now would end past the deadline.
@@ -353,9 +353,10 @@ mod tests {
 
     #[test]
     fn deadlines_too_far_away_are_no_deadline() {
-        assert!(Deadline::after(Some(Duration::MAX)).0.is_none());
-        assert!(!Deadline::after(Some(Duration::MAX)).would_pass(Duration::MAX));
-        let soon = Deadline::after(Some(Duration::from_millis(10)));
+        let now = Instant::now();
+        assert!(Deadline::after(now, Some(Duration::MAX)).0.is_none());
+        assert!(!Deadline::after(now, Some(Duration::MAX)).would_pass(Duration::MAX));
+        let soon = Deadline::after(now, Some(Duration::from_millis(10)));
         assert!(
             soon.would_pass(Duration::MAX),
             "no overflow, and it would pass"

@@ -184,7 +184,7 @@ fn id(field: &'static str, value: &str, required: bool) -> Result<(), GatewayErr
     if has_forbidden_id_char(value) {
         return Err(GatewayError::invalid(
             field,
-            "must not contain control characters (C0/C1, including newline, carriage return and tab), line separators or `|`",
+            "must not contain control characters (C0/C1, including newline, carriage return and tab), line separators, bidi controls or `|`",
         ));
     }
     Ok(())
@@ -388,12 +388,12 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
         let gateway = self.gateway.clone();
         let metrics = self.metrics.clone();
         let max = self.max_prompt_bytes;
-        let call = self.calls.enter();
+        let counted = self.calls.enter();
         async move {
             let input = validate(request.into_inner(), max);
             let input = finish(&Span::current(), input)?;
             record_input(&Span::current(), &input);
-            let _in_flight = (metrics.in_flight("Generate"), call);
+            let _in_flight = (metrics.in_flight("Generate"), counted);
             // A panic in the pipeline is a bug; the caller still gets a status (INTERNAL),
             // and every guard the call held is released by the unwind.
             let call = AssertUnwindSafe(gateway.generate(&input, deadline))
@@ -401,10 +401,7 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
                 .map(|run| {
                     run.unwrap_or_else(|panic| {
                         metrics.panicked("Generate");
-                        tracing::error!(
-                            panic = telemetry::panic_message(&*panic),
-                            "request task panicked; the caller gets INTERNAL"
-                        );
+                        telemetry::caught_panic("Generate", &*panic);
                         Err(GatewayError::Internal)
                     })
                 });

@@ -478,6 +478,15 @@ impl Throttle {
     }
 }
 
+/// Logs a panic caught in a request task of `method` (the caller gets INTERNAL).
+pub fn caught_panic(method: &str, payload: &(dyn std::any::Any + Send)) {
+    tracing::error!(
+        method,
+        panic = panic_message(payload),
+        "request task panicked; the caller gets INTERNAL"
+    );
+}
+
 /// The message of a panic payload, when it has one.
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
     payload

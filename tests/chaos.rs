@@ -1025,11 +1025,7 @@ fn code_name(code: Code) -> &'static str {
 
 fn fallback_name(reason: i32) -> &'static str {
     match pb::FallbackReason::try_from(reason) {
-        Ok(pb::FallbackReason::Unspecified) => "none",
-        Ok(pb::FallbackReason::CostLimit) => "COST_LIMIT",
-        Ok(pb::FallbackReason::PrimaryError) => "PRIMARY_ERROR",
-        Ok(pb::FallbackReason::CircuitOpen) => "CIRCUIT_OPEN",
-        Ok(pb::FallbackReason::LedgerUnavailable) => "LEDGER_UNAVAILABLE",
+        Ok(r) => pb::short_name(r.as_str_name(), "FALLBACK_REASON_").unwrap_or("none"),
         Err(_) => "unknown",
     }
 }

@@ -350,13 +350,23 @@ async fn json_hybrid_events_carry_their_parts_as_fields() {
         .filter(|v| v["target"] == "vra_gateway::hybrid")
         .collect();
     assert_eq!(events.len(), 2, "{lines:#?}");
+    let fields = |event: &serde_json::Value, expected: &[(&str, &str)]| {
+        for (field, value) in expected {
+            assert_eq!(event[field], *value, "{field} of {event}");
+        }
+    };
     let fallback = &events[0];
-    assert_eq!(fallback["event"], "FALLBACK");
-    assert_eq!(fallback["reason"], "PRIMARY_ERROR");
-    assert_eq!(fallback["provider"], "openai");
-    assert_eq!(fallback["phase"], "REFINE");
-    assert_eq!(fallback["section"], "1.3");
-    assert_eq!(fallback["report_id"], "json-report");
+    fields(
+        fallback,
+        &[
+            ("event", "FALLBACK"),
+            ("reason", "PRIMARY_ERROR"),
+            ("provider", "openai"),
+            ("phase", "REFINE"),
+            ("section", "1.3"),
+            ("report_id", "json-report"),
+        ],
+    );
     assert!(
         fallback["error"]
             .as_str()
@@ -365,10 +375,15 @@ async fn json_hybrid_events_carry_their_parts_as_fields() {
         "{fallback}"
     );
     let routed = &events[1];
-    assert_eq!(routed["event"], "ROUTED");
-    assert_eq!(routed["provider"], "local");
-    assert_eq!(routed["model"], "llama3:8b");
-    assert_eq!(routed["report_id"], "json-report");
+    fields(
+        routed,
+        &[
+            ("event", "ROUTED"),
+            ("provider", "local"),
+            ("model", "llama3:8b"),
+            ("report_id", "json-report"),
+        ],
+    );
     assert!(
         routed["message"]
             .as_str()

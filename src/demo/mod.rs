@@ -74,31 +74,21 @@ pub fn demo_config(
 }
 
 fn phase_name(p: CompilationPhase) -> &'static str {
-    match p {
-        CompilationPhase::Draft => "DRAFT",
-        CompilationPhase::Expand => "EXPAND",
-        CompilationPhase::Refine => "REFINE",
-        CompilationPhase::Abstract => "ABSTRACT",
-        CompilationPhase::Unspecified => "-",
-    }
+    pb::short_name(p.as_str_name(), "COMPILATION_PHASE_").unwrap_or("-")
 }
 
 fn tier_name(t: i32) -> &'static str {
-    match pb::ProviderTier::try_from(t) {
-        Ok(pb::ProviderTier::Primary) => "PRIMARY",
-        Ok(pb::ProviderTier::Secondary) => "SECONDARY",
-        _ => "-",
-    }
+    pb::ProviderTier::try_from(t)
+        .ok()
+        .and_then(|t| pb::short_name(t.as_str_name(), "PROVIDER_TIER_"))
+        .unwrap_or("-")
 }
 
 fn reason_name(r: i32) -> &'static str {
-    match pb::FallbackReason::try_from(r) {
-        Ok(pb::FallbackReason::CostLimit) => "COST_LIMIT",
-        Ok(pb::FallbackReason::PrimaryError) => "PRIMARY_ERROR",
-        Ok(pb::FallbackReason::CircuitOpen) => "CIRCUIT_OPEN",
-        Ok(pb::FallbackReason::LedgerUnavailable) => "LEDGER_UNAVAILABLE",
-        _ => "-",
-    }
+    pb::FallbackReason::try_from(r)
+        .ok()
+        .and_then(|r| pb::short_name(r.as_str_name(), "FALLBACK_REASON_"))
+        .unwrap_or("-")
 }
 
 /// Runs the demo; returns an error message on failure.
