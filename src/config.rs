@@ -90,6 +90,13 @@ settings! {
     LEDGER_MAX_REPORTS = "VRA_LEDGER_MAX_REPORTS", "1000000", "Reports the in-memory ledger tracks at most; past it a new report's cloud calls fail safe (LEDGER_UNAVAILABLE).";
     MAX_RESPONSE_BYTES = "VRA_MAX_RESPONSE_BYTES", "8388608", "Largest upstream response body (unary answers and error bodies) read, in bytes.";
     MAX_STREAM_LINE_BYTES = "VRA_MAX_STREAM_LINE_BYTES", "1048576", "Longest SSE / NDJSON line of an upstream stream, in bytes.";
+    CLIENTS_FILE = "VRA_CLIENTS_FILE", "", "TOML file of [[client]] entries (id, token_sha256, limits): bearer tokens required, budgets per client. Re-read on SIGHUP.";
+    ALLOW_UNAUTHENTICATED = "VRA_ALLOW_UNAUTHENTICATED", "false", "Serve a non-loopback address without VRA_CLIENTS_FILE or VRA_TLS_CLIENT_CA_FILE (a mesh authenticates in front).";
+    TLS_CERT_FILE = "VRA_TLS_CERT_FILE", "", "PEM certificate chain: serve gRPC over TLS (with VRA_TLS_KEY_FILE). Re-read on SIGHUP.";
+    TLS_KEY_FILE = "VRA_TLS_KEY_FILE", "", "PEM private key of VRA_TLS_CERT_FILE.";
+    TLS_CLIENT_CA_FILE = "VRA_TLS_CLIENT_CA_FILE", "", "PEM CA bundle: require and verify client certificates (mTLS); the client id is the first DNS SAN, else the CN.";
+    UPSTREAM_CA_FILE = "VRA_UPSTREAM_CA_FILE", "", "PEM certificates added to the system roots for upstream HTTPS (corporate proxy, self-signed local server).";
+    ALLOW_PLAINTEXT_CLOUD = "VRA_ALLOW_PLAINTEXT_CLOUD", "false", "Allow a cloud-tier provider on http:// to a non-loopback host (its API key would travel in clear).";
 }
 
 /// Settings that belong to the OpenTelemetry SDK rather than to the gateway; they are read by
@@ -224,6 +231,37 @@ pub enum LogFormat {
     Json,
 }
 
+/// Who may call, and how the gRPC listener is secured.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SecurityConfig {
+    /// `VRA_CLIENTS_FILE`: bearer-token clients and their limits.
+    pub clients_file: Option<PathBuf>,
+    /// `VRA_TLS_CERT_FILE` + `VRA_TLS_KEY_FILE` (+ `VRA_TLS_CLIENT_CA_FILE` for mTLS).
+    pub tls: Option<TlsFiles>,
+    /// `VRA_ALLOW_UNAUTHENTICATED`: the explicit opt-out of secure-by-default.
+    pub allow_unauthenticated: bool,
+    /// `VRA_UPSTREAM_CA_FILE`: extra roots for upstream HTTPS.
+    pub upstream_ca_file: Option<PathBuf>,
+    /// `VRA_ALLOW_PLAINTEXT_CLOUD`.
+    pub allow_plaintext_cloud: bool,
+}
+
+impl SecurityConfig {
+    /// Whether callers must authenticate (a token, or a client certificate).
+    pub fn authenticates(&self) -> bool {
+        self.clients_file.is_some() || self.tls.as_ref().is_some_and(|t| t.client_ca.is_some())
+    }
+}
+
+/// The PEM files of the gRPC listener's TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Client certificates are required and verified against this CA bundle (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
 /// The validated runtime configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -243,6 +281,7 @@ pub struct Config {
     pub ledger: LedgerConfig,
     /// How long graceful shutdown waits for in-flight calls.
     pub shutdown_grace: Duration,
+    pub security: SecurityConfig,
 }
 
 /// Where a value came from, for `--print-config`.
@@ -547,12 +586,15 @@ impl Config {
             }
         }
 
+        let listen_addr = parse_addr(GATEWAY_ADDR, &s.get_or_default(GATEWAY_ADDR))?;
+        let security = security(s, listen_addr, [&primary, &secondary])?;
+
         Ok(Config {
             hybrid_mode: parse_bool(HYBRID_MODE.var, &s.get_or_default(HYBRID_MODE))?,
             primary,
             secondary,
             max_cloud_calls: parse_uint(MAX_CLOUD_CALLS, s, 0)?,
-            listen_addr: parse_addr(GATEWAY_ADDR, &s.get_or_default(GATEWAY_ADDR))?,
+            listen_addr,
             retry,
             stream_idle_timeout: parse_millis(STREAM_IDLE_TIMEOUT_MS, s, 1)?,
             report_ttl: Duration::from_secs(parse_uint(REPORT_TTL_SECS, s, 1)?),
@@ -571,6 +613,7 @@ impl Config {
                 max_reports: parse_uint(LEDGER_MAX_REPORTS, s, 1)?,
             },
             shutdown_grace: Duration::from_secs(30),
+            security,
         })
     }
 
@@ -613,6 +656,112 @@ impl Config {
             ));
         }
         out
+    }
+}
+
+/// The security settings, and the two rules that make the gateway safe by default: a
+/// non-loopback listener needs authentication (or the explicit opt-out), and a cloud API key
+/// never travels over plain HTTP to another host (unless explicitly allowed).
+fn security(
+    s: &Sources,
+    listen_addr: SocketAddr,
+    tiers: [&Endpoint; 2],
+) -> Result<SecurityConfig, ConfigError> {
+    let path = |setting: Setting| {
+        s.get(setting)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let tls = match (path(TLS_CERT_FILE), path(TLS_KEY_FILE)) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert,
+            key,
+            client_ca: path(TLS_CLIENT_CA_FILE),
+        }),
+        (None, None) => {
+            if path(TLS_CLIENT_CA_FILE).is_some() {
+                return Err(ConfigError::new(
+                    TLS_CLIENT_CA_FILE.var,
+                    format!(
+                        "client certificates need TLS: set {} and {} too",
+                        TLS_CERT_FILE.var, TLS_KEY_FILE.var
+                    ),
+                ));
+            }
+            None
+        }
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(ConfigError::new(
+                format!("{}/{}", TLS_CERT_FILE.var, TLS_KEY_FILE.var),
+                "set both (PEM certificate chain and its private key) or neither",
+            ));
+        }
+    };
+    let security = SecurityConfig {
+        clients_file: path(CLIENTS_FILE),
+        tls,
+        allow_unauthenticated: parse_bool(
+            ALLOW_UNAUTHENTICATED.var,
+            &s.get_or_default(ALLOW_UNAUTHENTICATED),
+        )?,
+        upstream_ca_file: path(UPSTREAM_CA_FILE),
+        allow_plaintext_cloud: parse_bool(
+            ALLOW_PLAINTEXT_CLOUD.var,
+            &s.get_or_default(ALLOW_PLAINTEXT_CLOUD),
+        )?,
+    };
+    if !listen_addr.ip().is_loopback()
+        && !security.authenticates()
+        && !security.allow_unauthenticated
+    {
+        return Err(ConfigError::new(
+            GATEWAY_ADDR.var,
+            format!(
+                "{listen_addr} is reachable from the network but no caller would need credentials: set {} (bearer tokens) or {} (client certificates), or {}=true if something in front authenticates",
+                CLIENTS_FILE.var, TLS_CLIENT_CA_FILE.var, ALLOW_UNAUTHENTICATED.var
+            ),
+        ));
+    }
+    if !security.allow_plaintext_cloud {
+        for ep in tiers {
+            let p = &ep.provider;
+            if p.is_cloud() && plaintext_to_another_host(&p.base_url) {
+                return Err(ConfigError::new(
+                    base_url_var(&p.name),
+                    format!(
+                        "cloud-tier provider `{}` would send its API key in clear over http:// to a non-loopback host; use https:// or set {}=true",
+                        p.name, ALLOW_PLAINTEXT_CLOUD.var
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(security)
+}
+
+/// Whether `url` is `http://` to a host other than this machine.
+fn plaintext_to_another_host(url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    if url.scheme() != "http" {
+        return false;
+    }
+    let host = url.host_str().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => !ip.is_loopback(),
+        Err(_) => !host.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// The setting that holds a provider's base URL.
+fn base_url_var(provider: &str) -> String {
+    match provider {
+        "openai" => OPENAI_BASE_URL.var.to_string(),
+        "local" | "ollama" => OLLAMA_HOST.var.to_string(),
+        other => format!("providers.{other}.base_url"),
     }
 }
 

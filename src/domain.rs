@@ -157,6 +157,30 @@ pub struct BudgetInfo {
     pub exhausted: bool,
 }
 
+/// An authenticated caller: an entry of `VRA_CLIENTS_FILE` (matched by bearer token, or by
+/// the id of a verified client certificate). The edge puts it into the request's extensions as
+/// an `Arc<Client>`; its id scopes every ledger key, and ids come only from configuration,
+/// never from requests, so they are safe as metric labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    /// `[A-Za-z0-9._-]{1,64}`.
+    pub id: String,
+    /// Cloud requests per UTC day, all of this client's reports together.
+    pub cloud_calls_per_day: Option<u32>,
+    /// Per-report cloud cap for this client (overrides `MAX_CLOUD_CALLS`).
+    pub max_cloud_calls: Option<u32>,
+}
+
+impl Client {
+    /// Whether `id` is a valid client id: `[A-Za-z0-9._-]{1,64}`.
+    pub fn valid_id(id: &str) -> bool {
+        (1..=64).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    }
+}
+
 /// Token counts as reported by the upstream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TokenUsage {

@@ -46,6 +46,7 @@ pub mod routing;
 pub mod server;
 pub mod service;
 pub mod telemetry;
+pub mod tls;
 
 /// Code generated from `proto/vra/gateway/v1/gateway.proto`.
 #[allow(clippy::all, missing_docs)]

