@@ -691,10 +691,18 @@ fn security(
             }
             None
         }
-        (Some(_), None) | (None, Some(_)) => {
+        (cert, _) => {
+            let (set, missing) = if cert.is_some() {
+                (TLS_CERT_FILE, TLS_KEY_FILE)
+            } else {
+                (TLS_KEY_FILE, TLS_CERT_FILE)
+            };
             return Err(ConfigError::new(
-                format!("{}/{}", TLS_CERT_FILE.var, TLS_KEY_FILE.var),
-                "set both (PEM certificate chain and its private key) or neither",
+                set.var,
+                format!(
+                    "needs {} too: set both (PEM certificate chain and its private key) or neither",
+                    missing.var
+                ),
             ));
         }
     };
@@ -1073,5 +1081,87 @@ mod tests {
         assert!(c.listen_addr.ip().is_loopback() && c.listen_addr.port() == 7000);
         let c = Config::from_sources(&sources(&[("OLLAMA_HOST", "gpu-box:11434")])).unwrap();
         assert_eq!(c.secondary.provider.base_url, "http://gpu-box:11434");
+    }
+
+    #[test]
+    fn a_network_listener_needs_credentials_or_the_explicit_opt_out() {
+        let open = [("VRA_GATEWAY_ADDR", "0.0.0.0:50051")];
+        let err = Config::from_sources(&sources(&open)).unwrap_err();
+        assert_eq!(err.var, "VRA_GATEWAY_ADDR");
+        for named in [
+            "VRA_CLIENTS_FILE",
+            "VRA_TLS_CLIENT_CA_FILE",
+            "VRA_ALLOW_UNAUTHENTICATED=true",
+        ] {
+            assert!(err.message.contains(named), "{err}");
+        }
+        for extra in [
+            ("VRA_CLIENTS_FILE", "/etc/vra/clients.toml"),
+            ("VRA_ALLOW_UNAUTHENTICATED", "true"),
+        ] {
+            let c = Config::from_sources(&sources(&[open[0], extra])).unwrap();
+            assert!(c.security.authenticates() || c.security.allow_unauthenticated);
+        }
+        let mtls = [
+            open[0],
+            ("VRA_TLS_CERT_FILE", "c.pem"),
+            ("VRA_TLS_KEY_FILE", "k.pem"),
+            ("VRA_TLS_CLIENT_CA_FILE", "ca.pem"),
+        ];
+        assert!(
+            Config::from_sources(&sources(&mtls))
+                .unwrap()
+                .security
+                .authenticates()
+        );
+        // TLS alone proves nothing about the caller.
+        let err = Config::from_sources(&sources(&mtls[..3])).unwrap_err();
+        assert_eq!(err.var, "VRA_GATEWAY_ADDR");
+        // Loopback without authentication keeps working, as the README's commands need.
+        let c = Config::from_sources(&sources(&[])).unwrap();
+        assert!(!c.security.authenticates());
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs() {
+        let err = Config::from_sources(&sources(&[("VRA_TLS_CERT_FILE", "c.pem")])).unwrap_err();
+        assert_eq!(err.var, "VRA_TLS_CERT_FILE");
+        assert!(err.message.contains("VRA_TLS_KEY_FILE"));
+        let err = Config::from_sources(&sources(&[("VRA_TLS_KEY_FILE", "k.pem")])).unwrap_err();
+        assert_eq!(err.var, "VRA_TLS_KEY_FILE");
+        let err =
+            Config::from_sources(&sources(&[("VRA_TLS_CLIENT_CA_FILE", "ca.pem")])).unwrap_err();
+        assert_eq!(err.var, "VRA_TLS_CLIENT_CA_FILE");
+    }
+
+    #[test]
+    fn a_cloud_key_never_travels_in_clear_to_another_host() {
+        for (url, refused) in [
+            ("http://10.1.2.3/v1", true),
+            ("http://api.example.com/v1", true),
+            ("http://127.0.0.1:8080/v1", false),
+            ("http://localhost:8080/v1", false),
+            ("http://[::1]:8080/v1", false),
+            ("https://api.example.com/v1", false),
+        ] {
+            let result = Config::from_sources(&sources(&[("OPENAI_BASE_URL", url)]));
+            match result {
+                Err(e) if refused => {
+                    assert_eq!(e.var, "OPENAI_BASE_URL");
+                    assert!(e.message.contains("VRA_ALLOW_PLAINTEXT_CLOUD"), "{e}");
+                }
+                Ok(_) if !refused => {}
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        let allowed = [
+            ("OPENAI_BASE_URL", "http://10.1.2.3/v1"),
+            ("VRA_ALLOW_PLAINTEXT_CLOUD", "true"),
+        ];
+        assert!(Config::from_sources(&sources(&allowed)).is_ok());
+        // A local-tier provider on plain HTTP is the normal case (Ollama on a GPU box).
+        assert!(
+            Config::from_sources(&sources(&[("OLLAMA_HOST", "http://10.1.2.3:11434")])).is_ok()
+        );
     }
 }

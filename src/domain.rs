@@ -124,6 +124,8 @@ pub enum FallbackReason {
     PrimaryError,
     CircuitOpen,
     LedgerUnavailable,
+    /// The caller's client has spent its cloud quota for the UTC day.
+    ClientQuota,
 }
 
 impl FallbackReason {
@@ -133,6 +135,7 @@ impl FallbackReason {
             FallbackReason::PrimaryError => "PRIMARY_ERROR",
             FallbackReason::CircuitOpen => "CIRCUIT_OPEN",
             FallbackReason::LedgerUnavailable => "LEDGER_UNAVAILABLE",
+            FallbackReason::ClientQuota => "CLIENT_QUOTA",
         }
     }
 }
@@ -179,6 +182,13 @@ impl Client {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
     }
+}
+
+/// A client's cloud quota for the current UTC day, as returned to callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaInfo {
+    pub used: u32,
+    pub limit: u32,
 }
 
 /// Token counts as reported by the upstream.

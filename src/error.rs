@@ -26,6 +26,17 @@ pub enum GatewayError {
         provider: String,
     },
 
+    /// The client's cloud quota for the day is spent and the provider that would serve the
+    /// call is cloud tier.
+    #[error(
+        "cloud quota of client exhausted for today ({used}/{limit} cloud calls, UTC day) and the secondary provider `{provider}` is cloud tier"
+    )]
+    ClientQuotaExhausted {
+        used: u32,
+        limit: u32,
+        provider: String,
+    },
+
     /// Every provider that was tried failed; all of their errors, in order.
     #[error("all providers failed: {}", join(.0))]
     AllProvidersFailed(Vec<ProviderFailure>),
@@ -69,6 +80,7 @@ impl GatewayError {
         match self {
             GatewayError::InvalidArgument { .. } => Code::InvalidArgument,
             GatewayError::BudgetExhausted { .. } => Code::ResourceExhausted,
+            GatewayError::ClientQuotaExhausted { .. } => Code::ResourceExhausted,
             GatewayError::AllProvidersFailed(_) => Code::Unavailable,
             GatewayError::StreamAborted(_) => Code::Unavailable,
             GatewayError::Ledger(_) => Code::Unavailable,
@@ -87,6 +99,7 @@ impl GatewayError {
         match self {
             GatewayError::InvalidArgument { .. } => "invalid_argument",
             GatewayError::BudgetExhausted { .. } => "resource_exhausted",
+            GatewayError::ClientQuotaExhausted { .. } => "client_quota_exhausted",
             GatewayError::AllProvidersFailed(_) => "unavailable",
             GatewayError::StreamAborted(_) => "stream_aborted",
             GatewayError::Ledger(_) => "ledger_unavailable",

@@ -6,9 +6,14 @@
 //! 2. If the primary is chosen and its circuit is closed, each HTTP attempt to a cloud-tier
 //!    provider first reserves a budget unit ([`Ledger::reserve`]); retries follow
 //!    [`RetryPolicy`] and never sleep past the caller's deadline.
-//! 3. A refused reservation (`COST_LIMIT`), an unreachable ledger (`LEDGER_UNAVAILABLE`), an
-//!    open circuit (`CIRCUIT_OPEN`) or a primary that fails for good (`PRIMARY_ERROR`) sends
-//!    the call to the secondary, with a `[Hybrid] ... Event=FALLBACK` line.
+//! 3. A refused reservation (`COST_LIMIT`), a client's spent day quota (`CLIENT_QUOTA`), an
+//!    unreachable ledger (`LEDGER_UNAVAILABLE`), an open circuit (`CIRCUIT_OPEN`) or a
+//!    primary that fails for good (`PRIMARY_ERROR`) sends the call to the secondary, with a
+//!    `[Hybrid] ... Event=FALLBACK` line.
+//!
+//! With authentication on, every call carries its [`Client`]: the ledger keys its report under
+//! the client, the client's `max_cloud_calls` replaces `MAX_CLOUD_CALLS`, and its
+//! `cloud_calls_per_day` is reserved together with the report's unit.
 //! 4. If the secondary fails too, the caller gets every provider's error.
 //!
 //! Streaming follows the same steps up to the first delta; after it, no retry or fallback is
@@ -33,11 +38,11 @@ use opentelemetry::context::FutureExt as _;
 use tokio::sync::mpsc;
 use tracing::{Instrument, Span};
 
-use crate::budget::{CallRecord, Ledger, ReportUsage, Reservation};
+use crate::budget::{CallRecord, Ledger, Limits, ReportKey, ReportUsage, Reservation};
 use crate::config::Config;
 use crate::domain::{
-    BudgetInfo, FallbackReason, Phase, ProviderError, ProviderFailure, RouteInfo, Rule,
-    SectionType, Tier, TokenUsage,
+    BudgetInfo, Client, FallbackReason, Phase, ProviderError, ProviderFailure, QuotaInfo,
+    RouteInfo, Rule, SectionType, Tier, TokenUsage,
 };
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
@@ -58,6 +63,8 @@ pub struct GenerateInput {
     pub temperature: Option<f32>,
     pub max_tokens: Option<u32>,
     pub stop: Vec<String>,
+    /// The authenticated caller (`None` with authentication off).
+    pub client: Option<Arc<Client>>,
 }
 
 /// The result of a generation (for streams, `text` is empty: it went out as deltas).
@@ -101,6 +108,7 @@ enum TierOutcome<T> {
     Ok(T),
     Failed(ProviderError),
     BudgetRefused,
+    QuotaSpent,
     LedgerDown,
     CircuitOpen,
 }
@@ -110,27 +118,37 @@ enum Budgeted {
     /// Go ahead (a unit was taken, or the provider is local and needs none).
     Go,
     Refused,
+    QuotaSpent,
     LedgerDown,
 }
 
 /// Per-call bookkeeping shared by the unary and streaming paths.
 struct CallState<'a> {
     input: &'a GenerateInput,
+    /// The report's ledger key and what the call may spend.
+    key: ReportKey<'a>,
+    limits: Limits,
     deadline: Deadline,
     attempts: u32,
     /// The `used` count of this call's last granted reservation.
     last_used: Option<u32>,
     refused: bool,
+    /// The client's day quota, as the last refused reservation saw it.
+    quota_spent: Option<QuotaInfo>,
 }
 
 impl<'a> CallState<'a> {
-    fn new(input: &'a GenerateInput, deadline: Deadline) -> Self {
+    fn new(gateway: &Gateway, input: &'a GenerateInput, deadline: Deadline) -> Self {
+        let (key, limits) = gateway.scope(input.client.as_deref(), &input.report_id);
         Self {
             input,
+            key,
+            limits,
             deadline,
             attempts: 0,
             last_used: None,
             refused: false,
+            quota_spent: None,
         }
     }
 
@@ -138,6 +156,7 @@ impl<'a> CallState<'a> {
     fn hybrid(&self) -> Hybrid<'a> {
         let input = self.input;
         Hybrid::new(input.phase.as_str(), &input.section_id, &input.report_id)
+            .client(self.key.client)
     }
 
     fn chat_request(&self, model: &str) -> ChatRequest {
@@ -231,26 +250,64 @@ impl Gateway {
         }
     }
 
-    /// What `Generate` would do now, without calling anything or spending budget.
+    /// The ledger key of `report` as seen by `client`, and what a call may spend on it: the
+    /// client's own per-report cap and day quota when it has them.
+    fn scope<'a>(&self, client: Option<&'a Client>, report: &'a str) -> (ReportKey<'a>, Limits) {
+        let key = ReportKey {
+            client: client.map(|c| c.id.as_str()),
+            report,
+        };
+        let limits = Limits {
+            report: client.and_then(|c| c.max_cloud_calls).unwrap_or(self.limit),
+            client_day: client.and_then(|c| c.cloud_calls_per_day),
+        };
+        (key, limits)
+    }
+
+    /// The client's day quota now, when it has one (`Err` when the ledger cannot answer).
+    async fn day_quota(
+        &self,
+        key: ReportKey<'_>,
+        limits: Limits,
+    ) -> Option<Result<QuotaInfo, GatewayError>> {
+        let (client, limit) = key.client.zip(limits.client_day)?;
+        Some(
+            self.ledger
+                .client_day_used(client)
+                .await
+                .map(|used| QuotaInfo { used, limit })
+                .map_err(GatewayError::from),
+        )
+    }
+
+    /// What `Generate` would do now for `client`, without calling anything or spending budget.
     pub async fn resolve(
         &self,
+        client: Option<&Client>,
         report_id: &str,
         phase: Phase,
         section: SectionType,
-    ) -> (RouteInfo, BudgetInfo) {
+    ) -> (RouteInfo, BudgetInfo, Option<QuotaInfo>) {
+        let (key, limits) = self.scope(client, report_id);
         let decision = routing::route(self.policy, phase, section);
-        let usage = self.ledger.usage(report_id).await;
-        let budget = self.budget_from(usage.as_ref().ok());
+        let usage = self.ledger.usage(key).await;
+        let quota = self.day_quota(key, limits).await;
+        let budget = budget_from(usage.as_ref().ok(), limits);
         let primary_open = self.breaker(Tier::Primary).state() == BreakerState::Open;
+        let quota_spent = matches!(quota, Some(Ok(q)) if q.used >= q.limit);
         let fallback = match (decision.tier, decision.cloud, &usage) {
             (Tier::Secondary, _, _) => None,
             (Tier::Primary, true, Err(_)) => Some(FallbackReason::LedgerUnavailable),
-            (Tier::Primary, true, Ok(_)) if !self.ledger.admits(report_id) => {
+            (Tier::Primary, true, Ok(_)) if matches!(quota, Some(Err(_))) => {
                 Some(FallbackReason::LedgerUnavailable)
             }
-            (Tier::Primary, true, Ok(u)) if u.is_spent(self.limit) => {
+            (Tier::Primary, true, Ok(_)) if !self.ledger.admits(key) => {
+                Some(FallbackReason::LedgerUnavailable)
+            }
+            (Tier::Primary, true, Ok(u)) if u.is_spent(limits.report) => {
                 Some(FallbackReason::CostLimit)
             }
+            (Tier::Primary, true, Ok(_)) if quota_spent => Some(FallbackReason::ClientQuota),
             (Tier::Primary, _, _) if primary_open => Some(FallbackReason::CircuitOpen),
             (Tier::Primary, _, _) => None,
         };
@@ -259,22 +316,20 @@ impl Gateway {
         } else {
             decision.tier
         };
-        (self.route_info(tier, decision.rule, fallback), budget)
+        let route = self.route_info(tier, decision.rule, fallback);
+        (route, budget, quota.and_then(Result::ok))
     }
 
-    /// A report's usage, or an error when the ledger cannot answer.
-    pub async fn usage(&self, report_id: &str) -> Result<(ReportUsage, BudgetInfo), GatewayError> {
-        let usage = self.ledger.usage(report_id).await?;
-        Ok((usage, self.budget_from(Some(&usage))))
-    }
-
-    fn budget_from(&self, usage: Option<&ReportUsage>) -> BudgetInfo {
-        let usage = usage.copied().unwrap_or_default();
-        BudgetInfo {
-            used: usage.cloud_calls_used,
-            limit: self.limit,
-            exhausted: usage.is_spent(self.limit),
-        }
+    /// One of `client`'s reports and its day quota, or an error when the ledger cannot answer.
+    pub async fn usage(
+        &self,
+        client: Option<&Client>,
+        report_id: &str,
+    ) -> Result<(ReportUsage, BudgetInfo, Option<QuotaInfo>), GatewayError> {
+        let (key, limits) = self.scope(client, report_id);
+        let usage = self.ledger.usage(key).await?;
+        let quota = self.day_quota(key, limits).await.transpose()?;
+        Ok((usage, budget_from(Some(&usage), limits), quota))
     }
 
     /// Unary generation.
@@ -283,7 +338,7 @@ impl Gateway {
         input: &GenerateInput,
         deadline: Deadline,
     ) -> Result<Generated, GatewayError> {
-        let mut state = CallState::new(input, deadline);
+        let mut state = CallState::new(self, input, deadline);
         let served = self
             .serve(&mut state, |provider, req| {
                 Box::pin(async move { provider.complete(&req).await })
@@ -354,7 +409,7 @@ impl Gateway {
         deadline: Deadline,
         tx: &mpsc::Sender<Result<StreamItem, GatewayError>>,
     ) {
-        let mut state = CallState::new(input, deadline);
+        let mut state = CallState::new(self, input, deadline);
         let idle = self.stream_idle;
         let served = self
             .serve(&mut state, move |provider, req| {
@@ -454,9 +509,12 @@ impl Gateway {
                     });
                 }
                 TierOutcome::BudgetRefused => FallbackReason::CostLimit,
+                TierOutcome::QuotaSpent => FallbackReason::ClientQuota,
                 TierOutcome::LedgerDown => FallbackReason::LedgerUnavailable,
-                TierOutcome::CircuitOpen => match self.ledger.usage(&input.report_id).await {
-                    Ok(u) if decision.cloud && u.is_spent(self.limit) => FallbackReason::CostLimit,
+                TierOutcome::CircuitOpen => match self.ledger.usage(state.key).await {
+                    Ok(u) if decision.cloud && u.is_spent(state.limits.report) => {
+                        FallbackReason::CostLimit
+                    }
                     _ => FallbackReason::CircuitOpen,
                 },
                 TierOutcome::Failed(error) => {
@@ -491,8 +549,17 @@ impl Gateway {
             }
             TierOutcome::BudgetRefused => {
                 return Err(GatewayError::BudgetExhausted {
-                    used: state.last_used.unwrap_or(self.limit),
-                    limit: self.limit,
+                    used: state.last_used.unwrap_or(state.limits.report),
+                    limit: state.limits.report,
+                    provider: secondary.to_string(),
+                });
+            }
+            TierOutcome::QuotaSpent => {
+                let QuotaInfo { used, limit } =
+                    state.quota_spent.unwrap_or(QuotaInfo { used: 0, limit: 0 });
+                return Err(GatewayError::ClientQuotaExhausted {
+                    used,
+                    limit,
                     provider: secondary.to_string(),
                 });
             }
@@ -536,6 +603,10 @@ impl Gateway {
                     permit.failed(false);
                     return TierOutcome::BudgetRefused;
                 }
+                Budgeted::QuotaSpent => {
+                    permit.failed(false);
+                    return TierOutcome::QuotaSpent;
+                }
                 Budgeted::LedgerDown => {
                     permit.failed(false);
                     return TierOutcome::LedgerDown;
@@ -568,18 +639,19 @@ impl Gateway {
     }
 
     /// The budget step before each attempt: a cloud-tier provider needs one unit of the
-    /// report's budget, reserved atomically; a local one needs nothing.
+    /// report's budget (and of the client's day, when it has a quota), reserved atomically; a
+    /// local one needs nothing.
     async fn reserve(&self, state: &mut CallState<'_>, tier: Tier) -> Budgeted {
         let (provider, _) = self.provider(tier);
         let config = provider.config();
         if !config.is_cloud() {
             return Budgeted::Go;
         }
-        match self
-            .ledger
-            .reserve(&state.input.report_id, self.limit)
-            .await
-        {
+        let reservation = self.ledger.reserve(state.key, state.limits).await;
+        if let (Some(client), Ok(r)) = (state.key.client, &reservation) {
+            self.metrics.client_reservation(client, r.label());
+        }
+        match reservation {
             Ok(Reservation::Granted { used }) => {
                 state.last_used = Some(used);
                 self.metrics.budget_reserved(&config.name);
@@ -592,6 +664,10 @@ impl Gateway {
                     self.metrics.report_hit_cost_limit();
                 }
                 Budgeted::Refused
+            }
+            Ok(Reservation::DayQuotaSpent { used, limit }) => {
+                state.quota_spent = Some(QuotaInfo { used, limit });
+                Budgeted::QuotaSpent
             }
             Err(e) => {
                 self.metrics.ledger_error(e.kind());
@@ -687,12 +763,12 @@ impl Gateway {
             output_tokens: usage.output,
         };
         self.metrics.tokens(&route.provider, usage);
-        let input = state.input;
-        match self.ledger.record(&input.report_id, record).await {
+        let limit = state.limits.report;
+        match self.ledger.record(state.key, record).await {
             Ok(u) => BudgetInfo {
                 used: u.cloud_calls_used,
-                limit: self.limit,
-                exhausted: state.refused || u.is_spent(self.limit),
+                limit,
+                exhausted: state.refused || u.is_spent(limit),
             },
             Err(e) => {
                 if let Some(held_back) = self.ledger_warnings.check() {
@@ -700,11 +776,21 @@ impl Gateway {
                 }
                 BudgetInfo {
                     used: state.last_used.unwrap_or(0),
-                    limit: self.limit,
-                    exhausted: state.refused || state.last_used.is_some_and(|u| u >= self.limit),
+                    limit,
+                    exhausted: state.refused || state.last_used.is_some_and(|u| u >= limit),
                 }
             }
         }
+    }
+}
+
+/// A report's budget as callers see it, under `limits`.
+fn budget_from(usage: Option<&ReportUsage>, limits: Limits) -> BudgetInfo {
+    let usage = usage.copied().unwrap_or_default();
+    BudgetInfo {
+        used: usage.cloud_calls_used,
+        limit: limits.report,
+        exhausted: usage.is_spent(limits.report),
     }
 }
 

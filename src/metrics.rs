@@ -76,6 +76,14 @@ pub struct Metrics {
     stream_aborts: Counter,
     panics: Family<MethodLabels, Counter>,
     ledger_errors: Family<KindLabels, Counter>,
+    client_reservations: Family<ClientLabels, Counter>,
+}
+
+/// Client ids come from the clients file, never from requests: a bounded label set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClientLabels {
+    client: String,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -154,8 +162,15 @@ impl Metrics {
             "Budget reservations the ledger could not answer (unavailable, timeout, full); the call failed safe",
             ledger_errors.clone(),
         );
+        let client_reservations = Family::default();
+        registry.register(
+            "client_cloud_reservations",
+            "Cloud reservations of authenticated clients, by client and outcome (granted, report_budget, day_quota)",
+            client_reservations.clone(),
+        );
         Self {
             registry,
+            client_reservations,
             panics,
             ledger_errors,
             requests,
@@ -184,6 +199,16 @@ impl Metrics {
                 phase,
                 tier,
                 provider: provider.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Counts a cloud reservation of an authenticated client.
+    pub fn client_reservation(&self, client: &str, outcome: &'static str) {
+        self.client_reservations
+            .get_or_create(&ClientLabels {
+                client: client.to_string(),
                 outcome,
             })
             .inc();

@@ -15,7 +15,8 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span};
 
 use crate::domain::{
-    BudgetInfo, FallbackReason, Phase, RouteInfo, SectionType, Tier, has_forbidden_id_char,
+    BudgetInfo, Client, FallbackReason, Phase, QuotaInfo, RouteInfo, SectionType, Tier,
+    has_forbidden_id_char,
 };
 use crate::edge::{self, CallerDeadline};
 use crate::error::GatewayError;
@@ -123,6 +124,16 @@ impl Drop for CallGuard {
 
 /// The caller's deadline: stamped by the edge layer when the call arrived (see
 /// [`crate::edge`]), else — for a service mounted without that layer — computed now.
+/// The authenticated caller, put there by the edge's authentication layer (`None` with
+/// authentication off). Recorded on the call's span as `vra.client.id`.
+fn client_of<T>(request: &Request<T>, span: &Span) -> Option<Arc<Client>> {
+    let client = request.extensions().get::<Arc<Client>>().cloned();
+    if let Some(c) = &client {
+        span.record("vra.client.id", c.id.as_str());
+    }
+    client
+}
+
 fn deadline_of<T>(request: &Request<T>) -> Deadline {
     match request.extensions().get::<CallerDeadline>() {
         Some(stamped) => stamped.0,
@@ -264,7 +275,17 @@ pub fn validate(
         temperature: options.temperature,
         max_tokens: options.max_tokens,
         stop: options.stop,
+        client: None,
     })
+}
+
+impl From<QuotaInfo> for pb::ClientQuota {
+    fn from(q: QuotaInfo) -> Self {
+        pb::ClientQuota {
+            used: q.used,
+            limit: q.limit,
+        }
+    }
 }
 
 impl From<Tier> for pb::ProviderTier {
@@ -284,6 +305,7 @@ impl From<Option<FallbackReason>> for pb::FallbackReason {
             Some(FallbackReason::PrimaryError) => pb::FallbackReason::PrimaryError,
             Some(FallbackReason::CircuitOpen) => pb::FallbackReason::CircuitOpen,
             Some(FallbackReason::LedgerUnavailable) => pb::FallbackReason::LedgerUnavailable,
+            Some(FallbackReason::ClientQuota) => pb::FallbackReason::ClientQuota,
         }
     }
 }
@@ -385,13 +407,15 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
     ) -> Result<Response<pb::GenerateResponse>, Status> {
         let (span, cx) = rpc_span("Generate", request.metadata());
         let deadline = deadline_of(&request);
+        let client = client_of(&request, &span);
         let gateway = self.gateway.clone();
         let metrics = self.metrics.clone();
         let max = self.max_prompt_bytes;
         let counted = self.calls.enter();
         async move {
             let input = validate(request.into_inner(), max);
-            let input = finish(&Span::current(), input)?;
+            let mut input = finish(&Span::current(), input)?;
+            input.client = client;
             record_input(&Span::current(), &input);
             let _in_flight = (metrics.in_flight("Generate"), counted);
             // A panic in the pipeline is a bug; the caller still gets a status (INTERNAL),
@@ -434,13 +458,15 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
     ) -> Result<Response<Self::GenerateStreamStream>, Status> {
         let (span, cx) = rpc_span("GenerateStream", request.metadata());
         let deadline = deadline_of(&request);
+        let client = client_of(&request, &span);
         let input = {
             let _enter = span.enter();
             let input = validate(
                 pb::GenerateRequest::from(request.into_inner()),
                 self.max_prompt_bytes,
             );
-            let input = finish(&span, input)?;
+            let mut input = finish(&span, input)?;
+            input.client = client;
             record_input(&span, &input);
             input
         };
@@ -486,17 +512,21 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
         request: Request<pb::ResolveRouteRequest>,
     ) -> Result<Response<pb::ResolveRouteResponse>, Status> {
         let (span, cx) = rpc_span("ResolveRoute", request.metadata());
+        let client = client_of(&request, &span);
         let gateway = self.gateway.clone();
         async move {
             let req = request.into_inner();
             let parsed = report_id(&req.report_id)
                 .and_then(|()| Ok((phase_from(req.phase)?, section_type_from(req.section_type)?)));
             let (phase, section) = finish(&Span::current(), parsed)?;
-            let (route, budget) = gateway.resolve(&req.report_id, phase, section).await;
+            let (route, budget, quota) = gateway
+                .resolve(client.as_deref(), &req.report_id, phase, section)
+                .await;
             telemetry::record_route(&Span::current(), &route, &budget);
             Ok(Response::new(pb::ResolveRouteResponse {
                 route: Some(route.into()),
                 budget: Some(budget.into()),
+                client_quota: quota.map(Into::into),
             }))
         }
         .instrument(span)
@@ -509,11 +539,13 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
         request: Request<pb::GetReportUsageRequest>,
     ) -> Result<Response<pb::GetReportUsageResponse>, Status> {
         let (span, cx) = rpc_span("GetReportUsage", request.metadata());
+        let client = client_of(&request, &span);
         let gateway = self.gateway.clone();
         async move {
             let req = request.into_inner();
             finish(&Span::current(), report_id(&req.report_id))?;
-            let (usage, budget) = finish(&Span::current(), gateway.usage(&req.report_id).await)?;
+            let usage = gateway.usage(client.as_deref(), &req.report_id).await;
+            let (usage, budget, quota) = finish(&Span::current(), usage)?;
             let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
             Ok(Response::new(pb::GetReportUsageResponse {
                 report_id: req.report_id,
@@ -529,6 +561,7 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
                     input_tokens: clamp(usage.local_input_tokens),
                     output_tokens: clamp(usage.local_output_tokens),
                 }),
+                client_quota: quota.map(Into::into),
             }))
         }
         .instrument(span)

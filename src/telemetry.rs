@@ -215,7 +215,7 @@ where
 ///
 /// Text logs get the documented line (`[Hybrid] Phase=DRAFT | Section=1.3 | ...`); JSON logs
 /// get the same line as `message` plus each part as its own field (`event`, `phase`,
-/// `section`, `report_id`, `provider`, `model`, `reason`, `error`) and `trace_id`, so log
+/// `section`, `report_id`, `client`, `provider`, `model`, `reason`, `error`) and `trace_id`, so log
 /// pipelines never parse the message. Ids reach here validated (no control characters, no
 /// `|`); error text is shown through [`Untrusted`] (escaped, capped), so no event can forge a
 /// second line.
@@ -225,6 +225,8 @@ pub struct Hybrid<'a> {
     /// The section id (`-` when the caller sent none).
     pub section: &'a str,
     pub report_id: &'a str,
+    /// The authenticated client (from configuration, never from the request), if any.
+    pub client: Option<&'a str>,
 }
 
 impl<'a> Hybrid<'a> {
@@ -238,7 +240,13 @@ impl<'a> Hybrid<'a> {
             phase,
             section,
             report_id,
+            client: None,
         }
+    }
+
+    /// The same events, naming the authenticated client (text lines end in `| Client=ID`).
+    pub fn client(self, client: Option<&'a str>) -> Self {
+        Self { client, ..self }
     }
 
     /// INFO: the call was served by `provider` / `model`.
@@ -352,6 +360,8 @@ impl<'a> Hybrid<'a> {
     }
 
     fn emit(self, level: Level, parts: Parts<'_>, line: fmt::Arguments<'_>) {
+        let client = ClientSuffix(self.client);
+        let line = format_args!("{line}{client}");
         if !settings().json {
             macro_rules! text {
                 ($level:expr) => {
@@ -376,6 +386,7 @@ impl<'a> Hybrid<'a> {
                     phase = self.phase,
                     section = self.section,
                     report_id = self.report_id,
+                    client = self.client,
                     provider = parts.provider,
                     model = parts.model,
                     reason = parts.reason,
@@ -403,6 +414,18 @@ struct Parts<'a> {
     reason: Option<&'static str>,
     /// Each provider's error, shown escaped and capped one by one.
     error: Option<&'a [&'a str]>,
+}
+
+/// ` | Client=ID` after a `[Hybrid]` line of an authenticated call; nothing otherwise.
+struct ClientSuffix<'a>(Option<&'a str>);
+
+impl fmt::Display for ClientSuffix<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, " | Client={id}"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Displays a provider name in upper case (as `[Hybrid]` lines write it) without allocating.
@@ -527,6 +550,7 @@ pub fn server_span(method: &'static str) -> Span {
         rpc.method = method,
         rpc.grpc.status_code = Empty,
         vra.report.id = Empty,
+        vra.client.id = Empty,
         vra.section.id = Empty,
         vra.phase = Empty,
         vra.section_type = Empty,

@@ -10,7 +10,14 @@
 //! [`LedgerError::Full`] — the pipeline treats that like an unreachable ledger and serves the
 //! call locally (`LEDGER_UNAVAILABLE`), never over budget — while known reports keep working.
 //! Nothing live is ever evicted: that would reset its budget.
+//!
+//! A client's report is stored under `client|report` (neither id may contain `|`), and the
+//! clients' day counters live in one more small map — its size is bounded by the clients
+//! file, since client ids never come from requests. A reservation with a day quota holds the
+//! report's shard lock and then the day map's lock (always in that order), so both units are
+//! taken in one critical section.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,7 +26,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{CallRecord, Ledger, LedgerError, ReportUsage, Reservation};
+use super::{
+    CallRecord, Ledger, LedgerError, Limits, ReportKey, ReportUsage, Reservation, utc_day,
+};
 use crate::domain::Tier;
 
 /// The default of `VRA_LEDGER_MAX_REPORTS`.
@@ -38,6 +47,27 @@ struct Entry {
     last_used: Instant,
 }
 
+/// A client's cloud requests on one UTC day.
+#[derive(Debug, Clone, Copy, Default)]
+struct DayCount {
+    day: u64,
+    used: u32,
+}
+
+impl DayCount {
+    fn used_on(&self, day: u64) -> u32 {
+        if self.day == day { self.used } else { 0 }
+    }
+}
+
+/// The key of a report in the shards: `client|report`, or the bare report id.
+fn scoped(key: ReportKey<'_>) -> Cow<'_, str> {
+    match key.client {
+        Some(client) => Cow::Owned(format!("{client}|{}", key.report)),
+        None => Cow::Borrowed(key.report),
+    }
+}
+
 /// Budget state of one process.
 pub struct MemoryLedger {
     shards: Box<[Shard]>,
@@ -46,6 +76,8 @@ pub struct MemoryLedger {
     max_reports: usize,
     /// Entries across all shards; never above `max_reports`.
     tracked: AtomicUsize,
+    /// Client id → its cloud requests today. Locked after a shard, never before.
+    days: Mutex<HashMap<Box<str>, DayCount>>,
 }
 
 impl MemoryLedger {
@@ -69,6 +101,7 @@ impl MemoryLedger {
             ttl,
             max_reports,
             tracked: AtomicUsize::new(0),
+            days: Mutex::new(HashMap::new()),
         }
     }
 
@@ -115,23 +148,59 @@ impl MemoryLedger {
         Ok(f(&mut entry.usage))
     }
 
-    /// Synchronous reservation — the whole atomic step.
+    /// Synchronous reservation of a report of no particular client.
     pub fn reserve_now(&self, report_id: &str, limit: u32) -> Result<Reservation, LedgerError> {
-        self.with_entry(report_id, Instant::now(), |u| {
-            if u.exhausted || u.cloud_calls_used >= limit {
+        self.reserve_at(
+            ReportKey::anonymous(report_id),
+            Limits::report(limit),
+            Instant::now(),
+            utc_day(),
+        )
+    }
+
+    /// The whole atomic step, as of `now` and UTC day `day`: the report's shard lock, and
+    /// inside it the day map's lock when the client has a quota.
+    fn reserve_at(
+        &self,
+        key: ReportKey<'_>,
+        limits: Limits,
+        now: Instant,
+        day: u64,
+    ) -> Result<Reservation, LedgerError> {
+        self.with_entry(&scoped(key), now, |u| {
+            if u.exhausted || u.cloud_calls_used >= limits.report {
                 let newly = !u.exhausted;
                 u.exhausted = true;
-                Reservation::Refused {
+                return Reservation::Refused {
                     used: u.cloud_calls_used,
                     newly,
+                };
+            }
+            if let (Some(client), Some(limit)) = (key.client, limits.client_day) {
+                let mut days = self.days();
+                let count = days.entry(client.into()).or_default();
+                let used = count.used_on(day);
+                if used >= limit {
+                    return Reservation::DayQuotaSpent { used, limit };
                 }
-            } else {
-                u.cloud_calls_used += 1;
-                Reservation::Granted {
-                    used: u.cloud_calls_used,
-                }
+                *count = DayCount {
+                    day,
+                    used: used + 1,
+                };
+            }
+            u.cloud_calls_used += 1;
+            Reservation::Granted {
+                used: u.cloud_calls_used,
             }
         })
+    }
+
+    fn days(&self) -> MutexGuard<'_, HashMap<Box<str>, DayCount>> {
+        self.days.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn day_used(&self, client: &str, day: u64) -> u32 {
+        self.days().get(client).map_or(0, |c| c.used_on(day))
     }
 
     fn usage_at(&self, report_id: &str, now: Instant) -> ReportUsage {
@@ -201,27 +270,39 @@ impl MemoryLedger {
 
 #[async_trait]
 impl Ledger for MemoryLedger {
-    async fn reserve(&self, report_id: &str, limit: u32) -> Result<Reservation, LedgerError> {
-        self.reserve_now(report_id, limit)
+    async fn reserve(
+        &self,
+        key: ReportKey<'_>,
+        limits: Limits,
+    ) -> Result<Reservation, LedgerError> {
+        self.reserve_at(key, limits, Instant::now(), utc_day())
     }
 
-    async fn usage(&self, report_id: &str) -> Result<ReportUsage, LedgerError> {
-        Ok(self.usage_at(report_id, Instant::now()))
+    async fn usage(&self, key: ReportKey<'_>) -> Result<ReportUsage, LedgerError> {
+        Ok(self.usage_at(&scoped(key), Instant::now()))
     }
 
-    async fn record(&self, report_id: &str, call: CallRecord) -> Result<ReportUsage, LedgerError> {
-        self.with_entry(report_id, Instant::now(), |u| {
+    async fn record(
+        &self,
+        key: ReportKey<'_>,
+        call: CallRecord,
+    ) -> Result<ReportUsage, LedgerError> {
+        self.with_entry(&scoped(key), Instant::now(), |u| {
             apply_record(u, call);
             *u
         })
+    }
+
+    async fn client_day_used(&self, client: &str) -> Result<u32, LedgerError> {
+        Ok(self.day_used(client, utc_day()))
     }
 
     async fn ping(&self) -> Result<(), LedgerError> {
         Ok(())
     }
 
-    fn admits(&self, report_id: &str) -> bool {
-        MemoryLedger::admits(self, report_id)
+    fn admits(&self, key: ReportKey<'_>) -> bool {
+        MemoryLedger::admits(self, &scoped(key))
     }
 
     fn backend(&self) -> &'static str {
@@ -359,6 +440,108 @@ mod tests {
         let admitted: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
         assert_eq!(admitted, 100);
         assert_eq!(ledger.len(), 100);
+    }
+
+    fn of<'a>(client: &'a str, report: &'a str) -> ReportKey<'a> {
+        ReportKey {
+            client: Some(client),
+            report,
+        }
+    }
+
+    #[test]
+    fn clients_have_separate_reports_of_the_same_id() {
+        let ledger = MemoryLedger::new(Duration::from_secs(60));
+        let (now, day) = (Instant::now(), 20_000);
+        let limits = Limits::report(1);
+        let a = ledger.reserve_at(of("a", "q3"), limits, now, day);
+        let b = ledger.reserve_at(of("b", "q3"), limits, now, day);
+        let anonymous = ledger.reserve_at(ReportKey::anonymous("q3"), limits, now, day);
+        for r in [a, b, anonymous] {
+            assert_eq!(r, Ok(Reservation::Granted { used: 1 }));
+        }
+        assert!(matches!(
+            ledger.reserve_at(of("a", "q3"), limits, now, day),
+            Ok(Reservation::Refused { used: 1, .. })
+        ));
+        assert_eq!(
+            ledger
+                .usage_at(&scoped(of("b", "q3")), now)
+                .cloud_calls_used,
+            1
+        );
+        assert!(!ledger.usage_at(&scoped(of("b", "q3")), now).exhausted);
+    }
+
+    #[test]
+    fn the_day_quota_and_the_report_budget_never_spend_each_other() {
+        let ledger = MemoryLedger::new(Duration::from_secs(60));
+        let (now, day) = (Instant::now(), 20_000);
+        let limits = Limits {
+            report: 2,
+            client_day: Some(3),
+        };
+        // Report r1 takes 2 units of the day, then is refused without touching the day.
+        for used in 1..=2 {
+            assert_eq!(
+                ledger.reserve_at(of("c", "r1"), limits, now, day),
+                Ok(Reservation::Granted { used })
+            );
+        }
+        assert!(matches!(
+            ledger.reserve_at(of("c", "r1"), limits, now, day),
+            Ok(Reservation::Refused { .. })
+        ));
+        assert_eq!(ledger.day_used("c", day), 2);
+        // Report r2 takes the last unit of the day; then the quota refuses without a unit of r2.
+        assert_eq!(
+            ledger.reserve_at(of("c", "r2"), limits, now, day),
+            Ok(Reservation::Granted { used: 1 })
+        );
+        assert_eq!(
+            ledger.reserve_at(of("c", "r2"), limits, now, day),
+            Ok(Reservation::DayQuotaSpent { used: 3, limit: 3 })
+        );
+        let r2 = ledger.usage_at(&scoped(of("c", "r2")), now);
+        assert_eq!((r2.cloud_calls_used, r2.exhausted), (1, false));
+        // Another client's day is its own; the next UTC day starts from zero.
+        assert_eq!(
+            ledger.reserve_at(of("d", "r2"), limits, now, day),
+            Ok(Reservation::Granted { used: 1 })
+        );
+        assert_eq!(
+            ledger.reserve_at(of("c", "r2"), limits, now, day + 1),
+            Ok(Reservation::Granted { used: 2 })
+        );
+        assert_eq!(ledger.day_used("c", day + 1), 1);
+    }
+
+    #[test]
+    fn the_day_quota_is_exact_under_contention() {
+        let ledger = Arc::new(MemoryLedger::new(Duration::from_secs(60)));
+        let limits = Limits {
+            report: 1000,
+            client_day: Some(37),
+        };
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let l = ledger.clone();
+                std::thread::spawn(move || {
+                    (0..50)
+                        .filter(|i| {
+                            let report = format!("r{}", (t * 50 + i) % 7);
+                            matches!(
+                                l.reserve_at(of("c", &report), limits, Instant::now(), 1),
+                                Ok(Reservation::Granted { .. })
+                            )
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        let granted: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(granted, 37);
+        assert_eq!(ledger.day_used("c", 1), 37);
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! atomic check-and-increment; no lock is held across IO. The first refused reservation marks
 //! the report exhausted, which pins its later calls to the secondary.
 //!
+//! With authentication on, every report belongs to a client ([`ReportKey`]): two clients'
+//! reports of the same id are different reports, and a client may also have a cloud quota per
+//! UTC day ([`Limits::client_day`]) that a reservation takes together with the report's unit,
+//! in the same atomic step — a refused day quota spends no report unit and vice versa.
+//!
 //! Two backends: [`memory::MemoryLedger`] (one process) and [`redis::RedisLedger`] (shared by
 //! replicas). A new backend implements the trait and is chosen in [`build`].
 
@@ -19,14 +24,76 @@ use async_trait::async_trait;
 use crate::config::Config;
 use crate::domain::Tier;
 
+/// Which report: its id, and the client it belongs to when callers authenticate. Client ids
+/// come from configuration (`[A-Za-z0-9._-]`), so they never contain the separators the
+/// backends put between client and report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportKey<'a> {
+    pub client: Option<&'a str>,
+    pub report: &'a str,
+}
+
+impl<'a> ReportKey<'a> {
+    /// A report of no particular client (authentication off).
+    pub fn anonymous(report: &'a str) -> Self {
+        Self {
+            client: None,
+            report,
+        }
+    }
+}
+
+/// What one reservation may spend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Cloud requests per report (`MAX_CLOUD_CALLS`, or the client's `max_cloud_calls`).
+    pub report: u32,
+    /// Cloud requests per UTC day of the report's client, all its reports together
+    /// (`cloud_calls_per_day`); only with a client.
+    pub client_day: Option<u32>,
+}
+
+impl Limits {
+    pub fn report(report: u32) -> Self {
+        Self {
+            report,
+            client_day: None,
+        }
+    }
+}
+
 /// The answer to a reservation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reservation {
-    /// A unit was taken; `used` counts it.
+    /// A unit was taken (of the report, and of the client's day when it has a quota); `used`
+    /// counts the report's.
     Granted { used: u32 },
     /// The budget is spent; the report is now marked exhausted. `newly` is true for the
     /// refusal that exhausted the report (the first one).
     Refused { used: u32, newly: bool },
+    /// The client's quota for today is spent (`used` of `limit`). Nothing was taken and the
+    /// report is not marked: tomorrow it may call the cloud again.
+    DayQuotaSpent { used: u32, limit: u32 },
+}
+
+impl Reservation {
+    /// Low-cardinality label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Reservation::Granted { .. } => "granted",
+            Reservation::Refused { .. } => "report_budget",
+            Reservation::DayQuotaSpent { .. } => "day_quota",
+        }
+    }
+}
+
+/// The current UTC day, as days since the Unix epoch (the memory ledger's day; the Redis
+/// ledger uses the Redis server's clock, one clock for every replica).
+pub fn utc_day() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0)
 }
 
 /// What the ledger knows about one report. An unknown report is all zeros.
@@ -90,20 +157,30 @@ impl LedgerError {
 /// Storage of per-report budget state.
 #[async_trait]
 pub trait Ledger: Send + Sync + 'static {
-    /// Atomically: if the report has used fewer than `limit` units, take one
-    /// ([`Reservation::Granted`]); otherwise mark it exhausted ([`Reservation::Refused`]).
-    /// Refreshes the report's TTL either way.
-    async fn reserve(&self, report_id: &str, limit: u32) -> Result<Reservation, LedgerError>;
+    /// Atomically: if the report has used fewer than `limits.report` units, and its client
+    /// (with a day quota) fewer than `limits.client_day` today, take one of each
+    /// ([`Reservation::Granted`]). A spent report is marked exhausted
+    /// ([`Reservation::Refused`]); a spent day quota takes nothing
+    /// ([`Reservation::DayQuotaSpent`]). Refreshes the report's TTL either way.
+    async fn reserve(&self, key: ReportKey<'_>, limits: Limits)
+    -> Result<Reservation, LedgerError>;
 
     /// The report's state, without changing it.
-    async fn usage(&self, report_id: &str) -> Result<ReportUsage, LedgerError>;
+    async fn usage(&self, key: ReportKey<'_>) -> Result<ReportUsage, LedgerError>;
 
     /// Adds one answered call to the report's counters; returns the report's state after it.
-    async fn record(&self, report_id: &str, call: CallRecord) -> Result<ReportUsage, LedgerError>;
+    async fn record(
+        &self,
+        key: ReportKey<'_>,
+        call: CallRecord,
+    ) -> Result<ReportUsage, LedgerError>;
 
-    /// Whether a reservation for `report_id` would find room (a capped backend may refuse new
+    /// The cloud requests `client` has reserved today (UTC), all reports together.
+    async fn client_day_used(&self, client: &str) -> Result<u32, LedgerError>;
+
+    /// Whether a reservation for the report would find room (a capped backend may refuse new
     /// reports); used to predict routes without reserving.
-    fn admits(&self, _report_id: &str) -> bool {
+    fn admits(&self, _key: ReportKey<'_>) -> bool {
         true
     }
 

@@ -3,6 +3,7 @@
 //! that speak the real wire formats and count every request.
 #![allow(dead_code)]
 
+pub mod clients;
 pub mod process;
 pub mod redis_server;
 pub mod trials;

@@ -97,6 +97,7 @@ impl GatewayService for Echo {
         Ok(Response::new(pb::ResolveRouteResponse {
             route: self.response.route.clone(),
             budget: self.response.budget,
+            client_quota: None,
         }))
     }
 
