@@ -9,6 +9,16 @@
 //! from `vra_gateway::config::SETTINGS` and `OTEL_SETTINGS`, never from a list kept here, and
 //! the values the manifests set must pass the gateway's own configuration validation.
 //!
+//! The front door too: Compose publishes on 127.0.0.1 only, every gateway reads a mounted
+//! clients file (and the example one is valid), both Redis require a password and every
+//! ledger URL carries it.
+//!
+//! Values the operator supplies are taken from what `deploy/README.md` tells them to run:
+//! a Compose `${NAME}` is set when the README `export`s `NAME`, and a Kubernetes
+//! `secretKeyRef` holds what the README's `kubectl create secret generic` puts there. A shell
+//! variable `$NAME` in either stands for `stand-in-for-NAME`, so two values built from the
+//! same variable are equal and values built from different ones are not.
+//!
 //! Files only: no network, no Docker, no cluster.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -17,7 +27,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_yaml_ng::Value;
+use sha2::{Digest as _, Sha256};
 use vra_gateway::config::{Config, OTEL_SETTINGS, SETTINGS, Sources};
+use vra_gateway::domain::Client;
 
 const GRPC_PORT: u64 = 50051;
 const METRICS_PORT: u64 = 9464;
@@ -29,7 +41,21 @@ const MIN_GRACE_SECS: u64 = 35;
 const COMPOSE_GATEWAYS: [&str; 2] = ["gateway-1", "gateway-2"];
 const COMPOSE_SERVICES: [&str; 5] = ["gateway-1", "gateway-2", "redis", "jaeger", "ollama"];
 /// Settings every deployment must set explicitly rather than inherit a default.
-const ESSENTIAL_VARS: [&str; 3] = ["VRA_HYBRID_MODE", "MAX_CLOUD_CALLS", "VRA_LEDGER_URL"];
+const ESSENTIAL_VARS: [&str; 4] = [
+    "VRA_HYBRID_MODE",
+    "MAX_CLOUD_CALLS",
+    "VRA_LEDGER_URL",
+    "VRA_CLIENTS_FILE",
+];
+const CLIENTS_FILE_VAR: &str = "VRA_CLIENTS_FILE";
+const LEDGER_URL_VAR: &str = "VRA_LEDGER_URL";
+/// The Redis of both stacks: the Compose service and the Kubernetes Deployment.
+const REDIS: &str = "redis";
+/// The only address Compose may publish ports on.
+const LOOPBACK: &str = "127.0.0.1";
+/// The example clients file, and the line of its comment that gives its example token.
+const EXAMPLE_CLIENTS: &str = "clients.example.toml";
+const EXAMPLE_TOKEN_LABEL: &str = "example token:";
 /// Settings that name another service of the Compose stack.
 const COMPOSE_URL_VARS: [&str; 3] = [
     "OLLAMA_HOST",
@@ -76,6 +102,10 @@ fn deploy_dir() -> PathBuf {
 
 fn kubernetes_dir() -> PathBuf {
     deploy_dir().join("kubernetes")
+}
+
+fn readme_path() -> PathBuf {
+    deploy_dir().join("README.md")
 }
 
 /// A path relative to the repository root.
@@ -272,20 +302,133 @@ fn compose_published_port(entry: &Value) -> Option<String> {
     }
 }
 
-/// Compose `${NAME:-default}` / `${NAME-default}` / `${NAME}` as the host environment would
-/// leave it with `NAME` unset; other values verbatim.
-fn compose_unset_interpolation(value: &str) -> String {
-    match value
-        .strip_prefix("${")
-        .and_then(|rest| rest.strip_suffix('}'))
-    {
-        Some(inner) => inner
-            .split_once(":-")
-            .or_else(|| inner.split_once('-'))
-            .map(|(_, default)| default.to_string())
-            .unwrap_or_default(),
-        None => value.to_string(),
+/// The password of `scheme://[user][:password]@host...`, when there is a non-empty one.
+fn url_password(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    let (_, password) = userinfo.split_once(':')?;
+    (!password.is_empty()).then_some(password)
+}
+
+/// The host IP a Compose `ports` entry binds (`"127.0.0.1:50051:50051"`, `"[::1]:80:80"`,
+/// long form `host_ip`); `None` when it binds every interface, as Docker does by default.
+fn compose_host_ip(entry: &Value) -> Option<String> {
+    match entry {
+        Value::String(s) => {
+            if let Some(rest) = s.strip_prefix('[') {
+                return rest.split_once(']').map(|(ip, _)| ip.to_string());
+            }
+            let parts: Vec<&str> = s.split(':').collect();
+            (parts.len() == 3 && !parts[0].is_empty()).then(|| parts[0].to_string())
+        }
+        Value::Mapping(_) => entry["host_ip"].as_str().map(String::from),
+        _ => None,
     }
+}
+
+/// A Compose `command` or healthcheck `test`: a list as is, a string split on whitespace.
+fn compose_words(value: &Value) -> Vec<String> {
+    match value {
+        Value::String(s) => words(s),
+        _ => seq(value).iter().filter_map(scalar).collect(),
+    }
+}
+
+/// One entry of a Compose service's `volumes`.
+struct ComposeVolume {
+    source: String,
+    target: String,
+    read_only: bool,
+}
+
+/// A Compose `volumes` entry: `SOURCE:TARGET[:MODE]`, or the long form.
+fn compose_volume(entry: &Value) -> Option<ComposeVolume> {
+    match entry {
+        Value::String(s) => {
+            let parts: Vec<&str> = s.split(':').collect();
+            let (source, target, mode) = match parts.as_slice() {
+                [source, target] => (*source, *target, ""),
+                [source, target, mode] => (*source, *target, *mode),
+                _ => return None,
+            };
+            Some(ComposeVolume {
+                source: source.to_string(),
+                target: target.to_string(),
+                read_only: mode.split(',').any(|m| m == "ro"),
+            })
+        }
+        Value::Mapping(_) => Some(ComposeVolume {
+            source: scalar(&entry["source"]).unwrap_or_default(),
+            target: scalar(&entry["target"])?,
+            read_only: entry["read_only"].as_bool() == Some(true),
+        }),
+        _ => None,
+    }
+}
+
+/// Compose's interpolation of `value` with the host environment `host`: `$$`, `$NAME`,
+/// `${NAME}`, `${NAME:-default}`, `${NAME-default}`, `${NAME:?error}`, `${NAME?error}`,
+/// `${NAME:+alt}`, `${NAME+alt}`. A required variable that is missing is an error, as it is
+/// for `docker compose`.
+fn compose_interpolate(value: &str, host: &HashMap<String, String>) -> Result<String, String> {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i + 1..];
+        if let Some(after) = rest.strip_prefix('$') {
+            out.push('$');
+            rest = after;
+        } else if let Some(after) = rest.strip_prefix('{') {
+            let end = after
+                .find('}')
+                .ok_or_else(|| format!("unclosed `${{` in `{value}`"))?;
+            let inner = &after[..end];
+            rest = &after[end + 1..];
+            let (name, op) = inner.split_at(inner.find(|c| !is_name(c)).unwrap_or(inner.len()));
+            let set = host.get(name).map(String::as_str);
+            let non_empty = set.filter(|v| !v.is_empty());
+            let missing = |message: &str| format!("`{name}` is required ({message})");
+            let expanded = if op.is_empty() {
+                set.unwrap_or_default()
+            } else if let Some(default) = op.strip_prefix(":-") {
+                non_empty.unwrap_or(default)
+            } else if let Some(default) = op.strip_prefix('-') {
+                set.unwrap_or(default)
+            } else if let Some(message) = op.strip_prefix(":?") {
+                non_empty.ok_or_else(|| missing(message))?
+            } else if let Some(message) = op.strip_prefix('?') {
+                set.ok_or_else(|| missing(message))?
+            } else if let Some(alt) = op.strip_prefix(":+") {
+                non_empty.map_or("", |_| alt)
+            } else if let Some(alt) = op.strip_prefix('+') {
+                set.map_or("", |_| alt)
+            } else {
+                return Err(format!("unsupported interpolation `${{{inner}}}`"));
+            };
+            out.push_str(expanded);
+        } else {
+            let len = rest.find(|c| !is_name(c)).unwrap_or(rest.len());
+            if len == 0 {
+                out.push('$');
+            }
+            out.push_str(host.get(&rest[..len]).map_or("", String::as_str));
+            rest = &rest[len..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Whether `value` is exactly one `${NAME:?...}` / `${NAME?...}`: supplied by the operator,
+/// with no default to fall back on.
+fn is_required_interpolation(value: &str) -> bool {
+    value
+        .strip_prefix("${")
+        .and_then(|inner| inner.strip_suffix('}'))
+        .is_some_and(|inner| !inner.contains(['$', '}']) && inner.contains('?'))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -380,15 +523,234 @@ fn dockerfile_final_env() -> Vec<(String, String)> {
 }
 
 // ---------------------------------------------------------------------------------------
+// deploy/README.md: what the operator is told to run
+// ---------------------------------------------------------------------------------------
+
+/// What the shell variable `$name` of a README command stands for here.
+fn stand_in(name: &str) -> String {
+    format!("stand-in-for-{name}")
+}
+
+/// `text` with every `$NAME` and `${NAME}` replaced by its stand-in.
+fn with_stand_ins(text: &str) -> String {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i + 1..];
+        let braced = rest.starts_with('{');
+        let name_at = usize::from(braced);
+        let len = rest[name_at..]
+            .find(|c| !is_name(c))
+            .unwrap_or(rest.len() - name_at);
+        let closed = !braced || rest[name_at + len..].starts_with('}');
+        if len == 0 || !closed {
+            out.push('$');
+            continue;
+        }
+        out.push_str(&stand_in(&rest[name_at..name_at + len]));
+        rest = &rest[name_at + len + usize::from(braced)..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The commands of the README's ```` ```sh ```` blocks, continuation lines joined, each as
+/// words (double quotes grouping) up to a `#` comment.
+fn readme_commands() -> Vec<Vec<String>> {
+    let text = read(&readme_path());
+    let mut commands = Vec::new();
+    let mut in_sh = false;
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("```") {
+            in_sh = trimmed == "```sh";
+            continue;
+        }
+        if !in_sh {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(part) => {
+                current.push_str(part);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(trimmed);
+                let command: Vec<String> = words(&std::mem::take(&mut current))
+                    .into_iter()
+                    .take_while(|w| !w.starts_with('#'))
+                    .collect();
+                if !command.is_empty() {
+                    commands.push(command);
+                }
+            }
+        }
+    }
+    commands
+}
+
+/// The host environment Compose interpolates with: every variable the README `export`s,
+/// set to its stand-in.
+fn compose_host_env() -> HashMap<String, String> {
+    readme_commands()
+        .iter()
+        .filter(|c| c[0] == "export")
+        .filter_map(|c| c.get(1)?.split_once('=').map(|(name, _)| name.to_string()))
+        .map(|name| {
+            let value = stand_in(&name);
+            (name, value)
+        })
+        .collect()
+}
+
+/// The Secrets the README creates with `kubectl create secret generic`: name -> key ->
+/// value (a `--from-literal` value with stand-ins, the path of a `--from-file`). Panics on
+/// one created outside the namespace of the manifests.
+fn documented_secrets() -> BTreeMap<String, BTreeMap<String, String>> {
+    let readme = rel(&readme_path());
+    let mut secrets: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for command in readme_commands() {
+        let Some(at) = command
+            .windows(3)
+            .position(|w| w[0] == "create" && w[1] == "secret" && w[2] == "generic")
+        else {
+            continue;
+        };
+        let name = command.get(at + 3).cloned().unwrap_or_default();
+        let namespace = command
+            .iter()
+            .position(|w| w == "-n" || w == "--namespace")
+            .and_then(|i| command.get(i + 1).map(String::as_str))
+            .or_else(|| command.iter().find_map(|w| w.strip_prefix("--namespace=")));
+        assert_eq!(
+            namespace,
+            Some(NAMESPACE),
+            "{readme}: `kubectl create secret generic {name}` must name the namespace `{NAMESPACE}`"
+        );
+        let keys = secrets.entry(name).or_default();
+        for word in &command {
+            if let Some(literal) = word.strip_prefix("--from-literal=") {
+                let (key, value) = literal.split_once('=').unwrap_or((literal, ""));
+                keys.insert(key.to_string(), with_stand_ins(value));
+            } else if let Some(file) = word.strip_prefix("--from-file=") {
+                let (key, path) = file.split_once('=').unwrap_or_else(|| {
+                    let base = file.rsplit('/').next().unwrap_or(file);
+                    (base, file)
+                });
+                keys.insert(key.to_string(), path.to_string());
+            }
+        }
+    }
+    secrets
+}
+
+// ---------------------------------------------------------------------------------------
+// Clients files
+// ---------------------------------------------------------------------------------------
+
+/// The clients file format (`VRA_CLIENTS_FILE`), as strict as the gateway's parser.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientsFile {
+    #[serde(default)]
+    client: Vec<ClientEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientEntry {
+    id: String,
+    /// Optional for the gateway (a client known by its certificate only), required here:
+    /// the deployments authenticate with tokens.
+    token_sha256: String,
+    cloud_calls_per_day: Option<u32>,
+    max_cloud_calls: Option<u32>,
+}
+
+/// Parses and checks a clients file: at least one client, ids valid and unique, digests
+/// 64 hex digits and unique, limits positive. Returns `(id, digest)` of each client.
+fn check_clients_file(path: &Path) -> Vec<(String, String)> {
+    let at = rel(path);
+    let file: ClientsFile = toml::from_str(&read(path))
+        .unwrap_or_else(|e| panic!("{at}: not a clients file: {}", e.message()));
+    assert!(!file.client.is_empty(), "{at}: no [[client]]");
+    let mut ids = BTreeSet::new();
+    let mut digests = BTreeSet::new();
+    let mut clients = Vec::new();
+    for entry in file.client {
+        let id = entry.id;
+        assert!(
+            Client::valid_id(&id),
+            "{at}: client id `{id}`: use 1 to 64 of A-Z a-z 0-9 . _ -"
+        );
+        assert!(ids.insert(id.clone()), "{at}: duplicate client id `{id}`");
+        let digest = entry.token_sha256;
+        assert!(
+            digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{at}: client `{id}`: token_sha256 must be 64 hex digits (the SHA-256 of the token)"
+        );
+        assert!(
+            digests.insert(digest.to_ascii_lowercase()),
+            "{at}: client `{id}`: two clients share a token_sha256"
+        );
+        for (field, limit) in [
+            ("cloud_calls_per_day", entry.cloud_calls_per_day),
+            ("max_cloud_calls", entry.max_cloud_calls),
+        ] {
+            assert_ne!(
+                limit,
+                Some(0),
+                "{at}: client `{id}`: {field} = 0 forbids every cloud call; leave it out or raise it"
+            );
+        }
+        clients.push((id, digest));
+    }
+    clients
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
 // Environment variables set by the manifests
 // ---------------------------------------------------------------------------------------
 
-/// One variable set by a manifest: where, its name, and its literal value (`None` when it
-/// comes from a secret).
+/// One variable set by a manifest: where, its name, and its value. A Compose value is
+/// interpolated with [`compose_host_env`]; a Kubernetes `secretKeyRef` takes the value the
+/// README puts in that Secret key (`None` for an optional key the README does not create).
 struct EnvVar {
     at: String,
     name: String,
     value: Option<String>,
+    /// Set when the value comes from a Kubernetes Secret.
+    secret: Option<SecretRef>,
+}
+
+/// A Kubernetes `secretKeyRef`.
+#[derive(Clone)]
+struct SecretRef {
+    name: String,
+    key: String,
+    optional: bool,
+}
+
+impl SecretRef {
+    fn same_key(&self, other: &SecretRef) -> bool {
+        self.name == other.name && self.key == other.key
+    }
+}
+
+impl std::fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the Secret `{}` key `{}`", self.name, self.key)
+    }
 }
 
 fn is_compose_gateway(service: &Value) -> bool {
@@ -417,6 +779,27 @@ fn compose_env(service: &Value) -> Vec<(String, Option<String>)> {
     }
 }
 
+/// The `environment` of the Compose service `name`, interpolated with [`compose_host_env`].
+fn compose_service_env(compose: &Doc, name: &str, service: &Value) -> Vec<EnvVar> {
+    let host = compose_host_env();
+    let at = format!("{}: services.{name}.environment", compose.at());
+    compose_env(service)
+        .into_iter()
+        .map(|(var, value)| EnvVar {
+            value: value.map(|v| {
+                compose_interpolate(&v, &host).unwrap_or_else(|e| {
+                    panic!(
+                        "{at}: {var}: {e}; deploy/README.md must `export` it before `docker compose`"
+                    )
+                })
+            }),
+            at: at.clone(),
+            name: var,
+            secret: None,
+        })
+        .collect()
+}
+
 /// Variables of each gateway service of the Compose file, by service name.
 fn compose_gateway_env(compose: &Doc) -> BTreeMap<String, Vec<EnvVar>> {
     let services = compose.value["services"]
@@ -427,14 +810,7 @@ fn compose_gateway_env(compose: &Doc) -> BTreeMap<String, Vec<EnvVar>> {
         .filter(|(_, service)| is_compose_gateway(service))
         .map(|(name, service)| {
             let name = scalar(name).unwrap_or_default();
-            let vars = compose_env(service)
-                .into_iter()
-                .map(|(var, value)| EnvVar {
-                    at: format!("{}: services.{name}.environment", compose.at()),
-                    name: var,
-                    value: value.map(|v| compose_unset_interpolation(&v)),
-                })
-                .collect();
+            let vars = compose_service_env(compose, &name, service);
             (name, vars)
         })
         .collect()
@@ -456,8 +832,10 @@ fn gateway_containers<'a>(kube: &[&'a Doc]) -> Vec<(&'a Doc, &'a Value)> {
         .collect()
 }
 
-/// Variables of one gateway container: its ConfigMaps (`envFrom`) then its `env`.
+/// Variables of one container: its ConfigMaps (`envFrom`) then its `env`. A `secretKeyRef`
+/// must be to a Secret key the README creates, unless it is optional.
 fn container_env(kube: &[&Doc], doc: &Doc, container: &Value) -> Vec<EnvVar> {
+    let secrets = documented_secrets();
     let mut vars = Vec::new();
     for source in seq(&container["envFrom"]) {
         assert!(
@@ -483,21 +861,45 @@ fn container_env(kube: &[&Doc], doc: &Doc, container: &Value) -> Vec<EnvVar> {
                 at: format!("{}: data", config_map.at()),
                 name: scalar(key).unwrap_or_default(),
                 value: scalar(value),
+                secret: None,
             });
         }
     }
     for entry in seq(&container["env"]) {
+        let name = entry["name"].as_str().unwrap_or_default().to_string();
         let value = &entry["value"];
         assert!(
             value.is_null() || value.is_string(),
-            "{}: env {}: value must be a quoted string",
-            doc.at(),
-            entry["name"].as_str().unwrap_or_default()
+            "{}: env {name}: value must be a quoted string",
+            doc.at()
         );
+        let key_ref = &entry["valueFrom"]["secretKeyRef"];
+        let (value, secret) = if key_ref.is_mapping() {
+            let secret = SecretRef {
+                name: key_ref["name"].as_str().unwrap_or_default().to_string(),
+                key: key_ref["key"].as_str().unwrap_or_default().to_string(),
+                optional: key_ref["optional"].as_bool() == Some(true),
+            };
+            let documented = secrets
+                .get(&secret.name)
+                .and_then(|keys| keys.get(&secret.key))
+                .cloned();
+            assert!(
+                documented.is_some() || secret.optional,
+                "{}: env {name}: {secret} is required, but no `kubectl create secret generic {}` in {} creates it",
+                doc.at(),
+                secret.name,
+                rel(&readme_path())
+            );
+            (documented, Some(secret))
+        } else {
+            (scalar(value), None)
+        };
         vars.push(EnvVar {
             at: format!("{}: env", doc.at()),
-            name: entry["name"].as_str().unwrap_or_default().to_string(),
-            value: scalar(value),
+            name,
+            value,
+            secret,
         });
     }
     vars
@@ -516,6 +918,7 @@ fn all_gateway_env(docs: &[Doc]) -> BTreeMap<&'static str, Vec<EnvVar>> {
                 at: format!("{dockerfile}: ENV"),
                 name,
                 value: Some(value),
+                secret: None,
             })
             .collect(),
     );
@@ -545,19 +948,23 @@ fn allowed_vars() -> BTreeSet<&'static str> {
         .collect()
 }
 
-/// Validates `vars` (layered over the Dockerfile's `ENV`) with the gateway's own loader.
-fn load_config(at: &str, vars: &[EnvVar]) -> Config {
+/// `vars` layered over the Dockerfile's `ENV`, as the gateway's configuration sources.
+fn container_sources(vars: &[EnvVar]) -> Sources {
     let mut env: HashMap<String, String> = dockerfile_final_env().into_iter().collect();
     for var in vars {
         if let Some(value) = &var.value {
             env.insert(var.name.clone(), value.clone());
         }
     }
-    let sources = Sources {
+    Sources {
         env,
         ..Default::default()
-    };
-    Config::from_sources(&sources)
+    }
+}
+
+/// Validates `vars` (layered over the Dockerfile's `ENV`) with the gateway's own loader.
+fn load_config(at: &str, vars: &[EnvVar]) -> Config {
+    Config::from_sources(&container_sources(vars))
         .unwrap_or_else(|e| panic!("{at}: the gateway rejects this configuration: {e}"))
 }
 
@@ -588,6 +995,19 @@ fn assert_container_addresses(at: &str, config: &Config) {
 
 fn names(vars: &[EnvVar]) -> BTreeSet<&str> {
     vars.iter().map(|v| v.name.as_str()).collect()
+}
+
+/// The variable `name` of `vars` (the last one: later entries win), or a panic naming `at`.
+fn var<'a>(vars: &'a [EnvVar], name: &str, at: &str) -> &'a EnvVar {
+    vars.iter()
+        .rev()
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("{at}: {name} is not set"))
+}
+
+/// The pod spec of a workload.
+fn pod_spec(doc: &Doc) -> &Value {
+    &doc.value["spec"]["template"]["spec"]
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1041,19 +1461,22 @@ fn manifests_set_only_variables_the_gateway_reads() {
 fn manifests_set_the_essential_variables() {
     let docs = load_all();
     let kube = kube(&docs);
-    let config_map = find(&kube, "ConfigMap", GATEWAY_IMAGE);
-    let keys: BTreeSet<String> = config_map.value["data"]
-        .as_mapping()
-        .into_iter()
-        .flatten()
-        .filter_map(|(k, _)| scalar(k))
-        .collect();
-    for var in ESSENTIAL_VARS {
-        assert!(
-            keys.contains(var),
-            "{}: data.{var} missing",
-            config_map.at()
-        );
+    let containers = gateway_containers(&kube);
+    assert!(
+        !containers.is_empty(),
+        "{}: no gateway container",
+        rel(&kubernetes_dir())
+    );
+    for (doc, container) in containers {
+        let vars = container_env(&kube, doc, container);
+        let set = names(&vars);
+        for var in ESSENTIAL_VARS {
+            assert!(
+                set.contains(var),
+                "{}: {var} is set neither in env nor in a ConfigMap of envFrom",
+                doc.at()
+            );
+        }
     }
 
     let compose_env = compose_gateway_env(compose(&docs));
@@ -1077,9 +1500,24 @@ fn manifest_values_are_accepted_by_the_gateway() {
     let docs = load_all();
     let kube = kube(&docs);
 
-    // The image on its own (`docker run`): listens where it says it does.
+    // The image on its own (`docker run`) listens on all interfaces, so it refuses to start
+    // until callers must authenticate...
     let dockerfile = rel(&dockerfile_path());
-    assert_container_addresses(&dockerfile, &load_config(&dockerfile, &[]));
+    let Err(refused) = Config::from_sources(&container_sources(&[])) else {
+        panic!("{dockerfile}: the image alone serves 0.0.0.0 without authentication");
+    };
+    assert_eq!(
+        refused.var, "VRA_GATEWAY_ADDR",
+        "{dockerfile}: the image alone is refused for another reason: {refused}"
+    );
+    // ...and with a clients file, listens where it says it does.
+    let with_clients = [EnvVar {
+        at: dockerfile.clone(),
+        name: CLIENTS_FILE_VAR.into(),
+        value: Some("/etc/vra/clients.toml".into()),
+        secret: None,
+    }];
+    assert_container_addresses(&dockerfile, &load_config(&dockerfile, &with_clients));
 
     let mut deployments = Vec::new();
     for (service, vars) in compose_gateway_env(compose(&docs)) {
@@ -1098,6 +1536,344 @@ fn manifest_values_are_accepted_by_the_gateway() {
         assert_container_addresses(&at, &config);
         assert!(config.hybrid_mode, "{at}: VRA_HYBRID_MODE should be on");
         assert!(config.ledger.url.is_some(), "{at}: no shared Redis ledger");
+        assert!(
+            config.security.authenticates(),
+            "{at}: callers must authenticate (VRA_CLIENTS_FILE)"
+        );
+        assert!(
+            !config.security.allow_unauthenticated,
+            "{at}: VRA_ALLOW_UNAUTHENTICATED must stay off in the shipped manifests"
+        );
+    }
+}
+
+#[test]
+fn compose_publishes_ports_on_loopback_only() {
+    let docs = load_all();
+    let compose = compose(&docs);
+    let mut checked = 0;
+    for (name, service) in compose.value["services"].as_mapping().into_iter().flatten() {
+        let name = scalar(name).unwrap_or_default();
+        let at = format!("{}: services.{name}", compose.at());
+        assert_ne!(
+            service["network_mode"].as_str(),
+            Some("host"),
+            "{at}: network_mode host exposes every port on every interface"
+        );
+        for entry in seq(&service["ports"]) {
+            assert_eq!(
+                compose_host_ip(entry).as_deref(),
+                Some(LOOPBACK),
+                "{at}: ports entry {entry:?} must bind {LOOPBACK} (\"{LOOPBACK}:HOST:CONTAINER\"); Docker publishes on every interface otherwise"
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 2 * COMPOSE_GATEWAYS.len(),
+        "{}: expected the gateways' ports at least",
+        compose.at()
+    );
+    assert!(
+        seq(&compose.value["services"][REDIS]["ports"]).is_empty(),
+        "{}: services.{REDIS}: only the gateways need Redis; do not publish it",
+        compose.at()
+    );
+}
+
+#[test]
+fn compose_gateways_read_a_mounted_clients_file() {
+    let docs = load_all();
+    let compose = compose(&docs);
+    let services = &compose.value["services"];
+    let host = compose_host_env();
+    let gateways = compose_gateway_env(compose);
+    assert!(!gateways.is_empty(), "{}: no gateway", compose.at());
+    for (service, vars) in gateways {
+        let at = format!("{}: services.{service}", compose.at());
+        let path = var(&vars, CLIENTS_FILE_VAR, &at)
+            .value
+            .clone()
+            .unwrap_or_default();
+        let volume = seq(&services[service.as_str()]["volumes"])
+            .iter()
+            .filter_map(compose_volume)
+            .find(|v| v.target == path)
+            .unwrap_or_else(|| {
+                panic!("{at}: {CLIENTS_FILE_VAR}={path} is not the target of any of its volumes")
+            });
+        assert!(
+            volume.read_only,
+            "{at}: mount the clients file read-only (`:ro`)"
+        );
+        let source = compose_interpolate(&volume.source, &host)
+            .unwrap_or_else(|e| panic!("{at}: volume source: {e}"));
+        assert!(
+            source.starts_with("./") || source.starts_with("../"),
+            "{at}: the clients file `{source}` must be a bind mount of a file next to the Compose file"
+        );
+        let file = deploy_dir().join(&source);
+        assert!(
+            file.is_file(),
+            "{at}: the clients file `{source}` does not exist ({})",
+            rel(&file)
+        );
+        check_clients_file(&file);
+    }
+}
+
+#[test]
+fn kubernetes_gateways_read_the_clients_file_from_a_secret() {
+    let docs = load_all();
+    let kube = kube(&docs);
+    let secrets = documented_secrets();
+    let containers = gateway_containers(&kube);
+    assert!(
+        !containers.is_empty(),
+        "{}: no gateway container",
+        rel(&kubernetes_dir())
+    );
+    for (doc, container) in containers {
+        let at = doc.at();
+        let vars = container_env(&kube, doc, container);
+        let clients = var(&vars, CLIENTS_FILE_VAR, &at);
+        assert!(
+            clients.secret.is_none(),
+            "{}: {CLIENTS_FILE_VAR} is a path, not a secret",
+            clients.at
+        );
+        let path = clients.value.clone().unwrap_or_default();
+        let (mount, file_name) = seq(&container["volumeMounts"])
+            .iter()
+            .find_map(|m| {
+                let dir = m["mountPath"].as_str()?.trim_end_matches('/');
+                let file = path.strip_prefix(dir)?.strip_prefix('/')?;
+                Some((m, file.to_string()))
+            })
+            .unwrap_or_else(|| panic!("{at}: {CLIENTS_FILE_VAR}={path} is under no volumeMount"));
+        assert!(
+            mount["subPath"].is_null() && mount["subPathExpr"].is_null(),
+            "{at}: mount the clients Secret as a directory: with subPath, Secret updates never reach the file and SIGHUP re-reads the old clients"
+        );
+        assert_eq!(
+            mount["readOnly"].as_bool(),
+            Some(true),
+            "{at}: the clients volumeMount must be readOnly"
+        );
+        let volume_name = mount["name"].as_str().unwrap_or_default();
+        let volume = seq(&pod_spec(doc)["volumes"])
+            .iter()
+            .find(|v| v["name"].as_str() == Some(volume_name))
+            .unwrap_or_else(|| panic!("{at}: no volume `{volume_name}`"));
+        let secret = &volume["secret"];
+        let secret_name = secret["secretName"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{at}: volume `{volume_name}` is not a Secret"));
+        assert_ne!(
+            secret["optional"].as_bool(),
+            Some(true),
+            "{at}: volume `{volume_name}`: the clients Secret must not be optional"
+        );
+        let items = seq(&secret["items"]);
+        let key = if items.is_empty() {
+            file_name.clone()
+        } else {
+            items
+                .iter()
+                .find(|i| i["path"].as_str() == Some(file_name.as_str()))
+                .and_then(|i| i["key"].as_str())
+                .unwrap_or_else(|| {
+                    panic!("{at}: volume `{volume_name}` has no item with path `{file_name}`")
+                })
+                .to_string()
+        };
+        assert!(
+            secrets
+                .get(secret_name)
+                .is_some_and(|keys| keys.contains_key(&key)),
+            "{at}: the clients file is key `{key}` of the Secret `{secret_name}`, which no `kubectl create secret generic {secret_name}` in {} creates",
+            rel(&readme_path())
+        );
+    }
+}
+
+#[test]
+fn compose_redis_requires_the_password_every_ledger_url_carries() {
+    let docs = load_all();
+    let compose = compose(&docs);
+    let at = format!("{}: services.{REDIS}", compose.at());
+    let redis = &compose.value["services"][REDIS];
+    assert!(redis.is_mapping(), "{at}: missing");
+
+    let command = compose_words(&redis["command"]);
+    let raw = command
+        .iter()
+        .position(|w| w == "--requirepass")
+        .and_then(|i| command.get(i + 1))
+        .unwrap_or_else(|| panic!("{at}: command has no `--requirepass PASSWORD`"));
+    assert!(
+        is_required_interpolation(raw),
+        "{at}: --requirepass `{raw}`: take it from the operator as `${{NAME:?message}}`, neither committed nor defaulted"
+    );
+    let password = compose_interpolate(raw, &compose_host_env())
+        .unwrap_or_else(|e| panic!("{at}: --requirepass: {e}; deploy/README.md must export it"));
+
+    // redis-cli exits 0 on a NOAUTH error: the healthcheck must authenticate and want PONG.
+    let test = compose_words(&redis["healthcheck"]["test"]).join(" ");
+    let env = compose_service_env(compose, REDIS, redis);
+    let cli_auth = env
+        .iter()
+        .any(|v| v.name == "REDISCLI_AUTH" && v.value.as_deref() == Some(password.as_str()));
+    assert!(
+        test.contains("redis-cli") && (cli_auth || test.contains(" -a ")) && test.contains("PONG"),
+        "{at}: the healthcheck must authenticate (REDISCLI_AUTH set to the password, or -a) and check for PONG, got `{test}`"
+    );
+
+    let gateways = compose_gateway_env(compose);
+    assert!(!gateways.is_empty(), "{}: no gateway", compose.at());
+    for (service, vars) in gateways {
+        let ledger = var(
+            &vars,
+            LEDGER_URL_VAR,
+            &format!("{}: services.{service}", compose.at()),
+        );
+        let url = ledger.value.as_deref().unwrap_or_default();
+        assert_eq!(
+            url_password(url),
+            Some(password.as_str()),
+            "{}: {LEDGER_URL_VAR} must carry the password Redis requires (redis://:${{...}}@{REDIS}:6379/0)",
+            ledger.at
+        );
+    }
+}
+
+#[test]
+fn kubernetes_redis_requires_the_password_every_ledger_url_carries() {
+    let docs = load_all();
+    let kube = kube(&docs);
+    let deployment = find(&kube, "Deployment", REDIS);
+    let at = deployment.at();
+    let container = seq(&pod_spec(deployment)["containers"])
+        .iter()
+        .find(|c| c["image"].as_str().is_some_and(|i| i.starts_with(REDIS)))
+        .unwrap_or_else(|| panic!("{at}: no container with a `{REDIS}` image"));
+    let env = container_env(&kube, deployment, container);
+
+    let args: Vec<String> = seq(&container["command"])
+        .iter()
+        .chain(seq(&container["args"]))
+        .filter_map(scalar)
+        .collect();
+    let raw = args
+        .iter()
+        .position(|w| w == "--requirepass")
+        .and_then(|i| args.get(i + 1))
+        .unwrap_or_else(|| panic!("{at}: args have no `--requirepass $(VAR)`"));
+    let source = raw
+        .strip_prefix("$(")
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or_else(|| {
+            panic!("{at}: --requirepass `{raw}`: use `$(VAR)` with VAR from a secretKeyRef, never a literal")
+        });
+    let password_var = var(&env, source, &at);
+    let secret = password_var.secret.clone().unwrap_or_else(|| {
+        panic!(
+            "{}: {source}: the password must come from a secretKeyRef",
+            password_var.at
+        )
+    });
+    assert!(
+        !secret.optional,
+        "{}: {source}: {secret} must not be optional: without it Redis would start with an empty password",
+        password_var.at
+    );
+    let password = password_var
+        .value
+        .clone()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: {source}: {secret} is empty as {} creates it",
+                password_var.at,
+                rel(&readme_path())
+            )
+        });
+
+    // redis-cli exits 0 on a NOAUTH error: the probe must authenticate and want PONG.
+    let probe = seq(&container["readinessProbe"]["exec"]["command"])
+        .iter()
+        .filter_map(scalar)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let cli_auth = env.iter().any(|v| {
+        v.name == "REDISCLI_AUTH"
+            && (v.value.as_deref() == Some(raw.as_str())
+                || v.secret.as_ref().is_some_and(|s| s.same_key(&secret)))
+    });
+    assert!(
+        probe.contains("redis-cli")
+            && (cli_auth || probe.contains(" -a "))
+            && probe.contains("PONG"),
+        "{at}: the readiness probe must authenticate (REDISCLI_AUTH = the password, or -a) and check for PONG, got `{probe}`"
+    );
+
+    let containers = gateway_containers(&kube);
+    assert!(
+        !containers.is_empty(),
+        "{}: no gateway container",
+        rel(&kubernetes_dir())
+    );
+    for (doc, container) in containers {
+        let vars = container_env(&kube, doc, container);
+        let ledger = var(&vars, LEDGER_URL_VAR, &doc.at());
+        let ledger_secret = ledger.secret.as_ref().unwrap_or_else(|| {
+            panic!(
+                "{}: {LEDGER_URL_VAR} carries the Redis password: take it from a secretKeyRef",
+                ledger.at
+            )
+        });
+        assert!(
+            !ledger_secret.optional,
+            "{}: {LEDGER_URL_VAR}: {ledger_secret} must not be optional: without it each replica would keep its own in-memory budgets",
+            ledger.at
+        );
+        let url = ledger.value.as_deref().unwrap_or_default();
+        assert_eq!(
+            url_password(url),
+            Some(password.as_str()),
+            "{}: {LEDGER_URL_VAR}: {ledger_secret} as {} creates it must carry the password Redis requires ({secret})",
+            ledger.at,
+            rel(&readme_path()),
+        );
+    }
+}
+
+#[test]
+fn example_clients_file_is_valid_and_clearly_an_example() {
+    let path = deploy_dir().join(EXAMPLE_CLIENTS);
+    let at = rel(&path);
+    let clients = check_clients_file(&path);
+    let token = read(&path)
+        .lines()
+        .find_map(|line| line.split_once(EXAMPLE_TOKEN_LABEL))
+        .map(|(_, token)| token.trim().to_string())
+        .unwrap_or_else(|| {
+            panic!("{at}: no `{EXAMPLE_TOKEN_LABEL} ...` comment line giving the example token")
+        });
+    assert!(
+        token.starts_with("vra_") && token.contains("example"),
+        "{at}: the example token `{token}` must say it is one"
+    );
+    let digest = sha256_hex(token.as_bytes());
+    assert!(
+        clients.iter().any(|(_, d)| d.eq_ignore_ascii_case(&digest)),
+        "{at}: no client accepts the example token (its SHA-256 is {digest})"
+    );
+    for (id, _) in &clients {
+        assert!(
+            id.contains("example"),
+            "{at}: client `{id}`: the example file's clients must say they are examples"
+        );
     }
 }
 
@@ -1120,9 +1896,56 @@ fn helpers_parse_what_the_manifests_use() {
         Some("50052")
     );
     assert_eq!(compose_published_port(&Value::from("50051")), None);
-    assert_eq!(compose_unset_interpolation("${OPENAI_API_KEY:-}"), "");
-    assert_eq!(compose_unset_interpolation("${X:-dflt}"), "dflt");
-    assert_eq!(compose_unset_interpolation("plain"), "plain");
+    let host: HashMap<String, String> = [("P".to_string(), "pw".to_string())].into();
+    let interpolate = |s: &str| compose_interpolate(s, &host);
+    assert_eq!(interpolate("${OPENAI_API_KEY:-}").as_deref(), Ok(""));
+    assert_eq!(interpolate("${X:-dflt}").as_deref(), Ok("dflt"));
+    assert_eq!(interpolate("plain").as_deref(), Ok("plain"));
+    assert_eq!(
+        interpolate("redis://:${P:?set P}@redis:6379/0").as_deref(),
+        Ok("redis://:pw@redis:6379/0")
+    );
+    assert_eq!(interpolate("$P $$P ${P:+on}").as_deref(), Ok("pw $P on"));
+    assert!(interpolate("${X:?set X}").is_err());
+    assert!(is_required_interpolation("${P:?set P}"));
+    assert!(!is_required_interpolation("${P:-secret}"));
+    assert!(!is_required_interpolation("hunter2"));
+    assert_eq!(
+        with_stand_ins("redis://:$PW@h:1/0 ${PW} $ $("),
+        "redis://:stand-in-for-PW@h:1/0 stand-in-for-PW $ $("
+    );
+    assert_eq!(url_password("redis://:pw@redis:6379/0"), Some("pw"));
+    assert_eq!(url_password("rediss://user:pw@h:6380"), Some("pw"));
+    assert_eq!(url_password("redis://redis:6379/0"), None);
+    assert_eq!(url_password("redis://:@redis:6379/0"), None);
+    assert_eq!(
+        compose_host_ip(&Value::from("127.0.0.1:50051:50051")).as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(compose_host_ip(&Value::from("50051:50051")), None);
+    assert_eq!(compose_host_ip(&Value::from("50051")), None);
+    assert_eq!(
+        compose_host_ip(&Value::from("[::1]:80:80")).as_deref(),
+        Some("::1")
+    );
+    let volume = compose_volume(&Value::from("./c.toml:/etc/vra/clients.toml:ro")).unwrap();
+    assert_eq!(
+        (
+            volume.source.as_str(),
+            volume.target.as_str(),
+            volume.read_only
+        ),
+        ("./c.toml", "/etc/vra/clients.toml", true)
+    );
+    assert!(
+        !compose_volume(&Value::from("models:/root/.ollama"))
+            .unwrap()
+            .read_only
+    );
+    assert_eq!(
+        sha256_hex(b"abc"),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
     assert_eq!(
         url_host("redis://:pw@redis.vra.svc:6379/0"),
         "redis.vra.svc"
