@@ -76,6 +76,7 @@ pub struct Metrics {
     stream_aborts: Counter,
     panics: Family<MethodLabels, Counter>,
     ledger_errors: Family<KindLabels, Counter>,
+    rejected: Family<ReasonLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -154,8 +155,15 @@ impl Metrics {
             "Budget reservations the ledger could not answer (unavailable, timeout, full); the call failed safe",
             ledger_errors.clone(),
         );
+        let rejected = Family::default();
+        registry.register(
+            "requests_rejected",
+            "Calls turned away at the edge before any service, by reason (missing_credentials, malformed_credentials, invalid_credentials)",
+            rejected.clone(),
+        );
         Self {
             registry,
+            rejected,
             panics,
             ledger_errors,
             requests,
@@ -249,6 +257,11 @@ impl Metrics {
     /// Counts a reservation the ledger could not answer, by kind (`full`, `timeout`, ...).
     pub fn ledger_error(&self, kind: &'static str) {
         self.ledger_errors.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    /// Counts a call rejected at the edge (authentication), by a low-cardinality reason.
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejected.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     /// Tracks one in-flight call until the guard is dropped.
