@@ -737,6 +737,89 @@ mod tests {
         assert_eq!(every_time.remembered(), 1);
     }
 
+    /// What the inner service saw: the client id it was handed, if any.
+    type Seen = Arc<Mutex<Vec<Option<String>>>>;
+
+    fn layered(
+        auth: Option<Arc<Authenticator>>,
+        seen: Seen,
+    ) -> impl tower::Service<
+        http::Request<()>,
+        Response = http::Response<String>,
+        Error = std::convert::Infallible,
+        Future: Send,
+    > {
+        tower::Layer::layer(
+            &AuthLayer::new(auth),
+            tower::service_fn(move |request: http::Request<()>| {
+                let client = request.extensions().get::<Arc<Client>>();
+                seen.lock().unwrap().push(client.map(|c| c.id.clone()));
+                std::future::ready(Ok(http::Response::new("served".to_string())))
+            }),
+        )
+    }
+
+    fn call_with(path: &str, authorization: Option<&str>) -> http::Request<()> {
+        let mut builder = http::Request::builder().uri(path);
+        if let Some(value) = authorization {
+            builder = builder.header("authorization", value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_layer_admits_with_the_client_or_answers_unauthenticated_itself() {
+        use tower::ServiceExt as _;
+        let metrics = Arc::new(Metrics::new());
+        let clients = Arc::new(Clients::from_set(
+            parse(&client_block("a", "vra_tok")).unwrap(),
+        ));
+        let auth = Some(Arc::new(Authenticator::new(
+            clients,
+            false,
+            metrics.clone(),
+        )));
+        let seen = Seen::default();
+        let gen_path = "/vra.gateway.v1.GatewayService/Generate";
+
+        let ok = layered(auth.clone(), seen.clone())
+            .oneshot(call_with(gen_path, Some("Bearer vra_tok")))
+            .await
+            .unwrap();
+        assert_eq!(ok.body(), "served");
+        for bad in [None, Some("Bearer vra_other"), Some("Basic vra_tok")] {
+            let no = layered(auth.clone(), seen.clone())
+                .oneshot(call_with(gen_path, bad))
+                .await
+                .unwrap();
+            assert_eq!(no.headers()["grpc-status"], "16");
+            assert_eq!(
+                no.headers()["grpc-message"],
+                "missing%20or%20invalid%20credentials"
+            );
+            assert!(no.body().is_empty());
+        }
+        layered(auth.clone(), seen.clone())
+            .oneshot(call_with("/grpc.health.v1.Health/Check", None))
+            .await
+            .unwrap();
+        layered(None, seen.clone())
+            .oneshot(call_with(gen_path, None))
+            .await
+            .unwrap();
+        // Rejected calls never reached the inner service.
+        assert_eq!(*seen.lock().unwrap(), [Some("a".to_string()), None, None]);
+        let text = metrics.render();
+        for reason in [
+            "missing_credentials",
+            "malformed_credentials",
+            "invalid_credentials",
+        ] {
+            let line = format!("vra_gateway_requests_rejected_total{{reason=\"{reason}\"}} 1");
+            assert!(text.contains(&line), "{text}");
+        }
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
         /// Any bytes: no panic; a token is accepted only in the strict shape.
