@@ -520,7 +520,7 @@ pub struct AuthService<S> {
 
 impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for AuthService<S>
 where
-    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone,
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
     ResBody: Default,
 {
     type Response = http::Response<ResBody>;
