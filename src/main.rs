@@ -60,12 +60,13 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum ClientsCommand {
     /// Mint a bearer token for a client and print its [[client]] block.
-    #[command(
-        after_help = "Output (stdout): line 1 is the token (`vra_` + 64 hex digits) — shown only this once;
-                      then a `#` comment line and the [[client]] block (id, token_sha256 = the token's
-                      hex SHA-256) to paste into VRA_CLIENTS_FILE; then SIGHUP the gateway.
-                      Add cloud_calls_per_day / max_cloud_calls to the block for per-client limits."
-    )]
+    #[command(after_help = "Output (stdout), for humans and scripts alike:\n  \
+                      line 1: the token (`vra_` + 64 hex digits), shown only this once;\n  \
+                      line 2: a `#` comment;\n  \
+                      then the [[client]] block (id, token_sha256 = the token's hex SHA-256) to paste\n  \
+                      into VRA_CLIENTS_FILE (add cloud_calls_per_day / max_cloud_calls for limits), then\n  \
+                      send the gateway SIGHUP.\n\
+                      Exit codes: 0 printed, 2 invalid --id.")]
     NewToken {
         /// The client's id: 1 to 64 of A-Z a-z 0-9 . _ -
         #[arg(long, value_name = "ID")]
