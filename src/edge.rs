@@ -3,6 +3,10 @@
 //!
 //! 1. [`stamp_deadline`] reads the caller's `grpc-timeout` the moment the call arrives and
 //!    stamps the resulting [`CallerDeadline`] into the request's extensions.
+//! 2. [`crate::auth::AuthLayer`] (when `config.security.authenticates()`) admits the call
+//!    with its `Arc<`[`crate::domain::Client`]`>` in the request's extensions, or answers
+//!    UNAUTHENTICATED itself without reaching a service. Health checks pass without
+//!    credentials. After the deadline stamp, so the stamp still starts the clock at arrival.
 //!
 //! Why at arrival: tonic's own timeout layer, which sits just outside these layers, starts
 //! its clock when the call arrives and answers CANCELLED when it runs out. The gateway's

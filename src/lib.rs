@@ -21,7 +21,11 @@
 //! - [`resilience`]: retry/backoff, deadlines and the circuit breaker (RAII permits).
 //! - [`gateway`]: the pipeline — route, budget, call, retry, fall back, record.
 //! - [`edge`]: what every call passes before a service — tower layers stacked once in
-//!   [`server`] (today: the caller's deadline, stamped at arrival). Add an edge layer here.
+//!   [`server`] (the caller's deadline, stamped at arrival; then authentication). Add an edge
+//!   layer here.
+//! - [`auth`]: client identity — the clients file (bearer-token digests, per-client limits),
+//!   reloaded on SIGHUP, and the edge layer that admits a call with its `Arc<Client>` or
+//!   answers UNAUTHENTICATED.
 //! - [`service`]: the tonic service — validation and conversion around the pipeline.
 //! - [`error`]: the gateway error enum and its one mapping to `tonic::Status`.
 //! - [`server`]: wiring, health, reflection, metrics endpoint, graceful shutdown.
@@ -32,6 +36,7 @@
 //!   simulated upstreams, and [`demo::sim`], those upstreams (also the tests' and benchmarks'
 //!   "remote LLM").
 
+pub mod auth;
 pub mod budget;
 pub mod config;
 pub mod demo;

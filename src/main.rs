@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use vra_gateway::config::{Config, SETTINGS, Sources};
-use vra_gateway::{demo, server, telemetry};
+use vra_gateway::domain::Client;
+use vra_gateway::{auth, demo, server, telemetry};
 
 /// Exit code for configuration errors (and command-line usage errors, as clap does).
 const EXIT_CONFIG: u8 = 2;
@@ -49,6 +50,28 @@ enum Command {
         #[arg(long, value_name = "URL")]
         ollama_host: Option<String>,
     },
+    /// Manage the clients of VRA_CLIENTS_FILE.
+    Clients {
+        #[command(subcommand)]
+        command: ClientsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientsCommand {
+    /// Mint a bearer token for a client and print its [[client]] block.
+    #[command(after_help = "Output (stdout), for humans and scripts alike:\n  \
+                      line 1: the token (`vra_` + 64 hex digits), shown only this once;\n  \
+                      line 2: a `#` comment;\n  \
+                      then the [[client]] block (id, token_sha256 = the token's hex SHA-256) to paste\n  \
+                      into VRA_CLIENTS_FILE (add cloud_calls_per_day / max_cloud_calls for limits), then\n  \
+                      send the gateway SIGHUP.\n\
+                      Exit codes: 0 printed, 2 invalid --id.")]
+    NewToken {
+        /// The client's id: 1 to 64 of A-Z a-z 0-9 . _ -
+        #[arg(long, value_name = "ID")]
+        id: String,
+    },
 }
 
 fn settings_help() -> String {
@@ -81,6 +104,9 @@ fn main() -> ExitCode {
     }) {
         Command::Serve { print_config } => serve(cli.config, print_config),
         Command::Health { addr } => health(addr),
+        Command::Clients {
+            command: ClientsCommand::NewToken { id },
+        } => new_token(&id),
         Command::Demo {
             openai_base_url,
             ollama_host,
@@ -154,6 +180,22 @@ fn health(addr: Option<String>) -> ExitCode {
         Ok(false) => fail("NOT_SERVING", 1),
         Err(e) => fail(&format!("health check of {addr} failed: {e}"), 1),
     }
+}
+
+/// Prints a fresh token and the clients-file block that accepts it (format in `--help`).
+fn new_token(id: &str) -> ExitCode {
+    if !Client::valid_id(id) {
+        return fail(
+            "--id: a client id is 1 to 64 of A-Z a-z 0-9 . _ -",
+            EXIT_CONFIG,
+        );
+    }
+    let token = auth::new_token();
+    print!(
+        "{token}\n# the token above is shown only once; paste this block into VRA_CLIENTS_FILE:\n{}",
+        auth::client_block(id, &token)
+    );
+    ExitCode::SUCCESS
 }
 
 fn fail(message: &str, code: u8) -> ExitCode {

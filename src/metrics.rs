@@ -77,6 +77,7 @@ pub struct Metrics {
     panics: Family<MethodLabels, Counter>,
     ledger_errors: Family<KindLabels, Counter>,
     client_reservations: Family<ClientLabels, Counter>,
+    rejected: Family<ReasonLabels, Counter>,
 }
 
 /// Client ids come from the clients file, never from requests: a bounded label set.
@@ -168,9 +169,16 @@ impl Metrics {
             "Cloud reservations of authenticated clients, by client and outcome (granted, report_budget, day_quota)",
             client_reservations.clone(),
         );
+        let rejected = Family::default();
+        registry.register(
+            "requests_rejected",
+            "Calls turned away at the edge before any service, by reason (missing_credentials, malformed_credentials, invalid_credentials)",
+            rejected.clone(),
+        );
         Self {
             registry,
             client_reservations,
+            rejected,
             panics,
             ledger_errors,
             requests,
@@ -274,6 +282,11 @@ impl Metrics {
     /// Counts a reservation the ledger could not answer, by kind (`full`, `timeout`, ...).
     pub fn ledger_error(&self, kind: &'static str) {
         self.ledger_errors.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    /// Counts a call rejected at the edge (authentication), by a low-cardinality reason.
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejected.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     /// Tracks one in-flight call until the guard is dropped.

@@ -16,8 +16,9 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::auth::{AuthLayer, Authenticator, Clients};
 use crate::budget;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::edge;
 use crate::gateway::Gateway;
 use crate::metrics::{self, Metrics};
@@ -88,6 +89,15 @@ pub async fn run(
     // announced, since SIGHUP's default action ends the process.
     let mut reload = reload_signal();
     let metrics = Arc::new(Metrics::new());
+    let clients = load_clients(&config)?;
+    let auth = clients.as_ref().map(|clients| {
+        let mtls = config
+            .security
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca.is_some());
+        Arc::new(Authenticator::new(clients.clone(), mtls, metrics.clone()))
+    });
     let gateway = build_gateway(&config, metrics.clone())?;
     let addr = listener.local_addr().map_err(|source| ServeError::Bind {
         addr: config.listen_addr,
@@ -155,6 +165,7 @@ pub async fn run(
         .layer(tower::util::MapRequestLayer::new(
             edge::stamp_deadline::<tonic::body::Body>,
         ))
+        .layer(AuthLayer::new(auth))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(service)
@@ -170,6 +181,10 @@ pub async fn run(
     let reload_task = tokio::spawn(async move {
         while reload.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading");
+            if let Some(clients) = &clients {
+                // Logs the outcome itself (how many clients, or the file and line at fault).
+                let _ = clients.reload();
+            }
         }
     });
 
@@ -205,6 +220,22 @@ pub async fn run(
     }
     tracing::info!("vra-gateway stopped");
     result
+}
+
+/// The clients when authentication is on (`None`: every call is admitted). A clients file
+/// that cannot be read or parsed stops the startup (exit 2), naming the file and line.
+fn load_clients(config: &Config) -> Result<Option<Arc<Clients>>, ServeError> {
+    if !config.security.authenticates() {
+        return Ok(None);
+    }
+    let clients = match &config.security.clients_file {
+        Some(path) => Clients::load(path).map_err(|e| ConfigError {
+            var: crate::config::CLIENTS_FILE.var.to_string(),
+            message: e.to_string(),
+        })?,
+        None => Clients::none(),
+    };
+    Ok(Some(Arc::new(clients)))
 }
 
 /// Keeps the health status honest: NOT_SERVING only when the ledger is unreachable *and* the

@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::clients::{TestClient, write_clients_file};
 use common::process::{KEY, Running, gateway_env, run_to_end, temp_dir};
 use common::request;
 use tonic::Code;
@@ -296,4 +297,48 @@ async fn sigterm_right_after_listening_exits_zero() {
         let (code, lines) = gw.finish().await;
         assert_eq!(code, 0, "{}", lines.join("\n"));
     }
+}
+
+/// Issue 10: `[Hybrid]` lines name the authenticated client, and a spent day quota is its own
+/// fallback reason.
+#[tokio::test]
+async fn client_quota_fallbacks_are_logged_with_the_client() {
+    let cloud = Sim::start().await.unwrap();
+    let local = Sim::start().await.unwrap();
+    let a = TestClient::new("reports-python", "vra_binary-test-token-2c81").per_day(1);
+    let file = write_clients_file(&[a]);
+    let (cloud_url, local_url) = (cloud.openai_base(), local.ollama_base());
+    let env = gateway_env(
+        &cloud_url,
+        &local_url,
+        &[
+            ("VRA_CLIENTS_FILE", file.to_str().unwrap()),
+            ("MAX_CLOUD_CALLS", "5"),
+        ],
+    );
+    let mut gw = Running::start(&env).await;
+    let mut client = common::connect(gw.addr.parse().unwrap()).await;
+    client
+        .generate(a.call(request("rep-q1", P::Refine, S::Analysis)))
+        .await
+        .unwrap();
+    gw.wait_for("[Hybrid] Phase=REFINE | Section=1.3 | Provider=OPENAI | Model=gpt-4o | Report=rep-q1 | Client=reports-python")
+        .await;
+    let r = client
+        .generate(a.call(request("rep-q2", P::Refine, S::Analysis)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        common::reason(&r),
+        vra_gateway::pb::FallbackReason::ClientQuota
+    );
+    let line = gw
+        .wait_for("[Hybrid] Event=FALLBACK | Reason=CLIENT_QUOTA | Report=rep-q2 | Phase=REFINE | Section=1.3 | Client=reports-python")
+        .await;
+    assert!(line.contains(" WARN "), "{line}");
+    assert_eq!(cloud.requests(), 1);
+    gw.sigterm();
+    let (code, _) = gw.finish().await;
+    assert_eq!(code, 0);
 }

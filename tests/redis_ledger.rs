@@ -9,6 +9,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::clients::{TestClient, write_clients_file};
 use common::redis_server::{self, RedisServer};
 use common::trials::{Gate, Runtime, async_trial};
 use common::{Replica, config, connect, reason, request, tier};
@@ -45,6 +46,13 @@ fn main() {
             &redis,
             Runtime::MultiThread(4),
             three_replicas_share_one_exact_budget,
+        ),
+        async_trial(
+            &args,
+            "clients_have_scoped_keys_and_one_exact_day_quota_across_replicas",
+            &redis,
+            Runtime::MultiThread(4),
+            clients_have_scoped_keys_and_one_exact_day_quota_across_replicas,
         ),
         async_trial(
             &args,
@@ -132,6 +140,113 @@ async fn three_replicas_share_one_exact_budget() {
             "replicas agree"
         );
     }
+    for r in replicas {
+        r.shutdown().await;
+    }
+}
+
+/// Issue 10: with authentication on, every key lives under `{prefix}{client}/`, and a client's
+/// day quota is one exact count shared by every replica — reserved in the same script as the
+/// report's unit.
+async fn clients_have_scoped_keys_and_one_exact_day_quota_across_replicas() {
+    let a = TestClient::new("reports-python", "vra_token-a-for-the-redis-test-31c9").per_day(20);
+    let b = TestClient::new("reports-node", "vra_token-b-for-the-redis-test-77d0");
+    let file = write_clients_file(&[a, b]);
+    let redis = RedisServer::start().await;
+    let cloud = Sim::start().await.unwrap();
+    let local = Sim::start().await.unwrap();
+    let url = redis.url();
+    let settings = [
+        ("VRA_LEDGER_URL", url.as_str()),
+        ("VRA_LEDGER_PREFIX", "t:"),
+        ("MAX_CLOUD_CALLS", "3"),
+        ("VRA_LEDGER_TIMEOUT_MS", "10000"),
+        ("VRA_CLIENTS_FILE", file.to_str().unwrap()),
+    ];
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(Replica::start(config(&cloud, &local, &settings)).await);
+    }
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let mut client = connect(replicas[i % 3].addr).await;
+        tasks.push(tokio::spawn(async move {
+            client
+                .generate(a.call(request(&format!("r{}", i / 2), P::Refine, S::Analysis)))
+                .await
+                .map(|r| r.into_inner())
+        }));
+    }
+    let (mut primary, mut quota) = (0, 0);
+    for t in tasks {
+        let resp = t.await.unwrap().expect("every call is answered");
+        match (tier(&resp), reason(&resp)) {
+            (T::Primary, F::Unspecified) => primary += 1,
+            (T::Secondary, F::ClientQuota) => quota += 1,
+            other => panic!("unexpected route {other:?}"),
+        }
+    }
+    assert_eq!((primary, quota), (20, 30));
+    assert_eq!(
+        cloud.requests(),
+        20,
+        "exactly the day quota, across three replicas"
+    );
+    // B's report `r0` is not A's.
+    let resp = connect(replicas[1].addr)
+        .await
+        .generate(b.call(request("r0", P::Refine, S::Analysis)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (tier(&resp), resp.budget.unwrap().cloud_calls_used),
+        (T::Primary, 1)
+    );
+    for r in &replicas {
+        let u = connect(r.addr)
+            .await
+            .get_report_usage(a.call(pb::GetReportUsageRequest {
+                report_id: "r0".into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            u.client_quota,
+            Some(pb::ClientQuota {
+                used: 20,
+                limit: 20
+            })
+        );
+        assert_eq!(u.primary_calls + u.secondary_calls, 2, "A's r0 only");
+    }
+
+    let mut conn = redis.client().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        keys.contains(&"t:reports-python/quota".to_string()),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&"t:reports-python/report:r0".to_string()),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&"t:reports-node/report:r0".to_string()),
+        "{keys:?}"
+    );
+    assert!(
+        keys.iter()
+            .all(|k| k.starts_with("t:reports-python/") || k.starts_with("t:reports-node/")),
+        "every key is scoped by client: {keys:?}"
+    );
+    let day_used: u32 = conn.hget("t:reports-python/quota", "used").await.unwrap();
+    assert_eq!(day_used, 20);
     for r in replicas {
         r.shutdown().await;
     }

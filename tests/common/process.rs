@@ -157,9 +157,18 @@ impl Running {
     }
 
     pub fn sigterm(&self) {
+        self.signal("-TERM");
+    }
+
+    /// SIGHUP: the gateway re-reads its reloadable files.
+    pub fn sighup(&self) {
+        self.signal("-HUP");
+    }
+
+    fn signal(&self, flag: &str) {
         let pid = self.child.id().expect("running").to_string();
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([flag, &pid])
             .status()
             .unwrap();
         assert!(status.success());
