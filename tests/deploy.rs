@@ -670,10 +670,13 @@ struct ClientEntry {
     max_cloud_calls: Option<u32>,
 }
 
-/// Parses and checks a clients file: at least one client, ids valid and unique, digests
+/// Parses and checks a clients file with the gateway's parser, then: at least one client, ids valid and unique, digests
 /// 64 hex digits and unique, limits positive. Returns `(id, digest)` of each client.
 fn check_clients_file(path: &Path) -> Vec<(String, String)> {
     let at = rel(path);
+    // The gateway's own parser must accept it; the checks below add what a deployment needs.
+    vra_gateway::auth::ClientSet::read(path)
+        .unwrap_or_else(|e| panic!("{at}: the gateway rejects this clients file: {e}"));
     let file: ClientsFile = toml::from_str(&read(path))
         .unwrap_or_else(|e| panic!("{at}: not a clients file: {}", e.message()));
     assert!(!file.client.is_empty(), "{at}: no [[client]]");
