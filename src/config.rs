@@ -691,10 +691,19 @@ fn security(
             }
             None
         }
+        // Named after the one that is set, so the error points at the line to complete.
         (Some(_), None) | (None, Some(_)) => {
+            let (set, missing) = if path(TLS_CERT_FILE).is_some() {
+                (TLS_CERT_FILE, TLS_KEY_FILE)
+            } else {
+                (TLS_KEY_FILE, TLS_CERT_FILE)
+            };
             return Err(ConfigError::new(
-                format!("{}/{}", TLS_CERT_FILE.var, TLS_KEY_FILE.var),
-                "set both (PEM certificate chain and its private key) or neither",
+                set.var,
+                format!(
+                    "needs {} too: set both (PEM certificate chain and its private key) or neither",
+                    missing.var
+                ),
             ));
         }
     };

@@ -408,8 +408,13 @@ async fn tls_settings_that_cannot_work_exit_2_naming_the_setting() {
     let cases: Vec<Case> = vec![
         (
             vec![("VRA_TLS_CERT_FILE", &cert)],
-            "VRA_TLS_CERT_FILE/VRA_TLS_KEY_FILE",
-            "both",
+            "VRA_TLS_CERT_FILE",
+            "needs VRA_TLS_KEY_FILE too",
+        ),
+        (
+            vec![("VRA_TLS_KEY_FILE", &key)],
+            "VRA_TLS_KEY_FILE",
+            "needs VRA_TLS_CERT_FILE too",
         ),
         (
             vec![("VRA_TLS_CERT_FILE", &missing), ("VRA_TLS_KEY_FILE", &key)],
