@@ -186,9 +186,14 @@ async fn serves_grpc_over_tls_to_a_client_that_trusts_the_ca() {
         gateway(&[("VRA_TLS_CERT_FILE", &cert), ("VRA_TLS_KEY_FILE", &key)]).await;
     let addr = gw.addr.to_string();
 
-    generate_over_tls(&addr, &ca, None)
+    // A client that connects and never says a word holds its handshake open for the 10 s
+    // handshake timeout; handshakes run side by side, so it holds up no one else.
+    let silent = TcpStream::connect(&addr).await.expect("tcp connect");
+    tokio::time::timeout(Duration::from_secs(5), generate_over_tls(&addr, &ca, None))
         .await
+        .expect("not held up by a silent connection's handshake")
         .expect("a client trusting the CA is served");
+    drop(silent);
     assert_eq!(cloud.requests(), 1, "the call reached the upstream");
 
     let plain = generate_plaintext(&addr).await;
