@@ -471,11 +471,7 @@ impl Authenticator {
     /// Counts a rejection and logs it, throttled per peer.
     fn rejected<B>(&self, request: &http::Request<B>, why: Rejection) {
         self.metrics.rejected(why.reason());
-        let peer = request
-            .extensions()
-            .get::<tonic::transport::server::TcpConnectInfo>()
-            .and_then(|c| c.remote_addr())
-            .map(|a| a.ip());
+        let peer = peer_ip(request.extensions());
         if self.log_throttle.check(peer) {
             let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
             tracing::warn!(
@@ -485,6 +481,18 @@ impl Authenticator {
             );
         }
     }
+}
+
+/// The caller's IP address, over plain TCP or TLS (tonic puts a different connect info in the
+/// extensions for each).
+fn peer_ip(extensions: &http::Extensions) -> Option<IpAddr> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let tcp = extensions.get::<TcpConnectInfo>().or_else(|| {
+        extensions
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .map(TlsConnectInfo::get_ref)
+    });
+    tcp.and_then(TcpConnectInfo::remote_addr).map(|a| a.ip())
 }
 
 /// Edge layer 2: authentication. `None` (authentication off) passes every call through.

@@ -245,11 +245,12 @@ impl ProviderError {
     }
 
     /// Whether the failure says something about the provider's health (circuit breaker food),
-    /// as opposed to this particular request (e.g. a 400).
+    /// as opposed to this particular request (e.g. a 400). A 3xx counts: redirects are not
+    /// followed, so every call to a base URL that redirects fails the same way.
     pub fn is_provider_fault(&self) -> bool {
         match self {
             ProviderError::Status { status, .. } => {
-                matches!(status, 401 | 403 | 408 | 429 | 500..=599)
+                matches!(status, 300..=399 | 401 | 403 | 408 | 429 | 500..=599)
             }
             _ => true,
         }

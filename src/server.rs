@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ use crate::pb;
 use crate::pb::gateway_service_server::GatewayServiceServer;
 use crate::providers::Tiers;
 use crate::service::GatewayService;
+use crate::tls::ServerTls;
 
 /// After the last call of a graceful shutdown, how long connections get to flush their
 /// responses and close before the process exits anyway.
@@ -74,7 +76,8 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 
 /// Builds the gateway (providers, ledger, metrics) from a configuration.
 pub fn build_gateway(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<Gateway>, ServeError> {
-    let tiers = Tiers::build(&config.primary, &config.secondary)?;
+    let roots = crate::tls::upstream_roots(config.security.upstream_ca_file.as_deref())?;
+    let tiers = Tiers::build(&config.primary, &config.secondary, &roots)?;
     let ledger = budget::build(config)?;
     Ok(Arc::new(Gateway::new(config, tiers, ledger, metrics)))
 }
@@ -88,6 +91,7 @@ pub async fn run(
     // SIGHUP re-reads what may change without a restart; installed before the listener is
     // announced, since SIGHUP's default action ends the process.
     let mut reload = reload_signal();
+    let tls = load_tls(&config)?;
     let metrics = Arc::new(Metrics::new());
     let clients = load_clients(&config)?;
     let auth = clients.as_ref().map(|clients| {
@@ -157,7 +161,7 @@ pub async fn run(
         gateway.ledger().backend(),
     );
 
-    let server = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         // tonic's default is unlimited streams per connection: one client could hold any
         // number of half-sent calls.
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
@@ -168,22 +172,36 @@ pub async fn run(
         .layer(AuthLayer::new(auth))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(service)
-        // tonic ignores its own `tcp_nodelay` for a caller-supplied listener; without
-        // it, Nagle's algorithm adds ~40 ms stalls to small responses (bench/RESULTS.md, F2).
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            stopped(stop_rx.clone()),
-        );
+        .add_service(service);
+    let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match &tls {
+            // Handshakes on our own accept loop (src/tls.rs), with the certificate current
+            // at accept time: SIGHUP swaps it without a restart.
+            Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+                crate::tls::incoming(listener, tls.clone()),
+                stopped(stop_rx.clone()),
+            )),
+            // tonic ignores its own `tcp_nodelay` for a caller-supplied listener; without
+            // it, Nagle's algorithm adds ~40 ms stalls to small responses (bench/RESULTS.md, F2).
+            None => Box::pin(router.serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                stopped(stop_rx.clone()),
+            )),
+        };
     tokio::pin!(server);
 
-    // Each reloadable part re-reads its files on SIGHUP; one that fails keeps what it had.
+    // Each reloadable part re-reads its files on SIGHUP; one that fails keeps what it had
+    // (and logs why).
     let reload_task = tokio::spawn(async move {
         while reload.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading");
             if let Some(clients) = &clients {
                 // Logs the outcome itself (how many clients, or the file and line at fault).
                 let _ = clients.reload();
+            }
+            if let Some(tls) = &tls {
+                // Logs the outcome itself; a broken file keeps the previous certificate.
+                let _ = tls.reload();
             }
         }
     });
@@ -236,6 +254,23 @@ fn load_clients(config: &Config) -> Result<Option<Arc<Clients>>, ServeError> {
         None => Clients::none(),
     };
     Ok(Some(Arc::new(clients)))
+}
+
+/// Loads the listener's TLS files, when configured, and says how the listener is secured.
+fn load_tls(config: &Config) -> Result<Option<Arc<ServerTls>>, ServeError> {
+    let Some(files) = &config.security.tls else {
+        return Ok(None);
+    };
+    let tls = ServerTls::load(files)?;
+    match &files.client_ca {
+        Some(ca) => tracing::info!(
+            "gRPC over TLS (certificate {}); client certificates required, verified against {}",
+            files.cert.display(),
+            ca.display()
+        ),
+        None => tracing::info!("gRPC over TLS (certificate {})", files.cert.display()),
+    }
+    Ok(Some(Arc::new(tls)))
 }
 
 /// Keeps the health status honest: NOT_SERVING only when the ledger is unreachable *and* the

@@ -47,7 +47,11 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
-    pub(crate) fn new(config: &ProviderConfig, path: &str) -> Result<Self, BuildError> {
+    pub(crate) fn new(
+        config: &ProviderConfig,
+        path: &str,
+        extra_roots: &[reqwest::Certificate],
+    ) -> Result<Self, BuildError> {
         let url = reqwest::Url::parse(&join(&config.base_url, path)).map_err(|e| BuildError {
             name: config.name.clone(),
             message: format!("invalid base URL: {e}"),
@@ -55,7 +59,7 @@ impl Endpoint {
         Ok(Self {
             host: url.host_str().unwrap_or_default().to_string(),
             port: url.port_or_known_default().unwrap_or(0),
-            client: client(config)?,
+            client: client(config, extra_roots)?,
             url,
             timeout: config.timeout,
             api_key: config.api_key.clone(),
@@ -132,9 +136,18 @@ const ERROR_EXCERPT: usize = 200;
 
 /// A pooled client with the provider's connect timeout. The per-attempt timeout is set per
 /// request, because a stream must not be cut by a total-time limit (it has an idle timeout).
-fn client(config: &ProviderConfig) -> Result<reqwest::Client, BuildError> {
+///
+/// HTTPS trusts the system roots plus `extra_roots` (`VRA_UPSTREAM_CA_FILE`). Redirects are
+/// not followed: an LLM API that answers 3xx is misconfigured (or intercepted), not a new
+/// destination for the prompt and the API key; the 3xx becomes a [`ProviderError::Status`].
+fn client(
+    config: &ProviderConfig,
+    extra_roots: &[reqwest::Certificate],
+) -> Result<reqwest::Client, BuildError> {
     crate::install_crypto_provider();
     reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .tls_certs_merge(extra_roots.iter().cloned())
         .connect_timeout(config.connect_timeout)
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)
@@ -173,6 +186,8 @@ async fn send(
     // 401/403 bodies may quote (part of) the key: never keep them.
     let message = if matches!(code, 401 | 403) {
         String::new()
+    } else if status.is_redirection() {
+        redirect_message(response.headers(), api_key)
     } else {
         // Only an excerpt is kept, so only the start of the body is read.
         let body = read_prefix(response, limits.response_bytes.min(ERROR_BODY_PREFIX)).await;
@@ -222,6 +237,19 @@ async fn read_prefix(mut response: Response, limit: usize) -> Vec<u8> {
         body.extend_from_slice(&chunk[..chunk.len().min(room)]);
     }
     body
+}
+
+/// What a 3xx error says: that the redirect was not followed, and where it pointed (the
+/// `Location`, scrubbed and cut like an error excerpt).
+fn redirect_message(headers: &HeaderMap, api_key: Option<&Secret>) -> String {
+    let location = headers
+        .get(http::header::LOCATION)
+        .map(|v| error_excerpt(v.as_bytes(), api_key))
+        .filter(|l| !l.is_empty());
+    match location {
+        Some(l) => format!("redirect to `{l}` not followed; check the provider's base URL"),
+        None => "redirect not followed; check the provider's base URL".to_string(),
+    }
 }
 
 /// Parses a `Retry-After` value (RFC 9110 §10.2.3): delay-seconds (digits only) or an HTTP
@@ -410,6 +438,33 @@ mod tests {
         );
         let excerpt = error_excerpt(body.as_bytes(), Some(&key));
         assert!(!excerpt.contains("sk-li"), "{excerpt}");
+    }
+
+    #[test]
+    fn a_redirect_is_a_final_error_naming_where_it_pointed() {
+        let key = Secret::new("sk-123");
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::LOCATION,
+            http::HeaderValue::from_static("https://elsewhere.example/v1?k=sk-123"),
+        );
+        let message = redirect_message(&headers, Some(&key));
+        assert!(
+            message.contains("https://elsewhere.example/v1?k=<redacted>"),
+            "{message}"
+        );
+        assert!(message.contains("not followed"), "{message}");
+        assert_eq!(
+            redirect_message(&HeaderMap::new(), None),
+            "redirect not followed; check the provider's base URL"
+        );
+        let err = ProviderError::Status {
+            status: 307,
+            retry_after: None,
+            message,
+        };
+        assert!(!err.is_retryable());
+        assert!(err.is_provider_fault());
     }
 
     #[test]

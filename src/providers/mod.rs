@@ -124,11 +124,15 @@ pub struct BuildError {
     pub message: String,
 }
 
-/// Builds the provider for one configuration, with its own pooled HTTP client.
-pub fn build(config: &ProviderConfig) -> Result<Arc<dyn Provider>, BuildError> {
+/// Builds the provider for one configuration, with its own pooled HTTP client; its HTTPS
+/// trusts the system roots plus `extra_roots` (`VRA_UPSTREAM_CA_FILE`).
+pub fn build(
+    config: &ProviderConfig,
+    extra_roots: &[reqwest::Certificate],
+) -> Result<Arc<dyn Provider>, BuildError> {
     Ok(match config.kind {
-        ProviderKind::Openai => Arc::new(openai::OpenAi::new(config.clone())?),
-        ProviderKind::Ollama => Arc::new(ollama::Ollama::new(config.clone())?),
+        ProviderKind::Openai => Arc::new(openai::OpenAi::new(config.clone(), extra_roots)?),
+        ProviderKind::Ollama => Arc::new(ollama::Ollama::new(config.clone(), extra_roots)?),
     })
 }
 
@@ -142,14 +146,19 @@ pub struct Tiers {
 }
 
 impl Tiers {
-    /// Builds both tiers; a provider used by both tiers shares one client.
-    pub fn build(primary: &Endpoint, secondary: &Endpoint) -> Result<Tiers, BuildError> {
+    /// Builds both tiers; a provider used by both tiers shares one client. `extra_roots` are
+    /// added to the system roots of every provider's HTTPS.
+    pub fn build(
+        primary: &Endpoint,
+        secondary: &Endpoint,
+        extra_roots: &[reqwest::Certificate],
+    ) -> Result<Tiers, BuildError> {
         let mut built: BTreeMap<String, Arc<dyn Provider>> = BTreeMap::new();
         let mut get = |cfg: &ProviderConfig| -> Result<Arc<dyn Provider>, BuildError> {
             if let Some(p) = built.get(&cfg.name) {
                 return Ok(p.clone());
             }
-            let p = build(cfg)?;
+            let p = build(cfg, extra_roots)?;
             built.insert(cfg.name.clone(), p.clone());
             Ok(p)
         };

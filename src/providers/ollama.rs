@@ -65,9 +65,12 @@ pub struct Ollama {
 }
 
 impl Ollama {
-    pub fn new(config: ProviderConfig) -> Result<Self, BuildError> {
+    pub fn new(
+        config: ProviderConfig,
+        extra_roots: &[reqwest::Certificate],
+    ) -> Result<Self, BuildError> {
         Ok(Self {
-            endpoint: http::Endpoint::new(&config, "/api/chat")?,
+            endpoint: http::Endpoint::new(&config, "/api/chat", extra_roots)?,
             config,
         })
     }

@@ -97,9 +97,12 @@ pub struct OpenAi {
 }
 
 impl OpenAi {
-    pub fn new(config: ProviderConfig) -> Result<Self, BuildError> {
+    pub fn new(
+        config: ProviderConfig,
+        extra_roots: &[reqwest::Certificate],
+    ) -> Result<Self, BuildError> {
         Ok(Self {
-            endpoint: http::Endpoint::new(&config, "/chat/completions")?,
+            endpoint: http::Endpoint::new(&config, "/chat/completions", extra_roots)?,
             config,
         })
     }
