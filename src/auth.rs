@@ -247,9 +247,12 @@ fn redact(message: &str) -> String {
 /// The registered clients, swapped whole on reload.
 #[derive(Debug)]
 pub struct Clients {
-    /// `None`: no clients file (mTLS only: certificates without entries, no limits).
+    /// The file re-read on reload (`None`: nothing to re-read).
     path: Option<PathBuf>,
     set: ArcSwap<ClientSet>,
+    /// Whether a certificate needs an entry to identify a client (there is a clients file).
+    /// Without one (mTLS only) the CA alone vouches for its certificates.
+    entries_required: bool,
 }
 
 impl Clients {
@@ -260,6 +263,7 @@ impl Clients {
         Ok(Clients {
             path: Some(path.to_path_buf()),
             set: ArcSwap::from_pointee(set),
+            entries_required: true,
         })
     }
 
@@ -268,6 +272,7 @@ impl Clients {
         Clients {
             path: None,
             set: ArcSwap::from_pointee(ClientSet::default()),
+            entries_required: false,
         }
     }
 
@@ -276,6 +281,7 @@ impl Clients {
         Clients {
             path: None,
             set: ArcSwap::from_pointee(set),
+            entries_required: true,
         }
     }
 
@@ -311,6 +317,11 @@ impl Clients {
     /// The client registered under `id` (a certificate's identity).
     pub fn by_id(&self, id: &str) -> Option<Arc<Client>> {
         self.set.load().by_id.get(id).cloned()
+    }
+
+    /// Whether a certificate needs an entry of its id to identify a client.
+    pub fn entries_required(&self) -> bool {
+        self.entries_required
     }
 
     pub fn len(&self) -> usize {
@@ -448,19 +459,28 @@ impl Authenticator {
         }
     }
 
-    /// The client of this request: its verified certificate's identity (with its entry's
-    /// limits, or none), else its bearer token's entry.
+    /// The client of this request: its verified certificate's identity, else its bearer
+    /// token's entry.
+    ///
+    /// With a clients file, a certificate identifies a client only if the file has an entry of
+    /// that id (which supplies its limits): otherwise any certificate of the CA could spend
+    /// without limits by naming itself, and removing an entry would lift a client's limits
+    /// instead of revoking it. Without a clients file (mTLS only), the CA alone vouches and
+    /// every certificate id gets the global limits.
     pub fn authenticate<B>(&self, request: &http::Request<B>) -> Result<Arc<Client>, Rejection> {
         if self.mtls
             && let Some(id) = crate::tls::peer_client_id(request.extensions())
         {
-            return Ok(self.clients.by_id(&id).unwrap_or_else(|| {
-                Arc::new(Client {
+            if let Some(client) = self.clients.by_id(&id) {
+                return Ok(client);
+            }
+            if !self.clients.entries_required() {
+                return Ok(Arc::new(Client {
                     id,
                     cloud_calls_per_day: None,
                     max_cloud_calls: None,
-                })
-            }));
+                }));
+            }
         }
         let token = bearer_token(request.headers())?;
         self.clients

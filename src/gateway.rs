@@ -511,12 +511,7 @@ impl Gateway {
                 TierOutcome::BudgetRefused => FallbackReason::CostLimit,
                 TierOutcome::QuotaSpent => FallbackReason::ClientQuota,
                 TierOutcome::LedgerDown => FallbackReason::LedgerUnavailable,
-                TierOutcome::CircuitOpen => match self.ledger.usage(state.key).await {
-                    Ok(u) if decision.cloud && u.is_spent(state.limits.report) => {
-                        FallbackReason::CostLimit
-                    }
-                    _ => FallbackReason::CircuitOpen,
-                },
+                TierOutcome::CircuitOpen => self.circuit_open_reason(state, decision.cloud).await,
                 TierOutcome::Failed(error) => {
                     let primary = self.provider_name(Tier::Primary);
                     let error = error.to_string();
@@ -581,6 +576,24 @@ impl Gateway {
             state.hybrid().failed(secondary, &errors);
         }
         Err(GatewayError::AllProvidersFailed(failures))
+    }
+
+    /// Why a call whose primary circuit is open falls back: a spent report budget or day
+    /// quota takes precedence (it would have refused the call anyway, and it is what
+    /// `ResolveRoute` predicts), else the open circuit.
+    async fn circuit_open_reason(&self, state: &CallState<'_>, cloud: bool) -> FallbackReason {
+        if !cloud {
+            return FallbackReason::CircuitOpen;
+        }
+        if let Ok(u) = self.ledger.usage(state.key).await
+            && u.is_spent(state.limits.report)
+        {
+            return FallbackReason::CostLimit;
+        }
+        match self.day_quota(state.key, state.limits).await {
+            Some(Ok(q)) if q.used >= q.limit => FallbackReason::ClientQuota,
+            _ => FallbackReason::CircuitOpen,
+        }
     }
 
     /// Calls one tier's provider, with retries, under a circuit-breaker permit. The permit is

@@ -26,11 +26,12 @@
 //! [`upstream_roots`] loads `VRA_UPSTREAM_CA_FILE`: extra roots *added* to the system ones
 //! for the providers' HTTPS (see `providers::http`).
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -59,6 +60,11 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// the kernel's backlog), so clients that open connections and never finish the handshake
 /// hold at most this many sockets and rustls buffers, each for at most [`HANDSHAKE_TIMEOUT`].
 pub const MAX_PENDING_HANDSHAKES: usize = 1024;
+
+/// TLS handshakes in progress at most from one IP address. Past it, that address's new
+/// connections are closed at once, so one host cannot hold the global
+/// [`MAX_PENDING_HANDSHAKES`] and starve everyone else.
+pub const MAX_PENDING_HANDSHAKES_PER_PEER: usize = 32;
 
 /// Finished connections waiting for the server to pick them up.
 const ACCEPTED_QUEUE: usize = 64;
@@ -251,6 +257,7 @@ async fn accept_loop(
     tx: mpsc::Sender<TlsStream<TcpStream>>,
 ) {
     let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let per_peer = Arc::new(PendingPerPeer::default());
     let failures = Arc::new(Throttle::new(FAILURE_WARN_EVERY));
     loop {
         let permit = tokio::select! {
@@ -272,6 +279,17 @@ async fn accept_loop(
         };
         // Without it, Nagle's algorithm adds ~40 ms stalls to small responses (as for the
         // plain listener, see server.rs).
+        let Some(slot) = per_peer.clone().take(peer.ip()) else {
+            // Dropping the socket closes it; the global permit goes back with it.
+            handshake_failed(
+                peer,
+                &format!(
+                    "{MAX_PENDING_HANDSHAKES_PER_PEER} handshakes from this address already in progress; connection closed"
+                ),
+                &failures,
+            );
+            continue;
+        };
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!("cannot set TCP_NODELAY for {peer}: {e}");
         }
@@ -280,7 +298,7 @@ async fn accept_loop(
             peer,
             tls.current(),
             tx.clone(),
-            permit,
+            (permit, slot),
             failures.clone(),
         ));
     }
@@ -308,7 +326,7 @@ async fn handshake(
     peer: SocketAddr,
     config: Arc<ServerConfig>,
     tx: mpsc::Sender<TlsStream<TcpStream>>,
-    permit: OwnedSemaphorePermit,
+    permit: (OwnedSemaphorePermit, PeerSlot),
     failures: Arc<Throttle>,
 ) {
     let accepted =
@@ -336,6 +354,44 @@ fn handshake_failed(peer: SocketAddr, why: &str, failures: &Throttle) {
         );
     } else {
         tracing::debug!("TLS handshake from {peer} failed: {why}");
+    }
+}
+
+/// Handshakes in progress per IP address. Only addresses with a handshake in progress have an
+/// entry, so the map holds at most [`MAX_PENDING_HANDSHAKES`] entries.
+#[derive(Default)]
+struct PendingPerPeer(Mutex<HashMap<IpAddr, usize>>);
+
+impl PendingPerPeer {
+    /// A slot for one more handshake from `ip`, or `None` when it has its share already.
+    fn take(self: Arc<Self>, ip: IpAddr) -> Option<PeerSlot> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= MAX_PENDING_HANDSHAKES_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        drop(map);
+        Some(PeerSlot { peers: self, ip })
+    }
+}
+
+/// One handshake's share of its address; given back when dropped (handshake done, failed,
+/// timed out, or its task cancelled).
+struct PeerSlot {
+    peers: Arc<PendingPerPeer>,
+    ip: IpAddr,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self.peers.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -378,10 +434,14 @@ impl Throttle {
 /// extensions for connections from [`incoming`]; it is there for any tower layer stacked
 /// with `Server::builder().layer(..)`. A certificate found there was verified during the
 /// handshake: this listener only asks for client certificates with a required verifier.
+///
+/// Only an id that is a valid client id (`[A-Za-z0-9._-]{1,64}`, as in the clients file) is
+/// returned: certificate names are not checked for syntax by the verifier, and an id ends up in
+/// ledger keys, log lines and metric labels.
 pub fn peer_client_id(extensions: &http::Extensions) -> Option<String> {
     let info = extensions.get::<TlsConnectInfo<TcpConnectInfo>>()?;
     let certs = info.peer_certs()?;
-    client_id(certs.first()?)
+    client_id(certs.first()?).filter(|id| crate::domain::Client::valid_id(id))
 }
 
 /// A certificate's client id: its first DNS SAN, else its subject CN; `None` when it has
@@ -436,6 +496,31 @@ pub fn upstream_roots(path: Option<&Path>) -> Result<Vec<reqwest::Certificate>, 
 mod tests {
     use super::*;
     use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
+
+    #[test]
+    fn each_address_gets_a_bounded_share_of_handshakes_given_back_on_drop() {
+        let peers = Arc::new(PendingPerPeer::default());
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let mut slots: Vec<PeerSlot> = (0..MAX_PENDING_HANDSHAKES_PER_PEER)
+            .map(|_| peers.clone().take(a).expect("within the share"))
+            .collect();
+        assert!(peers.clone().take(a).is_none(), "past the share");
+        let other = peers
+            .clone()
+            .take(b)
+            .expect("another address has its own share");
+        slots.pop();
+        assert!(
+            peers.clone().take(a).is_some(),
+            "a dropped slot is given back"
+        );
+        drop(slots);
+        drop(other);
+        assert!(
+            peers.0.lock().unwrap().is_empty(),
+            "no entry outlives its handshakes"
+        );
+    }
 
     fn cert(sans: &[&str], cn: Option<&str>) -> CertificateDer<'static> {
         let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();

@@ -211,6 +211,43 @@ async fn serves_grpc_over_tls_to_a_client_that_trusts_the_ca() {
     gw.shutdown().await;
 }
 
+/// One host cannot hold every handshake slot: past its share its new connections are closed
+/// at once, while another address is still served.
+#[tokio::test]
+async fn one_address_gets_a_bounded_share_of_pending_handshakes() {
+    use tokio::io::AsyncReadExt;
+    let ca = Ca::new("server CA");
+    let files = Files::new();
+    let (cert, key) = files.server(&ca.leaf(&["localhost"], "gateway"));
+    let (cloud, _local, gw) =
+        gateway(&[("VRA_TLS_CERT_FILE", &cert), ("VRA_TLS_KEY_FILE", &key)]).await;
+    let addr = gw.addr;
+    // The "attacker" speaks from 127.0.0.2 (all of 127/8 is loopback on Linux) and never
+    // sends a ClientHello.
+    let silent = || async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        socket.connect(addr).await.expect("tcp connect")
+    };
+    let mut held = Vec::new();
+    for _ in 0..tls::MAX_PENDING_HANDSHAKES_PER_PEER {
+        held.push(silent().await);
+    }
+    let mut extra = silent().await;
+    let mut buf = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf))
+        .await
+        .expect("the connection past the share is closed at once, not after the handshake timeout");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    // The slots held are this address's only: another is served.
+    generate_over_tls(&addr.to_string(), &ca, None)
+        .await
+        .expect("another address is served");
+    assert_eq!(cloud.requests(), 1);
+    drop(held);
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn mtls_accepts_only_client_certificates_of_the_client_ca() {
     let server_ca = Ca::new("server CA");
@@ -259,7 +296,8 @@ async fn mtls_accepts_only_client_certificates_of_the_client_ca() {
 }
 
 /// mTLS is authentication: the certificate's DNS SAN is the client id, its `[[client]]` entry
-/// (no token needed) supplies the limits, and its reports are its own.
+/// (no token needed) supplies the limits, and its reports are its own. With a clients file, a
+/// certificate without an entry is refused; a name that is not a valid client id never counts.
 #[tokio::test]
 async fn an_mtls_client_is_known_by_its_certificate_and_gets_its_own_limits() {
     let server_ca = Ca::new("server CA");
@@ -301,11 +339,42 @@ async fn an_mtls_client_is_known_by_its_certificate_and_gets_its_own_limits() {
         ],
         "builder-a's entry caps its reports at 1 cloud call"
     );
-    // builder-b has no entry: authenticated by the CA, global limits, its own report.
-    let r = client_b.generate(refine()).await.unwrap().into_inner();
-    let budget = r.budget.unwrap();
+    // builder-b has no entry: with a clients file, a certificate of the CA is not enough
+    // (else any certificate could name itself and spend without limits).
+    let err = client_b.generate(refine()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert_eq!(cloud.requests(), 1);
+    gw.shutdown().await;
+
+    // Without a clients file (mTLS only), the CA vouches alone: builder-b gets the global
+    // limits and a report of its own, separate from builder-a's.
+    let (cloud, _local, gw) = gateway(&[
+        ("VRA_TLS_CERT_FILE", &cert),
+        ("VRA_TLS_KEY_FILE", &key),
+        ("VRA_TLS_CLIENT_CA_FILE", &client_ca_file),
+        ("MAX_CLOUD_CALLS", "5"),
+    ])
+    .await;
+    let addr = gw.addr.to_string();
+    let mut client_a = tls_client(&addr, &server_ca, Some(&a)).await.unwrap();
+    let mut client_b = tls_client(&addr, &server_ca, Some(&b)).await.unwrap();
+    for _ in 0..2 {
+        client_a.generate(refine()).await.unwrap();
+    }
+    let budget = client_b
+        .generate(refine())
+        .await
+        .unwrap()
+        .into_inner()
+        .budget
+        .unwrap();
     assert_eq!((budget.cloud_calls_used, budget.cloud_calls_limit), (1, 5));
-    assert_eq!(cloud.requests(), 2);
+    // A certificate whose name is not a valid client id identifies nobody.
+    let odd = client_ca.leaf(&["builder/report:x"], "odd");
+    let mut client_odd = tls_client(&addr, &server_ca, Some(&odd)).await.unwrap();
+    let err = client_odd.generate(refine()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert_eq!(cloud.requests(), 3);
     gw.shutdown().await;
 }
 

@@ -179,6 +179,10 @@ impl MemoryLedger {
             if let (Some(client), Some(limit)) = (key.client, limits.client_day) {
                 let mut days = self.days();
                 let count = days.entry(client.into()).or_default();
+                // `day` was read before the locks: a reservation that read the old day can
+                // get here after one that started the new day, and must count in the new one
+                // (never reset it to the old).
+                let day = day.max(count.day);
                 let used = count.used_on(day);
                 if used >= limit {
                     return Reservation::DayQuotaSpent { used, limit };
@@ -514,6 +518,13 @@ mod tests {
             Ok(Reservation::Granted { used: 2 })
         );
         assert_eq!(ledger.day_used("c", day + 1), 1);
+        // A reservation that read the old day just before midnight, but got the lock after
+        // the new day began, counts in the new day and leaves its count intact.
+        assert_eq!(
+            ledger.reserve_at(of("c", "r3"), limits, now, day),
+            Ok(Reservation::Granted { used: 1 })
+        );
+        assert_eq!(ledger.day_used("c", day + 1), 2);
     }
 
     #[test]
