@@ -40,6 +40,23 @@ enum Command {
         /// Address to check; defaults to VRA_GATEWAY_ADDR (0.0.0.0 is checked on 127.0.0.1).
         #[arg(long, value_name = "HOST:PORT")]
         addr: Option<String>,
+        /// The gateway serves TLS: trust this PEM CA bundle.
+        #[arg(long, value_name = "FILE")]
+        tls_ca: Option<PathBuf>,
+        /// The name to expect in the gateway's certificate (with --tls-ca).
+        #[arg(
+            long,
+            value_name = "NAME",
+            default_value = "localhost",
+            requires = "tls_ca"
+        )]
+        tls_domain: String,
+        /// A client certificate (PEM chain) for a gateway that requires one (mTLS).
+        #[arg(long, value_name = "FILE", requires_all = ["tls_ca", "tls_key"])]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of --tls-cert.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Run the gateway against simulated upstreams and print how a sample report was routed.
     Demo {
@@ -103,7 +120,19 @@ fn main() -> ExitCode {
         print_config: false,
     }) {
         Command::Serve { print_config } => serve(cli.config, print_config),
-        Command::Health { addr } => health(addr),
+        Command::Health {
+            addr,
+            tls_ca,
+            tls_domain,
+            tls_cert,
+            tls_key,
+        } => {
+            let tls = match health_tls(tls_ca, tls_domain, tls_cert.zip(tls_key)) {
+                Ok(tls) => tls,
+                Err(e) => return fail(&e, EXIT_CONFIG),
+            };
+            health(addr, tls.as_ref())
+        }
         Command::Clients {
             command: ClientsCommand::NewToken { id },
         } => new_token(&id),
@@ -158,7 +187,28 @@ fn serve(config_path: Option<PathBuf>, print_config: bool) -> ExitCode {
     }
 }
 
-fn health(addr: Option<String>) -> ExitCode {
+/// Reads the PEM files of `health --tls-*`.
+fn health_tls(
+    ca: Option<PathBuf>,
+    domain: String,
+    identity: Option<(PathBuf, PathBuf)>,
+) -> Result<Option<server::HealthTls>, String> {
+    let Some(ca) = ca else { return Ok(None) };
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let identity = match identity {
+        Some((cert, key)) => Some((read(&cert)?, read(&key)?)),
+        None => None,
+    };
+    Ok(Some(server::HealthTls {
+        ca_pem: read(&ca)?,
+        domain,
+        identity,
+    }))
+}
+
+fn health(addr: Option<String>, tls: Option<&server::HealthTls>) -> ExitCode {
     let addr = addr
         .or_else(|| {
             std::env::var("VRA_GATEWAY_ADDR")
@@ -172,7 +222,7 @@ fn health(addr: Option<String>) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}"), 1),
     };
-    match rt.block_on(server::check_health(&addr)) {
+    match rt.block_on(server::check_health_with(&addr, tls)) {
         Ok(true) => {
             println!("SERVING");
             ExitCode::SUCCESS

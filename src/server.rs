@@ -371,11 +371,40 @@ fn reload_signal() -> tokio::sync::mpsc::Receiver<()> {
 
 /// Asks the gRPC health service at `addr` (`host:port`) whether the server is SERVING.
 pub async fn check_health(addr: &str) -> Result<bool, Box<dyn std::error::Error>> {
+    check_health_with(addr, None).await
+}
+
+/// How `vra-gateway health` reaches a gateway that serves TLS: the CA to trust, the name to
+/// expect in its certificate, and a client certificate when it requires one (mTLS).
+#[derive(Debug, Clone)]
+pub struct HealthTls {
+    pub ca_pem: Vec<u8>,
+    pub domain: String,
+    /// PEM certificate chain and key.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// [`check_health`], over TLS when `tls` is given.
+pub async fn check_health_with(
+    addr: &str,
+    tls: Option<&HealthTls>,
+) -> Result<bool, Box<dyn std::error::Error>> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus as Status};
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(2));
+    if let Some(tls) = tls {
+        let mut config = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+            .domain_name(tls.domain.clone());
+        if let Some((cert, key)) = &tls.identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        endpoint = endpoint.tls_config(config)?;
+    }
     let mut client = HealthClient::new(endpoint.connect().await?);
     let response = client
         .check(HealthCheckRequest {

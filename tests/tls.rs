@@ -507,6 +507,61 @@ async fn sighup_reloads_the_certificate_and_a_bad_file_keeps_the_old_one() {
     assert!(!log.contains(process::KEY), "no API key in logs");
 }
 
+/// The container probe, `vra-gateway health`, reaches a gateway that serves mTLS with
+/// `--tls-ca` and a client certificate; without them it fails.
+#[tokio::test]
+async fn the_health_command_speaks_tls_and_mtls() {
+    let cloud = Sim::start().await.expect("cloud sim");
+    let local = Sim::start().await.expect("local sim");
+    let (cloud_url, local_url) = (cloud.openai_base(), local.ollama_base());
+    let server_ca = Ca::new("server CA");
+    let client_ca = Ca::new("client CA");
+    let files = Files::new();
+    let (cert, key) = files.server(&server_ca.leaf(&["localhost"], "gateway"));
+    let client_ca_file = files.write("clients-ca.pem", &client_ca.pem);
+    let ca_file = files.write("ca.pem", &server_ca.pem);
+    let probe = client_ca.leaf(&["probe.internal"], "probe");
+    let probe_cert = files.write("probe.crt", &probe.cert);
+    let probe_key = files.write("probe.key", &probe.key);
+    let env = gateway_env(
+        &cloud_url,
+        &local_url,
+        &[
+            ("VRA_TLS_CERT_FILE", &cert),
+            ("VRA_TLS_KEY_FILE", &key),
+            ("VRA_TLS_CLIENT_CA_FILE", &client_ca_file),
+        ],
+    );
+    let gw = Running::start(&env).await;
+    let addr = gw.addr.clone();
+    let health = |extra: &[&str]| {
+        let mut args = vec!["health", "--addr", addr.as_str()];
+        args.extend_from_slice(extra);
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        async move {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_to_end(&temp_dir(), &refs, &[]).await
+        }
+    };
+    let (code, stdout, stderr) = health(&[
+        "--tls-ca",
+        &ca_file,
+        "--tls-cert",
+        &probe_cert,
+        "--tls-key",
+        &probe_key,
+    ])
+    .await;
+    assert_eq!((code, stdout.trim()), (0, "SERVING"), "{stderr}");
+    let (code, _, _) = health(&["--tls-ca", &ca_file]).await;
+    assert_eq!(code, 1, "no client certificate: refused by mTLS");
+    let (code, _, _) = health(&[]).await;
+    assert_eq!(code, 1, "plaintext: refused");
+    gw.sigterm();
+    let (code, lines) = gw.finish().await;
+    assert_eq!(code, 0, "{}", lines.join("\n"));
+}
+
 /// Runs `serve` with `extra` on top of working upstream settings; returns (exit code, stderr).
 async fn serve_to_end(extra: &[(&str, &str)]) -> (i32, String) {
     let mut env = gateway_env("http://127.0.0.1:9/v1", "http://127.0.0.1:9", &[]);
