@@ -134,6 +134,8 @@ struct ClientEntry {
     token_sha256: Option<Spanned<String>>,
     cloud_calls_per_day: Option<u32>,
     max_cloud_calls: Option<u32>,
+    /// At least 1 (0 would refuse every call; leave it out for no limit).
+    max_in_flight: Option<std::num::NonZeroU32>,
 }
 
 /// One parsed clients file: every client by id, and those with a token by its digest.
@@ -181,6 +183,7 @@ impl ClientSet {
                 id: id.clone(),
                 cloud_calls_per_day: entry.cloud_calls_per_day,
                 max_cloud_calls: entry.max_cloud_calls,
+                max_in_flight: entry.max_in_flight.map(std::num::NonZeroU32::get),
             });
             match set.by_id.entry(id) {
                 Entry::Occupied(e) => {
@@ -479,6 +482,7 @@ impl Authenticator {
                     id,
                     cloud_calls_per_day: None,
                     max_cloud_calls: None,
+                    max_in_flight: None,
                 }));
             }
         }
@@ -595,7 +599,7 @@ mod tests {
     #[test]
     fn parses_clients_with_and_without_tokens() {
         let text = format!(
-            "[[client]]\nid = \"reports-python\"\ntoken_sha256 = \"{}\"\ncloud_calls_per_day = 2000\nmax_cloud_calls = 10\n\n[[client]]\nid = \"cert.only\"\n",
+            "[[client]]\nid = \"reports-python\"\ntoken_sha256 = \"{}\"\ncloud_calls_per_day = 2000\nmax_cloud_calls = 10\nmax_in_flight = 8\n\n[[client]]\nid = \"cert.only\"\n",
             hex_of("vra_a").to_uppercase()
         );
         let set = parse(&text).unwrap();
@@ -607,7 +611,8 @@ mod tests {
             Client {
                 id: "reports-python".into(),
                 cloud_calls_per_day: Some(2000),
-                max_cloud_calls: Some(10)
+                max_cloud_calls: Some(10),
+                max_in_flight: Some(8),
             }
         );
         assert!(clients.by_digest(&digest(b"vra_b")).is_none());
@@ -652,6 +657,7 @@ mod tests {
                 "missing field `id`",
             ),
             ("[[client]]\nid = \"a\"\nmax_cloud_calls = -1\n", 3, ""),
+            ("[[client]]\nid = \"a\"\nmax_in_flight = 0\n", 3, ""),
         ];
         for (text, line, what) in cases {
             let e = parse(text).expect_err(text);

@@ -96,6 +96,10 @@ settings! {
     TLS_KEY_FILE = "VRA_TLS_KEY_FILE", "", "PEM private key of VRA_TLS_CERT_FILE.";
     TLS_CLIENT_CA_FILE = "VRA_TLS_CLIENT_CA_FILE", "", "PEM CA bundle: require and verify client certificates (mTLS); the client id is the first DNS SAN, else the CN.";
     UPSTREAM_CA_FILE = "VRA_UPSTREAM_CA_FILE", "", "PEM certificates added to the system roots for upstream HTTPS (corporate proxy, self-signed local server).";
+    MAX_IN_FLIGHT = "VRA_MAX_IN_FLIGHT", "4096", "Generate/GenerateStream calls in flight at most; past it a call is rejected at once with RESOURCE_EXHAUSTED (gateway overloaded).";
+    MAX_CONCURRENT_STREAMS = "VRA_MAX_CONCURRENT_STREAMS", "256", "HTTP/2 streams (calls) one client connection may have open at once.";
+    H2_KEEPALIVE_MS = "VRA_H2_KEEPALIVE_MS", "30000", "HTTP/2 keepalive ping interval to clients; a client silent for 20 s more is disconnected and its calls reclaimed; 0 disables.";
+    STREAM_MAX_MS = "VRA_STREAM_MAX_MS", "600000", "Longest total duration of one GenerateStream call; past it the stream ends with DEADLINE_EXCEEDED.";
     ALLOW_PLAINTEXT_CLOUD = "VRA_ALLOW_PLAINTEXT_CLOUD", "false", "Allow a cloud-tier provider on http:// to a non-loopback host (its API key would travel in clear).";
 }
 
@@ -231,6 +235,19 @@ pub enum LogFormat {
     Json,
 }
 
+/// What one process accepts from its clients at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// `VRA_MAX_IN_FLIGHT`: generation calls in flight; more are shed.
+    pub max_in_flight: usize,
+    /// `VRA_MAX_CONCURRENT_STREAMS`: HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// `VRA_H2_KEEPALIVE_MS` (`None`: off).
+    pub h2_keepalive: Option<Duration>,
+    /// `VRA_STREAM_MAX_MS`: longest total duration of one stream.
+    pub stream_max: Duration,
+}
+
 /// Who may call, and how the gRPC listener is secured.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SecurityConfig {
@@ -282,6 +299,7 @@ pub struct Config {
     /// How long graceful shutdown waits for in-flight calls.
     pub shutdown_grace: Duration,
     pub security: SecurityConfig,
+    pub limits: ServerLimits,
 }
 
 /// Where a value came from, for `--print-config`.
@@ -614,6 +632,12 @@ impl Config {
             },
             shutdown_grace: Duration::from_secs(30),
             security,
+            limits: ServerLimits {
+                max_in_flight: parse_uint(MAX_IN_FLIGHT, s, 1)?,
+                max_concurrent_streams: parse_uint(MAX_CONCURRENT_STREAMS, s, 1)?,
+                h2_keepalive: Some(parse_millis(H2_KEEPALIVE_MS, s, 0)?).filter(|d| !d.is_zero()),
+                stream_max: parse_millis(STREAM_MAX_MS, s, 1)?,
+            },
         })
     }
 
@@ -920,6 +944,15 @@ mod tests {
         assert_eq!(c.stream_idle_timeout, Duration::from_millis(30_000));
         assert!(c.ledger.url.is_none());
         assert_eq!(c.ledger.prefix, "vra:");
+        assert_eq!(
+            c.limits,
+            ServerLimits {
+                max_in_flight: 4096,
+                max_concurrent_streams: 256,
+                h2_keepalive: Some(Duration::from_secs(30)),
+                stream_max: Duration::from_secs(600),
+            }
+        );
     }
 
     #[test]

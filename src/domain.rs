@@ -172,6 +172,8 @@ pub struct Client {
     pub cloud_calls_per_day: Option<u32>,
     /// Per-report cloud cap for this client (overrides `MAX_CLOUD_CALLS`).
     pub max_cloud_calls: Option<u32>,
+    /// Generation calls this client may have in flight at once; more are shed.
+    pub max_in_flight: Option<u32>,
 }
 
 impl Client {

@@ -8,16 +8,27 @@
 //!    UNAUTHENTICATED itself without reaching a service. Health checks pass without
 //!    credentials. After the deadline stamp, so the stamp still starts the clock at arrival.
 //!
+//! 2. Authentication ([`crate::auth::AuthLayer`]) admits a call with its client, or answers
+//!    UNAUTHENTICATED.
+//! 3. Load shedding ([`Admission`]) is the first step of each generation RPC rather than a
+//!    layer: its permit must live as long as the call, and for a stream that is the response
+//!    body, which only the service holds. Past `VRA_MAX_IN_FLIGHT` calls (or a client's
+//!    `max_in_flight`) a call gets RESOURCE_EXHAUSTED at once, before any upstream work.
+//!
 //! Why at arrival: tonic's own timeout layer, which sits just outside these layers, starts
 //! its clock when the call arrives and answers CANCELLED when it runs out. The gateway's
 //! deadline is a little earlier than the caller's (see [`deadline_from`]) so that the caller
 //! gets DEADLINE_EXCEEDED, as the contract says — which only holds if both clocks start at the
 //! same instant, not when a busy runtime gets round to the handler.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::domain::Client;
 use crate::resilience::Deadline;
 
 /// The caller's deadline as stamped at arrival, in the request's extensions.
@@ -80,9 +91,139 @@ pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
     })
 }
 
+/// Load shedding: generation calls in flight, in all and per client (those with a
+/// `max_in_flight`). Each admitted call holds an [`Admitted`] guard; dropping it — the call
+/// ended, failed, was cancelled or panicked — gives the place back.
+#[derive(Debug)]
+pub struct Admission {
+    max: usize,
+    in_flight: AtomicUsize,
+    /// Client id → its calls in flight; only clients with a limit, only while non-zero (so
+    /// bounded by the clients file).
+    per_client: Mutex<HashMap<String, u32>>,
+}
+
+/// Why a call was shed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shed {
+    /// `VRA_MAX_IN_FLIGHT` calls are in flight.
+    Gateway,
+    /// The client has its `max_in_flight` calls in flight.
+    Client,
+}
+
+impl Shed {
+    /// The `reason` label of `vra_gateway_requests_rejected_total`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Shed::Gateway => "overloaded",
+            Shed::Client => "client_max_in_flight",
+        }
+    }
+}
+
+impl Admission {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            in_flight: AtomicUsize::new(0),
+            per_client: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A place for one more call of `client`, or why there is none.
+    pub fn try_admit(self: &Arc<Self>, client: Option<&Client>) -> Result<Admitted, Shed> {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .map_err(|_| Shed::Gateway)?;
+        let mut admitted = Admitted {
+            admission: self.clone(),
+            client: None,
+        };
+        if let Some(client) = client
+            && let Some(limit) = client.max_in_flight
+        {
+            let mut per_client = self.per_client();
+            let n = per_client.entry(client.id.clone()).or_insert(0);
+            if *n >= limit {
+                // `admitted` drops here and gives the global place back.
+                return Err(Shed::Client);
+            }
+            *n += 1;
+            admitted.client = Some(client.id.clone());
+        }
+        Ok(admitted)
+    }
+
+    /// Calls admitted and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    fn per_client(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.per_client.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One admitted call's place; given back when dropped.
+#[derive(Debug)]
+pub struct Admitted {
+    admission: Arc<Admission>,
+    /// The client whose per-client count this call holds.
+    client: Option<String>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Some(id) = &self.client {
+            let mut per_client = self.admission.per_client();
+            if let Some(n) = per_client.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    per_client.remove(id);
+                }
+            }
+        }
+        self.admission.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn client(id: &str, max_in_flight: Option<u32>) -> Client {
+        Client {
+            id: id.into(),
+            cloud_calls_per_day: None,
+            max_cloud_calls: None,
+            max_in_flight,
+        }
+    }
+
+    #[test]
+    fn admission_caps_calls_in_all_and_per_client_and_gives_places_back() {
+        let admission = Admission::new(3);
+        let (a, b) = (client("a", Some(1)), client("b", None));
+        let first = admission.try_admit(Some(&a)).expect("a's first call");
+        assert_eq!(admission.try_admit(Some(&a)).unwrap_err(), Shed::Client);
+        assert_eq!(admission.in_flight(), 1, "a shed call holds no place");
+        let others = [
+            admission.try_admit(Some(&b)).unwrap(),
+            admission.try_admit(None).unwrap(),
+        ];
+        assert_eq!(admission.try_admit(None).unwrap_err(), Shed::Gateway);
+        drop(first);
+        let again = admission.try_admit(Some(&a)).expect("a's place came back");
+        drop((again, others));
+        assert_eq!(admission.in_flight(), 0);
+        assert!(
+            admission.per_client().is_empty(),
+            "no count outlives its calls"
+        );
+    }
 
     fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
         headers

@@ -8,6 +8,7 @@ use tonic::{Code, Status};
 
 use crate::budget::LedgerError;
 use crate::domain::{ProviderFailure, Untrusted};
+use crate::edge::Shed;
 
 /// Why a gateway call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +37,13 @@ pub enum GatewayError {
         limit: u32,
         provider: String,
     },
+
+    /// Shed before any work: too many calls in flight, in all or for this client.
+    #[error("{}", match .0 {
+        Shed::Gateway => "gateway overloaded: too many calls in flight (VRA_MAX_IN_FLIGHT); retry later",
+        Shed::Client => "too many calls in flight for this client (its max_in_flight); retry later",
+    })]
+    Overloaded(Shed),
 
     /// Every provider that was tried failed; all of their errors, in order.
     #[error("all providers failed: {}", join(.0))]
@@ -81,6 +89,7 @@ impl GatewayError {
             GatewayError::InvalidArgument { .. } => Code::InvalidArgument,
             GatewayError::BudgetExhausted { .. } => Code::ResourceExhausted,
             GatewayError::ClientQuotaExhausted { .. } => Code::ResourceExhausted,
+            GatewayError::Overloaded(_) => Code::ResourceExhausted,
             GatewayError::AllProvidersFailed(_) => Code::Unavailable,
             GatewayError::StreamAborted(_) => Code::Unavailable,
             GatewayError::Ledger(_) => Code::Unavailable,
@@ -100,6 +109,7 @@ impl GatewayError {
             GatewayError::InvalidArgument { .. } => "invalid_argument",
             GatewayError::BudgetExhausted { .. } => "resource_exhausted",
             GatewayError::ClientQuotaExhausted { .. } => "client_quota_exhausted",
+            GatewayError::Overloaded(_) => "overloaded",
             GatewayError::AllProvidersFailed(_) => "unavailable",
             GatewayError::StreamAborted(_) => "stream_aborted",
             GatewayError::Ledger(_) => "ledger_unavailable",

@@ -69,6 +69,14 @@ impl Deadline {
         Deadline(timeout.and_then(|t| start.checked_add(t)))
     }
 
+    /// The earlier of this deadline and `at`.
+    pub fn at_most(self, at: Option<Instant>) -> Self {
+        match (self.0, at) {
+            (Some(a), Some(b)) => Deadline(Some(a.min(b))),
+            (a, b) => Deadline(a.or(b)),
+        }
+    }
+
     /// Whether sleeping `d` from now would end past the deadline.
     pub fn would_pass(&self, d: Duration) -> bool {
         self.0

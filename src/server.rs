@@ -33,8 +33,8 @@ use crate::tls::ServerTls;
 /// responses and close before the process exits anyway.
 const SHUTDOWN_LINGER: Duration = Duration::from_millis(500);
 
-/// HTTP/2 streams (calls) one client connection may have open at once.
-pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// How long a client has to answer a keepalive ping (`VRA_H2_KEEPALIVE_MS`).
+const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A startup failure that is not a configuration error.
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +132,11 @@ pub async fn run(
         .saturating_mul(4)
         .saturating_add(1 << 20)
         .max(16 << 20);
-    let service = GatewayService::new(gateway.clone(), metrics.clone(), config.max_prompt_bytes);
+    let service = GatewayService::new(gateway.clone(), metrics.clone(), config.max_prompt_bytes)
+        .with_limits(
+            edge::Admission::new(config.limits.max_in_flight),
+            config.limits.stream_max,
+        );
     let calls = service.calls();
     let service = GatewayServiceServer::new(service).max_decoding_message_size(decode_limit);
 
@@ -164,7 +168,11 @@ pub async fn run(
     let router = tonic::transport::Server::builder()
         // tonic's default is unlimited streams per connection: one client could hold any
         // number of half-sent calls.
-        .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
+        .max_concurrent_streams(Some(config.limits.max_concurrent_streams))
+        // Pings find clients that vanished without closing (a dead host, a dropped NAT entry):
+        // their connection is closed and their calls' guards released.
+        .http2_keepalive_interval(config.limits.h2_keepalive)
+        .http2_keepalive_timeout(Some(H2_KEEPALIVE_TIMEOUT))
         // The edge layers, outermost first (src/edge.rs).
         .layer(tower::util::MapRequestLayer::new(
             edge::stamp_deadline::<tonic::body::Body>,

@@ -18,7 +18,7 @@ use crate::domain::{
     BudgetInfo, Client, FallbackReason, Phase, QuotaInfo, RouteInfo, SectionType, Tier,
     has_forbidden_id_char,
 };
-use crate::edge::{self, CallerDeadline};
+use crate::edge::{self, Admission, Admitted, CallerDeadline};
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, GenerateInput, Generated, StreamItem};
 use crate::metrics::Metrics;
@@ -37,16 +37,38 @@ pub struct GatewayService {
     metrics: Arc<Metrics>,
     max_prompt_bytes: usize,
     calls: Arc<CallsInFlight>,
+    /// Load shedding of generation calls (see [`edge::Admission`]).
+    admission: Arc<Admission>,
+    /// `VRA_STREAM_MAX_MS`: a stream's deadline at the latest.
+    stream_max: Option<Duration>,
 }
 
 impl GatewayService {
+    /// A service without limits on calls in flight or stream duration; see [`Self::with_limits`].
     pub fn new(gateway: Arc<Gateway>, metrics: Arc<Metrics>, max_prompt_bytes: usize) -> Self {
         Self {
             gateway,
             metrics,
             max_prompt_bytes,
             calls: Arc::default(),
+            admission: Admission::new(usize::MAX),
+            stream_max: None,
         }
+    }
+
+    /// Sheds calls past `admission`'s limits and ends streams after `stream_max`.
+    pub fn with_limits(mut self, admission: Arc<Admission>, stream_max: Duration) -> Self {
+        self.admission = admission;
+        self.stream_max = Some(stream_max);
+        self
+    }
+
+    /// A place for one more generation call, or the status that sheds it (counted).
+    fn admit(&self, client: Option<&Client>) -> Result<Admitted, Status> {
+        self.admission.try_admit(client).map_err(|shed| {
+            self.metrics.rejected(shed.reason());
+            GatewayError::Overloaded(shed).into_status()
+        })
     }
 
     /// The generation calls this service is handling, for graceful shutdown.
@@ -408,10 +430,11 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
         let (span, cx) = rpc_span("Generate", request.metadata());
         let deadline = deadline_of(&request);
         let client = client_of(&request, &span);
+        let admitted = span.in_scope(|| self.admit(client.as_deref()))?;
         let gateway = self.gateway.clone();
         let metrics = self.metrics.clone();
         let max = self.max_prompt_bytes;
-        let counted = self.calls.enter();
+        let counted = (self.calls.enter(), admitted);
         async move {
             let input = validate(request.into_inner(), max);
             let mut input = finish(&Span::current(), input)?;
@@ -459,6 +482,12 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
         let (span, cx) = rpc_span("GenerateStream", request.metadata());
         let deadline = deadline_of(&request);
         let client = client_of(&request, &span);
+        let admitted = span.in_scope(|| self.admit(client.as_deref()))?;
+        // A stream ends at the caller's deadline or after VRA_STREAM_MAX_MS, whichever is first.
+        let deadline = deadline.at_most(
+            self.stream_max
+                .and_then(|max| tokio::time::Instant::now().checked_add(max)),
+        );
         let input = {
             let _enter = span.enter();
             let input = validate(
@@ -471,7 +500,11 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
             input
         };
         let phase = input.phase.as_str();
-        let in_flight = (self.metrics.in_flight("GenerateStream"), self.calls.enter());
+        let in_flight = (
+            self.metrics.in_flight("GenerateStream"),
+            self.calls.enter(),
+            admitted,
+        );
         let rx = {
             let _enter = span.enter();
             let _cx = cx.attach();
