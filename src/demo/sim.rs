@@ -6,7 +6,9 @@
 //! gateway talks to it over real HTTP exactly as it talks to OpenAI or Ollama. Behaviour is
 //! scriptable per request ([`Step`]), every request is counted and recorded, and streamed
 //! bodies report when the client dropped them ([`Sim::wait_closed`]); tests wait for requests
-//! with [`Sim::wait_requests`] instead of polling.
+//! with [`Sim::wait_requests`] instead of polling. Requests in flight (received, response not
+//! yet finished) are counted with their peak ([`Sim::in_flight`], [`Sim::peak_in_flight`],
+//! [`Sim::wait_in_flight`]).
 //!
 //! Routes: `POST /v1/chat/completions` (OpenAI; base URL [`Sim::openai_base`]) and
 //! `POST /api/chat` (Ollama; base URL [`Sim::ollama_base`]).
@@ -114,6 +116,9 @@ struct State {
     requests_notify: Notify,
     closed: AtomicUsize,
     closed_notify: Notify,
+    in_flight: AtomicUsize,
+    peak: AtomicUsize,
+    in_flight_notify: Notify,
 }
 
 /// A running simulated upstream. Dropping it stops the server.
@@ -149,6 +154,9 @@ impl Sim {
             requests_notify: Notify::new(),
             closed: AtomicUsize::new(0),
             closed_notify: Notify::new(),
+            in_flight: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            in_flight_notify: Notify::new(),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(openai))
@@ -210,6 +218,22 @@ impl Sim {
         lock(&self.state.recorded).clone()
     }
 
+    /// Requests in flight now: received, their response not yet finished (or dropped).
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The most requests that were ever in flight at once.
+    pub fn peak_in_flight(&self) -> usize {
+        self.state.peak.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` requests are in flight at once; returns false on timeout.
+    pub async fn wait_in_flight(&self, n: usize, timeout: Duration) -> bool {
+        let state = &self.state;
+        wait_count(&state.in_flight, &state.in_flight_notify, n, timeout).await
+    }
+
     /// Response bodies finished or dropped so far.
     pub fn closed(&self) -> usize {
         self.state.closed.load(Ordering::SeqCst)
@@ -243,11 +267,22 @@ async fn wait_count(count: &AtomicUsize, notify: &Notify, n: usize, timeout: Dur
     .is_ok()
 }
 
-/// Counts a response body as closed when it is dropped — by completion or by the client.
+/// A request in flight until its response body is dropped — by completion or by the client
+/// — when it is counted as closed.
 struct CloseGuard(Arc<State>);
+
+impl CloseGuard {
+    fn new(state: Arc<State>) -> Self {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.peak.fetch_max(now, Ordering::SeqCst);
+        state.in_flight_notify.notify_waiters();
+        CloseGuard(state)
+    }
+}
 
 impl Drop for CloseGuard {
     fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.0.closed.fetch_add(1, Ordering::SeqCst);
         self.0.closed_notify.notify_waiters();
     }
@@ -301,13 +336,13 @@ async fn handle(
                 .sum()
         })
         .unwrap_or(0usize);
+    let guard = CloseGuard::new(state.clone());
     lock(&state.recorded).push(rec);
     state.requests.fetch_add(1, Ordering::SeqCst);
     let step = lock(&state.script)
         .pop_front()
         .unwrap_or_else(|| lock(&state.default).clone());
     state.requests_notify.notify_waiters();
-    let guard = CloseGuard(state.clone());
     let ctx = Ctx {
         format,
         model,
