@@ -67,8 +67,8 @@ settings! {
     SECONDARY_MODEL = "SECONDARY_MODEL", "llama3:8b", "Model sent to the secondary.";
     MAX_CLOUD_CALLS = "MAX_CLOUD_CALLS", "15", "Cloud requests per report (retries count); 0 = never call a cloud provider.";
     OPENAI_API_KEY = "OPENAI_API_KEY", "", "API key of the `openai` provider.", secret = true;
-    OPENAI_BASE_URL = "OPENAI_BASE_URL", "https://api.openai.com/v1", "Base URL of the `openai` provider.";
-    OLLAMA_HOST = "OLLAMA_HOST", "http://localhost:11434", "Base URL of the `local` / `ollama` provider.";
+    OPENAI_BASE_URL = "OPENAI_BASE_URL", "https://api.openai.com/v1", "Base URL of the `openai` provider; a comma-separated list for several endpoints.";
+    OLLAMA_HOST = "OLLAMA_HOST", "http://localhost:11434", "Base URL of the `local` / `ollama` provider; a comma-separated list for several endpoints.";
     GATEWAY_ADDR = "VRA_GATEWAY_ADDR", "127.0.0.1:50051", "gRPC listen address.";
     GATEWAY_CONFIG = "VRA_GATEWAY_CONFIG", "", "Path of an optional TOML config file (same as --config).";
     RETRY_MAX_ATTEMPTS = "VRA_RETRY_MAX_ATTEMPTS", "3", "HTTP attempts per provider per call, first try included (>= 1).";
@@ -166,12 +166,48 @@ pub struct ProviderConfig {
     /// Lower-case name, e.g. `openai`, `local`.
     pub name: String,
     pub kind: ProviderKind,
+    /// The first of `base_urls` (the one URL of a single-endpoint provider).
     pub base_url: String,
+    /// Every endpoint of the provider, distinct, at least one (`base_urls`, or a
+    /// comma-separated `OPENAI_BASE_URL` / `OLLAMA_HOST`).
+    pub base_urls: Vec<String>,
     pub api_key: Option<Secret>,
     pub tier: CostTier,
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub limits: BodyLimits,
+    /// How requests are spread over `base_urls` (see [`crate::providers::pool`]).
+    pub pool: PoolConfig,
+}
+
+/// A provider's endpoint pool: concurrency cap, queue and outlier ejection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Requests in flight per endpoint at most (`None`: unlimited).
+    pub max_in_flight: Option<usize>,
+    /// Calls waiting for a free endpoint at most; one more is turned away.
+    pub max_queue: usize,
+    /// Consecutive failures (connect errors, timeouts, 408, 429, 5xx) that eject an endpoint.
+    pub eject_after_failures: u32,
+    /// How long a first ejection lasts; it doubles with each failed probe, up to
+    /// [`PoolConfig::MAX_EJECTION`].
+    pub eject: Duration,
+}
+
+impl PoolConfig {
+    /// The longest an endpoint stays ejected.
+    pub const MAX_EJECTION: Duration = Duration::from_secs(300);
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: None,
+            max_queue: 256,
+            eject_after_failures: 3,
+            eject: Duration::from_millis(10_000),
+        }
+    }
 }
 
 /// How much of an upstream's answer is read at most: past a limit the request fails with
@@ -327,12 +363,22 @@ pub struct Sources {
 #[serde(deny_unknown_fields)]
 pub struct FileProvider {
     pub kind: ProviderKind,
-    pub base_url: String,
+    /// One endpoint; or `base_urls` for several (exactly one of the two).
+    pub base_url: Option<String>,
+    pub base_urls: Option<Vec<String>>,
     /// Name of the environment variable holding the API key (never the key itself).
     pub api_key_env: Option<String>,
     pub tier: CostTier,
     pub timeout_ms: Option<u64>,
     pub connect_timeout_ms: Option<u64>,
+    /// Per endpoint (default: unlimited).
+    pub max_in_flight: Option<usize>,
+    /// Default 256.
+    pub max_queue: Option<usize>,
+    /// Default 3.
+    pub eject_after_failures: Option<u32>,
+    /// Default 10000.
+    pub eject_ms: Option<u64>,
 }
 
 impl Sources {
@@ -514,6 +560,30 @@ fn parse_url(var: &str, value: &str) -> Result<String, ConfigError> {
     Ok(value.trim().trim_end_matches('/').to_string())
 }
 
+/// A list of distinct endpoint URLs (`var` names the setting in errors); `scheme` is applied
+/// to each item first (`OLLAMA_HOST` accepts `host:port`).
+fn parse_urls<'a>(
+    var: &str,
+    items: impl IntoIterator<Item = &'a str>,
+    scheme: fn(&str) -> String,
+) -> Result<Vec<String>, ConfigError> {
+    let mut urls: Vec<String> = Vec::new();
+    for item in items {
+        if item.trim().is_empty() {
+            return Err(ConfigError::new(var, "empty URL in the list"));
+        }
+        let url = parse_url(var, &scheme(item))?;
+        if urls.contains(&url) {
+            return Err(ConfigError::new(var, format!("duplicate URL `{url}`")));
+        }
+        urls.push(url);
+    }
+    if urls.is_empty() {
+        return Err(ConfigError::new(var, "at least one URL is needed"));
+    }
+    Ok(urls)
+}
+
 impl Config {
     /// Loads and validates the configuration from the process's sources.
     pub fn load(config_path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -666,11 +736,11 @@ impl Config {
         out.push_str("# effective providers\n");
         for (tier, ep) in [("primary", &self.primary), ("secondary", &self.secondary)] {
             out.push_str(&format!(
-                "# {tier}: provider={} kind={:?} tier={:?} base_url={} model={} api_key={}\n",
+                "# {tier}: provider={} kind={:?} tier={:?} base_urls={} model={} api_key={}\n",
                 ep.provider.name,
                 ep.provider.kind,
                 ep.provider.tier,
-                ep.provider.base_url,
+                ep.provider.base_urls.join(","),
                 ep.model,
                 if ep.provider.api_key.is_some() {
                     "<redacted>"
@@ -758,7 +828,7 @@ fn security(
     if !security.allow_plaintext_cloud {
         for ep in tiers {
             let p = &ep.provider;
-            if p.is_cloud() && plaintext_to_another_host(&p.base_url) {
+            if p.is_cloud() && p.base_urls.iter().any(|u| plaintext_to_another_host(u)) {
                 return Err(ConfigError::new(
                     base_url_var(&p.name),
                     format!(
@@ -793,7 +863,7 @@ fn base_url_var(provider: &str) -> String {
     match provider {
         "openai" => OPENAI_BASE_URL.var.to_string(),
         "local" | "ollama" => OLLAMA_HOST.var.to_string(),
-        other => format!("providers.{other}.base_url"),
+        other => format!("providers.{other}.base_urls"),
     }
 }
 
@@ -805,10 +875,16 @@ fn provider_table(
     limits: BodyLimits,
 ) -> Result<BTreeMap<String, ProviderConfig>, ConfigError> {
     let mut table = BTreeMap::new();
+    let openai_urls = parse_urls(
+        OPENAI_BASE_URL.var,
+        s.get_or_default(OPENAI_BASE_URL).split(','),
+        str::to_string,
+    )?;
     let openai = ProviderConfig {
         name: "openai".into(),
         kind: ProviderKind::Openai,
-        base_url: parse_url(OPENAI_BASE_URL.var, &s.get_or_default(OPENAI_BASE_URL))?,
+        base_url: openai_urls[0].clone(),
+        base_urls: openai_urls,
         api_key: s
             .get(OPENAI_API_KEY)
             .filter(|k| !k.trim().is_empty())
@@ -817,10 +893,12 @@ fn provider_table(
         timeout,
         connect_timeout,
         limits,
+        pool: PoolConfig::default(),
     };
-    let ollama_url = parse_url(
+    let ollama_urls = parse_urls(
         OLLAMA_HOST.var,
-        &with_scheme(&s.get_or_default(OLLAMA_HOST)),
+        s.get_or_default(OLLAMA_HOST).split(','),
+        with_scheme,
     )?;
     for name in ["local", "ollama"] {
         table.insert(
@@ -828,12 +906,14 @@ fn provider_table(
             ProviderConfig {
                 name: name.into(),
                 kind: ProviderKind::Ollama,
-                base_url: ollama_url.clone(),
+                base_url: ollama_urls[0].clone(),
+                base_urls: ollama_urls.clone(),
                 api_key: None,
                 tier: CostTier::Local,
                 timeout,
                 connect_timeout,
                 limits,
+                pool: PoolConfig::default(),
             },
         );
     }
@@ -848,12 +928,60 @@ fn provider_table(
                 .map(Secret::new),
             None => None,
         };
+        let base_urls = match (&p.base_url, &p.base_urls) {
+            (Some(url), None) => {
+                parse_urls(&format!("{var}.base_url"), [url.as_str()], str::to_string)?
+            }
+            (None, Some(urls)) => parse_urls(
+                &format!("{var}.base_urls"),
+                urls.iter().map(String::as_str),
+                str::to_string,
+            )?,
+            _ => {
+                return Err(ConfigError::new(
+                    format!("{var}.base_urls"),
+                    "set exactly one of `base_url` and `base_urls`",
+                ));
+            }
+        };
+        let defaults = PoolConfig::default();
+        if p.max_in_flight == Some(0) {
+            return Err(ConfigError::new(
+                format!("{var}.max_in_flight"),
+                "must be at least 1 (leave it out for unlimited)",
+            ));
+        }
+        if p.eject_after_failures == Some(0) {
+            return Err(ConfigError::new(
+                format!("{var}.eject_after_failures"),
+                "must be at least 1",
+            ));
+        }
+        if p.eject_ms == Some(0) {
+            return Err(ConfigError::new(
+                format!("{var}.eject_ms"),
+                "must be at least 1",
+            ));
+        }
+        let pool = PoolConfig {
+            max_in_flight: p.max_in_flight,
+            max_queue: p.max_queue.unwrap_or(defaults.max_queue),
+            eject_after_failures: p
+                .eject_after_failures
+                .unwrap_or(defaults.eject_after_failures),
+            eject: p
+                .eject_ms
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.eject)
+                .min(PoolConfig::MAX_EJECTION),
+        };
         table.insert(
             name.clone(),
             ProviderConfig {
                 name: name.clone(),
                 kind: p.kind,
-                base_url: parse_url(&format!("{var}.base_url"), &p.base_url)?,
+                base_url: base_urls[0].clone(),
+                base_urls,
                 api_key,
                 tier: p.tier,
                 timeout: p.timeout_ms.map(Duration::from_millis).unwrap_or(timeout),
@@ -862,6 +990,7 @@ fn provider_table(
                     .map(Duration::from_millis)
                     .unwrap_or(connect_timeout),
                 limits,
+                pool,
             },
         );
     }
@@ -1077,6 +1206,126 @@ mod tests {
         );
         assert!(!c.secondary.provider.is_cloud());
         assert_eq!(c.secondary.provider.timeout, Duration::from_millis(5000));
+    }
+
+    #[test]
+    fn env_urls_take_comma_separated_lists() {
+        let c = Config::from_sources(&sources(&[
+            ("OLLAMA_HOST", "gpu-a:11434, http://gpu-b:11434/"),
+            (
+                "OPENAI_BASE_URL",
+                "https://a.example/v1,https://b.example/v1",
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.secondary.provider.base_urls,
+            ["http://gpu-a:11434", "http://gpu-b:11434"]
+        );
+        assert_eq!(c.secondary.provider.base_url, "http://gpu-a:11434");
+        assert_eq!(
+            c.primary.provider.base_urls,
+            ["https://a.example/v1", "https://b.example/v1"]
+        );
+        assert_eq!(c.primary.provider.pool, PoolConfig::default());
+        for (var, value, says) in [
+            ("OLLAMA_HOST", "gpu-a:11434,http://gpu-a:11434", "duplicate"),
+            (
+                "OPENAI_BASE_URL",
+                "https://a.example/v1,https://a.example/v1/",
+                "duplicate",
+            ),
+            ("OPENAI_BASE_URL", "https://a.example/v1,ftp://b", "scheme"),
+            (
+                "OPENAI_BASE_URL",
+                "https://a.example/v1,,https://b.example",
+                "empty",
+            ),
+            ("OLLAMA_HOST", "gpu-a:11434,http://[::1", "not a URL"),
+        ] {
+            let err = Config::from_sources(&sources(&[(var, value)])).unwrap_err();
+            assert_eq!(err.var, var, "{value}");
+            assert!(err.message.contains(says), "{value}: {err}");
+        }
+    }
+
+    #[test]
+    fn toml_providers_take_base_urls_and_pool_settings() {
+        let mut s = sources(&[("SECONDARY_PROVIDER", "local")]);
+        s.load_toml(
+            "[providers.local]\nkind = \"ollama\"\nbase_urls = [\"http://gpu-a:11434\", \"http://gpu-b:11434\"]\ntier = \"local\"\nmax_in_flight = 4\nmax_queue = 16\neject_after_failures = 5\neject_ms = 2000\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let c = Config::from_sources(&s).unwrap();
+        let p = &c.secondary.provider;
+        assert_eq!(p.base_urls, ["http://gpu-a:11434", "http://gpu-b:11434"]);
+        assert_eq!(
+            p.pool,
+            PoolConfig {
+                max_in_flight: Some(4),
+                max_queue: 16,
+                eject_after_failures: 5,
+                eject: Duration::from_millis(2000),
+            }
+        );
+        let c = {
+            let mut s = sources(&[("SECONDARY_PROVIDER", "x")]);
+            s.load_toml(
+                "[providers.x]\nkind = \"ollama\"\nbase_url = \"http://gpu:1\"\ntier = \"local\"\n",
+                Path::new("x.toml"),
+            )
+            .unwrap();
+            Config::from_sources(&s).unwrap()
+        };
+        assert_eq!(c.secondary.provider.base_urls, ["http://gpu:1"]);
+        assert_eq!(c.secondary.provider.pool, PoolConfig::default());
+
+        for (table, var, says) in [
+            (
+                "base_urls = [\"http://a:1\", \"http://a:1/\"]",
+                "providers.x.base_urls",
+                "duplicate",
+            ),
+            (
+                "base_urls = [\"http://a:1\", \"gopher://b\"]",
+                "providers.x.base_urls",
+                "scheme",
+            ),
+            (
+                "base_urls = [\"a b\"]",
+                "providers.x.base_urls",
+                "not a URL",
+            ),
+            ("base_urls = []", "providers.x.base_urls", "at least one"),
+            ("base_url = \"nope\"", "providers.x.base_url", "not a URL"),
+            (
+                "base_url = \"http://a:1\"\nbase_urls = [\"http://b:1\"]",
+                "providers.x.base_urls",
+                "exactly one",
+            ),
+            ("", "providers.x.base_urls", "exactly one"),
+            (
+                "base_url = \"http://a:1\"\nmax_in_flight = 0",
+                "providers.x.max_in_flight",
+                "at least 1",
+            ),
+            (
+                "base_url = \"http://a:1\"\neject_after_failures = 0",
+                "providers.x.eject_after_failures",
+                "at least 1",
+            ),
+        ] {
+            let mut s = sources(&[]);
+            s.load_toml(
+                &format!("[providers.x]\nkind = \"ollama\"\ntier = \"local\"\n{table}\n"),
+                Path::new("x.toml"),
+            )
+            .unwrap();
+            let err = Config::from_sources(&s).unwrap_err();
+            assert_eq!(err.var, var, "{table}");
+            assert!(err.message.contains(says), "{table}: {err}");
+        }
     }
 
     #[test]

@@ -229,6 +229,12 @@ pub enum ProviderError {
     /// `VRA_MAX_STREAM_LINE_BYTES`): the rest is not read.
     #[error("{what} larger than {limit} bytes")]
     TooLarge { what: &'static str, limit: usize },
+    /// Every endpoint of the provider is ejected after repeated failures: nothing was sent.
+    #[error("all endpoints ejected after repeated failures")]
+    AllEndpointsEjected,
+    /// Every endpoint was at its `max_in_flight` and the wait queue was full: nothing was sent.
+    #[error("endpoint queue full ({max_queue} calls waiting for a free endpoint)")]
+    QueueFull { max_queue: usize },
 }
 
 impl ProviderError {
@@ -254,6 +260,8 @@ impl ProviderError {
             ProviderError::Status { status, .. } => {
                 matches!(status, 300..=399 | 401 | 403 | 408 | 429 | 500..=599)
             }
+            // Local overload, not the provider's health.
+            ProviderError::QueueFull { .. } => false,
             _ => true,
         }
     }
@@ -289,6 +297,8 @@ impl ProviderError {
             ProviderError::Truncated => "stream_truncated".into(),
             ProviderError::Transport(_) => "transport_error".into(),
             ProviderError::TooLarge { .. } => "response_too_large".into(),
+            ProviderError::AllEndpointsEjected => "all_endpoints_ejected".into(),
+            ProviderError::QueueFull { .. } => "queue_full".into(),
         }
     }
 

@@ -45,6 +45,12 @@ pub enum GatewayError {
     })]
     Overloaded(Shed),
 
+    /// Every endpoint of the secondary was at its `max_in_flight` and its queue was full.
+    #[error(
+        "secondary provider `{provider}` is saturated: every endpoint is at its max_in_flight and {max_queue} calls are already queued; retry later"
+    )]
+    QueueFull { provider: String, max_queue: usize },
+
     /// Every provider that was tried failed; all of their errors, in order.
     #[error("all providers failed: {}", join(.0))]
     AllProvidersFailed(Vec<ProviderFailure>),
@@ -90,6 +96,7 @@ impl GatewayError {
             GatewayError::BudgetExhausted { .. } => Code::ResourceExhausted,
             GatewayError::ClientQuotaExhausted { .. } => Code::ResourceExhausted,
             GatewayError::Overloaded(_) => Code::ResourceExhausted,
+            GatewayError::QueueFull { .. } => Code::ResourceExhausted,
             GatewayError::AllProvidersFailed(_) => Code::Unavailable,
             GatewayError::StreamAborted(_) => Code::Unavailable,
             GatewayError::Ledger(_) => Code::Unavailable,
@@ -110,6 +117,7 @@ impl GatewayError {
             GatewayError::BudgetExhausted { .. } => "resource_exhausted",
             GatewayError::ClientQuotaExhausted { .. } => "client_quota_exhausted",
             GatewayError::Overloaded(_) => "overloaded",
+            GatewayError::QueueFull { .. } => "queue_full",
             GatewayError::AllProvidersFailed(_) => "unavailable",
             GatewayError::StreamAborted(_) => "stream_aborted",
             GatewayError::Ledger(_) => "ledger_unavailable",

@@ -3,9 +3,13 @@
 //!
 //! For each call:
 //! 1. [`routing::route`] picks the tier and names the rule.
-//! 2. If the primary is chosen and its circuit is closed, each HTTP attempt to a cloud-tier
-//!    provider first reserves a budget unit ([`Ledger::reserve`]); retries follow
-//!    [`RetryPolicy`] and never sleep past the caller's deadline.
+//! 2. If the primary is chosen and its circuit is closed, each HTTP attempt first leases an
+//!    endpoint of the provider's pool ([`Pool::acquire`]: balancing, ejection, the
+//!    `max_in_flight` queue; a retry prefers an endpoint not tried yet), then, for a
+//!    cloud-tier provider, reserves a budget unit ([`Ledger::reserve`]); retries follow
+//!    [`RetryPolicy`] and never sleep past the caller's deadline. A full queue or a pool
+//!    whose endpoints are all ejected fails the tier like an upstream error (the secondary's
+//!    full queue is `RESOURCE_EXHAUSTED`).
 //! 3. A refused reservation (`COST_LIMIT`), a client's spent day quota (`CLIENT_QUOTA`), an
 //!    unreachable ledger (`LEDGER_UNAVAILABLE`), an open circuit (`CIRCUIT_OPEN`) or a
 //!    primary that fails for good (`PRIMARY_ERROR`) sends the call to the secondary, with a
@@ -23,7 +27,8 @@
 //! `Gateway::call_tier` runs one tier's attempts under a circuit-breaker permit,
 //! `Gateway::reserve` is the budget step, `Gateway::attempt` one upstream request with its
 //! span and metrics, and `Gateway::retry_delay` the retry decision. Everything acquired is a
-//! guard (the breaker's [`CallPermit`](crate::resilience::CallPermit), the in-flight gauge),
+//! guard (the breaker's [`CallPermit`](crate::resilience::CallPermit), the endpoint
+//! [`Lease`], a place in an endpoint queue, the in-flight gauge),
 //! so a call dropped anywhere — by a deadline, a cancel or a panic — leaves no state behind.
 //! The one exception is deliberate: a budget unit reserved for an attempt stays spent even if
 //! the request never left, because the ledger cannot know whether it reached the cloud.
@@ -46,6 +51,7 @@ use crate::domain::{
 };
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::providers::pool::{HealthChange, Lease, Pool};
 use crate::providers::{ChatRequest, Completion, EventStream, Provider, StreamEvent, Tiers};
 use crate::resilience::{BreakerState, CircuitBreaker, Deadline, RetryPolicy};
 use crate::routing::{self, Policy};
@@ -215,7 +221,7 @@ impl Gateway {
         self.limit
     }
 
-    fn provider(&self, tier: Tier) -> (&Arc<dyn Provider>, &str) {
+    fn provider(&self, tier: Tier) -> (&Arc<Pool>, &str) {
         match tier {
             Tier::Primary => (&self.tiers.primary, &self.tiers.primary_model),
             Tier::Secondary => (&self.tiers.secondary, &self.tiers.secondary_model),
@@ -233,9 +239,11 @@ impl Gateway {
         }
     }
 
-    /// Whether the secondary's circuit is open (used by health reporting).
+    /// Whether the secondary's circuit is open or every endpoint of it is ejected (used by
+    /// health reporting).
     pub fn secondary_unusable(&self) -> bool {
         self.breaker(Tier::Secondary).state() == BreakerState::Open
+            || !self.tiers.secondary.usable()
     }
 
     fn route_info(&self, tier: Tier, rule: Rule, fallback: Option<FallbackReason>) -> RouteInfo {
@@ -562,6 +570,13 @@ impl Gateway {
                 "ledger unavailable: a cloud-tier secondary cannot be budgeted".to_string()
             }
             TierOutcome::CircuitOpen => "circuit open".to_string(),
+            TierOutcome::Failed(ProviderError::QueueFull { max_queue }) => {
+                state.hybrid().failed(secondary, &["endpoint queue full"]);
+                return Err(GatewayError::QueueFull {
+                    provider: secondary.to_string(),
+                    max_queue,
+                });
+            }
             TierOutcome::Failed(e) => e.to_string(),
         };
         failures.push(ProviderFailure {
@@ -605,10 +620,23 @@ impl Gateway {
         let Some(permit) = self.breaker(tier).admit() else {
             return TierOutcome::CircuitOpen;
         };
-        let (_, model) = self.provider(tier);
+        let (pool, model) = self.provider(tier);
         let request = state.chat_request(model);
         let mut attempt = 0u32;
+        // The endpoints this call has tried: a retry prefers another one.
+        let mut tried = Vec::new();
         loop {
+            let queued = StdInstant::now();
+            let lease = match pool.acquire(&tried).await {
+                Ok(lease) => lease,
+                Err(error) => {
+                    permit.failed(error.is_provider_fault());
+                    return TierOutcome::Failed(error);
+                }
+            };
+            let waited = queued.elapsed();
+            self.metrics.queue_wait(&pool.config().name, waited);
+            tried.push(lease.index());
             attempt += 1;
             match self.reserve(state, tier).await {
                 Budgeted::Go => {}
@@ -625,7 +653,10 @@ impl Gateway {
                     return TierOutcome::LedgerDown;
                 }
             }
-            let error = match self.attempt(state, tier, attempt, &request, op).await {
+            let error = match self
+                .attempt(state, tier, attempt, &request, op, lease, waited)
+                .await
+            {
                 Ok(value) => {
                     permit.succeeded();
                     return TierOutcome::Ok(value);
@@ -696,7 +727,9 @@ impl Gateway {
         }
     }
 
-    /// One upstream request: its CLIENT span, its metrics, its outcome.
+    /// One upstream request to the leased endpoint: its CLIENT span, its metrics, its
+    /// outcome, and the endpoint's health verdict.
+    #[allow(clippy::too_many_arguments)]
     async fn attempt<T, F>(
         &self,
         state: &mut CallState<'_>,
@@ -704,15 +737,18 @@ impl Gateway {
         attempt: u32,
         request: &ChatRequest,
         op: &F,
+        lease: Lease,
+        waited: Duration,
     ) -> Result<T, ProviderError>
     where
         F: Fn(Arc<dyn Provider>, ChatRequest) -> BoxFuture<'static, Result<T, ProviderError>>,
     {
-        let (provider, model) = self.provider(tier);
-        let config = provider.config();
+        let (pool, model) = self.provider(tier);
+        let config = pool.config();
+        let provider = lease.provider().clone();
         let (address, port) = provider.address();
         let upstream = telemetry::Upstream {
-            system: provider.system(),
+            system: pool.system(),
             provider: &config.name,
             cloud: config.is_cloud(),
             address,
@@ -720,6 +756,7 @@ impl Gateway {
         };
         state.attempts += 1;
         let span = telemetry::attempt_span(upstream, model, tier, attempt);
+        span.record("vra.queue.wait_ms", waited.as_millis() as u64);
         telemetry::record_request(&span, request.system.as_deref(), &request.prompt);
         let started = StdInstant::now();
         let result = op(provider.clone(), request.clone())
@@ -742,6 +779,27 @@ impl Gateway {
                     );
                 }
             }
+        }
+        let endpoint = lease.endpoint().to_string();
+        match lease.finish(result.as_ref().map(|_| ())) {
+            Some(HealthChange::Ejected { duration, failures }) => {
+                self.metrics.endpoint_ejected(&config.name, &endpoint);
+                tracing::warn!(
+                    provider = %config.name,
+                    endpoint = %endpoint,
+                    failures,
+                    ejected_ms = duration.as_millis() as u64,
+                    "endpoint ejected from the provider's pool after consecutive failures"
+                );
+            }
+            Some(HealthChange::Restored) => {
+                tracing::info!(
+                    provider = %config.name,
+                    endpoint = %endpoint,
+                    "endpoint back in the provider's pool: its probe succeeded"
+                );
+            }
+            None => {}
         }
         result
     }

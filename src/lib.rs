@@ -16,7 +16,9 @@
 //! - [`budget`]: the per-report cloud budget behind the [`budget::Ledger`] trait, with an
 //!   in-memory and a Redis backend. Add a ledger backend here.
 //! - [`providers`]: upstream LLMs behind the [`providers::Provider`] trait (OpenAI-compatible,
-//!   Ollama), their HTTP cycle (bounded bodies, `Retry-After`) and streaming decoders. Add a
+//!   Ollama), their HTTP cycle (bounded bodies, `Retry-After`) and streaming decoders, and
+//!   [`providers::pool`], a provider's endpoints (`base_urls`): power-of-two-choices
+//!   balancing, outlier ejection, per-endpoint `max_in_flight` with a FIFO queue. Add a
 //!   provider kind here.
 //! - [`resilience`]: retry/backoff, deadlines and the circuit breaker (RAII permits).
 //! - [`gateway`]: the pipeline — route, budget, call, retry, fall back, record.

@@ -36,6 +36,22 @@ struct ProviderLabels {
     provider: String,
 }
 
+/// Endpoints come from configuration (`base_urls`), never from requests: a bounded set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    provider: String,
+    endpoint: String,
+}
+
+/// Queue waits, in seconds: from nothing to a caller's whole deadline.
+const QUEUE_WAIT_BUCKETS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
+];
+
+fn queue_wait_histogram() -> Histogram {
+    Histogram::new(QUEUE_WAIT_BUCKETS)
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AttemptLabels {
     provider: String,
@@ -78,6 +94,8 @@ pub struct Metrics {
     ledger_errors: Family<KindLabels, Counter>,
     client_reservations: Family<ClientLabels, Counter>,
     rejected: Family<ReasonLabels, Counter>,
+    ejections: Family<EndpointLabels, Counter>,
+    queue_wait: Family<ProviderLabels, Histogram, fn() -> Histogram>,
 }
 
 /// Client ids come from the clients file, never from requests: a bounded label set.
@@ -175,8 +193,25 @@ impl Metrics {
             "Calls turned away at the edge before any service, by reason (missing_credentials, malformed_credentials, invalid_credentials)",
             rejected.clone(),
         );
+        let ejections = Family::default();
+        registry.register(
+            "endpoint_ejections",
+            "Endpoints ejected from their provider's pool after consecutive failures (or a failed probe)",
+            ejections.clone(),
+        );
+        let queue_wait =
+            Family::<ProviderLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                queue_wait_histogram,
+            );
+        registry.register(
+            "queue_wait_seconds",
+            "Time an attempt waited for a free endpoint (max_in_flight) before it was sent",
+            queue_wait.clone(),
+        );
         Self {
             registry,
+            ejections,
+            queue_wait,
             client_reservations,
             rejected,
             panics,
@@ -240,6 +275,25 @@ impl Metrics {
                 provider: provider.to_string(),
             })
             .inc();
+    }
+
+    /// Counts an endpoint ejected from `provider`'s pool.
+    pub fn endpoint_ejected(&self, provider: &str, endpoint: &str) {
+        self.ejections
+            .get_or_create(&EndpointLabels {
+                provider: provider.to_string(),
+                endpoint: endpoint.to_string(),
+            })
+            .inc();
+    }
+
+    /// Observes how long an attempt waited for an endpoint of `provider`.
+    pub fn queue_wait(&self, provider: &str, waited: Duration) {
+        self.queue_wait
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_string(),
+            })
+            .observe(waited.as_secs_f64());
     }
 
     pub fn attempt(

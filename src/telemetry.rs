@@ -624,6 +624,7 @@ pub fn attempt_span(upstream: Upstream<'_>, model: &str, tier: Tier, attempt: u3
         vra.tier = tier.as_str(),
         vra.provider = upstream.provider,
         vra.cloud = upstream.cloud,
+        vra.queue.wait_ms = Empty,
     )
 }
 

@@ -22,6 +22,7 @@ use vra_gateway::pb::gateway_service_server::GatewayServiceServer;
 use vra_gateway::pb::{
     self, CompilationPhase as P, FallbackReason as F, ProviderTier as T, SectionType as S,
 };
+use vra_gateway::providers::pool::Pool;
 use vra_gateway::providers::{ChatRequest, Completion, EventStream, Provider, Tiers};
 use vra_gateway::service::GatewayService;
 
@@ -472,9 +473,15 @@ async fn a_panicking_task_answers_internal_and_is_counted() {
     let local = Sim::start().await.unwrap();
     let config = common::config(&cloud, &local, &[]);
     let tiers = Tiers {
-        primary: Arc::new(Panicking(config.primary.provider.clone())),
+        primary: Pool::new(
+            config.primary.provider.clone(),
+            vec![Arc::new(Panicking(config.primary.provider.clone()))],
+        ),
         primary_model: config.primary.model.clone(),
-        secondary: Arc::new(Panicking(config.secondary.provider.clone())),
+        secondary: Pool::new(
+            config.secondary.provider.clone(),
+            vec![Arc::new(Panicking(config.secondary.provider.clone()))],
+        ),
         secondary_model: config.secondary.model.clone(),
     };
     let metrics = Arc::new(Metrics::new());

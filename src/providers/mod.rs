@@ -8,10 +8,14 @@
 //! - [`openai`]: OpenAI-compatible Chat Completions (OpenAI, vLLM, llama.cpp server, ...).
 //! - [`ollama`]: Ollama's native `/api/chat`.
 //! - [`stream`]: incremental SSE / NDJSON decoding shared by both streaming paths.
+//! - [`pool`]: endpoint pools — one provider over several base URLs, with balancing,
+//!   outlier ejection, a per-endpoint concurrency cap and a FIFO queue. The gateway leases an
+//!   endpoint per attempt.
 
 mod http;
 pub mod ollama;
 pub mod openai;
+pub mod pool;
 pub mod stream;
 
 use std::collections::BTreeMap;
@@ -24,6 +28,7 @@ use futures_util::Stream;
 
 use crate::config::{Endpoint, ProviderConfig, ProviderKind};
 pub use crate::domain::{ProviderError, TokenUsage};
+use pool::Pool;
 
 /// What the gateway asks of a model.
 #[derive(Debug, Clone, PartialEq)]
@@ -136,29 +141,30 @@ pub fn build(
     })
 }
 
-/// The two tiers' providers, each with the model sent to it.
+/// The two tiers' providers (each an endpoint pool), each with the model sent to it.
 #[derive(Clone)]
 pub struct Tiers {
-    pub primary: Arc<dyn Provider>,
+    pub primary: Arc<Pool>,
     pub primary_model: String,
-    pub secondary: Arc<dyn Provider>,
+    pub secondary: Arc<Pool>,
     pub secondary_model: String,
 }
 
 impl Tiers {
-    /// Builds both tiers; a provider used by both tiers shares one client. `extra_roots` are
-    /// added to the system roots of every provider's HTTPS.
+    /// Builds both tiers; a provider used by both tiers shares one pool (its endpoints'
+    /// clients, load, health and queue). `extra_roots` are added to the system roots of every
+    /// provider's HTTPS.
     pub fn build(
         primary: &Endpoint,
         secondary: &Endpoint,
         extra_roots: &[reqwest::Certificate],
     ) -> Result<Tiers, BuildError> {
-        let mut built: BTreeMap<String, Arc<dyn Provider>> = BTreeMap::new();
-        let mut get = |cfg: &ProviderConfig| -> Result<Arc<dyn Provider>, BuildError> {
+        let mut built: BTreeMap<String, Arc<Pool>> = BTreeMap::new();
+        let mut get = |cfg: &ProviderConfig| -> Result<Arc<Pool>, BuildError> {
             if let Some(p) = built.get(&cfg.name) {
                 return Ok(p.clone());
             }
-            let p = build(cfg, extra_roots)?;
+            let p = Pool::build(cfg, |one| build(one, extra_roots))?;
             built.insert(cfg.name.clone(), p.clone());
             Ok(p)
         };

@@ -1,0 +1,564 @@
+//! Endpoint pools: one provider served by several base URLs (`base_urls`, or a
+//! comma-separated `OPENAI_BASE_URL` / `OLLAMA_HOST`).
+//!
+//! A [`Pool`] holds one [`Provider`] per endpoint — each still one wire format and one HTTP
+//! request to one base URL — and hands out a [`Lease`] per attempt. The gateway asks for a
+//! lease before every attempt (and before reserving the attempt's budget unit), sends the
+//! request through the lease's provider, and gives the lease its verdict. The pool does four
+//! things:
+//!
+//! - **Balancing: power of two choices on outstanding requests.** Among the usable endpoints
+//!   with room, two are drawn at random and the one with fewer requests in flight from this
+//!   process wins. A retry passes the endpoints it already tried and gets an untried one when
+//!   one has room. This is a small own implementation rather than `tower::balance`: the
+//!   gateway needs per-attempt control (budget reservation, retry placement, verdicts), which
+//!   a `tower::Service` balancer hides behind `call`.
+//! - **Outlier ejection.** `eject_after_failures` consecutive failures (connect errors,
+//!   timeouts, 408, 429, 5xx: [`ProviderError::is_retryable`]) eject an endpoint for
+//!   `eject_ms`. When that has passed, exactly one request goes to it as a probe: success
+//!   brings it back (streak and ejection count reset); failure ejects it again for twice as
+//!   long, up to [`PoolConfig::MAX_EJECTION`]. Other errors (a 400 for this request) show the
+//!   endpoint answering and reset the streak. With every endpoint ejected, [`Pool::acquire`]
+//!   fails at once with [`ProviderError::AllEndpointsEjected`], a provider fault: the circuit
+//!   breaker and the fallback take over.
+//! - **Concurrency cap.** An endpoint never has more than `max_in_flight` leases out.
+//! - **FIFO queue.** When no usable endpoint has room, the call waits in a queue of at most
+//!   `max_queue` ([`ProviderError::QueueFull`] beyond). The queue is a `VecDeque` of oneshot
+//!   senders under the pool's one mutex: a lease that ends hands its slot straight to the
+//!   queue's head (with the head's own retry preference), so no later arrival can overtake
+//!   a waiter, and a new call queues behind waiters even when a slot just freed. (A tokio
+//!   `Semaphore` is FIFO too, but one per endpoint cannot express "the first free slot of any
+//!   endpoint, in arrival order", and a pool-wide one cannot cap each endpoint.) Waiting is
+//!   not bounded here: the caller's deadline races the whole call, so a deadline that passes
+//!   in the queue drops the waiter and nothing reaches the upstream.
+//!
+//! Everything is a guard: a [`Lease`] releases its slot when dropped, also without verdict (a
+//! cancelled call counts neither way, and a probe it carried may be sent again); a waiter
+//! that is dropped leaves the queue; a lease handed to a waiter that just went away is
+//! released by the channel. One `std` mutex guards all state and is never held across an
+//! `.await`.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::{BuildError, Provider, ProviderError};
+use crate::config::{PoolConfig, ProviderConfig, ProviderKind};
+
+/// One provider's endpoints, their load and health, and the queue of calls waiting for one.
+pub struct Pool {
+    config: ProviderConfig,
+    endpoints: Vec<Member>,
+    state: Mutex<State>,
+}
+
+/// A fixed endpoint of the pool.
+struct Member {
+    provider: Arc<dyn Provider>,
+    /// `host:port`, for logs and the ejection metric (bounded: it comes from configuration).
+    label: String,
+}
+
+struct State {
+    slots: Vec<Slot>,
+    waiters: VecDeque<Waiter>,
+    next_waiter: u64,
+}
+
+/// An endpoint's load and health.
+#[derive(Default)]
+struct Slot {
+    in_flight: usize,
+    /// Consecutive failures.
+    failures: u32,
+    ejected_until: Option<Instant>,
+    /// Ejections since the endpoint was last healthy (the next one lasts 2^this times longer).
+    ejections: u32,
+    /// A probe request is out.
+    probing: bool,
+}
+
+struct Waiter {
+    id: u64,
+    tried: Vec<usize>,
+    tx: oneshot::Sender<Result<Lease, ProviderError>>,
+}
+
+/// What the health of an endpoint did after a lease's verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthChange {
+    /// The endpoint was ejected for this long after this many consecutive failures.
+    Ejected { duration: Duration, failures: u32 },
+    /// Its probe succeeded: it takes requests again.
+    Restored,
+}
+
+impl Pool {
+    /// A pool of one provider per `config.base_urls` entry, built by `build`.
+    pub fn build(
+        config: &ProviderConfig,
+        mut build: impl FnMut(&ProviderConfig) -> Result<Arc<dyn Provider>, BuildError>,
+    ) -> Result<Arc<Pool>, BuildError> {
+        let providers = config
+            .base_urls
+            .iter()
+            .map(|url| {
+                let mut one = config.clone();
+                one.base_url = url.clone();
+                one.base_urls = vec![url.clone()];
+                build(&one)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Pool::new(config.clone(), providers))
+    }
+
+    /// A pool over `providers` (at least one), with `config`'s pool settings.
+    pub fn new(config: ProviderConfig, providers: Vec<Arc<dyn Provider>>) -> Arc<Pool> {
+        assert!(!providers.is_empty(), "a pool needs at least one endpoint");
+        let endpoints: Vec<Member> = providers
+            .into_iter()
+            .map(|provider| {
+                let (host, port) = provider.address();
+                let label = format!("{host}:{port}");
+                Member { provider, label }
+            })
+            .collect();
+        let slots = endpoints.iter().map(|_| Slot::default()).collect();
+        Arc::new(Pool {
+            config,
+            endpoints,
+            state: Mutex::new(State {
+                slots,
+                waiters: VecDeque::new(),
+                next_waiter: 0,
+            }),
+        })
+    }
+
+    /// The provider's configuration (name, kind, tier, every base URL, pool settings).
+    pub fn config(&self) -> &ProviderConfig {
+        &self.config
+    }
+
+    fn settings(&self) -> &PoolConfig {
+        &self.config.pool
+    }
+
+    /// The `gen_ai.provider.name` of this wire format (`openai`, `ollama`).
+    pub fn system(&self) -> &'static str {
+        match self.config.kind {
+            ProviderKind::Openai => "openai",
+            ProviderKind::Ollama => "ollama",
+        }
+    }
+
+    /// The endpoints' `host:port` labels, in configuration order.
+    pub fn endpoints(&self) -> impl Iterator<Item = &str> {
+        self.endpoints.iter().map(|m| m.label.as_str())
+    }
+
+    /// Whether at least one endpoint takes requests now (not ejected, or due for its probe).
+    pub fn usable(&self) -> bool {
+        let st = self.lock();
+        let now = Instant::now();
+        st.slots.iter().any(|s| s.usable(now))
+    }
+
+    /// Calls waiting for an endpoint now.
+    pub fn queued(&self) -> usize {
+        self.lock().waiters.len()
+    }
+
+    /// A lease on an endpoint for one attempt, preferring one not in `tried`. Waits in the
+    /// FIFO queue while every usable endpoint is full; fails at once with
+    /// [`ProviderError::AllEndpointsEjected`] or [`ProviderError::QueueFull`].
+    pub async fn acquire(self: &Arc<Self>, tried: &[usize]) -> Result<Lease, ProviderError> {
+        let (id, rx) = {
+            let mut st = self.lock();
+            let now = Instant::now();
+            if !st.slots.iter().any(|s| s.usable(now)) {
+                return Err(ProviderError::AllEndpointsEjected);
+            }
+            if st.waiters.is_empty()
+                && let Some(index) = self.pick(&st, tried, now)
+            {
+                return Ok(self.lease(&mut st, index, now));
+            }
+            if st.waiters.len() >= self.settings().max_queue {
+                return Err(ProviderError::QueueFull {
+                    max_queue: self.settings().max_queue,
+                });
+            }
+            let (tx, rx) = oneshot::channel();
+            let id = st.next_waiter;
+            st.next_waiter += 1;
+            st.waiters.push_back(Waiter {
+                id,
+                tried: tried.to_vec(),
+                tx,
+            });
+            (id, rx)
+        };
+        let _leave = LeaveQueue { pool: self, id };
+        rx.await.unwrap_or(Err(ProviderError::AllEndpointsEjected))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Power of two choices among the usable endpoints with room, untried ones first.
+    fn pick(&self, st: &State, tried: &[usize], now: Instant) -> Option<usize> {
+        let cap = self.settings().max_in_flight.unwrap_or(usize::MAX);
+        let open: Vec<usize> = (0..st.slots.len())
+            .filter(|&i| st.slots[i].usable(now) && st.slots[i].in_flight < cap)
+            .collect();
+        let fresh: Vec<usize> = open
+            .iter()
+            .copied()
+            .filter(|i| !tried.contains(i))
+            .collect();
+        let candidates = if fresh.is_empty() { open } else { fresh };
+        match candidates.len() {
+            0 => None,
+            1 => Some(candidates[0]),
+            n => {
+                let a = rand::random_range(0..n);
+                let b = (a + rand::random_range(1..n)) % n;
+                let (a, b) = (candidates[a], candidates[b]);
+                Some(if st.slots[b].in_flight < st.slots[a].in_flight {
+                    b
+                } else {
+                    a
+                })
+            }
+        }
+    }
+
+    /// Takes a slot of endpoint `index` (the lock is held).
+    fn lease(self: &Arc<Self>, st: &mut State, index: usize, now: Instant) -> Lease {
+        let slot = &mut st.slots[index];
+        slot.in_flight += 1;
+        let probe = slot.ejected_until.is_some_and(|until| now >= until);
+        if probe {
+            slot.probing = true;
+        }
+        Lease {
+            pool: self.clone(),
+            index,
+            probe,
+            armed: true,
+        }
+    }
+
+    /// Gives back a slot with a verdict (`None`: cancelled), then serves the queue.
+    fn release(
+        self: &Arc<Self>,
+        index: usize,
+        probe: bool,
+        verdict: Option<bool>,
+    ) -> Option<HealthChange> {
+        let mut st = self.lock();
+        let now = Instant::now();
+        let settings = *self.settings();
+        let slot = &mut st.slots[index];
+        slot.in_flight -= 1;
+        if probe {
+            slot.probing = false;
+        }
+        let change = match verdict {
+            None => None,
+            Some(true) => {
+                slot.failures = 0;
+                if probe {
+                    slot.ejected_until = None;
+                    slot.ejections = 0;
+                    Some(HealthChange::Restored)
+                } else {
+                    None
+                }
+            }
+            Some(false) => {
+                slot.failures = slot.failures.saturating_add(1);
+                let streak =
+                    slot.ejected_until.is_none() && slot.failures >= settings.eject_after_failures;
+                if probe || streak {
+                    slot.ejections = slot.ejections.saturating_add(1);
+                    let factor = 1u32 << (slot.ejections - 1).min(16);
+                    let duration = settings
+                        .eject
+                        .saturating_mul(factor)
+                        .min(PoolConfig::MAX_EJECTION);
+                    slot.ejected_until = Some(now + duration);
+                    Some(HealthChange::Ejected {
+                        duration,
+                        failures: slot.failures,
+                    })
+                } else {
+                    None
+                }
+            }
+        };
+        self.serve_queue(&mut st, now);
+        change
+    }
+
+    /// Hands free slots to the waiters, head first; with no usable endpoint left, fails them.
+    fn serve_queue(self: &Arc<Self>, st: &mut State, now: Instant) {
+        while let Some(head) = st.waiters.front() {
+            if !st.slots.iter().any(|s| s.usable(now)) {
+                for w in st.waiters.drain(..) {
+                    let _ = w.tx.send(Err(ProviderError::AllEndpointsEjected));
+                }
+                return;
+            }
+            let Some(index) = self.pick(st, &head.tried, now) else {
+                return;
+            };
+            let Some(waiter) = st.waiters.pop_front() else {
+                return;
+            };
+            let lease = self.lease(st, index, now);
+            if let Err(Ok(mut lease)) = waiter.tx.send(Ok(lease)) {
+                // The waiter went away just now: undo in place (the lock is held).
+                lease.armed = false;
+                let slot = &mut st.slots[index];
+                slot.in_flight -= 1;
+                if lease.probe {
+                    slot.probing = false;
+                }
+            }
+        }
+    }
+}
+
+impl Slot {
+    /// Takes requests now: not ejected, or ejected, due, and no probe out yet.
+    fn usable(&self, now: Instant) -> bool {
+        match self.ejected_until {
+            None => true,
+            Some(until) => now >= until && !self.probing,
+        }
+    }
+}
+
+/// Removes a waiter that is dropped before it got its lease.
+struct LeaveQueue<'a> {
+    pool: &'a Pool,
+    id: u64,
+}
+
+impl Drop for LeaveQueue<'_> {
+    fn drop(&mut self) {
+        let mut st = self.pool.lock();
+        st.waiters.retain(|w| w.id != self.id);
+    }
+}
+
+/// One attempt's hold on one endpoint. Dropped without [`Lease::finish`], it frees the slot
+/// and says nothing about the endpoint's health.
+pub struct Lease {
+    pool: Arc<Pool>,
+    index: usize,
+    probe: bool,
+    armed: bool,
+}
+
+impl Lease {
+    /// The endpoint's provider.
+    pub fn provider(&self) -> &Arc<dyn Provider> {
+        &self.pool.endpoints[self.index].provider
+    }
+
+    /// The endpoint's position in the provider's `base_urls`.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The endpoint's `host:port`.
+    pub fn endpoint(&self) -> &str {
+        &self.pool.endpoints[self.index].label
+    }
+
+    /// Whether this attempt is the probe of an ejected endpoint.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    /// Frees the slot with the attempt's outcome; returns what changed in the endpoint's
+    /// health, for the caller to log and count.
+    pub fn finish(mut self, outcome: Result<(), &ProviderError>) -> Option<HealthChange> {
+        self.armed = false;
+        let healthy = match outcome {
+            Ok(()) => true,
+            Err(e) => !e.is_retryable(),
+        };
+        self.pool.release(self.index, self.probe, Some(healthy))
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.armed {
+            self.armed = false;
+            self.pool.release(self.index, self.probe, None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BodyLimits, CostTier};
+    use crate::providers::{ChatRequest, Completion, EventStream};
+    use async_trait::async_trait;
+
+    struct Fake(ProviderConfig, u16);
+
+    #[async_trait]
+    impl Provider for Fake {
+        fn config(&self) -> &ProviderConfig {
+            &self.0
+        }
+        async fn complete(&self, _: &ChatRequest) -> Result<Completion, ProviderError> {
+            unreachable!()
+        }
+        async fn stream(&self, _: &ChatRequest, _: Duration) -> Result<EventStream, ProviderError> {
+            unreachable!()
+        }
+        fn address(&self) -> (&str, u16) {
+            ("gpu", self.1)
+        }
+    }
+
+    fn pool(n: u16, pool: PoolConfig) -> Arc<Pool> {
+        let config = ProviderConfig {
+            name: "local".into(),
+            kind: ProviderKind::Ollama,
+            base_url: "http://gpu:1".into(),
+            base_urls: (1..=n).map(|p| format!("http://gpu:{p}")).collect(),
+            api_key: None,
+            tier: CostTier::Local,
+            timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            limits: BodyLimits::default(),
+            pool,
+        };
+        let providers = (1..=n)
+            .map(|p| Arc::new(Fake(config.clone(), p)) as Arc<dyn Provider>)
+            .collect();
+        Pool::new(config, providers)
+    }
+
+    fn fail() -> ProviderError {
+        ProviderError::Status {
+            status: 503,
+            retry_after: None,
+            message: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn picks_the_less_loaded_and_prefers_untried() {
+        let p = pool(2, PoolConfig::default());
+        let a = p.acquire(&[]).await.unwrap();
+        for _ in 0..20 {
+            let b = p.acquire(&[]).await.unwrap();
+            assert_ne!(b.index(), a.index(), "the idle endpoint wins");
+        }
+        let again = p.acquire(&[a.index()]).await.unwrap();
+        assert_ne!(again.index(), a.index());
+        assert_eq!(again.endpoint(), format!("gpu:{}", again.index() + 1));
+    }
+
+    #[tokio::test]
+    async fn ejects_probes_and_restores() {
+        let settings = PoolConfig {
+            eject_after_failures: 2,
+            eject: Duration::from_millis(30),
+            ..PoolConfig::default()
+        };
+        let p = pool(1, settings);
+        let e = fail();
+        assert_eq!(p.acquire(&[]).await.unwrap().finish(Err(&e)), None);
+        let change = p.acquire(&[]).await.unwrap().finish(Err(&e));
+        assert!(
+            matches!(change, Some(HealthChange::Ejected { duration, failures: 2 }) if duration == Duration::from_millis(30))
+        );
+        assert_eq!(
+            p.acquire(&[]).await.err(),
+            Some(ProviderError::AllEndpointsEjected)
+        );
+        assert!(!p.usable());
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let probe = p.acquire(&[]).await.unwrap();
+        assert!(probe.is_probe());
+        assert_eq!(
+            p.acquire(&[]).await.err(),
+            Some(ProviderError::AllEndpointsEjected),
+            "one probe at a time"
+        );
+        let change = probe.finish(Err(&e));
+        assert!(
+            matches!(change, Some(HealthChange::Ejected { duration, .. }) if duration == Duration::from_millis(60)),
+            "doubled"
+        );
+        tokio::time::sleep(Duration::from_millis(70)).await;
+        let probe = p.acquire(&[]).await.unwrap();
+        drop(probe);
+        let probe = p.acquire(&[]).await.unwrap();
+        assert!(probe.is_probe(), "a cancelled probe is sent again");
+        assert_eq!(probe.finish(Ok(())), Some(HealthChange::Restored));
+        let next = p.acquire(&[]).await.unwrap();
+        assert!(!next.is_probe());
+    }
+
+    #[tokio::test]
+    async fn caps_queues_in_order_and_refuses_past_the_queue() {
+        let settings = PoolConfig {
+            max_in_flight: Some(1),
+            max_queue: 2,
+            ..PoolConfig::default()
+        };
+        let p = pool(1, settings);
+        let first = p.acquire(&[]).await.unwrap();
+        let (p1, p2) = (p.clone(), p.clone());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let tx2 = tx.clone();
+        let w1 = tokio::spawn(async move {
+            let l = p1.acquire(&[]).await.unwrap();
+            tx.send(1).unwrap();
+            l
+        });
+        while p.queued() < 1 {
+            tokio::task::yield_now().await;
+        }
+        let w2 = tokio::spawn(async move {
+            let l = p2.acquire(&[]).await.unwrap();
+            tx2.send(2).unwrap();
+            drop(l);
+        });
+        while p.queued() < 2 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            p.acquire(&[]).await.err(),
+            Some(ProviderError::QueueFull { max_queue: 2 })
+        );
+        drop(first);
+        let l1 = w1.await.unwrap();
+        assert_eq!(rx.recv().await, Some(1), "first in, first served");
+        drop(l1);
+        w2.await.unwrap();
+        assert_eq!(rx.recv().await, Some(2));
+        // A waiter that gives up leaves the queue and leaks nothing.
+        let held = p.acquire(&[]).await.unwrap();
+        let gave_up = tokio::time::timeout(Duration::from_millis(10), p.acquire(&[])).await;
+        assert!(gave_up.is_err());
+        assert_eq!(p.queued(), 0);
+        drop(held);
+        drop(p.acquire(&[]).await.unwrap());
+    }
+}
