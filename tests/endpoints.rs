@@ -1,0 +1,372 @@
+//! End-to-end tests of endpoint pools (issue 11, per-provider part) over real gRPC: one
+//! provider served by several simulated upstreams — balancing, outlier ejection, the
+//! per-endpoint `max_in_flight` cap and its queue, and retries that move to another endpoint.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Harness, reason, request, tier};
+use tonic::Code;
+use vra_gateway::config::{Config, Sources};
+use vra_gateway::demo::sim::{Sim, Step};
+use vra_gateway::pb::{
+    self, CompilationPhase as P, FallbackReason as F, ProviderTier as T, SectionType as S,
+};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// `common::BASE` with the harness's upstreams, `env` and the TOML file `toml`.
+fn gateway_config(cloud: &Sim, local: &Sim, env: &[(&str, &str)], toml: &str) -> Config {
+    let mut sources = Sources::default();
+    for (k, v) in common::BASE {
+        sources.env.insert(k.to_string(), v.to_string());
+    }
+    sources
+        .env
+        .insert("OPENAI_BASE_URL".into(), cloud.openai_base());
+    sources
+        .env
+        .insert("OLLAMA_HOST".into(), local.ollama_base());
+    for (k, v) in env {
+        sources.env.insert(k.to_string(), v.to_string());
+    }
+    sources
+        .load_toml(toml, Path::new("endpoints.toml"))
+        .expect("test TOML is valid");
+    Config::from_sources(&sources).expect("test configuration is valid")
+}
+
+/// A `[providers.NAME]` table of Ollama endpoints, local tier, with extra `settings` lines.
+fn ollama_pool(name: &str, sims: &[&Sim], settings: &str) -> String {
+    let urls: Vec<String> = sims
+        .iter()
+        .map(|s| format!("\"{}\"", s.ollama_base()))
+        .collect();
+    format!(
+        "[providers.{name}]\nkind = \"ollama\"\ntier = \"local\"\nbase_urls = [{}]\n{settings}\n",
+        urls.join(", ")
+    )
+}
+
+/// A request carrying a gRPC deadline.
+fn with_deadline(
+    req: pb::GenerateRequest,
+    timeout: Duration,
+) -> tonic::Request<pb::GenerateRequest> {
+    let mut req = tonic::Request::new(req);
+    req.set_timeout(timeout);
+    req
+}
+
+#[tokio::test]
+async fn most_calls_go_to_the_less_loaded_endpoint() {
+    let (cloud, fast, slow) = (
+        Sim::start().await.unwrap(),
+        Sim::start().await.unwrap(),
+        Sim::start().await.unwrap(),
+    );
+    slow.set_default(Step::Reply {
+        text: "slow answer".into(),
+        delay: Duration::from_millis(150),
+        chunk_delay: Duration::ZERO,
+    });
+    let toml = ollama_pool("local", &[&fast, &slow], "");
+    let config = gateway_config(&cloud, &fast, &[], &toml);
+    let h = Harness::start_with(cloud, fast, config).await;
+
+    const WORKERS: usize = 4;
+    const CALLS: usize = 10;
+    let mut tasks = Vec::new();
+    for w in 0..WORKERS {
+        let mut client = h.client().await;
+        tasks.push(tokio::spawn(async move {
+            for i in 0..CALLS {
+                let resp = client
+                    .generate(request(&format!("lb-{w}-{i}"), P::Expand, S::Analysis))
+                    .await
+                    .expect("generate")
+                    .into_inner();
+                assert_eq!(tier(&resp), T::Secondary);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (f, s) = (h.local.requests(), slow.requests());
+    assert_eq!(f + s, WORKERS * CALLS, "one request per call");
+    // A random or round-robin choice would send about half of the calls to the slow one.
+    assert!(
+        s <= WORKERS * CALLS / 4,
+        "the slow endpoint got {s} of {} calls (fast: {f})",
+        WORKERS * CALLS
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_is_ejected_and_returns_after_its_probe() {
+    let (cloud, local, good, bad) = (
+        Sim::start().await.unwrap(),
+        Sim::start().await.unwrap(),
+        Sim::start().await.unwrap(),
+        Sim::start().await.unwrap(),
+    );
+    bad.set_default(Step::fail(503));
+    let toml = ollama_pool(
+        "gpu",
+        &[&good, &bad],
+        "eject_after_failures = 2\neject_ms = 300",
+    );
+    let config = gateway_config(&cloud, &local, &[("PRIMARY_PROVIDER", "gpu")], &toml);
+    let h = Harness::start_with(cloud, local, config).await;
+    let client = h.client.clone();
+    let call = |report: String| {
+        let mut client = client.clone();
+        async move {
+            let resp = client
+                .generate(request(&report, P::Refine, S::Analysis))
+                .await
+                .expect("every call succeeds")
+                .into_inner();
+            assert_eq!(tier(&resp), T::Primary, "no fallback");
+            assert_eq!(reason(&resp), F::Unspecified);
+            resp
+        }
+    };
+
+    // Until the bad endpoint has failed twice, a call that lands on it retries on the good one.
+    let mut n = 0;
+    while bad.requests() < 2 {
+        n += 1;
+        assert!(n < 200, "the bad endpoint is never picked");
+        let resp = call(format!("eject-{n}")).await;
+        assert!(resp.attempts <= 2, "a retry moves to the good endpoint");
+    }
+    // Ejected: everything goes to the good endpoint, at the first attempt.
+    for i in 0..20 {
+        let resp = call(format!("ejected-{i}")).await;
+        assert_eq!(resp.attempts, 1);
+    }
+    assert_eq!(bad.requests(), 2, "an ejected endpoint gets nothing");
+
+    // It recovers; after eject_ms one probe brings it back.
+    bad.set_default(Step::reply("recovered"));
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let mut i = 0;
+    while bad.requests() < 3 {
+        i += 1;
+        assert!(i < 200, "the probe is never sent");
+        assert_eq!(call(format!("probe-{i}")).await.attempts, 1);
+    }
+    let before = bad.requests();
+    for i in 0..40 {
+        call(format!("back-{i}")).await;
+    }
+    assert!(bad.requests() > before, "the endpoint is back in the pool");
+    assert_eq!(h.local.requests(), 0, "the secondary was never needed");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn max_in_flight_caps_every_endpoint() {
+    let (cloud, a, b) = (
+        Sim::start().await.unwrap(),
+        Sim::start().await.unwrap(),
+        Sim::start().await.unwrap(),
+    );
+    for sim in [&a, &b] {
+        sim.set_default(Step::Reply {
+            text: "capped".into(),
+            delay: Duration::from_millis(20),
+            chunk_delay: Duration::ZERO,
+        });
+    }
+    let toml = ollama_pool("local", &[&a, &b], "max_in_flight = 1");
+    let config = gateway_config(&cloud, &a, &[], &toml);
+    let h = Harness::start_with(cloud, a, config).await;
+
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let mut client = h.client.clone();
+        tasks.push(tokio::spawn(async move {
+            client
+                .generate(request(&format!("cap-{i}"), P::Expand, S::Analysis))
+                .await
+        }));
+    }
+    for t in tasks {
+        let resp = t.await.unwrap().expect("every queued call succeeds");
+        assert_eq!(resp.into_inner().attempts, 1);
+    }
+    assert_eq!(h.local.requests() + b.requests(), 20);
+    assert_eq!(h.local.peak_in_flight(), 1, "endpoint a");
+    assert_eq!(b.peak_in_flight(), 1, "endpoint b");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_deadline_that_passes_in_the_queue_sends_nothing() {
+    let (cloud, local) = (Sim::start().await.unwrap(), Sim::start().await.unwrap());
+    let toml = ollama_pool("local", &[&local], "max_in_flight = 1");
+    let config = gateway_config(&cloud, &local, &[], &toml);
+    let h = Harness::start_with(cloud, local, config).await;
+    h.local.push(Step::Hang);
+
+    let mut holder = h.client().await;
+    let hold = tokio::spawn(async move {
+        holder
+            .generate(request("hold", P::Expand, S::Analysis))
+            .await
+    });
+    assert!(h.local.wait_in_flight(1, WAIT).await);
+
+    let mut client = h.client.clone();
+    let err = client
+        .generate(with_deadline(
+            request("queued", P::Expand, S::Analysis),
+            Duration::from_millis(200),
+        ))
+        .await
+        .expect_err("the slot never frees in time");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert_eq!(
+        h.local.requests(),
+        1,
+        "the queued call never reached the upstream"
+    );
+
+    // The holder goes away: its slot is given back, nothing leaks.
+    hold.abort();
+    assert!(h.local.wait_closed(1, WAIT).await);
+    let resp = client
+        .generate(with_deadline(
+            request("after", P::Expand, S::Analysis),
+            Duration::from_secs(5),
+        ))
+        .await
+        .expect("the slot is free again")
+        .into_inner();
+    assert_eq!(resp.attempts, 1);
+    assert_eq!(h.local.requests(), 2);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_full_queue_exhausts_the_secondary_and_fails_the_primary_over() {
+    // Secondary: RESOURCE_EXHAUSTED.
+    let (cloud, local) = (Sim::start().await.unwrap(), Sim::start().await.unwrap());
+    let toml = ollama_pool("local", &[&local], "max_in_flight = 1\nmax_queue = 0");
+    let config = gateway_config(&cloud, &local, &[], &toml);
+    let h = Harness::start_with(cloud, local, config).await;
+    h.local.push(Step::Hang);
+    let mut holder = h.client().await;
+    let hold = tokio::spawn(async move {
+        holder
+            .generate(request("hold", P::Expand, S::Analysis))
+            .await
+    });
+    assert!(h.local.wait_in_flight(1, WAIT).await);
+    let err = h
+        .client
+        .clone()
+        .generate(request("turned-away", P::Expand, S::Analysis))
+        .await
+        .expect_err("no room and no queue");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("queued"), "{}", err.message());
+    assert_eq!(h.local.requests(), 1, "nothing sent");
+    hold.abort();
+    h.shutdown().await;
+
+    // Primary: falls back with PRIMARY_ERROR.
+    let (cloud, local, gpu) = (
+        Sim::start().await.unwrap(),
+        Sim::start().await.unwrap(),
+        Sim::start().await.unwrap(),
+    );
+    let toml = ollama_pool("gpu", &[&gpu], "max_in_flight = 1\nmax_queue = 0");
+    let config = gateway_config(&cloud, &local, &[("PRIMARY_PROVIDER", "gpu")], &toml);
+    let h = Harness::start_with(cloud, local, config).await;
+    gpu.push(Step::Hang);
+    let mut holder = h.client().await;
+    let hold = tokio::spawn(async move {
+        holder
+            .generate(request("hold", P::Refine, S::Analysis))
+            .await
+    });
+    assert!(gpu.wait_in_flight(1, WAIT).await);
+    let resp = h
+        .client
+        .clone()
+        .generate(request("fell-back", P::Refine, S::Analysis))
+        .await
+        .expect("the secondary serves it")
+        .into_inner();
+    assert_eq!(tier(&resp), T::Secondary);
+    assert_eq!(reason(&resp), F::PrimaryError);
+    assert_eq!(gpu.requests(), 1, "nothing more sent to the full primary");
+    assert_eq!(h.local.requests(), 1);
+    hold.abort();
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_retry_moves_to_the_other_endpoint_and_both_attempts_are_budgeted() {
+    let (a, b, local) = (
+        Sim::start().await.unwrap(),
+        Sim::start().await.unwrap(),
+        Sim::start().await.unwrap(),
+    );
+    let urls = format!("{},{}", a.openai_base(), b.openai_base());
+    let config = gateway_config(&a, &local, &[("OPENAI_BASE_URL", &urls)], "");
+    let h = Harness::start_with(a, local, config).await;
+
+    // One endpoint is busy with another report's call, so the first attempt goes to the
+    // idle one (fewer in flight) and fails; the retry must move to the busy one.
+    h.cloud.set_default(Step::Hang);
+    b.set_default(Step::Hang);
+    let mut holder = h.client().await;
+    let hold = tokio::spawn(async move {
+        holder
+            .generate(request("other-report", P::Refine, S::Analysis))
+            .await
+    });
+    let a_busy = tokio::select! {
+        true = h.cloud.wait_in_flight(1, WAIT) => true,
+        true = b.wait_in_flight(1, WAIT) => false,
+    };
+    let (busy, idle) = if a_busy {
+        (&h.cloud, &b)
+    } else {
+        (&b, &h.cloud)
+    };
+    busy.set_default(Step::reply("from the busy endpoint"));
+    idle.set_default(Step::reply("from the idle endpoint"));
+    idle.push(Step::fail(503));
+
+    let resp = h
+        .client
+        .clone()
+        .generate(request("moved", P::Refine, S::Analysis))
+        .await
+        .expect("the retry succeeds")
+        .into_inner();
+    assert_eq!(tier(&resp), T::Primary);
+    assert_eq!(reason(&resp), F::Unspecified);
+    assert_eq!(resp.attempts, 2);
+    assert_eq!(resp.text, "from the busy endpoint", "the retry moved");
+    assert_eq!(idle.requests(), 1, "the idle endpoint: the 503 only");
+    assert_eq!(
+        busy.requests(),
+        2,
+        "the busy endpoint: the other call and the retry"
+    );
+    assert_eq!(busy.recorded().pop().unwrap().model(), "gpt-4o");
+    let budget = resp.budget.expect("budget");
+    assert_eq!(budget.cloud_calls_used, 2, "both attempts reserved a unit");
+    hold.abort();
+    h.shutdown().await;
+}
