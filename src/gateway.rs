@@ -111,7 +111,8 @@ pub struct Gateway {
 
 /// What happened on one tier.
 enum TierOutcome<T> {
-    Ok(T),
+    /// The value, and the lease on the endpoint that produced it (a stream still reads it).
+    Ok(T, Lease),
     Failed(ProviderError),
     BudgetRefused,
     QuotaSpent,
@@ -181,6 +182,8 @@ impl<'a> CallState<'a> {
 /// A successful first phase of a call: the value, the tier that produced it and why.
 struct Served<T> {
     value: T,
+    /// The serving endpoint's slot: held until the value is consumed (a stream's end).
+    lease: Lease,
     tier: Tier,
     fallback: Option<FallbackReason>,
     decision: routing::Decision,
@@ -424,8 +427,10 @@ impl Gateway {
                 Box::pin(open_stream(provider, req, idle))
             })
             .await;
+        // `_lease` holds the endpoint's slot while the rest of the stream is read.
         let Served {
             value: (first, mut rest),
+            lease: _lease,
             tier,
             fallback,
             decision,
@@ -508,9 +513,10 @@ impl Gateway {
 
         if decision.tier == Tier::Primary {
             let reason = match self.call_tier(state, Tier::Primary, &op).await {
-                TierOutcome::Ok(value) => {
+                TierOutcome::Ok(value, lease) => {
                     return Ok(Served {
                         value,
+                        lease,
                         tier: Tier::Primary,
                         fallback: None,
                         decision,
@@ -542,9 +548,10 @@ impl Gateway {
 
         let secondary = self.provider_name(Tier::Secondary);
         let error = match self.call_tier(state, Tier::Secondary, &op).await {
-            TierOutcome::Ok(value) => {
+            TierOutcome::Ok(value, lease) => {
                 return Ok(Served {
                     value,
+                    lease,
                     tier: Tier::Secondary,
                     fallback,
                     decision,
@@ -627,7 +634,7 @@ impl Gateway {
         let mut tried = Vec::new();
         loop {
             let queued = StdInstant::now();
-            let lease = match pool.acquire(&tried).await {
+            let mut lease = match pool.acquire(&tried).await {
                 Ok(lease) => lease,
                 Err(error) => {
                     permit.failed(error.is_provider_fault());
@@ -654,15 +661,17 @@ impl Gateway {
                 }
             }
             let error = match self
-                .attempt(state, tier, attempt, &request, op, lease, waited)
+                .attempt(state, tier, attempt, &request, op, &mut lease, waited)
                 .await
             {
                 Ok(value) => {
                     permit.succeeded();
-                    return TierOutcome::Ok(value);
+                    return TierOutcome::Ok(value, lease);
                 }
                 Err(error) => error,
             };
+            // The slot is free during the backoff.
+            drop(lease);
             match self.retry_delay(state, attempt, &error) {
                 Some(delay) => {
                     tracing::debug!(
@@ -728,7 +737,8 @@ impl Gateway {
     }
 
     /// One upstream request to the leased endpoint: its CLIENT span, its metrics, its
-    /// outcome, and the endpoint's health verdict.
+    /// outcome, and the endpoint's health verdict (the caller keeps the lease: a stream holds
+    /// its endpoint's slot until it ends).
     #[allow(clippy::too_many_arguments)]
     async fn attempt<T, F>(
         &self,
@@ -737,7 +747,7 @@ impl Gateway {
         attempt: u32,
         request: &ChatRequest,
         op: &F,
-        lease: Lease,
+        lease: &mut Lease,
         waited: Duration,
     ) -> Result<T, ProviderError>
     where
@@ -781,7 +791,7 @@ impl Gateway {
             }
         }
         let endpoint = lease.endpoint().to_string();
-        match lease.finish(result.as_ref().map(|_| ())) {
+        match lease.judge(result.as_ref().map(|_| ())) {
             Some(HealthChange::Ejected { duration, failures }) => {
                 self.metrics.endpoint_ejected(&config.name, &endpoint);
                 tracing::warn!(

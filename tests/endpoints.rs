@@ -370,3 +370,50 @@ async fn a_retry_moves_to_the_other_endpoint_and_both_attempts_are_budgeted() {
     hold.abort();
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_stream_holds_its_endpoint_until_it_ends() {
+    let (cloud, local) = (Sim::start().await.unwrap(), Sim::start().await.unwrap());
+    local.set_default(Step::Reply {
+        text: "one two three four five six seven eight".into(),
+        delay: Duration::ZERO,
+        chunk_delay: Duration::from_millis(5),
+    });
+    let toml = ollama_pool("local", &[&local], "max_in_flight = 1");
+    let config = gateway_config(&cloud, &local, &[], &toml);
+    let h = Harness::start_with(cloud, local, config).await;
+
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let mut client = h.client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stream = client
+                .generate_stream(pb::GenerateStreamRequest::from(request(
+                    &format!("stream-{i}"),
+                    P::Expand,
+                    S::Analysis,
+                )))
+                .await
+                .expect("the stream starts")
+                .into_inner();
+            let mut text = String::new();
+            loop {
+                let msg = stream.message().await.expect("no error").expect("a done");
+                text.push_str(&msg.delta);
+                if msg.done.is_some() {
+                    return text;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), "one two three four five six seven eight");
+    }
+    assert_eq!(h.local.requests(), 6);
+    assert_eq!(
+        h.local.peak_in_flight(),
+        1,
+        "the slot is held until the stream's end, not its first delta"
+    );
+    h.shutdown().await;
+}

@@ -32,8 +32,9 @@
 //!   not bounded here: the caller's deadline races the whole call, so a deadline that passes
 //!   in the queue drops the waiter and nothing reaches the upstream.
 //!
-//! Everything is a guard: a [`Lease`] releases its slot when dropped, also without verdict (a
-//! cancelled call counts neither way, and a probe it carried may be sent again); a waiter
+//! Everything is a guard: a [`Lease`] releases its slot when dropped — a unary attempt's when
+//! its answer is read, a stream's when the stream ends — also without verdict (a cancelled
+//! call counts neither way, and a probe it carried may be sent again); a waiter
 //! that is dropped leaves the queue; a lease handed to a waiter that just went away is
 //! released by the channel. One `std` mutex guards all state and is never held across an
 //! `.await`.
@@ -249,72 +250,85 @@ impl Pool {
             pool: self.clone(),
             index,
             probe,
-            armed: true,
+            held: true,
         }
     }
 
-    /// Gives back a slot with a verdict (`None`: cancelled), then serves the queue.
-    fn release(
-        self: &Arc<Self>,
-        index: usize,
-        probe: bool,
-        verdict: Option<bool>,
-    ) -> Option<HealthChange> {
+    /// Records an attempt's verdict on endpoint `index` (`probe`: it was the probe).
+    fn judge(&self, index: usize, probe: bool, healthy: bool) -> Option<HealthChange> {
         let mut st = self.lock();
         let now = Instant::now();
         let settings = *self.settings();
+        let slot = &mut st.slots[index];
+        if probe {
+            slot.probing = false;
+        }
+        if healthy {
+            slot.failures = 0;
+            if !probe {
+                return None;
+            }
+            slot.ejected_until = None;
+            slot.ejections = 0;
+            return Some(HealthChange::Restored);
+        }
+        slot.failures = slot.failures.saturating_add(1);
+        let streak = slot.ejected_until.is_none() && slot.failures >= settings.eject_after_failures;
+        if !(probe || streak) {
+            return None;
+        }
+        slot.ejections = slot.ejections.saturating_add(1);
+        let factor = 1u32 << (slot.ejections - 1).min(16);
+        let duration = settings
+            .eject
+            .saturating_mul(factor)
+            .min(PoolConfig::MAX_EJECTION);
+        slot.ejected_until = Some(now + duration);
+        let change = HealthChange::Ejected {
+            duration,
+            failures: slot.failures,
+        };
+        // Waiters may have nothing usable left.
+        self.fail_waiters_if_unusable(&mut st, now);
+        Some(change)
+    }
+
+    /// Gives back a slot (`probe`: a probe without verdict, which may be sent again), then
+    /// serves the queue.
+    fn free(self: &Arc<Self>, index: usize, probe: bool) {
+        let mut st = self.lock();
+        let now = Instant::now();
         let slot = &mut st.slots[index];
         slot.in_flight -= 1;
         if probe {
             slot.probing = false;
         }
-        let change = match verdict {
-            None => None,
-            Some(true) => {
-                slot.failures = 0;
-                if probe {
-                    slot.ejected_until = None;
-                    slot.ejections = 0;
-                    Some(HealthChange::Restored)
-                } else {
-                    None
-                }
-            }
-            Some(false) => {
-                slot.failures = slot.failures.saturating_add(1);
-                let streak =
-                    slot.ejected_until.is_none() && slot.failures >= settings.eject_after_failures;
-                if probe || streak {
-                    slot.ejections = slot.ejections.saturating_add(1);
-                    let factor = 1u32 << (slot.ejections - 1).min(16);
-                    let duration = settings
-                        .eject
-                        .saturating_mul(factor)
-                        .min(PoolConfig::MAX_EJECTION);
-                    slot.ejected_until = Some(now + duration);
-                    Some(HealthChange::Ejected {
-                        duration,
-                        failures: slot.failures,
-                    })
-                } else {
-                    None
-                }
-            }
-        };
         self.serve_queue(&mut st, now);
-        change
+    }
+
+    /// With no usable endpoint left, fails every waiter; returns whether it did.
+    fn fail_waiters_if_unusable(&self, st: &mut State, now: Instant) -> bool {
+        if st.slots.iter().any(|s| s.usable(now)) {
+            return false;
+        }
+        for w in st.waiters.drain(..) {
+            let _ = w.tx.send(Err(ProviderError::AllEndpointsEjected));
+        }
+        true
     }
 
     /// Hands free slots to the waiters, head first; with no usable endpoint left, fails them.
     fn serve_queue(self: &Arc<Self>, st: &mut State, now: Instant) {
-        while let Some(head) = st.waiters.front() {
-            if !st.slots.iter().any(|s| s.usable(now)) {
-                for w in st.waiters.drain(..) {
-                    let _ = w.tx.send(Err(ProviderError::AllEndpointsEjected));
-                }
+        while !st.waiters.is_empty() {
+            if self.fail_waiters_if_unusable(st, now) {
                 return;
             }
-            let Some(index) = self.pick(st, &head.tried, now) else {
+            let tried = st
+                .waiters
+                .front()
+                .map(|w| w.tried.as_slice())
+                .unwrap_or_default();
+            let Some(index) = self.pick(st, tried, now) else {
                 return;
             };
             let Some(waiter) = st.waiters.pop_front() else {
@@ -323,7 +337,7 @@ impl Pool {
             let lease = self.lease(st, index, now);
             if let Err(Ok(mut lease)) = waiter.tx.send(Ok(lease)) {
                 // The waiter went away just now: undo in place (the lock is held).
-                lease.armed = false;
+                lease.held = false;
                 let slot = &mut st.slots[index];
                 slot.in_flight -= 1;
                 if lease.probe {
@@ -357,13 +371,16 @@ impl Drop for LeaveQueue<'_> {
     }
 }
 
-/// One attempt's hold on one endpoint. Dropped without [`Lease::finish`], it frees the slot
-/// and says nothing about the endpoint's health.
+/// One attempt's hold on one endpoint: a slot of its `max_in_flight`, given back when the
+/// lease is dropped. A stream keeps its lease until the stream ends. The attempt's verdict
+/// ([`Lease::judge`]) feeds the endpoint's ejection; a lease dropped without one (a cancelled
+/// call) says nothing about the endpoint, and a probe it carried may be sent again.
 pub struct Lease {
     pool: Arc<Pool>,
     index: usize,
+    /// A probe without its verdict yet.
     probe: bool,
-    armed: bool,
+    held: bool,
 }
 
 impl Lease {
@@ -382,28 +399,35 @@ impl Lease {
         &self.pool.endpoints[self.index].label
     }
 
-    /// Whether this attempt is the probe of an ejected endpoint.
+    /// Whether this attempt is the probe of an ejected endpoint (and has no verdict yet).
     pub fn is_probe(&self) -> bool {
         self.probe
     }
 
-    /// Frees the slot with the attempt's outcome; returns what changed in the endpoint's
-    /// health, for the caller to log and count.
-    pub fn finish(mut self, outcome: Result<(), &ProviderError>) -> Option<HealthChange> {
-        self.armed = false;
+    /// Records the attempt's outcome for the endpoint's health (the slot stays held until the
+    /// lease is dropped); returns what changed, for the caller to log and count. Failures
+    /// that count are the retryable ones (connect errors, timeouts, 408, 429, 5xx); anything
+    /// else shows the endpoint answering.
+    pub fn judge(&mut self, outcome: Result<(), &ProviderError>) -> Option<HealthChange> {
         let healthy = match outcome {
             Ok(()) => true,
             Err(e) => !e.is_retryable(),
         };
-        self.pool.release(self.index, self.probe, Some(healthy))
+        let probe = std::mem::replace(&mut self.probe, false);
+        self.pool.judge(self.index, probe, healthy)
+    }
+
+    /// [`Lease::judge`], then gives the slot back.
+    pub fn finish(mut self, outcome: Result<(), &ProviderError>) -> Option<HealthChange> {
+        self.judge(outcome)
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if self.armed {
-            self.armed = false;
-            self.pool.release(self.index, self.probe, None);
+        if self.held {
+            self.held = false;
+            self.pool.free(self.index, self.probe);
         }
     }
 }
