@@ -7,6 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::process::{KEY, Running, gateway_env, run_to_end, temp_dir};
 use common::{Harness, reason, request, tier};
 use tonic::Code;
 use vra_gateway::config::{Config, Sources};
@@ -416,4 +417,85 @@ async fn a_stream_holds_its_endpoint_until_it_ends() {
         "the slot is held until the stream's end, not its first delta"
     );
     h.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_ejection_is_logged_and_counted_by_the_binary() {
+    let (good, bad, local) = (
+        Sim::start().await.unwrap(),
+        Sim::start().await.unwrap(),
+        Sim::start().await.unwrap(),
+    );
+    bad.set_default(Step::fail(503));
+    let urls = format!("{},{}", good.openai_base(), bad.openai_base());
+    let local_url = local.ollama_base();
+    let mut env = gateway_env(&urls, &local_url, &[]);
+    env.retain(|(k, _)| {
+        !matches!(
+            *k,
+            "VRA_METRICS_ADDR" | "VRA_RETRY_MAX_ATTEMPTS" | "MAX_CLOUD_CALLS"
+        )
+    });
+    env.extend([
+        ("VRA_METRICS_ADDR", "127.0.0.1:0"),
+        ("VRA_RETRY_MAX_ATTEMPTS", "3"),
+        ("VRA_RETRY_BASE_MS", "1"),
+        ("MAX_CLOUD_CALLS", "1000"),
+    ]);
+    let mut gw = Running::start(&env).await;
+    let line = gw.wait_for("metrics on http://").await;
+    let metrics_url = line.split("metrics on ").nth(1).unwrap().trim().to_string();
+    let mut client = common::connect(gw.addr.parse().unwrap()).await;
+    let mut n = 0;
+    while bad.requests() < 3 {
+        n += 1;
+        assert!(n < 300, "the bad endpoint is never picked");
+        let resp = client
+            .generate(request(&format!("bin-{n}"), P::Refine, S::Analysis))
+            .await
+            .expect("a retry on the good endpoint serves it")
+            .into_inner();
+        assert_eq!(tier(&resp), T::Primary);
+    }
+    let line = gw.wait_for("endpoint ejected").await;
+    let endpoint = bad.addr().to_string();
+    assert!(
+        line.contains("openai") && line.contains(&endpoint),
+        "{line}"
+    );
+    vra_gateway::install_crypto_provider();
+    let body = reqwest::get(&metrics_url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let needle = format!(
+        "vra_gateway_endpoint_ejections_total{{provider=\"openai\",endpoint=\"{endpoint}\"}} 1"
+    );
+    assert!(body.contains(&needle), "missing {needle}\n{body}");
+    assert!(body.contains("vra_gateway_queue_wait_seconds_count{provider=\"openai\"}"));
+    gw.sigterm();
+    let (code, lines) = gw.finish().await;
+    assert_eq!(code, 0);
+    assert!(
+        !lines.iter().any(|l| l.contains(KEY)),
+        "the key never shows"
+    );
+}
+
+#[tokio::test]
+async fn duplicate_or_bad_endpoint_urls_exit_2_naming_the_setting() {
+    let dir = temp_dir();
+    for (var, value) in [
+        ("OLLAMA_HOST", "http://gpu-a:11434,gpu-a:11434"),
+        ("OPENAI_BASE_URL", "https://a.example/v1,not a url"),
+    ] {
+        let mut env = gateway_env("https://api.openai.com/v1", "http://127.0.0.1:11434", &[]);
+        env.retain(|(k, _)| *k != var);
+        env.push((var, value));
+        let (code, _, stderr) = run_to_end(&dir, &["serve"], &env).await;
+        assert_eq!(code, 2, "{var}={value}: {stderr}");
+        assert!(stderr.contains(var), "{stderr}");
+    }
 }
