@@ -20,7 +20,9 @@
 //!   long, up to [`PoolConfig::MAX_EJECTION`]. Other errors (a 400 for this request) show the
 //!   endpoint answering and reset the streak. With every endpoint ejected, [`Pool::acquire`]
 //!   fails at once with [`ProviderError::AllEndpointsEjected`], a provider fault: the circuit
-//!   breaker and the fallback take over.
+//!   breaker and the fallback take over. A provider with a single endpoint is never ejected:
+//!   there is no other endpoint to send to, and its circuit breaker already decides when to
+//!   stop calling it (so one `base_url` behaves exactly as before pools).
 //! - **Concurrency cap.** An endpoint never has more than `max_in_flight` leases out.
 //! - **FIFO queue.** When no usable endpoint has room, the call waits in a queue of at most
 //!   `max_queue` ([`ProviderError::QueueFull`] beyond). The queue is a `VecDeque` of oneshot
@@ -274,7 +276,8 @@ impl Pool {
         }
         slot.failures = slot.failures.saturating_add(1);
         let streak = slot.ejected_until.is_none() && slot.failures >= settings.eject_after_failures;
-        if !(probe || streak) {
+        // A lone endpoint is the provider: its circuit breaker already judges it.
+        if !(probe || streak) || self.endpoints.len() < 2 {
             return None;
         }
         slot.ejections = slot.ejections.saturating_add(1);
@@ -504,39 +507,81 @@ mod tests {
             eject: Duration::from_millis(30),
             ..PoolConfig::default()
         };
-        let p = pool(1, settings);
+        let p = pool(2, settings);
         let e = fail();
-        assert_eq!(p.acquire(&[]).await.unwrap().finish(Err(&e)), None);
-        let change = p.acquire(&[]).await.unwrap().finish(Err(&e));
+        // Fails endpoint `i` once (holding a lease on the other so the pick is forced).
+        let fail_on = |i: usize| {
+            let p = p.clone();
+            let e = e.clone();
+            async move {
+                let other = p.acquire(&[i]).await.unwrap();
+                let lease = p.acquire(&[]).await.unwrap();
+                assert_eq!(lease.index(), i);
+                let change = lease.finish(Err(&e));
+                drop(other);
+                change
+            }
+        };
+        assert_eq!(fail_on(0).await, None);
+        let change = fail_on(0).await;
         assert!(
             matches!(change, Some(HealthChange::Ejected { duration, failures: 2 }) if duration == Duration::from_millis(30))
         );
+        for _ in 0..10 {
+            assert_eq!(p.acquire(&[]).await.unwrap().index(), 1, "0 is ejected");
+        }
+        // The other one too: the provider fails fast.
+        assert_eq!(fail_on(1).await, None);
+        let l = p.acquire(&[]).await.unwrap();
+        assert_eq!(l.index(), 1);
+        assert!(matches!(
+            l.finish(Err(&e)),
+            Some(HealthChange::Ejected { .. })
+        ));
         assert_eq!(
             p.acquire(&[]).await.err(),
             Some(ProviderError::AllEndpointsEjected)
         );
         assert!(!p.usable());
+
         tokio::time::sleep(Duration::from_millis(40)).await;
-        let probe = p.acquire(&[]).await.unwrap();
+        let probe = p.acquire(&[1]).await.unwrap();
         assert!(probe.is_probe());
+        let other_probe = p.acquire(&[]).await.unwrap();
+        assert_ne!(other_probe.index(), probe.index(), "one probe per endpoint");
         assert_eq!(
             p.acquire(&[]).await.err(),
             Some(ProviderError::AllEndpointsEjected),
-            "one probe at a time"
+            "both probes are out"
         );
+        drop(other_probe);
         let change = probe.finish(Err(&e));
         assert!(
             matches!(change, Some(HealthChange::Ejected { duration, .. }) if duration == Duration::from_millis(60)),
-            "doubled"
+            "doubled: {change:?}"
         );
-        tokio::time::sleep(Duration::from_millis(70)).await;
-        let probe = p.acquire(&[]).await.unwrap();
-        drop(probe);
         let probe = p.acquire(&[]).await.unwrap();
         assert!(probe.is_probe(), "a cancelled probe is sent again");
+        let index = probe.index();
         assert_eq!(probe.finish(Ok(())), Some(HealthChange::Restored));
         let next = p.acquire(&[]).await.unwrap();
         assert!(!next.is_probe());
+        assert_eq!(next.index(), index);
+    }
+
+    #[tokio::test]
+    async fn a_lone_endpoint_is_never_ejected() {
+        let p = pool(
+            1,
+            PoolConfig {
+                eject_after_failures: 1,
+                ..PoolConfig::default()
+            },
+        );
+        for _ in 0..5 {
+            assert_eq!(p.acquire(&[]).await.unwrap().finish(Err(&fail())), None);
+        }
+        assert!(p.usable());
     }
 
     #[tokio::test]
