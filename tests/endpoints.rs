@@ -499,3 +499,67 @@ async fn duplicate_or_bad_endpoint_urls_exit_2_naming_the_setting() {
         assert!(stderr.contains(var), "{stderr}");
     }
 }
+
+#[tokio::test]
+async fn the_secondary_is_usable_while_one_endpoint_is() {
+    use std::sync::Arc;
+    use vra_gateway::budget::memory::MemoryLedger;
+    use vra_gateway::domain::{Phase, SectionType};
+    use vra_gateway::gateway::{Gateway, GenerateInput};
+    use vra_gateway::metrics::Metrics;
+    use vra_gateway::providers::Tiers;
+    use vra_gateway::resilience::Deadline;
+
+    let (cloud, a, b) = (
+        Sim::start().await.unwrap(),
+        Sim::start().await.unwrap(),
+        Sim::start().await.unwrap(),
+    );
+    for sim in [&a, &b] {
+        sim.set_default(Step::fail(503));
+    }
+    let toml = ollama_pool("local", &[&a, &b], "eject_after_failures = 1");
+    // The breaker stays out of it: only the pool decides here.
+    let env = [
+        ("VRA_CIRCUIT_FAILURES", "0"),
+        ("VRA_RETRY_MAX_ATTEMPTS", "1"),
+    ];
+    let config = gateway_config(&cloud, &a, &env, &toml);
+    let tiers = Tiers::build(&config.primary, &config.secondary, &[]).unwrap();
+    let ledger = Arc::new(MemoryLedger::new(Duration::from_secs(60)));
+    let gateway = Gateway::new(&config, tiers, ledger, Arc::new(Metrics::new()));
+    let input = |report: &str| GenerateInput {
+        report_id: report.into(),
+        section_id: "1".into(),
+        section_type: SectionType::Analysis,
+        phase: Phase::Expand,
+        prompt: "p".into(),
+        system_prompt: None,
+        temperature: None,
+        max_tokens: None,
+        stop: Vec::new(),
+        client: None,
+    };
+    assert!(!gateway.secondary_unusable());
+    gateway
+        .generate(&input("h-1"), Deadline(None))
+        .await
+        .expect_err("503");
+    assert_eq!(a.requests() + b.requests(), 1);
+    assert!(
+        !gateway.secondary_unusable(),
+        "one endpoint ejected, the other usable: health stays SERVING"
+    );
+    gateway
+        .generate(&input("h-2"), Deadline(None))
+        .await
+        .expect_err("503");
+    assert_eq!((a.requests(), b.requests()), (1, 1), "the other endpoint");
+    assert!(gateway.secondary_unusable(), "both ejected");
+    let err = gateway
+        .generate(&input("h-3"), Deadline(None))
+        .await
+        .expect_err("fails fast");
+    assert!(err.to_string().contains("all endpoints ejected"), "{err}");
+    assert_eq!(a.requests() + b.requests(), 2, "nothing sent");
+}
