@@ -15,6 +15,10 @@
 # them all with the same load generator (`vra-loadgen`), and stops everything on exit. A
 # missing optional tool is skipped with a notice, never a failure.
 #
+# BENCH_ONLY=overload runs only the overload scenario (no nginx / Redis / LiteLLM / criterion)
+# and writes target/bench-overload/RESULTS.md (target/bench-smoke/ with --smoke); bench/RESULTS.md
+# is left alone.
+#
 # Environment: CARGO_TARGET_DIR is honoured. VRA_BENCH_PIN=0 disables CPU pinning.
 # VRA_BENCH_LITELLM=0 skips LiteLLM. VRA_BENCH_DURATION / VRA_BENCH_WARMUP override the
 # per-scenario seconds.
@@ -25,6 +29,14 @@ cd "$ROOT"
 
 SMOKE=0
 REPORT_ONLY=0
+ONLY=${BENCH_ONLY:-}
+case "$ONLY" in
+"" | overload) ;;
+*)
+    echo "bench: BENCH_ONLY must be empty or 'overload', not '$ONLY'" >&2
+    exit 2
+    ;;
+esac
 case "${1:-}" in
 --smoke) SMOKE=1 ;;
 --report-only) REPORT_ONLY=1 ;;
@@ -51,6 +63,10 @@ else
     WARMUP=${VRA_BENCH_WARMUP:-2}
     STREAMS=1000
     LEDGER_REPORTS=1000000
+fi
+if [ "$ONLY" = overload ] && [ "$SMOKE" = 0 ]; then
+    OUT_DIR=$ROOT/target/bench-overload
+    RESULTS_MD=$OUT_DIR/RESULTS.md
 fi
 LOGS=$OUT_DIR/logs
 RESULTS=$OUT_DIR/results.jsonl
@@ -229,6 +245,107 @@ start_gateway() { # NAME PORT UPSTREAM_PORT [VAR=VALUE...]; sets LAST_PID
     }
 }
 
+# Overload (issue 11): open-loop EXPAND calls (routed to the local secondary) at twice what
+# the upstream can serve. The upstream has OVL_SLOTS slots, each held OVL_DELAY_MS per request
+# (capacity OVL_SLOTS * 1000 / OVL_DELAY_MS calls/s; later requests wait in FIFO order). The
+# same load goes to a fresh gateway with limits (the local provider's per-endpoint
+# max_in_flight = the slots, max_queue, VRA_MAX_IN_FLIGHT) and to a fresh one without; each
+# gateway's /metrics is scraped after its run for the queue-wait histogram.
+OVL_SLOTS=8
+OVL_DELAY_MS=100
+OVL_QUEUE=8
+OVL_MAX_IN_FLIGHT=64
+OVL_RATE=$((2 * OVL_SLOTS * 1000 / OVL_DELAY_MS))
+OVL_TIMEOUT_MS=2000
+overload_scenario() {
+    local port pid cfg run metrics_port gw_port limits
+    port=$(free_port)
+    start_upstream upstream-overload "$port" --tokens 16 --delay-ms "$OVL_DELAY_MS" --max-concurrency "$OVL_SLOTS"
+    local up_pid=$LAST_PID
+    echo "vra-loadgen upstream --addr 127.0.0.1:$port --tokens 16 --delay-ms $OVL_DELAY_MS --max-concurrency $OVL_SLOTS" >>"$COMMANDS"
+    log "overload: upstream capacity $OVL_SLOTS slots x ${OVL_DELAY_MS} ms = $((OVL_RATE / 2)) calls/s; offering $OVL_RATE calls/s"
+    for run in limits no-limits; do
+        cfg=$OUT_DIR/overload-$run.toml
+        if [ "$run" = limits ]; then
+            limits=(VRA_MAX_IN_FLIGHT="$OVL_MAX_IN_FLIGHT")
+            printf '[providers.local]\nkind = "ollama"\nbase_url = "http://127.0.0.1:%s"\ntier = "local"\nmax_in_flight = %s\nmax_queue = %s\n' \
+                "$port" "$OVL_SLOTS" "$OVL_QUEUE" >"$cfg"
+        else
+            limits=(VRA_MAX_IN_FLIGHT=1000000)
+            printf '[providers.local]\nkind = "ollama"\nbase_url = "http://127.0.0.1:%s"\ntier = "local"\n' "$port" >"$cfg"
+        fi
+        metrics_port=$(free_port)
+        gw_port=$(free_port)
+        start_gateway "gateway-overload-$run" "$gw_port" "$port" VRA_GATEWAY_CONFIG="$cfg" \
+            VRA_METRICS_ADDR="127.0.0.1:$metrics_port" "${limits[@]}"
+        pid=$LAST_PID
+        {
+            echo "# overload/$run: $cfg"
+            sed 's/^/#   /' "$cfg"
+            echo "#   env: ${limits[*]}"
+        } >>"$COMMANDS"
+        sleep 0.5
+        load "overload/$run" grpc "127.0.0.1:$gw_port" "$pid" --env-pid "$up_pid" --mode open --rate "$OVL_RATE" \
+            --phase expand --connections 8 --timeout-ms "$OVL_TIMEOUT_MS" --warmup 0
+        if curl -sf "http://127.0.0.1:$metrics_port/metrics" >"$LOGS/metrics-overload-$run.txt"; then
+            awk -v label="overload/$run" '
+                /^vra_gateway_queue_wait_seconds_count/ { count += $NF }
+                /^vra_gateway_queue_wait_seconds_bucket/ && /le="0.001"/ { fast += $NF }
+                END { printf "{\"kind\":\"queue_wait\",\"label\":\"%s\",\"count\":%d,\"under_1ms\":%d}\n", label, count, fast }
+            ' "$LOGS/metrics-overload-$run.txt" >>"$RESULTS"
+            grep -E '^vra_gateway_(requests_rejected_total|queue_wait_seconds_(count|sum))' \
+                "$LOGS/metrics-overload-$run.txt" | sed 's/^/    /' || true
+        else
+            log "overload/$run: could not scrape /metrics on 127.0.0.1:$metrics_port"
+        fi
+        stop_pid "$pid"
+    done
+    stop_pid "$up_pid"
+}
+
+# --- RESULTS.md ----------------------------------------------------------------------------
+write_results() {
+    log "writing $RESULTS_MD"
+
+    CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || echo unknown)
+    MEM_GB=$(awk '/^MemTotal:/ {printf "%.1f", $2 / 1048576}' /proc/meminfo 2>/dev/null || echo "?")
+    COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+    DIRTY=""
+    if [ -n "$(git status --porcelain 2>/dev/null)" ]; then DIRTY=" (with uncommitted changes)"; fi
+    MODE="full"
+    [ "$SMOKE" = 1 ] && MODE="smoke (1-second scenarios; not for comparison)"
+    {
+        echo "# Benchmark results"
+        echo
+        echo "Written by \`bash bench/run.sh\` — do not edit by hand: rerun it. The Findings section is"
+        echo "copied from \`bench/findings.md\` (\`bash bench/run.sh --report-only\` refreshes it)."
+        echo
+        echo "## Setup"
+        echo
+        echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); mode: $MODE; total run time $(($(date +%s) - STARTED_AT)) s"
+        echo "- Load average before the run: $LOAD_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"
+        echo "  (other work on the machine skews every number: see Interference below)"
+        echo "- Machine: $(nproc) CPUs ($CPU_MODEL), $MEM_GB GiB memory, Linux $(uname -r)"
+        echo "- Git commit: $COMMIT$DIRTY; $(rustc --version 2>/dev/null || echo 'rustc unknown'), release profile"
+        echo "- CPU split: $CPU_SPLIT"
+        echo "- Upstream: \`vra-loadgen upstream\`, a fast fake OpenAI-compatible server (fixed 16-token"
+        echo "  completion; the SSE stream in one chunk), not nginx serving a static file"
+        echo "- Gateway: \`vra-gateway serve\`, RUST_LOG=warn, no metrics listener, no OTLP export,"
+        echo "  VRA_HYBRID_MODE=true, MAX_CLOUD_CALLS=1000000000; calls are REFINE (primary, cloud tier:"
+        echo "  every call reserves and records a budget unit) — except in the Overload section: EXPAND"
+        echo "  calls to the local secondary, gateways with a metrics listener"
+        echo "- Load: \`vra-loadgen\` (same binary for every target): gRPC \`Generate\` (tonic client) to"
+        echo "  the gateway and the gRPC floor, the same chat JSON over HTTP/1.1 keep-alive (a minimal"
+        echo "  client, wrk-like) to the others; ${WARMUP} s warm-up then ${DURATION} s measured per"
+        echo "  scenario; report ids cycle over 100,000 ids"
+        echo "- gRPC floor: \`vra-loadgen grpc-echo\`, the gateway's own service answering at once with a"
+        echo "  fixed response — what the gRPC round trip alone costs, for the same client"
+        echo "- nginx: $NGINX_VERSION; Redis: $REDIS_VERSION; LiteLLM: $LITELLM_VERSION (one worker)"
+    } >"$SETUP"
+    assemble
+    log "done: $RESULTS_MD"
+}
+
 # --- build ---------------------------------------------------------------------------------
 log "building release binaries (cargo build --release --bins)"
 echo "cargo build --release --bins" >>"$COMMANDS"
@@ -238,6 +355,16 @@ if ! cargo build --release --bins >"$LOGS/build.log" 2>&1; then
     exit 1
 fi
 log "build done"
+
+if [ "$ONLY" = overload ]; then
+    NGINX_VERSION="not run (BENCH_ONLY=overload)"
+    REDIS_VERSION="not run (BENCH_ONLY=overload)"
+    LITELLM_VERSION="not run (BENCH_ONLY=overload)"
+    note_skip others "BENCH_ONLY=overload: only the overload scenario ran"
+    overload_scenario
+    write_results
+    exit 0
+fi
 
 # --- upstream and servers ------------------------------------------------------------------
 UP_PORT=$(free_port)
@@ -430,6 +557,8 @@ load "stream-1k/gateway" grpc "127.0.0.1:$GWS_PORT" "$GWS_PID" --mode closed --c
     --timeout-ms 30000 --warmup 0
 stop_pid "$GWS_PID"
 
+overload_scenario
+
 # Memory per tracked report.
 log "ledger-mem: $LEDGER_REPORTS reports"
 echo "vra-loadgen ledger-mem --reports $LEDGER_REPORTS" >>"$COMMANDS"
@@ -463,42 +592,4 @@ else
     fi
 fi
 
-# --- RESULTS.md ----------------------------------------------------------------------------
-log "writing $RESULTS_MD"
-
-CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || echo unknown)
-MEM_GB=$(awk '/^MemTotal:/ {printf "%.1f", $2 / 1048576}' /proc/meminfo 2>/dev/null || echo "?")
-COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-DIRTY=""
-if [ -n "$(git status --porcelain 2>/dev/null)" ]; then DIRTY=" (with uncommitted changes)"; fi
-MODE="full"
-[ "$SMOKE" = 1 ] && MODE="smoke (1-second scenarios; not for comparison)"
-{
-    echo "# Benchmark results"
-    echo
-    echo "Written by \`bash bench/run.sh\` — do not edit by hand: rerun it. The Findings section is"
-    echo "copied from \`bench/findings.md\` (\`bash bench/run.sh --report-only\` refreshes it)."
-    echo
-    echo "## Setup"
-    echo
-    echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); mode: $MODE; total run time $(($(date +%s) - STARTED_AT)) s"
-    echo "- Load average before the run: $LOAD_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"
-    echo "  (other work on the machine skews every number: see Interference below)"
-    echo "- Machine: $(nproc) CPUs ($CPU_MODEL), $MEM_GB GiB memory, Linux $(uname -r)"
-    echo "- Git commit: $COMMIT$DIRTY; $(rustc --version 2>/dev/null || echo 'rustc unknown'), release profile"
-    echo "- CPU split: $CPU_SPLIT"
-    echo "- Upstream: \`vra-loadgen upstream\`, a fast fake OpenAI-compatible server (fixed 16-token"
-    echo "  completion; the SSE stream in one chunk), not nginx serving a static file"
-    echo "- Gateway: \`vra-gateway serve\`, RUST_LOG=warn, no metrics listener, no OTLP export,"
-    echo "  VRA_HYBRID_MODE=true, MAX_CLOUD_CALLS=1000000000; calls are REFINE (primary, cloud tier:"
-    echo "  every call reserves and records a budget unit)"
-    echo "- Load: \`vra-loadgen\` (same binary for every target): gRPC \`Generate\` (tonic client) to"
-    echo "  the gateway and the gRPC floor, the same chat JSON over HTTP/1.1 keep-alive (a minimal"
-    echo "  client, wrk-like) to the others; ${WARMUP} s warm-up then ${DURATION} s measured per"
-    echo "  scenario; report ids cycle over 100,000 ids"
-    echo "- gRPC floor: \`vra-loadgen grpc-echo\`, the gateway's own service answering at once with a"
-    echo "  fixed response — what the gRPC round trip alone costs, for the same client"
-    echo "- nginx: $NGINX_VERSION; Redis: $REDIS_VERSION; LiteLLM: $LITELLM_VERSION (one worker)"
-} >"$SETUP"
-assemble
-log "done: $RESULTS_MD"
+write_results

@@ -25,6 +25,7 @@ const HEADERS: &[&str] = &[
     "## Budget contention: one hot report",
     "## Streaming: time to first token",
     "## Memory",
+    "## Overload: 2x the upstream's capacity",
     "## Micro-benchmarks",
     "## Targets",
     "## Commands",
@@ -69,6 +70,7 @@ fn bench_run_smoke() {
     for row in [
         "| direct to upstream (floor) | not run",
         "| vra-gateway, memory ledger | not run",
+        "| no limits | not run",
     ] {
         assert!(
             !report.contains(row),

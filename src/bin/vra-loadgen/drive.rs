@@ -71,6 +71,9 @@ struct Recorder {
     lag: Histogram<u64>,
     ok: u64,
     errors: u64,
+    /// Errors by kind: the gRPC status code (`ResourceExhausted`, …), `Timeout` (the
+    /// client's `--timeout-ms`), or `Other`.
+    error_kinds: std::collections::BTreeMap<String, u64>,
     samples: Vec<String>,
     last_done: Option<Instant>,
 }
@@ -87,6 +90,7 @@ impl Recorder {
             lag: hist()?,
             ok: 0,
             errors: 0,
+            error_kinds: Default::default(),
             samples: Vec::new(),
             last_done: None,
         })
@@ -107,11 +111,33 @@ impl Recorder {
             }
             Err(e) => {
                 self.errors += 1;
+                *self
+                    .error_kinds
+                    .entry(error_kind(&e).to_string())
+                    .or_default() += 1;
                 if self.samples.len() < ERROR_SAMPLES && !self.samples.contains(&e) {
                     self.samples.push(e);
                 }
             }
         }
+    }
+}
+
+/// The kind of a call's error message: the drivers write a failed gRPC status as
+/// `Code: message` (`{:?}` of `tonic::Code`) and a client timeout as `timeout after N ms`.
+fn error_kind(e: &str) -> &str {
+    if e.starts_with("timeout after") {
+        return "Timeout";
+    }
+    match e.split_once(':') {
+        Some((code, _))
+            if !code.is_empty()
+                && code.chars().all(|c| c.is_ascii_alphabetic())
+                && code.starts_with(|c: char| c.is_ascii_uppercase()) =>
+        {
+            code
+        }
+        _ => "Other",
     }
 }
 
@@ -311,6 +337,7 @@ pub async fn run_and_report<T: Target>(
         "sent": outcome.sent,
         "ok": rec.ok,
         "errors": rec.errors,
+        "errors_by_kind": rec.error_kinds,
         "error_samples": rec.samples,
         "achieved_rps": if secs > 0.0 { rec.ok as f64 / secs } else { 0.0 },
         "latency_us": latency,
@@ -346,6 +373,14 @@ pub async fn run_and_report<T: Target>(
     }
     if !lag.is_null() {
         let _ = writeln!(out, "{}", human_percentiles("send lag", &lag));
+    }
+    if !rec.error_kinds.is_empty() {
+        let kinds: Vec<String> = rec
+            .error_kinds
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let _ = writeln!(out, "  errors by kind: {}", kinds.join(", "));
     }
     for e in &rec.samples {
         let _ = writeln!(out, "  error sample: {e}");
@@ -426,7 +461,20 @@ mod tests {
         assert_eq!(out.sent, 60);
         assert_eq!(out.rec.ok + out.rec.errors, 60);
         assert_eq!(out.rec.errors, 6);
+        assert_eq!(out.rec.error_kinds.get("Other"), Some(&6));
         assert!(out.rec.latency.value_at_quantile(0.5) >= 5_000_000);
+    }
+
+    #[test]
+    fn error_kinds() {
+        assert_eq!(
+            error_kind("ResourceExhausted: gateway overloaded"),
+            "ResourceExhausted"
+        );
+        assert_eq!(error_kind("Unavailable: a: b"), "Unavailable");
+        assert_eq!(error_kind("timeout after 2000 ms"), "Timeout");
+        assert_eq!(error_kind("empty completion"), "Other");
+        assert_eq!(error_kind("bad thing: x"), "Other");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

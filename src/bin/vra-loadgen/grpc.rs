@@ -20,6 +20,7 @@ pub struct GrpcTarget {
     stream: bool,
     hot_report: bool,
     reports: u64,
+    phase: CompilationPhase,
 }
 
 impl GrpcTarget {
@@ -30,6 +31,7 @@ impl GrpcTarget {
         stream: bool,
         hot_report: bool,
         reports: u64,
+        phase: CompilationPhase,
     ) -> Result<Self, String> {
         let mut clients = Vec::with_capacity(connections);
         for _ in 0..connections {
@@ -47,6 +49,7 @@ impl GrpcTarget {
             stream,
             hot_report,
             reports,
+            phase,
         })
     }
 
@@ -69,7 +72,7 @@ impl Target for GrpcTarget {
                 report_id,
                 section_id: "2.1".into(),
                 section_type: SectionType::Introduction as i32,
-                phase: CompilationPhase::Refine as i32,
+                phase: self.phase as i32,
                 prompt: PROMPT.into(),
                 system_prompt: SYSTEM_PROMPT.into(),
                 options: None,
@@ -87,7 +90,7 @@ impl Target for GrpcTarget {
             report_id,
             section_id: "2.1".into(),
             section_type: SectionType::Introduction as i32,
-            phase: CompilationPhase::Refine as i32,
+            phase: self.phase as i32,
             prompt: PROMPT.into(),
             system_prompt: SYSTEM_PROMPT.into(),
             options: None,

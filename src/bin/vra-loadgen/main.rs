@@ -64,6 +64,10 @@ enum Command {
         /// Distinct report ids cycled through otherwise.
         #[arg(long, default_value_t = 100_000)]
         reports: u64,
+        /// Compilation phase of every call: `refine` routes to the primary (cloud tier),
+        /// `expand` to the secondary (local tier) when VRA_HYBRID_MODE is on.
+        #[arg(long, value_enum, default_value_t = PhaseArg::Refine)]
+        phase: PhaseArg,
         #[command(flatten)]
         load: LoadArgs,
     },
@@ -139,6 +143,12 @@ pub struct LoadArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PhaseArg {
+    Refine,
+    Expand,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ModeArg {
     Open,
     Closed,
@@ -209,6 +219,7 @@ fn main() -> ExitCode {
             connections,
             hot_report,
             reports,
+            phase,
             load,
         } => runtime().map_err(|e| e.to_string()).and_then(|rt| {
             rt.block_on(async {
@@ -228,6 +239,10 @@ fn main() -> ExitCode {
                     load.stream,
                     hot_report,
                     reports.max(1),
+                    match phase {
+                        PhaseArg::Refine => vra_gateway::pb::CompilationPhase::Refine,
+                        PhaseArg::Expand => vra_gateway::pb::CompilationPhase::Expand,
+                    },
                 )
                 .await?;
                 let info = drive::Info {

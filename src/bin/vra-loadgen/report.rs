@@ -227,6 +227,89 @@ struct Check {
     pass: fn(f64) -> bool,
 }
 
+/// The overload scenario's runs (`overload/limits`, `overload/no-limits`), in table order.
+const OVERLOAD: &[(&str, &str)] = &[
+    (
+        "limits",
+        "limits: endpoint max_in_flight + max_queue, VRA_MAX_IN_FLIGHT",
+    ),
+    ("no-limits", "no limits"),
+];
+
+/// Share of `n` in `total`, as a percentage.
+fn share(n: u64, total: u64) -> String {
+    if total == 0 {
+        "n/a".into()
+    } else {
+        format!("{:.1} %", n as f64 * 100.0 / total as f64)
+    }
+}
+
+fn ms(x: Option<f64>) -> String {
+    x.map_or("n/a".into(), |us| format!("{:.0}", us / 1000.0))
+}
+
+/// The overload scenario: the same open-loop load at twice what the upstream can serve,
+/// against a gateway with and without limits.
+fn overload_table(out: &mut String, r: &Results) {
+    out.push_str("## Overload: 2x the upstream's capacity\n\n");
+    out.push_str(
+        "Open loop, unary EXPAND calls (routed to the local secondary). The fake upstream serves \
+         `--max-concurrency` requests at once, each for `--delay-ms`; later ones wait in FIFO \
+         order: its capacity is slots / delay. The same load goes to a fresh gateway with \
+         limits (the local provider's per-endpoint `max_in_flight` = the upstream's slots, \
+         a `max_queue`, and `VRA_MAX_IN_FLIGHT`) and to one without. Latency is from the \
+         intended send time, of admitted (successful) calls only; the client gives up after \
+         `--timeout-ms`. Queued = the share of endpoint leases that waited 1 ms or more \
+         (`vra_gateway_queue_wait_seconds`). RSS of the gateway at the start and end of the \
+         run (peak in parentheses).\n\n",
+    );
+    out.push_str(
+        "| gateway | offered calls/s | calls | admitted | p50 ms | p99 ms | max ms | rejected (RESOURCE_EXHAUSTED) | timed out | other errors | queued | RSS start -> end (peak) |\n",
+    );
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    for (target, name) in OVERLOAD {
+        let label = format!("overload/{target}");
+        let Some(v) = r.load("overload", target) else {
+            let _ = writeln!(out, "| {name} | not run | | | | | | | | | | |");
+            continue;
+        };
+        let ok = v["ok"].as_u64().unwrap_or(0);
+        let errors = v["errors"].as_u64().unwrap_or(0);
+        let total = ok + errors;
+        let kind = |k: &str| v["errors_by_kind"][k].as_u64().unwrap_or(0);
+        let rejected = kind("ResourceExhausted");
+        let timeouts = kind("Timeout") + kind("DeadlineExceeded") + kind("Cancelled");
+        let other = errors.saturating_sub(rejected + timeouts);
+        let queued = r
+            .of_kind("queue_wait")
+            .rfind(|q| q["label"] == label.as_str())
+            .and_then(|q| {
+                let count = q["count"].as_u64()?;
+                let fast = q["under_1ms"].as_u64()?;
+                Some(share(count.saturating_sub(fast), count))
+            })
+            .unwrap_or_else(|| "n/a".into());
+        let server = &v["server"];
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {total} | {} | {} | {} | {} | {} | {} | {} | {queued} | {} -> {} ({}) |",
+            num(v["rate"].as_f64(), 0),
+            share(ok, total),
+            ms(pct(v, "p50")),
+            ms(pct(v, "p99")),
+            ms(pct(v, "max")),
+            share(rejected, total),
+            share(timeouts, total),
+            share(other, total),
+            mb(server["rss_kb_start"].as_f64()),
+            mb(server["rss_kb_end"].as_f64()),
+            mb(server["rss_kb_peak"].as_f64()),
+        );
+    }
+    out.push('\n');
+}
+
 fn render(r: &Results) -> String {
     let mut out = String::new();
 
@@ -454,6 +537,8 @@ fn render(r: &Results) -> String {
         }
     }
     out.push('\n');
+
+    overload_table(&mut out, r);
 
     out.push_str("## Micro-benchmarks\n\ncriterion; time per iteration.\n\n");
     out.push_str("| benchmark | measures | time | throughput |\n|---|---|---:|---:|\n");
@@ -726,6 +811,7 @@ mod tests {
             "## CPU per call",
             "## Streaming: time to first token",
             "## Memory",
+            "## Overload: 2x the upstream's capacity",
             "## Micro-benchmarks",
             "## Targets",
         ] {

@@ -37,11 +37,18 @@ pub struct Options {
     /// Delay between streamed tokens, ms; 0 sends the whole stream as one chunk.
     #[arg(long, default_value_t = 0)]
     pub token_delay_ms: u64,
+    /// Requests served at once at most (a model server's slots); later ones wait in FIFO order
+    /// for a slot, which each holds for `--delay-ms`. 0 = unlimited. With both set, the
+    /// upstream's capacity is `max_concurrency / delay` requests per second.
+    #[arg(long, default_value_t = 0)]
+    pub max_concurrency: usize,
 }
 
 /// Every answer, pre-encoded.
 struct Fixed {
     delay: Duration,
+    /// `--max-concurrency` slots (tokio's semaphore is fair: FIFO).
+    slots: Option<Arc<tokio::sync::Semaphore>>,
     token_delay: Duration,
     completion: Bytes,
     sse: Frames,
@@ -113,6 +120,8 @@ impl Fixed {
 
         Self {
             delay: Duration::from_millis(o.delay_ms),
+            slots: (o.max_concurrency > 0)
+                .then(|| Arc::new(tokio::sync::Semaphore::new(o.max_concurrency))),
             token_delay: Duration::from_millis(o.token_delay_ms),
             completion: Bytes::from(completion.to_string()),
             sse: Frames::new(sse),
@@ -165,10 +174,19 @@ fn stream_reply(fixed: &Arc<Fixed>, sse: bool) -> Response {
     reply(content_type, Body::from_stream(body))
 }
 
-async fn chat(State(fixed): State<Arc<Fixed>>, body: Bytes) -> Response {
+/// Waits for a slot (if limited), then for `--delay-ms` while holding it.
+async fn serve_delay(fixed: &Fixed) {
+    let _slot = match &fixed.slots {
+        Some(slots) => slots.acquire().await.ok(),
+        None => None,
+    };
     if !fixed.delay.is_zero() {
         tokio::time::sleep(fixed.delay).await;
     }
+}
+
+async fn chat(State(fixed): State<Arc<Fixed>>, body: Bytes) -> Response {
+    serve_delay(&fixed).await;
     if has_stream_flag(&body, true) {
         stream_reply(&fixed, true)
     } else {
@@ -177,9 +195,7 @@ async fn chat(State(fixed): State<Arc<Fixed>>, body: Bytes) -> Response {
 }
 
 async fn ollama_chat(State(fixed): State<Arc<Fixed>>, body: Bytes) -> Response {
-    if !fixed.delay.is_zero() {
-        tokio::time::sleep(fixed.delay).await;
-    }
+    serve_delay(&fixed).await;
     // Ollama streams unless told not to.
     if has_stream_flag(&body, false) {
         reply("application/json", Body::from(fixed.ollama.clone()))
@@ -233,6 +249,7 @@ mod tests {
             delay_ms: 0,
             tokens: 3,
             token_delay_ms: 0,
+            max_concurrency: 0,
         }
     }
 
