@@ -30,9 +30,8 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::Stream;
@@ -52,6 +51,7 @@ use crate::config::{
     ConfigError, Setting, TLS_CERT_FILE, TLS_CLIENT_CA_FILE, TLS_KEY_FILE, TlsFiles,
     UPSTREAM_CA_FILE,
 };
+use crate::telemetry::Throttle;
 
 /// How long a client gets to finish its TLS handshake before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -347,8 +347,9 @@ async fn handshake(
 }
 
 fn handshake_failed(peer: SocketAddr, why: &str, failures: &Throttle) {
-    if failures.allow() {
+    if let Some(held_back) = failures.check() {
         tracing::warn!(
+            held_back,
             "TLS handshake from {peer} failed: {why} (more failures within {}s are logged at debug)",
             FAILURE_WARN_EVERY.as_secs()
         );
@@ -392,37 +393,6 @@ impl Drop for PeerSlot {
                 map.remove(&self.ip);
             }
         }
-    }
-}
-
-/// Lets one event through per period.
-struct Throttle {
-    start: Instant,
-    period: Duration,
-    /// Milliseconds since `start` of the last event let through, plus one (0: none yet).
-    last: AtomicU64,
-}
-
-impl Throttle {
-    fn new(period: Duration) -> Throttle {
-        Throttle {
-            start: Instant::now(),
-            period,
-            last: AtomicU64::new(0),
-        }
-    }
-
-    fn allow(&self) -> bool {
-        let now = u64::try_from(self.start.elapsed().as_millis())
-            .unwrap_or(u64::MAX)
-            .saturating_add(1);
-        let period = u64::try_from(self.period.as_millis()).unwrap_or(u64::MAX);
-        let last = self.last.load(Ordering::Relaxed);
-        (last == 0 || now.saturating_sub(last) >= period)
-            && self
-                .last
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
     }
 }
 
@@ -578,15 +548,5 @@ mod tests {
             remote_addr: None,
         });
         assert_eq!(peer_client_id(&plain), None);
-    }
-
-    #[test]
-    fn the_throttle_lets_one_through_per_period() {
-        let t = Throttle::new(Duration::from_secs(3600));
-        assert!(t.allow());
-        assert!(!t.allow());
-        let t = Throttle::new(Duration::ZERO);
-        assert!(t.allow());
-        assert!(t.allow());
     }
 }
