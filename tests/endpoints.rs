@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::process::{KEY, Running, gateway_env, run_to_end, temp_dir};
 use common::{Harness, reason, request, tier};
 use tonic::Code;
-use vra_gateway::config::{Config, Sources};
+use vra_gateway::config::Config;
 use vra_gateway::demo::sim::{Sim, Step};
 use vra_gateway::pb::{
     self, CompilationPhase as P, FallbackReason as F, ProviderTier as T, SectionType as S,
@@ -20,19 +20,7 @@ const WAIT: Duration = Duration::from_secs(5);
 
 /// `common::BASE` with the harness's upstreams, `env` and the TOML file `toml`.
 fn gateway_config(cloud: &Sim, local: &Sim, env: &[(&str, &str)], toml: &str) -> Config {
-    let mut sources = Sources::default();
-    for (k, v) in common::BASE {
-        sources.env.insert(k.to_string(), v.to_string());
-    }
-    sources
-        .env
-        .insert("OPENAI_BASE_URL".into(), cloud.openai_base());
-    sources
-        .env
-        .insert("OLLAMA_HOST".into(), local.ollama_base());
-    for (k, v) in env {
-        sources.env.insert(k.to_string(), v.to_string());
-    }
+    let mut sources = common::sources(cloud, local, env);
     sources
         .load_toml(toml, Path::new("endpoints.toml"))
         .expect("test TOML is valid");

@@ -40,6 +40,11 @@ pub const BASE: &[(&str, &str)] = &[
 
 /// Builds a configuration from `BASE`, the simulated upstreams and `overrides`.
 pub fn config(cloud: &Sim, local: &Sim, overrides: &[(&str, &str)]) -> Config {
+    Config::from_sources(&sources(cloud, local, overrides)).expect("test configuration is valid")
+}
+
+/// The sources of [`config`], for tests that add a TOML layer before loading.
+pub fn sources(cloud: &Sim, local: &Sim, overrides: &[(&str, &str)]) -> Sources {
     let mut sources = Sources::default();
     for (k, v) in BASE {
         sources.env.insert(k.to_string(), v.to_string());
@@ -53,7 +58,7 @@ pub fn config(cloud: &Sim, local: &Sim, overrides: &[(&str, &str)]) -> Config {
     for (k, v) in overrides {
         sources.env.insert(k.to_string(), v.to_string());
     }
-    Config::from_sources(&sources).expect("test configuration is valid")
+    sources
 }
 
 impl Harness {
