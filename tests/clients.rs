@@ -126,15 +126,7 @@ async fn a_day_quota_is_exact_under_50_concurrent_calls_then_falls_back_with_cli
                 .map(tonic::Response::into_inner)
         }));
     }
-    let (mut primary, mut quota) = (0, 0);
-    for t in tasks {
-        let r = t.await.unwrap().expect("every call is answered");
-        match (tier(&r), reason(&r)) {
-            (T::Primary, F::Unspecified) => primary += 1,
-            (T::Secondary, F::ClientQuota) => quota += 1,
-            other => panic!("unexpected route {other:?}"),
-        }
-    }
+    let (primary, quota) = common::tally(tasks, F::ClientQuota).await;
     assert_eq!((primary, quota), (20, 30));
     assert_eq!(
         h.cloud.requests(),

@@ -112,15 +112,7 @@ async fn three_replicas_share_one_exact_budget() {
                 .map(|r| r.into_inner())
         }));
     }
-    let (mut primary, mut cost_limited) = (0, 0);
-    for t in tasks {
-        let resp = t.await.unwrap().expect("every call is answered");
-        match (tier(&resp), reason(&resp)) {
-            (T::Primary, F::Unspecified) => primary += 1,
-            (T::Secondary, F::CostLimit) => cost_limited += 1,
-            other => panic!("unexpected route {other:?}"),
-        }
-    }
+    let (primary, cost_limited) = common::tally(tasks, F::CostLimit).await;
     assert_eq!(
         cloud.requests(),
         15,
@@ -177,15 +169,7 @@ async fn clients_have_scoped_keys_and_one_exact_day_quota_across_replicas() {
                 .map(|r| r.into_inner())
         }));
     }
-    let (mut primary, mut quota) = (0, 0);
-    for t in tasks {
-        let resp = t.await.unwrap().expect("every call is answered");
-        match (tier(&resp), reason(&resp)) {
-            (T::Primary, F::Unspecified) => primary += 1,
-            (T::Secondary, F::ClientQuota) => quota += 1,
-            other => panic!("unexpected route {other:?}"),
-        }
-    }
+    let (primary, quota) = common::tally(tasks, F::ClientQuota).await;
     assert_eq!((primary, quota), (20, 30));
     assert_eq!(
         cloud.requests(),

@@ -136,6 +136,25 @@ pub fn reason(resp: &pb::GenerateResponse) -> pb::FallbackReason {
         .expect("reason")
 }
 
+/// Awaits concurrent calls and counts how they were served: `(primary, fell_back)`, where
+/// every call must have been answered, by the primary without a fallback or by the secondary
+/// with `expected` — any other outcome fails the test.
+pub async fn tally(
+    calls: Vec<tokio::task::JoinHandle<Result<pb::GenerateResponse, tonic::Status>>>,
+    expected: pb::FallbackReason,
+) -> (usize, usize) {
+    let (mut primary, mut fell_back) = (0, 0);
+    for call in calls {
+        let resp = call.await.unwrap().expect("every call is answered");
+        match (tier(&resp), reason(&resp)) {
+            (pb::ProviderTier::Primary, pb::FallbackReason::Unspecified) => primary += 1,
+            (pb::ProviderTier::Secondary, r) if r == expected => fell_back += 1,
+            other => panic!("unexpected route {other:?}"),
+        }
+    }
+    (primary, fell_back)
+}
+
 pub fn rule(resp: &pb::GenerateResponse) -> &str {
     &resp.route.as_ref().expect("route").rule
 }
