@@ -12,6 +12,7 @@ pub struct TestClient {
     pub token: &'static str,
     pub cloud_calls_per_day: Option<u32>,
     pub max_cloud_calls: Option<u32>,
+    pub max_in_flight: Option<u32>,
 }
 
 impl TestClient {
@@ -21,6 +22,7 @@ impl TestClient {
             token,
             cloud_calls_per_day: None,
             max_cloud_calls: None,
+            max_in_flight: None,
         }
     }
 
@@ -34,6 +36,13 @@ impl TestClient {
     pub const fn max_cloud_calls(self, n: u32) -> Self {
         Self {
             max_cloud_calls: Some(n),
+            ..self
+        }
+    }
+
+    pub const fn max_in_flight(self, n: u32) -> Self {
+        Self {
+            max_in_flight: Some(n),
             ..self
         }
     }
@@ -71,6 +80,9 @@ pub fn clients_toml(clients: &[TestClient]) -> String {
         }
         if let Some(n) = c.max_cloud_calls {
             out.push_str(&format!("max_cloud_calls = {n}\n"));
+        }
+        if let Some(n) = c.max_in_flight {
+            out.push_str(&format!("max_in_flight = {n}\n"));
         }
         out.push('\n');
     }
