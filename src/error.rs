@@ -3,7 +3,14 @@
 //! Everything a call can fail with is a [`GatewayError`]; [`GatewayError::into_status`] is the
 //! only place that decides gRPC codes. Messages name the field or the upstream failure, never
 //! an API key or prompt text.
+//!
+//! Besides the code and the message, every status carries machine-readable trailers for
+//! clients (the SDKs in `clients/` choose their exception class from them):
+//! `vra-error` is the error's kind ([`GatewayError::outcome`], e.g. `resource_exhausted` for a
+//! spent report budget, `overloaded` for shed load) and, for INVALID_ARGUMENT,
+//! `vra-error-field` names the field.
 
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 
 use crate::budget::LedgerError;
@@ -81,6 +88,11 @@ fn join(failures: &[ProviderFailure]) -> String {
         .join("; ")
 }
 
+/// Trailer naming the error's kind ([`GatewayError::outcome`]).
+pub const ERROR_KIND: &str = "vra-error";
+/// Trailer naming the invalid field of an INVALID_ARGUMENT.
+pub const ERROR_FIELD: &str = "vra-error-field";
+
 impl GatewayError {
     pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
         GatewayError::InvalidArgument {
@@ -105,9 +117,14 @@ impl GatewayError {
         }
     }
 
-    /// The one mapping to the wire.
+    /// The one mapping to the wire: code, message and the `vra-error` trailers.
     pub fn into_status(self) -> Status {
-        Status::new(self.code(), self.to_string())
+        let mut trailers = MetadataMap::new();
+        trailers.insert(ERROR_KIND, MetadataValue::from_static(self.outcome()));
+        if let GatewayError::InvalidArgument { field, .. } = &self {
+            trailers.insert(ERROR_FIELD, MetadataValue::from_static(field));
+        }
+        Status::with_metadata(self.code(), self.to_string(), trailers)
     }
 
     /// Short outcome label for metrics.
@@ -147,12 +164,19 @@ mod tests {
         );
         let s = GatewayError::invalid("report_id", "must not be empty").into_status();
         assert!(s.message().starts_with("report_id"));
+        assert_eq!(s.metadata().get(ERROR_KIND).unwrap(), "invalid_argument");
+        assert_eq!(s.metadata().get(ERROR_FIELD).unwrap(), "report_id");
         let e = GatewayError::BudgetExhausted {
             used: 15,
             limit: 15,
             provider: "openai".into(),
         };
-        assert_eq!(e.into_status().code(), Code::ResourceExhausted);
+        let s = e.into_status();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert_eq!(s.metadata().get(ERROR_KIND).unwrap(), "resource_exhausted");
+        assert!(s.metadata().get(ERROR_FIELD).is_none());
+        let shed = GatewayError::Overloaded(Shed::Gateway).into_status();
+        assert_eq!(shed.metadata().get(ERROR_KIND).unwrap(), "overloaded");
         let both = GatewayError::AllProvidersFailed(vec![
             ProviderFailure {
                 tier: "PRIMARY",

@@ -1,5 +1,6 @@
 //! The `vra-gateway` binary: parse the command line, load the configuration, run.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -58,14 +59,25 @@ enum Command {
         #[arg(long, value_name = "FILE", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
     },
-    /// Run the gateway against simulated upstreams and print how a sample report was routed.
+    /// Run the gateway against simulated upstreams and print how a sample report was routed;
+    /// with --serve, keep serving them as a keyless sandbox for clients.
     Demo {
         /// Use a real OpenAI-compatible endpoint instead of the simulated one.
-        #[arg(long, value_name = "URL")]
+        #[arg(long, value_name = "URL", conflicts_with = "serve")]
         openai_base_url: Option<String>,
         /// Use a real Ollama instead of the simulated one.
-        #[arg(long, value_name = "URL")]
+        #[arg(long, value_name = "URL", conflicts_with = "serve")]
         ollama_host: Option<String>,
+        /// Sandbox: serve the real gateway with the simulated upstreams on VRA_GATEWAY_ADDR
+        /// (default 127.0.0.1:50051) until Ctrl-C or SIGTERM, instead of running the sample
+        /// report. Other settings (MAX_CLOUD_CALLS, VRA_CLIENTS_FILE, VRA_TLS_*) come from the
+        /// environment as for `serve`.
+        #[arg(long)]
+        serve: bool,
+        /// With --serve: every N-th call to the primary fails all its retries (HTTP 500) and
+        /// falls back with PRIMARY_ERROR (exact when calls arrive one at a time).
+        #[arg(long, value_name = "N", requires = "serve")]
+        fail_primary_every: Option<NonZeroUsize>,
     },
     /// Manage the clients of VRA_CLIENTS_FILE.
     Clients {
@@ -139,11 +151,20 @@ fn main() -> ExitCode {
         Command::Demo {
             openai_base_url,
             ollama_host,
+            serve,
+            fail_primary_every,
         } => {
             let rt = match runtime() {
                 Ok(rt) => rt,
                 Err(e) => return fail(&format!("cannot start the runtime: {e}"), 1),
             };
+            if serve {
+                let options = demo::ServeOptions { fail_primary_every };
+                return match rt.block_on(demo::serve(options)) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(&e.to_string(), e.exit_code()),
+                };
+            }
             let options = demo::DemoOptions {
                 openai_base_url,
                 ollama_host,

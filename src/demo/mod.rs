@@ -9,12 +9,17 @@
 //!
 //! `--openai-base-url` / `--ollama-host` point the demo at real backends instead.
 //!
+//! `demo --serve` ([`serve`]) is the keyless sandbox: the same simulated upstreams and the real
+//! gateway on `VRA_GATEWAY_ADDR`, serving until Ctrl-C or SIGTERM, for the SDKs in `clients/`,
+//! their tests and the examples. `--fail-primary-every N` makes fallbacks visible.
+//!
 //! Nothing here is a production code path: [`sim`] is the one simulated backend of the
 //! product, used by this demo, the tests and the benchmarks as the "remote LLM".
 
 pub mod sim;
 
 use std::io::Write;
+use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -43,12 +48,13 @@ const SECTIONS: [(&str, &str, SectionType); 5] = [
     ("5", "Conclusion", SectionType::Conclusion),
 ];
 
-/// Builds the demo's configuration: the operator's environment (OTEL_*, RUST_LOG, keys) with
-/// the demo's routing settings on top.
-pub fn demo_config(
+/// The settings every simulated run forces: hybrid mode, the two simulated (or given)
+/// upstreams and short retry pauses, on top of the operator's environment (OTEL_*, RUST_LOG,
+/// keys, and for `--serve` the listen address, budget, clients file and TLS).
+fn simulated_sources(
     cloud_url: &str,
     local_url: &str,
-) -> Result<(Config, Sources), crate::config::ConfigError> {
+) -> Result<Sources, crate::config::ConfigError> {
     let mut sources = Sources::from_process(None)?;
     for (k, v) in [
         ("VRA_HYBRID_MODE", "true"),
@@ -56,10 +62,28 @@ pub fn demo_config(
         ("SECONDARY_PROVIDER", "local"),
         ("OPENAI_BASE_URL", cloud_url),
         ("OLLAMA_HOST", local_url),
-        ("VRA_GATEWAY_ADDR", "127.0.0.1:0"),
-        ("VRA_METRICS_ADDR", ""),
         ("VRA_RETRY_BASE_MS", "100"),
         ("VRA_RETRY_MAX_BACKOFF_MS", "400"),
+    ] {
+        sources.env.insert(k.to_string(), v.to_string());
+    }
+    sources
+        .env
+        .entry("PRIMARY_MODEL".into())
+        .or_insert_with(|| "gpt-4o".into());
+    Ok(sources)
+}
+
+/// Builds the demo's configuration: [`simulated_sources`] plus the demo's own budget, a free
+/// port, no metrics listener and the in-memory ledger.
+pub fn demo_config(
+    cloud_url: &str,
+    local_url: &str,
+) -> Result<(Config, Sources), crate::config::ConfigError> {
+    let mut sources = simulated_sources(cloud_url, local_url)?;
+    for (k, v) in [
+        ("VRA_GATEWAY_ADDR", "127.0.0.1:0"),
+        ("VRA_METRICS_ADDR", ""),
         ("VRA_LEDGER_URL", ""),
     ] {
         sources.env.insert(k.to_string(), v.to_string());
@@ -67,10 +91,135 @@ pub fn demo_config(
     sources
         .env
         .insert("MAX_CLOUD_CALLS".into(), DEMO_MAX_CLOUD_CALLS.to_string());
-    if !sources.env.contains_key("PRIMARY_MODEL") {
-        sources.env.insert("PRIMARY_MODEL".into(), "gpt-4o".into());
-    }
     Ok((Config::from_sources(&sources)?, sources))
+}
+
+/// Builds the sandbox's configuration (`demo --serve`): [`simulated_sources`]; the listen
+/// address, budget, ledger, clients file and TLS come from the environment like for `serve`
+/// (default 127.0.0.1:50051, 15 cloud calls per report), except that the metrics listener is
+/// off unless `VRA_METRICS_ADDR` is set, so several sandboxes can run side by side.
+pub fn serve_config(
+    cloud_url: &str,
+    local_url: &str,
+) -> Result<(Config, Sources), crate::config::ConfigError> {
+    let mut sources = simulated_sources(cloud_url, local_url)?;
+    sources
+        .env
+        .entry("VRA_METRICS_ADDR".into())
+        .or_insert_with(String::new);
+    Ok((Config::from_sources(&sources)?, sources))
+}
+
+/// Options of `demo --serve`.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Every N-th call to the primary fails all its retries (HTTP 500), so it falls back with
+    /// PRIMARY_ERROR.
+    pub fail_primary_every: Option<NonZeroUsize>,
+}
+
+/// Why the sandbox stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Serve(#[from] server::ServeError),
+    #[error("cannot start a simulated upstream: {0}")]
+    Upstream(#[from] std::io::Error),
+}
+
+impl SandboxError {
+    /// 2 for configuration errors, as for `serve`; else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            SandboxError::Config(_) => 2,
+            SandboxError::Serve(e) => e.exit_code(),
+            SandboxError::Upstream(_) => 1,
+        }
+    }
+}
+
+/// `vra-gateway demo --serve`: the simulated upstreams and the real gateway on
+/// `VRA_GATEWAY_ADDR`, until Ctrl-C or SIGTERM. The SDKs' tests and examples run against it.
+pub async fn serve(options: ServeOptions) -> Result<(), SandboxError> {
+    let cloud = Sim::start().await?;
+    let local = Sim::start().await?;
+    for sim in [&cloud, &local] {
+        sim.forget_requests();
+    }
+    let (config, _) = serve_config(&cloud.openai_base(), &local.ollama_base())?;
+    if let Some(every) = options.fail_primary_every {
+        let attempts =
+            NonZeroUsize::new(config.retry.max_attempts as usize).unwrap_or(NonZeroUsize::MIN);
+        cloud.fail_every(every, attempts);
+    }
+    let mut guard = crate::telemetry::init_with_default(&config, "warn,vra_gateway::hybrid=info");
+    crate::telemetry::log_panics();
+    // Handlers first: a SIGTERM once the address is printed must drain, not kill.
+    let shutdown = server::shutdown_signal();
+    let listener = server::bind(config.listen_addr).await?;
+    let addr = listener.local_addr().map_err(SandboxError::Upstream)?;
+    print_sandbox_banner(&config, addr, &options)?;
+    let result = server::run(config, listener, shutdown).await;
+    guard.shutdown();
+    drop((cloud, local));
+    result?;
+    println!("sandbox stopped");
+    Ok(())
+}
+
+fn print_sandbox_banner(
+    config: &Config,
+    addr: std::net::SocketAddr,
+    options: &ServeOptions,
+) -> std::io::Result<()> {
+    let security = &config.security;
+    let tls = security.tls.is_some();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "vra-gateway sandbox (demo --serve)")?;
+    writeln!(
+        out,
+        "  upstreams are SIMULATED: in-process servers speaking the real OpenAI (cloud, {}) and",
+        config.primary.model
+    )?;
+    writeln!(
+        out,
+        "  Ollama (local, {}) wire formats with canned text. Real gRPC, real gateway, no keys.",
+        config.secondary.model
+    )?;
+    writeln!(
+        out,
+        "  hybrid mode on, MAX_CLOUD_CALLS={} per report, {} attempts per provider",
+        config.max_cloud_calls, config.retry.max_attempts
+    )?;
+    if let Some(n) = options.fail_primary_every {
+        writeln!(
+            out,
+            "  one primary call in every {n} fails all its attempts (HTTP 500) and falls back: PRIMARY_ERROR"
+        )?;
+    }
+    let auth = match (
+        &security.clients_file,
+        security.tls.as_ref().and_then(|t| t.client_ca.as_ref()),
+    ) {
+        (Some(file), _) => format!("bearer tokens of {}", file.display()),
+        (None, Some(_)) => "client certificates (mTLS)".to_string(),
+        (None, None) => "none".to_string(),
+    };
+    writeln!(
+        out,
+        "  transport: {}, credentials: {auth}",
+        if tls { "TLS" } else { "plaintext" }
+    )?;
+    writeln!(out)?;
+    writeln!(out, "gateway listening on {addr}")?;
+    writeln!(
+        out,
+        "  try:  python -m vra_gateway compile examples/outline.yaml --target {addr}   (see README, 'Clients')"
+    )?;
+    writeln!(out, "  stop: Ctrl-C or SIGTERM")?;
+    out.flush()
 }
 
 fn phase_name(p: CompilationPhase) -> &'static str {

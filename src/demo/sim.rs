@@ -15,7 +15,8 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -111,6 +112,8 @@ impl Recorded {
 struct State {
     script: Mutex<VecDeque<Step>>,
     default: Mutex<Step>,
+    failures: Mutex<Option<FailEvery>>,
+    keep_records: AtomicBool,
     recorded: Mutex<Vec<Recorded>>,
     requests: AtomicUsize,
     requests_notify: Notify,
@@ -149,6 +152,8 @@ impl Sim {
         let state = Arc::new(State {
             script: Mutex::new(VecDeque::new()),
             default: Mutex::new(Step::reply(DEFAULT_TEXT)),
+            failures: Mutex::new(None),
+            keep_records: AtomicBool::new(true),
             recorded: Mutex::new(Vec::new()),
             requests: AtomicUsize::new(0),
             requests_notify: Notify::new(),
@@ -199,6 +204,25 @@ impl Sim {
     /// What every request does once the script is used up.
     pub fn set_default(&self, step: Step) {
         *lock(&self.state.default) = step;
+    }
+
+    /// Once the script is used up, makes every `calls`-th call fail: after `calls - 1`
+    /// answered requests, the next `attempts` requests get HTTP 500 — all the retries of one
+    /// gateway call when calls arrive one at a time. `calls` = 1 fails everything.
+    pub fn fail_every(&self, calls: NonZeroUsize, attempts: NonZeroUsize) {
+        *lock(&self.state.failures) = Some(FailEvery {
+            calls: calls.get(),
+            attempts: attempts.get(),
+            answered: 0,
+            failing: 0,
+        });
+    }
+
+    /// Stops keeping each request for [`Sim::recorded`], so a long-running sandbox
+    /// (`demo --serve`) does not grow without bound. Counters still count.
+    pub fn forget_requests(&self) {
+        self.state.keep_records.store(false, Ordering::SeqCst);
+        lock(&self.state.recorded).clear();
     }
 
     /// Requests received so far.
@@ -337,10 +361,13 @@ async fn handle(
         })
         .unwrap_or(0usize);
     let guard = CloseGuard::new(state.clone());
-    lock(&state.recorded).push(rec);
+    if state.keep_records.load(Ordering::SeqCst) {
+        lock(&state.recorded).push(rec);
+    }
     state.requests.fetch_add(1, Ordering::SeqCst);
-    let step = lock(&state.script)
-        .pop_front()
+    let scripted = lock(&state.script).pop_front();
+    let step = scripted
+        .or_else(|| lock(&state.failures).as_mut().and_then(FailEvery::next))
         .unwrap_or_else(|| lock(&state.default).clone());
     state.requests_notify.notify_waiters();
     let ctx = Ctx {
@@ -349,6 +376,33 @@ async fn handle(
         prompt_tokens: prompt_words as u32,
     };
     respond(ctx, step, stream, guard).await
+}
+
+/// The state of [`Sim::fail_every`].
+struct FailEvery {
+    calls: usize,
+    attempts: usize,
+    /// Requests answered since the last failed call.
+    answered: usize,
+    /// Failures still to send for the current failed call.
+    failing: usize,
+}
+
+impl FailEvery {
+    /// The failure for this request, or `None` to answer it normally.
+    fn next(&mut self) -> Option<Step> {
+        if self.failing > 0 {
+            self.failing -= 1;
+            return Some(Step::fail(500));
+        }
+        if self.answered + 1 >= self.calls {
+            self.answered = 0;
+            self.failing = self.attempts - 1;
+            return Some(Step::fail(500));
+        }
+        self.answered += 1;
+        None
+    }
 }
 
 struct Ctx {
@@ -602,5 +656,23 @@ mod tests {
         assert_eq!(parts.concat(), text);
         assert!(parts.len() >= 4);
         assert_eq!(split_words("one", 1), vec!["one"]);
+    }
+
+    /// The pattern of `fail_every(3, 2)`: two answered requests, then both attempts of one
+    /// call fail, and again; `fail_every(1, _)` fails everything.
+    #[test]
+    fn fail_every_fails_all_attempts_of_every_nth_call() {
+        let pattern = |calls, attempts, n| {
+            let mut f = FailEvery {
+                calls,
+                attempts,
+                answered: 0,
+                failing: 0,
+            };
+            (0..n).map(|_| f.next().is_some()).collect::<Vec<_>>()
+        };
+        let (ok, fail) = (false, true);
+        assert_eq!(pattern(3, 2, 8), [ok, ok, fail, fail, ok, ok, fail, fail]);
+        assert_eq!(pattern(1, 3, 4), [fail; 4]);
     }
 }
