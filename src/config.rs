@@ -17,6 +17,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::cost::{Price, PriceSource, Pricing};
+use crate::domain::Nanos;
+
 /// A configuration error: which setting, and what was wrong. Startup exits with code 2.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration: {var}: {message}")]
@@ -66,6 +69,8 @@ settings! {
     SECONDARY_PROVIDER = "SECONDARY_PROVIDER", "local", "Provider name of the secondary tier.";
     SECONDARY_MODEL = "SECONDARY_MODEL", "llama3:8b", "Model sent to the secondary.";
     MAX_CLOUD_CALLS = "MAX_CLOUD_CALLS", "15", "Cloud requests per report (retries count); 0 = never call a cloud provider.";
+    MAX_CLOUD_COST_USD = "MAX_CLOUD_COST_USD", "", "Cloud cost cap per report in USD (e.g. 0.50): each cloud attempt first holds its worst case; empty = no dollar cap. Prices: [pricing.\"MODEL\"] in the TOML file.";
+    MAX_OUTPUT_TOKENS = "VRA_MAX_OUTPUT_TOKENS", "4096", "With MAX_CLOUD_COST_USD: max_tokens sent to a cloud provider when the caller sets none (bounds the worst case).";
     OPENAI_API_KEY = "OPENAI_API_KEY", "", "API key of the `openai` provider.", secret = true;
     OPENAI_BASE_URL = "OPENAI_BASE_URL", "https://api.openai.com/v1", "Base URL of the `openai` provider; a comma-separated list for several endpoints.";
     OLLAMA_HOST = "OLLAMA_HOST", "http://localhost:11434", "Base URL of the `local` / `ollama` provider; a comma-separated list for several endpoints.";
@@ -336,6 +341,12 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub security: SecurityConfig,
     pub limits: ServerLimits,
+    /// Model prices: `[pricing."MODEL"]` over the built-in list prices.
+    pub pricing: Pricing,
+    /// `MAX_CLOUD_COST_USD`.
+    pub max_cloud_cost: Option<Nanos>,
+    /// `VRA_MAX_OUTPUT_TOKENS`.
+    pub max_output_tokens: u32,
 }
 
 /// Where a value came from, for `--print-config`.
@@ -355,6 +366,8 @@ pub struct Sources {
     /// Top-level scalar keys of the TOML file, upper-cased.
     pub file: HashMap<String, String>,
     pub file_providers: BTreeMap<String, FileProvider>,
+    /// `[pricing."MODEL"]` tables of the TOML file.
+    pub file_pricing: BTreeMap<String, Price>,
     pub file_path: Option<PathBuf>,
 }
 
@@ -425,6 +438,18 @@ impl Sources {
                     .map_err(|e: toml::de::Error| file_err(format!("[providers]: {e}")))?;
                 for (name, p) in providers {
                     self.file_providers.insert(name.to_ascii_lowercase(), p);
+                }
+                continue;
+            }
+            if key == "pricing" {
+                let prices: BTreeMap<String, Price> = value
+                    .try_into()
+                    .map_err(|e: toml::de::Error| file_err(format!("[pricing]: {e}")))?;
+                for (model, price) in prices {
+                    price
+                        .validate()
+                        .map_err(|e| file_err(format!("[pricing.\"{model}\"]: {e}")))?;
+                    self.file_pricing.insert(model, price);
                 }
                 continue;
             }
@@ -514,6 +539,24 @@ fn parse_uint<T: std::str::FromStr>(
         return Err(err());
     }
     raw.trim().parse::<T>().map_err(|_| err())
+}
+
+/// An optional amount of US dollars: empty = none; else a finite, non-negative decimal.
+fn parse_usd(setting: Setting, sources: &Sources) -> Result<Option<Nanos>, ConfigError> {
+    let raw = sources.get_or_default(setting);
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    match raw.parse::<f64>() {
+        Ok(usd) if usd.is_finite() && (0.0..=1e9).contains(&usd) => Ok(Some(Nanos::from_usd(usd))),
+        _ => Err(ConfigError::new(
+            setting.var,
+            format!(
+                "`{raw}` is not an amount of USD; accepted: a decimal from 0 to 1e9, e.g. 0.50, or empty for no cap"
+            ),
+        )),
+    }
 }
 
 fn parse_millis(setting: Setting, sources: &Sources, min: u64) -> Result<Duration, ConfigError> {
@@ -676,6 +719,25 @@ impl Config {
 
         let listen_addr = parse_addr(GATEWAY_ADDR, &s.get_or_default(GATEWAY_ADDR))?;
         let security = security(s, listen_addr, [&primary, &secondary])?;
+        let pricing = Pricing {
+            configured: s.file_pricing.clone(),
+        };
+        let max_cloud_cost = parse_usd(MAX_CLOUD_COST_USD, s)?;
+        if max_cloud_cost.is_some() {
+            // A cap needs a worst case for every cloud call: every cloud model needs a price.
+            for endpoint in [&primary, &secondary] {
+                let cloud = endpoint.provider.is_cloud();
+                if cloud && pricing.lookup(&endpoint.model, cloud) == PriceSource::Unpriced {
+                    return Err(ConfigError::new(
+                        MAX_CLOUD_COST_USD.var,
+                        format!(
+                            "needs a price for the cloud model `{}`: add [pricing.\"{}\"] input_per_mtok / output_per_mtok to the TOML file",
+                            endpoint.model, endpoint.model
+                        ),
+                    ));
+                }
+            }
+        }
 
         Ok(Config {
             hybrid_mode: parse_bool(HYBRID_MODE.var, &s.get_or_default(HYBRID_MODE))?,
@@ -708,7 +770,26 @@ impl Config {
                 h2_keepalive: Some(parse_millis(H2_KEEPALIVE_MS, s, 0)?).filter(|d| !d.is_zero()),
                 stream_max: parse_millis(STREAM_MAX_MS, s, 1)?,
             },
+            pricing,
+            max_cloud_cost,
+            max_output_tokens: parse_uint(MAX_OUTPUT_TOKENS, s, 1)?,
         })
+    }
+
+    /// What an operator should hear at startup about an otherwise valid configuration: a
+    /// cloud model without a price (its calls' cost will be reported as unknown).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for (tier, endpoint) in [("primary", &self.primary), ("secondary", &self.secondary)] {
+            let cloud = endpoint.provider.is_cloud();
+            if cloud && self.pricing.lookup(&endpoint.model, cloud) == PriceSource::Unpriced {
+                warnings.push(format!(
+                    "the {tier} model `{}` (cloud tier) has no price: its calls' cost is reported as unknown; add [pricing.\"{}\"] input_per_mtok / output_per_mtok to the TOML file",
+                    endpoint.model, endpoint.model
+                ));
+            }
+        }
+        warnings
     }
 
     /// The effective configuration as `VAR=value` lines, secrets redacted, with each value's

@@ -349,10 +349,7 @@ impl SseDecoder {
             self.model = model;
         }
         if let Some(u) = chunk.usage {
-            self.usage = TokenUsage {
-                input: u.prompt_tokens,
-                output: u.completion_tokens,
-            };
+            self.usage = TokenUsage::reported(u.prompt_tokens, u.completion_tokens);
         }
         for choice in chunk.choices {
             if let Some(text) = choice
@@ -431,10 +428,7 @@ impl Decoder for NdjsonDecoder {
         if msg.done {
             out.push_back(StreamEvent::Done {
                 model: msg.model.unwrap_or_default(),
-                usage: TokenUsage {
-                    input: msg.prompt_eval_count,
-                    output: msg.eval_count,
-                },
+                usage: TokenUsage::reported(msg.prompt_eval_count, msg.eval_count),
                 finish_reason: msg.done_reason.unwrap_or_else(|| "stop".into()),
             });
         }
@@ -494,10 +488,7 @@ mod tests {
             StreamEvent::Delta("wörld 🌍".into()),
             StreamEvent::Done {
                 model: model.into(),
-                usage: TokenUsage {
-                    input: 7,
-                    output: 3,
-                },
+                usage: TokenUsage::reported(7, 3),
                 finish_reason: finish.into(),
             },
         ]
