@@ -31,7 +31,7 @@ export function gatewaySuite(name, fn) {
       throw new Error(`${MISSING_BIN}; VRA_REQUIRE_SDK=1 makes the SDK tests mandatory`);
     });
   }
-  return describe(name, { skip: MISSING_BIN }, () => {});
+  return test(name, { skip: MISSING_BIN }, () => {});
 }
 
 /** Environment variables of the caller that would change the sandbox; the tests set their own. */
