@@ -13,7 +13,7 @@ import {
   Unavailable,
   loadOutline,
 } from '../index.js';
-import { OUTLINE, gatewaySuite, startGateway } from './helpers/gateway.js';
+import { CountingClient, OUTLINE, gatewaySuite, startGateway } from './helpers/gateway.js';
 
 const P = 'PRIMARY';
 const S = 'SECONDARY';
@@ -42,15 +42,6 @@ async function stopOk(gw) {
   if (!gw) return;
   const { code, signal } = await gw.stop();
   assert.equal(code, 0, `gateway exit status on SIGTERM (signal ${signal})\n${gw.stderr()}`);
-}
-
-/** A GatewayClient that counts its generate calls. */
-class CountingClient extends GatewayClient {
-  calls = 0;
-  generate(req) {
-    this.calls++;
-    return super.generate(req);
-  }
 }
 
 gatewaySuite('ReportCompiler against demo --serve', () => {

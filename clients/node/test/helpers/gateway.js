@@ -7,6 +7,8 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { describe, test } from 'node:test';
 
+import { GatewayClient } from '../../index.js';
+
 export const PACKAGE_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const REPO_ROOT = resolve(PACKAGE_ROOT, '..', '..');
 export const OUTLINE = join(REPO_ROOT, 'examples', 'outline.yaml');
@@ -97,4 +99,14 @@ export async function closedPort() {
   const { port } = /** @type {import('node:net').AddressInfo} */ (srv.address());
   await new Promise((res) => srv.close(() => res(undefined)));
   return port;
+}
+
+/** A GatewayClient that counts its generate calls (to see the compiler's retries). */
+export class CountingClient extends GatewayClient {
+  calls = 0;
+  /** @param {any} req */
+  generate(req) {
+    this.calls++;
+    return super.generate(req);
+  }
 }
