@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What CI runs for the Node SDK: install from the lockfile, type-check the declarations, run the
+# What CI runs for the Node SDK: install from the lockfile, type-check the sources and the declarations, run the
 # test suite against `vra-gateway demo --serve`.
 #
 #   VRA_GATEWAY_BIN=path/to/vra-gateway VRA_REQUIRE_SDK=1 clients/node/ci.sh
@@ -19,8 +19,8 @@ npm ci --no-audit --no-fund --loglevel=error
 step "npm ci" "$t"
 
 t=$(now)
-npx --no-install tsc -p test/tsconfig.json
-step "tsc --noEmit (index.d.ts via test/types-check.ts)" "$t"
+npm run --silent typecheck
+step "tsc --noEmit (JSDoc of src/, index.d.ts via test/types-check.ts)" "$t"
 
 t=$(now)
 node --test test/*.test.js

@@ -214,6 +214,7 @@ export class ReportCompiler {
     const worker = async () => {
       while (next < sections.length) {
         const section = sections[next++];
+        /** @type {any[]} */
         const records = [];
         recordsBySection.set(section.id, records);
         let previous = '';
@@ -288,7 +289,8 @@ export class ReportCompiler {
 
   /**
    * One phase of one section, retried once unless the error is not retryable.
-   * @param {string} sectionId @param {string} sectionType @param {string} phase @param {string} prompt
+   * @param {string} sectionId @param {string} sectionType
+   * @param {import('../index.js').Phase} phase @param {string} prompt
    * @returns {Promise<{ok: true, text: string, record: any} | {ok: false, error: Error}>}
    */
   async #call(sectionId, sectionType, phase, prompt) {
@@ -306,7 +308,10 @@ export class ReportCompiler {
     return { ok: false, error };
   }
 
-  /** @param {string} sectionId @param {string} sectionType @param {string} phase @param {string} prompt */
+  /**
+   * @param {string} sectionId @param {string} sectionType
+   * @param {import('../index.js').Phase} phase @param {string} prompt
+   */
   async #once(sectionId, sectionType, phase, prompt) {
     const request = {
       reportId: this.reportId,

@@ -82,6 +82,7 @@ export function toWire(kind, name) {
  * where it means "no fallback" and becomes `"NONE"`.
  * @param {'tier'|'fallbackReason'} kind
  * @param {string|number|null|undefined} wire
+ * @returns {any} a Tier, a FallbackReason or null
  */
 function fromWire(kind, wire) {
   const prefix = WIRE_PREFIX[kind];
