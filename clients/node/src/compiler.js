@@ -143,6 +143,28 @@ export async function loadOutline(path) {
   return normaliseOutline(raw);
 }
 
+/** Wraps an exception thrown by a user callback, so that it is not taken for a failed call. */
+class CallbackFailure {
+  /** @param {unknown} error */
+  constructor(error) {
+    this.error = error;
+  }
+}
+
+/**
+ * Calls a user callback; what it throws ends the compilation (run() rejects with it).
+ * @template {any[]} A
+ * @param {((...args: A) => void) | undefined} fn @param {A} args
+ */
+function callback(fn, ...args) {
+  if (!fn) return;
+  try {
+    fn(...args);
+  } catch (e) {
+    throw new CallbackFailure(e);
+  }
+}
+
 /** @param {unknown} err */
 function retryable(err) {
   return !(err instanceof InvalidArgument || err instanceof Unauthenticated);
@@ -198,10 +220,19 @@ export class ReportCompiler {
 
   /**
    * Runs the compilation. Never rejects because of a failed call: failures are reported in
-   * `report.failures` and as placeholders in the Markdown.
+   * `report.failures` and as placeholders in the Markdown. It rejects only with what an
+   * `onDelta`/`onProgress` callback threw (that call is not retried).
    * @returns {Promise<import('../index.js').Report>}
    */
   async run() {
+    try {
+      return await this.#run();
+    } catch (e) {
+      throw e instanceof CallbackFailure ? e.error : e;
+    }
+  }
+
+  async #run() {
     const { sections } = this.outline;
     /** @type {Map<string, string>} refined text per section id */
     const refined = new Map();
@@ -301,6 +332,7 @@ export class ReportCompiler {
       try {
         return { ok: true, ...(await this.#once(sectionId, sectionType, phase, prompt)) };
       } catch (e) {
+        if (e instanceof CallbackFailure) throw e;
         error = e;
         if (!retryable(e)) break;
       }
@@ -327,7 +359,7 @@ export class ReportCompiler {
     let result;
     if (this.stream) {
       for await (const ev of this.client.generateStream(request)) {
-        if (ev.type === 'delta') this.onDelta?.(sectionId, phase, ev.text);
+        if (ev.type === 'delta') callback(this.onDelta, sectionId, phase, ev.text);
         else result = ev.result;
       }
     } else {
@@ -348,7 +380,7 @@ export class ReportCompiler {
       latencyMs: Math.round(performance.now() - started),
       streamed: this.stream,
     };
-    this.onProgress?.(record);
+    callback(this.onProgress, record);
     return { text: r.text, record };
   }
 

@@ -145,3 +145,11 @@ test('InvalidArgument and Unauthenticated are not retried; the failure is report
     assert.equal(report.records.length, 6);
   }
 });
+
+test('an exception thrown by onProgress ends the run with that exception, without a retry', async () => {
+  const client = fakeClient();
+  const boom = new Error('callback bug');
+  const run = new ReportCompiler(client, OUT, { concurrency: 1, onProgress: () => { throw boom; } }).run();
+  await assert.rejects(run, (e) => e === boom);
+  assert.equal(client.calls.length, 1);
+});
