@@ -165,6 +165,19 @@ function callback(fn, ...args) {
   }
 }
 
+/**
+ * A per-phase option key (any case) → the phase name.
+ * @param {string} option @param {string} key
+ * @returns {string}
+ */
+function phaseKey(option, key) {
+  try {
+    return /** @type {string} */ (normaliseEnum('phase', Phase, key));
+  } catch {
+    throw new TypeError(`${option}: unknown phase "${key}" (one of ${Object.keys(Phase).join(', ')})`);
+  }
+}
+
 /** @param {unknown} err */
 function retryable(err) {
   return !(err instanceof InvalidArgument || err instanceof Unauthenticated);
@@ -193,9 +206,9 @@ export class ReportCompiler {
     /** @type {Record<string,string>} */
     this.templates = { ...DEFAULT_TEMPLATES };
     for (const [k, v] of Object.entries(options.templates || {})) {
-      const phase = normaliseEnum('phase', Phase, k);
-      checkTemplate(/** @type {string} */ (phase), /** @type {string} */ (v));
-      this.templates[/** @type {string} */ (phase)] = /** @type {string} */ (v);
+      const phase = phaseKey('templates', k);
+      checkTemplate(phase, /** @type {string} */ (v));
+      this.templates[phase] = /** @type {string} */ (v);
     }
     this.systemPrompt = options.systemPrompt;
     /** @type {Record<string, number|undefined>} */
@@ -204,7 +217,7 @@ export class ReportCompiler {
       for (const p of Object.keys(Phase)) this.maxTokens[p] = options.maxTokens;
     } else if (options.maxTokens) {
       for (const [k, v] of Object.entries(options.maxTokens)) {
-        this.maxTokens[/** @type {string} */ (normaliseEnum('phase', Phase, k))] = v;
+        this.maxTokens[phaseKey('maxTokens', k)] = v;
       }
     }
     this.concurrency = options.concurrency ?? 2;

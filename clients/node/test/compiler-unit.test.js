@@ -74,6 +74,8 @@ test('normaliseOutline rejects bad outlines with the path of the problem', () =>
 test('templates: placeholders filled, {{ }} literal, unknown placeholders refused', () => {
   assert.equal(renderTemplate('{report_title}/{section_id} {{x}} {previous}', { report_title: 'R', section_id: '1', previous: 'p' }), 'R/1 {x} p');
   assert.throws(() => new ReportCompiler(fakeClient(), OUT, { templates: { DRAFT: 'Hi {nmae}' } }), /unknown placeholder \{nmae\}/);
+  assert.throws(() => new ReportCompiler(fakeClient(), OUT, { templates: { SUMMARY: 'x' } }), /templates: unknown phase "SUMMARY"/);
+  assert.throws(() => new ReportCompiler(fakeClient(), OUT, { maxTokens: { draftt: 3 } }), /maxTokens: unknown phase/);
 });
 
 test('default report id: a slug of the title plus 8 hex digits', () => {
