@@ -26,9 +26,13 @@ except ImportError:  # running from a checkout without `pip install ./clients/py
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("target", nargs="?", help="gateway host:port")
-    parser.add_argument("--outline", default=str(OUTLINE), help="outline YAML (default examples/outline.yaml)")
+    parser.add_argument(
+        "--outline", default=str(OUTLINE), help="outline YAML (default examples/outline.yaml)"
+    )
     parser.add_argument("--out", help="also write the Markdown report here")
     args = parser.parse_args()
 

@@ -9,6 +9,7 @@ from typing import Tuple
 REPO_ROOT = Path(__file__).resolve().parents[3]
 OUTLINE = REPO_ROOT / "examples" / "outline.yaml"
 
+
 def expected_route(section_type: str, phase: str) -> Tuple[str, str]:
     """The routing matrix with hybrid mode on (README, "Routing"): the (tier, rule) of a call."""
     if phase == "ABSTRACT":

@@ -26,6 +26,7 @@ LISTENING = re.compile(r"listening on (\S+)")
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 
+
 def gateway_binary() -> Path:
     return Path(os.environ.get("VRA_GATEWAY_BIN") or REPO_ROOT / "target" / "debug" / "vra-gateway")
 
@@ -68,10 +69,14 @@ class Gateway:
                 line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 self.kill()
-                raise RuntimeError(f"gateway printed no 'listening on' line in {START_TIMEOUT_S}s{self._tail()}")
+                raise RuntimeError(
+                    f"gateway printed no 'listening on' line in {START_TIMEOUT_S}s{self._tail()}"
+                ) from None
             if line is None:
                 self.proc.wait()
-                raise RuntimeError(f"gateway exited with {self.proc.returncode} before listening{self._tail()}")
+                raise RuntimeError(
+                    f"gateway exited with {self.proc.returncode} before listening{self._tail()}"
+                )
             match = LISTENING.search(line)
             if match:
                 self.address = match.group(1)
@@ -105,9 +110,7 @@ def gateway_bin() -> Path:
     binary = gateway_binary()
     if binary.is_file() and os.access(binary, os.X_OK):
         return binary
-    reason = (
-        f"vra-gateway binary not found at {binary} (build it with `cargo build`, or set VRA_GATEWAY_BIN)"
-    )
+    reason = f"vra-gateway binary not found at {binary} (build it with `cargo build`, or set VRA_GATEWAY_BIN)"
     if _require_sdk():
         pytest.fail(f"VRA_REQUIRE_SDK=1: {reason}", pytrace=False)
     pytest.skip(reason)
@@ -125,7 +128,9 @@ def _gateways(gateway_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     assert not bad, f"gateways did not exit 0 on SIGTERM: {bad}"
 
 
-def _starter(gateway_bin: Path, tmp_path_factory: pytest.TempPathFactory, registry: List[Gateway]) -> StartGateway:
+def _starter(
+    gateway_bin: Path, tmp_path_factory: pytest.TempPathFactory, registry: List[Gateway]
+) -> StartGateway:
     def start(*args: str, **env: str) -> Gateway:
         log = tmp_path_factory.mktemp("gateway") / "stderr.log"
         gw = Gateway(gateway_bin, args, env, log)
@@ -193,10 +198,21 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
     for ca in ("ca", "other-ca"):
         _openssl(
-            "req", "-x509", *ec, "-keyout", f"{ca}.key", "-out", f"{ca}.crt", "-days", "2",
-            "-subj", f"/CN=vra-sdk-tests {ca}",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "req",
+            "-x509",
+            *ec,
+            "-keyout",
+            f"{ca}.key",
+            "-out",
+            f"{ca}.crt",
+            "-days",
+            "2",
+            "-subj",
+            f"/CN=vra-sdk-tests {ca}",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
             cwd=d,
         )
     (d / "server.ext").write_text(
@@ -210,8 +226,21 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     for name, subj in (("server", "/CN=localhost"), ("client", "/CN=sdk-tests-mtls")):
         _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subj, cwd=d)
         _openssl(
-            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt",
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+            "-out",
+            f"{name}.crt",
             cwd=d,
         )
     return Pki(

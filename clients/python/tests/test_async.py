@@ -35,7 +35,10 @@ def test_async_rpcs(gateway, report_id: str) -> None:
             r = await c.generate(report_id, "1", Phase.DRAFT, "Draft.", section_type=SectionType.CONCLUSION)
             assert isinstance(r, Result) and r.text
             assert (r.route.tier, r.route.rule, r.route.fallback_reason) == (
-                Tier.PRIMARY, "draft-reasoning-primary", FallbackReason.NONE)
+                Tier.PRIMARY,
+                "draft-reasoning-primary",
+                FallbackReason.NONE,
+            )
 
             events = [e async for e in c.generate_stream(report_id, "1", Phase.EXPAND, "Expand.")]
             assert len(events) > 2 and all(isinstance(e, Delta) for e in events[:-1])
@@ -78,8 +81,9 @@ def test_compile_async_matches_the_matrix(gateway, report_id: str) -> None:
 
     async def main() -> Any:
         async with AsyncGatewayClient(gateway.address, timeout=10) as c:
-            return await ReportCompiler(c, OUTLINE, report_id=report_id, concurrency=3,
-                                        stream=True, on_delta=on_delta).compile_async()
+            return await ReportCompiler(
+                c, OUTLINE, report_id=report_id, concurrency=3, stream=True, on_delta=on_delta
+            ).compile_async()
 
     report = run(main())
     assert report.ok and len(report.records) == 16 and len(deltas) == 16

@@ -16,8 +16,14 @@ HEADER = ["section", "phase", "tier", "provider", "model", "rule", "fallback", "
 def cli(*args: str, env_extra: dict = {}) -> subprocess.CompletedProcess:  # noqa: B006 - read only
     env = {k: v for k, v in os.environ.items() if k not in ("VRA_TOKEN", "VRA_GATEWAY_TARGET")}
     env.update(env_extra)
-    return subprocess.run([sys.executable, "-m", "vra_gateway", *args], capture_output=True, text=True,
-                          timeout=60, env=env, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "vra_gateway", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def rows(stdout: str) -> List[List[str]]:
@@ -26,7 +32,9 @@ def rows(stdout: str) -> List[List[str]]:
 
 def test_compile_writes_the_report_and_prints_the_table(gateway, tmp_path: Path) -> None:
     out = tmp_path / "report.md"
-    p = cli("compile", str(OUTLINE), "--out", str(out), "--target", gateway.address, "--report-id", "cli-report-1")
+    p = cli(
+        "compile", str(OUTLINE), "--out", str(out), "--target", gateway.address, "--report-id", "cli-report-1"
+    )
     assert p.returncode == 0, p.stderr
     md = out.read_text()
     assert md.startswith("# Hybrid LLM Routing for Long Technical Reports\n\n## Abstract\n\n")
@@ -36,8 +44,27 @@ def test_compile_writes_the_report_and_prints_the_table(gateway, tmp_path: Path)
 
     table = rows(p.stdout)
     assert table[0] == HEADER
-    assert ["2", "Methodology", "DRAFT", "SECONDARY", "local", "llama3:8b", "draft-template-secondary", "-", "1"] in table
-    assert ["Abstract", "ABSTRACT", "PRIMARY", "openai", "gpt-4o", "abstract-always-primary", "-", "1"] in table
+    assert [
+        "2",
+        "Methodology",
+        "DRAFT",
+        "SECONDARY",
+        "local",
+        "llama3:8b",
+        "draft-template-secondary",
+        "-",
+        "1",
+    ] in table
+    assert [
+        "Abstract",
+        "ABSTRACT",
+        "PRIMARY",
+        "openai",
+        "gpt-4o",
+        "abstract-always-primary",
+        "-",
+        "1",
+    ] in table
     assert sum(1 for r in table if r[-1:] == ["1"]) == 16
     assert "report cli-report-1: cloud calls used 9/15" in p.stdout.splitlines()
     # Not a terminal: one plain progress line per call on stderr.
@@ -46,12 +73,31 @@ def test_compile_writes_the_report_and_prints_the_table(gateway, tmp_path: Path)
 
 
 def test_compile_streams_with_token_over_tls(start_gateway, pki, token, tmp_path: Path) -> None:
-    gw = start_gateway(VRA_CLIENTS_FILE=str(token.clients_file), VRA_TLS_CERT_FILE=str(pki.server_cert),
-                       VRA_TLS_KEY_FILE=str(pki.server_key), VRA_TLS_CLIENT_CA_FILE=str(pki.ca))
+    gw = start_gateway(
+        VRA_CLIENTS_FILE=str(token.clients_file),
+        VRA_TLS_CERT_FILE=str(pki.server_cert),
+        VRA_TLS_KEY_FILE=str(pki.server_key),
+        VRA_TLS_CLIENT_CA_FILE=str(pki.ca),
+    )
     out = tmp_path / "report.md"
-    p = cli("compile", str(OUTLINE), "--out", str(out), "--target", f"localhost:{gw.port}", "--stream",
-            "--tls-ca", str(pki.ca), "--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key),
-            "--concurrency", "3", env_extra={"VRA_TOKEN": token.value})
+    p = cli(
+        "compile",
+        str(OUTLINE),
+        "--out",
+        str(out),
+        "--target",
+        f"localhost:{gw.port}",
+        "--stream",
+        "--tls-ca",
+        str(pki.ca),
+        "--tls-cert",
+        str(pki.client_cert),
+        "--tls-key",
+        str(pki.client_key),
+        "--concurrency",
+        "3",
+        env_extra={"VRA_TOKEN": token.value},
+    )
     assert p.returncode == 0, p.stderr
     assert "ABSTRACT*" in p.stdout and "cloud calls used 9/15" in p.stdout
     assert out.read_text().count("\n## ") == 6
@@ -59,7 +105,9 @@ def test_compile_streams_with_token_over_tls(start_gateway, pki, token, tmp_path
 
 def test_a_failed_call_exits_1_and_still_writes_the_file(tmp_path: Path) -> None:
     out = tmp_path / "report.md"
-    p = cli("compile", str(OUTLINE), "--out", str(out), "--target", f"127.0.0.1:{closed_port()}", "--timeout", "5")
+    p = cli(
+        "compile", str(OUTLINE), "--out", str(out), "--target", f"127.0.0.1:{closed_port()}", "--timeout", "5"
+    )
     assert p.returncode == 1
     assert out.read_text().count("> **[Not compiled]**") == 6
     assert "FAILED" in p.stdout and "failed: 1 Introduction DRAFT: UNAVAILABLE" in p.stdout
@@ -81,8 +129,18 @@ def test_bad_arguments_and_outlines_exit_2(tmp_path: Path) -> None:
 
 def test_the_example_script(gateway, tmp_path: Path) -> None:
     out = tmp_path / "example.md"
-    p = subprocess.run([sys.executable, str(REPO_ROOT / "examples" / "python" / "compile_report.py"),
-                        gateway.address, "--out", str(out)], capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "examples" / "python" / "compile_report.py"),
+            gateway.address,
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     assert rows(p.stdout)[0] == HEADER and "cloud calls used 9/15" in p.stdout
     assert out.read_text().startswith("# Hybrid LLM Routing for Long Technical Reports")
@@ -94,12 +152,28 @@ def test_progress_is_a_bar_on_a_terminal() -> None:
     from vra_gateway import CallRecord, Failure, FallbackReason, Phase, Tier, Unavailable
     from vra_gateway.cli import Progress
 
-    record = CallRecord(section_id="1", section_title="Intro", phase=Phase.DRAFT, tier=Tier.PRIMARY,
-                        provider="openai", model="gpt-4o", rule="draft-reasoning-primary",
-                        fallback_reason=FallbackReason.NONE, attempts=1, input_tokens=1, output_tokens=2,
-                        latency_ms=3.0, streamed=False)
-    failure = Failure(section_id="2", section_title="Method", phase=Phase.EXPAND,
-                      error=Unavailable("UNAVAILABLE", "down"), tries=2)
+    record = CallRecord(
+        section_id="1",
+        section_title="Intro",
+        phase=Phase.DRAFT,
+        tier=Tier.PRIMARY,
+        provider="openai",
+        model="gpt-4o",
+        rule="draft-reasoning-primary",
+        fallback_reason=FallbackReason.NONE,
+        attempts=1,
+        input_tokens=1,
+        output_tokens=2,
+        latency_ms=3.0,
+        streamed=False,
+    )
+    failure = Failure(
+        section_id="2",
+        section_title="Method",
+        phase=Phase.EXPAND,
+        error=Unavailable("UNAVAILABLE", "down"),
+        tries=2,
+    )
     tty = io.StringIO()
     bar = Progress(total=4, stream=tty, tty=True)
     bar(record)

@@ -26,10 +26,24 @@ def client(gateway):
 
 
 def test_generate_returns_a_typed_result(client: GatewayClient, report_id: str) -> None:
-    r = client.generate(report_id, "1", Phase.DRAFT, "Draft the introduction.", section_type=SectionType.INTRODUCTION,
-                        system_prompt="Be brief.", max_tokens=200, temperature=0.2, stop=["END"])
+    r = client.generate(
+        report_id,
+        "1",
+        Phase.DRAFT,
+        "Draft the introduction.",
+        section_type=SectionType.INTRODUCTION,
+        system_prompt="Be brief.",
+        max_tokens=200,
+        temperature=0.2,
+        stop=["END"],
+    )
     assert isinstance(r, Result) and r.text.strip()
-    assert (r.route.tier, r.route.provider, r.route.model, r.route.cloud) == (Tier.PRIMARY, "openai", "gpt-4o", True)
+    assert (r.route.tier, r.route.provider, r.route.model, r.route.cloud) == (
+        Tier.PRIMARY,
+        "openai",
+        "gpt-4o",
+        True,
+    )
     assert (r.route.rule, r.route.fallback_reason) == ("draft-reasoning-primary", FallbackReason.NONE)
     assert r.usage.output_tokens > 0 and r.attempts == 1 and r.finish_reason
     assert (r.budget.cloud_calls_used, r.budget.cloud_calls_limit, r.budget.exhausted) == (1, 15, False)
@@ -43,8 +57,11 @@ def test_phase_and_section_type_accept_names_in_any_case(client: GatewayClient, 
 
 
 def test_generate_stream_yields_deltas_then_one_result(client: GatewayClient, report_id: str) -> None:
-    events = list(client.generate_stream(report_id, "3", Phase.EXPAND, "Expand the analysis.",
-                                         section_type=SectionType.ANALYSIS))
+    events = list(
+        client.generate_stream(
+            report_id, "3", Phase.EXPAND, "Expand the analysis.", section_type=SectionType.ANALYSIS
+        )
+    )
     deltas, final = events[:-1], events[-1]
     assert len(deltas) > 1 and all(isinstance(e, Delta) and e.text for e in deltas)
     assert isinstance(final, Result)
@@ -63,7 +80,11 @@ def test_breaking_off_a_stream_is_clean(client: GatewayClient, report_id: str) -
 
 def test_resolve_route_is_a_dry_run(client: GatewayClient, report_id: str) -> None:
     d = client.resolve_route(report_id, Phase.ABSTRACT, SectionType.OTHER)
-    assert (d.route.tier, d.route.rule, d.route.provider) == (Tier.PRIMARY, "abstract-always-primary", "openai")
+    assert (d.route.tier, d.route.rule, d.route.provider) == (
+        Tier.PRIMARY,
+        "abstract-always-primary",
+        "openai",
+    )
     assert d.budget.cloud_calls_used == 0 and d.client_quota is None
     d = client.resolve_route(report_id, Phase.DRAFT, SectionType.IMPLEMENTATION)
     assert (d.route.tier, d.route.rule) == (Tier.SECONDARY, "draft-template-secondary")
@@ -72,7 +93,12 @@ def test_resolve_route_is_a_dry_run(client: GatewayClient, report_id: str) -> No
 
 def test_report_usage_counts_calls(client: GatewayClient, report_id: str) -> None:
     empty = client.report_usage(report_id)
-    assert (empty.report_id, empty.primary_calls, empty.secondary_calls, empty.budget.cloud_calls_used) == (report_id, 0, 0, 0)
+    assert (empty.report_id, empty.primary_calls, empty.secondary_calls, empty.budget.cloud_calls_used) == (
+        report_id,
+        0,
+        0,
+        0,
+    )
     client.generate(report_id, "1", Phase.REFINE, "Refine.")
     client.generate(report_id, "1", Phase.EXPAND, "Expand.")
     u = client.report_usage(report_id)
@@ -92,7 +118,9 @@ def test_report_usage_counts_calls(client: GatewayClient, report_id: str) -> Non
         ({"temperature": 5.0}, "options.temperature"),
     ],
 )
-def test_invalid_argument_names_the_field(client: GatewayClient, report_id: str, kwargs: dict, field: str) -> None:
+def test_invalid_argument_names_the_field(
+    client: GatewayClient, report_id: str, kwargs: dict, field: str
+) -> None:
     call = {"report_id": report_id, "section_id": "1", "phase": Phase.DRAFT, "prompt": "p", **kwargs}
     with pytest.raises(InvalidArgument) as info:
         client.generate(**call)

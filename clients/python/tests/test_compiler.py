@@ -37,15 +37,25 @@ def test_outline_compiles_by_the_hybrid_matrix(gateway, report_id: str) -> None:
 
     assert report.failures == [] and report.ok
     assert len(report.records) == 16 and len(progress) == 16
-    expected = {(sid, phase): expected_route(stype, phase) for sid, stype in SECTION_TYPES.items()
-                for phase in ("DRAFT", "EXPAND", "REFINE")}
+    expected = {
+        (sid, phase): expected_route(stype, phase)
+        for sid, stype in SECTION_TYPES.items()
+        for phase in ("DRAFT", "EXPAND", "REFINE")
+    }
     expected[("abstract", "ABSTRACT")] = ("PRIMARY", "abstract-always-primary")
     assert _routes(report.records) == expected
     # Records come back in outline and phase order, the abstract last.
     assert [(r.section_id, r.phase.name) for r in report.records][:4] == [
-        ("1", "DRAFT"), ("1", "EXPAND"), ("1", "REFINE"), ("2", "DRAFT")]
+        ("1", "DRAFT"),
+        ("1", "EXPAND"),
+        ("1", "REFINE"),
+        ("2", "DRAFT"),
+    ]
     assert report.records[-1].phase is Phase.ABSTRACT
-    assert all(r.fallback_reason is FallbackReason.NONE and r.attempts == 1 and not r.streamed for r in report.records)
+    assert all(
+        r.fallback_reason is FallbackReason.NONE and r.attempts == 1 and not r.streamed
+        for r in report.records
+    )
     assert all(r.output_tokens > 0 and r.latency_ms >= 0 for r in report.records)
 
     assert report.usage is not None and report.usage.report_id == report_id
@@ -56,16 +66,49 @@ def test_outline_compiles_by_the_hybrid_matrix(gateway, report_id: str) -> None:
 
     md = report.markdown
     headings = [line for line in md.splitlines() if line.startswith("#")]
-    assert headings == ["# Hybrid LLM Routing for Long Technical Reports", "## Abstract", "## Introduction",
-                        "## Methodology", "## Analysis", "## Implementation", "## Conclusion"]
+    assert headings == [
+        "# Hybrid LLM Routing for Long Technical Reports",
+        "## Abstract",
+        "## Introduction",
+        "## Methodology",
+        "## Analysis",
+        "## Implementation",
+        "## Conclusion",
+    ]
     assert "Not compiled" not in md
 
     table = report.routing_table().splitlines()
-    assert table[0].split() == ["section", "phase", "tier", "provider", "model", "rule", "fallback", "attempts"]
-    assert table[2].split() == ["1", "Introduction", "DRAFT", "PRIMARY", "openai", "gpt-4o",
-                                "draft-reasoning-primary", "-", "1"]
-    assert table[-1].split() == ["Abstract", "ABSTRACT", "PRIMARY", "openai", "gpt-4o",
-                                 "abstract-always-primary", "-", "1"]
+    assert table[0].split() == [
+        "section",
+        "phase",
+        "tier",
+        "provider",
+        "model",
+        "rule",
+        "fallback",
+        "attempts",
+    ]
+    assert table[2].split() == [
+        "1",
+        "Introduction",
+        "DRAFT",
+        "PRIMARY",
+        "openai",
+        "gpt-4o",
+        "draft-reasoning-primary",
+        "-",
+        "1",
+    ]
+    assert table[-1].split() == [
+        "Abstract",
+        "ABSTRACT",
+        "PRIMARY",
+        "openai",
+        "gpt-4o",
+        "abstract-always-primary",
+        "-",
+        "1",
+    ]
 
 
 def test_each_phase_is_fed_the_previous_phase_and_the_abstract_every_section(gateway, report_id: str) -> None:
@@ -77,10 +120,16 @@ def test_each_phase_is_fed_the_previous_phase_and_the_abstract_every_section(gat
             prompts.append((section_id, phase, prompt))
             return result
 
-    templates = {"draft": "D[{section_title}|{brief}]", "expand": "E[{previous}]", "refine": "R[{previous}]",
-                 "abstract": "A[{report_title}]{sections}"}
+    templates = {
+        "draft": "D[{section_title}|{brief}]",
+        "expand": "E[{previous}]",
+        "refine": "R[{previous}]",
+        "abstract": "A[{report_title}]{sections}",
+    }
     with Recording(gateway.address, timeout=10) as client:
-        report = ReportCompiler(client, OUTLINE, report_id=report_id, templates=templates, concurrency=3).compile()
+        report = ReportCompiler(
+            client, OUTLINE, report_id=report_id, templates=templates, concurrency=3
+        ).compile()
     assert report.ok
     by = {(s, p.name): text for s, p, text in prompts}
     outline = Outline.load(OUTLINE)
@@ -103,7 +152,11 @@ def test_cost_limit_once_the_budget_is_spent(start_gateway, report_id: str) -> N
         cost_limited = [r for r in report.records if r.fallback_reason is FallbackReason.COST_LIMIT]
         assert len(cost_limited) == 7  # every later primary-routed call, the abstract too
         assert all(r.tier is Tier.SECONDARY and r.provider == "local" and not r.cloud for r in cost_limited)
-        assert {r.rule for r in cost_limited} == {"draft-reasoning-primary", "refine-primary", "abstract-always-primary"}
+        assert {r.rule for r in cost_limited} == {
+            "draft-reasoning-primary",
+            "refine-primary",
+            "abstract-always-primary",
+        }
         assert report.usage is not None
         b = report.usage.budget
         assert (b.cloud_calls_used, b.cloud_calls_limit, b.exhausted) == (2, 2, True)
@@ -124,7 +177,11 @@ def test_primary_error_falls_back_and_is_recorded(start_gateway, report_id: str)
     assert [(r.section_id, r.phase.name) for r in fell_back] == [("3", "REFINE")]
     r = fell_back[0]
     assert (r.tier, r.fallback_reason, r.rule, r.provider) == (
-        Tier.SECONDARY, FallbackReason.PRIMARY_ERROR, "refine-primary", "local")
+        Tier.SECONDARY,
+        FallbackReason.PRIMARY_ERROR,
+        "refine-primary",
+        "local",
+    )
     assert r.attempts > 1  # the failed primary requests count too
     assert "PRIMARY_ERROR" in report.routing_table()
     assert report.usage is not None and report.usage.fallbacks == 1
@@ -134,7 +191,10 @@ def test_stream_passes_every_delta_to_on_delta(gateway, report_id: str) -> None:
     deltas: Dict[Tuple[str, Phase], List[str]] = defaultdict(list)
     with GatewayClient(gateway.address, timeout=10) as client:
         report = ReportCompiler(
-            client, OUTLINE, report_id=report_id, stream=True,
+            client,
+            OUTLINE,
+            report_id=report_id,
+            stream=True,
             on_delta=lambda sid, phase, text: deltas[(sid, phase)].append(text),
         ).compile()
     assert report.ok and len(report.records) == 16 and all(r.streamed for r in report.records)
@@ -184,7 +244,9 @@ def test_a_call_failing_twice_is_reported_with_a_placeholder(gateway, report_id:
     assert isinstance(f.error, Unavailable) and f.error.message == "every provider failed"
     assert len(report.records) == 15  # every other call, the abstract too
     section = report.markdown.split("## Analysis\n\n", 1)[1].split("\n\n## ", 1)[0]
-    assert section.startswith("> **[Not compiled]** the REFINE call failed (2 times): UNAVAILABLE: every provider failed")
+    assert section.startswith(
+        "> **[Not compiled]** the REFINE call failed (2 times): UNAVAILABLE: every provider failed"
+    )
     assert "FAILED" in report.routing_table()
 
 
@@ -192,9 +254,16 @@ def test_invalid_argument_is_not_retried(gateway) -> None:
     with GatewayClient(gateway.address, timeout=10) as client:
         report = ReportCompiler(client, OUTLINE, report_id="bad|report").compile()
     assert report.records == [] and len(report.failures) == 6  # each section's DRAFT, and the abstract
-    assert all(isinstance(f.error, InvalidArgument) and f.error.field == "report_id" and f.tries == 1
-               for f in report.failures)
-    assert report.markdown.count("> **[Not compiled]** the DRAFT call failed (once): INVALID_ARGUMENT: report_id") == 5
+    assert all(
+        isinstance(f.error, InvalidArgument) and f.error.field == "report_id" and f.tries == 1
+        for f in report.failures
+    )
+    assert (
+        report.markdown.count(
+            "> **[Not compiled]** the DRAFT call failed (once): INVALID_ARGUMENT: report_id"
+        )
+        == 5
+    )
 
 
 def test_an_unreachable_gateway_fails_every_section_visibly() -> None:
@@ -203,12 +272,19 @@ def test_an_unreachable_gateway_fails_every_section_visibly() -> None:
         report = ReportCompiler(client, OUTLINE, on_progress=events.append, retry_delay=0).compile()
     assert report.records == [] and not report.ok
     assert [(f.section_id, f.phase.name, f.tries) for f in report.failures] == [
-        ("1", "DRAFT", 2), ("2", "DRAFT", 2), ("3", "DRAFT", 2), ("4", "DRAFT", 2), ("5", "DRAFT", 2),
-        ("abstract", "ABSTRACT", 2)]
+        ("1", "DRAFT", 2),
+        ("2", "DRAFT", 2),
+        ("3", "DRAFT", 2),
+        ("4", "DRAFT", 2),
+        ("5", "DRAFT", 2),
+        ("abstract", "ABSTRACT", 2),
+    ]
     assert all(isinstance(e, Failure) for e in events) and len(events) == 6
     assert report.usage is None and isinstance(report.usage_error, Unavailable)
     assert report.markdown.count("> **[Not compiled]**") == 6
-    assert report.markdown.startswith("# Hybrid LLM Routing for Long Technical Reports\n\n## Abstract\n\n> **[Not compiled]**")
+    assert report.markdown.startswith(
+        "# Hybrid LLM Routing for Long Technical Reports\n\n## Abstract\n\n> **[Not compiled]**"
+    )
 
 
 def test_report_id_defaults_to_a_slug_of_the_title() -> None:
@@ -216,8 +292,13 @@ def test_report_id_defaults_to_a_slug_of_the_title() -> None:
     prefix, _, suffix = compiler.report_id.rpartition("-")
     assert prefix == "hybrid-llm-routing-for-long-technical-reports" and len(suffix) == 8
     int(suffix, 16)
-    assert ReportCompiler(object(), {"title": "T", "report_id": "fixed", "sections": [
-        {"id": 1, "title": "A", "type": "other"}]}).report_id == "fixed"
+    assert (
+        ReportCompiler(
+            object(),
+            {"title": "T", "report_id": "fixed", "sections": [{"id": 1, "title": "A", "type": "other"}]},
+        ).report_id
+        == "fixed"
+    )
     assert ReportCompiler(object(), OUTLINE, report_id="mine").report_id == "mine"
 
 
@@ -227,8 +308,16 @@ def test_report_id_defaults_to_a_slug_of_the_title() -> None:
         ({"sections": [{"id": "1", "title": "A", "type": "OTHER"}]}, "title"),
         ({"title": "T", "sections": []}, "sections"),
         ({"title": "T", "sections": [{"id": "1", "title": "A", "type": "CHAPTER"}]}, "sections[0].type"),
-        ({"title": "T", "sections": [{"id": "1", "title": "A", "type": "OTHER"},
-                                     {"id": "1", "title": "B", "type": "OTHER"}]}, "sections[1].id"),
+        (
+            {
+                "title": "T",
+                "sections": [
+                    {"id": "1", "title": "A", "type": "OTHER"},
+                    {"id": "1", "title": "B", "type": "OTHER"},
+                ],
+            },
+            "sections[1].id",
+        ),
         ({"title": "T", "sections": [{"title": "A", "type": "OTHER"}]}, "sections[0].id"),
     ],
 )

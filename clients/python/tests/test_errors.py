@@ -41,17 +41,27 @@ class FakeRpcError(grpc.RpcError):
 
 
 def test_budget_exhausted_from_the_report_budget_trailer() -> None:
-    err = from_rpc_error(FakeRpcError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED, "cloud budget of report r1 is spent", [("vra-error", "resource_exhausted")]
-    ))
+    err = from_rpc_error(
+        FakeRpcError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "cloud budget of report r1 is spent",
+            [("vra-error", "resource_exhausted")],
+        )
+    )
     assert type(err) is BudgetExhausted and isinstance(err, ResourceExhausted)
-    assert (err.code, err.message, err.kind) == ("RESOURCE_EXHAUSTED", "cloud budget of report r1 is spent", "resource_exhausted")
+    assert (err.code, err.message, err.kind) == (
+        "RESOURCE_EXHAUSTED",
+        "cloud budget of report r1 is spent",
+        "resource_exhausted",
+    )
 
 
 def test_budget_exhausted_from_the_client_day_quota_trailer() -> None:
-    err = from_rpc_error(FakeRpcError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED, "day quota spent", [("vra-error", "client_quota_exhausted")]
-    ))
+    err = from_rpc_error(
+        FakeRpcError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED, "day quota spent", [("vra-error", "client_quota_exhausted")]
+        )
+    )
     assert type(err) is BudgetExhausted
 
 
@@ -63,17 +73,24 @@ def test_other_resource_exhausted_is_overloaded(trailers: Sequence[Tuple[str, st
 
 
 def test_invalid_argument_field_from_the_trailer_wins() -> None:
-    err = from_rpc_error(FakeRpcError(
-        grpc.StatusCode.INVALID_ARGUMENT, "report_id: must not be empty",
-        [("vra-error", "invalid_argument"), ("vra-error-field", "options.max_tokens")],
-    ))
-    assert type(err) is InvalidArgument and err.field == "options.max_tokens"
+    err = from_rpc_error(
+        FakeRpcError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "report_id: must not be empty",
+            [("vra-error", "invalid_argument"), ("vra-error-field", "options.max_tokens")],
+        )
+    )
+    assert isinstance(err, InvalidArgument) and type(err) is InvalidArgument
+    assert err.field == "options.max_tokens"
 
 
 def test_invalid_argument_field_falls_back_to_the_message_prefix() -> None:
-    err = from_rpc_error(FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "options.temperature: must be between 0 and 2"))
-    assert type(err) is InvalidArgument and err.field == "options.temperature"
-    assert from_rpc_error(FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "something odd")).field is None
+    err = from_rpc_error(
+        FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "options.temperature: must be between 0 and 2")
+    )
+    assert isinstance(err, InvalidArgument) and err.field == "options.temperature"
+    other = from_rpc_error(FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "something odd"))
+    assert isinstance(other, InvalidArgument) and other.field is None
 
 
 @pytest.mark.parametrize(

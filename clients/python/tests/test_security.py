@@ -20,7 +20,9 @@ def test_a_good_token_works(auth_gateway, token, report_id: str) -> None:
         assert c.report_usage(report_id).primary_calls == 1
 
 
-def test_the_token_defaults_to_vra_token(auth_gateway, token, report_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_token_defaults_to_vra_token(
+    auth_gateway, token, report_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("VRA_TOKEN", token.value)
     with GatewayClient(auth_gateway.address, timeout=10) as c:
         assert c.resolve_route(report_id, Phase.EXPAND).route.rule == "expand-secondary"

@@ -5,7 +5,7 @@ Shared by the sync and the async client so both build identical requests.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, TypeVar, Union
+from typing import Optional, Sequence, TypeVar, Union, cast
 
 from ._pb import gateway_pb2 as pb
 from .types import (
@@ -25,16 +25,20 @@ from .types import (
 _Req = TypeVar("_Req", pb.GenerateRequest, pb.GenerateStreamRequest)
 
 
-def phase_to_pb(phase: Union[Phase, str]) -> int:
+def phase_to_pb(phase: Union[Phase, str]) -> "pb.CompilationPhase":
     """``Phase.DRAFT`` (or ``"draft"``) → ``COMPILATION_PHASE_DRAFT``."""
-    return int(pb.CompilationPhase.Value("COMPILATION_PHASE_" + Phase.parse(phase).name))
+    return cast(
+        "pb.CompilationPhase", pb.CompilationPhase.Value("COMPILATION_PHASE_" + Phase.parse(phase).name)
+    )
 
 
-def section_type_to_pb(section_type: Union[SectionType, str, None]) -> int:
+def section_type_to_pb(section_type: Union[SectionType, str, None]) -> "pb.SectionType":
     """``SectionType.METHODOLOGY`` (or ``"methodology"``) → ``SECTION_TYPE_METHODOLOGY``; ``None`` → unset."""
     if section_type is None:
-        return int(pb.SECTION_TYPE_UNSPECIFIED)
-    return int(pb.SectionType.Value("SECTION_TYPE_" + SectionType.parse(section_type).name))
+        return pb.SECTION_TYPE_UNSPECIFIED
+    return cast(
+        "pb.SectionType", pb.SectionType.Value("SECTION_TYPE_" + SectionType.parse(section_type).name)
+    )
 
 
 def generate_request(

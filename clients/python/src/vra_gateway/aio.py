@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import AsyncIterator, List, Optional, Sequence, Tuple, Union
+from typing import AsyncGenerator, List, Optional, Sequence, Tuple, Union
 
 import grpc
 import grpc.aio
@@ -49,7 +49,7 @@ class AsyncGatewayClient:
             )
         else:
             self._channel = grpc.aio.insecure_channel(self._config.target, options=self._config.options)
-        self._stub = pb_grpc.GatewayServiceStub(self._channel)
+        self._stub = pb_grpc.GatewayServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     @property
     def target(self) -> str:
@@ -117,7 +117,7 @@ class AsyncGatewayClient:
         temperature: Optional[float] = None,
         stop: Optional[Sequence[str]] = None,
         timeout: Optional[float] = None,
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncGenerator[StreamEvent, None]:
         """An async iterator of :class:`~vra_gateway.Delta` events, then one
         :class:`~vra_gateway.Result` (its ``text`` is every delta concatenated)::
 

@@ -16,7 +16,15 @@ from typing import List, Optional, Sequence, TextIO
 
 from ._channel import DEFAULT_TIMEOUT, TLS
 from .client import GatewayClient
-from .compiler import CallRecord, Outline, OutlineError, ProgressEvent, ReportCompiler, _section_label
+from .compiler import (
+    CallRecord,
+    Outline,
+    OutlineError,
+    ProgressEvent,
+    ReportCompiler,
+    _one_line,
+    _section_label,
+)
 from .errors import Unavailable
 
 __all__ = ["main"]
@@ -41,10 +49,13 @@ class Progress:
         self.done += 1
         label = f"{_section_label(event.section_id, event.section_title)} {event.phase.name}"
         if isinstance(event, CallRecord):
-            fallback = "" if event.fallback_reason.name == "NONE" else f" fallback={event.fallback_reason.name}"
-            detail = f"{event.tier.name} {event.provider}/{event.model} {event.rule}{fallback} {event.latency_ms:.0f} ms"
+            fallback = (
+                "" if event.fallback_reason.name == "NONE" else f" fallback={event.fallback_reason.name}"
+            )
+            served = f"{event.tier.name} {event.provider}/{event.model}"
+            detail = f"{served} {event.rule}{fallback} {event.latency_ms:.0f} ms"
         else:
-            detail = f"FAILED after {event.tries} tries: {' '.join(str(event.error).split())}"
+            detail = f"FAILED after {event.tries} tries: {_one_line(str(event.error))}"
         if self.tty:
             filled = self.WIDTH * min(self.done, self.total) // max(self.total, 1)
             bar = "#" * filled + "-" * (self.WIDTH - filled)
@@ -83,17 +94,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument("outline", help="the outline YAML file, e.g. examples/outline.yaml")
     c.add_argument("--out", required=True, metavar="FILE", help="where to write the Markdown report")
-    c.add_argument("--target", metavar="ADDR", help="gateway host:port (default $VRA_GATEWAY_TARGET, else 127.0.0.1:50051)")
+    c.add_argument(
+        "--target",
+        metavar="ADDR",
+        help="gateway host:port (default $VRA_GATEWAY_TARGET, else 127.0.0.1:50051)",
+    )
     c.add_argument("--token", metavar="T", help="bearer token (default $VRA_TOKEN)")
     c.add_argument("--tls-ca", metavar="FILE", help="PEM root CA of the gateway's certificate; enables TLS")
     c.add_argument("--tls-cert", metavar="FILE", help="client certificate (PEM) for mTLS; needs --tls-key")
     c.add_argument("--tls-key", metavar="FILE", help="client private key (PEM) for mTLS; needs --tls-cert")
-    c.add_argument("--tls-server-name", metavar="NAME", help="name to verify the gateway's certificate against")
-    c.add_argument("--report-id", metavar="ID", help="report id (default: the outline's, else a slug of the title)")
-    c.add_argument("--concurrency", type=int, default=2, metavar="N", help="sections compiled in parallel (default 2)")
+    c.add_argument(
+        "--tls-server-name", metavar="NAME", help="name to verify the gateway's certificate against"
+    )
+    c.add_argument(
+        "--report-id", metavar="ID", help="report id (default: the outline's, else a slug of the title)"
+    )
+    c.add_argument(
+        "--concurrency", type=int, default=2, metavar="N", help="sections compiled in parallel (default 2)"
+    )
     c.add_argument("--stream", action="store_true", help="use streaming calls")
     c.add_argument(
-        "--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS", help="deadline of each call (default 120)"
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="deadline of each call (default 120)",
     )
     return parser
 
@@ -158,12 +183,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     lines: List[str] = [report.routing_table(), ""]
     lines += [
-        f"failed: {_section_label(f.section_id, f.section_title)} {f.phase.name}: {' '.join(str(f.error).split())}"
+        f"failed: {_section_label(f.section_id, f.section_title)} {f.phase.name}: {_one_line(str(f.error))}"
         for f in report.failures
     ]
     lines.append(report.budget_line())
     print("\n".join(lines))
-    if not report.records and report.failures and all(isinstance(f.error, Unavailable) for f in report.failures):
+    if (
+        not report.records
+        and report.failures
+        and all(isinstance(f.error, Unavailable) for f in report.failures)
+    ):
         print(f"error: could not reach the gateway at {client.target}", file=sys.stderr)
     print(f"wrote {out} ({len(report.markdown.encode('utf-8'))} bytes)", file=sys.stderr)
     return EXIT_OK if report.ok else EXIT_FAILED

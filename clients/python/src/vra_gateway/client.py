@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence, Tuple, Union
+from typing import Generator, List, Optional, Sequence, Tuple, Union
 
 import grpc
 
@@ -57,7 +57,7 @@ class GatewayClient:
             )
         else:
             self._channel = grpc.insecure_channel(self._config.target, options=self._config.options)
-        self._stub = pb_grpc.GatewayServiceStub(self._channel)
+        self._stub = pb_grpc.GatewayServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     @property
     def target(self) -> str:
@@ -142,7 +142,7 @@ class GatewayClient:
         temperature: Optional[float] = None,
         stop: Optional[Sequence[str]] = None,
         timeout: Optional[float] = None,
-    ) -> Iterator[StreamEvent]:
+    ) -> Generator[StreamEvent, None, None]:
         """Like :meth:`generate`, but yields the text as it is produced.
 
         Yields :class:`~vra_gateway.Delta` events (non-empty text pieces), then exactly one
@@ -175,9 +175,11 @@ class GatewayClient:
         deadline = self._config.deadline(timeout)
         return self._stream(request, deadline)
 
-    def _stream(self, request: pb.GenerateStreamRequest, deadline: Optional[float]) -> Iterator[StreamEvent]:
+    def _stream(
+        self, request: pb.GenerateStreamRequest, deadline: Optional[float]
+    ) -> Generator[StreamEvent, None, None]:
         call = self._stub.GenerateStream(request, timeout=deadline, metadata=self._config.metadata())
-        pieces = []
+        pieces: List[str] = []
         try:
             for message in call:
                 if message.HasField("done"):

@@ -193,8 +193,11 @@ class Outline:
             stitle = raw.get("title")
             if not isinstance(stitle, str) or not stitle.strip():
                 raise OutlineError(f"{where}.title: must be a non-empty string")
+            raw_type = raw.get("type")
+            if not isinstance(raw_type, str):
+                raise OutlineError(f"{where}.type: must be a section type name, e.g. INTRODUCTION")
             try:
-                stype = SectionType.parse(raw.get("type"))
+                stype = SectionType.parse(raw_type)
             except ValueError as e:
                 raise OutlineError(f"{where}.type: {e}") from None
             brief = raw.get("brief", "") or ""
@@ -307,7 +310,16 @@ class Report:
             for r in self.records
         ]
         rows += [
-            (_section_label(f.section_id, f.section_title), f.phase.name, "FAILED", "-", "-", "-", f.error.code, "-")
+            (
+                _section_label(f.section_id, f.section_title),
+                f.phase.name,
+                "FAILED",
+                "-",
+                "-",
+                "-",
+                f.error.code,
+                "-",
+            )
             for f in self.failures
         ]
         widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
@@ -396,9 +408,9 @@ class ReportCompiler:
         outline: Union[Outline, Mapping[str, Any], str, "os.PathLike[str]"],
         *,
         report_id: Optional[str] = None,
-        templates: Optional[Mapping[Union[Phase, str], str]] = None,
+        templates: Union[Mapping[Phase, str], Mapping[str, str], None] = None,
         system_prompt: Optional[str] = None,
-        max_tokens: Union[int, Mapping[Union[Phase, str], int], None] = None,
+        max_tokens: Union[int, Mapping[Phase, int], Mapping[str, int], None] = None,
         concurrency: int = 2,
         stream: bool = False,
         on_delta: Optional[Callable[[str, Phase, str], None]] = None,
@@ -471,7 +483,9 @@ class ReportCompiler:
             "max_tokens": self.max_tokens[phase],
         }
 
-    def _succeeded(self, section: Optional[Section], phase: Phase, result: Result, started: float, retries: int) -> None:
+    def _succeeded(
+        self, section: Optional[Section], phase: Phase, result: Result, started: float, retries: int
+    ) -> None:
         r = result.route
         record = CallRecord(
             section_id=section.id if section else ABSTRACT_SECTION_ID,
@@ -574,7 +588,9 @@ class ReportCompiler:
         self._reset()
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="vra-compile") as pool:
             outcomes = list(pool.map(self._section_sync, self.outline.sections))
-        abstract = self._phase_sync(None, Phase.ABSTRACT, self._prompt(None, Phase.ABSTRACT, "", self._abstract_input(outcomes)))
+        abstract = self._phase_sync(
+            None, Phase.ABSTRACT, self._prompt(None, Phase.ABSTRACT, "", self._abstract_input(outcomes))
+        )
         usage: Optional[ReportUsage] = None
         usage_error: Optional[GatewayError] = None
         try:
@@ -676,4 +692,3 @@ class ReportCompiler:
             else:
                 return event  # type: ignore[no-any-return]
         raise GatewayError("DATA_LOSS", "the stream ended without its final message")
-
