@@ -287,6 +287,36 @@ def test_an_unreachable_gateway_fails_every_section_visibly() -> None:
     )
 
 
+def test_a_gateway_that_dies_mid_report(start_gateway, report_id: str) -> None:
+    gw = start_gateway()
+    stopped: List[int] = []
+
+    def on_progress(event: Any) -> None:
+        if isinstance(event, CallRecord) and event.section_id == "1" and event.phase is Phase.REFINE:
+            stopped.append(gw.stop())  # SIGTERM after section 1; the gateway drains and exits
+
+    with GatewayClient(gw.address, timeout=10) as client:
+        report = ReportCompiler(
+            client, OUTLINE, report_id=report_id, concurrency=1, on_progress=on_progress, retry_delay=0
+        ).compile()
+    assert stopped == [0]
+    assert [(r.section_id, r.phase.name) for r in report.records] == [
+        ("1", "DRAFT"),
+        ("1", "EXPAND"),
+        ("1", "REFINE"),
+    ]
+    assert [(f.section_id, f.phase.name, f.tries) for f in report.failures] == [
+        ("2", "DRAFT", 2),
+        ("3", "DRAFT", 2),
+        ("4", "DRAFT", 2),
+        ("5", "DRAFT", 2),
+        ("abstract", "ABSTRACT", 2),
+    ]
+    assert all(isinstance(f.error, Unavailable) for f in report.failures)
+    assert report.markdown.count("> **[Not compiled]**") == 5
+    assert "## Introduction\n\n> **[Not compiled]**" not in report.markdown  # section 1 made it
+
+
 def test_report_id_defaults_to_a_slug_of_the_title() -> None:
     compiler = ReportCompiler(object(), OUTLINE)
     prefix, _, suffix = compiler.report_id.rpartition("-")
