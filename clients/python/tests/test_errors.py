@@ -108,3 +108,13 @@ def test_codes_map_to_their_class(code: grpc.StatusCode, cls: type) -> None:
     assert type(err) is cls
     assert err.code == code.name and err.message == "the gateway's words" and err.kind == "x"
     assert str(err) == f"{code.name}: the gateway's words"
+
+
+def test_cancelled_after_the_deadline_is_deadline_exceeded() -> None:
+    # tonic's transport answers an expired grpc-timeout with CANCELLED "Timeout expired".
+    cancelled = FakeRpcError(grpc.StatusCode.CANCELLED, "Timeout%20expired")
+    err = from_rpc_error(cancelled, deadline_passed=True)
+    assert type(err) is DeadlineExceeded
+    assert (err.code, err.message) == ("DEADLINE_EXCEEDED", "Timeout expired")
+    other = from_rpc_error(cancelled)  # the deadline had not passed: a real cancellation
+    assert type(other) is GatewayError and other.code == "CANCELLED"

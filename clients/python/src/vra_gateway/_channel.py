@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
 import grpc
 
-__all__ = ["TLS", "ChannelConfig", "DEFAULT_TARGET", "DEFAULT_TIMEOUT"]
+from .errors import GatewayError, from_rpc_error
+
+__all__ = ["TLS", "ChannelConfig", "CallContext", "DEFAULT_TARGET", "DEFAULT_TIMEOUT"]
 
 #: Used when neither ``target`` nor ``VRA_GATEWAY_TARGET`` is given.
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -103,10 +106,23 @@ class ChannelConfig:
             return ()
         return (("authorization", f"Bearer {self.token}"),)
 
-    def deadline(self, timeout: Optional[float]) -> Optional[float]:
-        """The deadline of one call: its own ``timeout`` if given, else the client's default."""
-        if timeout is not None:
-            if timeout <= 0:
-                raise ValueError("timeout must be positive (seconds)")
-            return timeout
-        return self.timeout
+    def call(self, timeout: Optional[float]) -> "CallContext":
+        """The settings of one call that starts now: its own ``timeout`` if given, else the
+        client's default deadline; the metadata."""
+        if timeout is not None and timeout <= 0:
+            raise ValueError("timeout must be positive (seconds)")
+        return CallContext(timeout=self.timeout if timeout is None else timeout, metadata=self.metadata())
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """One call: its deadline (seconds from ``started``), its metadata, and its error mapping."""
+
+    timeout: Optional[float]
+    metadata: Tuple[Tuple[str, str], ...]
+    started: float = field(default_factory=time.monotonic)
+
+    def error(self, error: grpc.RpcError) -> GatewayError:
+        """The typed error of this call (see :func:`vra_gateway.errors.from_rpc_error`)."""
+        passed = self.timeout is not None and time.monotonic() - self.started >= self.timeout
+        return from_rpc_error(error, deadline_passed=passed)

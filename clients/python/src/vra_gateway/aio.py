@@ -11,7 +11,7 @@ from . import _convert
 from ._channel import DEFAULT_TIMEOUT, TLS, ChannelConfig
 from ._pb import gateway_pb2 as pb
 from ._pb import gateway_pb2_grpc as pb_grpc
-from .errors import GatewayError, from_rpc_error
+from .errors import GatewayError
 from .types import Delta, Phase, ReportUsage, Result, RouteDecision, SectionType, StreamEvent
 
 __all__ = ["AsyncGatewayClient"]
@@ -96,12 +96,11 @@ class AsyncGatewayClient:
             temperature=temperature,
             stop=stop,
         )
+        call = self._config.call(timeout)
         try:
-            response = await self._stub.Generate(
-                request, timeout=self._config.deadline(timeout), metadata=self._config.metadata()
-            )
+            response = await self._stub.Generate(request, timeout=call.timeout, metadata=call.metadata)
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+            raise call.error(e) from None
         return _convert.result(response)
 
     async def generate_stream(
@@ -139,12 +138,11 @@ class AsyncGatewayClient:
             temperature=temperature,
             stop=stop,
         )
-        call = self._stub.GenerateStream(
-            request, timeout=self._config.deadline(timeout), metadata=self._config.metadata()
-        )
+        call = self._config.call(timeout)
+        rpc = self._stub.GenerateStream(request, timeout=call.timeout, metadata=call.metadata)
         pieces: List[str] = []
         try:
-            async for message in call:
+            async for message in rpc:
                 if message.HasField("done"):
                     yield _convert.result(message.done, text="".join(pieces))
                     return
@@ -152,9 +150,9 @@ class AsyncGatewayClient:
                     pieces.append(message.delta)
                     yield Delta(message.delta)
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+            raise call.error(e) from None
         finally:
-            call.cancel()
+            rpc.cancel()
         raise GatewayError("DATA_LOSS", "the stream ended without its final message")
 
     async def resolve_route(
@@ -171,21 +169,19 @@ class AsyncGatewayClient:
             phase=_convert.phase_to_pb(phase),
             section_type=_convert.section_type_to_pb(section_type),
         )
+        call = self._config.call(timeout)
         try:
-            response = await self._stub.ResolveRoute(
-                request, timeout=self._config.deadline(timeout), metadata=self._config.metadata()
-            )
+            response = await self._stub.ResolveRoute(request, timeout=call.timeout, metadata=call.metadata)
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+            raise call.error(e) from None
         return _convert.route_decision(response)
 
     async def report_usage(self, report_id: str, *, timeout: Optional[float] = None) -> ReportUsage:
         """See :meth:`vra_gateway.GatewayClient.report_usage`."""
         request = pb.GetReportUsageRequest(report_id=report_id)
+        call = self._config.call(timeout)
         try:
-            response = await self._stub.GetReportUsage(
-                request, timeout=self._config.deadline(timeout), metadata=self._config.metadata()
-            )
+            response = await self._stub.GetReportUsage(request, timeout=call.timeout, metadata=call.metadata)
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+            raise call.error(e) from None
         return _convert.report_usage(response)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from typing import Generator, List, Optional, Sequence, Tuple, Union
 
 import grpc
 
 from . import _convert
-from ._channel import DEFAULT_TIMEOUT, TLS, ChannelConfig
+from ._channel import DEFAULT_TIMEOUT, TLS, CallContext, ChannelConfig
 from ._pb import gateway_pb2 as pb
 from ._pb import gateway_pb2_grpc as pb_grpc
-from .errors import GatewayError, from_rpc_error
+from .errors import GatewayError
 from .types import Delta, Phase, ReportUsage, Result, RouteDecision, SectionType, StreamEvent
 
 __all__ = ["GatewayClient"]
@@ -121,12 +123,11 @@ class GatewayClient:
             temperature=temperature,
             stop=stop,
         )
+        call = self._config.call(timeout)
         try:
-            response = self._stub.Generate(
-                request, timeout=self._config.deadline(timeout), metadata=self._config.metadata()
-            )
+            response = self._stub.Generate(request, timeout=call.timeout, metadata=call.metadata)
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+            raise call.error(e) from None
         return _convert.result(response)
 
     def generate_stream(
@@ -172,16 +173,17 @@ class GatewayClient:
             temperature=temperature,
             stop=stop,
         )
-        deadline = self._config.deadline(timeout)
-        return self._stream(request, deadline)
+        call = self._config.call(timeout)  # checks the timeout now; the clock starts below
+        return self._stream(request, call)
 
     def _stream(
-        self, request: pb.GenerateStreamRequest, deadline: Optional[float]
+        self, request: pb.GenerateStreamRequest, call: CallContext
     ) -> Generator[StreamEvent, None, None]:
-        call = self._stub.GenerateStream(request, timeout=deadline, metadata=self._config.metadata())
+        call = dataclasses.replace(call, started=time.monotonic())
+        rpc = self._stub.GenerateStream(request, timeout=call.timeout, metadata=call.metadata)
         pieces: List[str] = []
         try:
-            for message in call:
+            for message in rpc:
                 if message.HasField("done"):
                     yield _convert.result(message.done, text="".join(pieces))
                     return
@@ -189,9 +191,9 @@ class GatewayClient:
                     pieces.append(message.delta)
                     yield Delta(message.delta)
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+            raise call.error(e) from None
         finally:
-            call.cancel()  # no-op once the call has finished; stops it when the caller broke off
+            rpc.cancel()  # no-op once the call has finished; stops it when the caller broke off
         raise GatewayError("DATA_LOSS", "the stream ended without its final message")
 
     def resolve_route(
@@ -208,21 +210,19 @@ class GatewayClient:
             phase=_convert.phase_to_pb(phase),
             section_type=_convert.section_type_to_pb(section_type),
         )
+        call = self._config.call(timeout)
         try:
-            response = self._stub.ResolveRoute(
-                request, timeout=self._config.deadline(timeout), metadata=self._config.metadata()
-            )
+            response = self._stub.ResolveRoute(request, timeout=call.timeout, metadata=call.metadata)
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+            raise call.error(e) from None
         return _convert.route_decision(response)
 
     def report_usage(self, report_id: str, *, timeout: Optional[float] = None) -> ReportUsage:
         """Budget and call counters of one of the caller's reports (zeros for an unknown report)."""
         request = pb.GetReportUsageRequest(report_id=report_id)
+        call = self._config.call(timeout)
         try:
-            response = self._stub.GetReportUsage(
-                request, timeout=self._config.deadline(timeout), metadata=self._config.metadata()
-            )
+            response = self._stub.GetReportUsage(request, timeout=call.timeout, metadata=call.metadata)
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+            raise call.error(e) from None
         return _convert.report_usage(response)

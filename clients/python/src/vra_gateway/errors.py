@@ -15,7 +15,8 @@ class                       when
 :class:`Overloaded`         any other ``RESOURCE_EXHAUSTED``: load was shed, retry later
 :class:`Unavailable`        ``UNAVAILABLE``: every provider failed, or the gateway is
                             unreachable (connection refused, TLS handshake failed)
-:class:`DeadlineExceeded`   ``DEADLINE_EXCEEDED``
+:class:`DeadlineExceeded`   ``DEADLINE_EXCEEDED`` (also ``CANCELLED`` once the call's
+                            deadline has passed: the server transport's way to say it)
 :class:`GatewayError`       anything else
 ==========================  ===============================================================
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import re
 from typing import Any, Dict, Iterable, Optional, Type
+from urllib.parse import unquote
 
 import grpc
 
@@ -117,11 +119,16 @@ def _metadata_value(metadata: Optional[Iterable[Any]], key: str) -> Optional[str
     return None
 
 
-def from_rpc_error(error: grpc.RpcError) -> GatewayError:
+def from_rpc_error(error: grpc.RpcError, *, deadline_passed: bool = False) -> GatewayError:
     """Returns the typed error for a failed call of the sync or the async gRPC API.
 
     ``error`` is what grpcio raised: a ``grpc.RpcError`` that is also a ``grpc.Call`` (sync) or a
     ``grpc.aio.AioRpcError``; both have ``code()``, ``details()`` and ``trailing_metadata()``.
+
+    ``deadline_passed``: the call's deadline had passed when it failed. A ``CANCELLED`` status
+    is then reported as :class:`DeadlineExceeded` (with code ``"DEADLINE_EXCEEDED"``): when a
+    deadline expires before the gateway's handler runs, the server's gRPC transport (tonic)
+    answers ``CANCELLED "Timeout expired"`` instead, racing the client's own timer.
     """
     code_obj = _call(error, "code")
     code = code_obj.name if isinstance(code_obj, grpc.StatusCode) else "UNKNOWN"
@@ -135,6 +142,8 @@ def from_rpc_error(error: grpc.RpcError) -> GatewayError:
             match = _FIELD_PREFIX.match(message)
             field = match.group(1) if match else None
         return InvalidArgument(code, message, kind, field=field)
+    if code == "CANCELLED" and deadline_passed:
+        return DeadlineExceeded("DEADLINE_EXCEEDED", unquote(message), kind)
     if code == "RESOURCE_EXHAUSTED":
         cls: Type[GatewayError] = BudgetExhausted if kind in _BUDGET_KINDS else Overloaded
         return cls(code, message, kind)
