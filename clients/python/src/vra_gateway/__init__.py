@@ -12,7 +12,7 @@
 from ._channel import TLS
 from .aio import AsyncGatewayClient
 from .client import GatewayClient
-from .compiler import CallRecord, Failure, Outline, OutlineError, Report, ReportCompiler, Section
+from .compiler import ReportCompiler
 from .errors import (
     BudgetExhausted,
     DeadlineExceeded,
@@ -23,6 +23,8 @@ from .errors import (
     Unauthenticated,
     Unavailable,
 )
+from .outline import Outline, OutlineError, Section
+from .report import CallRecord, Failure, Report
 from .types import (
     Budget,
     ClientQuota,

@@ -16,16 +16,10 @@ from typing import List, Optional, Sequence, TextIO
 
 from ._channel import DEFAULT_TIMEOUT, TLS
 from .client import GatewayClient
-from .compiler import (
-    CallRecord,
-    Outline,
-    OutlineError,
-    ProgressEvent,
-    ReportCompiler,
-    _one_line,
-    _section_label,
-)
+from .compiler import ReportCompiler
 from .errors import Unavailable
+from .outline import Outline, OutlineError
+from .report import CallRecord, ProgressEvent, one_line, section_label
 
 __all__ = ["main"]
 
@@ -47,7 +41,7 @@ class Progress:
 
     def __call__(self, event: ProgressEvent) -> None:
         self.done += 1
-        label = f"{_section_label(event.section_id, event.section_title)} {event.phase.name}"
+        label = f"{section_label(event.section_id, event.section_title)} {event.phase.name}"
         if isinstance(event, CallRecord):
             fallback = (
                 "" if event.fallback_reason.name == "NONE" else f" fallback={event.fallback_reason.name}"
@@ -55,7 +49,7 @@ class Progress:
             served = f"{event.tier.name} {event.provider}/{event.model}"
             detail = f"{served} {event.rule}{fallback} {event.latency_ms:.0f} ms"
         else:
-            detail = f"FAILED after {event.tries} tries: {_one_line(str(event.error))}"
+            detail = f"FAILED after {event.tries} tries: {one_line(str(event.error))}"
         if self.tty:
             filled = self.WIDTH * min(self.done, self.total) // max(self.total, 1)
             bar = "#" * filled + "-" * (self.WIDTH - filled)
@@ -183,7 +177,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     lines: List[str] = [report.routing_table(), ""]
     lines += [
-        f"failed: {_section_label(f.section_id, f.section_title)} {f.phase.name}: {_one_line(str(f.error))}"
+        f"failed: {section_label(f.section_id, f.section_title)} {f.phase.name}: {one_line(str(f.error))}"
         for f in report.failures
     ]
     lines.append(report.budget_line())

@@ -17,41 +17,23 @@ import string
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import (
-    Any,
-    Callable,
-    Dict,
-    List,
-    Mapping,
-    Optional,
-    Sequence,
-    Tuple,
-    Union,
-)
-
-import yaml
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .errors import GatewayError, InvalidArgument, Unauthenticated
-from .types import Delta, FallbackReason, Phase, ReportUsage, Result, SectionType, Tier
+from .outline import ABSTRACT_SECTION_ID, Outline, Section
+from .report import CallRecord, Failure, ProgressEvent, Report, one_line
+from .types import Delta, Phase, ReportUsage, Result, SectionType
 
 __all__ = [
-    "Section",
-    "Outline",
-    "OutlineError",
-    "CallRecord",
-    "Failure",
-    "Report",
     "ReportCompiler",
     "DEFAULT_TEMPLATES",
     "DEFAULT_MAX_TOKENS",
     "DEFAULT_SYSTEM_PROMPT",
+    "slug_report_id",
 ]
 
 SECTION_PHASES: Tuple[Phase, ...] = (Phase.DRAFT, Phase.EXPAND, Phase.REFINE)
-#: The section id the ABSTRACT call carries.
-ABSTRACT_SECTION_ID = "abstract"
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a careful technical writer. Write clear, accurate Markdown prose for one part of a "
@@ -100,250 +82,6 @@ _PLACEHOLDERS = frozenset(
 )
 
 
-class OutlineError(ValueError):
-    """The outline is malformed (the message says where)."""
-
-
-@dataclass(frozen=True)
-class Section:
-    """One section of an outline.
-
-    Attributes:
-        id: the section id sent with every call, e.g. ``"2"`` or ``"2.1"``.
-        title: its heading in the report.
-        type: its :class:`~vra_gateway.SectionType` (DRAFT routing depends on it).
-        brief: what the section should say (optional).
-    """
-
-    id: str
-    title: str
-    type: SectionType
-    brief: str = ""
-
-
-@dataclass(frozen=True)
-class Outline:
-    """A report outline: a title, an optional report id and the sections in order.
-
-    Build one with :meth:`load` (a YAML file like ``examples/outline.yaml``), :meth:`from_yaml`
-    or :meth:`from_dict`.
-    """
-
-    title: str
-    sections: Tuple[Section, ...]
-    report_id: Optional[str] = None
-
-    @classmethod
-    def load(cls, path: Union[str, "os.PathLike[str]"]) -> "Outline":
-        """Reads a YAML outline file.
-
-        Raises:
-            OutlineError: the file cannot be read, is not YAML, or is not a valid outline.
-        """
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as e:
-            raise OutlineError(f"{os.fspath(path)}: {e.strerror}") from e
-        except UnicodeDecodeError as e:
-            raise OutlineError(f"{os.fspath(path)}: not UTF-8 text") from e
-        return cls.from_yaml(text, source=os.fspath(path))
-
-    @classmethod
-    def from_yaml(cls, text: str, source: str = "outline") -> "Outline":
-        """Parses a YAML outline. Raises :class:`OutlineError`."""
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise OutlineError(f"{source}: not valid YAML: {e}") from e
-        return cls.from_dict(data, source=source)
-
-    @classmethod
-    def from_dict(cls, data: Any, source: str = "outline") -> "Outline":
-        """Validates a mapping with ``title``, optional ``report_id`` and ``sections`` (each with
-        ``id``, ``title``, ``type`` — a section type name in any case — and optional ``brief``).
-
-        Raises:
-            OutlineError: naming the source and the bad key.
-        """
-        if not isinstance(data, Mapping):
-            raise OutlineError(f"{source}: expected a mapping with title and sections")
-        title = data.get("title")
-        if not isinstance(title, str) or not title.strip():
-            raise OutlineError(f"{source}: title: must be a non-empty string")
-        report_id = data.get("report_id")
-        if report_id is not None and (not isinstance(report_id, str) or not report_id.strip()):
-            raise OutlineError(f"{source}: report_id: must be a non-empty string when set")
-        raw_sections = data.get("sections")
-        if not isinstance(raw_sections, list) or not raw_sections:
-            raise OutlineError(f"{source}: sections: must be a non-empty list")
-        sections: List[Section] = []
-        seen = set()
-        for i, raw in enumerate(raw_sections):
-            where = f"{source}: sections[{i}]"
-            if not isinstance(raw, Mapping):
-                raise OutlineError(f"{where}: expected a mapping with id, title and type")
-            sid = raw.get("id")
-            if isinstance(sid, (int, float)) and not isinstance(sid, bool):
-                sid = str(sid)
-            if not isinstance(sid, str) or not sid.strip():
-                raise OutlineError(f"{where}.id: must be a non-empty string")
-            if sid == ABSTRACT_SECTION_ID or sid in seen:
-                raise OutlineError(f"{where}.id: {sid!r} is used twice or reserved")
-            seen.add(sid)
-            stitle = raw.get("title")
-            if not isinstance(stitle, str) or not stitle.strip():
-                raise OutlineError(f"{where}.title: must be a non-empty string")
-            raw_type = raw.get("type")
-            if not isinstance(raw_type, str):
-                raise OutlineError(f"{where}.type: must be a section type name, e.g. INTRODUCTION")
-            try:
-                stype = SectionType.parse(raw_type)
-            except ValueError as e:
-                raise OutlineError(f"{where}.type: {e}") from None
-            brief = raw.get("brief", "") or ""
-            if not isinstance(brief, str):
-                raise OutlineError(f"{where}.brief: must be a string")
-            sections.append(Section(id=sid, title=stitle.strip(), type=stype, brief=brief.strip()))
-        return cls(title=title.strip(), sections=tuple(sections), report_id=report_id)
-
-
-@dataclass(frozen=True)
-class CallRecord:
-    """One successful call of a compilation.
-
-    Attributes:
-        section_id: the section (``"abstract"`` for the ABSTRACT).
-        section_title: its title (``"Abstract"``).
-        phase: the phase.
-        tier, provider, model, rule, fallback_reason: the gateway's :class:`~vra_gateway.Route`.
-        attempts: upstream HTTP requests the gateway made for the call.
-        input_tokens, output_tokens: token usage.
-        latency_ms: wall time of the successful call in milliseconds.
-        streamed: whether the call used ``generate_stream``.
-        retries: how often the compiler retried the call before it succeeded (0 or 1).
-        cloud: whether the serving provider is cloud tier.
-    """
-
-    section_id: str
-    section_title: str
-    phase: Phase
-    tier: Tier
-    provider: str
-    model: str
-    rule: str
-    fallback_reason: FallbackReason
-    attempts: int
-    input_tokens: int
-    output_tokens: int
-    latency_ms: float
-    streamed: bool
-    retries: int = 0
-    cloud: bool = False
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A call that failed for good (after its retry); its section is a placeholder in the Markdown.
-
-    Attributes:
-        section_id, section_title: the section (``"abstract"`` / ``"Abstract"`` for the ABSTRACT).
-        phase: the phase that failed; the section's later phases were not attempted.
-        error: the last error.
-        tries: how often the call was tried (1 for errors that are not retried, else 2).
-    """
-
-    section_id: str
-    section_title: str
-    phase: Phase
-    error: GatewayError
-    tries: int
-
-
-ProgressEvent = Union[CallRecord, Failure]
-
-
-@dataclass
-class Report:
-    """The compiled report.
-
-    Attributes:
-        report_id: the id every call carried.
-        title: the outline's title.
-        markdown: ``# title``, ``## Abstract``, then ``## <section title>`` per section in outline
-            order; a failed section is a visible placeholder.
-        records: one per successful call, in outline and phase order, the ABSTRACT last.
-        failures: the calls that failed for good.
-        usage: the report's final usage, ``None`` if ``report_usage`` failed (see ``usage_error``).
-        usage_error: why ``usage`` is missing.
-    """
-
-    report_id: str
-    title: str
-    markdown: str
-    records: List[CallRecord] = field(default_factory=list)
-    failures: List[Failure] = field(default_factory=list)
-    usage: Optional[ReportUsage] = None
-    usage_error: Optional[GatewayError] = None
-
-    @property
-    def ok(self) -> bool:
-        """True when every call succeeded and the usage could be read."""
-        return not self.failures and self.usage_error is None
-
-    def routing_table(self) -> str:
-        """The routing table: section, phase, tier, provider, model, rule, fallback, attempts.
-
-        A ``*`` after the phase marks a streamed call; failed calls are listed as ``FAILED``.
-        """
-        header = ("section", "phase", "tier", "provider", "model", "rule", "fallback", "attempts")
-        rows: List[Tuple[str, ...]] = [
-            (
-                _section_label(r.section_id, r.section_title),
-                r.phase.name + ("*" if r.streamed else ""),
-                r.tier.name,
-                r.provider,
-                r.model,
-                r.rule,
-                "-" if r.fallback_reason is FallbackReason.NONE else r.fallback_reason.name,
-                str(r.attempts),
-            )
-            for r in self.records
-        ]
-        rows += [
-            (
-                _section_label(f.section_id, f.section_title),
-                f.phase.name,
-                "FAILED",
-                "-",
-                "-",
-                "-",
-                f.error.code,
-                "-",
-            )
-            for f in self.failures
-        ]
-        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-        def line(row: Sequence[str]) -> str:
-            return "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
-
-        total = sum(widths) + 2 * (len(widths) - 1)
-        return "\n".join([line(header), "-" * total, *(line(r) for r in rows)])
-
-    def budget_line(self) -> str:
-        """``report ID: cloud calls used X/Y`` (``— exhausted`` when no cloud call is left)."""
-        if self.usage is None:
-            reason = f": {self.usage_error}" if self.usage_error else ""
-            return f"report {self.report_id}: cloud calls used unknown (usage unavailable{reason})"
-        b = self.usage.budget
-        tail = " — exhausted" if b.exhausted else ""
-        return f"report {self.report_id}: cloud calls used {b.cloud_calls_used}/{b.cloud_calls_limit}{tail}"
-
-
-def _section_label(section_id: str, title: str) -> str:
-    return title if section_id == ABSTRACT_SECTION_ID else f"{section_id} {title}"
-
-
 def slug_report_id(title: str) -> str:
     """A fresh report id: a slug of ``title`` plus 8 random hex digits, e.g. ``q3-report-1a2b3c4d``."""
     slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:48].strip("-") or "report"
@@ -361,10 +99,6 @@ def _check_template(phase: Phase, template: str) -> None:
             f"template for {phase.name}: unknown placeholder(s) {sorted(unknown)}; "
             f"known: {sorted(_PLACEHOLDERS)}"
         )
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 @dataclass
@@ -537,7 +271,7 @@ class ReportCompiler:
         tries = "once" if failure.tries == 1 else f"{failure.tries} times"
         return (
             f"> **[Not compiled]** the {failure.phase.name} call failed ({tries}): "
-            f"{_one_line(str(failure.error))}"
+            f"{one_line(str(failure.error))}"
         )
 
     def _abstract_input(self, outcomes: Sequence[_Outcome]) -> str:
