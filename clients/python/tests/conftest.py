@@ -35,6 +35,14 @@ def _require_sdk() -> bool:
     return os.environ.get("VRA_REQUIRE_SDK", "") not in ("", "0", "false")
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    binary = gateway_binary()
+    state = (
+        "found" if binary.is_file() else "MISSING: gateway tests " + ("fail" if _require_sdk() else "skip")
+    )
+    return f"vra-gateway binary: {binary} ({state}); VRA_REQUIRE_SDK={os.environ.get('VRA_REQUIRE_SDK', '')}"
+
+
 class Gateway:
     """One `vra-gateway demo --serve` process on a free loopback port."""
 
