@@ -112,16 +112,18 @@ def test_outline_compiles_by_the_hybrid_matrix(gateway, report_id: str) -> None:
 
 
 def test_each_phase_is_fed_the_previous_phase_and_the_abstract_every_section(gateway, report_id: str) -> None:
-    prompts: List[Tuple[str, Phase, str]] = []
+    prompts: Dict[Tuple[str, str], str] = {}
+    texts: Dict[Tuple[str, str], str] = {}
 
     class Recording(GatewayClient):
         def generate(self, report_id: str, section_id: str, phase: Any, prompt: str, **kw: Any) -> Result:
             result = super().generate(report_id, section_id, phase, prompt, **kw)
-            prompts.append((section_id, phase, prompt))
+            prompts[(section_id, phase.name)] = prompt
+            texts[(section_id, phase.name)] = result.text
             return result
 
     templates = {
-        "draft": "D[{section_title}|{brief}]",
+        "draft": "D[{section_id}|{section_title}|{section_type}|{brief}]",
         "expand": "E[{previous}]",
         "refine": "R[{previous}]",
         "abstract": "A[{report_title}]{sections}",
@@ -131,15 +133,13 @@ def test_each_phase_is_fed_the_previous_phase_and_the_abstract_every_section(gat
             client, OUTLINE, report_id=report_id, templates=templates, concurrency=3
         ).compile()
     assert report.ok
-    by = {(s, p.name): text for s, p, text in prompts}
     outline = Outline.load(OUTLINE)
-    first = outline.sections[0]
-    assert by[("1", "DRAFT")] == f"D[{first.title}|{first.brief}]"
-    assert by[("1", "EXPAND")].startswith("E[") and len(by[("1", "EXPAND")]) > 3
-    abstract = by[("abstract", "ABSTRACT")]
-    assert abstract.startswith(f"A[{outline.title}]")
-    for section in outline.sections:
-        assert f"## {section.title}\n\n" in abstract
+    for s in outline.sections:
+        assert prompts[(s.id, "DRAFT")] == f"D[{s.id}|{s.title}|{s.type.name}|{s.brief}]"
+        assert prompts[(s.id, "EXPAND")] == f"E[{texts[(s.id, 'DRAFT')]}]"
+        assert prompts[(s.id, "REFINE")] == f"R[{texts[(s.id, 'EXPAND')]}]"
+    expected_sections = "\n\n".join(f"## {s.title}\n\n{texts[(s.id, 'REFINE')]}" for s in outline.sections)
+    assert prompts[("abstract", "ABSTRACT")] == f"A[{outline.title}]{expected_sections}"
 
 
 def test_cost_limit_once_the_budget_is_spent(start_gateway, report_id: str) -> None:
