@@ -1,34 +1,38 @@
 //! The edge: what every call passes through before it reaches a service, as tower layers
 //! stacked once, in order, in [`crate::server::run`].
 //!
-//! 1. [`stamp_deadline`] reads the caller's `grpc-timeout` the moment the call arrives and
-//!    stamps the resulting [`CallerDeadline`] into the request's extensions.
+//! 1. [`DeadlineLayer`] reads the caller's `grpc-timeout` the moment the call arrives, stamps
+//!    the resulting [`CallerDeadline`] into the request's extensions ([`stamp_deadline`]) and
+//!    answers DEADLINE_EXCEEDED itself if the call is still not answered when it passes — also
+//!    while the request body is still arriving, before any service runs.
 //! 2. [`crate::auth::AuthLayer`] (when `config.security.authenticates()`) admits the call
 //!    with its `Arc<`[`crate::domain::Client`]`>` in the request's extensions, or answers
 //!    UNAUTHENTICATED itself without reaching a service. Health checks pass without
 //!    credentials. After the deadline stamp, so the stamp still starts the clock at arrival.
-//!
-//! 2. Authentication ([`crate::auth::AuthLayer`]) admits a call with its client, or answers
-//!    UNAUTHENTICATED.
 //! 3. Load shedding ([`Admission`]) is the first step of each generation RPC rather than a
 //!    layer: its permit must live as long as the call, and for a stream that is the response
 //!    body, which only the service holds. Past `VRA_MAX_IN_FLIGHT` calls (or a client's
 //!    `max_in_flight`) a call gets RESOURCE_EXHAUSTED at once, before any upstream work.
 //!
-//! Why at arrival: tonic's own timeout layer, which sits just outside these layers, starts
-//! its clock when the call arrives and answers CANCELLED when it runs out. The gateway's
-//! deadline is a little earlier than the caller's (see [`deadline_from`]) so that the caller
-//! gets DEADLINE_EXCEEDED, as the contract says — which only holds if both clocks start at the
-//! same instant, not when a busy runtime gets round to the handler.
+//! Why at arrival, and why a layer: tonic's own timeout layer, which sits just outside these
+//! layers, starts its clock when the call arrives and answers CANCELLED "Timeout expired" when
+//! it runs out. The gateway's deadline is a little earlier than the caller's (see
+//! [`deadline_from`]) and enforced around the whole call, so the caller gets
+//! DEADLINE_EXCEEDED, as the contract says — even for a call whose large body has not
+//! finished arriving when the deadline passes (the SDK suites caught tonic's CANCELLED there).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::time::Instant;
+use futures_util::FutureExt as _;
+use futures_util::future::{Either, Map};
+use tokio::time::{Instant, Timeout};
 
 use crate::domain::Client;
+use crate::error::GatewayError;
 use crate::resilience::Deadline;
 
 /// The caller's deadline as stamped at arrival, in the request's extensions.
@@ -49,10 +53,71 @@ pub fn stamp_deadline<B>(mut request: http::Request<B>) -> http::Request<B> {
     request
 }
 
+/// Edge layer 1: [`stamp_deadline`], and DEADLINE_EXCEEDED from the edge when the stamped
+/// deadline passes before the call is answered (a stream is answered when its response starts).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeadlineLayer;
+
+impl<S> tower::Layer<S> for DeadlineLayer {
+    type Service = EnforceDeadline<S>;
+
+    fn layer(&self, inner: S) -> EnforceDeadline<S> {
+        EnforceDeadline { inner }
+    }
+}
+
+/// The service of [`DeadlineLayer`].
+#[derive(Debug, Clone)]
+pub struct EnforceDeadline<S> {
+    inner: S,
+}
+
+type Answered<R, E> = Result<Result<R, E>, tokio::time::error::Elapsed>;
+
+/// The inner call under the deadline, its expiry turned into a DEADLINE_EXCEEDED response.
+type DeadlineFuture<F, R, E> = Map<Timeout<F>, fn(Answered<R, E>) -> Result<R, E>>;
+
+fn exceeded<B: Default, E>(
+    answered: Answered<http::Response<B>, E>,
+) -> Result<http::Response<B>, E> {
+    answered.unwrap_or_else(|_| Ok(GatewayError::DeadlineExceeded.into_status().into_http()))
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for EnforceDeadline<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = Either<DeadlineFuture<S::Future, Self::Response, S::Error>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let request = stamp_deadline(request);
+        let at = request
+            .extensions()
+            .get::<CallerDeadline>()
+            .and_then(|d| d.0.0);
+        let call = self.inner.call(request);
+        match at {
+            Some(at) => Either::Left(
+                tokio::time::timeout_at(at, call).map(exceeded::<ResBody, S::Error> as fn(_) -> _),
+            ),
+            None => Either::Right(call),
+        }
+    }
+}
+
 /// The gateway's deadline for a call that arrived at `arrival` with this `grpc-timeout`: a
-/// little before the caller's (10 %, at most 50 ms), so the gateway's DEADLINE_EXCEEDED reaches
-/// the caller before its own timer or tonic's transport cancels the call (tonic, on both sides,
-/// reports CANCELLED "Timeout expired"). No (valid) timeout, no deadline.
+/// little before the caller's (10 %, at least 1 ms, at most 50 ms), so the gateway's
+/// DEADLINE_EXCEEDED reaches the caller before its own timer or tonic's transport cancels the
+/// call (tonic, on both sides, reports CANCELLED "Timeout expired"); the 1 ms floor keeps the
+/// gateway's timer at least one tick of the runtime's clock ahead of tonic's. No (valid)
+/// timeout, no deadline.
 pub fn deadline_from(grpc_timeout: Option<&[u8]>, arrival: Instant) -> Deadline {
     let timeout = grpc_timeout.and_then(|value| {
         let parsed = parse_grpc_timeout(value);
@@ -64,7 +129,11 @@ pub fn deadline_from(grpc_timeout: Option<&[u8]>, arrival: Instant) -> Deadline 
         }
         parsed
     });
-    let margin = |t: Duration| (t / 10).min(Duration::from_millis(50));
+    let margin = |t: Duration| {
+        (t / 10)
+            .clamp(Duration::from_millis(1), Duration::from_millis(50))
+            .min(t)
+    };
     Deadline::after(arrival, timeout.map(|t| t.saturating_sub(margin(t))))
 }
 

@@ -177,9 +177,7 @@ pub async fn run(
         .http2_keepalive_interval(config.limits.h2_keepalive)
         .http2_keepalive_timeout(Some(H2_KEEPALIVE_TIMEOUT))
         // The edge layers, outermost first (src/edge.rs).
-        .layer(tower::util::MapRequestLayer::new(
-            edge::stamp_deadline::<tonic::body::Body>,
-        ))
+        .layer(edge::DeadlineLayer)
         .layer(AuthLayer::new(auth))
         .add_service(health_service)
         .add_service(reflection)

@@ -566,3 +566,44 @@ async fn an_idle_connection_does_not_delay_shutdown() {
         started.elapsed()
     );
 }
+
+/// A call whose request body never finishes arriving, with a 300 ms deadline: the edge answers
+/// DEADLINE_EXCEEDED (with its `vra-error` kind) before tonic's own timeout layer would answer
+/// CANCELLED "Timeout expired" — what the SDK suites saw for a large prompt and a tiny deadline.
+#[tokio::test]
+async fn a_body_still_arriving_at_the_deadline_gets_deadline_exceeded() {
+    let h = Harness::start(&[("VRA_HYBRID_MODE", "true")]).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", h.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    // A unary method, sent as a client stream that never yields its message nor ends.
+    let mut req = tonic::Request::new(tokio_stream::pending::<vra_gateway::pb::GenerateRequest>());
+    req.set_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let err = grpc
+        .client_streaming::<_, _, vra_gateway::pb::GenerateResponse, _>(
+            req,
+            http::uri::PathAndQuery::from_static("/vra.gateway.v1.GatewayService/Generate"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .expect_err("the body never arrives");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert_eq!(
+        err.metadata().get("vra-error").unwrap(),
+        "deadline_exceeded"
+    );
+    // At the gateway's deadline (the caller's, less its margin), not much later.
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The gateway keeps serving.
+    let mut client = h.client().await;
+    client
+        .generate(request("after-deadline", P::Draft, S::Methodology))
+        .await
+        .expect("served");
+    h.shutdown().await;
+}

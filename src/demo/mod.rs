@@ -221,7 +221,11 @@ fn print_sandbox_banner(
     writeln!(out, "gateway listening on {addr}")?;
     writeln!(
         out,
-        "  try:  python -m vra_gateway compile examples/outline.yaml --target {addr}   (see README, 'Clients')"
+        "  try:  python -m vra_gateway compile examples/outline.yaml --out report.md --target {addr}"
+    )?;
+    writeln!(
+        out,
+        "        node examples/node/compile-report.mjs --target {addr}   (see README, 'Clients')"
     )?;
     writeln!(out, "  stop: Ctrl-C or SIGTERM")?;
     out.flush()

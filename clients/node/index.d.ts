@@ -1,0 +1,304 @@
+// Type declarations of @vra/gateway-client. Keep in step with index.js and src/.
+
+/// <reference types="node" />
+
+// ---------------------------------------------------------------------------------------------
+// Plain values
+
+/** The phase of the report compilation a call belongs to. */
+export declare const Phase: Readonly<{ DRAFT: 'DRAFT'; EXPAND: 'EXPAND'; REFINE: 'REFINE'; ABSTRACT: 'ABSTRACT' }>;
+export type Phase = (typeof Phase)[keyof typeof Phase];
+
+/** The kind of section being written; DRAFT routing depends on it. */
+export declare const SectionType: Readonly<{
+  INTRODUCTION: 'INTRODUCTION';
+  CONCLUSION: 'CONCLUSION';
+  ANALYSIS: 'ANALYSIS';
+  METHODOLOGY: 'METHODOLOGY';
+  IMPLEMENTATION: 'IMPLEMENTATION';
+  OTHER: 'OTHER';
+}>;
+export type SectionType = (typeof SectionType)[keyof typeof SectionType];
+
+/** Which configured provider served (or would serve) a call. */
+export declare const Tier: Readonly<{ PRIMARY: 'PRIMARY'; SECONDARY: 'SECONDARY' }>;
+export type Tier = (typeof Tier)[keyof typeof Tier];
+
+/** Why the secondary served a call the matrix sent to the primary; `NONE` when it did not. */
+export declare const FallbackReason: Readonly<{
+  NONE: 'NONE';
+  COST_LIMIT: 'COST_LIMIT';
+  PRIMARY_ERROR: 'PRIMARY_ERROR';
+  CIRCUIT_OPEN: 'CIRCUIT_OPEN';
+  LEDGER_UNAVAILABLE: 'LEDGER_UNAVAILABLE';
+  CLIENT_QUOTA: 'CLIENT_QUOTA';
+}>;
+export type FallbackReason = (typeof FallbackReason)[keyof typeof FallbackReason];
+
+/** The phases in compilation order. */
+export declare const PHASES: readonly Phase[];
+
+/** Enum inputs accept the constants, any-case names (`"draft"`) and full proto names. */
+export type PhaseInput = Phase | string;
+export type SectionTypeInput = SectionType | string;
+
+export interface Route {
+  /** `null` only if the gateway left it unspecified. */
+  tier: Tier | null;
+  /** Configured provider name, e.g. `"openai"`, `"local"`. */
+  provider: string;
+  model: string;
+  /** True when the provider is cloud tier (its requests count toward the budget). */
+  cloud: boolean;
+  /** The routing-matrix row that decided, e.g. `"refine-primary"`. */
+  rule: string;
+  fallbackReason: FallbackReason;
+}
+
+export interface Usage {
+  inputTokens: number;
+  outputTokens: number;
+}
+
+export interface Budget {
+  cloudCallsUsed: number;
+  cloudCallsLimit: number;
+  exhausted: boolean;
+}
+
+/** The client's cloud requests in the current UTC day; present only with a day quota. */
+export interface ClientQuota {
+  used: number;
+  limit: number;
+}
+
+export interface Result {
+  text: string;
+  route: Route;
+  usage: Usage;
+  budget: Budget;
+  /** Every upstream HTTP request the call made, all providers together. */
+  attempts: number;
+  finishReason: string;
+}
+
+export interface RouteDecision {
+  route: Route;
+  budget: Budget;
+  clientQuota: ClientQuota | null;
+}
+
+export interface ReportUsage {
+  reportId: string;
+  budget: Budget;
+  primaryCalls: number;
+  secondaryCalls: number;
+  fallbacks: number;
+  cloudUsage: Usage;
+  localUsage: Usage;
+  clientQuota: ClientQuota | null;
+}
+
+/** Events of `generateStream`: text deltas, then exactly one result. */
+export type StreamEvent = { type: 'delta'; text: string } | { type: 'result'; result: Result };
+
+// ---------------------------------------------------------------------------------------------
+// Client
+
+export interface TlsOptions {
+  /** Root CA (PEM as Buffer, PEM text or file path). Omitted: the system roots. */
+  ca?: Buffer | string;
+  /** Client certificate chain for mTLS (with `key`). */
+  cert?: Buffer | string;
+  /** Client private key for mTLS (with `cert`). */
+  key?: Buffer | string;
+  /** Name to verify the server certificate against, when it differs from the target host. */
+  serverName?: string;
+}
+
+export interface GatewayClientOptions {
+  /** `host:port`. Default: `VRA_GATEWAY_TARGET`, else `127.0.0.1:50051`. */
+  target?: string;
+  /** Bearer token (sent as `authorization: Bearer …`). Default: `VRA_TOKEN`. */
+  token?: string | null;
+  /** Default deadline of each call, in milliseconds. Default 120000. */
+  timeoutMs?: number;
+  /** TLS (`true`: system roots). Without it the channel is plaintext. */
+  tls?: TlsOptions | true | null;
+  /** Extra grpc-js channel options. */
+  channelOptions?: Record<string, string | number>;
+}
+
+export interface CallOptions {
+  /** Deadline of this call in milliseconds (overrides the client's `timeoutMs`). */
+  timeoutMs?: number;
+  /** Aborting cancels the call; it then rejects with a GatewayError of code `CANCELLED`. */
+  signal?: AbortSignal;
+}
+
+export interface GenerateRequest extends CallOptions {
+  reportId: string;
+  sectionId: string;
+  phase: PhaseInput;
+  prompt: string;
+  sectionType?: SectionTypeInput;
+  systemPrompt?: string;
+  maxTokens?: number;
+  temperature?: number;
+  stop?: string | string[];
+}
+
+export interface ResolveRouteRequest extends CallOptions {
+  reportId: string;
+  phase: PhaseInput;
+  sectionType?: SectionTypeInput;
+}
+
+export declare const DEFAULT_TARGET: string;
+export declare const DEFAULT_TIMEOUT_MS: number;
+export declare const PROTO_ROOT: string;
+export declare const PROTO_FILE: string;
+
+export declare class GatewayClient {
+  constructor(options?: GatewayClientOptions);
+  readonly target: string;
+  readonly timeoutMs: number;
+  generate(request: GenerateRequest): Promise<Result>;
+  generateStream(request: GenerateRequest): AsyncGenerator<StreamEvent, void, undefined>;
+  resolveRoute(request: ResolveRouteRequest): Promise<RouteDecision>;
+  reportUsage(reportId: string, options?: CallOptions): Promise<ReportUsage>;
+  close(): void;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+export declare class GatewayError extends Error {
+  constructor(
+    code: string,
+    message: string,
+    opts?: { kind?: string | null; metadata?: Record<string, string>; cause?: unknown },
+  );
+  /** gRPC status code name, e.g. `"INVALID_ARGUMENT"`. */
+  readonly code: string;
+  /** Numeric gRPC status code. */
+  readonly grpcCode: number;
+  /** The gateway's message (same as `message`). */
+  readonly details: string;
+  /** The `vra-error` trailer (`"resource_exhausted"`, `"overloaded"`, ...), or `null`. */
+  readonly kind: string | null;
+  /** The trailers, as strings. */
+  readonly metadata: Record<string, string>;
+}
+export declare class InvalidArgument extends GatewayError {
+  constructor(
+    code: string,
+    message: string,
+    opts?: { kind?: string | null; metadata?: Record<string, string>; cause?: unknown; field?: string | null },
+  );
+  /** The invalid field (wire name, e.g. `"report_id"`), or `null`. */
+  readonly field: string | null;
+}
+export declare class Unauthenticated extends GatewayError {}
+export declare class ResourceExhausted extends GatewayError {}
+export declare class BudgetExhausted extends ResourceExhausted {}
+export declare class Overloaded extends ResourceExhausted {}
+export declare class Unavailable extends GatewayError {}
+export declare class DeadlineExceeded extends GatewayError {}
+export declare class OutlineError extends Error {}
+
+/** Maps a grpc-js status error (`code`, `details`, `metadata`) to the SDK's typed error. */
+export declare function fromGrpcError(err: unknown): unknown;
+
+// ---------------------------------------------------------------------------------------------
+// Report compiler
+
+export interface OutlineSection {
+  id: string;
+  title: string;
+  type: SectionType;
+  brief: string;
+}
+
+export interface Outline {
+  title: string;
+  reportId?: string;
+  sections: OutlineSection[];
+}
+
+/** An outline as written by hand (YAML/JSON): any-case types, optional brief, `report_id` or `reportId`. */
+export interface OutlineInput {
+  title: string;
+  reportId?: string;
+  report_id?: string;
+  sections: Array<{ id: string | number; title: string; type: SectionTypeInput; brief?: string | null }>;
+}
+
+export type Templates = Partial<Record<Phase, string>>;
+
+export interface ReportCompilerOptions {
+  /** Default: the outline's, else a slug of the title plus 8 random hex digits. */
+  reportId?: string;
+  /** Prompt templates per phase; see DEFAULT_TEMPLATES for the placeholders. */
+  templates?: Templates;
+  systemPrompt?: string;
+  /** Max tokens for every phase, or per phase. */
+  maxTokens?: number | Partial<Record<Phase, number>>;
+  /** Sections compiled in parallel. Default 2. */
+  concurrency?: number;
+  /** Use generateStream and report deltas through onDelta. */
+  stream?: boolean;
+  onDelta?: (sectionId: string, phase: Phase, text: string) => void;
+  onProgress?: (record: CallRecord) => void;
+  /** Deadline of each call, in milliseconds (default: the client's). */
+  timeoutMs?: number;
+  /** Pause before the one retry of a failed call. Default 250. */
+  retryDelayMs?: number;
+}
+
+export interface CallRecord {
+  sectionId: string;
+  phase: Phase;
+  tier: Tier | null;
+  provider: string;
+  model: string;
+  rule: string;
+  fallbackReason: FallbackReason;
+  attempts: number;
+  inputTokens: number;
+  outputTokens: number;
+  latencyMs: number;
+  streamed: boolean;
+}
+
+export interface Failure {
+  /** The section id, or `"abstract"` for the ABSTRACT call. */
+  sectionId: string;
+  phase: Phase;
+  error: GatewayError | Error;
+}
+
+export interface Report {
+  reportId: string;
+  markdown: string;
+  /** One per successful call, in outline order then phase order; the abstract last. */
+  records: CallRecord[];
+  failures: Failure[];
+  /** The final usage, or `null` when it could not be fetched. */
+  usage: ReportUsage | null;
+}
+
+export declare const ABSTRACT_SECTION_ID: 'abstract';
+export declare const DEFAULT_TEMPLATES: Readonly<Record<Phase, string>>;
+
+export declare class ReportCompiler {
+  constructor(client: GatewayClient, outline: OutlineInput | Outline, options?: ReportCompilerOptions);
+  readonly reportId: string;
+  readonly outline: Outline;
+  run(): Promise<Report>;
+}
+
+export declare function loadOutline(path: string): Promise<Outline>;
+export declare function normaliseOutline(raw: unknown): Outline;
+export declare function renderTemplate(template: string, values: Record<string, string>): string;
+export declare function defaultReportId(title: string): string;

@@ -1,0 +1,147 @@
+"""Translation between the plain values of :mod:`vra_gateway.types` and the generated stubs.
+
+Shared by the sync and the async client so both build identical requests.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, TypeVar, Union, cast
+
+from ._pb import gateway_pb2 as pb
+from .types import (
+    Budget,
+    ClientQuota,
+    FallbackReason,
+    Phase,
+    ReportUsage,
+    Result,
+    Route,
+    RouteDecision,
+    SectionType,
+    Tier,
+    Usage,
+)
+
+_Req = TypeVar("_Req", pb.GenerateRequest, pb.GenerateStreamRequest)
+
+
+def phase_to_pb(phase: Union[Phase, str]) -> "pb.CompilationPhase":
+    """``Phase.DRAFT`` (or ``"draft"``) → ``COMPILATION_PHASE_DRAFT``."""
+    return cast(
+        "pb.CompilationPhase", pb.CompilationPhase.Value("COMPILATION_PHASE_" + Phase.parse(phase).name)
+    )
+
+
+def section_type_to_pb(section_type: Union[SectionType, str, None]) -> "pb.SectionType":
+    """``SectionType.METHODOLOGY`` (or ``"methodology"``) → ``SECTION_TYPE_METHODOLOGY``; ``None`` → unset."""
+    if section_type is None:
+        return pb.SECTION_TYPE_UNSPECIFIED
+    return cast(
+        "pb.SectionType", pb.SectionType.Value("SECTION_TYPE_" + SectionType.parse(section_type).name)
+    )
+
+
+def generate_request(
+    cls: "type[_Req]",
+    *,
+    report_id: str,
+    section_id: str,
+    phase: Union[Phase, str],
+    prompt: str,
+    section_type: Union[SectionType, str, None],
+    system_prompt: Optional[str],
+    max_tokens: Optional[int],
+    temperature: Optional[float],
+    stop: Optional[Sequence[str]],
+) -> _Req:
+    """Builds a ``GenerateRequest`` or ``GenerateStreamRequest`` (they have the same fields)."""
+    options = pb.GenerationOptions()
+    if max_tokens is not None:
+        options.max_tokens = int(max_tokens)
+    if temperature is not None:
+        options.temperature = float(temperature)
+    if stop:
+        options.stop.extend(stop)
+    return cls(
+        report_id=report_id,
+        section_id=section_id,
+        section_type=section_type_to_pb(section_type),
+        phase=phase_to_pb(phase),
+        prompt=prompt,
+        system_prompt=system_prompt or "",
+        options=options,
+    )
+
+
+def _tier(value: int) -> Tier:
+    try:
+        return Tier[pb.ProviderTier.Name(value)[len("PROVIDER_TIER_") :]]
+    except (ValueError, KeyError):
+        return Tier.UNSPECIFIED
+
+
+def _fallback(value: int) -> FallbackReason:
+    if value == pb.FALLBACK_REASON_UNSPECIFIED:
+        return FallbackReason.NONE
+    try:
+        return FallbackReason[pb.FallbackReason.Name(value)[len("FALLBACK_REASON_") :]]
+    except (ValueError, KeyError):
+        return FallbackReason.UNKNOWN
+
+
+def route(msg: pb.Route) -> Route:
+    return Route(
+        tier=_tier(msg.tier),
+        provider=msg.provider,
+        model=msg.model,
+        cloud=msg.cloud,
+        rule=msg.rule,
+        fallback_reason=_fallback(msg.fallback_reason),
+    )
+
+
+def usage(msg: pb.Usage) -> Usage:
+    return Usage(input_tokens=msg.input_tokens, output_tokens=msg.output_tokens)
+
+
+def budget(msg: pb.Budget) -> Budget:
+    return Budget(
+        cloud_calls_used=msg.cloud_calls_used,
+        cloud_calls_limit=msg.cloud_calls_limit,
+        exhausted=msg.exhausted,
+    )
+
+
+def _client_quota(parent: Union[pb.ResolveRouteResponse, pb.GetReportUsageResponse]) -> Optional[ClientQuota]:
+    if not parent.HasField("client_quota"):
+        return None
+    return ClientQuota(used=parent.client_quota.used, limit=parent.client_quota.limit)
+
+
+def result(msg: pb.GenerateResponse, text: Optional[str] = None) -> Result:
+    """A ``Result``; ``text`` replaces ``msg.text`` (a stream's ``done`` carries no text)."""
+    return Result(
+        text=msg.text if text is None else text,
+        route=route(msg.route),
+        usage=usage(msg.usage),
+        budget=budget(msg.budget),
+        attempts=msg.attempts,
+        finish_reason=msg.finish_reason,
+    )
+
+
+def route_decision(msg: pb.ResolveRouteResponse) -> RouteDecision:
+    return RouteDecision(route=route(msg.route), budget=budget(msg.budget), client_quota=_client_quota(msg))
+
+
+def report_usage(msg: pb.GetReportUsageResponse) -> ReportUsage:
+    return ReportUsage(
+        report_id=msg.report_id,
+        budget=budget(msg.budget),
+        primary_calls=msg.primary_calls,
+        secondary_calls=msg.secondary_calls,
+        fallbacks=msg.fallbacks,
+        cloud_usage=usage(msg.cloud_usage),
+        local_usage=usage(msg.local_usage),
+        client_quota=_client_quota(msg),
+    )
