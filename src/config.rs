@@ -1410,6 +1410,65 @@ mod tests {
     }
 
     #[test]
+    fn pricing_tables_and_the_dollar_cap() {
+        let mut s = Sources::default();
+        s.load_toml(
+            "[pricing.\"gpt-4o\"]\ninput_per_mtok = 2.0\noutput_per_mtok = 8.0\n[pricing.\"llama3:8b\"]\ninput_per_mtok = 0.01\noutput_per_mtok = 0.02\n",
+            Path::new("gw.toml"),
+        )
+        .unwrap();
+        s.env.insert("MAX_CLOUD_COST_USD".into(), " 0.25 ".into());
+        let c = Config::from_sources(&s).unwrap();
+        assert_eq!(c.max_cloud_cost, Some(Nanos(250_000_000)));
+        assert_eq!(c.max_output_tokens, 4096);
+        assert_eq!(
+            c.pricing.lookup("gpt-4o", true),
+            PriceSource::Configured(Price {
+                input_per_mtok: 2.0,
+                output_per_mtok: 8.0
+            })
+        );
+        assert!(c.warnings().is_empty());
+        // No cap by default; a cap of 0 means no cloud spend at all.
+        assert_eq!(
+            Config::from_sources(&sources(&[])).unwrap().max_cloud_cost,
+            None
+        );
+        let zero = Config::from_sources(&sources(&[("MAX_CLOUD_COST_USD", "0")])).unwrap();
+        assert_eq!(zero.max_cloud_cost, Some(Nanos::ZERO));
+        for bad in ["-1", "NaN", "inf", "1e10", "$5", "five"] {
+            let err = Config::from_sources(&sources(&[("MAX_CLOUD_COST_USD", bad)])).unwrap_err();
+            assert_eq!(err.var, "MAX_CLOUD_COST_USD", "{bad}: {err}");
+        }
+        // A cap needs a price for every cloud model; without a cap, a warning.
+        let unpriced = [("PRIMARY_MODEL", "frontier-x"), ("MAX_CLOUD_COST_USD", "1")];
+        let err = Config::from_sources(&sources(&unpriced)).unwrap_err();
+        assert_eq!(err.var, "MAX_CLOUD_COST_USD");
+        assert!(err.to_string().contains("frontier-x"), "{err}");
+        let warned = Config::from_sources(&sources(&unpriced[..1])).unwrap();
+        assert_eq!(warned.warnings().len(), 1);
+        assert!(warned.warnings()[0].contains("frontier-x"));
+        // Bad tables name the file and the model.
+        for (text, needle) in [
+            (
+                "[pricing.\"m\"]\ninput_per_mtok = -1.0\noutput_per_mtok = 1.0",
+                "per million tokens",
+            ),
+            ("[pricing.\"m\"]\ninput_per_mtok = 1.0", "output_per_mtok"),
+            (
+                "[pricing.\"m\"]\ninput_per_mtok = 1.0\noutput_per_mtok = 1.0\ncached = 1.0",
+                "cached",
+            ),
+        ] {
+            let err = Sources::default()
+                .load_toml(text, Path::new("gw.toml"))
+                .unwrap_err();
+            assert_eq!(err.var, "gw.toml");
+            assert!(err.to_string().contains(needle), "{err}");
+        }
+    }
+
+    #[test]
     fn toml_rejects_unknown_keys() {
         let mut s = Sources::default();
         let err = s
