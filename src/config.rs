@@ -92,7 +92,7 @@ settings! {
     LEDGER_URL = "VRA_LEDGER_URL", "", "redis://host:port/db (or rediss://) selects the Redis ledger; empty = in-memory.", secret = true;
     LEDGER_PREFIX = "VRA_LEDGER_PREFIX", "vra:", "Key prefix of the Redis ledger.";
     LEDGER_TIMEOUT_MS = "VRA_LEDGER_TIMEOUT_MS", "200", "Redis ledger operation timeout; past it, calls fail safe to the secondary.";
-    LEDGER_MAX_REPORTS = "VRA_LEDGER_MAX_REPORTS", "1000000", "Reports the in-memory ledger tracks at most; past it a new report's cloud calls fail safe (LEDGER_UNAVAILABLE).";
+    LEDGER_MAX_REPORTS = "VRA_LEDGER_MAX_REPORTS", "250000", "Reports the in-memory ledger tracks at most; past it a new report's cloud calls fail safe (LEDGER_UNAVAILABLE).";
     MAX_RESPONSE_BYTES = "VRA_MAX_RESPONSE_BYTES", "8388608", "Largest upstream response body (unary answers and error bodies) read, in bytes.";
     MAX_STREAM_LINE_BYTES = "VRA_MAX_STREAM_LINE_BYTES", "1048576", "Longest SSE / NDJSON line of an upstream stream, in bytes.";
     CLIENTS_FILE = "VRA_CLIENTS_FILE", "", "TOML file of [[client]] entries (id, token_sha256, limits): bearer tokens required, budgets per client. Re-read on SIGHUP.";

@@ -32,7 +32,7 @@ use super::{
 use crate::domain::Nanos;
 
 /// The default of `VRA_LEDGER_MAX_REPORTS`.
-pub const DEFAULT_MAX_REPORTS: usize = 1_000_000;
+pub const DEFAULT_MAX_REPORTS: usize = 250_000;
 
 /// Enough shards that one holds a few thousand entries at the default cap, so a sweep step
 /// (one shard) holds its lock only briefly.
