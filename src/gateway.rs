@@ -236,7 +236,10 @@ impl Hold {
         self.amount
     }
 
-    /// The attempt failed before any output: release the hold, charging nothing.
+    /// The attempt failed before any output: release the hold, charging nothing. Disarmed
+    /// before the ledger answers: if this future is dropped mid-release, the hold may stay
+    /// held until the report expires — the safe direction for a cap, it can only block spending
+    /// (re-sending the release could release twice and let the report overspend).
     async fn release(mut self) {
         self.armed = false;
         if let Err(e) = self

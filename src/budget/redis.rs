@@ -40,7 +40,8 @@ local used = tonumber(state[1] or '0')
 local was_exhausted = state[2] == '1'
 local cap = tonumber(ARGV[3])
 local hold = tonumber(ARGV[4])
-local over_cost = cap >= 0 and tonumber(state[3] or '0') + tonumber(state[4] or '0') + hold > cap
+local spent = math.max(0, tonumber(state[3] or '0')) + math.max(0, tonumber(state[4] or '0'))
+local over_cost = cap >= 0 and spent + hold > cap
 if was_exhausted or used >= tonumber(ARGV[1]) or over_cost then
   redis.call('HSET', KEYS[1], 'exhausted', '1')
   redis.call('EXPIRE', KEYS[1], ARGV[2])
