@@ -64,7 +64,9 @@ pub fn stop_shared() {
 fn required_path(var: &str) -> Result<PathBuf, String> {
     let value = std::env::var_os(var)
         .filter(|v| !v.is_empty())
-        .ok_or_else(|| format!("VRA_REAL_LLM=1 but {var} is not set: {HOW}"))?;
+        .ok_or_else(|| {
+            format!("VRA_REAL_LLM=1 but {var} is not set: run .ci/llm-setup.sh and export what it prints")
+        })?;
     let path = PathBuf::from(value);
     if !path.is_file() {
         return Err(format!(
