@@ -27,6 +27,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::llm_server::{self, LlmServer};
+use common::process::{KEY, Running, temp_dir};
 use common::trials::{Runtime, async_trial};
 use common::{Replica, connect, reason, request, tier};
 use libtest_mimic::Arguments;
@@ -88,6 +89,13 @@ fn main() {
             &gate,
             Runtime::CurrentThread,
             a_cost_cap_without_room_makes_no_cloud_request,
+        ),
+        async_trial(
+            &args,
+            "the_binary_serves_both_tiers_from_a_config_file",
+            &gate,
+            Runtime::CurrentThread,
+            the_binary_serves_both_tiers_from_a_config_file,
         ),
     ];
     let conclusion = libtest_mimic::run(&args, trials);
@@ -523,4 +531,58 @@ async fn a_cost_cap_without_room_makes_no_cloud_request() {
 
     server.assert_alive();
     gw.shutdown().await;
+}
+
+/// The real binary, configured like a deployment: a TOML file (`--config`) names the llama.cpp
+/// server as the local secondary, the process environment points the primary at it too. A
+/// unary call on the primary and a stream on the secondary, the `[Hybrid]` lines, the key kept
+/// out of the logs, and a clean exit on SIGTERM.
+async fn the_binary_serves_both_tiers_from_a_config_file() {
+    let server = llm_server::shared();
+    server.assert_alive();
+    let dir = temp_dir();
+    let file = dir.join("gateway.toml");
+    let toml = format!(
+        "vra_hybrid_mode = true\nsecondary_provider = \"{SECONDARY}\"\nsecondary_model = \"{SECONDARY_MODEL}\"\n\n[providers.{SECONDARY}]\nkind = \"openai\"\ntier = \"local\"\nbase_url = \"{}\"\n",
+        server.openai_base()
+    );
+    std::fs::write(&file, toml).expect("write the TOML file");
+    let base = server.openai_base();
+    let env = [
+        ("VRA_GATEWAY_ADDR", "127.0.0.1:0"),
+        ("VRA_METRICS_ADDR", ""),
+        ("OPENAI_BASE_URL", base.as_str()),
+        ("OPENAI_API_KEY", KEY),
+    ];
+    let file = file.to_str().expect("UTF-8 path");
+    let mut gw = Running::start_with_args(&["--config", file], &env).await;
+    let addr = gw.addr.parse().expect("address");
+    let _turn = server.exclusive().await;
+
+    let resp = generate(addr, llm_request("binary", P::Refine, S::Analysis)).await;
+    assert_route(&resp, T::Primary, F::Unspecified);
+    assert!(!resp.text.is_empty());
+    assert!(resp.cost_usd.is_some_and(|c| c > 0.0), "{resp:?}");
+    gw.wait_for("[Hybrid] Phase=REFINE | Section=1.3 | Provider=OPENAI | Model=gpt-4o")
+        .await;
+
+    let (deltas, done) = generate_stream(addr, llm_request("binary", P::Expand, S::Analysis)).await;
+    assert!(!deltas.is_empty());
+    assert_route(&done, T::Secondary, F::Unspecified);
+    assert!(
+        done.usage
+            .is_some_and(|u| u.estimated && u.output_tokens > 0)
+    );
+    let line = gw.wait_for("[Hybrid] Phase=EXPAND").await;
+    assert!(line.contains(SECONDARY_MODEL), "{line}");
+
+    gw.sigterm();
+    let (code, lines) = gw.finish().await;
+    assert_eq!(code, 0, "clean exit on SIGTERM:\n{}", lines.join("\n"));
+    assert!(
+        !lines.iter().any(|l| l.contains(KEY)),
+        "the API key must not be logged"
+    );
+    server.assert_alive();
+    let _ = std::fs::remove_dir_all(&dir);
 }
