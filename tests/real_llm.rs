@@ -132,7 +132,8 @@ fn gateway_config(server: &LlmServer, primary_base: &str, env: &[(&str, &str)]) 
     Config::from_sources(&sources).expect("test configuration is valid")
 }
 
-/// The shared server, held for this test, and a gateway on it configured with `env`.
+/// The shared server (started by the first test) and a gateway on it configured with `env`;
+/// the primary on `primary_base` when given.
 async fn start(primary_base: Option<&str>, env: &[(&str, &str)]) -> (&'static LlmServer, Replica) {
     let server = llm_server::shared();
     server.assert_alive();
