@@ -65,7 +65,7 @@ fn required_path(var: &str) -> Result<PathBuf, String> {
     let value = std::env::var_os(var)
         .filter(|v| !v.is_empty())
         .ok_or_else(|| {
-            format!("VRA_REAL_LLM=1 but {var} is not set: run .ci/llm-setup.sh and export what it prints")
+            format!("{var} is not set: run .ci/llm-setup.sh and export what it prints")
         })?;
     let path = PathBuf::from(value);
     if !path.is_file() {
