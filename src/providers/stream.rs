@@ -500,6 +500,38 @@ mod tests {
         assert_eq!(got, expected("gpt-4o-2024", "length"));
     }
 
+    /// A stream as llama-cpp-python 0.3.36's server sends it (recorded, abridged): `\n`
+    /// separators, `"logprobs": null`, a role-only first delta, the finish reason in a chunk with
+    /// an empty delta, no usage chunk (it ignores `stream_options`), and an sse-starlette
+    /// keep-alive comment (`: ping - <time>`, every 15 s) between events.
+    #[test]
+    fn sse_as_llama_cpp_python_sends_it() {
+        const LLAMA_CPP: &str = concat!(
+            "data: {\"id\": \"chatcmpl-1\", \"model\": \"gpt-4o\", \"created\": 1796065371, \"object\": \"chat.completion.chunk\", \"choices\": [{\"index\": 0, \"delta\": {\"role\": \"assistant\"}, \"logprobs\": null, \"finish_reason\": null}]}\n\n",
+            "data: {\"id\": \"chatcmpl-1\", \"model\": \"gpt-4o\", \"created\": 1796065371, \"object\": \"chat.completion.chunk\", \"choices\": [{\"index\": 0, \"delta\": {\"content\": \"Say\"}, \"logprobs\": null, \"finish_reason\": null}]}\n\n",
+            ": ping - 2026-11-30 19:03:00.123456+00:00\n\n",
+            "data: {\"id\": \"chatcmpl-1\", \"model\": \"gpt-4o\", \"created\": 1796065371, \"object\": \"chat.completion.chunk\", \"choices\": [{\"index\": 0, \"delta\": {\"content\": \" hello\"}, \"logprobs\": null, \"finish_reason\": null}]}\n\n",
+            "data: {\"id\": \"chatcmpl-1\", \"model\": \"gpt-4o\", \"created\": 1796065371, \"object\": \"chat.completion.chunk\", \"choices\": [{\"index\": 0, \"delta\": {}, \"logprobs\": null, \"finish_reason\": \"length\"}]}\n\n",
+            "data: [DONE]\n\n",
+        );
+        let want = vec![
+            StreamEvent::Delta("Say".into()),
+            StreamEvent::Delta(" hello".into()),
+            StreamEvent::Done {
+                model: "gpt-4o".into(),
+                usage: TokenUsage::default(),
+                finish_reason: "length".into(),
+            },
+        ];
+        let got = run(&mut SseDecoder::default(), &[LLAMA_CPP.as_bytes()]).unwrap();
+        assert_eq!(got, want);
+        // Split inside the ping comment: still ignored.
+        let bytes = LLAMA_CPP.as_bytes();
+        let at = LLAMA_CPP.find("ping").unwrap() + 2;
+        let got = run(&mut SseDecoder::default(), &[&bytes[..at], &bytes[at..]]).unwrap();
+        assert_eq!(got, want);
+    }
+
     #[test]
     fn ndjson_whole() {
         let got = run(&mut NdjsonDecoder, &[NDJSON.as_bytes()]).unwrap();

@@ -5,6 +5,7 @@
 
 pub mod clients;
 pub mod cost;
+pub mod llm_server;
 pub mod process;
 pub mod redis_server;
 pub mod trials;
