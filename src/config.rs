@@ -17,6 +17,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::cost::{Price, PriceSource, Pricing};
+use crate::domain::Nanos;
+
 /// A configuration error: which setting, and what was wrong. Startup exits with code 2.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration: {var}: {message}")]
@@ -66,6 +69,8 @@ settings! {
     SECONDARY_PROVIDER = "SECONDARY_PROVIDER", "local", "Provider name of the secondary tier.";
     SECONDARY_MODEL = "SECONDARY_MODEL", "llama3:8b", "Model sent to the secondary.";
     MAX_CLOUD_CALLS = "MAX_CLOUD_CALLS", "15", "Cloud requests per report (retries count); 0 = never call a cloud provider.";
+    MAX_CLOUD_COST_USD = "MAX_CLOUD_COST_USD", "", "Cloud cost cap per report in USD (e.g. 0.50): each cloud attempt first holds its worst case; empty = no dollar cap. Prices: [pricing.\"MODEL\"] in the TOML file.";
+    MAX_OUTPUT_TOKENS = "VRA_MAX_OUTPUT_TOKENS", "4096", "With MAX_CLOUD_COST_USD: max_tokens sent to a cloud provider when the caller sets none (bounds the worst case).";
     OPENAI_API_KEY = "OPENAI_API_KEY", "", "API key of the `openai` provider.", secret = true;
     OPENAI_BASE_URL = "OPENAI_BASE_URL", "https://api.openai.com/v1", "Base URL of the `openai` provider; a comma-separated list for several endpoints.";
     OLLAMA_HOST = "OLLAMA_HOST", "http://localhost:11434", "Base URL of the `local` / `ollama` provider; a comma-separated list for several endpoints.";
@@ -87,7 +92,7 @@ settings! {
     LEDGER_URL = "VRA_LEDGER_URL", "", "redis://host:port/db (or rediss://) selects the Redis ledger; empty = in-memory.", secret = true;
     LEDGER_PREFIX = "VRA_LEDGER_PREFIX", "vra:", "Key prefix of the Redis ledger.";
     LEDGER_TIMEOUT_MS = "VRA_LEDGER_TIMEOUT_MS", "200", "Redis ledger operation timeout; past it, calls fail safe to the secondary.";
-    LEDGER_MAX_REPORTS = "VRA_LEDGER_MAX_REPORTS", "1000000", "Reports the in-memory ledger tracks at most; past it a new report's cloud calls fail safe (LEDGER_UNAVAILABLE).";
+    LEDGER_MAX_REPORTS = "VRA_LEDGER_MAX_REPORTS", "250000", "Reports the in-memory ledger tracks at most; past it a new report's cloud calls fail safe (LEDGER_UNAVAILABLE).";
     MAX_RESPONSE_BYTES = "VRA_MAX_RESPONSE_BYTES", "8388608", "Largest upstream response body (unary answers and error bodies) read, in bytes.";
     MAX_STREAM_LINE_BYTES = "VRA_MAX_STREAM_LINE_BYTES", "1048576", "Longest SSE / NDJSON line of an upstream stream, in bytes.";
     CLIENTS_FILE = "VRA_CLIENTS_FILE", "", "TOML file of [[client]] entries (id, token_sha256, limits): bearer tokens required, budgets per client. Re-read on SIGHUP.";
@@ -336,6 +341,12 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub security: SecurityConfig,
     pub limits: ServerLimits,
+    /// Model prices: `[pricing."MODEL"]` over the built-in list prices.
+    pub pricing: Pricing,
+    /// `MAX_CLOUD_COST_USD`.
+    pub max_cloud_cost: Option<Nanos>,
+    /// `VRA_MAX_OUTPUT_TOKENS`.
+    pub max_output_tokens: u32,
 }
 
 /// Where a value came from, for `--print-config`.
@@ -355,6 +366,8 @@ pub struct Sources {
     /// Top-level scalar keys of the TOML file, upper-cased.
     pub file: HashMap<String, String>,
     pub file_providers: BTreeMap<String, FileProvider>,
+    /// `[pricing."MODEL"]` tables of the TOML file.
+    pub file_pricing: BTreeMap<String, Price>,
     pub file_path: Option<PathBuf>,
 }
 
@@ -425,6 +438,18 @@ impl Sources {
                     .map_err(|e: toml::de::Error| file_err(format!("[providers]: {e}")))?;
                 for (name, p) in providers {
                     self.file_providers.insert(name.to_ascii_lowercase(), p);
+                }
+                continue;
+            }
+            if key == "pricing" {
+                let prices: BTreeMap<String, Price> = value
+                    .try_into()
+                    .map_err(|e: toml::de::Error| file_err(format!("[pricing]: {e}")))?;
+                for (model, price) in prices {
+                    price
+                        .validate()
+                        .map_err(|e| file_err(format!("[pricing.\"{model}\"]: {e}")))?;
+                    self.file_pricing.insert(model, price);
                 }
                 continue;
             }
@@ -514,6 +539,24 @@ fn parse_uint<T: std::str::FromStr>(
         return Err(err());
     }
     raw.trim().parse::<T>().map_err(|_| err())
+}
+
+/// An optional amount of US dollars: empty = none; else a finite, non-negative decimal.
+fn parse_usd(setting: Setting, sources: &Sources) -> Result<Option<Nanos>, ConfigError> {
+    let raw = sources.get_or_default(setting);
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    match raw.parse::<f64>() {
+        Ok(usd) if usd.is_finite() && (0.0..=1e9).contains(&usd) => Ok(Some(Nanos::from_usd(usd))),
+        _ => Err(ConfigError::new(
+            setting.var,
+            format!(
+                "`{raw}` is not an amount of USD; accepted: a decimal from 0 to 1e9, e.g. 0.50, or empty for no cap"
+            ),
+        )),
+    }
 }
 
 fn parse_millis(setting: Setting, sources: &Sources, min: u64) -> Result<Duration, ConfigError> {
@@ -676,6 +719,25 @@ impl Config {
 
         let listen_addr = parse_addr(GATEWAY_ADDR, &s.get_or_default(GATEWAY_ADDR))?;
         let security = security(s, listen_addr, [&primary, &secondary])?;
+        let pricing = Pricing {
+            configured: s.file_pricing.clone(),
+        };
+        let max_cloud_cost = parse_usd(MAX_CLOUD_COST_USD, s)?;
+        if max_cloud_cost.is_some() {
+            // A cap needs a worst case for every cloud call: every cloud model needs a price.
+            for endpoint in [&primary, &secondary] {
+                let cloud = endpoint.provider.is_cloud();
+                if cloud && pricing.lookup(&endpoint.model, cloud) == PriceSource::Unpriced {
+                    return Err(ConfigError::new(
+                        MAX_CLOUD_COST_USD.var,
+                        format!(
+                            "needs a price for the cloud model `{}`: add [pricing.\"{}\"] input_per_mtok / output_per_mtok to the TOML file",
+                            endpoint.model, endpoint.model
+                        ),
+                    ));
+                }
+            }
+        }
 
         Ok(Config {
             hybrid_mode: parse_bool(HYBRID_MODE.var, &s.get_or_default(HYBRID_MODE))?,
@@ -708,7 +770,26 @@ impl Config {
                 h2_keepalive: Some(parse_millis(H2_KEEPALIVE_MS, s, 0)?).filter(|d| !d.is_zero()),
                 stream_max: parse_millis(STREAM_MAX_MS, s, 1)?,
             },
+            pricing,
+            max_cloud_cost,
+            max_output_tokens: parse_uint(MAX_OUTPUT_TOKENS, s, 1)?,
         })
+    }
+
+    /// What an operator should hear at startup about an otherwise valid configuration: a
+    /// cloud model without a price (its calls' cost will be reported as unknown).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for (tier, endpoint) in [("primary", &self.primary), ("secondary", &self.secondary)] {
+            let cloud = endpoint.provider.is_cloud();
+            if cloud && self.pricing.lookup(&endpoint.model, cloud) == PriceSource::Unpriced {
+                warnings.push(format!(
+                    "the {tier} model `{}` (cloud tier) has no price: its calls' cost is reported as unknown; add [pricing.\"{}\"] input_per_mtok / output_per_mtok to the TOML file",
+                    endpoint.model, endpoint.model
+                ));
+            }
+        }
+        warnings
     }
 
     /// The effective configuration as `VAR=value` lines, secrets redacted, with each value's
@@ -1325,6 +1406,65 @@ mod tests {
             let err = Config::from_sources(&s).unwrap_err();
             assert_eq!(err.var, var, "{table}");
             assert!(err.message.contains(says), "{table}: {err}");
+        }
+    }
+
+    #[test]
+    fn pricing_tables_and_the_dollar_cap() {
+        let mut s = Sources::default();
+        s.load_toml(
+            "[pricing.\"gpt-4o\"]\ninput_per_mtok = 2.0\noutput_per_mtok = 8.0\n[pricing.\"llama3:8b\"]\ninput_per_mtok = 0.01\noutput_per_mtok = 0.02\n",
+            Path::new("gw.toml"),
+        )
+        .unwrap();
+        s.env.insert("MAX_CLOUD_COST_USD".into(), " 0.25 ".into());
+        let c = Config::from_sources(&s).unwrap();
+        assert_eq!(c.max_cloud_cost, Some(Nanos(250_000_000)));
+        assert_eq!(c.max_output_tokens, 4096);
+        assert_eq!(
+            c.pricing.lookup("gpt-4o", true),
+            PriceSource::Configured(Price {
+                input_per_mtok: 2.0,
+                output_per_mtok: 8.0
+            })
+        );
+        assert!(c.warnings().is_empty());
+        // No cap by default; a cap of 0 means no cloud spend at all.
+        assert_eq!(
+            Config::from_sources(&sources(&[])).unwrap().max_cloud_cost,
+            None
+        );
+        let zero = Config::from_sources(&sources(&[("MAX_CLOUD_COST_USD", "0")])).unwrap();
+        assert_eq!(zero.max_cloud_cost, Some(Nanos::ZERO));
+        for bad in ["-1", "NaN", "inf", "1e10", "$5", "five"] {
+            let err = Config::from_sources(&sources(&[("MAX_CLOUD_COST_USD", bad)])).unwrap_err();
+            assert_eq!(err.var, "MAX_CLOUD_COST_USD", "{bad}: {err}");
+        }
+        // A cap needs a price for every cloud model; without a cap, a warning.
+        let unpriced = [("PRIMARY_MODEL", "frontier-x"), ("MAX_CLOUD_COST_USD", "1")];
+        let err = Config::from_sources(&sources(&unpriced)).unwrap_err();
+        assert_eq!(err.var, "MAX_CLOUD_COST_USD");
+        assert!(err.to_string().contains("frontier-x"), "{err}");
+        let warned = Config::from_sources(&sources(&unpriced[..1])).unwrap();
+        assert_eq!(warned.warnings().len(), 1);
+        assert!(warned.warnings()[0].contains("frontier-x"));
+        // Bad tables name the file and the model.
+        for (text, needle) in [
+            (
+                "[pricing.\"m\"]\ninput_per_mtok = -1.0\noutput_per_mtok = 1.0",
+                "per million tokens",
+            ),
+            ("[pricing.\"m\"]\ninput_per_mtok = 1.0", "output_per_mtok"),
+            (
+                "[pricing.\"m\"]\ninput_per_mtok = 1.0\noutput_per_mtok = 1.0\ncached = 1.0",
+                "cached",
+            ),
+        ] {
+            let err = Sources::default()
+                .load_toml(text, Path::new("gw.toml"))
+                .unwrap_err();
+            assert_eq!(err.var, "gw.toml");
+            assert!(err.to_string().contains(needle), "{err}");
         }
     }
 

@@ -158,6 +158,12 @@ pub struct BudgetInfo {
     pub used: u32,
     pub limit: u32,
     pub exhausted: bool,
+    /// The report's settled cloud cost (calls whose model has a price).
+    pub cost_used: Nanos,
+    /// The report's cloud cost reserved by calls in flight, not yet settled.
+    pub cost_reserved: Nanos,
+    /// `MAX_CLOUD_COST_USD`, when set.
+    pub cost_limit: Option<Nanos>,
 }
 
 /// An authenticated caller: an entry of `VRA_CLIENTS_FILE` (matched by bearer token, or by
@@ -193,11 +199,50 @@ pub struct QuotaInfo {
     pub limit: u32,
 }
 
-/// Token counts as reported by the upstream.
+/// Token counts of one call: as reported by the upstream, or estimated where it reported
+/// none ([`crate::cost::complete_usage`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TokenUsage {
     pub input: u32,
     pub output: u32,
+    /// At least one of the counts is an estimate: the upstream did not report it.
+    pub estimated: bool,
+}
+
+impl TokenUsage {
+    /// Counts as the upstream reported them.
+    pub const fn reported(input: u32, output: u32) -> Self {
+        Self {
+            input,
+            output,
+            estimated: false,
+        }
+    }
+}
+
+/// An amount of US dollars in integer nano-dollars (10⁻⁹ USD): ledgers add them exactly.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Nanos(pub u64);
+
+impl Nanos {
+    pub const ZERO: Nanos = Nanos(0);
+
+    /// Dollars, rounded to the nearest nano-dollar (negative → 0).
+    pub fn from_usd(usd: f64) -> Nanos {
+        Nanos((usd * 1e9).round().clamp(0.0, u64::MAX as f64) as u64)
+    }
+
+    pub fn usd(self) -> f64 {
+        self.0 as f64 / 1e9
+    }
+
+    pub fn saturating_add(self, other: Nanos) -> Nanos {
+        Nanos(self.0.saturating_add(other.0))
+    }
+
+    pub fn saturating_sub(self, other: Nanos) -> Nanos {
+        Nanos(self.0.saturating_sub(other.0))
+    }
 }
 
 /// Why one upstream request failed. Messages never contain API keys or prompt text.

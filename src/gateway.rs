@@ -32,6 +32,14 @@
 //! so a call dropped anywhere — by a deadline, a cancel or a panic — leaves no state behind.
 //! The one exception is deliberate: a budget unit reserved for an attempt stays spent even if
 //! the request never left, because the ledger cannot know whether it reached the cloud.
+//!
+//! Money: with `MAX_CLOUD_COST_USD`, each cloud attempt also holds its worst-case cost (an
+//! upper bound of its input tokens, plus its `max_tokens` — the gateway sends
+//! `VRA_MAX_OUTPUT_TOKENS` when the caller set none) in the same reservation. The [`Hold`] is a
+//! guard: a failed attempt releases it, an answered call settles it to the actual cost when it
+//! is recorded, and a call dropped mid-way is charged the whole hold (the upstream may have
+//! billed it). Every answered call is priced ([`crate::cost`]); usage the upstream did not
+//! report is estimated and marked.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -45,8 +53,9 @@ use tracing::{Instrument, Span};
 
 use crate::budget::{CallRecord, Ledger, Limits, ReportKey, ReportUsage, Reservation};
 use crate::config::Config;
+use crate::cost::{self, Price};
 use crate::domain::{
-    BudgetInfo, Client, FallbackReason, Phase, ProviderError, ProviderFailure, QuotaInfo,
+    BudgetInfo, Client, FallbackReason, Nanos, Phase, ProviderError, ProviderFailure, QuotaInfo,
     RouteInfo, Rule, SectionType, Tier, TokenUsage,
 };
 use crate::error::GatewayError;
@@ -82,6 +91,8 @@ pub struct Generated {
     pub budget: BudgetInfo,
     pub attempts: u32,
     pub finish_reason: String,
+    /// The call's cost; `None` when its model has no price.
+    pub cost: Option<Nanos>,
 }
 
 /// One message of a generation stream.
@@ -107,12 +118,19 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     /// A ledger that is down or full fails every call the same way: one warning a second.
     ledger_warnings: telemetry::Throttle,
+    /// Each tier's model price (`None`: a cloud model without a price), by tier index.
+    prices: [Option<Price>; 2],
+    /// `MAX_CLOUD_COST_USD`.
+    cost_cap: Option<Nanos>,
+    /// `VRA_MAX_OUTPUT_TOKENS`: `max_tokens` of a cloud request without one, under a cost cap.
+    output_ceiling: u32,
 }
 
 /// What happened on one tier.
 enum TierOutcome<T> {
-    /// The value, and the lease on the endpoint that produced it (a stream still reads it).
-    Ok(T, Lease),
+    /// The value, the lease on the endpoint that produced it (a stream still reads it) and
+    /// the attempt's cost hold, if any.
+    Ok(T, Lease, Option<Hold>),
     Failed(ProviderError),
     BudgetRefused,
     QuotaSpent,
@@ -122,8 +140,9 @@ enum TierOutcome<T> {
 
 /// The budget step's answer for one attempt.
 enum Budgeted {
-    /// Go ahead (a unit was taken, or the provider is local and needs none).
-    Go,
+    /// Go ahead (a unit was taken, or the provider is local and needs none), holding the
+    /// attempt's worst-case cost under a cost cap.
+    Go(Option<Hold>),
     Refused,
     QuotaSpent,
     LedgerDown,
@@ -166,16 +185,98 @@ impl<'a> CallState<'a> {
             .client(self.key.client)
     }
 
-    fn chat_request(&self, model: &str) -> ChatRequest {
+    /// The upstream request; `max_tokens` defaults to `ceiling` when given (a cloud tier
+    /// under a cost cap: its worst case must be bounded).
+    fn chat_request(&self, model: &str, ceiling: Option<u32>) -> ChatRequest {
         let input = self.input;
         ChatRequest {
             model: model.to_string(),
             system: input.system_prompt.clone(),
             prompt: input.prompt.clone(),
             temperature: input.temperature,
-            max_tokens: input.max_tokens,
+            max_tokens: input.max_tokens.or(ceiling),
             stop: input.stop.clone(),
         }
+    }
+
+    /// The texts of the request's messages, for token estimates.
+    fn messages(&self) -> impl Iterator<Item = &'a str> + 'a {
+        let input = self.input;
+        input
+            .system_prompt
+            .as_deref()
+            .into_iter()
+            .chain(std::iter::once(input.prompt.as_str()))
+    }
+}
+
+/// A granted reservation's hold on the report's cost cap. Settled by the call's record
+/// ([`Hold::settle`]), released uncharged when its attempt fails ([`Hold::release`]); dropped
+/// anywhere else — the call was cancelled or its stream broke after output began — it charges
+/// itself in full, in the background, so no hold outlives its call.
+struct Hold {
+    ledger: Arc<dyn Ledger>,
+    client: Option<Box<str>>,
+    report: Box<str>,
+    amount: Nanos,
+    armed: bool,
+}
+
+impl Hold {
+    fn key(&self) -> ReportKey<'_> {
+        ReportKey {
+            client: self.client.as_deref(),
+            report: &self.report,
+        }
+    }
+
+    /// The amount the call's record releases; the guard is disarmed.
+    fn settle(mut self) -> Nanos {
+        self.armed = false;
+        self.amount
+    }
+
+    /// The attempt failed before any output: release the hold, charging nothing. Disarmed
+    /// before the ledger answers: if this future is dropped mid-release, the hold may stay
+    /// held until the report expires — the safe direction for a cap, it can only block spending
+    /// (re-sending the release could release twice and let the report overspend).
+    async fn release(mut self) {
+        self.armed = false;
+        if let Err(e) = self
+            .ledger
+            .release(self.key(), self.amount, Nanos::ZERO)
+            .await
+        {
+            tracing::warn!(
+                "could not release a cost hold of report: {e}; it expires with the report"
+            );
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (ledger, client, report, amount) = (
+            self.ledger.clone(),
+            self.client.take(),
+            std::mem::take(&mut self.report),
+            self.amount,
+        );
+        runtime.spawn(async move {
+            let key = ReportKey {
+                client: client.as_deref(),
+                report: &report,
+            };
+            if let Err(e) = ledger.release(key, amount, amount).await {
+                tracing::warn!("could not charge the cost hold of a dropped call: {e}");
+            }
+        });
     }
 }
 
@@ -184,6 +285,8 @@ struct Served<T> {
     value: T,
     /// The serving endpoint's slot: held until the value is consumed (a stream's end).
     lease: Lease,
+    /// The serving attempt's cost hold, settled when the call is recorded.
+    hold: Option<Hold>,
     tier: Tier,
     fallback: Option<FallbackReason>,
     decision: routing::Decision,
@@ -212,8 +315,33 @@ impl Gateway {
             ],
             stream_idle: config.stream_idle_timeout,
             ledger_warnings: telemetry::Throttle::new(Duration::from_secs(1)),
+            prices: [
+                config
+                    .pricing
+                    .lookup(&config.primary.model, config.primary.provider.is_cloud())
+                    .price(),
+                config
+                    .pricing
+                    .lookup(
+                        &config.secondary.model,
+                        config.secondary.provider.is_cloud(),
+                    )
+                    .price(),
+            ],
+            cost_cap: config.max_cloud_cost,
+            output_ceiling: config.max_output_tokens,
             metrics,
         }
+    }
+
+    /// The price of the model a tier sends to.
+    fn price(&self, tier: Tier) -> Option<Price> {
+        self.prices[crate::budget::tier_index(tier)]
+    }
+
+    /// Whether the primary model has a price, i.e. whether "all on the primary" has a cost.
+    pub fn primary_priced(&self) -> bool {
+        self.price(Tier::Primary).is_some()
     }
 
     pub fn ledger(&self) -> &Arc<dyn Ledger> {
@@ -271,6 +399,7 @@ impl Gateway {
         let limits = Limits {
             report: client.and_then(|c| c.max_cloud_calls).unwrap_or(self.limit),
             client_day: client.and_then(|c| c.cloud_calls_per_day),
+            cost_cap: self.cost_cap,
         };
         (key, limits)
     }
@@ -315,9 +444,7 @@ impl Gateway {
             (Tier::Primary, true, Ok(_)) if !self.ledger.admits(key) => {
                 Some(FallbackReason::LedgerUnavailable)
             }
-            (Tier::Primary, true, Ok(u)) if u.is_spent(limits.report) => {
-                Some(FallbackReason::CostLimit)
-            }
+            (Tier::Primary, true, Ok(u)) if u.is_spent(limits) => Some(FallbackReason::CostLimit),
             (Tier::Primary, true, Ok(_)) if quota_spent => Some(FallbackReason::ClientQuota),
             (Tier::Primary, _, _) if primary_open => Some(FallbackReason::CircuitOpen),
             (Tier::Primary, _, _) => None,
@@ -363,7 +490,8 @@ impl Gateway {
         } = served.value;
         let route = self.route_info(served.tier, served.decision.rule, served.fallback);
         state.hybrid().routed(&route.provider, &route.model);
-        let budget = self.finish_call(&state, &route, usage).await;
+        let usage = cost::complete_usage(usage, state.messages(), text.len(), 0);
+        let (budget, cost) = self.finish_call(&state, &route, usage, served.hold).await;
         telemetry::record_route(&Span::current(), &route, &budget);
         Ok(Generated {
             text,
@@ -372,6 +500,7 @@ impl Gateway {
             budget,
             attempts: state.attempts,
             finish_reason,
+            cost,
         })
     }
 
@@ -431,6 +560,7 @@ impl Gateway {
         let Served {
             value: (first, mut rest),
             lease: _lease,
+            hold,
             tier,
             fallback,
             decision,
@@ -445,8 +575,12 @@ impl Gateway {
         // Logged as soon as the route is final, before the text flows.
         state.hybrid().routed(&route.provider, &route.model);
         let mut end = None;
+        // What was streamed, for a usage estimate when the upstream reports none.
+        let (mut chunks, mut bytes) = (0u32, 0usize);
         match first {
             StreamEvent::Delta(text) => {
+                chunks += 1;
+                bytes += text.len();
                 if tx.send(Ok(StreamItem::Delta(text))).await.is_err() {
                     return;
                 }
@@ -456,6 +590,8 @@ impl Gateway {
         while end.is_none() {
             let error = match rest.next().await {
                 Some(Ok(StreamEvent::Delta(text))) => {
+                    chunks = chunks.saturating_add(1);
+                    bytes = bytes.saturating_add(text.len());
                     if tx.send(Ok(StreamItem::Delta(text))).await.is_err() {
                         return;
                     }
@@ -484,7 +620,8 @@ impl Gateway {
         else {
             return;
         };
-        let budget = self.finish_call(&state, &route, usage).await;
+        let usage = cost::complete_usage(usage, state.messages(), bytes, chunks);
+        let (budget, cost) = self.finish_call(&state, &route, usage, hold).await;
         telemetry::record_route(&Span::current(), &route, &budget);
         let _ = tx
             .send(Ok(StreamItem::Done(Generated {
@@ -494,6 +631,7 @@ impl Gateway {
                 budget,
                 attempts: state.attempts,
                 finish_reason,
+                cost,
             })))
             .await;
     }
@@ -513,10 +651,11 @@ impl Gateway {
 
         if decision.tier == Tier::Primary {
             let reason = match self.call_tier(state, Tier::Primary, &op).await {
-                TierOutcome::Ok(value, lease) => {
+                TierOutcome::Ok(value, lease, hold) => {
                     return Ok(Served {
                         value,
                         lease,
+                        hold,
                         tier: Tier::Primary,
                         fallback: None,
                         decision,
@@ -548,10 +687,11 @@ impl Gateway {
 
         let secondary = self.provider_name(Tier::Secondary);
         let error = match self.call_tier(state, Tier::Secondary, &op).await {
-            TierOutcome::Ok(value, lease) => {
+            TierOutcome::Ok(value, lease, hold) => {
                 return Ok(Served {
                     value,
                     lease,
+                    hold,
                     tier: Tier::Secondary,
                     fallback,
                     decision,
@@ -608,7 +748,7 @@ impl Gateway {
             return FallbackReason::CircuitOpen;
         }
         if let Ok(u) = self.ledger.usage(state.key).await
-            && u.is_spent(state.limits.report)
+            && u.is_spent(state.limits)
         {
             return FallbackReason::CostLimit;
         }
@@ -628,7 +768,8 @@ impl Gateway {
             return TierOutcome::CircuitOpen;
         };
         let (pool, model) = self.provider(tier);
-        let request = state.chat_request(model);
+        let capped = self.cost_cap.is_some() && pool.config().is_cloud();
+        let request = state.chat_request(model, capped.then_some(self.output_ceiling));
         let mut attempt = 0u32;
         // The endpoints this call has tried: a retry prefers another one.
         let mut tried = Vec::new();
@@ -645,8 +786,8 @@ impl Gateway {
             self.metrics.queue_wait(&pool.config().name, waited);
             tried.push(lease.index());
             attempt += 1;
-            match self.reserve(state, tier).await {
-                Budgeted::Go => {}
+            let hold = match self.reserve(state, tier, &request).await {
+                Budgeted::Go(hold) => hold,
                 Budgeted::Refused => {
                     permit.failed(false);
                     return TierOutcome::BudgetRefused;
@@ -659,17 +800,21 @@ impl Gateway {
                     permit.failed(false);
                     return TierOutcome::LedgerDown;
                 }
-            }
+            };
             let error = match self
                 .attempt(state, tier, attempt, &request, op, &mut lease, waited)
                 .await
             {
                 Ok(value) => {
                     permit.succeeded();
-                    return TierOutcome::Ok(value, lease);
+                    return TierOutcome::Ok(value, lease, hold);
                 }
                 Err(error) => error,
             };
+            // Nothing came back: the attempt costs nothing.
+            if let Some(hold) = hold {
+                hold.release().await;
+            }
             // The slot is free during the backoff.
             drop(lease);
             match self.retry_delay(state, attempt, &error) {
@@ -692,15 +837,24 @@ impl Gateway {
     }
 
     /// The budget step before each attempt: a cloud-tier provider needs one unit of the
-    /// report's budget (and of the client's day, when it has a quota), reserved atomically; a
-    /// local one needs nothing.
-    async fn reserve(&self, state: &mut CallState<'_>, tier: Tier) -> Budgeted {
+    /// report's budget (and of the client's day, when it has a quota) and, under a cost cap,
+    /// room for the attempt's worst-case cost, reserved atomically; a local one needs nothing.
+    async fn reserve(
+        &self,
+        state: &mut CallState<'_>,
+        tier: Tier,
+        request: &ChatRequest,
+    ) -> Budgeted {
         let (provider, _) = self.provider(tier);
         let config = provider.config();
         if !config.is_cloud() {
-            return Budgeted::Go;
+            return Budgeted::Go(None);
         }
-        let reservation = self.ledger.reserve(state.key, state.limits).await;
+        let hold = match self.cost_cap {
+            Some(_) => self.worst_case(tier, request),
+            None => Nanos::ZERO,
+        };
+        let reservation = self.ledger.reserve(state.key, state.limits, hold).await;
         if let (Some(client), Ok(r)) = (state.key.client, &reservation) {
             self.metrics.client_reservation(client, r.label());
         }
@@ -708,7 +862,14 @@ impl Gateway {
             Ok(Reservation::Granted { used }) => {
                 state.last_used = Some(used);
                 self.metrics.budget_reserved(&config.name);
-                Budgeted::Go
+                let hold = (hold > Nanos::ZERO).then(|| Hold {
+                    ledger: self.ledger.clone(),
+                    client: state.key.client.map(Into::into),
+                    report: state.key.report.into(),
+                    amount: hold,
+                    armed: true,
+                });
+                Budgeted::Go(hold)
             }
             Ok(Reservation::Refused { used, newly }) => {
                 state.last_used = Some(used);
@@ -814,6 +975,25 @@ impl Gateway {
         result
     }
 
+    /// The most one attempt of `request` on `tier` can cost: an upper bound of its input
+    /// tokens plus its `max_tokens`, at the tier's price. A model without a price cannot be
+    /// bounded, so its hold never fits (configuration refuses a cost cap with an unpriced
+    /// cloud model; this is the fail-safe).
+    fn worst_case(&self, tier: Tier, request: &ChatRequest) -> Nanos {
+        let Some(price) = self.price(tier) else {
+            return Nanos(u64::MAX);
+        };
+        let input = cost::input_tokens_bound(
+            request
+                .system
+                .as_deref()
+                .into_iter()
+                .chain(std::iter::once(request.prompt.as_str())),
+        );
+        let output = request.max_tokens.unwrap_or(self.output_ceiling);
+        price.cost_of(input, u64::from(output))
+    }
+
     /// How long to wait before retrying after failed attempt `attempt`, or `None` when the
     /// error is final, the attempts are used up, or the wait would pass the caller's deadline.
     fn retry_delay(
@@ -829,27 +1009,39 @@ impl Gateway {
         (!state.deadline.would_pass(delay)).then_some(delay)
     }
 
-    /// Records a served call in the ledger and returns the report's budget after it.
+    /// Prices a served call, records it in the ledger (settling its hold) and returns the
+    /// report's budget after it and the call's cost.
     async fn finish_call(
         &self,
         state: &CallState<'_>,
         route: &RouteInfo,
         usage: TokenUsage,
-    ) -> BudgetInfo {
+        hold: Option<Hold>,
+    ) -> (BudgetInfo, Option<Nanos>) {
+        let cost = self.price(route.tier).map(|p| p.cost(usage));
+        let all_cloud = self.price(Tier::Primary).map(|p| p.cost(usage));
         let record = CallRecord {
             tier: route.tier,
             fell_back: route.fallback.is_some(),
             cloud: route.cloud,
-            input_tokens: usage.input,
-            output_tokens: usage.output,
+            phase: state.input.phase,
+            usage,
+            cost,
+            all_cloud,
+            release: hold.map_or(Nanos::ZERO, Hold::settle),
         };
         self.metrics.tokens(&route.provider, usage);
-        let limit = state.limits.report;
-        match self.ledger.record(state.key, record).await {
+        self.metrics
+            .cost(&route.provider, &route.model, cost, all_cloud);
+        telemetry::record_cost(&Span::current(), usage, cost);
+        state
+            .hybrid()
+            .usage(&route.provider, &route.model, usage, cost.map(Nanos::usd));
+        let limits = state.limits;
+        let budget = match self.ledger.record(state.key, record).await {
             Ok(u) => BudgetInfo {
-                used: u.cloud_calls_used,
-                limit,
-                exhausted: state.refused || u.is_spent(limit),
+                exhausted: state.refused || u.is_spent(limits),
+                ..budget_from(Some(&u), limits)
             },
             Err(e) => {
                 if let Some(held_back) = self.ledger_warnings.check() {
@@ -857,11 +1049,15 @@ impl Gateway {
                 }
                 BudgetInfo {
                     used: state.last_used.unwrap_or(0),
-                    limit,
-                    exhausted: state.refused || state.last_used.is_some_and(|u| u >= limit),
+                    limit: limits.report,
+                    exhausted: state.refused || state.last_used.is_some_and(|u| u >= limits.report),
+                    cost_used: Nanos::ZERO,
+                    cost_reserved: Nanos::ZERO,
+                    cost_limit: limits.cost_cap,
                 }
             }
-        }
+        };
+        (budget, cost)
     }
 }
 
@@ -871,7 +1067,10 @@ fn budget_from(usage: Option<&ReportUsage>, limits: Limits) -> BudgetInfo {
     BudgetInfo {
         used: usage.cloud_calls_used,
         limit: limits.report,
-        exhausted: usage.is_spent(limits.report),
+        exhausted: usage.is_spent(limits),
+        cost_used: usage.cloud_cost,
+        cost_reserved: usage.held,
+        cost_limit: limits.cost_cap,
     }
 }
 

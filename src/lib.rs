@@ -20,6 +20,9 @@
 //!   [`providers::pool`], a provider's endpoints (`base_urls`): power-of-two-choices
 //!   balancing, outlier ejection, per-endpoint `max_in_flight` with a FIFO queue. Add a
 //!   provider kind here.
+//! - [`cost`]: money and tokens — model prices (`[pricing]` over built-in list prices), a
+//!   call's cost in exact nano-dollars, the worst case a call may cost (for the dollar cap),
+//!   and token estimates for answers that arrive without usage.
 //! - [`resilience`]: retry/backoff, deadlines and the circuit breaker (RAII permits).
 //! - [`gateway`]: the pipeline — route, budget, call, retry, fall back, record.
 //! - [`edge`]: what every call passes before a service — tower layers stacked once in
@@ -34,6 +37,8 @@
 //! - [`config`]: one typed configuration from env, `.env` and TOML, validated up front.
 //! - [`telemetry`] and [`metrics`]: logs, `[Hybrid]` events, OTLP traces, Prometheus — fed
 //!   plain values.
+//! - [`usage`]: a report's cost table (`vra-gateway usage REPORT_ID`, the demo's summary),
+//!   rendered from the `GetReportUsage` answer.
 //! - [`demo`]: not production code. `vra-gateway demo`, the gateway end to end against
 //!   simulated upstreams, and [`demo::sim`], those upstreams (also the tests' and benchmarks'
 //!   "remote LLM").
@@ -41,6 +46,7 @@
 pub mod auth;
 pub mod budget;
 pub mod config;
+pub mod cost;
 pub mod demo;
 pub mod domain;
 pub mod edge;
@@ -54,6 +60,7 @@ pub mod server;
 pub mod service;
 pub mod telemetry;
 pub mod tls;
+pub mod usage;
 
 /// Code generated from `proto/vra/gateway/v1/gateway.proto`.
 #[allow(clippy::all, missing_docs)]

@@ -4,7 +4,7 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use vra_gateway::config::{Config, SETTINGS, Sources};
 use vra_gateway::domain::Client;
 use vra_gateway::{auth, demo, server, telemetry};
@@ -41,23 +41,23 @@ enum Command {
         /// Address to check; defaults to VRA_GATEWAY_ADDR (0.0.0.0 is checked on 127.0.0.1).
         #[arg(long, value_name = "HOST:PORT")]
         addr: Option<String>,
-        /// The gateway serves TLS: trust this PEM CA bundle.
-        #[arg(long, value_name = "FILE")]
-        tls_ca: Option<PathBuf>,
-        /// The name to expect in the gateway's certificate (with --tls-ca).
-        #[arg(
-            long,
-            value_name = "NAME",
-            default_value = "localhost",
-            requires = "tls_ca"
-        )]
-        tls_domain: String,
-        /// A client certificate (PEM chain) for a gateway that requires one (mTLS).
-        #[arg(long, value_name = "FILE", requires_all = ["tls_ca", "tls_key"])]
-        tls_cert: Option<PathBuf>,
-        /// The private key (PEM) of --tls-cert.
-        #[arg(long, value_name = "FILE", requires = "tls_cert")]
-        tls_key: Option<PathBuf>,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
+    },
+    /// Print a report's cost table: calls, tokens and cost per phase and answering tier, the
+    /// totals, the all-cloud equivalent and what hybrid routing saved.
+    Usage {
+        /// The report id.
+        report_id: String,
+        /// The gateway's address; defaults to VRA_GATEWAY_ADDR (0.0.0.0 is asked on 127.0.0.1).
+        #[arg(long, value_name = "HOST:PORT")]
+        target: Option<String>,
+        /// Bearer token of a gateway with VRA_CLIENTS_FILE (default: VRA_TOKEN); the report is
+        /// looked up among that client's reports.
+        #[arg(long, value_name = "TOKEN", env = "VRA_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
     },
     /// Run the gateway against simulated upstreams and print how a sample report was routed;
     /// with --serve, keep serving them as a keyless sandbox for clients.
@@ -68,6 +68,10 @@ enum Command {
         /// Use a real Ollama instead of the simulated one.
         #[arg(long, value_name = "URL", conflicts_with = "serve")]
         ollama_host: Option<String>,
+        /// max_tokens of every call of the sample report (keeps a run against real servers
+        /// to seconds per call).
+        #[arg(long, value_name = "N", default_value_t = demo::DEMO_MAX_TOKENS, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "serve")]
+        max_tokens: u32,
         /// Sandbox: serve the real gateway with the simulated upstreams on VRA_GATEWAY_ADDR
         /// (default 127.0.0.1:50051) until Ctrl-C or SIGTERM, instead of running the sample
         /// report. Other settings (MAX_CLOUD_CALLS, VRA_CLIENTS_FILE, VRA_TLS_*) come from the
@@ -84,6 +88,28 @@ enum Command {
         #[command(subcommand)]
         command: ClientsCommand,
     },
+}
+
+/// How a command reaches a gateway that serves TLS.
+#[derive(Debug, Args)]
+struct ClientTlsArgs {
+    /// The gateway serves TLS: trust this PEM CA bundle.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// The name to expect in the gateway's certificate (with --tls-ca).
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "localhost",
+        requires = "tls_ca"
+    )]
+    tls_domain: String,
+    /// A client certificate (PEM chain) for a gateway that requires one (mTLS).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,18 +158,24 @@ fn main() -> ExitCode {
         print_config: false,
     }) {
         Command::Serve { print_config } => serve(cli.config, print_config),
-        Command::Health {
-            addr,
-            tls_ca,
-            tls_domain,
-            tls_cert,
-            tls_key,
-        } => {
-            let tls = match health_tls(tls_ca, tls_domain, tls_cert.zip(tls_key)) {
+        Command::Health { addr, tls } => {
+            let tls = match client_tls(tls) {
                 Ok(tls) => tls,
                 Err(e) => return fail(&e, EXIT_CONFIG),
             };
             health(addr, tls.as_ref())
+        }
+        Command::Usage {
+            report_id,
+            target,
+            token,
+            tls,
+        } => {
+            let tls = match client_tls(tls) {
+                Ok(tls) => tls,
+                Err(e) => return fail(&e, EXIT_CONFIG),
+            };
+            usage(&report_id, target, token, tls.as_ref())
         }
         Command::Clients {
             command: ClientsCommand::NewToken { id },
@@ -153,6 +185,7 @@ fn main() -> ExitCode {
             ollama_host,
             serve,
             fail_primary_every,
+            max_tokens,
         } => {
             let rt = match runtime() {
                 Ok(rt) => rt,
@@ -168,6 +201,7 @@ fn main() -> ExitCode {
             let options = demo::DemoOptions {
                 openai_base_url,
                 ollama_host,
+                max_tokens,
             };
             match rt.block_on(demo::run(options)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -208,12 +242,15 @@ fn serve(config_path: Option<PathBuf>, print_config: bool) -> ExitCode {
     }
 }
 
-/// Reads the PEM files of `health --tls-*`.
-fn health_tls(
-    ca: Option<PathBuf>,
-    domain: String,
-    identity: Option<(PathBuf, PathBuf)>,
-) -> Result<Option<server::HealthTls>, String> {
+/// Reads the PEM files of `--tls-*`.
+fn client_tls(args: ClientTlsArgs) -> Result<Option<server::ClientTls>, String> {
+    let ClientTlsArgs {
+        tls_ca: ca,
+        tls_domain: domain,
+        tls_cert,
+        tls_key,
+    } = args;
+    let identity = tls_cert.zip(tls_key);
     let Some(ca) = ca else { return Ok(None) };
     let read = |path: &PathBuf| {
         std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
@@ -222,23 +259,55 @@ fn health_tls(
         Some((cert, key)) => Some((read(&cert)?, read(&key)?)),
         None => None,
     };
-    Ok(Some(server::HealthTls {
+    Ok(Some(server::ClientTls {
         ca_pem: read(&ca)?,
         domain,
         identity,
     }))
 }
 
-fn health(addr: Option<String>, tls: Option<&server::HealthTls>) -> ExitCode {
-    let addr = addr
-        .or_else(|| {
-            std::env::var("VRA_GATEWAY_ADDR")
-                .ok()
-                .filter(|a| !a.is_empty())
-        })
-        .unwrap_or_else(|| "127.0.0.1:50051".into())
-        .replace("0.0.0.0", "127.0.0.1")
-        .replace("[::]", "[::1]");
+/// The gateway to talk to: `addr`, else VRA_GATEWAY_ADDR, else the default; a wildcard
+/// listen address is reached on loopback.
+fn gateway_addr(addr: Option<String>) -> String {
+    addr.or_else(|| {
+        std::env::var("VRA_GATEWAY_ADDR")
+            .ok()
+            .filter(|a| !a.is_empty())
+    })
+    .unwrap_or_else(|| "127.0.0.1:50051".into())
+    .replace("0.0.0.0", "127.0.0.1")
+    .replace("[::]", "[::1]")
+}
+
+/// Prints a report's cost table (`usage`).
+fn usage(
+    report_id: &str,
+    target: Option<String>,
+    token: Option<String>,
+    tls: Option<&server::ClientTls>,
+) -> ExitCode {
+    let addr = gateway_addr(target);
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}"), 1),
+    };
+    let token = token.filter(|t| !t.is_empty());
+    match rt.block_on(vra_gateway::usage::fetch(
+        &addr,
+        tls,
+        token.as_deref(),
+        report_id,
+    )) {
+        Ok(usage) => {
+            print!("{}", vra_gateway::usage::render(&usage, None));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("usage of report from {addr} failed: {e}"), 1),
+    }
+}
+
+fn health(addr: Option<String>, tls: Option<&server::ClientTls>) -> ExitCode {
+    let addr = gateway_addr(addr);
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}"), 1),

@@ -15,7 +15,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::domain::{FallbackReason, ProviderError, TokenUsage};
+use std::sync::atomic::AtomicU64;
+
+use crate::domain::{FallbackReason, Nanos, ProviderError, TokenUsage};
+
+/// A counter of dollars.
+type UsdCounter = Counter<f64, AtomicU64>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -59,6 +64,13 @@ struct AttemptLabels {
     outcome: String,
 }
 
+/// Providers and models come from configuration: a bounded set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    provider: String,
+    model: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TokenLabels {
     provider: String,
@@ -96,6 +108,8 @@ pub struct Metrics {
     rejected: Family<ReasonLabels, Counter>,
     ejections: Family<EndpointLabels, Counter>,
     queue_wait: Family<ProviderLabels, Histogram, fn() -> Histogram>,
+    cost: Family<ModelLabels, UsdCounter>,
+    savings: UsdCounter,
 }
 
 /// Client ids come from the clients file, never from requests: a bounded label set.
@@ -208,8 +222,22 @@ impl Metrics {
             "Time an attempt waited for a free endpoint (max_in_flight) before it was sent",
             queue_wait.clone(),
         );
+        let cost = Family::default();
+        registry.register(
+            "cost_usd",
+            "Cost of answered calls in USD (tokens x the model's price), by provider and model; calls of unpriced models are not counted",
+            cost.clone(),
+        );
+        let savings = UsdCounter::default();
+        registry.register(
+            "savings_usd",
+            "USD saved by hybrid routing: each answered call's tokens priced at the primary model, minus its actual cost (never negative)",
+            savings.clone(),
+        );
         Self {
             registry,
+            cost,
+            savings,
             ejections,
             queue_wait,
             client_reservations,
@@ -324,6 +352,25 @@ impl Metrics {
         }
     }
 
+    /// Adds an answered call's cost (when its model has a price) and what it saved against
+    /// the primary model (when both have one).
+    pub fn cost(&self, provider: &str, model: &str, cost: Option<Nanos>, all_cloud: Option<Nanos>) {
+        if let Some(cost) = cost {
+            self.cost
+                .get_or_create(&ModelLabels {
+                    provider: provider.to_string(),
+                    model: model.to_string(),
+                })
+                .inc_by(cost.usd());
+        }
+        if let (Some(cost), Some(all_cloud)) = (cost, all_cloud) {
+            let saved = all_cloud.saturating_sub(cost);
+            if saved > Nanos::ZERO {
+                self.savings.inc_by(saved.usd());
+            }
+        }
+    }
+
     pub fn stream_aborted(&self) {
         self.stream_aborts.inc();
     }
@@ -426,13 +473,7 @@ mod tests {
         m.request("Generate", "DRAFT", "PRIMARY", "openai", "ok");
         m.fallback(FallbackReason::CostLimit);
         m.attempt("openai", "gpt-4o", None, Duration::from_millis(30));
-        m.tokens(
-            "openai",
-            TokenUsage {
-                input: 3,
-                output: 4,
-            },
-        );
+        m.tokens("openai", TokenUsage::reported(3, 4));
         {
             let _g = m.in_flight("Generate");
             assert!(
@@ -446,5 +487,41 @@ mod tests {
         assert!(text.contains("vra_gateway_upstream_attempt_duration_seconds_bucket{le=\"0.04\",provider=\"openai\",model=\"gpt-4o\",outcome=\"ok\"} 1"), "{text}");
         assert!(text.contains("vra_gateway_tokens_total{provider=\"openai\",type=\"output\"} 4"));
         assert!(text.contains("vra_gateway_in_flight_requests{method=\"Generate\"} 0"));
+    }
+
+    #[test]
+    fn cost_and_savings_count_dollars() {
+        let m = Metrics::new();
+        // A local call priced 0 that would have cost $0.0075 on the primary.
+        m.cost(
+            "local",
+            "llama3:8b",
+            Some(Nanos::ZERO),
+            Some(Nanos(7_500_000)),
+        );
+        m.cost(
+            "openai",
+            "gpt-4o",
+            Some(Nanos(2_500_000)),
+            Some(Nanos(2_500_000)),
+        );
+        // Unpriced: neither cost nor savings.
+        m.cost("openai", "mystery", None, Some(Nanos(1)));
+        let text = m.render();
+        assert!(
+            text.contains(
+                "vra_gateway_cost_usd_total{provider=\"openai\",model=\"gpt-4o\"} 0.0025"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("vra_gateway_cost_usd_total{provider=\"local\",model=\"llama3:8b\"} 0.0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vra_gateway_savings_usd_total 0.0075"),
+            "{text}"
+        );
+        assert!(!text.contains("mystery"), "{text}");
     }
 }

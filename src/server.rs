@@ -103,6 +103,9 @@ pub async fn run(
         Arc::new(Authenticator::new(clients.clone(), mtls, metrics.clone()))
     });
     let gateway = build_gateway(&config, metrics.clone())?;
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let addr = listener.local_addr().map_err(|source| ServeError::Bind {
         addr: config.listen_addr,
         source,
@@ -380,28 +383,28 @@ pub async fn check_health(addr: &str) -> Result<bool, Box<dyn std::error::Error>
     check_health_with(addr, None).await
 }
 
-/// How `vra-gateway health` reaches a gateway that serves TLS: the CA to trust, the name to
-/// expect in its certificate, and a client certificate when it requires one (mTLS).
+/// How a command (`health`, `usage`) reaches a gateway that serves TLS: the CA to trust, the
+/// name to expect in its certificate, and a client certificate when it requires one (mTLS).
 #[derive(Debug, Clone)]
-pub struct HealthTls {
+pub struct ClientTls {
     pub ca_pem: Vec<u8>,
     pub domain: String,
     /// PEM certificate chain and key.
     pub identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
-/// [`check_health`], over TLS when `tls` is given.
-pub async fn check_health_with(
+/// A channel to the gateway at `addr` (`host:port`), over TLS when `tls` is given; every
+/// call on it times out after `timeout`.
+pub async fn connect(
     addr: &str,
-    tls: Option<&HealthTls>,
-) -> Result<bool, Box<dyn std::error::Error>> {
+    tls: Option<&ClientTls>,
+    timeout: Duration,
+) -> Result<tonic::transport::Channel, Box<dyn std::error::Error>> {
     use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-    use tonic_health::pb::health_client::HealthClient;
-    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus as Status};
     let scheme = if tls.is_some() { "https" } else { "http" };
     let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?
         .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(2));
+        .timeout(timeout);
     if let Some(tls) = tls {
         let mut config = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&tls.ca_pem))
@@ -411,7 +414,18 @@ pub async fn check_health_with(
         }
         endpoint = endpoint.tls_config(config)?;
     }
-    let mut client = HealthClient::new(endpoint.connect().await?);
+    Ok(endpoint.connect().await?)
+}
+
+/// [`check_health`], over TLS when `tls` is given.
+pub async fn check_health_with(
+    addr: &str,
+    tls: Option<&ClientTls>,
+) -> Result<bool, Box<dyn std::error::Error>> {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus as Status};
+    let channel = connect(addr, tls, Duration::from_secs(2)).await?;
+    let mut client = HealthClient::new(channel);
     let response = client
         .check(HealthCheckRequest {
             service: String::new(),

@@ -14,9 +14,10 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span};
 
+use crate::budget::{ReportUsage, phase_index, tier_index};
 use crate::domain::{
-    BudgetInfo, Client, FallbackReason, Phase, QuotaInfo, RouteInfo, SectionType, Tier,
-    has_forbidden_id_char,
+    BudgetInfo, Client, FallbackReason, Nanos, Phase, QuotaInfo, RouteInfo, SectionType, Tier,
+    TokenUsage, has_forbidden_id_char,
 };
 use crate::edge::{self, Admission, Admitted, CallerDeadline};
 use crate::error::GatewayError;
@@ -351,6 +352,30 @@ impl From<BudgetInfo> for pb::Budget {
             cloud_calls_used: b.used,
             cloud_calls_limit: b.limit,
             exhausted: b.exhausted,
+            cloud_cost_used_usd: b.cost_used.usd(),
+            cloud_cost_reserved_usd: b.cost_reserved.usd(),
+            cloud_cost_limit_usd: b.cost_limit.map(Nanos::usd),
+        }
+    }
+}
+
+impl From<TokenUsage> for pb::Usage {
+    fn from(u: TokenUsage) -> Self {
+        pb::Usage {
+            input_tokens: u.input,
+            output_tokens: u.output,
+            estimated: u.estimated,
+        }
+    }
+}
+
+impl From<Phase> for pb::CompilationPhase {
+    fn from(p: Phase) -> Self {
+        match p {
+            Phase::Draft => pb::CompilationPhase::Draft,
+            Phase::Expand => pb::CompilationPhase::Expand,
+            Phase::Refine => pb::CompilationPhase::Refine,
+            Phase::Abstract => pb::CompilationPhase::Abstract,
         }
     }
 }
@@ -360,14 +385,74 @@ impl From<Generated> for pb::GenerateResponse {
         pb::GenerateResponse {
             text: g.text,
             route: Some(g.route.into()),
-            usage: Some(pb::Usage {
-                input_tokens: g.usage.input,
-                output_tokens: g.usage.output,
-            }),
+            usage: Some(g.usage.into()),
             budget: Some(g.budget.into()),
             attempts: g.attempts,
             finish_reason: g.finish_reason,
+            cost_usd: g.cost.map(Nanos::usd),
         }
+    }
+}
+
+/// The `GetReportUsage` answer: counters, cost and savings, and the per-phase breakdown.
+/// `primary_priced` says whether the all-cloud equivalent (and so the savings) is known.
+fn usage_response(
+    report_id: String,
+    usage: ReportUsage,
+    budget: BudgetInfo,
+    quota: Option<QuotaInfo>,
+    primary_priced: bool,
+) -> pb::GetReportUsageResponse {
+    let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+    let total = usage.cloud_cost.saturating_add(usage.local_cost);
+    let all_cloud = primary_priced.then_some(usage.all_cloud);
+    let mut phases = Vec::new();
+    for phase in Phase::ALL {
+        for tier in [Tier::Primary, Tier::Secondary] {
+            let cell = usage.phases[phase_index(phase)][tier_index(tier)];
+            if cell.calls == 0 {
+                continue;
+            }
+            phases.push(pb::PhaseUsage {
+                phase: pb::CompilationPhase::from(phase) as i32,
+                tier: pb::ProviderTier::from(tier) as i32,
+                calls: cell.calls,
+                usage: Some(pb::Usage {
+                    input_tokens: cell.input_tokens,
+                    output_tokens: cell.output_tokens,
+                    estimated: cell.estimated > 0,
+                }),
+                cost_usd: cell.cost.usd(),
+            });
+        }
+    }
+    pb::GetReportUsageResponse {
+        report_id,
+        budget: Some(budget.into()),
+        primary_calls: usage.primary_calls,
+        secondary_calls: usage.secondary_calls,
+        fallbacks: usage.fallbacks,
+        cloud_usage: Some(pb::Usage {
+            input_tokens: clamp(usage.cloud_input_tokens),
+            output_tokens: clamp(usage.cloud_output_tokens),
+            estimated: usage.cloud_estimated > 0,
+        }),
+        local_usage: Some(pb::Usage {
+            input_tokens: clamp(usage.local_input_tokens),
+            output_tokens: clamp(usage.local_output_tokens),
+            estimated: usage.local_estimated > 0,
+        }),
+        client_quota: quota.map(Into::into),
+        cost: Some(pb::ReportCost {
+            cloud_usd: usage.cloud_cost.usd(),
+            local_usd: usage.local_cost.usd(),
+            total_usd: total.usd(),
+            all_cloud_usd: all_cloud.map(Nanos::usd),
+            // Signed: a local model priced above the primary costs more than all-cloud.
+            savings_usd: all_cloud.map(|a| a.usd() - total.usd()),
+            unpriced_calls: usage.unpriced_calls,
+        }),
+        phases,
     }
 }
 
@@ -579,23 +664,13 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
             finish(&Span::current(), report_id(&req.report_id))?;
             let usage = gateway.usage(client.as_deref(), &req.report_id).await;
             let (usage, budget, quota) = finish(&Span::current(), usage)?;
-            let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
-            Ok(Response::new(pb::GetReportUsageResponse {
-                report_id: req.report_id,
-                budget: Some(budget.into()),
-                primary_calls: usage.primary_calls,
-                secondary_calls: usage.secondary_calls,
-                fallbacks: usage.fallbacks,
-                cloud_usage: Some(pb::Usage {
-                    input_tokens: clamp(usage.cloud_input_tokens),
-                    output_tokens: clamp(usage.cloud_output_tokens),
-                }),
-                local_usage: Some(pb::Usage {
-                    input_tokens: clamp(usage.local_input_tokens),
-                    output_tokens: clamp(usage.local_output_tokens),
-                }),
-                client_quota: quota.map(Into::into),
-            }))
+            Ok(Response::new(usage_response(
+                req.report_id,
+                usage,
+                budget,
+                quota,
+                gateway.primary_priced(),
+            )))
         }
         .instrument(span)
         .with_context(cx)

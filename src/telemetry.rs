@@ -38,7 +38,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{Config, LogFormat};
 use crate::domain::{
-    BudgetInfo, FallbackReason, ProviderError, RouteInfo, Tier, TokenUsage, Untrusted,
+    BudgetInfo, FallbackReason, Nanos, ProviderError, RouteInfo, Tier, TokenUsage, Untrusted,
     UntrustedList,
 };
 
@@ -339,6 +339,45 @@ impl<'a> Hybrid<'a> {
         );
     }
 
+    /// INFO on target `vra_gateway::usage` (not a `[Hybrid]` line: the story of a route
+    /// stays one line per decision): what an answered call used and cost. Text logs get
+    /// `usage | Phase=… | Section=… | Provider=… | Model=… | Tokens=IN/OUT | Cost=$… |
+    /// Report=…` (`~` marks estimated counts, `Cost=unknown` a model without a price); JSON
+    /// logs get `input_tokens`, `output_tokens`, `estimated` and `cost_usd` (absent when
+    /// unknown) as fields.
+    pub fn usage(self, provider: &str, model: &str, usage: TokenUsage, cost_usd: Option<f64>) {
+        let p = Upper(provider);
+        let est = if usage.estimated { "~" } else { "" };
+        let cost = UsdText(cost_usd);
+        let client = ClientSuffix(self.client);
+        let line = format_args!(
+            "usage | Phase={} | Section={} | Provider={p} | Model={model} | Tokens={est}{}/{est}{} | Cost={cost} | Report={}{client}",
+            self.phase, self.section, usage.input, usage.output, self.report_id
+        );
+        if !settings().json {
+            tracing::info!(target: "vra_gateway::usage", "{}", line);
+            return;
+        }
+        let trace_id = current_trace_id();
+        tracing::info!(
+            target: "vra_gateway::usage",
+            event = "USAGE",
+            phase = self.phase,
+            section = self.section,
+            report_id = self.report_id,
+            client = self.client,
+            provider,
+            model,
+            input_tokens = usage.input,
+            output_tokens = usage.output,
+            estimated = usage.estimated,
+            cost_usd,
+            trace_id = trace_id.as_deref(),
+            "{}",
+            line
+        );
+    }
+
     /// ERROR: a stream broke after its first delta.
     pub fn stream_aborted(self, provider: &str, model: &str, error: &str) {
         let (p, e) = (Upper(provider), Untrusted(error));
@@ -414,6 +453,20 @@ struct Parts<'a> {
     reason: Option<&'static str>,
     /// Each provider's error, shown escaped and capped one by one.
     error: Option<&'a [&'a str]>,
+}
+
+/// A cost in usage lines: `$0.000123` (to the micro-dollar, or more digits when smaller),
+/// or `unknown`.
+struct UsdText(Option<f64>);
+
+impl fmt::Display for UsdText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            None => f.write_str("unknown"),
+            Some(usd) if usd == 0.0 || usd >= 0.000_001 => write!(f, "${usd:.6}"),
+            Some(usd) => write!(f, "${usd:.9}"),
+        }
+    }
 }
 
 /// ` | Client=ID` after a `[Hybrid]` line of an authenticated call; nothing otherwise.
@@ -561,7 +614,22 @@ pub fn server_span(method: &'static str) -> Span {
         vra.fallback.reason = Empty,
         vra.budget.used = Empty,
         vra.budget.limit = Empty,
+        vra.cost.usd = Empty,
+        vra.usage.input_tokens = Empty,
+        vra.usage.output_tokens = Empty,
+        vra.usage.estimated = Empty,
     )
+}
+
+/// Records a call's usage and cost on the current server span (`vra.cost.usd` only when the
+/// model has a price).
+pub fn record_cost(span: &Span, usage: TokenUsage, cost: Option<Nanos>) {
+    span.record("vra.usage.input_tokens", i64::from(usage.input));
+    span.record("vra.usage.output_tokens", i64::from(usage.output));
+    span.record("vra.usage.estimated", usage.estimated);
+    if let Some(cost) = cost {
+        span.record("vra.cost.usd", cost.usd());
+    }
 }
 
 /// Records the final route and budget on the current server span.

@@ -56,6 +56,13 @@ fn main() {
         ),
         async_trial(
             &args,
+            "three_replicas_never_exceed_one_dollar_cap",
+            &redis,
+            Runtime::MultiThread(4),
+            three_replicas_never_exceed_one_dollar_cap,
+        ),
+        async_trial(
+            &args,
             "redis_down_fails_safe_and_recovers",
             &redis,
             Runtime::CurrentThread,
@@ -132,6 +139,29 @@ async fn three_replicas_share_one_exact_budget() {
             "replicas agree"
         );
     }
+    for r in replicas {
+        r.shutdown().await;
+    }
+}
+
+/// Issue 13: the dollar cap across three replicas on one Redis — each cloud attempt's worst
+/// case is held in the same Lua script as its call unit, and settled after the call — so 50
+/// concurrent calls never settle more than the cap, and every replica reports the same exact
+/// figures.
+async fn three_replicas_never_exceed_one_dollar_cap() {
+    let redis = RedisServer::start().await;
+    let cloud = Sim::start().await.unwrap();
+    let local = Sim::start().await.unwrap();
+    let url = redis.url();
+    let mut settings = common::cost::capped_settings();
+    settings.push(("VRA_LEDGER_URL", url.as_str()));
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(Replica::start(config(&cloud, &local, &settings)).await);
+    }
+    let addrs: Vec<_> = replicas.iter().map(|r| r.addr).collect();
+    common::cost::fifty_concurrent_calls_never_exceed_the_cap(&addrs, &cloud, "capped-report")
+        .await;
     for r in replicas {
         r.shutdown().await;
     }

@@ -58,12 +58,24 @@ export interface Route {
 export interface Usage {
   inputTokens: number;
   outputTokens: number;
+  /**
+   * At least one count is an estimate: the upstream did not report it (e.g. a stream without
+   * usage). In `ReportUsage`: some of the calls counted were estimated.
+   */
+  estimated: boolean;
 }
 
 export interface Budget {
   cloudCallsUsed: number;
   cloudCallsLimit: number;
+  /** No cloud call is left: the call budget is spent, or the cost cap has no room. */
   exhausted: boolean;
+  /** The report's settled cloud cost in USD (calls whose model has a price). */
+  cloudCostUsedUsd: number;
+  /** Worst-case cost held by cloud calls in flight (only with a cost cap). */
+  cloudCostReservedUsd: number;
+  /** The dollar cap (`MAX_CLOUD_COST_USD`); `null` when there is none. Settled cost never exceeds it. */
+  cloudCostLimitUsd: number | null;
 }
 
 /** The client's cloud requests in the current UTC day; present only with a day quota. */
@@ -80,12 +92,45 @@ export interface Result {
   /** Every upstream HTTP request the call made, all providers together. */
   attempts: number;
   finishReason: string;
+  /**
+   * The call's cost in USD (its tokens times its model's price). `null` when the model has no
+   * price (unknown, not free); `0` for a local model without a price.
+   */
+  costUsd: number | null;
 }
 
 export interface RouteDecision {
   route: Route;
   budget: Budget;
   clientQuota: ClientQuota | null;
+}
+
+/** What a report cost, and what hybrid routing saved (USD). */
+export interface ReportCost {
+  /** Cost of the calls answered by cloud-tier providers. */
+  cloudUsd: number;
+  /** Cost of the calls answered by local-tier providers. */
+  localUsd: number;
+  /** `cloudUsd + localUsd`. */
+  totalUsd: number;
+  /** The same calls' tokens priced at the primary model; `null` when it has no price. */
+  allCloudUsd: number | null;
+  /** `allCloudUsd - totalUsd`; `null` when `allCloudUsd` is. */
+  savingsUsd: number | null;
+  /** Answered calls whose model has no price: not in the sums above, which are then lower bounds. */
+  unpricedCalls: number;
+}
+
+/** Calls, tokens and cost of one phase answered by one tier. */
+export interface PhaseUsage {
+  /** `null` only if the gateway sends a phase this SDK does not know. */
+  phase: Phase | null;
+  /** The tier that answered; `null` only if the gateway left it unspecified. */
+  tier: Tier | null;
+  calls: number;
+  usage: Usage;
+  /** Cost of these calls in USD (priced calls only). */
+  costUsd: number;
 }
 
 export interface ReportUsage {
@@ -97,6 +142,10 @@ export interface ReportUsage {
   cloudUsage: Usage;
   localUsage: Usage;
   clientQuota: ClientQuota | null;
+  /** What the report cost, and what hybrid routing saved. */
+  cost: ReportCost;
+  /** Calls, tokens and cost per phase and answering tier; only cells with calls. */
+  phases: PhaseUsage[];
 }
 
 /** Events of `generateStream`: text deltas, then exactly one result. */
@@ -269,6 +318,10 @@ export interface CallRecord {
   outputTokens: number;
   latencyMs: number;
   streamed: boolean;
+  /** The call's cost in USD; `null` when its model has no price (unknown). */
+  costUsd: number | null;
+  /** The token counts are (partly) estimates; the upstream did not report them. */
+  estimated: boolean;
 }
 
 export interface Failure {

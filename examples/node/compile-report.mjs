@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Compiles examples/outline.yaml through vra-gateway with the Node SDK and prints how every
-// call was routed, then the report's cloud budget.
+// call was routed, then the report's cloud budget and cost.
 //
 //   (cd clients/node && npm ci)                     # once: the SDK's dependencies
 //   vra-gateway demo --serve                        # or any gateway; prints its address
@@ -83,6 +83,26 @@ client.close();
 
 if (o.out) writeFileSync(o.out, report.markdown);
 
+/** USD with 6 decimals, like the gateway's cost table. */
+const usd = (n) => `$${n.toFixed(6)}`;
+
+/** `  cost $T (cloud $C, local $L); all on the primary model $A; saved $S (P%)`. */
+function costLine(c) {
+  let line = `  cost ${usd(c.totalUsd)} (cloud ${usd(c.cloudUsd)}, local ${usd(c.localUsd)})`;
+  // allCloudUsd and savingsUsd are null when the primary model has no price: unknown, not 0.
+  if (c.allCloudUsd === null) line += '; all on the primary model unknown (it has no price)';
+  else line += `; all on the primary model ${usd(c.allCloudUsd)}`;
+  if (c.savingsUsd === null) line += '; saved unknown';
+  else {
+    line += `; saved ${usd(c.savingsUsd)}`;
+    if (c.allCloudUsd) line += ` (${Math.round((100 * c.savingsUsd) / c.allCloudUsd)}%)`;
+  }
+  if (c.unpricedCalls) {
+    line += ` — ${c.unpricedCalls} call(s) of unpriced models not counted (sums are lower bounds)`;
+  }
+  return line;
+}
+
 const titles = new Map(outline.sections.map((s) => [s.id, `${s.id} ${s.title}`]));
 const rows = report.records.map((r) => [
   titles.get(r.sectionId) ?? 'Abstract',
@@ -113,6 +133,7 @@ if (report.usage) {
       '  (every HTTP request to the cloud counts, retries included)',
   );
   console.log(`  calls: ${primaryCalls} primary, ${secondaryCalls} secondary, ${fallbacks} fallbacks`);
+  console.log(costLine(report.usage.cost));
 } else {
   console.log('  usage unavailable (the gateway could not be asked)');
 }

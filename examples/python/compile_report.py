@@ -53,6 +53,7 @@ def main() -> int:
     for failure in report.failures:
         print(f"failed: {failure.section_id} {failure.phase.name}: {failure.error}")
     print(report.budget_line())
+    print(report.cost_line())
     if args.out:
         Path(args.out).write_text(report.markdown, encoding="utf-8")
         print(f"wrote {args.out}", file=sys.stderr)

@@ -29,10 +29,10 @@ use async_trait::async_trait;
 use super::{
     CallRecord, Ledger, LedgerError, Limits, ReportKey, ReportUsage, Reservation, utc_day,
 };
-use crate::domain::Tier;
+use crate::domain::Nanos;
 
 /// The default of `VRA_LEDGER_MAX_REPORTS`.
-pub const DEFAULT_MAX_REPORTS: usize = 1_000_000;
+pub const DEFAULT_MAX_REPORTS: usize = 250_000;
 
 /// Enough shards that one holds a few thousand entries at the default cap, so a sweep step
 /// (one shard) holds its lock only briefly.
@@ -153,6 +153,7 @@ impl MemoryLedger {
         self.reserve_at(
             ReportKey::anonymous(report_id),
             Limits::report(limit),
+            Nanos::ZERO,
             Instant::now(),
             utc_day(),
         )
@@ -164,11 +165,15 @@ impl MemoryLedger {
         &self,
         key: ReportKey<'_>,
         limits: Limits,
+        hold: Nanos,
         now: Instant,
         day: u64,
     ) -> Result<Reservation, LedgerError> {
         self.with_entry(&scoped(key), now, |u| {
-            if u.exhausted || u.cloud_calls_used >= limits.report {
+            let over_cost = limits
+                .cost_cap
+                .is_some_and(|cap| u.cloud_cost.saturating_add(u.held).saturating_add(hold) > cap);
+            if u.exhausted || u.cloud_calls_used >= limits.report || over_cost {
                 let newly = !u.exhausted;
                 u.exhausted = true;
                 return Reservation::Refused {
@@ -193,6 +198,7 @@ impl MemoryLedger {
                 };
             }
             u.cloud_calls_used += 1;
+            u.held = u.held.saturating_add(hold);
             Reservation::Granted {
                 used: u.cloud_calls_used,
             }
@@ -278,8 +284,18 @@ impl Ledger for MemoryLedger {
         &self,
         key: ReportKey<'_>,
         limits: Limits,
+        hold: Nanos,
     ) -> Result<Reservation, LedgerError> {
-        self.reserve_at(key, limits, Instant::now(), utc_day())
+        self.reserve_at(key, limits, hold, Instant::now(), utc_day())
+    }
+
+    async fn release(
+        &self,
+        key: ReportKey<'_>,
+        hold: Nanos,
+        charge: Nanos,
+    ) -> Result<(), LedgerError> {
+        self.with_entry(&scoped(key), Instant::now(), |u| u.release(hold, charge))
     }
 
     async fn usage(&self, key: ReportKey<'_>) -> Result<ReportUsage, LedgerError> {
@@ -292,7 +308,7 @@ impl Ledger for MemoryLedger {
         call: CallRecord,
     ) -> Result<ReportUsage, LedgerError> {
         self.with_entry(&scoped(key), Instant::now(), |u| {
-            apply_record(u, call);
+            u.apply(&call);
             *u
         })
     }
@@ -314,27 +330,11 @@ impl Ledger for MemoryLedger {
     }
 }
 
-/// Adds a call to the counters — shared by every backend that keeps `ReportUsage` in process.
-pub(crate) fn apply_record(u: &mut ReportUsage, call: CallRecord) {
-    match call.tier {
-        Tier::Primary => u.primary_calls += 1,
-        Tier::Secondary => u.secondary_calls += 1,
-    }
-    if call.fell_back {
-        u.fallbacks += 1;
-    }
-    let (input, output) = if call.cloud {
-        (&mut u.cloud_input_tokens, &mut u.cloud_output_tokens)
-    } else {
-        (&mut u.local_input_tokens, &mut u.local_output_tokens)
-    };
-    *input += u64::from(call.input_tokens);
-    *output += u64::from(call.output_tokens);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::budget::{PhaseTierUsage, phase_index, tier_index};
+    use crate::domain::{Phase, Tier, TokenUsage};
 
     #[test]
     fn grants_exactly_the_limit_then_pins_exhausted() {
@@ -458,14 +458,15 @@ mod tests {
         let ledger = MemoryLedger::new(Duration::from_secs(60));
         let (now, day) = (Instant::now(), 20_000);
         let limits = Limits::report(1);
-        let a = ledger.reserve_at(of("a", "q3"), limits, now, day);
-        let b = ledger.reserve_at(of("b", "q3"), limits, now, day);
-        let anonymous = ledger.reserve_at(ReportKey::anonymous("q3"), limits, now, day);
+        let a = ledger.reserve_at(of("a", "q3"), limits, Nanos::ZERO, now, day);
+        let b = ledger.reserve_at(of("b", "q3"), limits, Nanos::ZERO, now, day);
+        let anonymous =
+            ledger.reserve_at(ReportKey::anonymous("q3"), limits, Nanos::ZERO, now, day);
         for r in [a, b, anonymous] {
             assert_eq!(r, Ok(Reservation::Granted { used: 1 }));
         }
         assert!(matches!(
-            ledger.reserve_at(of("a", "q3"), limits, now, day),
+            ledger.reserve_at(of("a", "q3"), limits, Nanos::ZERO, now, day),
             Ok(Reservation::Refused { used: 1, .. })
         ));
         assert_eq!(
@@ -484,44 +485,45 @@ mod tests {
         let limits = Limits {
             report: 2,
             client_day: Some(3),
+            cost_cap: None,
         };
         // Report r1 takes 2 units of the day, then is refused without touching the day.
         for used in 1..=2 {
             assert_eq!(
-                ledger.reserve_at(of("c", "r1"), limits, now, day),
+                ledger.reserve_at(of("c", "r1"), limits, Nanos::ZERO, now, day),
                 Ok(Reservation::Granted { used })
             );
         }
         assert!(matches!(
-            ledger.reserve_at(of("c", "r1"), limits, now, day),
+            ledger.reserve_at(of("c", "r1"), limits, Nanos::ZERO, now, day),
             Ok(Reservation::Refused { .. })
         ));
         assert_eq!(ledger.day_used("c", day), 2);
         // Report r2 takes the last unit of the day; then the quota refuses without a unit of r2.
         assert_eq!(
-            ledger.reserve_at(of("c", "r2"), limits, now, day),
+            ledger.reserve_at(of("c", "r2"), limits, Nanos::ZERO, now, day),
             Ok(Reservation::Granted { used: 1 })
         );
         assert_eq!(
-            ledger.reserve_at(of("c", "r2"), limits, now, day),
+            ledger.reserve_at(of("c", "r2"), limits, Nanos::ZERO, now, day),
             Ok(Reservation::DayQuotaSpent { used: 3, limit: 3 })
         );
         let r2 = ledger.usage_at(&scoped(of("c", "r2")), now);
         assert_eq!((r2.cloud_calls_used, r2.exhausted), (1, false));
         // Another client's day is its own; the next UTC day starts from zero.
         assert_eq!(
-            ledger.reserve_at(of("d", "r2"), limits, now, day),
+            ledger.reserve_at(of("d", "r2"), limits, Nanos::ZERO, now, day),
             Ok(Reservation::Granted { used: 1 })
         );
         assert_eq!(
-            ledger.reserve_at(of("c", "r2"), limits, now, day + 1),
+            ledger.reserve_at(of("c", "r2"), limits, Nanos::ZERO, now, day + 1),
             Ok(Reservation::Granted { used: 2 })
         );
         assert_eq!(ledger.day_used("c", day + 1), 1);
         // A reservation that read the old day just before midnight, but got the lock after
         // the new day began, counts in the new day and leaves its count intact.
         assert_eq!(
-            ledger.reserve_at(of("c", "r3"), limits, now, day),
+            ledger.reserve_at(of("c", "r3"), limits, Nanos::ZERO, now, day),
             Ok(Reservation::Granted { used: 1 })
         );
         assert_eq!(ledger.day_used("c", day + 1), 2);
@@ -533,6 +535,7 @@ mod tests {
         let limits = Limits {
             report: 1000,
             client_day: Some(37),
+            cost_cap: None,
         };
         let handles: Vec<_> = (0..8)
             .map(|t| {
@@ -542,7 +545,13 @@ mod tests {
                         .filter(|i| {
                             let report = format!("r{}", (t * 50 + i) % 7);
                             matches!(
-                                l.reserve_at(of("c", &report), limits, Instant::now(), 1),
+                                l.reserve_at(
+                                    of("c", &report),
+                                    limits,
+                                    Nanos::ZERO,
+                                    Instant::now(),
+                                    1
+                                ),
                                 Ok(Reservation::Granted { .. })
                             )
                         })
@@ -556,25 +565,108 @@ mod tests {
     }
 
     #[test]
-    fn records_split_by_tier_and_cost() {
+    fn records_split_by_tier_phase_and_cost() {
         let ledger = MemoryLedger::new(Duration::from_secs(60));
-        let call = |tier, fell_back, cloud| CallRecord {
+        let call = |tier, fell_back, cloud, phase, cost| CallRecord {
             tier,
             fell_back,
             cloud,
-            input_tokens: 10,
-            output_tokens: 5,
+            phase,
+            usage: TokenUsage::reported(10, 5),
+            cost,
+            all_cloud: Some(Nanos(100)),
+            release: Nanos::ZERO,
         };
         ledger
             .with_entry("r", Instant::now(), |u| {
-                apply_record(u, call(Tier::Primary, false, true));
-                apply_record(u, call(Tier::Secondary, true, false));
-                apply_record(u, call(Tier::Secondary, false, false));
+                u.apply(&call(
+                    Tier::Primary,
+                    false,
+                    true,
+                    Phase::Draft,
+                    Some(Nanos(100)),
+                ));
+                u.apply(&call(
+                    Tier::Secondary,
+                    true,
+                    false,
+                    Phase::Refine,
+                    Some(Nanos(3)),
+                ));
+                u.apply(&call(Tier::Secondary, false, false, Phase::Expand, None));
             })
             .unwrap();
         let u = ledger.usage_at("r", Instant::now());
         assert_eq!((u.primary_calls, u.secondary_calls, u.fallbacks), (1, 2, 1));
         assert_eq!((u.cloud_input_tokens, u.cloud_output_tokens), (10, 5));
         assert_eq!((u.local_input_tokens, u.local_output_tokens), (20, 10));
+        assert_eq!((u.cloud_cost, u.local_cost), (Nanos(100), Nanos(3)));
+        assert_eq!((u.all_cloud, u.unpriced_calls), (Nanos(300), 1));
+        let cell = |phase, tier| u.phases[phase_index(phase)][tier_index(tier)];
+        assert_eq!(cell(Phase::Draft, Tier::Primary).calls, 1);
+        assert_eq!(cell(Phase::Refine, Tier::Secondary).cost, Nanos(3));
+        assert_eq!(cell(Phase::Expand, Tier::Secondary).output_tokens, 5);
+        assert_eq!(
+            cell(Phase::Refine, Tier::Primary),
+            PhaseTierUsage::default()
+        );
+    }
+
+    /// The dollar cap: a hold must fit beside the settled cost and the other holds; settling
+    /// frees what the call did not spend; a refusal marks the report exhausted.
+    #[test]
+    fn holds_fit_under_the_cost_cap_and_settle_to_the_actual_cost() {
+        let ledger = MemoryLedger::new(Duration::from_secs(60));
+        let (now, day) = (Instant::now(), 1);
+        let limits = Limits {
+            report: 100,
+            client_day: None,
+            cost_cap: Some(Nanos(1_000)),
+        };
+        let key = ReportKey::anonymous("capped");
+        let reserve = |hold| ledger.reserve_at(key, limits, Nanos(hold), now, day);
+        assert!(matches!(reserve(400), Ok(Reservation::Granted { used: 1 })));
+        assert!(matches!(reserve(400), Ok(Reservation::Granted { used: 2 })));
+        // 800 held: another 400 does not fit, and exhausts the report.
+        let usage = ledger.usage_at("capped", now);
+        assert_eq!((usage.held, usage.cloud_cost), (Nanos(800), Nanos::ZERO));
+        assert!(!usage.is_spent(limits));
+        assert_eq!(
+            reserve(400),
+            Ok(Reservation::Refused {
+                used: 2,
+                newly: true
+            })
+        );
+        assert!(matches!(reserve(1), Ok(Reservation::Refused { .. })));
+        // Settling: one answered for 150, one failed (charged 0).
+        ledger
+            .with_entry("capped", now, |u| {
+                u.apply(&CallRecord {
+                    tier: Tier::Primary,
+                    fell_back: false,
+                    cloud: true,
+                    phase: Phase::Refine,
+                    usage: TokenUsage::reported(10, 10),
+                    cost: Some(Nanos(150)),
+                    all_cloud: Some(Nanos(150)),
+                    release: Nanos(400),
+                });
+                u.release(Nanos(400), Nanos::ZERO);
+            })
+            .unwrap();
+        let usage = ledger.usage_at("capped", now);
+        assert_eq!((usage.held, usage.cloud_cost), (Nanos::ZERO, Nanos(150)));
+        // Exactly at the cap is spent.
+        let at_cap = Limits {
+            cost_cap: Some(Nanos(150)),
+            ..limits
+        };
+        let fresh = ReportUsage {
+            cloud_cost: Nanos(150),
+            ..ReportUsage::default()
+        };
+        assert!(fresh.is_spent(at_cap));
+        assert!(!fresh.is_spent(limits));
     }
 }

@@ -11,6 +11,14 @@
 //! UTC day ([`Limits::client_day`]) that a reservation takes together with the report's unit,
 //! in the same atomic step — a refused day quota spends no report unit and vice versa.
 //!
+//! Money works the same way. With a dollar cap (`MAX_CLOUD_COST_USD`, [`Limits::cost_cap`]),
+//! every cloud attempt also *holds* its worst-case cost in the same atomic step as its unit: a
+//! hold that does not fit under the cap beside the report's settled cost and the holds of calls
+//! in flight is refused like a spent call budget. After the attempt the hold is released and the
+//! actual cost settled ([`CallRecord::release`], [`Ledger::release`]), so a report's settled
+//! cloud cost never exceeds its cap. Every answered call also adds its tokens and cost to the
+//! report's per-phase breakdown ([`PhaseTierUsage`]).
+//!
 //! Two backends: [`memory::MemoryLedger`] (one process) and [`redis::RedisLedger`] (shared by
 //! replicas). A new backend implements the trait and is chosen in [`build`].
 
@@ -22,7 +30,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::config::Config;
-use crate::domain::Tier;
+use crate::domain::{Nanos, Phase, Tier, TokenUsage};
 
 /// Which report: its id, and the client it belongs to when callers authenticate. Client ids
 /// come from configuration (`[A-Za-z0-9._-]`), so they never contain the separators the
@@ -51,6 +59,9 @@ pub struct Limits {
     /// Cloud requests per UTC day of the report's client, all its reports together
     /// (`cloud_calls_per_day`); only with a client.
     pub client_day: Option<u32>,
+    /// The report's cloud cost cap (`MAX_CLOUD_COST_USD`): settled cost plus the holds of
+    /// calls in flight never exceed it.
+    pub cost_cap: Option<Nanos>,
 }
 
 impl Limits {
@@ -58,6 +69,7 @@ impl Limits {
         Self {
             report,
             client_day: None,
+            cost_cap: None,
         }
     }
 }
@@ -96,6 +108,48 @@ pub fn utc_day() -> u64 {
         .unwrap_or(0)
 }
 
+/// One cell of a report's breakdown: the calls of one phase answered by one tier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PhaseTierUsage {
+    pub calls: u32,
+    /// Calls whose usage was estimated (the upstream reported none).
+    pub estimated: u32,
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+    /// Cost of the priced calls.
+    pub cost: Nanos,
+}
+
+impl PhaseTierUsage {
+    fn add(&mut self, call: &CallRecord) {
+        self.calls = self.calls.saturating_add(1);
+        self.estimated = self
+            .estimated
+            .saturating_add(u32::from(call.usage.estimated));
+        self.input_tokens = self.input_tokens.saturating_add(call.usage.input);
+        self.output_tokens = self.output_tokens.saturating_add(call.usage.output);
+        self.cost = self.cost.saturating_add(call.cost.unwrap_or_default());
+    }
+}
+
+/// The index of a phase in [`ReportUsage::phases`].
+pub fn phase_index(phase: Phase) -> usize {
+    match phase {
+        Phase::Draft => 0,
+        Phase::Expand => 1,
+        Phase::Refine => 2,
+        Phase::Abstract => 3,
+    }
+}
+
+/// The index of a tier in a row of [`ReportUsage::phases`].
+pub fn tier_index(tier: Tier) -> usize {
+    match tier {
+        Tier::Primary => 0,
+        Tier::Secondary => 1,
+    }
+}
+
 /// What the ledger knows about one report. An unknown report is all zeros.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReportUsage {
@@ -108,12 +162,76 @@ pub struct ReportUsage {
     pub cloud_output_tokens: u64,
     pub local_input_tokens: u64,
     pub local_output_tokens: u64,
+    /// Settled cost of cloud calls (plus the holds of cloud calls that were dropped mid-way,
+    /// charged in full). This is what the dollar cap bounds.
+    pub cloud_cost: Nanos,
+    /// Cost of local calls (0 unless a local model has a `[pricing]` entry).
+    pub local_cost: Nanos,
+    /// What the same calls' tokens would have cost on the primary model.
+    pub all_cloud: Nanos,
+    /// Answered calls whose model has no price: their cost is unknown and not in the sums.
+    pub unpriced_calls: u32,
+    /// Answered cloud / local calls whose usage was estimated.
+    pub cloud_estimated: u32,
+    pub local_estimated: u32,
+    /// Worst-case cost held by cloud calls in flight, not yet settled.
+    pub held: Nanos,
+    /// Calls, tokens and cost per phase (by [`phase_index`]) and answering tier (by
+    /// [`tier_index`]).
+    pub phases: [[PhaseTierUsage; 2]; 4],
 }
 
 impl ReportUsage {
-    /// Whether a new cloud reservation would be refused now.
-    pub fn is_spent(&self, limit: u32) -> bool {
-        self.exhausted || self.cloud_calls_used >= limit
+    /// Whether a new cloud reservation would be refused now (a call budget spent, or a cost
+    /// cap without room left). A reservation of a positive hold may be refused even when this
+    /// is false: it needs room for its worst case.
+    pub fn is_spent(&self, limits: Limits) -> bool {
+        self.exhausted
+            || self.cloud_calls_used >= limits.report
+            || limits
+                .cost_cap
+                .is_some_and(|cap| self.cloud_cost.saturating_add(self.held) >= cap)
+    }
+
+    /// Adds one answered call (and releases its hold) — the one definition of what a call
+    /// record does, shared by every backend that keeps `ReportUsage` in process.
+    pub fn apply(&mut self, call: &CallRecord) {
+        match call.tier {
+            Tier::Primary => self.primary_calls = self.primary_calls.saturating_add(1),
+            Tier::Secondary => self.secondary_calls = self.secondary_calls.saturating_add(1),
+        }
+        if call.fell_back {
+            self.fallbacks = self.fallbacks.saturating_add(1);
+        }
+        let input = u64::from(call.usage.input);
+        let output = u64::from(call.usage.output);
+        let estimated = u32::from(call.usage.estimated);
+        let cost = call.cost.unwrap_or_default();
+        if call.cloud {
+            self.cloud_input_tokens = self.cloud_input_tokens.saturating_add(input);
+            self.cloud_output_tokens = self.cloud_output_tokens.saturating_add(output);
+            self.cloud_cost = self.cloud_cost.saturating_add(cost);
+            self.cloud_estimated = self.cloud_estimated.saturating_add(estimated);
+        } else {
+            self.local_input_tokens = self.local_input_tokens.saturating_add(input);
+            self.local_output_tokens = self.local_output_tokens.saturating_add(output);
+            self.local_cost = self.local_cost.saturating_add(cost);
+            self.local_estimated = self.local_estimated.saturating_add(estimated);
+        }
+        if call.cost.is_none() {
+            self.unpriced_calls = self.unpriced_calls.saturating_add(1);
+        }
+        self.all_cloud = self
+            .all_cloud
+            .saturating_add(call.all_cloud.unwrap_or_default());
+        self.held = self.held.saturating_sub(call.release);
+        self.phases[phase_index(call.phase)][tier_index(call.tier)].add(call);
+    }
+
+    /// Releases a hold and charges `charge` to the cloud cost (see [`Ledger::release`]).
+    pub fn release(&mut self, hold: Nanos, charge: Nanos) {
+        self.held = self.held.saturating_sub(hold);
+        self.cloud_cost = self.cloud_cost.saturating_add(charge);
     }
 }
 
@@ -126,8 +244,14 @@ pub struct CallRecord {
     pub fell_back: bool,
     /// Whether the answering provider is cloud tier.
     pub cloud: bool,
-    pub input_tokens: u32,
-    pub output_tokens: u32,
+    pub phase: Phase,
+    pub usage: TokenUsage,
+    /// The call's cost; `None` when its model has no price.
+    pub cost: Option<Nanos>,
+    /// The same tokens priced at the primary model; `None` when that has no price.
+    pub all_cloud: Option<Nanos>,
+    /// The hold the call's last attempt reserved, released by this record (0 for none).
+    pub release: Nanos,
 }
 
 /// The ledger could not answer; callers fail safe (no unbudgeted cloud request).
@@ -157,18 +281,34 @@ impl LedgerError {
 /// Storage of per-report budget state.
 #[async_trait]
 pub trait Ledger: Send + Sync + 'static {
-    /// Atomically: if the report has used fewer than `limits.report` units, and its client
-    /// (with a day quota) fewer than `limits.client_day` today, take one of each
-    /// ([`Reservation::Granted`]). A spent report is marked exhausted
+    /// Atomically: if the report has used fewer than `limits.report` units, `hold` fits under
+    /// `limits.cost_cap` beside the settled cost and the other holds, and its client (with a
+    /// day quota) has used fewer than `limits.client_day` today, take one unit of each and
+    /// hold `hold` ([`Reservation::Granted`]). A spent report is marked exhausted
     /// ([`Reservation::Refused`]); a spent day quota takes nothing
     /// ([`Reservation::DayQuotaSpent`]). Refreshes the report's TTL either way.
-    async fn reserve(&self, key: ReportKey<'_>, limits: Limits)
-    -> Result<Reservation, LedgerError>;
+    async fn reserve(
+        &self,
+        key: ReportKey<'_>,
+        limits: Limits,
+        hold: Nanos,
+    ) -> Result<Reservation, LedgerError>;
+
+    /// Releases `hold` (taken by a granted reservation whose attempt produced no answer to
+    /// record) and adds `charge` to the report's cloud cost: 0 for an attempt that failed
+    /// before any output, the whole hold for one dropped mid-way (it may have been billed).
+    async fn release(
+        &self,
+        key: ReportKey<'_>,
+        hold: Nanos,
+        charge: Nanos,
+    ) -> Result<(), LedgerError>;
 
     /// The report's state, without changing it.
     async fn usage(&self, key: ReportKey<'_>) -> Result<ReportUsage, LedgerError>;
 
-    /// Adds one answered call to the report's counters; returns the report's state after it.
+    /// Adds one answered call to the report's counters and releases its hold
+    /// ([`ReportUsage::apply`]); returns the report's state after it.
     async fn record(
         &self,
         key: ReportKey<'_>,

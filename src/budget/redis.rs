@@ -1,8 +1,9 @@
 //! Redis ledger: one budget shared by every replica.
 //!
 //! Each report is one hash at `{prefix}report:{report_id}` — `{prefix}{client}/report:{report_id}`
-//! when callers authenticate — holding the used count, the exhausted flag and the
-//! `GetReportUsage` counters. A client's day quota is one more hash, `{prefix}{client}/quota`
+//! when callers authenticate — holding the used count, the exhausted flag, the cost settled
+//! and held (nano-dollars), and the `GetReportUsage` counters, including one field per
+//! phase × tier × counter of the breakdown (`DRAFT.PRIMARY.calls`, …). A client's day quota is one more hash, `{prefix}{client}/quota`
 //! (`day`, `used`). A reservation is a single Lua script — check the report against its limit,
 //! check the client's day, take one unit of each, remember exhaustion, refresh the TTLs — so
 //! Redis runs it atomically, in one round trip, and no read-then-write race exists across
@@ -21,17 +22,27 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{CallRecord, Ledger, LedgerError, Limits, ReportKey, ReportUsage, Reservation};
-use crate::domain::Tier;
+use super::{
+    CallRecord, Ledger, LedgerError, Limits, ReportKey, ReportUsage, Reservation, phase_index,
+    tier_index,
+};
+use crate::domain::{Nanos, Phase, Tier};
 
 /// Check-and-increment. KEYS[1] = report hash, KEYS[2] (optional) = the client's quota hash;
-/// ARGV[1] = report limit; ARGV[2] = report TTL seconds; ARGV[3] = day limit (with KEYS[2]).
-/// Returns {outcome, used, day_used}: outcome 1 = granted, 0 = refused, 2 = refused and newly
+/// ARGV[1] = report limit; ARGV[2] = report TTL seconds; ARGV[3] = cost cap in nano-dollars
+/// (-1: none); ARGV[4] = the hold (nano-dollars); ARGV[5] = day limit (with KEYS[2]).
+/// Returns {outcome, used}: outcome 1 = granted, 0 = refused, 2 = refused and newly
 /// exhausted, 3 = the day quota is spent (nothing taken; `used` is then the day's count).
+/// Amounts stay far below 2^53 nano-dollars, so Lua's doubles add them exactly.
 const RESERVE_LUA: &str = r"
-local used = tonumber(redis.call('HGET', KEYS[1], 'used') or '0')
-local was_exhausted = redis.call('HGET', KEYS[1], 'exhausted') == '1'
-if was_exhausted or used >= tonumber(ARGV[1]) then
+local state = redis.call('HMGET', KEYS[1], 'used', 'exhausted', 'cloud_cost', 'held')
+local used = tonumber(state[1] or '0')
+local was_exhausted = state[2] == '1'
+local cap = tonumber(ARGV[3])
+local hold = tonumber(ARGV[4])
+local spent = math.max(0, tonumber(state[3] or '0')) + math.max(0, tonumber(state[4] or '0'))
+local over_cost = cap >= 0 and spent + hold > cap
+if was_exhausted or used >= tonumber(ARGV[1]) or over_cost then
   redis.call('HSET', KEYS[1], 'exhausted', '1')
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   if was_exhausted then return {0, used} end
@@ -42,7 +53,7 @@ if KEYS[2] then
   local quota = redis.call('HMGET', KEYS[2], 'day', 'used')
   local day_used = 0
   if tonumber(quota[1] or '-1') == today then day_used = tonumber(quota[2] or '0') end
-  if day_used >= tonumber(ARGV[3]) then
+  if day_used >= tonumber(ARGV[5]) then
     redis.call('EXPIRE', KEYS[1], ARGV[2])
     return {3, day_used}
   end
@@ -50,6 +61,7 @@ if KEYS[2] then
   redis.call('EXPIRE', KEYS[2], 172800)
 end
 used = redis.call('HINCRBY', KEYS[1], 'used', 1)
+if hold > 0 then redis.call('HINCRBY', KEYS[1], 'held', hold) end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return {1, used}
 ";
@@ -157,10 +169,18 @@ impl Ledger for RedisLedger {
         &self,
         key: ReportKey<'_>,
         limits: Limits,
+        hold: Nanos,
     ) -> Result<Reservation, LedgerError> {
         let mut conn = self.conn.clone();
         let mut invocation = self.reserve.key(self.key(key));
-        invocation.arg(limits.report).arg(self.ttl_secs);
+        let cap = limits
+            .cost_cap
+            .map_or(-1, |c| i64::try_from(c.0).unwrap_or(i64::MAX));
+        invocation
+            .arg(limits.report)
+            .arg(self.ttl_secs)
+            .arg(cap)
+            .arg(hold.0);
         let day_limit = key.client.zip(limits.client_day);
         if let Some((client, day_limit)) = day_limit {
             invocation.key(self.quota_key(client)).arg(day_limit);
@@ -179,7 +199,7 @@ impl Ledger for RedisLedger {
     async fn usage(&self, key: ReportKey<'_>) -> Result<ReportUsage, LedgerError> {
         let mut conn = self.conn.clone();
         let cmd = redis::cmd("HGETALL").arg(self.key(key)).to_owned();
-        let fields: HashMap<String, u64> = self.bounded(cmd.query_async(&mut conn)).await?;
+        let fields: HashMap<String, i64> = self.bounded(cmd.query_async(&mut conn)).await?;
         Ok(usage_from_fields(&fields))
     }
 
@@ -187,6 +207,25 @@ impl Ledger for RedisLedger {
         let mut conn = self.conn.clone();
         let invocation = self.day_used.key(self.quota_key(client));
         self.bounded(invocation.invoke_async(&mut conn)).await
+    }
+
+    async fn release(
+        &self,
+        key: ReportKey<'_>,
+        hold: Nanos,
+        charge: Nanos,
+    ) -> Result<(), LedgerError> {
+        let key = self.key(key);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hincr(&key, "held", -signed(hold))
+            .ignore()
+            .hincr(&key, "cloud_cost", signed(charge))
+            .ignore()
+            .expire(&key, self.ttl_secs as i64)
+            .ignore();
+        let mut conn = self.conn.clone();
+        self.bounded(pipe.query_async::<()>(&mut conn)).await
     }
 
     async fn record(
@@ -199,26 +238,50 @@ impl Ledger for RedisLedger {
             Tier::Primary => "primary",
             Tier::Secondary => "secondary",
         };
-        let (in_field, out_field) = if call.cloud {
-            ("cloud_in", "cloud_out")
-        } else {
-            ("local_in", "local_out")
-        };
+        let side = if call.cloud { "cloud" } else { "local" };
+        let usage = call.usage;
+        let cost = call.cost.unwrap_or_default();
+        let cell = cell_prefix(call.phase, call.tier);
         let mut pipe = redis::pipe();
         pipe.atomic()
             .hincr(&key, tier_field, 1)
             .ignore()
-            .hincr(&key, in_field, call.input_tokens)
+            .hincr(&key, format!("{side}_in"), usage.input)
             .ignore()
-            .hincr(&key, out_field, call.output_tokens)
+            .hincr(&key, format!("{side}_out"), usage.output)
+            .ignore()
+            .hincr(&key, format!("{side}_cost"), signed(cost))
+            .ignore()
+            .hincr(&key, format!("{cell}.calls"), 1)
+            .ignore()
+            .hincr(&key, format!("{cell}.in"), usage.input)
+            .ignore()
+            .hincr(&key, format!("{cell}.out"), usage.output)
+            .ignore()
+            .hincr(&key, format!("{cell}.cost"), signed(cost))
             .ignore();
+        if usage.estimated {
+            pipe.hincr(&key, format!("{side}_est"), 1)
+                .ignore()
+                .hincr(&key, format!("{cell}.est"), 1)
+                .ignore();
+        }
+        if call.cost.is_none() {
+            pipe.hincr(&key, "unpriced", 1).ignore();
+        }
+        if let Some(all_cloud) = call.all_cloud {
+            pipe.hincr(&key, "all_cloud", signed(all_cloud)).ignore();
+        }
+        if call.release > Nanos::ZERO {
+            pipe.hincr(&key, "held", -signed(call.release)).ignore();
+        }
         if call.fell_back {
             pipe.hincr(&key, "fallbacks", 1).ignore();
         }
         pipe.expire(&key, self.ttl_secs as i64).ignore();
         pipe.hgetall(&key);
         let mut conn = self.conn.clone();
-        let (fields,): (HashMap<String, u64>,) = self.bounded(pipe.query_async(&mut conn)).await?;
+        let (fields,): (HashMap<String, i64>,) = self.bounded(pipe.query_async(&mut conn)).await?;
         Ok(usage_from_fields(&fields))
     }
 
@@ -235,11 +298,21 @@ impl Ledger for RedisLedger {
     }
 }
 
-/// Decodes the report hash.
-fn usage_from_fields(fields: &HashMap<String, u64>) -> ReportUsage {
-    let get = |f: &str| fields.get(f).copied().unwrap_or(0);
+/// An amount as Redis integers take it (amounts stay far below `i64::MAX`).
+fn signed(n: Nanos) -> i64 {
+    i64::try_from(n.0).unwrap_or(i64::MAX)
+}
+
+/// The field prefix of one cell of the breakdown: `DRAFT.PRIMARY`.
+fn cell_prefix(phase: Phase, tier: Tier) -> String {
+    format!("{}.{}", phase.as_str(), tier.as_str())
+}
+
+/// Decodes the report hash (a negative count, which only a hand edit could make, reads as 0).
+fn usage_from_fields(fields: &HashMap<String, i64>) -> ReportUsage {
+    let get = |f: &str| fields.get(f).copied().unwrap_or(0).max(0) as u64;
     let small = |f: &str| u32::try_from(get(f)).unwrap_or(u32::MAX);
-    ReportUsage {
+    let mut usage = ReportUsage {
         cloud_calls_used: small("used"),
         exhausted: get("exhausted") == 1,
         primary_calls: small("primary"),
@@ -249,5 +322,25 @@ fn usage_from_fields(fields: &HashMap<String, u64>) -> ReportUsage {
         cloud_output_tokens: get("cloud_out"),
         local_input_tokens: get("local_in"),
         local_output_tokens: get("local_out"),
+        cloud_cost: Nanos(get("cloud_cost")),
+        local_cost: Nanos(get("local_cost")),
+        all_cloud: Nanos(get("all_cloud")),
+        unpriced_calls: small("unpriced"),
+        cloud_estimated: small("cloud_est"),
+        local_estimated: small("local_est"),
+        held: Nanos(get("held")),
+        phases: Default::default(),
+    };
+    for phase in Phase::ALL {
+        for tier in [Tier::Primary, Tier::Secondary] {
+            let prefix = cell_prefix(phase, tier);
+            let cell = &mut usage.phases[phase_index(phase)][tier_index(tier)];
+            cell.calls = small(&format!("{prefix}.calls"));
+            cell.estimated = small(&format!("{prefix}.est"));
+            cell.input_tokens = small(&format!("{prefix}.in"));
+            cell.output_tokens = small(&format!("{prefix}.out"));
+            cell.cost = Nanos(get(&format!("{prefix}.cost")));
+        }
     }
+    usage
 }

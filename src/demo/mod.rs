@@ -35,7 +35,12 @@ use crate::server;
 pub struct DemoOptions {
     pub openai_base_url: Option<String>,
     pub ollama_host: Option<String>,
+    /// `max_tokens` of every call: a run against real servers takes seconds per call.
+    pub max_tokens: u32,
 }
+
+/// The default of `demo --max-tokens`.
+pub const DEMO_MAX_TOKENS: u32 = 256;
 
 /// The demo's budget: small, so the COST_LIMIT fallback shows within one report.
 pub const DEMO_MAX_CLOUD_CALLS: u32 = 6;
@@ -247,6 +252,7 @@ fn reason_name(r: i32) -> &'static str {
 /// Runs the demo; returns an error message on failure.
 pub async fn run(options: DemoOptions) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
+    let max_tokens = options.max_tokens;
     let simulated = options.openai_base_url.is_none() || options.ollama_host.is_none();
     let cloud_sim = match options.openai_base_url {
         None => Some(Sim::start().await?),
@@ -312,6 +318,10 @@ pub async fn run(options: DemoOptions) -> Result<(), Box<dyn std::error::Error>>
     let mut client = GatewayServiceClient::connect(format!("http://{addr}")).await?;
 
     let report_id = format!("demo-report-{}", std::process::id());
+    let options = pb::GenerationOptions {
+        max_tokens: Some(max_tokens),
+        ..Default::default()
+    };
     let mut rows = Vec::new();
     for (id, title, section_type) in SECTIONS {
         for phase in [
@@ -336,7 +346,7 @@ pub async fn run(options: DemoOptions) -> Result<(), Box<dyn std::error::Error>>
                     phase_name(phase)
                 ),
                 system_prompt: "You write precise technical prose.".into(),
-                options: None,
+                options: Some(options.clone()),
             };
             if id == "1" && phase == CompilationPhase::Expand {
                 rows.push(stream_section(&mut client, request, title).await?);
@@ -353,6 +363,7 @@ pub async fn run(options: DemoOptions) -> Result<(), Box<dyn std::error::Error>>
             section_type: SectionType::Other as i32,
             phase: CompilationPhase::Abstract as i32,
             prompt: "Write the abstract of the report.".into(),
+            options: Some(options.clone()),
             ..Default::default()
         })
         .await?
@@ -366,6 +377,10 @@ pub async fn run(options: DemoOptions) -> Result<(), Box<dyn std::error::Error>>
         .await?
         .into_inner();
     print_table(&rows, &usage)?;
+    println!(
+        "\n{}",
+        crate::usage::render(&usage, Some(&config.primary.model))
+    );
 
     let _ = stop_tx.send(());
     let _ = server_task.await;

@@ -107,10 +107,7 @@ pub fn parse_response(body: &[u8]) -> Result<Completion, ProviderError> {
     Ok(Completion {
         text: message.content,
         model: resp.model.unwrap_or_default(),
-        usage: TokenUsage {
-            input: resp.prompt_eval_count,
-            output: resp.eval_count,
-        },
+        usage: TokenUsage::reported(resp.prompt_eval_count, resp.eval_count),
         finish_reason: resp.done_reason.unwrap_or_else(|| "stop".into()),
     })
 }
@@ -177,13 +174,7 @@ mod tests {
         let c = parse_response(body).unwrap();
         assert_eq!(
             (c.text.as_str(), c.usage),
-            (
-                "Hello",
-                TokenUsage {
-                    input: 26,
-                    output: 9
-                }
-            )
+            ("Hello", TokenUsage::reported(26, 9))
         );
     }
 

@@ -135,9 +135,8 @@ pub fn parse_response(body: &[u8]) -> Result<Completion, ProviderError> {
         .message
         .content
         .ok_or_else(|| ProviderError::Malformed("chat completion has no message content".into()))?;
-    let usage = resp.usage.map_or(TokenUsage::default(), |u| TokenUsage {
-        input: u.prompt_tokens,
-        output: u.completion_tokens,
+    let usage = resp.usage.map_or(TokenUsage::default(), |u| {
+        TokenUsage::reported(u.prompt_tokens, u.completion_tokens)
     });
     Ok(Completion {
         text,
@@ -224,13 +223,7 @@ mod tests {
         let c = parse_response(body).unwrap();
         assert_eq!(c.text, "Hi");
         assert_eq!(c.model, "gpt-4o-2024-08-06");
-        assert_eq!(
-            c.usage,
-            TokenUsage {
-                input: 5,
-                output: 1
-            }
-        );
+        assert_eq!(c.usage, TokenUsage::reported(5, 1));
         assert_eq!(c.finish_reason, "stop");
     }
 

@@ -349,10 +349,7 @@ impl SseDecoder {
             self.model = model;
         }
         if let Some(u) = chunk.usage {
-            self.usage = TokenUsage {
-                input: u.prompt_tokens,
-                output: u.completion_tokens,
-            };
+            self.usage = TokenUsage::reported(u.prompt_tokens, u.completion_tokens);
         }
         for choice in chunk.choices {
             if let Some(text) = choice
@@ -431,10 +428,7 @@ impl Decoder for NdjsonDecoder {
         if msg.done {
             out.push_back(StreamEvent::Done {
                 model: msg.model.unwrap_or_default(),
-                usage: TokenUsage {
-                    input: msg.prompt_eval_count,
-                    output: msg.eval_count,
-                },
+                usage: TokenUsage::reported(msg.prompt_eval_count, msg.eval_count),
                 finish_reason: msg.done_reason.unwrap_or_else(|| "stop".into()),
             });
         }
@@ -494,10 +488,7 @@ mod tests {
             StreamEvent::Delta("wörld 🌍".into()),
             StreamEvent::Done {
                 model: model.into(),
-                usage: TokenUsage {
-                    input: 7,
-                    output: 3,
-                },
+                usage: TokenUsage::reported(7, 3),
                 finish_reason: finish.into(),
             },
         ]
@@ -507,6 +498,38 @@ mod tests {
     fn sse_whole() {
         let got = run(&mut SseDecoder::default(), &[SSE.as_bytes()]).unwrap();
         assert_eq!(got, expected("gpt-4o-2024", "length"));
+    }
+
+    /// A stream as llama-cpp-python 0.3.36's server sends it (recorded, abridged): `\n`
+    /// separators, `"logprobs": null`, a role-only first delta, the finish reason in a chunk with
+    /// an empty delta, no usage chunk (it ignores `stream_options`), and an sse-starlette
+    /// keep-alive comment (`: ping - <time>`, every 15 s) between events.
+    #[test]
+    fn sse_as_llama_cpp_python_sends_it() {
+        const LLAMA_CPP: &str = concat!(
+            "data: {\"id\": \"chatcmpl-1\", \"model\": \"gpt-4o\", \"created\": 1796065371, \"object\": \"chat.completion.chunk\", \"choices\": [{\"index\": 0, \"delta\": {\"role\": \"assistant\"}, \"logprobs\": null, \"finish_reason\": null}]}\n\n",
+            "data: {\"id\": \"chatcmpl-1\", \"model\": \"gpt-4o\", \"created\": 1796065371, \"object\": \"chat.completion.chunk\", \"choices\": [{\"index\": 0, \"delta\": {\"content\": \"Say\"}, \"logprobs\": null, \"finish_reason\": null}]}\n\n",
+            ": ping - 2026-11-30 19:03:00.123456+00:00\n\n",
+            "data: {\"id\": \"chatcmpl-1\", \"model\": \"gpt-4o\", \"created\": 1796065371, \"object\": \"chat.completion.chunk\", \"choices\": [{\"index\": 0, \"delta\": {\"content\": \" hello\"}, \"logprobs\": null, \"finish_reason\": null}]}\n\n",
+            "data: {\"id\": \"chatcmpl-1\", \"model\": \"gpt-4o\", \"created\": 1796065371, \"object\": \"chat.completion.chunk\", \"choices\": [{\"index\": 0, \"delta\": {}, \"logprobs\": null, \"finish_reason\": \"length\"}]}\n\n",
+            "data: [DONE]\n\n",
+        );
+        let want = vec![
+            StreamEvent::Delta("Say".into()),
+            StreamEvent::Delta(" hello".into()),
+            StreamEvent::Done {
+                model: "gpt-4o".into(),
+                usage: TokenUsage::default(),
+                finish_reason: "length".into(),
+            },
+        ];
+        let got = run(&mut SseDecoder::default(), &[LLAMA_CPP.as_bytes()]).unwrap();
+        assert_eq!(got, want);
+        // Split inside the ping comment: still ignored.
+        let bytes = LLAMA_CPP.as_bytes();
+        let at = LLAMA_CPP.find("ping").unwrap() + 2;
+        let got = run(&mut SseDecoder::default(), &[&bytes[..at], &bytes[at..]]).unwrap();
+        assert_eq!(got, want);
     }
 
     #[test]

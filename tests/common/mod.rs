@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod clients;
+pub mod cost;
+pub mod llm_server;
 pub mod process;
 pub mod redis_server;
 pub mod trials;

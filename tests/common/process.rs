@@ -104,7 +104,16 @@ pub struct Running {
 
 impl Running {
     pub async fn start(env: &[(&str, &str)]) -> Running {
-        let mut child = command(&temp_dir(), env).arg("serve").spawn().unwrap();
+        Running::start_with_args(&[], env).await
+    }
+
+    /// `vra-gateway serve ARGS…` (e.g. `--config PATH`).
+    pub async fn start_with_args(args: &[&str], env: &[(&str, &str)]) -> Running {
+        let mut child = command(&temp_dir(), env)
+            .arg("serve")
+            .args(args)
+            .spawn()
+            .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, mut lines) = mpsc::unbounded_channel();
         tokio::spawn(async move {

@@ -30,9 +30,11 @@ let serviceCtor = null;
 
 /**
  * Loads the proto once per process. Fields are camelCase, enums their proto names (strings),
- * unset scalars their defaults, unset messages `null`.
+ * unset scalars their defaults, unset messages `null`. A proto3 `optional` field `x` is absent
+ * when unset and comes with a synthetic oneof `_x` naming it when set (see `optionalNumber` in
+ * types.js). Exported for the tests (not part of the package's API).
  */
-function serviceConstructor() {
+export function serviceConstructor() {
   if (!serviceCtor) {
     const def = protoLoader.loadSync(PROTO_FILE, {
       includeDirs: [PROTO_ROOT],

@@ -392,6 +392,8 @@ export class ReportCompiler {
       outputTokens: r.usage.outputTokens,
       latencyMs: Math.round(performance.now() - started),
       streamed: this.stream,
+      costUsd: r.costUsd,
+      estimated: r.usage.estimated,
     };
     callback(this.onProgress, record);
     return { text: r.text, record };

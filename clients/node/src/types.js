@@ -80,7 +80,7 @@ export function toWire(kind, name) {
 /**
  * Wire enum name → short name. UNSPECIFIED becomes `null`, except for the fallback reason,
  * where it means "no fallback" and becomes `"NONE"`.
- * @param {'tier'|'fallbackReason'} kind
+ * @param {'tier'|'fallbackReason'|'phase'} kind
  * @param {string|number|null|undefined} wire
  * @returns {any} a Tier, a FallbackReason or null
  */
@@ -104,9 +104,30 @@ export function routeFromWire(r) {
   };
 }
 
+/**
+ * A proto3 `optional` scalar: its value when set, `null` when unset (unknown — never a default 0).
+ *
+ * The proto is loaded with `oneofs: true`, so every `optional` field `x` comes with a synthetic
+ * oneof `_x` that names the field when it is set. With `defaults: true` an unset optional field
+ * is absent (no default is filled in for oneof members); the oneof, when there, decides.
+ * @param {any} m the message
+ * @param {string} name the field's camelCase name
+ * @returns {number|null}
+ */
+export function optionalNumber(m, name) {
+  if (!m) return null;
+  const tag = m[`_${name}`];
+  if (tag != null) return tag === name && m[name] != null ? Number(m[name]) : null;
+  return m[name] == null ? null : Number(m[name]);
+}
+
 /** @param {any} u */
 export function usageFromWire(u) {
-  return { inputTokens: (u && u.inputTokens) || 0, outputTokens: (u && u.outputTokens) || 0 };
+  return {
+    inputTokens: (u && u.inputTokens) || 0,
+    outputTokens: (u && u.outputTokens) || 0,
+    estimated: Boolean(u && u.estimated),
+  };
 }
 
 /** @param {any} b */
@@ -115,6 +136,33 @@ export function budgetFromWire(b) {
     cloudCallsUsed: (b && b.cloudCallsUsed) || 0,
     cloudCallsLimit: (b && b.cloudCallsLimit) || 0,
     exhausted: Boolean(b && b.exhausted),
+    cloudCostUsedUsd: (b && b.cloudCostUsedUsd) || 0,
+    cloudCostReservedUsd: (b && b.cloudCostReservedUsd) || 0,
+    cloudCostLimitUsd: optionalNumber(b, 'cloudCostLimitUsd'),
+  };
+}
+
+/** @param {any} c a ReportCost */
+export function reportCostFromWire(c) {
+  return {
+    cloudUsd: (c && c.cloudUsd) || 0,
+    localUsd: (c && c.localUsd) || 0,
+    totalUsd: (c && c.totalUsd) || 0,
+    allCloudUsd: optionalNumber(c, 'allCloudUsd'),
+    savingsUsd: optionalNumber(c, 'savingsUsd'),
+    unpricedCalls: (c && c.unpricedCalls) || 0,
+  };
+}
+
+/** @param {any} p a PhaseUsage */
+export function phaseUsageFromWire(p) {
+  p = p || {};
+  return {
+    phase: fromWire('phase', p.phase),
+    tier: fromWire('tier', p.tier),
+    calls: p.calls || 0,
+    usage: usageFromWire(p.usage),
+    costUsd: p.costUsd || 0,
   };
 }
 
@@ -135,6 +183,7 @@ export function resultFromWire(m, text) {
     budget: budgetFromWire(m.budget),
     attempts: m.attempts || 0,
     finishReason: m.finishReason || '',
+    costUsd: optionalNumber(m, 'costUsd'),
   };
 }
 
@@ -158,5 +207,7 @@ export function reportUsageFromWire(m) {
     cloudUsage: usageFromWire(m.cloudUsage),
     localUsage: usageFromWire(m.localUsage),
     clientQuota: clientQuotaFromWire(m.clientQuota),
+    cost: reportCostFromWire(m.cost),
+    phases: Array.isArray(m.phases) ? m.phases.map(phaseUsageFromWire) : [],
   };
 }

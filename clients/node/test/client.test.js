@@ -56,7 +56,15 @@ gatewaySuite('GatewayClient against demo --serve', () => {
       fallbackReason: FallbackReason.NONE,
     });
     assert.ok(r.usage.inputTokens > 0 && r.usage.outputTokens > 0);
-    assert.deepEqual(r.budget, { cloudCallsUsed: 1, cloudCallsLimit: 15, exhausted: false });
+    assert.deepEqual(r.budget, {
+      cloudCallsUsed: 1,
+      cloudCallsLimit: 15,
+      exhausted: false,
+      cloudCostUsedUsd: r.costUsd,
+      cloudCostReservedUsd: 0,
+      cloudCostLimitUsd: null,
+    });
+    assert.ok(r.costUsd > 0 && r.usage.estimated === false);
     assert.equal(r.attempts, 1);
     assert.equal(r.finishReason, 'stop');
     assert.equal(Object.getPrototypeOf(r), Object.prototype, 'a plain object, not a protobuf message');
@@ -137,7 +145,14 @@ gatewaySuite('GatewayClient against demo --serve', () => {
     assert.equal(u.primaryCalls, 1);
     assert.equal(u.secondaryCalls, 1);
     assert.equal(u.fallbacks, 0);
-    assert.deepEqual(u.budget, { cloudCallsUsed: 1, cloudCallsLimit: 15, exhausted: false });
+    assert.deepEqual(u.budget, {
+      cloudCallsUsed: 1,
+      cloudCallsLimit: 15,
+      exhausted: false,
+      cloudCostUsedUsd: u.cost.cloudUsd,
+      cloudCostReservedUsd: 0,
+      cloudCostLimitUsd: null,
+    });
     assert.ok(u.cloudUsage.outputTokens > 0 && u.localUsage.outputTokens > 0);
     const none = await client.reportUsage(rid('unknown'));
     assert.equal(none.primaryCalls + none.secondaryCalls + none.budget.cloudCallsUsed, 0);

@@ -34,10 +34,11 @@ function fakeClient(fail = () => null) {
       return {
         text: `<${req.phase} ${req.sectionId}>`,
         route: { tier: 'PRIMARY', provider: 'p', model: 'm', cloud: true, rule: 'r', fallbackReason: 'NONE' },
-        usage: { inputTokens: 1, outputTokens: 2 },
-        budget: { cloudCallsUsed: 0, cloudCallsLimit: 0, exhausted: false },
+        usage: { inputTokens: 1, outputTokens: 2, estimated: false },
+        budget: { cloudCallsUsed: 0, cloudCallsLimit: 0, exhausted: false, cloudCostUsedUsd: 0, cloudCostReservedUsd: 0, cloudCostLimitUsd: null },
         attempts: 1,
         finishReason: 'stop',
+        costUsd: 0.25,
       };
     },
     async reportUsage(reportId) {

@@ -74,7 +74,14 @@ gatewaySuite('ReportCompiler against demo --serve', () => {
     assert.equal(progress.length, 16);
     assert.match(report.reportId, /^hybrid-llm-routing-for-long-technical-reports-[0-9a-f]{8}$/);
     assert.equal(report.usage.reportId, report.reportId);
-    assert.deepEqual(report.usage.budget, { cloudCallsUsed: 9, cloudCallsLimit: 15, exhausted: false });
+    assert.deepEqual(report.usage.budget, {
+      cloudCallsUsed: 9,
+      cloudCallsLimit: 15,
+      exhausted: false,
+      cloudCostUsedUsd: report.usage.cost.cloudUsd,
+      cloudCostReservedUsd: 0,
+      cloudCostLimitUsd: null,
+    });
     assert.equal(report.usage.primaryCalls, 9);
     assert.equal(report.usage.secondaryCalls, 7);
     assert.equal(report.usage.fallbacks, 0);
@@ -152,7 +159,14 @@ gatewaySuite('ReportCompiler: budget spent → COST_LIMIT (MAX_CLOUD_CALLS=2)', 
     // The rule still names the matrix row; the fallback reason says why another tier answered.
     assert.deepEqual(report.records.map((r) => r.rule), MATRIX.map((m) => m[3]));
     assert.equal(report.records.at(-1).fallbackReason, FallbackReason.COST_LIMIT);
-    assert.deepEqual(report.usage.budget, { cloudCallsUsed: 2, cloudCallsLimit: 2, exhausted: true });
+    assert.deepEqual(report.usage.budget, {
+      cloudCallsUsed: 2,
+      cloudCallsLimit: 2,
+      exhausted: true,
+      cloudCostUsedUsd: report.usage.cost.cloudUsd,
+      cloudCostReservedUsd: 0,
+      cloudCostLimitUsd: null,
+    });
     assert.equal(report.usage.fallbacks, 7);
     const d = await client.resolveRoute({ reportId: report.reportId, phase: Phase.REFINE });
     assert.equal(d.route.tier, Tier.SECONDARY);

@@ -21,7 +21,7 @@ gatewaySuite('examples/node/compile-report.mjs', () => {
     if (gw) assert.equal((await gw.stop()).code, 0, gw.stderr());
   });
 
-  test('prints the routing table and the budget line, writes the report, exits 0', async () => {
+  test('prints the routing table, the budget and the cost line, writes the report, exits 0', async () => {
     const out = join(mkdtempSync(join(tmpdir(), 'vra-example-')), 'report.md');
     const env = { ...process.env, VRA_GATEWAY_TARGET: gw.target };
     delete env.VRA_TOKEN;
@@ -33,6 +33,7 @@ gatewaySuite('examples/node/compile-report.mjs', () => {
     assert.match(rows[0], /^1 Introduction\s+DRAFT\*\s+PRIMARY\s+openai\s+gpt-4o\s+draft-reasoning-primary\s+-\s+1$/);
     assert.match(rows[3], /^2 Methodology\s+DRAFT\*\s+SECONDARY\s+local\s+llama3:8b\s+draft-template-secondary\s+-\s+1$/);
     assert.match(stdout, /cloud calls used 9\/15 /);
+    assert.match(stdout, /^ {2}cost \$0\.\d{6} \(cloud \$0\.\d{6}, local \$0\.000000\); all on the primary model \$0\.\d{6}; saved \$0\.\d{6} \(\d+%\)$/m);
     assert.match(readFileSync(out, 'utf8'), /^# Hybrid LLM Routing for Long Technical Reports\n\n## Abstract\n/);
   });
 

@@ -50,6 +50,17 @@ async function main(): Promise<void> {
   console.log(d.route.provider, d.budget.exhausted, d.clientQuota?.limit);
   const u = await client.reportUsage('q3', { signal: new AbortController().signal });
   console.log(u.primaryCalls, u.cloudUsage.outputTokens, u.clientQuota?.used);
+  const cost: number | null = r.costUsd;
+  const cap: number | null = u.budget.cloudCostLimitUsd;
+  const saved: number | null = u.cost.savingsUsd;
+  const allCloud: number | null = u.cost.allCloudUsd;
+  console.log(cost ?? 'unknown', cap, saved, allCloud, u.cost.totalUsd, u.cost.unpricedCalls);
+  console.log(u.budget.cloudCostUsedUsd + u.budget.cloudCostReservedUsd, r.usage.estimated);
+  for (const p of u.phases) {
+    const ph: Phase | null = p.phase;
+    const t: Tier | null = p.tier;
+    console.log(ph, t, p.calls, p.usage.inputTokens, p.costUsd);
+  }
 
   try {
     await client.generate({ reportId: '', sectionId: '1', phase: Phase.DRAFT, prompt: 'x' });
@@ -66,7 +77,8 @@ async function main(): Promise<void> {
     maxTokens: { DRAFT: 400, ABSTRACT: 200 },
     templates: { REFINE: 'Refine: {previous}' },
     onDelta: (sectionId: string, phase: Phase, delta: string) => process.stdout.write(sectionId + phase + delta),
-    onProgress: (rec: CallRecord) => console.log(rec.sectionId, rec.phase, rec.tier, rec.latencyMs),
+    onProgress: (rec: CallRecord) =>
+      console.log(rec.sectionId, rec.phase, rec.tier, rec.latencyMs, rec.costUsd ?? 'unknown', rec.estimated),
   }).run();
   for (const f of report.failures) console.log(f.sectionId, f.phase, f.error.message);
   console.log(report.markdown, report.usage?.budget.cloudCallsUsed, report.records.length);

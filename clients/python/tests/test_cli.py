@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,7 +67,15 @@ def test_compile_writes_the_report_and_prints_the_table(gateway, tmp_path: Path)
         "1",
     ] in table
     assert sum(1 for r in table if r[-1:] == ["1"]) == 16
-    assert "report cli-report-1: cloud calls used 9/15" in p.stdout.splitlines()
+    out_lines = p.stdout.splitlines()
+    assert "report cli-report-1: cloud calls used 9/15" in out_lines
+    # The cost line follows the budget line: the report's total, the all-cloud price, the savings.
+    cost = out_lines[out_lines.index("report cli-report-1: cloud calls used 9/15") + 1]
+    assert re.fullmatch(
+        r"report cli-report-1: cost \$0\.\d{6} \(cloud \$0\.\d{6}, local \$0\.000000\); "
+        r"all on the primary model \$0\.\d{6}; saved \$0\.\d{6} \(\d+%\)",
+        cost,
+    ), cost
     # Not a terminal: one plain progress line per call on stderr.
     progress = [line for line in p.stderr.splitlines() if line.startswith("[")]
     assert len(progress) == 16 and progress[-1].startswith("[16/16] Abstract ABSTRACT: PRIMARY openai/gpt-4o")
@@ -143,6 +152,7 @@ def test_the_example_script(gateway, tmp_path: Path) -> None:
     )
     assert p.returncode == 0, p.stderr
     assert rows(p.stdout)[0] == HEADER and "cloud calls used 9/15" in p.stdout
+    assert re.search(r": cost \$0\.\d{6} .*; saved \$0\.\d{6}", p.stdout)
     assert out.read_text().startswith("# Hybrid LLM Routing for Long Technical Reports")
 
 

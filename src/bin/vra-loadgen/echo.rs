@@ -42,14 +42,16 @@ fn fixed_response(tokens: usize) -> pb::GenerateResponse {
         usage: Some(pb::Usage {
             input_tokens: 24,
             output_tokens: tokens as u32,
+            ..Default::default()
         }),
         budget: Some(pb::Budget {
             cloud_calls_used: 1,
             cloud_calls_limit: 1_000_000_000,
-            exhausted: false,
+            ..Default::default()
         }),
         attempts: 1,
         finish_reason: "stop".into(),
+        ..Default::default()
     }
 }
 

@@ -5,7 +5,7 @@ Shared by the sync and the async client so both build identical requests.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, TypeVar, Union, cast
+from typing import Any, Optional, Sequence, TypeVar, Union, cast
 
 from ._pb import gateway_pb2 as pb
 from .types import (
@@ -13,6 +13,8 @@ from .types import (
     ClientQuota,
     FallbackReason,
     Phase,
+    PhaseUsage,
+    ReportCost,
     ReportUsage,
     Result,
     Route,
@@ -80,6 +82,18 @@ def _tier(value: int) -> Tier:
         return Tier.UNSPECIFIED
 
 
+def _phase(value: int) -> Optional[Phase]:
+    try:
+        return Phase[pb.CompilationPhase.Name(value)[len("COMPILATION_PHASE_") :]]
+    except (ValueError, KeyError):
+        return None
+
+
+def _optional(msg: Any, name: str) -> Optional[float]:
+    """A proto3 ``optional`` double: ``None`` when unset (unknown), never a default 0."""
+    return float(getattr(msg, name)) if msg.HasField(name) else None
+
+
 def _fallback(value: int) -> FallbackReason:
     if value == pb.FALLBACK_REASON_UNSPECIFIED:
         return FallbackReason.NONE
@@ -101,7 +115,7 @@ def route(msg: pb.Route) -> Route:
 
 
 def usage(msg: pb.Usage) -> Usage:
-    return Usage(input_tokens=msg.input_tokens, output_tokens=msg.output_tokens)
+    return Usage(input_tokens=msg.input_tokens, output_tokens=msg.output_tokens, estimated=msg.estimated)
 
 
 def budget(msg: pb.Budget) -> Budget:
@@ -109,6 +123,30 @@ def budget(msg: pb.Budget) -> Budget:
         cloud_calls_used=msg.cloud_calls_used,
         cloud_calls_limit=msg.cloud_calls_limit,
         exhausted=msg.exhausted,
+        cloud_cost_used_usd=msg.cloud_cost_used_usd,
+        cloud_cost_reserved_usd=msg.cloud_cost_reserved_usd,
+        cloud_cost_limit_usd=_optional(msg, "cloud_cost_limit_usd"),
+    )
+
+
+def report_cost(msg: pb.ReportCost) -> ReportCost:
+    return ReportCost(
+        cloud_usd=msg.cloud_usd,
+        local_usd=msg.local_usd,
+        total_usd=msg.total_usd,
+        all_cloud_usd=_optional(msg, "all_cloud_usd"),
+        savings_usd=_optional(msg, "savings_usd"),
+        unpriced_calls=msg.unpriced_calls,
+    )
+
+
+def phase_usage(msg: pb.PhaseUsage) -> PhaseUsage:
+    return PhaseUsage(
+        phase=_phase(msg.phase),
+        tier=_tier(msg.tier),
+        calls=msg.calls,
+        usage=usage(msg.usage),
+        cost_usd=msg.cost_usd,
     )
 
 
@@ -127,6 +165,7 @@ def result(msg: pb.GenerateResponse, text: Optional[str] = None) -> Result:
         budget=budget(msg.budget),
         attempts=msg.attempts,
         finish_reason=msg.finish_reason,
+        cost_usd=_optional(msg, "cost_usd"),
     )
 
 
@@ -144,4 +183,6 @@ def report_usage(msg: pb.GetReportUsageResponse) -> ReportUsage:
         cloud_usage=usage(msg.cloud_usage),
         local_usage=usage(msg.local_usage),
         client_quota=_client_quota(msg),
+        cost=report_cost(msg.cost),
+        phases=[phase_usage(p) for p in msg.phases],
     )

@@ -1,9 +1,9 @@
 """``python -m vra_gateway compile outline.yaml --out report.md``: compile a report from the shell.
 
 Progress goes to stderr (a bar on a terminal, one plain line per call otherwise); the routing
-table and the budget line go to stdout. Exit codes: 0 the report was written; 1 a call failed for
-good (the report is still written, with placeholders) or the gateway could not be reached;
-2 bad arguments or a bad outline.
+table, the budget line and the cost line go to stdout. Exit codes: 0 the report was written;
+1 a call failed for good (the report is still written, with placeholders) or the gateway could
+not be reached; 2 bad arguments or a bad outline.
 """
 
 from __future__ import annotations
@@ -181,6 +181,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for f in report.failures
     ]
     lines.append(report.budget_line())
+    lines.append(report.cost_line())
     print("\n".join(lines))
     if (
         not report.records

@@ -237,6 +237,8 @@ class ReportCompiler:
             streamed=self.stream,
             retries=retries,
             cloud=r.cloud,
+            cost_usd=result.cost_usd,
+            estimated=result.usage.estimated,
         )
         with self._lock:
             self._records.append(record)

@@ -9,7 +9,7 @@ from .errors import GatewayError
 from .outline import ABSTRACT_SECTION_ID
 from .types import FallbackReason, Phase, ReportUsage, Tier
 
-__all__ = ["CallRecord", "Failure", "ProgressEvent", "Report", "section_label"]
+__all__ = ["CallRecord", "Failure", "ProgressEvent", "Report", "section_label", "usd"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ class CallRecord:
         streamed: whether the call used ``generate_stream``.
         retries: how often the compiler retried the call before it succeeded (0 or 1).
         cloud: whether the serving provider is cloud tier.
+        cost_usd: the call's cost in USD; ``None`` when its model has no price (unknown).
+        estimated: the token counts are (partly) estimates; the upstream did not report them.
     """
 
     section_id: str
@@ -44,6 +46,8 @@ class CallRecord:
     streamed: bool
     retries: int = 0
     cloud: bool = False
+    cost_usd: Optional[float] = None
+    estimated: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,44 @@ class Report:
         b = self.usage.budget
         tail = " — exhausted" if b.exhausted else ""
         return f"report {self.report_id}: cloud calls used {b.cloud_calls_used}/{b.cloud_calls_limit}{tail}"
+
+    def cost_line(self) -> str:
+        """``report ID: cost $T (cloud $C, local $L); all on the primary model $A; saved $S (P%)``.
+
+        Amounts in USD with 6 decimals. The all-cloud equivalent and the savings read ``unknown``
+        when the primary model has no price; calls of unpriced models are named, since the sums
+        are then lower bounds.
+        """
+        if self.usage is None:
+            reason = f": {self.usage_error}" if self.usage_error else ""
+            return f"report {self.report_id}: cost unknown (usage unavailable{reason})"
+        c = self.usage.cost
+        parts = [
+            f"report {self.report_id}: cost {usd(c.total_usd)} "
+            f"(cloud {usd(c.cloud_usd)}, local {usd(c.local_usd)})"
+        ]
+        if c.all_cloud_usd is None:
+            parts.append("all on the primary model unknown (it has no price)")
+        else:
+            parts.append(f"all on the primary model {usd(c.all_cloud_usd)}")
+        if c.savings_usd is None:
+            parts.append("saved unknown")
+        else:
+            share = (
+                f" ({100 * c.savings_usd / c.all_cloud_usd:.0f}%)"
+                if c.all_cloud_usd is not None and c.all_cloud_usd > 0
+                else ""
+            )
+            parts.append(f"saved {usd(c.savings_usd)}{share}")
+        line = "; ".join(parts)
+        if c.unpriced_calls:
+            line += f" — {c.unpriced_calls} call(s) of unpriced models not counted (sums are lower bounds)"
+        return line
+
+
+def usd(amount: float) -> str:
+    """``$0.000548``: USD with 6 decimals (the gateway's cost table uses the same)."""
+    return f"${amount:.6f}"
 
 
 def section_label(section_id: str, title: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Optional, Type, TypeVar, Union
+from typing import List, Optional, Type, TypeVar, Union
 
 __all__ = [
     "Phase",
@@ -20,6 +20,8 @@ __all__ = [
     "Budget",
     "ClientQuota",
     "Result",
+    "ReportCost",
+    "PhaseUsage",
     "Delta",
     "StreamEvent",
     "RouteDecision",
@@ -123,19 +125,39 @@ class Route:
 
 @dataclass(frozen=True)
 class Usage:
-    """Token counts of a call (or a sum of calls)."""
+    """Token counts of a call (or a sum of calls).
+
+    Attributes:
+        input_tokens, output_tokens: the counts.
+        estimated: at least one count is an estimate (the upstream did not report usage, e.g. a
+            stream without usage); in a :class:`ReportUsage`: some of the calls counted were
+            estimated.
+    """
 
     input_tokens: int = 0
     output_tokens: int = 0
+    estimated: bool = False
 
 
 @dataclass(frozen=True)
 class Budget:
-    """A report's cloud budget: every HTTP request to a cloud provider counts, retries included."""
+    """A report's cloud budget: every HTTP request to a cloud provider counts, retries included.
+
+    Attributes:
+        cloud_calls_used, cloud_calls_limit: cloud requests made and allowed (``MAX_CLOUD_CALLS``).
+        exhausted: no cloud call is left: the call budget is spent, or the cost cap has no room.
+        cloud_cost_used_usd: the report's settled cloud cost in USD (calls whose model has a price).
+        cloud_cost_reserved_usd: worst-case cost held by cloud calls in flight (only with a cap).
+        cloud_cost_limit_usd: the dollar cap (``MAX_CLOUD_COST_USD``), ``None`` when there is none.
+            The settled cost never exceeds it.
+    """
 
     cloud_calls_used: int = 0
     cloud_calls_limit: int = 0
     exhausted: bool = False
+    cloud_cost_used_usd: float = 0.0
+    cloud_cost_reserved_usd: float = 0.0
+    cloud_cost_limit_usd: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +179,8 @@ class Result:
         budget: the report's budget after the call.
         attempts: every upstream HTTP request the call made, all providers together.
         finish_reason: the provider's finish reason, e.g. ``"stop"``.
+        cost_usd: the call's cost in USD (its tokens times its model's price); ``None`` when the
+            model has no price (unknown, not free); ``0.0`` for a local model without a price.
     """
 
     text: str
@@ -165,6 +189,7 @@ class Result:
     budget: Budget
     attempts: int
     finish_reason: str
+    cost_usd: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -191,6 +216,48 @@ class RouteDecision:
 
 
 @dataclass(frozen=True)
+class ReportCost:
+    """What a report cost, and what hybrid routing saved (USD).
+
+    Attributes:
+        cloud_usd: cost of the calls answered by cloud-tier providers.
+        local_usd: cost of the calls answered by local-tier providers.
+        total_usd: ``cloud_usd + local_usd``.
+        all_cloud_usd: the same calls' tokens priced at the primary model; ``None`` when the
+            primary model has no price.
+        savings_usd: ``all_cloud_usd - total_usd``; ``None`` when ``all_cloud_usd`` is.
+        unpriced_calls: answered calls whose model has no price: their cost is unknown and not
+            in the sums above, which are then lower bounds.
+    """
+
+    cloud_usd: float = 0.0
+    local_usd: float = 0.0
+    total_usd: float = 0.0
+    all_cloud_usd: Optional[float] = None
+    savings_usd: Optional[float] = None
+    unpriced_calls: int = 0
+
+
+@dataclass(frozen=True)
+class PhaseUsage:
+    """Calls, tokens and cost of one phase answered by one tier (a cell of ``ReportUsage.phases``).
+
+    Attributes:
+        phase: the phase; ``None`` only if a gateway sends a phase this SDK does not know.
+        tier: the tier that answered.
+        calls: answered calls.
+        usage: their tokens.
+        cost_usd: their cost in USD (priced calls only).
+    """
+
+    phase: Optional[Phase]
+    tier: Tier
+    calls: int = 0
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+
+
+@dataclass(frozen=True)
 class ReportUsage:
     """Budget and counters of one of the caller's reports (zeros for an unknown report).
 
@@ -203,6 +270,8 @@ class ReportUsage:
         cloud_usage: tokens spent on cloud-tier providers.
         local_usage: tokens spent on local-tier providers.
         client_quota: the client's day quota, ``None`` unless it has one.
+        cost: what the report cost and what hybrid routing saved.
+        phases: calls, tokens and cost per phase and answering tier (only cells with calls).
     """
 
     report_id: str
@@ -213,3 +282,5 @@ class ReportUsage:
     cloud_usage: Usage = field(default_factory=Usage)
     local_usage: Usage = field(default_factory=Usage)
     client_quota: Optional[ClientQuota] = None
+    cost: ReportCost = field(default_factory=ReportCost)
+    phases: List[PhaseUsage] = field(default_factory=list)

@@ -24,47 +24,51 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cvra/gateway/v1/gateway.proto\x12\x0evra.gateway.v1\"s\n\x11GenerationOptions\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x03 \x03(\tB\x0e\n\x0c_temperatureB\r\n\x0b_max_tokens\"\xaa\x01\n\x05Route\x12*\n\x04tier\x18\x01 \x01(\x0e\x32\x1c.vra.gateway.v1.ProviderTier\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\r\n\x05\x63loud\x18\x04 \x01(\x08\x12\x37\n\x0f\x66\x61llback_reason\x18\x05 \x01(\x0e\x32\x1e.vra.gateway.v1.FallbackReason\x12\x0c\n\x04rule\x18\x06 \x01(\t\"4\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\r\x12\x15\n\routput_tokens\x18\x02 \x01(\r\"P\n\x06\x42udget\x12\x18\n\x10\x63loud_calls_used\x18\x01 \x01(\r\x12\x19\n\x11\x63loud_calls_limit\x18\x02 \x01(\r\x12\x11\n\texhausted\x18\x03 \x01(\x08\"*\n\x0b\x43lientQuota\x12\x0c\n\x04used\x18\x01 \x01(\r\x12\r\n\x05limit\x18\x02 \x01(\r\"\xf7\x01\n\x0fGenerateRequest\x12\x11\n\treport_id\x18\x01 \x01(\t\x12\x12\n\nsection_id\x18\x02 \x01(\t\x12\x31\n\x0csection_type\x18\x03 \x01(\x0e\x32\x1b.vra.gateway.v1.SectionType\x12/\n\x05phase\x18\x04 \x01(\x0e\x32 .vra.gateway.v1.CompilationPhase\x12\x0e\n\x06prompt\x18\x05 \x01(\t\x12\x15\n\rsystem_prompt\x18\x06 \x01(\t\x12\x32\n\x07options\x18\x07 \x01(\x0b\x32!.vra.gateway.v1.GenerationOptions\"\xbd\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12$\n\x05route\x18\x02 \x01(\x0b\x32\x15.vra.gateway.v1.Route\x12$\n\x05usage\x18\x03 \x01(\x0b\x32\x15.vra.gateway.v1.Usage\x12&\n\x06\x62udget\x18\x04 \x01(\x0b\x32\x16.vra.gateway.v1.Budget\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\r\x12\x15\n\rfinish_reason\x18\x06 \x01(\t\"\xfd\x01\n\x15GenerateStreamRequest\x12\x11\n\treport_id\x18\x01 \x01(\t\x12\x12\n\nsection_id\x18\x02 \x01(\t\x12\x31\n\x0csection_type\x18\x03 \x01(\x0e\x32\x1b.vra.gateway.v1.SectionType\x12/\n\x05phase\x18\x04 \x01(\x0e\x32 .vra.gateway.v1.CompilationPhase\x12\x0e\n\x06prompt\x18\x05 \x01(\t\x12\x15\n\rsystem_prompt\x18\x06 \x01(\t\x12\x32\n\x07options\x18\x07 \x01(\x0b\x32!.vra.gateway.v1.GenerationOptions\"W\n\x16GenerateStreamResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12.\n\x04\x64one\x18\x02 \x01(\x0b\x32 .vra.gateway.v1.GenerateResponse\"\x8c\x01\n\x13ResolveRouteRequest\x12\x11\n\treport_id\x18\x01 \x01(\t\x12\x31\n\x0csection_type\x18\x02 \x01(\x0e\x32\x1b.vra.gateway.v1.SectionType\x12/\n\x05phase\x18\x03 \x01(\x0e\x32 .vra.gateway.v1.CompilationPhase\"\x97\x01\n\x14ResolveRouteResponse\x12$\n\x05route\x18\x01 \x01(\x0b\x32\x15.vra.gateway.v1.Route\x12&\n\x06\x62udget\x18\x02 \x01(\x0b\x32\x16.vra.gateway.v1.Budget\x12\x31\n\x0c\x63lient_quota\x18\x03 \x01(\x0b\x32\x1b.vra.gateway.v1.ClientQuota\"*\n\x15GetReportUsageRequest\x12\x11\n\treport_id\x18\x01 \x01(\t\"\xa1\x02\n\x16GetReportUsageResponse\x12\x11\n\treport_id\x18\x01 \x01(\t\x12&\n\x06\x62udget\x18\x02 \x01(\x0b\x32\x16.vra.gateway.v1.Budget\x12\x15\n\rprimary_calls\x18\x03 \x01(\r\x12\x17\n\x0fsecondary_calls\x18\x04 \x01(\r\x12\x11\n\tfallbacks\x18\x05 \x01(\r\x12*\n\x0b\x63loud_usage\x18\x06 \x01(\x0b\x32\x15.vra.gateway.v1.Usage\x12*\n\x0blocal_usage\x18\x07 \x01(\x0b\x32\x15.vra.gateway.v1.Usage\x12\x31\n\x0c\x63lient_quota\x18\x08 \x01(\x0b\x32\x1b.vra.gateway.v1.ClientQuota*\xae\x01\n\x10\x43ompilationPhase\x12!\n\x1d\x43OMPILATION_PHASE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43OMPILATION_PHASE_DRAFT\x10\x01\x12\x1c\n\x18\x43OMPILATION_PHASE_EXPAND\x10\x02\x12\x1c\n\x18\x43OMPILATION_PHASE_REFINE\x10\x03\x12\x1e\n\x1a\x43OMPILATION_PHASE_ABSTRACT\x10\x04*\xd9\x01\n\x0bSectionType\x12\x1c\n\x18SECTION_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19SECTION_TYPE_INTRODUCTION\x10\x01\x12\x1b\n\x17SECTION_TYPE_CONCLUSION\x10\x02\x12\x19\n\x15SECTION_TYPE_ANALYSIS\x10\x03\x12\x1c\n\x18SECTION_TYPE_METHODOLOGY\x10\x04\x12\x1f\n\x1bSECTION_TYPE_IMPLEMENTATION\x10\x05\x12\x16\n\x12SECTION_TYPE_OTHER\x10\x06*e\n\x0cProviderTier\x12\x1d\n\x19PROVIDER_TIER_UNSPECIFIED\x10\x00\x12\x19\n\x15PROVIDER_TIER_PRIMARY\x10\x01\x12\x1b\n\x17PROVIDER_TIER_SECONDARY\x10\x02*\xe0\x01\n\x0e\x46\x61llbackReason\x12\x1f\n\x1b\x46\x41LLBACK_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x46\x41LLBACK_REASON_COST_LIMIT\x10\x01\x12!\n\x1d\x46\x41LLBACK_REASON_PRIMARY_ERROR\x10\x02\x12 \n\x1c\x46\x41LLBACK_REASON_CIRCUIT_OPEN\x10\x03\x12&\n\"FALLBACK_REASON_LEDGER_UNAVAILABLE\x10\x04\x12 \n\x1c\x46\x41LLBACK_REASON_CLIENT_QUOTA\x10\x05\x32\xfe\x02\n\x0eGatewayService\x12M\n\x08Generate\x12\x1f.vra.gateway.v1.GenerateRequest\x1a .vra.gateway.v1.GenerateResponse\x12\x61\n\x0eGenerateStream\x12%.vra.gateway.v1.GenerateStreamRequest\x1a&.vra.gateway.v1.GenerateStreamResponse0\x01\x12Y\n\x0cResolveRoute\x12#.vra.gateway.v1.ResolveRouteRequest\x1a$.vra.gateway.v1.ResolveRouteResponse\x12_\n\x0eGetReportUsage\x12%.vra.gateway.v1.GetReportUsageRequest\x1a&.vra.gateway.v1.GetReportUsageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cvra/gateway/v1/gateway.proto\x12\x0evra.gateway.v1\"s\n\x11GenerationOptions\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x03 \x03(\tB\x0e\n\x0c_temperatureB\r\n\x0b_max_tokens\"\xaa\x01\n\x05Route\x12*\n\x04tier\x18\x01 \x01(\x0e\x32\x1c.vra.gateway.v1.ProviderTier\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\r\n\x05\x63loud\x18\x04 \x01(\x08\x12\x37\n\x0f\x66\x61llback_reason\x18\x05 \x01(\x0e\x32\x1e.vra.gateway.v1.FallbackReason\x12\x0c\n\x04rule\x18\x06 \x01(\t\"G\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\r\x12\x15\n\routput_tokens\x18\x02 \x01(\r\x12\x11\n\testimated\x18\x03 \x01(\x08\"\xca\x01\n\x06\x42udget\x12\x18\n\x10\x63loud_calls_used\x18\x01 \x01(\r\x12\x19\n\x11\x63loud_calls_limit\x18\x02 \x01(\r\x12\x11\n\texhausted\x18\x03 \x01(\x08\x12\x1b\n\x13\x63loud_cost_used_usd\x18\x04 \x01(\x01\x12\x1f\n\x17\x63loud_cost_reserved_usd\x18\x05 \x01(\x01\x12!\n\x14\x63loud_cost_limit_usd\x18\x06 \x01(\x01H\x00\x88\x01\x01\x42\x17\n\x15_cloud_cost_limit_usd\"*\n\x0b\x43lientQuota\x12\x0c\n\x04used\x18\x01 \x01(\r\x12\r\n\x05limit\x18\x02 \x01(\r\"\xf7\x01\n\x0fGenerateRequest\x12\x11\n\treport_id\x18\x01 \x01(\t\x12\x12\n\nsection_id\x18\x02 \x01(\t\x12\x31\n\x0csection_type\x18\x03 \x01(\x0e\x32\x1b.vra.gateway.v1.SectionType\x12/\n\x05phase\x18\x04 \x01(\x0e\x32 .vra.gateway.v1.CompilationPhase\x12\x0e\n\x06prompt\x18\x05 \x01(\t\x12\x15\n\rsystem_prompt\x18\x06 \x01(\t\x12\x32\n\x07options\x18\x07 \x01(\x0b\x32!.vra.gateway.v1.GenerationOptions\"\xe1\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12$\n\x05route\x18\x02 \x01(\x0b\x32\x15.vra.gateway.v1.Route\x12$\n\x05usage\x18\x03 \x01(\x0b\x32\x15.vra.gateway.v1.Usage\x12&\n\x06\x62udget\x18\x04 \x01(\x0b\x32\x16.vra.gateway.v1.Budget\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\r\x12\x15\n\rfinish_reason\x18\x06 \x01(\t\x12\x15\n\x08\x63ost_usd\x18\x07 \x01(\x01H\x00\x88\x01\x01\x42\x0b\n\t_cost_usd\"\xfd\x01\n\x15GenerateStreamRequest\x12\x11\n\treport_id\x18\x01 \x01(\t\x12\x12\n\nsection_id\x18\x02 \x01(\t\x12\x31\n\x0csection_type\x18\x03 \x01(\x0e\x32\x1b.vra.gateway.v1.SectionType\x12/\n\x05phase\x18\x04 \x01(\x0e\x32 .vra.gateway.v1.CompilationPhase\x12\x0e\n\x06prompt\x18\x05 \x01(\t\x12\x15\n\rsystem_prompt\x18\x06 \x01(\t\x12\x32\n\x07options\x18\x07 \x01(\x0b\x32!.vra.gateway.v1.GenerationOptions\"W\n\x16GenerateStreamResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12.\n\x04\x64one\x18\x02 \x01(\x0b\x32 .vra.gateway.v1.GenerateResponse\"\x8c\x01\n\x13ResolveRouteRequest\x12\x11\n\treport_id\x18\x01 \x01(\t\x12\x31\n\x0csection_type\x18\x02 \x01(\x0e\x32\x1b.vra.gateway.v1.SectionType\x12/\n\x05phase\x18\x03 \x01(\x0e\x32 .vra.gateway.v1.CompilationPhase\"\x97\x01\n\x14ResolveRouteResponse\x12$\n\x05route\x18\x01 \x01(\x0b\x32\x15.vra.gateway.v1.Route\x12&\n\x06\x62udget\x18\x02 \x01(\x0b\x32\x16.vra.gateway.v1.Budget\x12\x31\n\x0c\x63lient_quota\x18\x03 \x01(\x0b\x32\x1b.vra.gateway.v1.ClientQuota\"*\n\x15GetReportUsageRequest\x12\x11\n\treport_id\x18\x01 \x01(\t\"\xf7\x02\n\x16GetReportUsageResponse\x12\x11\n\treport_id\x18\x01 \x01(\t\x12&\n\x06\x62udget\x18\x02 \x01(\x0b\x32\x16.vra.gateway.v1.Budget\x12\x15\n\rprimary_calls\x18\x03 \x01(\r\x12\x17\n\x0fsecondary_calls\x18\x04 \x01(\r\x12\x11\n\tfallbacks\x18\x05 \x01(\r\x12*\n\x0b\x63loud_usage\x18\x06 \x01(\x0b\x32\x15.vra.gateway.v1.Usage\x12*\n\x0blocal_usage\x18\x07 \x01(\x0b\x32\x15.vra.gateway.v1.Usage\x12\x31\n\x0c\x63lient_quota\x18\x08 \x01(\x0b\x32\x1b.vra.gateway.v1.ClientQuota\x12(\n\x04\x63ost\x18\t \x01(\x0b\x32\x1a.vra.gateway.v1.ReportCost\x12*\n\x06phases\x18\n \x03(\x0b\x32\x1a.vra.gateway.v1.PhaseUsage\"\xb5\x01\n\nReportCost\x12\x11\n\tcloud_usd\x18\x01 \x01(\x01\x12\x11\n\tlocal_usd\x18\x02 \x01(\x01\x12\x11\n\ttotal_usd\x18\x03 \x01(\x01\x12\x1a\n\rall_cloud_usd\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x0bsavings_usd\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x16\n\x0eunpriced_calls\x18\x06 \x01(\rB\x10\n\x0e_all_cloud_usdB\x0e\n\x0c_savings_usd\"\xb0\x01\n\nPhaseUsage\x12/\n\x05phase\x18\x01 \x01(\x0e\x32 .vra.gateway.v1.CompilationPhase\x12*\n\x04tier\x18\x02 \x01(\x0e\x32\x1c.vra.gateway.v1.ProviderTier\x12\r\n\x05\x63\x61lls\x18\x03 \x01(\r\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x15.vra.gateway.v1.Usage\x12\x10\n\x08\x63ost_usd\x18\x05 \x01(\x01*\xae\x01\n\x10\x43ompilationPhase\x12!\n\x1d\x43OMPILATION_PHASE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43OMPILATION_PHASE_DRAFT\x10\x01\x12\x1c\n\x18\x43OMPILATION_PHASE_EXPAND\x10\x02\x12\x1c\n\x18\x43OMPILATION_PHASE_REFINE\x10\x03\x12\x1e\n\x1a\x43OMPILATION_PHASE_ABSTRACT\x10\x04*\xd9\x01\n\x0bSectionType\x12\x1c\n\x18SECTION_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19SECTION_TYPE_INTRODUCTION\x10\x01\x12\x1b\n\x17SECTION_TYPE_CONCLUSION\x10\x02\x12\x19\n\x15SECTION_TYPE_ANALYSIS\x10\x03\x12\x1c\n\x18SECTION_TYPE_METHODOLOGY\x10\x04\x12\x1f\n\x1bSECTION_TYPE_IMPLEMENTATION\x10\x05\x12\x16\n\x12SECTION_TYPE_OTHER\x10\x06*e\n\x0cProviderTier\x12\x1d\n\x19PROVIDER_TIER_UNSPECIFIED\x10\x00\x12\x19\n\x15PROVIDER_TIER_PRIMARY\x10\x01\x12\x1b\n\x17PROVIDER_TIER_SECONDARY\x10\x02*\xe0\x01\n\x0e\x46\x61llbackReason\x12\x1f\n\x1b\x46\x41LLBACK_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x46\x41LLBACK_REASON_COST_LIMIT\x10\x01\x12!\n\x1d\x46\x41LLBACK_REASON_PRIMARY_ERROR\x10\x02\x12 \n\x1c\x46\x41LLBACK_REASON_CIRCUIT_OPEN\x10\x03\x12&\n\"FALLBACK_REASON_LEDGER_UNAVAILABLE\x10\x04\x12 \n\x1c\x46\x41LLBACK_REASON_CLIENT_QUOTA\x10\x05\x32\xfe\x02\n\x0eGatewayService\x12M\n\x08Generate\x12\x1f.vra.gateway.v1.GenerateRequest\x1a .vra.gateway.v1.GenerateResponse\x12\x61\n\x0eGenerateStream\x12%.vra.gateway.v1.GenerateStreamRequest\x1a&.vra.gateway.v1.GenerateStreamResponse0\x01\x12Y\n\x0cResolveRoute\x12#.vra.gateway.v1.ResolveRouteRequest\x1a$.vra.gateway.v1.ResolveRouteResponse\x12_\n\x0eGetReportUsage\x12%.vra.gateway.v1.GetReportUsageRequest\x1a&.vra.gateway.v1.GetReportUsageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vra.gateway.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COMPILATIONPHASE']._serialized_start=1939
-  _globals['_COMPILATIONPHASE']._serialized_end=2113
-  _globals['_SECTIONTYPE']._serialized_start=2116
-  _globals['_SECTIONTYPE']._serialized_end=2333
-  _globals['_PROVIDERTIER']._serialized_start=2335
-  _globals['_PROVIDERTIER']._serialized_end=2436
-  _globals['_FALLBACKREASON']._serialized_start=2439
-  _globals['_FALLBACKREASON']._serialized_end=2663
+  _globals['_COMPILATIONPHASE']._serialized_start=2566
+  _globals['_COMPILATIONPHASE']._serialized_end=2740
+  _globals['_SECTIONTYPE']._serialized_start=2743
+  _globals['_SECTIONTYPE']._serialized_end=2960
+  _globals['_PROVIDERTIER']._serialized_start=2962
+  _globals['_PROVIDERTIER']._serialized_end=3063
+  _globals['_FALLBACKREASON']._serialized_start=3066
+  _globals['_FALLBACKREASON']._serialized_end=3290
   _globals['_GENERATIONOPTIONS']._serialized_start=48
   _globals['_GENERATIONOPTIONS']._serialized_end=163
   _globals['_ROUTE']._serialized_start=166
   _globals['_ROUTE']._serialized_end=336
   _globals['_USAGE']._serialized_start=338
-  _globals['_USAGE']._serialized_end=390
-  _globals['_BUDGET']._serialized_start=392
-  _globals['_BUDGET']._serialized_end=472
-  _globals['_CLIENTQUOTA']._serialized_start=474
-  _globals['_CLIENTQUOTA']._serialized_end=516
-  _globals['_GENERATEREQUEST']._serialized_start=519
-  _globals['_GENERATEREQUEST']._serialized_end=766
-  _globals['_GENERATERESPONSE']._serialized_start=769
-  _globals['_GENERATERESPONSE']._serialized_end=958
-  _globals['_GENERATESTREAMREQUEST']._serialized_start=961
-  _globals['_GENERATESTREAMREQUEST']._serialized_end=1214
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1216
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1303
-  _globals['_RESOLVEROUTEREQUEST']._serialized_start=1306
-  _globals['_RESOLVEROUTEREQUEST']._serialized_end=1446
-  _globals['_RESOLVEROUTERESPONSE']._serialized_start=1449
-  _globals['_RESOLVEROUTERESPONSE']._serialized_end=1600
-  _globals['_GETREPORTUSAGEREQUEST']._serialized_start=1602
-  _globals['_GETREPORTUSAGEREQUEST']._serialized_end=1644
-  _globals['_GETREPORTUSAGERESPONSE']._serialized_start=1647
-  _globals['_GETREPORTUSAGERESPONSE']._serialized_end=1936
-  _globals['_GATEWAYSERVICE']._serialized_start=2666
-  _globals['_GATEWAYSERVICE']._serialized_end=3048
+  _globals['_USAGE']._serialized_end=409
+  _globals['_BUDGET']._serialized_start=412
+  _globals['_BUDGET']._serialized_end=614
+  _globals['_CLIENTQUOTA']._serialized_start=616
+  _globals['_CLIENTQUOTA']._serialized_end=658
+  _globals['_GENERATEREQUEST']._serialized_start=661
+  _globals['_GENERATEREQUEST']._serialized_end=908
+  _globals['_GENERATERESPONSE']._serialized_start=911
+  _globals['_GENERATERESPONSE']._serialized_end=1136
+  _globals['_GENERATESTREAMREQUEST']._serialized_start=1139
+  _globals['_GENERATESTREAMREQUEST']._serialized_end=1392
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1394
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1481
+  _globals['_RESOLVEROUTEREQUEST']._serialized_start=1484
+  _globals['_RESOLVEROUTEREQUEST']._serialized_end=1624
+  _globals['_RESOLVEROUTERESPONSE']._serialized_start=1627
+  _globals['_RESOLVEROUTERESPONSE']._serialized_end=1778
+  _globals['_GETREPORTUSAGEREQUEST']._serialized_start=1780
+  _globals['_GETREPORTUSAGEREQUEST']._serialized_end=1822
+  _globals['_GETREPORTUSAGERESPONSE']._serialized_start=1825
+  _globals['_GETREPORTUSAGERESPONSE']._serialized_end=2200
+  _globals['_REPORTCOST']._serialized_start=2203
+  _globals['_REPORTCOST']._serialized_end=2384
+  _globals['_PHASEUSAGE']._serialized_start=2387
+  _globals['_PHASEUSAGE']._serialized_end=2563
+  _globals['_GATEWAYSERVICE']._serialized_start=3293
+  _globals['_GATEWAYSERVICE']._serialized_end=3675
 # @@protoc_insertion_point(module_scope)

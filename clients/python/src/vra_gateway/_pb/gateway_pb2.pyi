@@ -88,22 +88,30 @@ class Route(_message.Message):
     def __init__(self, tier: _Optional[_Union[ProviderTier, str]] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., cloud: bool = ..., fallback_reason: _Optional[_Union[FallbackReason, str]] = ..., rule: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("input_tokens", "output_tokens")
+    __slots__ = ("input_tokens", "output_tokens", "estimated")
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_FIELD_NUMBER: _ClassVar[int]
     input_tokens: int
     output_tokens: int
-    def __init__(self, input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ...) -> None: ...
+    estimated: bool
+    def __init__(self, input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., estimated: bool = ...) -> None: ...
 
 class Budget(_message.Message):
-    __slots__ = ("cloud_calls_used", "cloud_calls_limit", "exhausted")
+    __slots__ = ("cloud_calls_used", "cloud_calls_limit", "exhausted", "cloud_cost_used_usd", "cloud_cost_reserved_usd", "cloud_cost_limit_usd")
     CLOUD_CALLS_USED_FIELD_NUMBER: _ClassVar[int]
     CLOUD_CALLS_LIMIT_FIELD_NUMBER: _ClassVar[int]
     EXHAUSTED_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_COST_USED_USD_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_COST_RESERVED_USD_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_COST_LIMIT_USD_FIELD_NUMBER: _ClassVar[int]
     cloud_calls_used: int
     cloud_calls_limit: int
     exhausted: bool
-    def __init__(self, cloud_calls_used: _Optional[int] = ..., cloud_calls_limit: _Optional[int] = ..., exhausted: bool = ...) -> None: ...
+    cloud_cost_used_usd: float
+    cloud_cost_reserved_usd: float
+    cloud_cost_limit_usd: float
+    def __init__(self, cloud_calls_used: _Optional[int] = ..., cloud_calls_limit: _Optional[int] = ..., exhausted: bool = ..., cloud_cost_used_usd: _Optional[float] = ..., cloud_cost_reserved_usd: _Optional[float] = ..., cloud_cost_limit_usd: _Optional[float] = ...) -> None: ...
 
 class ClientQuota(_message.Message):
     __slots__ = ("used", "limit")
@@ -132,20 +140,22 @@ class GenerateRequest(_message.Message):
     def __init__(self, report_id: _Optional[str] = ..., section_id: _Optional[str] = ..., section_type: _Optional[_Union[SectionType, str]] = ..., phase: _Optional[_Union[CompilationPhase, str]] = ..., prompt: _Optional[str] = ..., system_prompt: _Optional[str] = ..., options: _Optional[_Union[GenerationOptions, _Mapping]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("text", "route", "usage", "budget", "attempts", "finish_reason")
+    __slots__ = ("text", "route", "usage", "budget", "attempts", "finish_reason", "cost_usd")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
     text: str
     route: Route
     usage: Usage
     budget: Budget
     attempts: int
     finish_reason: str
-    def __init__(self, text: _Optional[str] = ..., route: _Optional[_Union[Route, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., attempts: _Optional[int] = ..., finish_reason: _Optional[str] = ...) -> None: ...
+    cost_usd: float
+    def __init__(self, text: _Optional[str] = ..., route: _Optional[_Union[Route, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., attempts: _Optional[int] = ..., finish_reason: _Optional[str] = ..., cost_usd: _Optional[float] = ...) -> None: ...
 
 class GenerateStreamRequest(_message.Message):
     __slots__ = ("report_id", "section_id", "section_type", "phase", "prompt", "system_prompt", "options")
@@ -200,7 +210,7 @@ class GetReportUsageRequest(_message.Message):
     def __init__(self, report_id: _Optional[str] = ...) -> None: ...
 
 class GetReportUsageResponse(_message.Message):
-    __slots__ = ("report_id", "budget", "primary_calls", "secondary_calls", "fallbacks", "cloud_usage", "local_usage", "client_quota")
+    __slots__ = ("report_id", "budget", "primary_calls", "secondary_calls", "fallbacks", "cloud_usage", "local_usage", "client_quota", "cost", "phases")
     REPORT_ID_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     PRIMARY_CALLS_FIELD_NUMBER: _ClassVar[int]
@@ -209,6 +219,8 @@ class GetReportUsageResponse(_message.Message):
     CLOUD_USAGE_FIELD_NUMBER: _ClassVar[int]
     LOCAL_USAGE_FIELD_NUMBER: _ClassVar[int]
     CLIENT_QUOTA_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    PHASES_FIELD_NUMBER: _ClassVar[int]
     report_id: str
     budget: Budget
     primary_calls: int
@@ -217,4 +229,36 @@ class GetReportUsageResponse(_message.Message):
     cloud_usage: Usage
     local_usage: Usage
     client_quota: ClientQuota
-    def __init__(self, report_id: _Optional[str] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., primary_calls: _Optional[int] = ..., secondary_calls: _Optional[int] = ..., fallbacks: _Optional[int] = ..., cloud_usage: _Optional[_Union[Usage, _Mapping]] = ..., local_usage: _Optional[_Union[Usage, _Mapping]] = ..., client_quota: _Optional[_Union[ClientQuota, _Mapping]] = ...) -> None: ...
+    cost: ReportCost
+    phases: _containers.RepeatedCompositeFieldContainer[PhaseUsage]
+    def __init__(self, report_id: _Optional[str] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., primary_calls: _Optional[int] = ..., secondary_calls: _Optional[int] = ..., fallbacks: _Optional[int] = ..., cloud_usage: _Optional[_Union[Usage, _Mapping]] = ..., local_usage: _Optional[_Union[Usage, _Mapping]] = ..., client_quota: _Optional[_Union[ClientQuota, _Mapping]] = ..., cost: _Optional[_Union[ReportCost, _Mapping]] = ..., phases: _Optional[_Iterable[_Union[PhaseUsage, _Mapping]]] = ...) -> None: ...
+
+class ReportCost(_message.Message):
+    __slots__ = ("cloud_usd", "local_usd", "total_usd", "all_cloud_usd", "savings_usd", "unpriced_calls")
+    CLOUD_USD_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_USD_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_USD_FIELD_NUMBER: _ClassVar[int]
+    ALL_CLOUD_USD_FIELD_NUMBER: _ClassVar[int]
+    SAVINGS_USD_FIELD_NUMBER: _ClassVar[int]
+    UNPRICED_CALLS_FIELD_NUMBER: _ClassVar[int]
+    cloud_usd: float
+    local_usd: float
+    total_usd: float
+    all_cloud_usd: float
+    savings_usd: float
+    unpriced_calls: int
+    def __init__(self, cloud_usd: _Optional[float] = ..., local_usd: _Optional[float] = ..., total_usd: _Optional[float] = ..., all_cloud_usd: _Optional[float] = ..., savings_usd: _Optional[float] = ..., unpriced_calls: _Optional[int] = ...) -> None: ...
+
+class PhaseUsage(_message.Message):
+    __slots__ = ("phase", "tier", "calls", "usage", "cost_usd")
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    phase: CompilationPhase
+    tier: ProviderTier
+    calls: int
+    usage: Usage
+    cost_usd: float
+    def __init__(self, phase: _Optional[_Union[CompilationPhase, str]] = ..., tier: _Optional[_Union[ProviderTier, str]] = ..., calls: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ...) -> None: ...
