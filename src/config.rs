@@ -541,6 +541,10 @@ fn parse_uint<T: std::str::FromStr>(
     raw.trim().parse::<T>().map_err(|_| err())
 }
 
+/// The largest dollar amount a setting takes: its nano-dollars stay below 2^53, where the Redis
+/// ledger's Lua arithmetic is exact.
+const MAX_USD: f64 = 1_000_000.0;
+
 /// An optional amount of US dollars: empty = none; else a finite, non-negative decimal.
 fn parse_usd(setting: Setting, sources: &Sources) -> Result<Option<Nanos>, ConfigError> {
     let raw = sources.get_or_default(setting);
@@ -549,11 +553,13 @@ fn parse_usd(setting: Setting, sources: &Sources) -> Result<Option<Nanos>, Confi
         return Ok(None);
     }
     match raw.parse::<f64>() {
-        Ok(usd) if usd.is_finite() && (0.0..=1e9).contains(&usd) => Ok(Some(Nanos::from_usd(usd))),
+        Ok(usd) if usd.is_finite() && (0.0..=MAX_USD).contains(&usd) => {
+            Ok(Some(Nanos::from_usd(usd)))
+        }
         _ => Err(ConfigError::new(
             setting.var,
             format!(
-                "`{raw}` is not an amount of USD; accepted: a decimal from 0 to 1e9, e.g. 0.50, or empty for no cap"
+                "`{raw}` is not an amount of USD; accepted: a decimal from 0 to {MAX_USD}, e.g. 0.50, or empty for no cap"
             ),
         )),
     }
@@ -724,6 +730,27 @@ impl Config {
         };
         let max_cloud_cost = parse_usd(MAX_CLOUD_COST_USD, s)?;
         if max_cloud_cost.is_some() {
+            // A hold must outlive its attempt in the ledger: a report entry that expired under
+            // a hold in flight would forget it (the memory ledger keeps such entries anyway).
+            let ttl = Duration::from_secs(parse_uint(REPORT_TTL_SECS, s, 1)?);
+            let longest = [
+                parse_millis(STREAM_MAX_MS, s, 1)?,
+                primary.provider.timeout,
+                secondary.provider.timeout,
+            ]
+            .into_iter()
+            .max()
+            .unwrap_or_default();
+            if ttl <= longest {
+                return Err(ConfigError::new(
+                    REPORT_TTL_SECS.var,
+                    format!(
+                        "with {} it must outlast any one upstream attempt: more than {} s (VRA_STREAM_MAX_MS and the providers' timeouts)",
+                        MAX_CLOUD_COST_USD.var,
+                        longest.as_secs()
+                    ),
+                ));
+            }
             // A cap needs a worst case for every cloud call: every cloud model needs a price.
             for endpoint in [&primary, &secondary] {
                 let cloud = endpoint.provider.is_cloud();
@@ -1436,7 +1463,7 @@ mod tests {
         );
         let zero = Config::from_sources(&sources(&[("MAX_CLOUD_COST_USD", "0")])).unwrap();
         assert_eq!(zero.max_cloud_cost, Some(Nanos::ZERO));
-        for bad in ["-1", "NaN", "inf", "1e10", "$5", "five"] {
+        for bad in ["-1", "NaN", "inf", "1e10", "1000001", "$5", "five"] {
             let err = Config::from_sources(&sources(&[("MAX_CLOUD_COST_USD", bad)])).unwrap_err();
             assert_eq!(err.var, "MAX_CLOUD_COST_USD", "{bad}: {err}");
         }
@@ -1445,6 +1472,13 @@ mod tests {
         let err = Config::from_sources(&sources(&unpriced)).unwrap_err();
         assert_eq!(err.var, "MAX_CLOUD_COST_USD");
         assert!(err.to_string().contains("frontier-x"), "{err}");
+        let short_ttl = [("MAX_CLOUD_COST_USD", "1"), ("VRA_REPORT_TTL_SECS", "600")];
+        let err = Config::from_sources(&sources(&short_ttl)).unwrap_err();
+        assert_eq!(err.var, "VRA_REPORT_TTL_SECS", "{err}");
+        assert!(
+            Config::from_sources(&sources(&short_ttl[1..])).is_ok(),
+            "no cap, no constraint"
+        );
         let warned = Config::from_sources(&sources(&unpriced[..1])).unwrap();
         assert_eq!(warned.warnings().len(), 1);
         assert!(warned.warnings()[0].contains("frontier-x"));

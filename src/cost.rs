@@ -51,12 +51,15 @@ impl Price {
         Ok(())
     }
 
-    /// What `input` and `output` tokens cost, rounded up to the next nano-dollar.
+    /// What `input` and `output` tokens cost, rounded up to the next nano-dollar. Computed in
+    /// integers: a price of USD per million tokens is that many pico-dollars per token (exact
+    /// for prices with up to 6 decimals), so `3 × $1.10/M` is exactly 3,300 nano-dollars, not
+    /// 3,301 as `3 × 1.1 × 1000` in floating point would round up to.
     pub fn cost_of(&self, input: u64, output: u64) -> Nanos {
-        // USD per million tokens = 1000 nano-dollars per token per USD.
-        let nanos = input as f64 * self.input_per_mtok * 1000.0
-            + output as f64 * self.output_per_mtok * 1000.0;
-        Nanos(nanos.ceil().clamp(0.0, u64::MAX as f64) as u64)
+        let pico = |per_mtok: f64| (per_mtok * 1e6).round() as u128;
+        let total = u128::from(input) * pico(self.input_per_mtok)
+            + u128::from(output) * pico(self.output_per_mtok);
+        Nanos(u64::try_from(total.div_ceil(1000)).unwrap_or(u64::MAX))
     }
 
     /// What a call's usage costs.
@@ -68,14 +71,14 @@ impl Price {
 /// List prices of common cloud models, USD per million tokens (input, output): OpenAI's
 /// published standard-tier prices (openai.com/api/pricing), as of 2025-08. They are defaults
 /// only — `[pricing."MODEL"]` overrides any of them — and apply to cloud-tier providers only.
+/// (The reasoning models, o-series, are left out: they take `max_completion_tokens`, not the
+/// `max_tokens` the gateway sends.)
 pub const BUILTIN_PRICES: &[(&str, Price)] = &[
     ("gpt-4o", price(2.50, 10.00)),
     ("gpt-4o-mini", price(0.15, 0.60)),
     ("gpt-4.1", price(2.00, 8.00)),
     ("gpt-4.1-mini", price(0.40, 1.60)),
     ("gpt-4.1-nano", price(0.10, 0.40)),
-    ("o3", price(2.00, 8.00)),
-    ("o4-mini", price(1.10, 4.40)),
     ("gpt-4-turbo", price(10.00, 30.00)),
     ("gpt-3.5-turbo", price(0.50, 1.50)),
 ];
@@ -174,12 +177,16 @@ pub fn estimate_output_tokens(bytes: usize, chunks: u32) -> u32 {
 }
 
 /// The usage to account for a call: what the upstream reported, with each count the upstream
-/// left at 0 estimated when there was text to count (`estimated` is then set).
+/// left at 0 estimated when there was text to count (`estimated` is then set). An estimated
+/// output never exceeds `max_tokens` (the upstream stopped there), so an estimate never costs
+/// more than the worst case the call held under a cost cap ([`input_tokens_bound`] bounds the
+/// input estimate the same way).
 pub fn complete_usage<'a>(
     reported: TokenUsage,
     messages: impl IntoIterator<Item = &'a str>,
     answer_bytes: usize,
     chunks: u32,
+    max_tokens: Option<u32>,
 ) -> TokenUsage {
     let mut usage = reported;
     if usage.input == 0 {
@@ -190,7 +197,8 @@ pub fn complete_usage<'a>(
         }
     }
     if usage.output == 0 && answer_bytes > 0 {
-        usage.output = estimate_output_tokens(answer_bytes, chunks);
+        let estimate = estimate_output_tokens(answer_bytes, chunks);
+        usage.output = max_tokens.map_or(estimate, |max| estimate.min(max.max(1)));
         usage.estimated = true;
     }
     usage
@@ -209,6 +217,9 @@ mod tests {
         // $0.0375/M is 37.5 nano-dollars a token: one token costs 38 (rounded up).
         assert_eq!(price(0.0375, 0.0).cost_of(1, 0), Nanos(38));
         assert_eq!(price(0.0375, 0.0).cost_of(2, 0), Nanos(75));
+        // Exact where floating point is not: 3 × 1.1 × 1000 = 3300.0000000000005.
+        assert_eq!(price(1.10, 4.40).cost_of(3, 0), Nanos(3_300));
+        assert_eq!(price(1.10, 4.40).cost_of(0, 7), Nanos(30_800));
         assert_eq!(Price::FREE.cost_of(1_000_000, 1_000_000), Nanos::ZERO);
         assert_eq!(Nanos::from_usd(0.25), Nanos(250_000_000));
         assert_eq!(Nanos(7_500_000).usd(), 0.0075);
@@ -282,8 +293,8 @@ mod tests {
             output: 30,
             estimated: false,
         };
-        assert_eq!(complete_usage(reported, ["hi"], 100, 3), reported);
-        let none = complete_usage(TokenUsage::default(), ["12345678"], 40, 25);
+        assert_eq!(complete_usage(reported, ["hi"], 100, 3, None), reported);
+        let none = complete_usage(TokenUsage::default(), ["12345678"], 40, 25, None);
         assert_eq!(
             none,
             TokenUsage {
@@ -302,15 +313,19 @@ mod tests {
             ["x"],
             8,
             0,
+            None,
         );
         assert_eq!((half.input, half.output, half.estimated), (9, 2, true));
+        // Never above max_tokens: 20 KB of text in 4096 tokens is not 5,000 tokens.
+        let capped = complete_usage(TokenUsage::default(), ["x"], 20_000, 4096, Some(4096));
+        assert_eq!(capped.output, 4096);
         // An empty answer with reported input stays as reported.
         let empty = TokenUsage {
             input: 9,
             output: 0,
             estimated: false,
         };
-        assert_eq!(complete_usage(empty, ["x"], 0, 0), empty);
+        assert_eq!(complete_usage(empty, ["x"], 0, 0, None), empty);
     }
 
     #[test]

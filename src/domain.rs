@@ -283,6 +283,27 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// Whether the upstream may have done (and billed) the work although no answer came back:
+    /// the request was delivered and then timed out, broke, went silent or was unreadable.
+    /// Not for a refused connection, an HTTP error status (the upstream answered that it did
+    /// not do the work) or an attempt that was never sent. Under a cost cap such an attempt is
+    /// charged its whole worst case.
+    pub fn may_have_been_billed(&self) -> bool {
+        match self {
+            ProviderError::Connect(_)
+            | ProviderError::Status { .. }
+            | ProviderError::AllEndpointsEjected
+            | ProviderError::QueueFull { .. } => false,
+            ProviderError::Timeout
+            | ProviderError::Malformed(_)
+            | ProviderError::Upstream(_)
+            | ProviderError::StreamIdle(_)
+            | ProviderError::Truncated
+            | ProviderError::Transport(_)
+            | ProviderError::TooLarge { .. } => true,
+        }
+    }
+
     /// Connect errors, timeouts, 408, 429 and 5xx may succeed on another try — and so may a
     /// stream that broke or went silent (retried only before its first delta).
     pub fn is_retryable(&self) -> bool {

@@ -124,13 +124,15 @@ pub struct Gateway {
     cost_cap: Option<Nanos>,
     /// `VRA_MAX_OUTPUT_TOKENS`: `max_tokens` of a cloud request without one, under a cost cap.
     output_ceiling: u32,
+    /// The price "all on the primary" is computed at: the primary's, when it is cloud tier
+    /// (with a local primary an all-cloud equivalent means nothing, and is left unknown).
+    all_cloud_price: Option<Price>,
 }
 
 /// What happened on one tier.
 enum TierOutcome<T> {
-    /// The value, the lease on the endpoint that produced it (a stream still reads it) and
-    /// the attempt's cost hold, if any.
-    Ok(T, Lease, Option<Hold>),
+    /// The value, and what its attempt still holds.
+    Ok(T, Sent),
     Failed(ProviderError),
     BudgetRefused,
     QuotaSpent,
@@ -211,9 +213,10 @@ impl<'a> CallState<'a> {
 }
 
 /// A granted reservation's hold on the report's cost cap. Settled by the call's record
-/// ([`Hold::settle`]), released uncharged when its attempt fails ([`Hold::release`]); dropped
-/// anywhere else — the call was cancelled or its stream broke after output began — it charges
-/// itself in full, in the background, so no hold outlives its call.
+/// ([`Hold::settle`]); when its attempt fails, released uncharged or charged in full
+/// ([`Hold::close`], by [`ProviderError::may_have_been_billed`]); dropped anywhere else — the
+/// call was cancelled or its stream broke after output began — it charges itself in full, in
+/// the background, so no hold outlives its call.
 struct Hold {
     ledger: Arc<dyn Ledger>,
     client: Option<Box<str>>,
@@ -230,23 +233,27 @@ impl Hold {
         }
     }
 
-    /// The amount the call's record releases; the guard is disarmed.
-    fn settle(mut self) -> Nanos {
+    /// Disarms the guard, handing over what the call's record needs to settle it: the ledger,
+    /// the report's key (owned) and the amount.
+    fn settle(mut self) -> (Arc<dyn Ledger>, Option<Box<str>>, Box<str>, Nanos) {
         self.armed = false;
-        self.amount
+        (
+            self.ledger.clone(),
+            self.client.take(),
+            std::mem::take(&mut self.report),
+            self.amount,
+        )
     }
 
-    /// The attempt failed before any output: release the hold, charging nothing. Disarmed
-    /// before the ledger answers: if this future is dropped mid-release, the hold may stay
-    /// held until the report expires — the safe direction for a cap, it can only block spending
-    /// (re-sending the release could release twice and let the report overspend).
-    async fn release(mut self) {
+    /// The attempt failed without an answer: release the hold, charging it in full when the
+    /// upstream may have billed the work anyway, else nothing. Disarmed before the ledger
+    /// answers: if this future is dropped mid-release, the hold may stay held until the report
+    /// expires — the safe direction for a cap, it can only block spending (re-sending the
+    /// release could release twice and let the report overspend).
+    async fn close(mut self, billed: bool) {
         self.armed = false;
-        if let Err(e) = self
-            .ledger
-            .release(self.key(), self.amount, Nanos::ZERO)
-            .await
-        {
+        let charge = if billed { self.amount } else { Nanos::ZERO };
+        if let Err(e) = self.ledger.release(self.key(), self.amount, charge).await {
             tracing::warn!(
                 "could not release a cost hold of report: {e}; it expires with the report"
             );
@@ -281,12 +288,19 @@ impl Drop for Hold {
 }
 
 /// A successful first phase of a call: the value, the tier that produced it and why.
-struct Served<T> {
-    value: T,
+/// What the serving attempt still holds, and what it asked for.
+struct Sent {
     /// The serving endpoint's slot: held until the value is consumed (a stream's end).
     lease: Lease,
-    /// The serving attempt's cost hold, settled when the call is recorded.
+    /// The attempt's cost hold, settled when the call is recorded.
     hold: Option<Hold>,
+    /// The `max_tokens` sent upstream (an estimated output never exceeds it).
+    max_tokens: Option<u32>,
+}
+
+struct Served<T> {
+    value: T,
+    sent: Sent,
     tier: Tier,
     fallback: Option<FallbackReason>,
     decision: routing::Decision,
@@ -330,6 +344,12 @@ impl Gateway {
             ],
             cost_cap: config.max_cloud_cost,
             output_ceiling: config.max_output_tokens,
+            all_cloud_price: config
+                .primary
+                .provider
+                .is_cloud()
+                .then(|| config.pricing.lookup(&config.primary.model, true).price())
+                .flatten(),
             metrics,
         }
     }
@@ -339,9 +359,9 @@ impl Gateway {
         self.prices[crate::budget::tier_index(tier)]
     }
 
-    /// Whether the primary model has a price, i.e. whether "all on the primary" has a cost.
+    /// Whether "all on the primary" has a cost: the primary is cloud tier and has a price.
     pub fn primary_priced(&self) -> bool {
-        self.price(Tier::Primary).is_some()
+        self.all_cloud_price.is_some()
     }
 
     pub fn ledger(&self) -> &Arc<dyn Ledger> {
@@ -490,8 +510,16 @@ impl Gateway {
         } = served.value;
         let route = self.route_info(served.tier, served.decision.rule, served.fallback);
         state.hybrid().routed(&route.provider, &route.model);
-        let usage = cost::complete_usage(usage, state.messages(), text.len(), 0);
-        let (budget, cost) = self.finish_call(&state, &route, usage, served.hold).await;
+        let usage = cost::complete_usage(
+            usage,
+            state.messages(),
+            text.len(),
+            0,
+            served.sent.max_tokens,
+        );
+        let (budget, cost) = self
+            .finish_call(&state, &route, usage, served.sent.hold)
+            .await;
         telemetry::record_route(&Span::current(), &route, &budget);
         Ok(Generated {
             text,
@@ -559,8 +587,12 @@ impl Gateway {
         // `_lease` holds the endpoint's slot while the rest of the stream is read.
         let Served {
             value: (first, mut rest),
-            lease: _lease,
-            hold,
+            sent:
+                Sent {
+                    lease: _lease,
+                    hold,
+                    max_tokens,
+                },
             tier,
             fallback,
             decision,
@@ -620,7 +652,7 @@ impl Gateway {
         else {
             return;
         };
-        let usage = cost::complete_usage(usage, state.messages(), bytes, chunks);
+        let usage = cost::complete_usage(usage, state.messages(), bytes, chunks, max_tokens);
         let (budget, cost) = self.finish_call(&state, &route, usage, hold).await;
         telemetry::record_route(&Span::current(), &route, &budget);
         let _ = tx
@@ -651,11 +683,10 @@ impl Gateway {
 
         if decision.tier == Tier::Primary {
             let reason = match self.call_tier(state, Tier::Primary, &op).await {
-                TierOutcome::Ok(value, lease, hold) => {
+                TierOutcome::Ok(value, sent) => {
                     return Ok(Served {
                         value,
-                        lease,
-                        hold,
+                        sent,
                         tier: Tier::Primary,
                         fallback: None,
                         decision,
@@ -687,11 +718,10 @@ impl Gateway {
 
         let secondary = self.provider_name(Tier::Secondary);
         let error = match self.call_tier(state, Tier::Secondary, &op).await {
-            TierOutcome::Ok(value, lease, hold) => {
+            TierOutcome::Ok(value, sent) => {
                 return Ok(Served {
                     value,
-                    lease,
-                    hold,
+                    sent,
                     tier: Tier::Secondary,
                     fallback,
                     decision,
@@ -807,13 +837,21 @@ impl Gateway {
             {
                 Ok(value) => {
                     permit.succeeded();
-                    return TierOutcome::Ok(value, lease, hold);
+                    let max_tokens = request.max_tokens;
+                    return TierOutcome::Ok(
+                        value,
+                        Sent {
+                            lease,
+                            hold,
+                            max_tokens,
+                        },
+                    );
                 }
                 Err(error) => error,
             };
-            // Nothing came back: the attempt costs nothing.
+            // No answer: the attempt costs nothing, or its worst case if it may have been billed.
             if let Some(hold) = hold {
-                hold.release().await;
+                hold.close(error.may_have_been_billed()).await;
             }
             // The slot is free during the backoff.
             drop(lease);
@@ -877,6 +915,11 @@ impl Gateway {
                 if newly {
                     self.metrics.report_hit_cost_limit();
                 }
+                Budgeted::Refused
+            }
+            Ok(Reservation::NoRoomUnderCap { used }) => {
+                // This call only: the report is not spent, a later call may fit.
+                state.last_used = Some(used);
                 Budgeted::Refused
             }
             Ok(Reservation::DayQuotaSpent { used, limit }) => {
@@ -1019,7 +1062,7 @@ impl Gateway {
         hold: Option<Hold>,
     ) -> (BudgetInfo, Option<Nanos>) {
         let cost = self.price(route.tier).map(|p| p.cost(usage));
-        let all_cloud = self.price(Tier::Primary).map(|p| p.cost(usage));
+        let all_cloud = self.all_cloud_price.map(|p| p.cost(usage));
         let record = CallRecord {
             tier: route.tier,
             fell_back: route.fallback.is_some(),
@@ -1028,7 +1071,7 @@ impl Gateway {
             usage,
             cost,
             all_cloud,
-            release: hold.map_or(Nanos::ZERO, Hold::settle),
+            release: Nanos::ZERO,
         };
         self.metrics.tokens(&route.provider, usage);
         self.metrics
@@ -1038,7 +1081,29 @@ impl Gateway {
             .hybrid()
             .usage(&route.provider, &route.model, usage, cost.map(Nanos::usd));
         let limits = state.limits;
-        let budget = match self.ledger.record(state.key, record).await {
+        let recorded = match hold {
+            None => self.ledger.record(state.key, record).await,
+            // Settling a hold must not be lost if this call is dropped while the ledger works
+            // (a deadline, a client gone): the record runs as its own task.
+            Some(hold) => {
+                let (ledger, client, report, release) = hold.settle();
+                let record = CallRecord { release, ..record };
+                tokio::spawn(async move {
+                    let key = ReportKey {
+                        client: client.as_deref(),
+                        report: &report,
+                    };
+                    ledger.record(key, record).await
+                })
+                .await
+                .unwrap_or_else(|_| {
+                    Err(crate::budget::LedgerError::Unavailable(
+                        "the record task failed".into(),
+                    ))
+                })
+            }
+        };
+        let budget = match recorded {
             Ok(u) => BudgetInfo {
                 exhausted: state.refused || u.is_spent(limits),
                 ..budget_from(Some(&u), limits)

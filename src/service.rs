@@ -451,6 +451,7 @@ fn usage_response(
             // Signed: a local model priced above the primary costs more than all-cloud.
             savings_usd: all_cloud.map(|a| a.usd() - total.usd()),
             unpriced_calls: usage.unpriced_calls,
+            abandoned_usd: usage.abandoned.usd(),
         }),
         phases,
     }

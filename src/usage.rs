@@ -103,6 +103,13 @@ pub fn render(usage: &pb::GetReportUsageResponse, primary_model: Option<&str>) -
         usd(cost.cloud_usd),
         usd(cost.local_usd)
     );
+    if cost.abandoned_usd > 0.0 {
+        let _ = writeln!(
+            out,
+            "  of which {} charged for cloud attempts without an answer (timed out, broken or dropped: their worst case)",
+            usd(cost.abandoned_usd)
+        );
+    }
     match (cost.all_cloud_usd, cost.savings_usd) {
         (Some(all), Some(saved)) => {
             let reference = primary_model.map_or_else(
@@ -181,6 +188,7 @@ mod tests {
                 all_cloud_usd: Some(0.01),
                 savings_usd: Some(0.0025),
                 unpriced_calls: 0,
+                abandoned_usd: 0.001,
             }),
             phases: vec![
                 pb::PhaseUsage {
@@ -225,6 +233,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("~ estimated"), "{text}");
+        assert!(
+            text.contains("of which $0.001000 charged for cloud attempts without an answer"),
+            "{text}"
+        );
         assert!(
             text.contains("cloud calls 2/15, cloud cost $0.007500 of the $0.500000 cap"),
             "{text}"

@@ -266,7 +266,10 @@ async fn a_worst_case_above_the_cap_falls_back_without_a_cloud_request() {
     assert_eq!(h.cloud.requests(), 0);
     let budget = resp.budget.unwrap();
     assert_eq!(budget.cloud_cost_limit_usd, Some(0.001));
-    assert!(budget.exhausted);
+    assert!(
+        !budget.exhausted,
+        "this call did not fit; a smaller one may"
+    );
 
     // With a small ceiling the call fits, and the ceiling is what the upstream is sent.
     let h2 = Harness::start(&[
@@ -379,4 +382,54 @@ async fn the_usage_command_prints_the_table_and_unpriced_models_are_named() {
         stderr.contains("MAX_CLOUD_COST_USD") && stderr.contains("frontier-x"),
         "{stderr}"
     );
+}
+
+/// Under a cap, a failed attempt is charged its whole worst case when the upstream may have
+/// done (and billed) the work — here a 200 whose body is unreadable — and nothing when it
+/// answered with an error status; `abandoned_usd` shows the charge, inside `cloud_usd`.
+#[tokio::test]
+async fn failed_attempts_are_charged_only_when_they_may_have_been_billed() {
+    let h = Harness::start(&[("MAX_CLOUD_COST_USD", "1.0")]).await;
+    let mut client = h.client().await;
+
+    // An HTTP 500, then an answer: the 500 costs nothing.
+    h.cloud.push(Step::fail(500));
+    let resp = client
+        .generate(cost::capped_call("status"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((tier(&resp), resp.attempts), (T::Primary, 2));
+    let c = usage_cost(&h, "status").await;
+    assert_eq!(c.abandoned_usd, 0.0);
+    assert_eq!(c.cloud_usd, resp.cost_usd.unwrap());
+
+    // A malformed 200 (not retried: the secondary answers): the cloud attempt is charged its
+    // worst case.
+    h.cloud.push(Step::Malformed);
+    let resp = client
+        .generate(cost::capped_call("malformed"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (tier(&resp), reason(&resp), resp.attempts),
+        (T::Secondary, F::PrimaryError, 2)
+    );
+    let worst = worst_case_nanos(&cost::capped_call("malformed"));
+    let c = usage_cost(&h, "malformed").await;
+    assert_eq!(c.abandoned_usd, worst as f64 / 1e9);
+    assert_eq!(c.cloud_usd, worst as f64 / 1e9);
+    let budget = usage(&h, "malformed").await.budget.unwrap();
+    assert_eq!(budget.cloud_cost_reserved_usd, 0.0);
+    h.shutdown().await;
+}
+
+/// The gateway's worst case for `req` on gpt-4o: one token per byte of its messages plus the
+/// chat template's tokens, and its `max_tokens`.
+fn worst_case_nanos(req: &pb::GenerateRequest) -> u64 {
+    let input =
+        vra_gateway::cost::input_tokens_bound([req.system_prompt.as_str(), req.prompt.as_str()]);
+    let output = u64::from(req.options.as_ref().unwrap().max_tokens.unwrap());
+    input * cost::GPT4O_IN_NANOS + output * cost::GPT4O_OUT_NANOS
 }

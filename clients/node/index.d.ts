@@ -119,6 +119,11 @@ export interface ReportCost {
   savingsUsd: number | null;
   /** Answered calls whose model has no price: not in the sums above, which are then lower bounds. */
   unpricedCalls: number;
+  /**
+   * Charged (under a cost cap) for cloud attempts without an answer that may have been billed —
+   * a timeout, a broken or dropped call — at their worst case; part of `cloudUsd`.
+   */
+  abandonedUsd: number;
 }
 
 /** Calls, tokens and cost of one phase answered by one tier. */

@@ -141,7 +141,11 @@ impl MemoryLedger {
                 })
             }
         };
-        if now.saturating_duration_since(entry.last_used) > self.ttl {
+        // An expired entry starts over — unless calls still hold part of its cost cap: their
+        // releases must find their holds (else other calls' holds would be under-counted).
+        if now.saturating_duration_since(entry.last_used) > self.ttl
+            && entry.usage.held == Nanos::ZERO
+        {
             entry.usage = ReportUsage::default();
         }
         entry.last_used = now;
@@ -170,15 +174,20 @@ impl MemoryLedger {
         day: u64,
     ) -> Result<Reservation, LedgerError> {
         self.with_entry(&scoped(key), now, |u| {
-            let over_cost = limits
-                .cost_cap
-                .is_some_and(|cap| u.cloud_cost.saturating_add(u.held).saturating_add(hold) > cap);
-            if u.exhausted || u.cloud_calls_used >= limits.report || over_cost {
+            if u.exhausted || u.cloud_calls_used >= limits.report {
                 let newly = !u.exhausted;
                 u.exhausted = true;
                 return Reservation::Refused {
                     used: u.cloud_calls_used,
                     newly,
+                };
+            }
+            let over_cost = limits
+                .cost_cap
+                .is_some_and(|cap| u.cloud_cost.saturating_add(u.held).saturating_add(hold) > cap);
+            if over_cost {
+                return Reservation::NoRoomUnderCap {
+                    used: u.cloud_calls_used,
                 };
             }
             if let (Some(client), Some(limit)) = (key.client, limits.client_day) {
@@ -216,7 +225,12 @@ impl MemoryLedger {
     fn usage_at(&self, report_id: &str, now: Instant) -> ReportUsage {
         let shard = self.shard(report_id);
         match shard.get(report_id) {
-            Some(e) if now.saturating_duration_since(e.last_used) <= self.ttl => e.usage,
+            Some(e)
+                if now.saturating_duration_since(e.last_used) <= self.ttl
+                    || e.usage.held > Nanos::ZERO =>
+            {
+                e.usage
+            }
             _ => ReportUsage::default(),
         }
     }
@@ -231,7 +245,9 @@ impl MemoryLedger {
     fn sweep_shard(&self, index: usize, now: Instant) -> usize {
         let mut map = self.shards[index].lock().unwrap_or_else(|p| p.into_inner());
         let before = map.len();
-        map.retain(|_, e| now.saturating_duration_since(e.last_used) <= self.ttl);
+        map.retain(|_, e| {
+            now.saturating_duration_since(e.last_used) <= self.ttl || e.usage.held > Nanos::ZERO
+        });
         let removed = before - map.len();
         // Under the lock, so the count never lags behind the entries that really exist.
         self.tracked.fetch_sub(removed, Ordering::AcqRel);
@@ -627,18 +643,14 @@ mod tests {
         let reserve = |hold| ledger.reserve_at(key, limits, Nanos(hold), now, day);
         assert!(matches!(reserve(400), Ok(Reservation::Granted { used: 1 })));
         assert!(matches!(reserve(400), Ok(Reservation::Granted { used: 2 })));
-        // 800 held: another 400 does not fit, and exhausts the report.
+        // 800 held: another 400 does not fit (nothing taken, the report not marked), 200 does.
         let usage = ledger.usage_at("capped", now);
         assert_eq!((usage.held, usage.cloud_cost), (Nanos(800), Nanos::ZERO));
         assert!(!usage.is_spent(limits));
-        assert_eq!(
-            reserve(400),
-            Ok(Reservation::Refused {
-                used: 2,
-                newly: true
-            })
-        );
-        assert!(matches!(reserve(1), Ok(Reservation::Refused { .. })));
+        assert_eq!(reserve(400), Ok(Reservation::NoRoomUnderCap { used: 2 }));
+        assert!(!ledger.usage_at("capped", now).exhausted);
+        assert!(matches!(reserve(200), Ok(Reservation::Granted { used: 3 })));
+        assert_eq!(reserve(1), Ok(Reservation::NoRoomUnderCap { used: 3 }));
         // Settling: one answered for 150, one failed (charged 0).
         ledger
             .with_entry("capped", now, |u| {
@@ -653,10 +665,12 @@ mod tests {
                     release: Nanos(400),
                 });
                 u.release(Nanos(400), Nanos::ZERO);
+                u.release(Nanos(200), Nanos(200));
             })
             .unwrap();
         let usage = ledger.usage_at("capped", now);
-        assert_eq!((usage.held, usage.cloud_cost), (Nanos::ZERO, Nanos(150)));
+        assert_eq!((usage.held, usage.cloud_cost), (Nanos::ZERO, Nanos(350)));
+        assert_eq!(usage.abandoned, Nanos(200));
         // Exactly at the cap is spent.
         let at_cap = Limits {
             cost_cap: Some(Nanos(150)),
@@ -668,5 +682,35 @@ mod tests {
         };
         assert!(fresh.is_spent(at_cap));
         assert!(!fresh.is_spent(limits));
+    }
+
+    /// An entry past its TTL that still has holds in flight is neither reset nor swept: the
+    /// holds' releases must find them.
+    #[test]
+    fn expiry_keeps_reports_with_holds_in_flight() {
+        let ledger = MemoryLedger::new(Duration::from_secs(60));
+        let limits = Limits {
+            report: 100,
+            client_day: None,
+            cost_cap: Some(Nanos(1_000)),
+        };
+        let start = Instant::now();
+        let later = start + Duration::from_secs(120);
+        for (report, hold) in [("held", 600), ("idle", 0)] {
+            ledger
+                .reserve_at(ReportKey::anonymous(report), limits, Nanos(hold), start, 1)
+                .unwrap();
+        }
+        assert_eq!(
+            ledger.sweep(later),
+            1,
+            "only the report without holds expires"
+        );
+        assert_eq!(ledger.usage_at("held", later).held, Nanos(600));
+        // A new call on the old entry still sees the hold: 600 + 600 > 1000.
+        assert_eq!(
+            ledger.reserve_at(ReportKey::anonymous("held"), limits, Nanos(600), later, 1),
+            Ok(Reservation::NoRoomUnderCap { used: 1 })
+        );
     }
 }

@@ -14,7 +14,8 @@
 //! Money works the same way. With a dollar cap (`MAX_CLOUD_COST_USD`, [`Limits::cost_cap`]),
 //! every cloud attempt also *holds* its worst-case cost in the same atomic step as its unit: a
 //! hold that does not fit under the cap beside the report's settled cost and the holds of calls
-//! in flight is refused like a spent call budget. After the attempt the hold is released and the
+//! in flight is refused ([`Reservation::NoRoomUnderCap`]; the report is not marked, a later,
+//! smaller or less crowded call may fit). After the attempt the hold is released and the
 //! actual cost settled ([`CallRecord::release`], [`Ledger::release`]), so a report's settled
 //! cloud cost never exceeds its cap. Every answered call also adds its tokens and cost to the
 //! report's per-phase breakdown ([`PhaseTierUsage`]).
@@ -86,6 +87,10 @@ pub enum Reservation {
     /// The client's quota for today is spent (`used` of `limit`). Nothing was taken and the
     /// report is not marked: tomorrow it may call the cloud again.
     DayQuotaSpent { used: u32, limit: u32 },
+    /// The attempt's worst case does not fit under the cost cap beside the settled cost and the
+    /// other calls' holds. Nothing was taken and the report is not marked: once holds settle
+    /// (usually far below their worst case), a later call may fit.
+    NoRoomUnderCap { used: u32 },
 }
 
 impl Reservation {
@@ -95,6 +100,7 @@ impl Reservation {
             Reservation::Granted { .. } => "granted",
             Reservation::Refused { .. } => "report_budget",
             Reservation::DayQuotaSpent { .. } => "day_quota",
+            Reservation::NoRoomUnderCap { .. } => "cost_cap",
         }
     }
 }
@@ -162,9 +168,12 @@ pub struct ReportUsage {
     pub cloud_output_tokens: u64,
     pub local_input_tokens: u64,
     pub local_output_tokens: u64,
-    /// Settled cost of cloud calls (plus the holds of cloud calls that were dropped mid-way,
-    /// charged in full). This is what the dollar cap bounds.
+    /// Settled cost of cloud calls, including [`ReportUsage::abandoned`]. This is what the
+    /// dollar cap bounds.
     pub cloud_cost: Nanos,
+    /// Charged for cloud attempts without an answer that may have been billed (a timeout, a
+    /// broken or dropped call): their whole worst case. Part of `cloud_cost`.
+    pub abandoned: Nanos,
     /// Cost of local calls (0 unless a local model has a `[pricing]` entry).
     pub local_cost: Nanos,
     /// What the same calls' tokens would have cost on the primary model.
@@ -232,6 +241,7 @@ impl ReportUsage {
     pub fn release(&mut self, hold: Nanos, charge: Nanos) {
         self.held = self.held.saturating_sub(hold);
         self.cloud_cost = self.cloud_cost.saturating_add(charge);
+        self.abandoned = self.abandoned.saturating_add(charge);
     }
 }
 
@@ -295,8 +305,9 @@ pub trait Ledger: Send + Sync + 'static {
     ) -> Result<Reservation, LedgerError>;
 
     /// Releases `hold` (taken by a granted reservation whose attempt produced no answer to
-    /// record) and adds `charge` to the report's cloud cost: 0 for an attempt that failed
-    /// before any output, the whole hold for one dropped mid-way (it may have been billed).
+    /// record) and adds `charge` to the report's cloud cost and to its `abandoned` cost: 0 for
+    /// an attempt the upstream cannot have billed, the whole hold for one that may have been
+    /// (see [`crate::domain::ProviderError::may_have_been_billed`], and calls dropped mid-way).
     async fn release(
         &self,
         key: ReportKey<'_>,

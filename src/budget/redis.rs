@@ -32,21 +32,26 @@ use crate::domain::{Nanos, Phase, Tier};
 /// ARGV[1] = report limit; ARGV[2] = report TTL seconds; ARGV[3] = cost cap in nano-dollars
 /// (-1: none); ARGV[4] = the hold (nano-dollars); ARGV[5] = day limit (with KEYS[2]).
 /// Returns {outcome, used}: outcome 1 = granted, 0 = refused, 2 = refused and newly
-/// exhausted, 3 = the day quota is spent (nothing taken; `used` is then the day's count).
-/// Amounts stay far below 2^53 nano-dollars, so Lua's doubles add them exactly.
+/// exhausted, 3 = the day quota is spent (nothing taken; `used` is then the day's count), 4 = the
+/// hold does not fit under the cost cap (nothing taken, the report not marked). Amounts stay
+/// below 2^53 nano-dollars (the cap is at most $1,000,000), so Lua's doubles compare them
+/// exactly; the increment itself is the argument's integer string.
 const RESERVE_LUA: &str = r"
 local state = redis.call('HMGET', KEYS[1], 'used', 'exhausted', 'cloud_cost', 'held')
 local used = tonumber(state[1] or '0')
 local was_exhausted = state[2] == '1'
 local cap = tonumber(ARGV[3])
 local hold = tonumber(ARGV[4])
-local spent = math.max(0, tonumber(state[3] or '0')) + math.max(0, tonumber(state[4] or '0'))
-local over_cost = cap >= 0 and spent + hold > cap
-if was_exhausted or used >= tonumber(ARGV[1]) or over_cost then
+if was_exhausted or used >= tonumber(ARGV[1]) then
   redis.call('HSET', KEYS[1], 'exhausted', '1')
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   if was_exhausted then return {0, used} end
   return {2, used}
+end
+local spent = math.max(0, tonumber(state[3] or '0')) + math.max(0, tonumber(state[4] or '0'))
+if cap >= 0 and spent + hold > cap then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  return {4, used}
 end
 if KEYS[2] then
   local today = math.floor(tonumber(redis.call('TIME')[1]) / 86400)
@@ -61,7 +66,7 @@ if KEYS[2] then
   redis.call('EXPIRE', KEYS[2], 172800)
 end
 used = redis.call('HINCRBY', KEYS[1], 'used', 1)
-if hold > 0 then redis.call('HINCRBY', KEYS[1], 'held', hold) end
+if hold > 0 then redis.call('HINCRBY', KEYS[1], 'held', ARGV[4]) end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return {1, used}
 ";
@@ -188,6 +193,7 @@ impl Ledger for RedisLedger {
         let (outcome, used): (u8, u32) = self.bounded(invocation.invoke_async(&mut conn)).await?;
         Ok(match (outcome, day_limit) {
             (1, _) => Reservation::Granted { used },
+            (4, _) => Reservation::NoRoomUnderCap { used },
             (3, Some((_, limit))) => Reservation::DayQuotaSpent { used, limit },
             (outcome, _) => Reservation::Refused {
                 used,
@@ -221,6 +227,8 @@ impl Ledger for RedisLedger {
             .hincr(&key, "held", -signed(hold))
             .ignore()
             .hincr(&key, "cloud_cost", signed(charge))
+            .ignore()
+            .hincr(&key, "abandoned", signed(charge))
             .ignore()
             .expire(&key, self.ttl_secs as i64)
             .ignore();
@@ -323,6 +331,7 @@ fn usage_from_fields(fields: &HashMap<String, i64>) -> ReportUsage {
         local_input_tokens: get("local_in"),
         local_output_tokens: get("local_out"),
         cloud_cost: Nanos(get("cloud_cost")),
+        abandoned: Nanos(get("abandoned")),
         local_cost: Nanos(get("local_cost")),
         all_cloud: Nanos(get("all_cloud")),
         unpriced_calls: small("unpriced"),

@@ -118,7 +118,9 @@ pub async fn fifty_concurrent_calls_never_exceed_the_cap(
             "no hold outlives its call"
         );
         assert_eq!(budget.cloud_cost_limit_usd, Some(CAP_USD));
-        assert!(budget.exhausted);
+        // Refusals for lack of room refuse their call only; with the holds settled far below
+        // their worst case, the report has room again.
+        assert!(!budget.exhausted);
         assert_eq!(budget.cloud_calls_used as usize, primary);
     }
 }

@@ -151,6 +151,7 @@ export function reportCostFromWire(c) {
     allCloudUsd: optionalNumber(c, 'allCloudUsd'),
     savingsUsd: optionalNumber(c, 'savingsUsd'),
     unpricedCalls: (c && c.unpricedCalls) || 0,
+    abandonedUsd: (c && c.abandonedUsd) || 0,
   };
 }
 

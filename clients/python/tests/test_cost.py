@@ -159,11 +159,16 @@ def test_the_dollar_cap(start_gateway, report_id: str) -> None:
         # 1000 output tokens may cost $0.01: that worst case cannot fit, so the call goes local.
         r = client.generate(report_id, "1", Phase.REFINE, "Refine.", max_tokens=1000)
         assert (r.route.tier, r.route.fallback_reason) == (Tier.SECONDARY, FallbackReason.COST_LIMIT)
-        assert r.cost_usd == 0.0 and r.budget.exhausted
+        assert r.cost_usd == 0.0 and not r.budget.exhausted
+
+        # That refusal was for this call only: a small worst case still fits afterwards.
+        r = client.generate(report_id, "1", Phase.REFINE, "Refine.", max_tokens=200)
+        assert (r.route.tier, r.route.fallback_reason) == (Tier.PRIMARY, FallbackReason.NONE)
+        spent += r.cost_usd or 0.0
 
         u = client.report_usage(report_id)
         b = u.budget
-        assert b.cloud_cost_limit_usd == 0.005 and b.exhausted
+        assert b.cloud_cost_limit_usd == 0.005 and not b.exhausted
         assert b.cloud_cost_used_usd == pytest.approx(spent, abs=TOL) and b.cloud_cost_used_usd <= 0.005
         assert b.cloud_cost_reserved_usd == 0.0
         assert u.cost.cloud_usd == pytest.approx(spent, abs=TOL)
@@ -209,7 +214,7 @@ def test_an_unpriced_response_has_unknown_cost() -> None:
 def test_an_unpriced_primary_leaves_all_cloud_and_savings_unknown() -> None:
     msg = pb.GetReportUsageResponse(
         report_id="r",
-        cost=pb.ReportCost(cloud_usd=0.5, local_usd=0.25, total_usd=0.75, unpriced_calls=2),
+        cost=pb.ReportCost(cloud_usd=0.5, local_usd=0.25, total_usd=0.75, unpriced_calls=2, abandoned_usd=0.125),
         phases=[
             pb.PhaseUsage(
                 phase=pb.COMPILATION_PHASE_DRAFT,
@@ -221,7 +226,7 @@ def test_an_unpriced_primary_leaves_all_cloud_and_savings_unknown() -> None:
         ],
     )
     u = _convert.report_usage(msg)
-    assert u.cost == ReportCost(0.5, 0.25, 0.75, None, None, 2)
+    assert u.cost == ReportCost(0.5, 0.25, 0.75, None, None, 2, 0.125)
     assert u.phases == [PhaseUsage(Phase.DRAFT, Tier.SECONDARY, 3, Usage(7, 8), 0.25)]
     line = Report("r", "t", "", usage=u).cost_line()
     assert line == (

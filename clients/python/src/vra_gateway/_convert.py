@@ -137,6 +137,7 @@ def report_cost(msg: pb.ReportCost) -> ReportCost:
         all_cloud_usd=_optional(msg, "all_cloud_usd"),
         savings_usd=_optional(msg, "savings_usd"),
         unpriced_calls=msg.unpriced_calls,
+        abandoned_usd=msg.abandoned_usd,
     )
 
 

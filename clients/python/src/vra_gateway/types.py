@@ -228,6 +228,9 @@ class ReportCost:
         savings_usd: ``all_cloud_usd - total_usd``; ``None`` when ``all_cloud_usd`` is.
         unpriced_calls: answered calls whose model has no price: their cost is unknown and not
             in the sums above, which are then lower bounds.
+        abandoned_usd: charged (under a cost cap) for cloud attempts without an answer that may
+            have been billed — a timeout, a broken or dropped call — at their worst case; part of
+            ``cloud_usd``.
     """
 
     cloud_usd: float = 0.0
@@ -236,6 +239,7 @@ class ReportCost:
     all_cloud_usd: Optional[float] = None
     savings_usd: Optional[float] = None
     unpriced_calls: int = 0
+    abandoned_usd: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -234,20 +234,22 @@ class GetReportUsageResponse(_message.Message):
     def __init__(self, report_id: _Optional[str] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., primary_calls: _Optional[int] = ..., secondary_calls: _Optional[int] = ..., fallbacks: _Optional[int] = ..., cloud_usage: _Optional[_Union[Usage, _Mapping]] = ..., local_usage: _Optional[_Union[Usage, _Mapping]] = ..., client_quota: _Optional[_Union[ClientQuota, _Mapping]] = ..., cost: _Optional[_Union[ReportCost, _Mapping]] = ..., phases: _Optional[_Iterable[_Union[PhaseUsage, _Mapping]]] = ...) -> None: ...
 
 class ReportCost(_message.Message):
-    __slots__ = ("cloud_usd", "local_usd", "total_usd", "all_cloud_usd", "savings_usd", "unpriced_calls")
+    __slots__ = ("cloud_usd", "local_usd", "total_usd", "all_cloud_usd", "savings_usd", "unpriced_calls", "abandoned_usd")
     CLOUD_USD_FIELD_NUMBER: _ClassVar[int]
     LOCAL_USD_FIELD_NUMBER: _ClassVar[int]
     TOTAL_USD_FIELD_NUMBER: _ClassVar[int]
     ALL_CLOUD_USD_FIELD_NUMBER: _ClassVar[int]
     SAVINGS_USD_FIELD_NUMBER: _ClassVar[int]
     UNPRICED_CALLS_FIELD_NUMBER: _ClassVar[int]
+    ABANDONED_USD_FIELD_NUMBER: _ClassVar[int]
     cloud_usd: float
     local_usd: float
     total_usd: float
     all_cloud_usd: float
     savings_usd: float
     unpriced_calls: int
-    def __init__(self, cloud_usd: _Optional[float] = ..., local_usd: _Optional[float] = ..., total_usd: _Optional[float] = ..., all_cloud_usd: _Optional[float] = ..., savings_usd: _Optional[float] = ..., unpriced_calls: _Optional[int] = ...) -> None: ...
+    abandoned_usd: float
+    def __init__(self, cloud_usd: _Optional[float] = ..., local_usd: _Optional[float] = ..., total_usd: _Optional[float] = ..., all_cloud_usd: _Optional[float] = ..., savings_usd: _Optional[float] = ..., unpriced_calls: _Optional[int] = ..., abandoned_usd: _Optional[float] = ...) -> None: ...
 
 class PhaseUsage(_message.Message):
     __slots__ = ("phase", "tier", "calls", "usage", "cost_usd")
