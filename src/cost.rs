@@ -15,8 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-pub use crate::domain::Nanos;
-use crate::domain::TokenUsage;
+use crate::domain::{Nanos, TokenUsage};
 
 /// A model's price: USD per million input and output tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]

@@ -30,6 +30,11 @@ impl Phase {
             Phase::Abstract => "ABSTRACT",
         }
     }
+
+    /// The phase's position in [`Phase::ALL`] (for tables indexed by phase).
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 impl fmt::Display for Phase {
@@ -87,6 +92,11 @@ impl Tier {
             Tier::Primary => "PRIMARY",
             Tier::Secondary => "SECONDARY",
         }
+    }
+
+    /// 0 for the primary, 1 for the secondary (for tables indexed by tier).
+    pub fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -498,6 +508,16 @@ fn is_separator_or_control(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tables indexed by phase or tier (a report's breakdown, the gateway's prices) rely on
+    /// these positions.
+    #[test]
+    fn indexes_follow_the_declaration_order() {
+        for (i, phase) in Phase::ALL.into_iter().enumerate() {
+            assert_eq!(phase.index(), i, "{phase}");
+        }
+        assert_eq!((Tier::Primary.index(), Tier::Secondary.index()), (0, 1));
+    }
 
     #[test]
     fn untrusted_text_stays_on_one_line() {

@@ -356,7 +356,7 @@ impl Gateway {
 
     /// The price of the model a tier sends to.
     fn price(&self, tier: Tier) -> Option<Price> {
-        self.prices[crate::budget::tier_index(tier)]
+        self.prices[tier.index()]
     }
 
     /// Whether "all on the primary" has a cost: the primary is cloud tier and has a price.
@@ -889,7 +889,7 @@ impl Gateway {
             return Budgeted::Go(None);
         }
         let hold = match self.cost_cap {
-            Some(_) => self.worst_case(tier, request),
+            Some(_) => self.worst_case(tier, state, request),
             None => Nanos::ZERO,
         };
         let reservation = self.ledger.reserve(state.key, state.limits, hold).await;
@@ -1022,17 +1022,11 @@ impl Gateway {
     /// tokens plus its `max_tokens`, at the tier's price. A model without a price cannot be
     /// bounded, so its hold never fits (configuration refuses a cost cap with an unpriced
     /// cloud model; this is the fail-safe).
-    fn worst_case(&self, tier: Tier, request: &ChatRequest) -> Nanos {
+    fn worst_case(&self, tier: Tier, state: &CallState<'_>, request: &ChatRequest) -> Nanos {
         let Some(price) = self.price(tier) else {
             return Nanos(u64::MAX);
         };
-        let input = cost::input_tokens_bound(
-            request
-                .system
-                .as_deref()
-                .into_iter()
-                .chain(std::iter::once(request.prompt.as_str())),
-        );
+        let input = cost::input_tokens_bound(state.messages());
         let output = request.max_tokens.unwrap_or(self.output_ceiling);
         price.cost_of(input, u64::from(output))
     }
@@ -1112,13 +1106,11 @@ impl Gateway {
                 if let Some(held_back) = self.ledger_warnings.check() {
                     tracing::warn!(held_back, "could not record usage of report: {e}");
                 }
+                // What this call knows without the ledger: its own last reservation.
                 BudgetInfo {
                     used: state.last_used.unwrap_or(0),
-                    limit: limits.report,
                     exhausted: state.refused || state.last_used.is_some_and(|u| u >= limits.report),
-                    cost_used: Nanos::ZERO,
-                    cost_reserved: Nanos::ZERO,
-                    cost_limit: limits.cost_cap,
+                    ..budget_from(None, limits)
                 }
             }
         };

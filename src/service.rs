@@ -14,7 +14,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span};
 
-use crate::budget::{ReportUsage, phase_index, tier_index};
+use crate::budget::ReportUsage;
 use crate::domain::{
     BudgetInfo, Client, FallbackReason, Nanos, Phase, QuotaInfo, RouteInfo, SectionType, Tier,
     TokenUsage, has_forbidden_id_char,
@@ -409,7 +409,7 @@ fn usage_response(
     let mut phases = Vec::new();
     for phase in Phase::ALL {
         for tier in [Tier::Primary, Tier::Secondary] {
-            let cell = usage.phases[phase_index(phase)][tier_index(tier)];
+            let cell = usage.cell(phase, tier);
             if cell.calls == 0 {
                 continue;
             }

@@ -40,10 +40,6 @@ fn usd(v: f64) -> String {
     format!("${v:.6}")
 }
 
-fn short(name: &str, prefix: &str) -> String {
-    name.strip_prefix(prefix).unwrap_or(name).to_string()
-}
-
 /// The table for `usage`, with `primary_model` naming the all-cloud reference.
 pub fn render(usage: &pb::GetReportUsageResponse, primary_model: Option<&str>) -> String {
     let mut out = String::new();
@@ -64,11 +60,13 @@ pub fn render(usage: &pb::GetReportUsageResponse, primary_model: Option<&str>) -
     let (mut calls, mut input, mut output) = (0u64, 0u64, 0u64);
     for cell in &usage.phases {
         let phase = pb::CompilationPhase::try_from(cell.phase)
-            .map(|p| short(p.as_str_name(), "COMPILATION_PHASE_"))
-            .unwrap_or_else(|_| "-".into());
+            .ok()
+            .and_then(|p| pb::short_name(p.as_str_name(), "COMPILATION_PHASE_"))
+            .unwrap_or("-");
         let tier = pb::ProviderTier::try_from(cell.tier)
-            .map(|t| short(t.as_str_name(), "PROVIDER_TIER_"))
-            .unwrap_or_else(|_| "-".into());
+            .ok()
+            .and_then(|t| pb::short_name(t.as_str_name(), "PROVIDER_TIER_"))
+            .unwrap_or("-");
         let u = cell.usage.unwrap_or_default();
         let mark = if u.estimated { "~" } else { "" };
         any_estimated |= u.estimated;

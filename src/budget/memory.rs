@@ -349,7 +349,7 @@ impl Ledger for MemoryLedger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::budget::{PhaseTierUsage, phase_index, tier_index};
+    use crate::budget::PhaseTierUsage;
     use crate::domain::{Phase, Tier, TokenUsage};
 
     #[test]
@@ -618,7 +618,7 @@ mod tests {
         assert_eq!((u.local_input_tokens, u.local_output_tokens), (20, 10));
         assert_eq!((u.cloud_cost, u.local_cost), (Nanos(100), Nanos(3)));
         assert_eq!((u.all_cloud, u.unpriced_calls), (Nanos(300), 1));
-        let cell = |phase, tier| u.phases[phase_index(phase)][tier_index(tier)];
+        let cell = |phase, tier| *u.cell(phase, tier);
         assert_eq!(cell(Phase::Draft, Tier::Primary).calls, 1);
         assert_eq!(cell(Phase::Refine, Tier::Secondary).cost, Nanos(3));
         assert_eq!(cell(Phase::Expand, Tier::Secondary).output_tokens, 5);

@@ -138,24 +138,6 @@ impl PhaseTierUsage {
     }
 }
 
-/// The index of a phase in [`ReportUsage::phases`].
-pub fn phase_index(phase: Phase) -> usize {
-    match phase {
-        Phase::Draft => 0,
-        Phase::Expand => 1,
-        Phase::Refine => 2,
-        Phase::Abstract => 3,
-    }
-}
-
-/// The index of a tier in a row of [`ReportUsage::phases`].
-pub fn tier_index(tier: Tier) -> usize {
-    match tier {
-        Tier::Primary => 0,
-        Tier::Secondary => 1,
-    }
-}
-
 /// What the ledger knows about one report. An unknown report is all zeros.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReportUsage {
@@ -185,8 +167,8 @@ pub struct ReportUsage {
     pub local_estimated: u32,
     /// Worst-case cost held by cloud calls in flight, not yet settled.
     pub held: Nanos,
-    /// Calls, tokens and cost per phase (by [`phase_index`]) and answering tier (by
-    /// [`tier_index`]).
+    /// Calls, tokens and cost per phase and answering tier (by [`Phase::index`] and
+    /// [`Tier::index`]; read it with [`ReportUsage::cell`]).
     pub phases: [[PhaseTierUsage; 2]; 4],
 }
 
@@ -234,7 +216,16 @@ impl ReportUsage {
             .all_cloud
             .saturating_add(call.all_cloud.unwrap_or_default());
         self.held = self.held.saturating_sub(call.release);
-        self.phases[phase_index(call.phase)][tier_index(call.tier)].add(call);
+        self.cell_mut(call.phase, call.tier).add(call);
+    }
+
+    /// The calls of `phase` answered by `tier`.
+    pub fn cell(&self, phase: Phase, tier: Tier) -> &PhaseTierUsage {
+        &self.phases[phase.index()][tier.index()]
+    }
+
+    pub fn cell_mut(&mut self, phase: Phase, tier: Tier) -> &mut PhaseTierUsage {
+        &mut self.phases[phase.index()][tier.index()]
     }
 
     /// Releases a hold and charges `charge` to the cloud cost (see [`Ledger::release`]).

@@ -17,15 +17,13 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{
-    CallRecord, Ledger, LedgerError, Limits, ReportKey, ReportUsage, Reservation, phase_index,
-    tier_index,
-};
+use super::{CallRecord, Ledger, LedgerError, Limits, ReportKey, ReportUsage, Reservation};
 use crate::domain::{Nanos, Phase, Tier};
 
 /// Check-and-increment. KEYS[1] = report hash, KEYS[2] (optional) = the client's quota hash;
@@ -226,7 +224,7 @@ impl Ledger for RedisLedger {
         pipe.atomic()
             .hincr(&key, "held", -signed(hold))
             .ignore()
-            .hincr(&key, "cloud_cost", signed(charge))
+            .hincr(&key, CLOUD.cost, signed(charge))
             .ignore()
             .hincr(&key, "abandoned", signed(charge))
             .ignore()
@@ -246,32 +244,32 @@ impl Ledger for RedisLedger {
             Tier::Primary => "primary",
             Tier::Secondary => "secondary",
         };
-        let side = if call.cloud { "cloud" } else { "local" };
+        let side = if call.cloud { &CLOUD } else { &LOCAL };
         let usage = call.usage;
         let cost = call.cost.unwrap_or_default();
-        let cell = cell_prefix(call.phase, call.tier);
+        let cell = cell_fields(call.phase, call.tier);
         let mut pipe = redis::pipe();
         pipe.atomic()
             .hincr(&key, tier_field, 1)
             .ignore()
-            .hincr(&key, format!("{side}_in"), usage.input)
+            .hincr(&key, side.input, usage.input)
             .ignore()
-            .hincr(&key, format!("{side}_out"), usage.output)
+            .hincr(&key, side.output, usage.output)
             .ignore()
-            .hincr(&key, format!("{side}_cost"), signed(cost))
+            .hincr(&key, side.cost, signed(cost))
             .ignore()
-            .hincr(&key, format!("{cell}.calls"), 1)
+            .hincr(&key, &cell.calls, 1)
             .ignore()
-            .hincr(&key, format!("{cell}.in"), usage.input)
+            .hincr(&key, &cell.input, usage.input)
             .ignore()
-            .hincr(&key, format!("{cell}.out"), usage.output)
+            .hincr(&key, &cell.output, usage.output)
             .ignore()
-            .hincr(&key, format!("{cell}.cost"), signed(cost))
+            .hincr(&key, &cell.cost, signed(cost))
             .ignore();
         if usage.estimated {
-            pipe.hincr(&key, format!("{side}_est"), 1)
+            pipe.hincr(&key, side.estimated, 1)
                 .ignore()
-                .hincr(&key, format!("{cell}.est"), 1)
+                .hincr(&key, &cell.estimated, 1)
                 .ignore();
         }
         if call.cost.is_none() {
@@ -311,9 +309,56 @@ fn signed(n: Nanos) -> i64 {
     i64::try_from(n.0).unwrap_or(i64::MAX)
 }
 
-/// The field prefix of one cell of the breakdown: `DRAFT.PRIMARY`.
-fn cell_prefix(phase: Phase, tier: Tier) -> String {
-    format!("{}.{}", phase.as_str(), tier.as_str())
+/// The hash fields of the cloud or the local side's totals.
+struct SideFields {
+    input: &'static str,
+    output: &'static str,
+    cost: &'static str,
+    estimated: &'static str,
+}
+
+const CLOUD: SideFields = SideFields {
+    input: "cloud_in",
+    output: "cloud_out",
+    cost: "cloud_cost",
+    estimated: "cloud_est",
+};
+
+const LOCAL: SideFields = SideFields {
+    input: "local_in",
+    output: "local_out",
+    cost: "local_cost",
+    estimated: "local_est",
+};
+
+/// The hash fields of one cell of the breakdown: `DRAFT.PRIMARY.calls`, `….in`, `….out`,
+/// `….cost`, `….est`.
+struct CellFields {
+    calls: String,
+    input: String,
+    output: String,
+    cost: String,
+    estimated: String,
+}
+
+/// Every cell's field names, made once (not per call), by [`Phase::index`] and [`Tier::index`].
+static CELL_FIELDS: LazyLock<[[CellFields; 2]; 4]> = LazyLock::new(|| {
+    Phase::ALL.map(|phase| {
+        [Tier::Primary, Tier::Secondary].map(|tier| {
+            let prefix = format!("{}.{}", phase.as_str(), tier.as_str());
+            CellFields {
+                calls: format!("{prefix}.calls"),
+                input: format!("{prefix}.in"),
+                output: format!("{prefix}.out"),
+                cost: format!("{prefix}.cost"),
+                estimated: format!("{prefix}.est"),
+            }
+        })
+    })
+});
+
+fn cell_fields(phase: Phase, tier: Tier) -> &'static CellFields {
+    &CELL_FIELDS[phase.index()][tier.index()]
 }
 
 /// Decodes the report hash (a negative count, which only a hand edit could make, reads as 0).
@@ -326,29 +371,29 @@ fn usage_from_fields(fields: &HashMap<String, i64>) -> ReportUsage {
         primary_calls: small("primary"),
         secondary_calls: small("secondary"),
         fallbacks: small("fallbacks"),
-        cloud_input_tokens: get("cloud_in"),
-        cloud_output_tokens: get("cloud_out"),
-        local_input_tokens: get("local_in"),
-        local_output_tokens: get("local_out"),
-        cloud_cost: Nanos(get("cloud_cost")),
+        cloud_input_tokens: get(CLOUD.input),
+        cloud_output_tokens: get(CLOUD.output),
+        local_input_tokens: get(LOCAL.input),
+        local_output_tokens: get(LOCAL.output),
+        cloud_cost: Nanos(get(CLOUD.cost)),
         abandoned: Nanos(get("abandoned")),
-        local_cost: Nanos(get("local_cost")),
+        local_cost: Nanos(get(LOCAL.cost)),
         all_cloud: Nanos(get("all_cloud")),
         unpriced_calls: small("unpriced"),
-        cloud_estimated: small("cloud_est"),
-        local_estimated: small("local_est"),
+        cloud_estimated: small(CLOUD.estimated),
+        local_estimated: small(LOCAL.estimated),
         held: Nanos(get("held")),
         phases: Default::default(),
     };
     for phase in Phase::ALL {
         for tier in [Tier::Primary, Tier::Secondary] {
-            let prefix = cell_prefix(phase, tier);
-            let cell = &mut usage.phases[phase_index(phase)][tier_index(tier)];
-            cell.calls = small(&format!("{prefix}.calls"));
-            cell.estimated = small(&format!("{prefix}.est"));
-            cell.input_tokens = small(&format!("{prefix}.in"));
-            cell.output_tokens = small(&format!("{prefix}.out"));
-            cell.cost = Nanos(get(&format!("{prefix}.cost")));
+            let fields = cell_fields(phase, tier);
+            let cell = usage.cell_mut(phase, tier);
+            cell.calls = small(&fields.calls);
+            cell.estimated = small(&fields.estimated);
+            cell.input_tokens = small(&fields.input);
+            cell.output_tokens = small(&fields.output);
+            cell.cost = Nanos(get(&fields.cost));
         }
     }
     usage

@@ -174,6 +174,20 @@ pub async fn serve(options: ServeOptions) -> Result<(), SandboxError> {
     Ok(())
 }
 
+/// The two banner lines of the demo and the sandbox that say the upstreams are simulated.
+fn write_simulated(out: &mut impl Write, config: &Config) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "  upstreams are SIMULATED: in-process servers speaking the real OpenAI (cloud, {}) and",
+        config.primary.model
+    )?;
+    writeln!(
+        out,
+        "  Ollama (local, {}) wire formats with canned text. Real HTTP, real gRPC, real gateway.",
+        config.secondary.model
+    )
+}
+
 fn print_sandbox_banner(
     config: &Config,
     addr: std::net::SocketAddr,
@@ -182,17 +196,8 @@ fn print_sandbox_banner(
     let security = &config.security;
     let tls = security.tls.is_some();
     let mut out = std::io::stdout().lock();
-    writeln!(out, "vra-gateway sandbox (demo --serve)")?;
-    writeln!(
-        out,
-        "  upstreams are SIMULATED: in-process servers speaking the real OpenAI (cloud, {}) and",
-        config.primary.model
-    )?;
-    writeln!(
-        out,
-        "  Ollama (local, {}) wire formats with canned text. Real gRPC, real gateway, no keys.",
-        config.secondary.model
-    )?;
+    writeln!(out, "vra-gateway sandbox (demo --serve), no keys needed")?;
+    write_simulated(&mut out, config)?;
     writeln!(
         out,
         "  hybrid mode on, MAX_CLOUD_CALLS={} per report, {} attempts per provider",
@@ -286,16 +291,7 @@ pub async fn run(options: DemoOptions) -> Result<(), Box<dyn std::error::Error>>
     let mut out = std::io::stdout().lock();
     writeln!(out, "vra-gateway demo")?;
     if simulated {
-        writeln!(
-            out,
-            "  upstreams are SIMULATED: in-process servers speaking the real OpenAI (cloud, {}) and",
-            config.primary.model
-        )?;
-        writeln!(
-            out,
-            "  Ollama (local, {}) wire formats with canned text. Real HTTP, real gRPC, real gateway.",
-            config.secondary.model
-        )?;
+        write_simulated(&mut out, &config)?;
     } else {
         writeln!(
             out,
