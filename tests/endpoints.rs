@@ -39,6 +39,25 @@ fn ollama_pool(name: &str, sims: &[&Sim], settings: &str) -> String {
     )
 }
 
+/// Takes the only slot of `upstream` (a pool endpoint with `max_in_flight = 1`): a `phase`
+/// call, on its own connection, that the upstream never answers. Returns once the upstream
+/// has it; abort the handle to give the slot back.
+async fn hold_the_slot(
+    h: &Harness,
+    upstream: &Sim,
+    phase: P,
+) -> tokio::task::JoinHandle<Result<tonic::Response<pb::GenerateResponse>, tonic::Status>> {
+    upstream.push(Step::Hang);
+    let mut holder = h.client().await;
+    let hold =
+        tokio::spawn(async move { holder.generate(request("hold", phase, S::Analysis)).await });
+    assert!(
+        upstream.wait_in_flight(1, WAIT).await,
+        "the holder reached the upstream"
+    );
+    hold
+}
+
 /// A request carrying a gRPC deadline.
 fn with_deadline(
     req: pb::GenerateRequest,
@@ -202,15 +221,7 @@ async fn a_deadline_that_passes_in_the_queue_sends_nothing() {
     let toml = ollama_pool("local", &[&local], "max_in_flight = 1");
     let config = gateway_config(&cloud, &local, &[], &toml);
     let h = Harness::start_with(cloud, local, config).await;
-    h.local.push(Step::Hang);
-
-    let mut holder = h.client().await;
-    let hold = tokio::spawn(async move {
-        holder
-            .generate(request("hold", P::Expand, S::Analysis))
-            .await
-    });
-    assert!(h.local.wait_in_flight(1, WAIT).await);
+    let hold = hold_the_slot(&h, &h.local, P::Expand).await;
 
     let mut client = h.client.clone();
     let err = client
@@ -250,14 +261,7 @@ async fn a_full_queue_exhausts_the_secondary_and_fails_the_primary_over() {
     let toml = ollama_pool("local", &[&local], "max_in_flight = 1\nmax_queue = 0");
     let config = gateway_config(&cloud, &local, &[], &toml);
     let h = Harness::start_with(cloud, local, config).await;
-    h.local.push(Step::Hang);
-    let mut holder = h.client().await;
-    let hold = tokio::spawn(async move {
-        holder
-            .generate(request("hold", P::Expand, S::Analysis))
-            .await
-    });
-    assert!(h.local.wait_in_flight(1, WAIT).await);
+    let hold = hold_the_slot(&h, &h.local, P::Expand).await;
     let err = h
         .client
         .clone()
@@ -279,14 +283,7 @@ async fn a_full_queue_exhausts_the_secondary_and_fails_the_primary_over() {
     let toml = ollama_pool("gpu", &[&gpu], "max_in_flight = 1\nmax_queue = 0");
     let config = gateway_config(&cloud, &local, &[("PRIMARY_PROVIDER", "gpu")], &toml);
     let h = Harness::start_with(cloud, local, config).await;
-    gpu.push(Step::Hang);
-    let mut holder = h.client().await;
-    let hold = tokio::spawn(async move {
-        holder
-            .generate(request("hold", P::Refine, S::Analysis))
-            .await
-    });
-    assert!(gpu.wait_in_flight(1, WAIT).await);
+    let hold = hold_the_slot(&h, &gpu, P::Refine).await;
     let resp = h
         .client
         .clone()

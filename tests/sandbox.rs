@@ -60,12 +60,7 @@ impl Sandbox {
 
     /// SIGTERM, then the exit code and the rest of stdout.
     async fn stop(mut self) -> (i32, String) {
-        let pid = self.child.id().unwrap().to_string();
-        let killed = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        assert!(killed.success());
+        common::process::signal(&self.child, "-TERM");
         let status = tokio::time::timeout(Duration::from_secs(40), self.child.wait())
             .await
             .expect("the sandbox exited in time")

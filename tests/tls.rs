@@ -447,15 +447,6 @@ async fn a_server_layer_sees_the_client_id_of_a_real_mtls_connection() {
 // ---------------------------------------------------------------------------------------
 // The real binary: reload and startup errors
 
-fn kill(child: &tokio::process::Child, signal: &str) {
-    let pid = child.id().expect("running").to_string();
-    let status = std::process::Command::new("kill")
-        .args([signal, &pid])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-}
-
 #[tokio::test]
 async fn sighup_reloads_the_certificate_and_a_bad_file_keeps_the_old_one() {
     let cloud = Sim::start().await.expect("cloud sim");
@@ -479,7 +470,7 @@ async fn sighup_reloads_the_certificate_and_a_bad_file_keeps_the_old_one() {
     // A certificate of another CA, then SIGHUP: new connections get it.
     let renewed = second.leaf(&["localhost"], "gateway");
     files.server(&renewed);
-    kill(&gw.child, "-HUP");
+    gw.sighup();
     gw.wait_for("TLS certificate reloaded").await;
     generate_over_tls(&addr, &second, None)
         .await
@@ -489,7 +480,7 @@ async fn sighup_reloads_the_certificate_and_a_bad_file_keeps_the_old_one() {
 
     // A broken certificate file: the reload fails, names the setting, keeps the second cert.
     files.write("server.crt", "-----BEGIN CERTIFICATE-----\nnot base64!\n");
-    kill(&gw.child, "-HUP");
+    gw.sighup();
     let line = gw.wait_for("TLS reload failed").await;
     assert!(line.contains("VRA_TLS_CERT_FILE"), "{line}");
     generate_over_tls(&addr, &second, None)

@@ -43,6 +43,16 @@ pub fn command(dir: &PathBuf, env: &[(&str, &str)]) -> Command {
     cmd
 }
 
+/// Sends a signal (`-TERM`, `-HUP`, ...) to a running child process.
+pub fn signal(child: &Child, flag: &str) {
+    let pid = child.id().expect("running").to_string();
+    let status = std::process::Command::new("kill")
+        .args([flag, &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {flag} {pid}");
+}
+
 /// Name of a signal that may end a process, for failure messages.
 fn signal_name(signal: i32) -> &'static str {
     match signal {
@@ -175,12 +185,7 @@ impl Running {
     }
 
     fn signal(&self, flag: &str) {
-        let pid = self.child.id().expect("running").to_string();
-        let status = std::process::Command::new("kill")
-            .args([flag, &pid])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        signal(&self.child, flag);
     }
 
     /// Waits for exit and returns the code plus every stderr line; panics, naming the signal,
