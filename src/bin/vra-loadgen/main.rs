@@ -7,6 +7,7 @@
 //!   plain HTTP, in open loop (fixed rate, latency from the intended send time, so no
 //!   coordinated omission) or closed loop (fixed concurrency). HDR histograms; optional
 //!   server CPU and RSS accounting from `/proc`.
+//! - `count`: exactly N calls, for the instruction counts of `bench/callgrind.sh`.
 //! - `ledger-mem`: memory per tracked report of the in-memory budget ledger.
 //! - `report`: turns the JSON lines of a run into the Markdown tables of `RESULTS.md`.
 //!
@@ -14,6 +15,7 @@
 //! passes 127.0.0.1 addresses. Every run is bounded by its duration and request timeout.
 
 mod alloc;
+mod count;
 mod drive;
 mod echo;
 mod grpc;
@@ -85,6 +87,9 @@ enum Command {
         #[command(flatten)]
         load: LoadArgs,
     },
+    /// Exactly N calls one after the other, then exit (the workload of bench/callgrind.sh).
+    #[command(subcommand)]
+    Count(count::Command),
     /// Measure memory per tracked report of the in-memory budget ledger.
     LedgerMem {
         /// Distinct report ids to reserve once each.
@@ -272,6 +277,9 @@ fn main() -> ExitCode {
                 drive::run_and_report(t, plan, &load, info).await
             })
         }),
+        Command::Count(command) => runtime()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| rt.block_on(count::run(command))),
         Command::LedgerMem { reports, out } => ledger_mem::run(reports, out.as_deref()),
         Command::Report(options) => report::run(&options),
         Command::FreePort => upstream::free_port(),
