@@ -51,7 +51,10 @@ use opentelemetry::context::FutureExt as _;
 use tokio::sync::mpsc;
 use tracing::{Instrument, Span};
 
-use crate::budget::{CallRecord, Ledger, Limits, ReportKey, ReportUsage, Reservation};
+use crate::budget::deferred::{self, Pending};
+use crate::budget::{
+    CallRecord, Ledger, LedgerError, Limits, ReportBudget, ReportKey, ReportUsage, Reservation,
+};
 use crate::config::Config;
 use crate::cost::{self, Price};
 use crate::domain::{
@@ -112,6 +115,8 @@ pub struct Gateway {
     policy: Policy,
     tiers: Tiers,
     ledger: Arc<dyn Ledger>,
+    /// Records sent after their response ([`Ledger::defers_records`]), by report.
+    pending: Arc<Pending>,
     retry: RetryPolicy,
     breakers: [CircuitBreaker; 2],
     stream_idle: Duration,
@@ -158,8 +163,10 @@ struct CallState<'a> {
     limits: Limits,
     deadline: Deadline,
     attempts: u32,
-    /// The `used` count of this call's last granted reservation.
+    /// The `used` count of this call's last reservation.
     last_used: Option<u32>,
+    /// The report's budget as this call's last granted reservation left it.
+    granted: Option<ReportBudget>,
     refused: bool,
     /// The client's day quota, as the last refused reservation saw it.
     quota_spent: Option<QuotaInfo>,
@@ -175,6 +182,7 @@ impl<'a> CallState<'a> {
             deadline,
             attempts: 0,
             last_used: None,
+            granted: None,
             refused: false,
             quota_spent: None,
         }
@@ -322,6 +330,7 @@ impl Gateway {
             },
             tiers,
             ledger,
+            pending: Arc::default(),
             retry: config.retry.into(),
             breakers: [
                 CircuitBreaker::new(config.circuit),
@@ -424,6 +433,19 @@ impl Gateway {
         (key, limits)
     }
 
+    /// The report's state, including every call this replica has answered: a read waits for
+    /// the records still on their way ([`deferred`]).
+    async fn read_usage(&self, key: ReportKey<'_>) -> Result<ReportUsage, LedgerError> {
+        self.pending.settled(key).await;
+        self.ledger.usage(key).await
+    }
+
+    /// Resolves once every record sent after its response has landed (or failed for good);
+    /// the server waits for it before exiting.
+    pub async fn flush_records(&self) {
+        self.pending.idle().await;
+    }
+
     /// The client's day quota now, when it has one (`Err` when the ledger cannot answer).
     async fn day_quota(
         &self,
@@ -450,7 +472,7 @@ impl Gateway {
     ) -> (RouteInfo, BudgetInfo, Option<QuotaInfo>) {
         let (key, limits) = self.scope(client, report_id);
         let decision = routing::route(self.policy, phase, section);
-        let usage = self.ledger.usage(key).await;
+        let usage = self.read_usage(key).await;
         let quota = self.day_quota(key, limits).await;
         let budget = budget_from(usage.as_ref().ok(), limits);
         let primary_open = self.breaker(Tier::Primary).state() == BreakerState::Open;
@@ -485,7 +507,7 @@ impl Gateway {
         report_id: &str,
     ) -> Result<(ReportUsage, BudgetInfo, Option<QuotaInfo>), GatewayError> {
         let (key, limits) = self.scope(client, report_id);
-        let usage = self.ledger.usage(key).await?;
+        let usage = self.read_usage(key).await?;
         let quota = self.day_quota(key, limits).await.transpose()?;
         Ok((usage, budget_from(Some(&usage), limits), quota))
     }
@@ -777,7 +799,7 @@ impl Gateway {
         if !cloud {
             return FallbackReason::CircuitOpen;
         }
-        if let Ok(u) = self.ledger.usage(state.key).await
+        if let Ok(u) = self.read_usage(state.key).await
             && u.is_spent(state.limits)
         {
             return FallbackReason::CostLimit;
@@ -897,8 +919,14 @@ impl Gateway {
             self.metrics.client_reservation(client, r.label());
         }
         match reservation {
-            Ok(Reservation::Granted { used }) => {
+            Ok(Reservation::Granted { used, cost, held }) => {
                 state.last_used = Some(used);
+                state.granted = Some(ReportBudget {
+                    used,
+                    exhausted: false,
+                    cloud_cost: cost,
+                    held,
+                });
                 self.metrics.budget_reserved(&config.name);
                 let hold = (hold > Nanos::ZERO).then(|| Hold {
                     ledger: self.ledger.clone(),
@@ -1075,6 +1103,54 @@ impl Gateway {
             .hybrid()
             .usage(&route.provider, &route.model, usage, cost.map(Nanos::usd));
         let limits = state.limits;
+        // A cloud call on a ledger a round trip away is answered with the budget its
+        // reservation returned, adjusted by its own settling; the record follows.
+        if self.ledger.defers_records()
+            && route.cloud
+            && let Some(granted) = state.granted
+        {
+            let (client, report, release) = match hold {
+                Some(hold) => {
+                    let (_, client, report, amount) = hold.settle();
+                    (client, report, amount)
+                }
+                None => (
+                    state.key.client.map(Into::into),
+                    state.key.report.into(),
+                    Nanos::ZERO,
+                ),
+            };
+            let after = ReportBudget {
+                cloud_cost: granted.cloud_cost.saturating_add(cost.unwrap_or_default()),
+                held: granted.held.saturating_sub(release),
+                ..granted
+            };
+            let metrics = self.metrics.clone();
+            let record = CallRecord { release, ..record };
+            deferred::record_in_background(
+                self.ledger.clone(),
+                &self.pending,
+                client,
+                report,
+                record,
+                move |e| {
+                    metrics.record_lost();
+                    tracing::warn!(
+                        "could not record usage of a call after its response: {e}; the report's counters miss it{}",
+                        if release > Nanos::ZERO {
+                            " and its cost hold stays held until the report expires"
+                        } else {
+                            ""
+                        }
+                    );
+                },
+            );
+            let budget = BudgetInfo {
+                exhausted: state.refused || after.is_spent(limits),
+                ..budget_info(after, limits)
+            };
+            return (budget, cost);
+        }
         let recorded = match hold {
             None => self.ledger.record(state.key, record).await,
             // Settling a hold must not be lost if this call is dropped while the ledger works
@@ -1090,17 +1166,13 @@ impl Gateway {
                     ledger.record(key, record).await
                 })
                 .await
-                .unwrap_or_else(|_| {
-                    Err(crate::budget::LedgerError::Unavailable(
-                        "the record task failed".into(),
-                    ))
-                })
+                .unwrap_or_else(|_| Err(LedgerError::Unavailable("the record task failed".into())))
             }
         };
         let budget = match recorded {
-            Ok(u) => BudgetInfo {
-                exhausted: state.refused || u.is_spent(limits),
-                ..budget_from(Some(&u), limits)
+            Ok(b) => BudgetInfo {
+                exhausted: state.refused || b.is_spent(limits),
+                ..budget_info(b, limits)
             },
             Err(e) => {
                 if let Some(held_back) = self.ledger_warnings.check() {
@@ -1120,13 +1192,16 @@ impl Gateway {
 
 /// A report's budget as callers see it, under `limits`.
 fn budget_from(usage: Option<&ReportUsage>, limits: Limits) -> BudgetInfo {
-    let usage = usage.copied().unwrap_or_default();
+    budget_info(usage.map(ReportUsage::budget).unwrap_or_default(), limits)
+}
+
+fn budget_info(budget: ReportBudget, limits: Limits) -> BudgetInfo {
     BudgetInfo {
-        used: usage.cloud_calls_used,
+        used: budget.used,
         limit: limits.report,
-        exhausted: usage.is_spent(limits),
-        cost_used: usage.cloud_cost,
-        cost_reserved: usage.held,
+        exhausted: budget.is_spent(limits),
+        cost_used: budget.cloud_cost,
+        cost_reserved: budget.held,
         cost_limit: limits.cost_cap,
     }
 }

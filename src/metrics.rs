@@ -104,6 +104,7 @@ pub struct Metrics {
     stream_aborts: Counter,
     panics: Family<MethodLabels, Counter>,
     ledger_errors: Family<KindLabels, Counter>,
+    records_lost: Counter,
     client_reservations: Family<ClientLabels, Counter>,
     rejected: Family<ReasonLabels, Counter>,
     ejections: Family<EndpointLabels, Counter>,
@@ -195,6 +196,12 @@ impl Metrics {
             "Budget reservations the ledger could not answer (unavailable, timeout, full); the call failed safe",
             ledger_errors.clone(),
         );
+        let records_lost = Counter::default();
+        registry.register(
+            "ledger_records_lost",
+            "Call records sent after their response that the ledger never took (after retries); the report's counters miss those calls",
+            records_lost.clone(),
+        );
         let client_reservations = Family::default();
         registry.register(
             "client_cloud_reservations",
@@ -244,6 +251,7 @@ impl Metrics {
             rejected,
             panics,
             ledger_errors,
+            records_lost,
             requests,
             fallbacks,
             cost_limit_reports,
@@ -369,6 +377,11 @@ impl Metrics {
                 self.savings.inc_by(saved.usd());
             }
         }
+    }
+
+    /// A call's record, sent after its response, could not be made.
+    pub fn record_lost(&self) {
+        self.records_lost.inc();
     }
 
     pub fn stream_aborted(&self) {

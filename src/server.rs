@@ -241,6 +241,13 @@ pub async fn run(
         }
     };
     let _ = stop_tx.send(true);
+    // Records sent after their responses (a Redis ledger) land before the process ends.
+    if tokio::time::timeout(config.shutdown_grace, gateway.flush_records())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; call records still on their way to the ledger are lost");
+    }
     reload_task.abort();
     if let Some(task) = metrics_task {
         let _ = tokio::time::timeout(Duration::from_secs(1), task).await;

@@ -63,6 +63,13 @@ fn main() {
         ),
         async_trial(
             &args,
+            "a_cloud_call_is_answered_before_its_record_lands",
+            &redis,
+            Runtime::MultiThread(2),
+            a_cloud_call_is_answered_before_its_record_lands,
+        ),
+        async_trial(
+            &args,
             "redis_down_fails_safe_and_recovers",
             &redis,
             Runtime::CurrentThread,
@@ -126,6 +133,11 @@ async fn three_replicas_share_one_exact_budget() {
         "the cloud upstream received exactly MAX_CLOUD_CALLS requests"
     );
     assert_eq!((primary, cost_limited), (15, 135));
+    // A replica's read waits for its own records (sent after their responses): once each
+    // replica has answered one, every record has landed.
+    for r in &replicas {
+        usage(r.addr, "shared-report").await;
+    }
     for r in &replicas {
         let u = usage(r.addr, "shared-report").await;
         let b = u.budget.unwrap();
@@ -512,4 +524,117 @@ async fn keys_are_namespaced_expire_and_treat_report_ids_as_data() {
         "an expired report starts over"
     );
     gw.shutdown().await;
+}
+
+/// A TCP proxy in front of Redis that holds the gateway's record of a cloud call (the only
+/// command with the argument `cloud`) until released, so a test can see what happens before
+/// the record lands.
+struct RecordGate {
+    addr: std::net::SocketAddr,
+    /// Set when a record reached the proxy (and is being held).
+    held: tokio::sync::watch::Receiver<bool>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+impl RecordGate {
+    async fn start(redis_port: u16) -> RecordGate {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (held_tx, held) = tokio::sync::watch::channel(false);
+        let (release, release_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let upstream = tokio::net::TcpStream::connect(("127.0.0.1", redis_port))
+                    .await
+                    .unwrap();
+                let (mut client_r, mut client_w) = client.into_split();
+                let (mut up_r, mut up_w) = upstream.into_split();
+                let held_tx = held_tx.clone();
+                let mut release_rx = release_rx.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 << 10];
+                    loop {
+                        let n = match client_r.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if buf[..n].windows(9).any(|w| w == b"\r\ncloud\r\n") {
+                            let _ = held_tx.send(true);
+                            let _ = release_rx.wait_for(|r| *r).await;
+                        }
+                        if up_w.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut up_r, &mut client_w).await;
+                });
+            }
+        });
+        RecordGate {
+            addr,
+            held,
+            release,
+        }
+    }
+}
+
+/// Issue 14: the reservation is the only Redis round trip before a cloud call's response; the
+/// record follows it, and a read on the same replica includes the call.
+async fn a_cloud_call_is_answered_before_its_record_lands() {
+    let redis = RedisServer::start().await;
+    let gate = RecordGate::start(redis.port).await;
+    let cloud = Sim::start().await.unwrap();
+    let local = Sim::start().await.unwrap();
+    let url = format!("redis://{}/0", gate.addr);
+    let settings = [
+        ("VRA_LEDGER_URL", url.as_str()),
+        ("MAX_CLOUD_CALLS", "5"),
+        ("VRA_LEDGER_TIMEOUT_MS", "10000"),
+    ];
+    let replica = Replica::start(config(&cloud, &local, &settings)).await;
+    let resp = tokio::time::timeout(
+        Duration::from_secs(20),
+        connect(replica.addr)
+            .await
+            .generate(request("deferred", P::Refine, S::Analysis)),
+    )
+    .await
+    .expect("answered although no record can reach Redis")
+    .expect("generate")
+    .into_inner();
+    assert_eq!(tier(&resp), T::Primary);
+    let budget = resp.budget.expect("budget");
+    assert_eq!((budget.cloud_calls_used, budget.exhausted), (1, false));
+    assert!(resp.cost_usd.is_some_and(|c| c > 0.0), "gpt-4o is priced");
+    assert_eq!(
+        budget.cloud_cost_used_usd,
+        resp.cost_usd.unwrap(),
+        "the response counts its own cost, though its record has not landed"
+    );
+    // The record was sent after the response, and is held at the proxy.
+    let mut held = gate.held.clone();
+    tokio::time::timeout(Duration::from_secs(20), held.wait_for(|h| *h))
+        .await
+        .expect("the record follows the response")
+        .unwrap();
+    let mut conn = redis.client().await;
+    let primary: Option<u32> = conn.hget("vra:report:deferred", "primary").await.unwrap();
+    assert_eq!(primary, None, "not recorded yet");
+    // Read your own calls: the read waits for the record.
+    let read = tokio::spawn(usage(replica.addr, "deferred"));
+    gate.release.send(true).unwrap();
+    let u = tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the read ends once the record lands")
+        .unwrap();
+    assert_eq!((u.primary_calls, u.secondary_calls), (1, 0));
+    let (sent, recorded) = (resp.usage.unwrap(), u.cloud_usage.unwrap());
+    assert_eq!(
+        (recorded.input_tokens, recorded.output_tokens),
+        (sent.input_tokens, sent.output_tokens)
+    );
+    assert_eq!(u.cost.unwrap().cloud_usd, resp.cost_usd.unwrap());
 }

@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{
-    CallRecord, Ledger, LedgerError, Limits, ReportKey, ReportUsage, Reservation, utc_day,
+    CallRecord, Ledger, LedgerError, Limits, ReportBudget, ReportKey, ReportUsage, Reservation,
+    utc_day,
 };
 use crate::domain::Nanos;
 
@@ -210,6 +211,8 @@ impl MemoryLedger {
             u.held = u.held.saturating_add(hold);
             Reservation::Granted {
                 used: u.cloud_calls_used,
+                cost: u.cloud_cost,
+                held: u.held,
             }
         })
     }
@@ -322,10 +325,10 @@ impl Ledger for MemoryLedger {
         &self,
         key: ReportKey<'_>,
         call: CallRecord,
-    ) -> Result<ReportUsage, LedgerError> {
+    ) -> Result<ReportBudget, LedgerError> {
         self.with_entry(&scoped(key), Instant::now(), |u| {
             u.apply(&call);
-            *u
+            u.budget()
         })
     }
 
@@ -356,10 +359,7 @@ mod tests {
     fn grants_exactly_the_limit_then_pins_exhausted() {
         let ledger = MemoryLedger::new(Duration::from_secs(60));
         for i in 1..=3 {
-            assert_eq!(
-                ledger.reserve_now("r", 3).unwrap(),
-                Reservation::Granted { used: i }
-            );
+            assert_eq!(ledger.reserve_now("r", 3).unwrap(), Reservation::granted(i));
         }
         assert_eq!(
             ledger.reserve_now("r", 3).unwrap(),
@@ -379,7 +379,7 @@ mod tests {
         assert!(ledger.usage_at("r", Instant::now()).exhausted);
         assert_eq!(
             ledger.reserve_now("other", 3).unwrap(),
-            Reservation::Granted { used: 1 }
+            Reservation::granted(1)
         );
     }
 
@@ -433,10 +433,7 @@ mod tests {
         assert_eq!(ledger.reserve_now("c", 5), Err(LedgerError::Full(2)));
         assert!(ledger.admits("a") && !ledger.admits("c"));
         assert_eq!(ledger.len(), 2, "nothing live was evicted");
-        assert_eq!(
-            ledger.reserve_now("a", 5),
-            Ok(Reservation::Granted { used: 2 })
-        );
+        assert_eq!(ledger.reserve_now("a", 5), Ok(Reservation::granted(2)));
         // Once the sweep frees a slot, new reports are welcome again.
         let later = Instant::now() + Duration::from_secs(11);
         assert_eq!(ledger.sweep(later), 2);
@@ -479,7 +476,7 @@ mod tests {
         let anonymous =
             ledger.reserve_at(ReportKey::anonymous("q3"), limits, Nanos::ZERO, now, day);
         for r in [a, b, anonymous] {
-            assert_eq!(r, Ok(Reservation::Granted { used: 1 }));
+            assert_eq!(r, Ok(Reservation::granted(1)));
         }
         assert!(matches!(
             ledger.reserve_at(of("a", "q3"), limits, Nanos::ZERO, now, day),
@@ -507,7 +504,7 @@ mod tests {
         for used in 1..=2 {
             assert_eq!(
                 ledger.reserve_at(of("c", "r1"), limits, Nanos::ZERO, now, day),
-                Ok(Reservation::Granted { used })
+                Ok(Reservation::granted(used))
             );
         }
         assert!(matches!(
@@ -518,7 +515,7 @@ mod tests {
         // Report r2 takes the last unit of the day; then the quota refuses without a unit of r2.
         assert_eq!(
             ledger.reserve_at(of("c", "r2"), limits, Nanos::ZERO, now, day),
-            Ok(Reservation::Granted { used: 1 })
+            Ok(Reservation::granted(1))
         );
         assert_eq!(
             ledger.reserve_at(of("c", "r2"), limits, Nanos::ZERO, now, day),
@@ -529,18 +526,18 @@ mod tests {
         // Another client's day is its own; the next UTC day starts from zero.
         assert_eq!(
             ledger.reserve_at(of("d", "r2"), limits, Nanos::ZERO, now, day),
-            Ok(Reservation::Granted { used: 1 })
+            Ok(Reservation::granted(1))
         );
         assert_eq!(
             ledger.reserve_at(of("c", "r2"), limits, Nanos::ZERO, now, day + 1),
-            Ok(Reservation::Granted { used: 2 })
+            Ok(Reservation::granted(2))
         );
         assert_eq!(ledger.day_used("c", day + 1), 1);
         // A reservation that read the old day just before midnight, but got the lock after
         // the new day began, counts in the new day and leaves its count intact.
         assert_eq!(
             ledger.reserve_at(of("c", "r3"), limits, Nanos::ZERO, now, day),
-            Ok(Reservation::Granted { used: 1 })
+            Ok(Reservation::granted(1))
         );
         assert_eq!(ledger.day_used("c", day + 1), 2);
     }
@@ -641,15 +638,24 @@ mod tests {
         };
         let key = ReportKey::anonymous("capped");
         let reserve = |hold| ledger.reserve_at(key, limits, Nanos(hold), now, day);
-        assert!(matches!(reserve(400), Ok(Reservation::Granted { used: 1 })));
-        assert!(matches!(reserve(400), Ok(Reservation::Granted { used: 2 })));
+        assert!(matches!(
+            reserve(400),
+            Ok(Reservation::Granted { used: 1, .. })
+        ));
+        assert!(matches!(
+            reserve(400),
+            Ok(Reservation::Granted { used: 2, .. })
+        ));
         // 800 held: another 400 does not fit (nothing taken, the report not marked), 200 does.
         let usage = ledger.usage_at("capped", now);
         assert_eq!((usage.held, usage.cloud_cost), (Nanos(800), Nanos::ZERO));
         assert!(!usage.is_spent(limits));
         assert_eq!(reserve(400), Ok(Reservation::NoRoomUnderCap { used: 2 }));
         assert!(!ledger.usage_at("capped", now).exhausted);
-        assert!(matches!(reserve(200), Ok(Reservation::Granted { used: 3 })));
+        assert!(matches!(
+            reserve(200),
+            Ok(Reservation::Granted { used: 3, .. })
+        ));
         assert_eq!(reserve(1), Ok(Reservation::NoRoomUnderCap { used: 3 }));
         // Settling: one answered for 150, one failed (charged 0).
         ledger

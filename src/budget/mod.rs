@@ -23,6 +23,7 @@
 //! Two backends: [`memory::MemoryLedger`] (one process) and [`redis::RedisLedger`] (shared by
 //! replicas). A new backend implements the trait and is chosen in [`build`].
 
+pub mod deferred;
 pub mod memory;
 pub mod redis;
 
@@ -79,8 +80,10 @@ impl Limits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reservation {
     /// A unit was taken (of the report, and of the client's day when it has a quota); `used`
-    /// counts the report's.
-    Granted { used: u32 },
+    /// counts the report's. `cost` is the report's settled cloud cost and `held` every hold
+    /// in flight, this one included, as the reservation left them: the budget a call answered
+    /// before its record lands shows ([`Ledger::defers_records`]).
+    Granted { used: u32, cost: Nanos, held: Nanos },
     /// The budget is spent; the report is now marked exhausted. `newly` is true for the
     /// refusal that exhausted the report (the first one).
     Refused { used: u32, newly: bool },
@@ -94,6 +97,15 @@ pub enum Reservation {
 }
 
 impl Reservation {
+    /// A grant of a report with no cost settled or held (tests, mostly).
+    pub fn granted(used: u32) -> Self {
+        Reservation::Granted {
+            used,
+            cost: Nanos::ZERO,
+            held: Nanos::ZERO,
+        }
+    }
+
     /// Low-cardinality label for metrics.
     pub fn label(&self) -> &'static str {
         match self {
@@ -172,16 +184,44 @@ pub struct ReportUsage {
     pub phases: [[PhaseTierUsage; 2]; 4],
 }
 
-impl ReportUsage {
+/// The part of a report's state its budget depends on: what a call's response shows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReportBudget {
+    pub used: u32,
+    pub exhausted: bool,
+    /// Settled cloud cost.
+    pub cloud_cost: Nanos,
+    /// Worst-case cost held by cloud calls in flight.
+    pub held: Nanos,
+}
+
+impl ReportBudget {
     /// Whether a new cloud reservation would be refused now (a call budget spent, or a cost
     /// cap without room left). A reservation of a positive hold may be refused even when this
     /// is false: it needs room for its worst case.
     pub fn is_spent(&self, limits: Limits) -> bool {
         self.exhausted
-            || self.cloud_calls_used >= limits.report
+            || self.used >= limits.report
             || limits
                 .cost_cap
                 .is_some_and(|cap| self.cloud_cost.saturating_add(self.held) >= cap)
+    }
+}
+
+impl ReportUsage {
+    /// The budget part of the state.
+    pub fn budget(&self) -> ReportBudget {
+        ReportBudget {
+            used: self.cloud_calls_used,
+            exhausted: self.exhausted,
+            cloud_cost: self.cloud_cost,
+            held: self.held,
+        }
+    }
+
+    /// See [`ReportBudget::is_spent`].
+    pub fn is_spent(&self, limits: Limits) -> bool {
+        self.budget().is_spent(limits)
     }
 
     /// Adds one answered call (and releases its hold) — the one definition of what a call
@@ -260,6 +300,10 @@ pub struct CallRecord {
 pub enum LedgerError {
     #[error("ledger unavailable: {0}")]
     Unavailable(String),
+    /// Like `Unavailable`, but certain that nothing reached the ledger (the connection was
+    /// refused): the operation can be retried without being applied twice.
+    #[error("ledger unavailable: {0}")]
+    Unreachable(String),
     #[error("ledger timed out after {0} ms")]
     Timeout(u64),
     /// The in-memory ledger tracks `VRA_LEDGER_MAX_REPORTS` reports and this one is new.
@@ -272,10 +316,15 @@ impl LedgerError {
     /// Low-cardinality label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
-            LedgerError::Unavailable(_) => "unavailable",
+            LedgerError::Unavailable(_) | LedgerError::Unreachable(_) => "unavailable",
             LedgerError::Timeout(_) => "timeout",
             LedgerError::Full(_) => "full",
         }
+    }
+
+    /// Whether the operation certainly did not reach the ledger (safe to send again).
+    pub fn is_unsent(&self) -> bool {
+        matches!(self, LedgerError::Unreachable(_))
     }
 }
 
@@ -310,12 +359,19 @@ pub trait Ledger: Send + Sync + 'static {
     async fn usage(&self, key: ReportKey<'_>) -> Result<ReportUsage, LedgerError>;
 
     /// Adds one answered call to the report's counters and releases its hold
-    /// ([`ReportUsage::apply`]); returns the report's state after it.
+    /// ([`ReportUsage::apply`]); returns the report's budget after it.
     async fn record(
         &self,
         key: ReportKey<'_>,
         call: CallRecord,
-    ) -> Result<ReportUsage, LedgerError>;
+    ) -> Result<ReportBudget, LedgerError>;
+
+    /// Whether a call's record should follow its response ([`deferred`]): true for a
+    /// backend a round trip away. A cloud call is then answered with the budget its
+    /// reservation returned.
+    fn defers_records(&self) -> bool {
+        false
+    }
 
     /// The cloud requests `client` has reserved today (UTC), all reports together.
     async fn client_day_used(&self, client: &str) -> Result<u32, LedgerError>;

@@ -23,15 +23,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{CallRecord, Ledger, LedgerError, Limits, ReportKey, ReportUsage, Reservation};
+use super::{
+    CallRecord, Ledger, LedgerError, Limits, ReportBudget, ReportKey, ReportUsage, Reservation,
+};
 use crate::domain::{Nanos, Phase, Tier};
 
 /// Check-and-increment. KEYS[1] = report hash, KEYS[2] (optional) = the client's quota hash;
 /// ARGV[1] = report limit; ARGV[2] = report TTL seconds; ARGV[3] = cost cap in nano-dollars
 /// (-1: none); ARGV[4] = the hold (nano-dollars); ARGV[5] = day limit (with KEYS[2]).
-/// Returns {outcome, used}: outcome 1 = granted, 0 = refused, 2 = refused and newly
-/// exhausted, 3 = the day quota is spent (nothing taken; `used` is then the day's count), 4 = the
-/// hold does not fit under the cost cap (nothing taken, the report not marked). Amounts stay
+/// Returns {outcome, used, cloud_cost, held}: outcome 1 = granted, 0 = refused, 2 = refused and
+/// newly exhausted, 3 = the day quota is spent (nothing taken; `used` is then the day's count),
+/// 4 = the hold does not fit under the cost cap (nothing taken, the report not marked); the
+/// settled cost and the holds (this one included) as the script leaves them. Amounts stay
 /// below 2^53 nano-dollars (the cap is at most $1,000,000), so Lua's doubles compare them
 /// exactly; the increment itself is the argument's integer string.
 const RESERVE_LUA: &str = r"
@@ -43,13 +46,14 @@ local hold = tonumber(ARGV[4])
 if was_exhausted or used >= tonumber(ARGV[1]) then
   redis.call('HSET', KEYS[1], 'exhausted', '1')
   redis.call('EXPIRE', KEYS[1], ARGV[2])
-  if was_exhausted then return {0, used} end
-  return {2, used}
+  if was_exhausted then return {0, used, 0, 0} end
+  return {2, used, 0, 0}
 end
-local spent = math.max(0, tonumber(state[3] or '0')) + math.max(0, tonumber(state[4] or '0'))
-if cap >= 0 and spent + hold > cap then
+local cost = math.max(0, tonumber(state[3] or '0'))
+local held = math.max(0, tonumber(state[4] or '0'))
+if cap >= 0 and cost + held + hold > cap then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
-  return {4, used}
+  return {4, used, 0, 0}
 end
 if KEYS[2] then
   local today = math.floor(tonumber(redis.call('TIME')[1]) / 86400)
@@ -58,15 +62,47 @@ if KEYS[2] then
   if tonumber(quota[1] or '-1') == today then day_used = tonumber(quota[2] or '0') end
   if day_used >= tonumber(ARGV[5]) then
     redis.call('EXPIRE', KEYS[1], ARGV[2])
-    return {3, day_used}
+    return {3, day_used, 0, 0}
   end
   redis.call('HSET', KEYS[2], 'day', today, 'used', day_used + 1)
   redis.call('EXPIRE', KEYS[2], 172800)
 end
 used = redis.call('HINCRBY', KEYS[1], 'used', 1)
-if hold > 0 then redis.call('HINCRBY', KEYS[1], 'held', ARGV[4]) end
+if hold > 0 then held = redis.call('HINCRBY', KEYS[1], 'held', ARGV[4]) end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-return {1, used}
+return {1, used, cost, held}
+";
+
+/// One answered call, in one atomic step and one short reply (a `MULTI` pipeline of a dozen
+/// `HINCRBY`s cost the gateway five times the instructions: every queued command has its own
+/// reply to parse). KEYS[1] = report hash; ARGV: 1 TTL seconds, 2 the tier's call counter
+/// (`primary`/`secondary`), 3 the side (`cloud`/`local`: `cloud_in`, `cloud_out`, `cloud_cost`,
+/// `cloud_est`), 4 phase and 5 tier of the breakdown cell (`DRAFT.PRIMARY.calls`, `.in`, `.out`,
+/// `.cost`, `.est`), 6 input and 7 output tokens, 8 cost (nano-dollars), 9 estimated (0/1),
+/// 10 unpriced (0/1), 11 the all-cloud cost (-1: unknown), 12 the hold released, 13 fell back
+/// (0/1). Returns the budget fields: `used`, `exhausted`, `cloud_cost`, `held`.
+const RECORD_LUA: &str = r"
+local k = KEYS[1]
+local side = ARGV[3]
+local cell = ARGV[4] .. '.' .. ARGV[5]
+redis.call('HINCRBY', k, ARGV[2], 1)
+redis.call('HINCRBY', k, side .. '_in', ARGV[6])
+redis.call('HINCRBY', k, side .. '_out', ARGV[7])
+redis.call('HINCRBY', k, side .. '_cost', ARGV[8])
+redis.call('HINCRBY', k, cell .. '.calls', 1)
+redis.call('HINCRBY', k, cell .. '.in', ARGV[6])
+redis.call('HINCRBY', k, cell .. '.out', ARGV[7])
+redis.call('HINCRBY', k, cell .. '.cost', ARGV[8])
+if ARGV[9] == '1' then
+  redis.call('HINCRBY', k, side .. '_est', 1)
+  redis.call('HINCRBY', k, cell .. '.est', 1)
+end
+if ARGV[10] == '1' then redis.call('HINCRBY', k, 'unpriced', 1) end
+if ARGV[11] ~= '-1' then redis.call('HINCRBY', k, 'all_cloud', ARGV[11]) end
+if ARGV[12] ~= '0' then redis.call('HINCRBY', k, 'held', '-' .. ARGV[12]) end
+if ARGV[13] == '1' then redis.call('HINCRBY', k, 'fallbacks', 1) end
+redis.call('EXPIRE', k, ARGV[1])
+return redis.call('HMGET', k, 'used', 'exhausted', 'cloud_cost', 'held')
 ";
 
 /// The client's cloud requests today (by the Redis server's clock). KEYS[1] = quota hash.
@@ -81,6 +117,7 @@ return 0
 pub struct RedisLedger {
     conn: ConnectionManager,
     reserve: redis::Script,
+    record: redis::Script,
     day_used: redis::Script,
     prefix: String,
     ttl_secs: u64,
@@ -109,6 +146,7 @@ impl RedisLedger {
         Ok(Self {
             conn,
             reserve: redis::Script::new(RESERVE_LUA),
+            record: redis::Script::new(RECORD_LUA),
             day_used: redis::Script::new(DAY_USED_LUA),
             prefix: prefix.to_string(),
             ttl_secs: ttl.as_secs().max(1),
@@ -149,6 +187,7 @@ impl RedisLedger {
     ) -> Result<T, LedgerError> {
         match tokio::time::timeout(self.timeout, op).await {
             Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if e.is_connection_refusal() => Err(LedgerError::Unreachable(describe(&e))),
             Ok(Err(e)) => Err(LedgerError::Unavailable(describe(&e))),
             Err(_) => Err(LedgerError::Timeout(self.timeout.as_millis() as u64)),
         }
@@ -188,9 +227,14 @@ impl Ledger for RedisLedger {
         if let Some((client, day_limit)) = day_limit {
             invocation.key(self.quota_key(client)).arg(day_limit);
         }
-        let (outcome, used): (u8, u32) = self.bounded(invocation.invoke_async(&mut conn)).await?;
+        let (outcome, used, cost, held): (u8, u32, u64, u64) =
+            self.bounded(invocation.invoke_async(&mut conn)).await?;
         Ok(match (outcome, day_limit) {
-            (1, _) => Reservation::Granted { used },
+            (1, _) => Reservation::Granted {
+                used,
+                cost: Nanos(cost),
+                held: Nanos(held),
+            },
             (4, _) => Reservation::NoRoomUnderCap { used },
             (3, Some((_, limit))) => Reservation::DayQuotaSpent { used, limit },
             (outcome, _) => Reservation::Refused {
@@ -238,57 +282,37 @@ impl Ledger for RedisLedger {
         &self,
         key: ReportKey<'_>,
         call: CallRecord,
-    ) -> Result<ReportUsage, LedgerError> {
-        let key = self.key(key);
+    ) -> Result<ReportBudget, LedgerError> {
         let tier_field = match call.tier {
             Tier::Primary => "primary",
             Tier::Secondary => "secondary",
         };
-        let side = if call.cloud { &CLOUD } else { &LOCAL };
         let usage = call.usage;
-        let cost = call.cost.unwrap_or_default();
-        let cell = cell_fields(call.phase, call.tier);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hincr(&key, tier_field, 1)
-            .ignore()
-            .hincr(&key, side.input, usage.input)
-            .ignore()
-            .hincr(&key, side.output, usage.output)
-            .ignore()
-            .hincr(&key, side.cost, signed(cost))
-            .ignore()
-            .hincr(&key, &cell.calls, 1)
-            .ignore()
-            .hincr(&key, &cell.input, usage.input)
-            .ignore()
-            .hincr(&key, &cell.output, usage.output)
-            .ignore()
-            .hincr(&key, &cell.cost, signed(cost))
-            .ignore();
-        if usage.estimated {
-            pipe.hincr(&key, side.estimated, 1)
-                .ignore()
-                .hincr(&key, &cell.estimated, 1)
-                .ignore();
-        }
-        if call.cost.is_none() {
-            pipe.hincr(&key, "unpriced", 1).ignore();
-        }
-        if let Some(all_cloud) = call.all_cloud {
-            pipe.hincr(&key, "all_cloud", signed(all_cloud)).ignore();
-        }
-        if call.release > Nanos::ZERO {
-            pipe.hincr(&key, "held", -signed(call.release)).ignore();
-        }
-        if call.fell_back {
-            pipe.hincr(&key, "fallbacks", 1).ignore();
-        }
-        pipe.expire(&key, self.ttl_secs as i64).ignore();
-        pipe.hgetall(&key);
+        let mut invocation = self.record.key(self.key(key));
+        invocation
+            .arg(self.ttl_secs)
+            .arg(tier_field)
+            .arg(if call.cloud { "cloud" } else { "local" })
+            .arg(call.phase.as_str())
+            .arg(call.tier.as_str())
+            .arg(usage.input)
+            .arg(usage.output)
+            .arg(signed(call.cost.unwrap_or_default()))
+            .arg(u8::from(usage.estimated))
+            .arg(u8::from(call.cost.is_none()))
+            .arg(call.all_cloud.map_or(-1, signed))
+            .arg(signed(call.release))
+            .arg(u8::from(call.fell_back));
         let mut conn = self.conn.clone();
-        let (fields,): (HashMap<String, i64>,) = self.bounded(pipe.query_async(&mut conn)).await?;
-        Ok(usage_from_fields(&fields))
+        let (used, exhausted, cost, held): (Option<i64>, Option<i64>, Option<i64>, Option<i64>) =
+            self.bounded(invocation.invoke_async(&mut conn)).await?;
+        let count = |v: Option<i64>| v.unwrap_or(0).max(0) as u64;
+        Ok(ReportBudget {
+            used: u32::try_from(count(used)).unwrap_or(u32::MAX),
+            exhausted: count(exhausted) == 1,
+            cloud_cost: Nanos(count(cost)),
+            held: Nanos(count(held)),
+        })
     }
 
     async fn ping(&self) -> Result<(), LedgerError> {
@@ -301,6 +325,11 @@ impl Ledger for RedisLedger {
 
     fn backend(&self) -> &'static str {
         "redis"
+    }
+
+    /// A round trip away: a cloud call's record follows its response.
+    fn defers_records(&self) -> bool {
+        true
     }
 }
 

@@ -95,6 +95,15 @@ pub async fn fifty_concurrent_calls_never_exceed_the_cap(
         primary,
         "every cloud request was reserved"
     );
+    // A replica's read waits for its own records (a Redis ledger sends them after the
+    // responses): once each has answered one, every record has landed.
+    for addr in gateways {
+        let mut client = connect(*addr).await;
+        let read = client.get_report_usage(pb::GetReportUsageRequest {
+            report_id: report.into(),
+        });
+        read.await.expect("usage");
+    }
     for addr in gateways {
         let usage = connect(*addr)
             .await

@@ -33,7 +33,7 @@ pub fn run(reports: usize, out: Option<&Path>) -> Result<(), String> {
         report_id(&mut id, i);
         if !matches!(
             ledger.reserve_now(&id, 15),
-            Ok(Reservation::Granted { used: 1 })
+            Ok(Reservation::Granted { used: 1, .. })
         ) {
             alloc::stop();
             return Err(format!("report {id}: first reservation was not granted"));

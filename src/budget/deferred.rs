@@ -1,0 +1,218 @@
+//! Records sent after the response (issue 14).
+//!
+//! Budget correctness needs only the reservation: it is the one atomic step that decides
+//! whether a cloud request may go out. A call's record (its tokens, cost and counters, and the
+//! settling of its cost hold) can follow the response. A remote ledger
+//! ([`Ledger::defers_records`]) therefore answers a cloud call with the budget its reservation
+//! returned and sends the record in the background — one Redis round trip before the response
+//! instead of two.
+//!
+//! What is promised in exchange:
+//!
+//! - **Never lost silently.** A record that cannot be sent is retried ([`RETRIES`] times, with
+//!   backoff) when the ledger says nothing reached it ([`LedgerError::is_unsent`]). A failure
+//!   that may have been applied is not retried — re-sending could count the call twice and
+//!   release its hold twice, letting the report overspend its cap; its hold stays held until
+//!   the report expires (the safe direction). Either way the caller of [`record_in_background`]
+//!   gets the final error, which the gateway logs and counts
+//!   (`vra_gateway_ledger_records_lost_total`).
+//! - **Read your own calls** on one replica: [`Pending::settled`] waits until every record of
+//!   a report this replica has started is done, and every usage read of the gateway
+//!   (`GetReportUsage`, `ResolveRoute`) waits for it first. Another replica sees a call once its
+//!   record lands, normally within a round trip of the response.
+//! - **Nothing dropped at shutdown**: the server waits for [`Pending::idle`] (bounded by the
+//!   grace period) after the last call.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::{CallRecord, Ledger, LedgerError, ReportKey};
+
+/// Retries of a record that did not reach the ledger.
+pub const RETRIES: u32 = 2;
+
+/// The wait before retry `n` (1-based): 100 ms, then 400 ms.
+fn backoff(n: u32) -> Duration {
+    Duration::from_millis(100 << (2 * (n - 1)).min(8))
+}
+
+/// The records in flight, by report.
+#[derive(Default)]
+pub struct Pending {
+    by_report: Mutex<HashMap<String, usize>>,
+    changed: Notify,
+}
+
+/// One record in flight; dropping it (the record is done, or its task was dropped) ends it.
+pub struct Tracked {
+    pending: Arc<Pending>,
+    key: String,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        let mut map = self.pending.map();
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+        drop(map);
+        self.pending.changed.notify_waiters();
+    }
+}
+
+/// The map key of a report: client ids never contain `/` (see [`ReportKey`]).
+fn map_key(key: ReportKey<'_>) -> String {
+    match key.client {
+        Some(client) => format!("{client}/{}", key.report),
+        None => key.report.to_string(),
+    }
+}
+
+impl Pending {
+    fn map(&self) -> MutexGuard<'_, HashMap<String, usize>> {
+        self.by_report.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts one record of `key` in flight until the returned guard is dropped.
+    pub fn track(self: &Arc<Self>, key: ReportKey<'_>) -> Tracked {
+        let key = map_key(key);
+        *self.map().entry(key.clone()).or_default() += 1;
+        Tracked {
+            pending: self.clone(),
+            key,
+        }
+    }
+
+    /// Records of `key` in flight now.
+    pub fn of(&self, key: ReportKey<'_>) -> usize {
+        self.map().get(&map_key(key)).copied().unwrap_or(0)
+    }
+
+    /// Resolves once no record of `key` is in flight.
+    pub async fn settled(&self, key: ReportKey<'_>) {
+        let key = map_key(key);
+        self.wait_until(|map| !map.contains_key(&key)).await;
+    }
+
+    /// Resolves once no record at all is in flight.
+    pub async fn idle(&self) {
+        self.wait_until(HashMap::is_empty).await;
+    }
+
+    async fn wait_until(&self, done: impl Fn(&HashMap<String, usize>) -> bool) {
+        loop {
+            // Registered before the check, so a change between the two is not missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if done(&self.map()) {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+/// Sends `call` to `ledger`, retrying a record that never reached it; returns the last error.
+pub async fn record_with_retry(
+    ledger: &dyn Ledger,
+    key: ReportKey<'_>,
+    call: CallRecord,
+) -> Result<(), LedgerError> {
+    let mut retry = 0;
+    loop {
+        match ledger.record(key, call).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_unsent() && retry < RETRIES => {
+                retry += 1;
+                tokio::time::sleep(backoff(retry)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Records `call` in a task of its own, tracked in `pending` until it is done; `on_error`
+/// gets the error of a record that could not be made.
+pub fn record_in_background(
+    ledger: Arc<dyn Ledger>,
+    pending: &Arc<Pending>,
+    client: Option<Box<str>>,
+    report: Box<str>,
+    call: CallRecord,
+    on_error: impl FnOnce(LedgerError) + Send + 'static,
+) {
+    let tracked = pending.track(ReportKey {
+        client: client.as_deref(),
+        report: &report,
+    });
+    tokio::spawn(async move {
+        let key = ReportKey {
+            client: client.as_deref(),
+            report: &report,
+        };
+        if let Err(e) = record_with_retry(&*ledger, key, call).await {
+            on_error(e);
+        }
+        drop(tracked);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_bounded() {
+        assert_eq!(backoff(1), Duration::from_millis(100));
+        assert_eq!(backoff(2), Duration::from_millis(400));
+        assert!(backoff(30) <= Duration::from_millis(100 << 8));
+    }
+
+    #[tokio::test]
+    async fn settled_waits_for_the_reports_own_records_only() {
+        let pending = Arc::new(Pending::default());
+        let a = ReportKey::anonymous("a");
+        let mine = pending.track(a);
+        let other = pending.track(ReportKey {
+            client: Some("c"),
+            report: "b",
+        });
+        assert_eq!(pending.of(a), 1);
+        // Another report's record does not hold up a read of "a"…
+        let b_settled = pending.settled(ReportKey::anonymous("b"));
+        tokio::time::timeout(Duration::from_secs(5), b_settled)
+            .await
+            .expect("nothing of report b (anonymous) is pending");
+        // …and "a" settles exactly when its record is done.
+        let waiter = {
+            let pending = pending.clone();
+            tokio::spawn(async move { pending.settled(ReportKey::anonymous("a")).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(mine);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("settled after the record")
+            .unwrap();
+        assert_eq!(pending.of(a), 0);
+        let idle = {
+            let pending = pending.clone();
+            tokio::spawn(async move { pending.idle().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!idle.is_finished(), "client c's record is still in flight");
+        drop(other);
+        tokio::time::timeout(Duration::from_secs(5), idle)
+            .await
+            .expect("idle after the last record")
+            .unwrap();
+    }
+}
