@@ -20,6 +20,7 @@
 #   gateway-redis*  vra-gateway, Redis ledger (gateway process only; needs redis-server)
 #   grpc-floor      `vra-loadgen grpc-echo`: the gateway's service answering at once
 #   reqwest-client  a bare reqwest client sending the gateway's upstream request
+#   hyper-client    the same with a bare hyper-util client (HTTP/1.1)
 #
 # CARGO_TARGET_DIR is honoured; VRA_CALLGRIND_N1 / VRA_CALLGRIND_N2 override the call counts.
 set -euo pipefail
@@ -154,6 +155,12 @@ grpc_floor() { # NAME N
     count_server "$1" "$2" "$port" "$BIN/vra-loadgen" grpc-echo --addr "127.0.0.1:$port"
 }
 
+hyper_client() { # NAME N
+    (callgrind "$1" "$2" "$BIN/vra-loadgen" count hyper \
+        --target "http://127.0.0.1:$UP_PORT/v1/chat/completions" --calls "$2")
+    total_of "$OUT/$1-$2.out"
+}
+
 reqwest_client() { # NAME N
     (callgrind "$1" "$2" "$BIN/vra-loadgen" count reqwest \
         --target "http://127.0.0.1:$UP_PORT/v1/chat/completions" --calls "$2")
@@ -183,6 +190,7 @@ fi
 if [ "$MODE" = all ]; then
     measure grpc-floor grpc_floor
     measure reqwest-client reqwest_client
+    measure hyper-client hyper_client
 fi
 
 # The table (also written to $OUT/counts.md).

@@ -28,6 +28,14 @@ pub enum Command {
         #[command(flatten)]
         count: CountArgs,
     },
+    /// The gateway's upstream request, sent with a bare hyper-util client (HTTP/1.1).
+    Hyper {
+        /// Full URL, e.g. http://127.0.0.1:8080/v1/chat/completions.
+        #[arg(long)]
+        target: String,
+        #[command(flatten)]
+        count: CountArgs,
+    },
     /// The gateway's upstream request, sent with a bare reqwest client.
     Reqwest {
         /// Full URL, e.g. http://127.0.0.1:8080/v1/chat/completions.
@@ -65,6 +73,50 @@ pub async fn run(command: Command) -> Result<(), String> {
                 t.call(seq)
                     .await
                     .map_err(|e| format!("call {seq} failed: {e}"))?;
+            }
+        }
+        Command::Hyper { target, count } => {
+            use http_body_util::BodyExt;
+            let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            connector.set_nodelay(true);
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build::<_, http_body_util::Full<bytes::Bytes>>(connector);
+            let uri: http::Uri = target
+                .parse()
+                .map_err(|e| format!("bad URL {target}: {e}"))?;
+            let body = serde_json::json!({
+                "model": "gpt-4o",
+                "messages": [
+                    {"role": "system", "content": SYSTEM_PROMPT},
+                    {"role": "user", "content": PROMPT},
+                ],
+                "stream": false,
+            });
+            for seq in 0..count.calls {
+                let request = http::Request::post(uri.clone())
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .header(http::header::AUTHORIZATION, "Bearer sk-bench")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(
+                        serde_json::to_vec(&body).map_err(|e| e.to_string())?,
+                    )))
+                    .map_err(|e| e.to_string())?;
+                let response =
+                    tokio::time::timeout(Duration::from_secs(10), client.request(request))
+                        .await
+                        .map_err(|_| format!("call {seq} timed out"))?
+                        .map_err(|e| format!("call {seq} failed: {e}"))?;
+                if !response.status().is_success() {
+                    return Err(format!("call {seq}: status {}", response.status()));
+                }
+                let bytes = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| format!("call {seq} failed: {e}"))?
+                    .to_bytes();
+                let _: serde_json::Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| format!("call {seq}: bad JSON: {e}"))?;
             }
         }
         Command::Reqwest { target, count } => {
