@@ -442,17 +442,13 @@ pub fn client_id(cert: &CertificateDer<'_>) -> Option<String> {
 /// The extra roots of `VRA_UPSTREAM_CA_FILE` for the providers' HTTPS clients (added to the
 /// system roots, not replacing them); none without the setting. A file that cannot be read,
 /// is not PEM, holds no certificate or a certificate that does not parse is a startup error.
-pub fn upstream_roots(path: Option<&Path>) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+pub fn upstream_roots(path: Option<&Path>) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     let Some(path) = path else {
         return Ok(Vec::new());
     };
     // Parsed as trust anchors first, so a bad certificate fails here, naming the setting.
     root_store(path, UPSTREAM_CA_FILE)?;
-    let roots = load_certs(path, UPSTREAM_CA_FILE)?
-        .iter()
-        .map(|der| reqwest::Certificate::from_der(der))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| config_error(UPSTREAM_CA_FILE, format!("{}: {e}", path.display())))?;
+    let roots = load_certs(path, UPSTREAM_CA_FILE)?;
     tracing::info!(
         "{}: loaded {} certificate(s) from {}",
         UPSTREAM_CA_FILE.var,

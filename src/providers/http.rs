@@ -17,14 +17,20 @@
 //! - a stream is unbounded in length (long generations are fine) but bounded per line, see
 //!   [`super::stream`].
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-
 use futures_util::StreamExt;
-use http::HeaderMap;
-use http::header::ACCEPT;
-use reqwest::{RequestBuilder, Response};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as _, Incoming};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::CertificateDer;
 use serde::Serialize;
 
 use super::stream::{Decoder, decode};
@@ -34,15 +40,24 @@ use crate::config::{BodyLimits, ProviderConfig, Secret};
 /// What [`ProviderError::TooLarge`] names when a unary answer is past its limit.
 pub const TOO_LARGE_BODY: &str = "response body";
 
+/// The pooled HTTP/1.1 and HTTP/2 (by ALPN) client of one endpoint: hyper-util's, with
+/// rustls. reqwest wraps the same client in layers the gateway does not use (redirects, proxies,
+/// cookies) and parses the URL twice per request; this hop is the gateway's hot path.
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+type Response = http::Response<Incoming>;
+
 /// One provider endpoint: its pooled client, URL, per-attempt timeout, key and body limits.
 pub(crate) struct Endpoint {
-    client: reqwest::Client,
-    /// Parsed once: reqwest would parse a string URL again on every request.
-    url: reqwest::Url,
+    client: HttpClient,
+    /// Parsed once, cloned per request (a cheap, shared copy).
+    uri: http::Uri,
     host: String,
     port: u16,
     timeout: Duration,
     api_key: Option<Secret>,
+    /// `Bearer <key>`, made once and marked sensitive (kept out of any header dump).
+    authorization: Option<HeaderValue>,
     limits: BodyLimits,
 }
 
@@ -50,19 +65,35 @@ impl Endpoint {
     pub(crate) fn new(
         config: &ProviderConfig,
         path: &str,
-        extra_roots: &[reqwest::Certificate],
+        extra_roots: &[CertificateDer<'static>],
     ) -> Result<Self, BuildError> {
-        let url = reqwest::Url::parse(&join(&config.base_url, path)).map_err(|e| BuildError {
+        let invalid = |message: String| BuildError {
             name: config.name.clone(),
-            message: format!("invalid base URL: {e}"),
-        })?;
+            message,
+        };
+        let url = reqwest::Url::parse(&join(&config.base_url, path))
+            .map_err(|e| invalid(format!("invalid base URL: {e}")))?;
+        let uri = url
+            .as_str()
+            .parse::<http::Uri>()
+            .map_err(|e| invalid(format!("invalid base URL: {e}")))?;
+        let authorization = match &config.api_key {
+            Some(key) => {
+                let mut value = HeaderValue::try_from(format!("Bearer {}", key.expose()))
+                    .map_err(|_| invalid("the API key is not a valid header value".into()))?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
         Ok(Self {
             host: url.host_str().unwrap_or_default().to_string(),
             port: url.port_or_known_default().unwrap_or(0),
-            client: client(config, extra_roots)?,
-            url,
+            client: client(&config.name, config.connect_timeout, extra_roots)?,
+            uri,
             timeout: config.timeout,
             api_key: config.api_key.clone(),
+            authorization,
             limits: config.limits,
         })
     }
@@ -72,20 +103,44 @@ impl Endpoint {
         (&self.host, self.port)
     }
 
+    /// A JSON POST of `body` with the key and the current trace context.
+    fn request(
+        &self,
+        body: &impl Serialize,
+        accept: Option<&'static str>,
+    ) -> Result<http::Request<Full<Bytes>>, ProviderError> {
+        let json = serde_json::to_vec(body)
+            .map_err(|e| ProviderError::Transport(format!("cannot encode the request: {e}")))?;
+        let mut request = http::Request::new(Full::new(Bytes::from(json)));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = self.uri.clone();
+        let headers = request.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(accept) = accept {
+            headers.insert(ACCEPT, HeaderValue::from_static(accept));
+        }
+        if let Some(authorization) = &self.authorization {
+            headers.insert(AUTHORIZATION, authorization.clone());
+        }
+        crate::telemetry::inject_trace_context(headers);
+        Ok(request)
+    }
+
     /// One non-streaming request: send `body`, parse the answer with `parse`, record it on the
-    /// current (attempt) span.
+    /// current (attempt) span. The attempt timeout covers the whole exchange.
     pub(crate) async fn complete(
         &self,
         body: &impl Serialize,
         parse: fn(&[u8]) -> Result<Completion, ProviderError>,
     ) -> Result<Completion, ProviderError> {
-        let builder = self
-            .client
-            .post(self.url.clone())
-            .timeout(self.timeout)
-            .json(body);
-        let response = send(builder, self.api_key.as_ref(), self.limits).await?;
-        let bytes = read_body(response, self.limits.response_bytes).await?;
+        let request = self.request(body, None)?;
+        let exchange = async {
+            let response = send(&self.client, request, self.api_key.as_ref(), self.limits).await?;
+            read_body(response, self.limits.response_bytes).await
+        };
+        let bytes = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| ProviderError::Timeout)??;
         let completion = parse(&bytes)?;
         crate::telemetry::record_response(
             &tracing::Span::current(),
@@ -107,23 +162,18 @@ impl Endpoint {
         decoder: impl Decoder,
         idle: Duration,
     ) -> Result<EventStream, ProviderError> {
-        let builder = self
-            .client
-            .post(self.url.clone())
-            .header(ACCEPT, accept)
-            .json(body);
+        let request = self.request(body, Some(accept))?;
         let response = tokio::time::timeout(
             self.timeout,
-            send(builder, self.api_key.as_ref(), self.limits),
+            send(&self.client, request, self.api_key.as_ref(), self.limits),
         )
         .await
         .map_err(|_| ProviderError::Timeout)??;
-        Ok(decode(
-            response.bytes_stream().boxed(),
-            decoder,
-            idle,
-            self.limits.line_bytes,
-        ))
+        let body = response
+            .into_body()
+            .into_data_stream()
+            .map(|chunk| chunk.map_err(map_body_error));
+        Ok(decode(body, decoder, idle, self.limits.line_bytes))
     }
 }
 
@@ -134,44 +184,71 @@ const ERROR_BODY_PREFIX: usize = 64 << 10;
 /// Longest upstream error excerpt kept in an error message.
 const ERROR_EXCERPT: usize = 200;
 
-/// A pooled client with the provider's connect timeout. The per-attempt timeout is set per
-/// request, because a stream must not be cut by a total-time limit (it has an idle timeout).
+/// How long an idle pooled connection is kept.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+
+/// A pooled client with the provider's connect timeout and `TCP_NODELAY`. The per-attempt
+/// timeout is applied per request, because a stream must not be cut by a total-time limit (it
+/// has an idle timeout).
 ///
-/// HTTPS trusts the system roots plus `extra_roots` (`VRA_UPSTREAM_CA_FILE`). Redirects are
-/// not followed: an LLM API that answers 3xx is misconfigured (or intercepted), not a new
+/// HTTPS trusts the system roots (rustls-platform-verifier) plus `extra_roots`
+/// (`VRA_UPSTREAM_CA_FILE`), and offers HTTP/2 and HTTP/1.1 by ALPN. Redirects are not
+/// followed: an LLM API that answers 3xx is misconfigured (or intercepted), not a new
 /// destination for the prompt and the API key; the 3xx becomes a [`ProviderError::Status`].
+/// No environment proxy is used: upstreams are configured by address.
 fn client(
-    config: &ProviderConfig,
-    extra_roots: &[reqwest::Certificate],
-) -> Result<reqwest::Client, BuildError> {
+    name: &str,
+    connect_timeout: Duration,
+    extra_roots: &[CertificateDer<'static>],
+) -> Result<HttpClient, BuildError> {
+    let failed = |message: String| BuildError {
+        name: name.to_string(),
+        message,
+    };
     crate::install_crypto_provider();
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .tls_certs_merge(extra_roots.iter().cloned())
-        .connect_timeout(config.connect_timeout)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .tcp_nodelay(true)
-        .build()
-        .map_err(|e| BuildError {
-            name: config.name.clone(),
-            message: e.to_string(),
-        })
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+    let verifier = if extra_roots.is_empty() {
+        rustls_platform_verifier::Verifier::new(provider.clone())
+    } else {
+        rustls_platform_verifier::Verifier::new_with_extra_roots(
+            extra_roots.iter().cloned(),
+            provider.clone(),
+        )
+    }
+    .map_err(|e| failed(format!("cannot load the TLS roots: {e}")))?;
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| failed(format!("TLS: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .pool_timer(TokioTimer::new())
+        .build(https))
 }
 
-/// Sends a request with the current trace context and the provider's bearer key; returns the
-/// response only when its status is a success. An error body is read up to the response limit.
+/// Sends a request; returns the response only when its status is a success. An error body is
+/// read up to the response limit.
 async fn send(
-    builder: RequestBuilder,
+    client: &HttpClient,
+    request: http::Request<Full<Bytes>>,
     api_key: Option<&Secret>,
     limits: BodyLimits,
 ) -> Result<Response, ProviderError> {
-    let mut headers = HeaderMap::new();
-    crate::telemetry::inject_trace_context(&mut headers);
-    let mut builder = builder.headers(headers);
-    if let Some(key) = api_key {
-        builder = builder.bearer_auth(key.expose());
-    }
-    let response = builder.send().await.map_err(map_reqwest)?;
+    let response = client.request(request).await.map_err(map_client_error)?;
     let status = response.status();
     crate::telemetry::record_http_status(status.as_u16());
     if status.is_success() {
@@ -200,43 +277,62 @@ async fn send(
     })
 }
 
-/// Reads a whole body of at most `limit` bytes, chunk by chunk. A body that says (by its
+/// Reads a whole body of at most `limit` bytes, frame by frame. A body that says (by its
 /// `Content-Length`) or turns out to be longer fails with [`ProviderError::TooLarge`] before
 /// more than `limit` bytes are buffered; the rest is not read, and dropping the response
-/// closes the connection.
-async fn read_body(mut response: Response, limit: usize) -> Result<Bytes, ProviderError> {
+/// closes the connection. A body of one frame is returned without a copy.
+async fn read_body(response: Response, limit: usize) -> Result<Bytes, ProviderError> {
     let too_large = || ProviderError::TooLarge {
         what: TOO_LARGE_BODY,
         limit,
     };
-    match response.content_length() {
-        Some(n) if n > limit as u64 => return Err(too_large()),
-        // HTTP framing holds the body to its announced length: read it in one piece.
-        Some(_) => return response.bytes().await.map_err(map_reqwest),
-        None => {}
+    let mut body = response.into_body();
+    if body.size_hint().exact().is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
     }
-    let mut body = BytesMut::new();
-    while let Some(chunk) = response.chunk().await.map_err(map_reqwest)? {
-        if chunk.len() > limit - body.len() {
+    let mut first: Option<Bytes> = None;
+    let mut rest = BytesMut::new();
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(chunk) = frame.map_err(map_body_error)?.into_data() else {
+            continue; // trailers
+        };
+        if chunk.len() > limit - len {
             return Err(too_large());
         }
-        body.extend_from_slice(&chunk);
+        len += chunk.len();
+        match &first {
+            None => first = Some(chunk),
+            Some(head) => {
+                if rest.is_empty() {
+                    rest.extend_from_slice(head);
+                }
+                rest.extend_from_slice(&chunk);
+            }
+        }
     }
-    Ok(body.freeze())
+    Ok(if rest.is_empty() {
+        first.unwrap_or_default()
+    } else {
+        rest.freeze()
+    })
 }
 
 /// Reads at most the first `limit` bytes of a body — an error body, whose excerpt is all that
 /// is kept — and stops there. A transport error ends the read with what arrived before it.
-async fn read_prefix(mut response: Response, limit: usize) -> Vec<u8> {
-    let mut body = Vec::new();
-    while body.len() < limit {
-        let Ok(Some(chunk)) = response.chunk().await else {
+async fn read_prefix(response: Response, limit: usize) -> Vec<u8> {
+    let mut body = response.into_body();
+    let mut prefix = Vec::new();
+    while prefix.len() < limit {
+        let Some(Ok(frame)) = body.frame().await else {
             break;
         };
-        let room = limit - body.len();
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if let Ok(chunk) = frame.into_data() {
+            let room = limit - prefix.len();
+            prefix.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        }
     }
-    body
+    prefix
 }
 
 /// What a 3xx error says: that the redirect was not followed, and where it pointed (the
@@ -267,15 +363,42 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(when.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// Maps a reqwest failure to a typed error, without the URL.
-pub(crate) fn map_reqwest(e: reqwest::Error) -> ProviderError {
-    if e.is_timeout() {
-        ProviderError::Timeout
-    } else if e.is_connect() {
-        ProviderError::Connect(root_cause(&e))
+/// Maps a failed exchange to a typed error, without the URL. A connect timeout is a
+/// [`ProviderError::Timeout`] (like the attempt's own), any other failure to connect a
+/// [`ProviderError::Connect`] (nothing was sent), anything later a [`ProviderError::Transport`].
+fn map_client_error(e: hyper_util::client::legacy::Error) -> ProviderError {
+    if e.is_connect() {
+        if caused_by_timeout(&e) {
+            ProviderError::Timeout
+        } else {
+            ProviderError::Connect(root_cause(&e))
+        }
     } else {
         ProviderError::Transport(root_cause(&e))
     }
+}
+
+/// Maps a failure while reading a response body.
+fn map_body_error(e: hyper::Error) -> ProviderError {
+    if e.is_timeout() {
+        ProviderError::Timeout
+    } else {
+        ProviderError::Transport(root_cause(&e))
+    }
+}
+
+fn caused_by_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -377,15 +500,21 @@ mod tests {
         }
     }
 
-    /// Bodies from the simulated upstream, read with a plain client.
+    /// Bodies from the simulated upstream, read with the providers' client.
     async fn respond(sim: &crate::demo::sim::Sim) -> Response {
-        crate::install_crypto_provider();
-        reqwest::Client::new()
-            .post(format!("{}/chat/completions", sim.openai_base()))
-            .json(&serde_json::json!({"model": "m"}))
-            .send()
-            .await
-            .expect("the sim answers")
+        let client = client("test", Duration::from_secs(5), &[]).expect("a client");
+        let uri: http::Uri = format!("{}/chat/completions", sim.openai_base())
+            .parse()
+            .unwrap();
+        let request = http::Request::post(uri)
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from_static(br#"{"model":"m"}"#)))
+            .unwrap();
+        client.request(request).await.expect("the sim answers")
+    }
+
+    fn content_length(r: &Response) -> Option<u64> {
+        r.body().size_hint().exact()
     }
 
     #[tokio::test]
@@ -399,7 +528,7 @@ mod tests {
         // Announced too large by Content-Length: refused before the body is read.
         sim.push(Step::reply("x".repeat(4096)));
         let r = respond(&sim).await;
-        assert!(r.content_length().is_some_and(|n| n > 2048));
+        assert!(content_length(&r).is_some_and(|n| n > 2048));
         assert_eq!(read_body(r, 2048).await.unwrap_err(), too_large);
         // No Content-Length and no end: cut once more than the limit would be buffered.
         let endless = Step::Endless {
@@ -408,7 +537,7 @@ mod tests {
         };
         sim.push(endless.clone());
         let r = respond(&sim).await;
-        assert_eq!(r.content_length(), None);
+        assert_eq!(content_length(&r), None);
         assert_eq!(read_body(r, 2048).await.unwrap_err(), too_large);
         // Exactly the limit, in chunks: read whole.
         sim.push(Step::Raw {

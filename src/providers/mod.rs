@@ -133,7 +133,7 @@ pub struct BuildError {
 /// trusts the system roots plus `extra_roots` (`VRA_UPSTREAM_CA_FILE`).
 pub fn build(
     config: &ProviderConfig,
-    extra_roots: &[reqwest::Certificate],
+    extra_roots: &[rustls_pki_types::CertificateDer<'static>],
 ) -> Result<Arc<dyn Provider>, BuildError> {
     Ok(match config.kind {
         ProviderKind::Openai => Arc::new(openai::OpenAi::new(config.clone(), extra_roots)?),
@@ -157,7 +157,7 @@ impl Tiers {
     pub fn build(
         primary: &Endpoint,
         secondary: &Endpoint,
-        extra_roots: &[reqwest::Certificate],
+        extra_roots: &[rustls_pki_types::CertificateDer<'static>],
     ) -> Result<Tiers, BuildError> {
         let mut built: BTreeMap<String, Arc<Pool>> = BTreeMap::new();
         let mut get = |cfg: &ProviderConfig| -> Result<Arc<Pool>, BuildError> {

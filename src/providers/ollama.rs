@@ -67,7 +67,7 @@ pub struct Ollama {
 impl Ollama {
     pub fn new(
         config: ProviderConfig,
-        extra_roots: &[reqwest::Certificate],
+        extra_roots: &[rustls_pki_types::CertificateDer<'static>],
     ) -> Result<Self, BuildError> {
         Ok(Self {
             endpoint: http::Endpoint::new(&config, "/api/chat", extra_roots)?,

@@ -99,7 +99,7 @@ pub struct OpenAi {
 impl OpenAi {
     pub fn new(
         config: ProviderConfig,
-        extra_roots: &[reqwest::Certificate],
+        extra_roots: &[rustls_pki_types::CertificateDer<'static>],
     ) -> Result<Self, BuildError> {
         Ok(Self {
             endpoint: http::Endpoint::new(&config, "/chat/completions", extra_roots)?,

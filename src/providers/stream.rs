@@ -206,7 +206,7 @@ pub fn feed(
 /// line longer than `max_line` bytes yields [`ProviderError::TooLarge`].
 pub fn decode<S, D>(body: S, decoder: D, idle: Duration, max_line: usize) -> EventStream
 where
-    S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static,
+    S: Stream<Item = Result<Bytes, ProviderError>> + Send + 'static,
     D: Decoder,
 {
     struct State<S, D> {
@@ -260,7 +260,7 @@ where
                 };
                 let result = match next {
                     Some(Ok(chunk)) => feed(&mut st.lines, &mut st.decoder, &chunk, &mut st.out),
-                    Some(Err(e)) => Err(super::http::map_reqwest(e)),
+                    Some(Err(e)) => Err(e),
                     None => {
                         let rest = String::from_utf8_lossy(st.lines.pending()).into_owned();
                         match st.decoder.finish(&rest, &mut st.out) {
@@ -689,7 +689,7 @@ mod tests {
             )))
             .map(move |chunk| {
                 counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                Ok::<_, reqwest::Error>(chunk)
+                Ok::<_, ProviderError>(chunk)
             });
         let mut events = decode(body, SseDecoder::new(1024), Duration::from_secs(5), 1024);
         assert_eq!(
