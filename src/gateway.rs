@@ -62,7 +62,7 @@ use crate::domain::{
     RouteInfo, Rule, SectionType, Tier, TokenUsage,
 };
 use crate::error::GatewayError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ProviderMetrics};
 use crate::providers::pool::{HealthChange, Lease, Pool};
 use crate::providers::{ChatRequest, Completion, EventStream, Provider, StreamEvent, Tiers};
 use crate::resilience::{BreakerState, CircuitBreaker, Deadline, RetryPolicy};
@@ -121,6 +121,8 @@ pub struct Gateway {
     breakers: [CircuitBreaker; 2],
     stream_idle: Duration,
     metrics: Arc<Metrics>,
+    /// Each tier's provider series, by tier index (resolved once, not per call).
+    tier_metrics: [ProviderMetrics; 2],
     /// A ledger that is down or full fails every call the same way: one warning a second.
     ledger_warnings: telemetry::Throttle,
     /// Each tier's model price (`None`: a cloud model without a price), by tier index.
@@ -321,6 +323,26 @@ impl Gateway {
         ledger: Arc<dyn Ledger>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let prices = [
+            config
+                .pricing
+                .lookup(&config.primary.model, config.primary.provider.is_cloud())
+                .price(),
+            config
+                .pricing
+                .lookup(
+                    &config.secondary.model,
+                    config.secondary.provider.is_cloud(),
+                )
+                .price(),
+        ];
+        let tier_metrics = [Tier::Primary, Tier::Secondary].map(|tier| {
+            let (pool, model) = match tier {
+                Tier::Primary => (&tiers.primary, &tiers.primary_model),
+                Tier::Secondary => (&tiers.secondary, &tiers.secondary_model),
+            };
+            metrics.provider(&pool.config().name, model, prices[tier.index()].is_some())
+        });
         Self {
             limit: config.max_cloud_calls,
             policy: Policy {
@@ -338,19 +360,7 @@ impl Gateway {
             ],
             stream_idle: config.stream_idle_timeout,
             ledger_warnings: telemetry::Throttle::new(Duration::from_secs(1)),
-            prices: [
-                config
-                    .pricing
-                    .lookup(&config.primary.model, config.primary.provider.is_cloud())
-                    .price(),
-                config
-                    .pricing
-                    .lookup(
-                        &config.secondary.model,
-                        config.secondary.provider.is_cloud(),
-                    )
-                    .price(),
-            ],
+            prices,
             cost_cap: config.max_cloud_cost,
             output_ceiling: config.max_output_tokens,
             all_cloud_price: config
@@ -360,6 +370,7 @@ impl Gateway {
                 .then(|| config.pricing.lookup(&config.primary.model, true).price())
                 .flatten(),
             metrics,
+            tier_metrics,
         }
     }
 
@@ -694,7 +705,7 @@ impl Gateway {
     async fn serve<T, F>(&self, state: &mut CallState<'_>, op: F) -> Result<Served<T>, GatewayError>
     where
         T: Send,
-        F: Fn(Arc<dyn Provider>, ChatRequest) -> BoxFuture<'static, Result<T, ProviderError>>,
+        F: Fn(Arc<dyn Provider>, Arc<ChatRequest>) -> BoxFuture<'static, Result<T, ProviderError>>,
     {
         let input = state.input;
         let decision = routing::route(self.policy, input.phase, input.section_type);
@@ -814,14 +825,15 @@ impl Gateway {
     /// a guard: if this future is dropped mid-call, it gives no verdict (see [`crate::resilience::CallPermit`]).
     async fn call_tier<T, F>(&self, state: &mut CallState<'_>, tier: Tier, op: &F) -> TierOutcome<T>
     where
-        F: Fn(Arc<dyn Provider>, ChatRequest) -> BoxFuture<'static, Result<T, ProviderError>>,
+        F: Fn(Arc<dyn Provider>, Arc<ChatRequest>) -> BoxFuture<'static, Result<T, ProviderError>>,
     {
         let Some(permit) = self.breaker(tier).admit() else {
             return TierOutcome::CircuitOpen;
         };
         let (pool, model) = self.provider(tier);
         let capped = self.cost_cap.is_some() && pool.config().is_cloud();
-        let request = state.chat_request(model, capped.then_some(self.output_ceiling));
+        // Built once per tier and shared by its attempts.
+        let request = Arc::new(state.chat_request(model, capped.then_some(self.output_ceiling)));
         let mut attempt = 0u32;
         // The endpoints this call has tried: a retry prefers another one.
         let mut tried = Vec::new();
@@ -835,7 +847,7 @@ impl Gateway {
                 }
             };
             let waited = queued.elapsed();
-            self.metrics.queue_wait(&pool.config().name, waited);
+            self.tier_metrics[tier.index()].queue_wait(waited);
             tried.push(lease.index());
             attempt += 1;
             let hold = match self.reserve(state, tier, &request).await {
@@ -927,7 +939,7 @@ impl Gateway {
                     cloud_cost: cost,
                     held,
                 });
-                self.metrics.budget_reserved(&config.name);
+                self.tier_metrics[tier.index()].budget_reserved();
                 let hold = (hold > Nanos::ZERO).then(|| Hold {
                     ledger: self.ledger.clone(),
                     client: state.key.client.map(Into::into),
@@ -977,13 +989,13 @@ impl Gateway {
         state: &mut CallState<'_>,
         tier: Tier,
         attempt: u32,
-        request: &ChatRequest,
+        request: &Arc<ChatRequest>,
         op: &F,
         lease: &mut Lease,
         waited: Duration,
     ) -> Result<T, ProviderError>
     where
-        F: Fn(Arc<dyn Provider>, ChatRequest) -> BoxFuture<'static, Result<T, ProviderError>>,
+        F: Fn(Arc<dyn Provider>, Arc<ChatRequest>) -> BoxFuture<'static, Result<T, ProviderError>>,
     {
         let (pool, model) = self.provider(tier);
         let config = pool.config();
@@ -1001,18 +1013,18 @@ impl Gateway {
         span.record("vra.queue.wait_ms", waited.as_millis() as u64);
         telemetry::record_request(&span, request.system.as_deref(), &request.prompt);
         let started = StdInstant::now();
-        let result = op(provider.clone(), request.clone())
+        let result = op(provider.clone(), Arc::clone(request))
             .instrument(span.clone())
             .await;
-        self.metrics.attempt(
-            &config.name,
-            model,
-            result.as_ref().err(),
-            started.elapsed(),
-        );
+        let elapsed = started.elapsed();
         match &result {
-            Ok(_) => telemetry::attempt_ok(&span),
+            Ok(_) => {
+                self.tier_metrics[tier.index()].attempt_ok(elapsed);
+                telemetry::attempt_ok(&span);
+            }
             Err(error) => {
+                self.metrics
+                    .attempt_failed(&config.name, model, error, elapsed);
                 telemetry::attempt_failed(&span, error);
                 if error.is_auth() {
                     tracing::error!(
@@ -1022,10 +1034,10 @@ impl Gateway {
                 }
             }
         }
-        let endpoint = lease.endpoint().to_string();
         match lease.judge(result.as_ref().map(|_| ())) {
             Some(HealthChange::Ejected { duration, failures }) => {
-                self.metrics.endpoint_ejected(&config.name, &endpoint);
+                let endpoint = lease.endpoint();
+                self.metrics.endpoint_ejected(&config.name, endpoint);
                 tracing::warn!(
                     provider = %config.name,
                     endpoint = %endpoint,
@@ -1035,6 +1047,7 @@ impl Gateway {
                 );
             }
             Some(HealthChange::Restored) => {
+                let endpoint = lease.endpoint();
                 tracing::info!(
                     provider = %config.name,
                     endpoint = %endpoint,
@@ -1095,9 +1108,9 @@ impl Gateway {
             all_cloud,
             release: Nanos::ZERO,
         };
-        self.metrics.tokens(&route.provider, usage);
-        self.metrics
-            .cost(&route.provider, &route.model, cost, all_cloud);
+        let metrics = &self.tier_metrics[route.tier.index()];
+        metrics.tokens(usage);
+        metrics.cost(cost, all_cloud);
         telemetry::record_cost(&Span::current(), usage, cost);
         state
             .hybrid()
@@ -1210,7 +1223,7 @@ fn budget_info(budget: ReportBudget, limits: Limits) -> BudgetInfo {
 /// delta can still be retried or fall back.
 async fn open_stream(
     provider: Arc<dyn Provider>,
-    request: ChatRequest,
+    request: Arc<ChatRequest>,
     idle: Duration,
 ) -> Result<(StreamEvent, EventStream), ProviderError> {
     let mut stream = provider.stream(&request, idle).await?;

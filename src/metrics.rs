@@ -113,6 +113,55 @@ pub struct Metrics {
     savings: UsdCounter,
 }
 
+/// One provider's series, by handle (see [`Metrics::provider`]): the same series the
+/// label-taking methods of [`Metrics`] update.
+#[derive(Clone, Debug)]
+pub struct ProviderMetrics {
+    budget_reserved: Counter,
+    queue_wait: Histogram,
+    attempt_ok: Histogram,
+    input_tokens: Counter,
+    output_tokens: Counter,
+    /// `None` for a model without a price.
+    cost: Option<UsdCounter>,
+    savings: UsdCounter,
+}
+
+impl ProviderMetrics {
+    pub fn budget_reserved(&self) {
+        self.budget_reserved.inc();
+    }
+
+    pub fn queue_wait(&self, waited: Duration) {
+        self.queue_wait.observe(waited.as_secs_f64());
+    }
+
+    /// A successful attempt (failures go through [`Metrics::attempt`], by error kind).
+    pub fn attempt_ok(&self, elapsed: Duration) {
+        self.attempt_ok.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn tokens(&self, usage: TokenUsage) {
+        self.input_tokens.inc_by(u64::from(usage.input));
+        self.output_tokens.inc_by(u64::from(usage.output));
+    }
+
+    /// Adds an answered call's cost (when its model has a price) and what it saved against
+    /// the primary model (when both have one).
+    pub fn cost(&self, cost: Option<Nanos>, all_cloud: Option<Nanos>) {
+        let (Some(series), Some(cost)) = (&self.cost, cost) else {
+            return;
+        };
+        series.inc_by(cost.usd());
+        if let Some(all_cloud) = all_cloud {
+            let saved = all_cloud.saturating_sub(cost);
+            if saved > Nanos::ZERO {
+                self.savings.inc_by(saved.usd());
+            }
+        }
+    }
+}
+
 /// Client ids come from the clients file, never from requests: a bounded label set.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClientLabels {
@@ -305,12 +354,44 @@ impl Metrics {
         self.cost_limit_reports.inc();
     }
 
-    pub fn budget_reserved(&self, provider: &str) {
-        self.budget_reserved
-            .get_or_create(&ProviderLabels {
-                provider: provider.to_string(),
-            })
-            .inc();
+    /// The handles of `provider`'s series (and of its `model`'s), resolved once: looking a
+    /// label set up hashes it and allocates its strings, which the call path should not do.
+    /// `priced`: whether the model has a price (an unpriced model gets no cost series).
+    pub fn provider(&self, provider: &str, model: &str, priced: bool) -> ProviderMetrics {
+        let by_provider = ProviderLabels {
+            provider: provider.to_string(),
+        };
+        let tokens = |r#type| {
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    provider: provider.to_string(),
+                    r#type,
+                })
+                .clone()
+        };
+        ProviderMetrics {
+            budget_reserved: self.budget_reserved.get_or_create(&by_provider).clone(),
+            queue_wait: self.queue_wait.get_or_create(&by_provider).clone(),
+            attempt_ok: self
+                .attempts
+                .get_or_create(&AttemptLabels {
+                    provider: provider.to_string(),
+                    model: model.to_string(),
+                    outcome: "ok".to_string(),
+                })
+                .clone(),
+            input_tokens: tokens("input"),
+            output_tokens: tokens("output"),
+            cost: priced.then(|| {
+                self.cost
+                    .get_or_create(&ModelLabels {
+                        provider: provider.to_string(),
+                        model: model.to_string(),
+                    })
+                    .clone()
+            }),
+            savings: self.savings.clone(),
+        }
     }
 
     /// Counts an endpoint ejected from `provider`'s pool.
@@ -323,60 +404,21 @@ impl Metrics {
             .inc();
     }
 
-    /// Observes how long an attempt waited for an endpoint of `provider`.
-    pub fn queue_wait(&self, provider: &str, waited: Duration) {
-        self.queue_wait
-            .get_or_create(&ProviderLabels {
-                provider: provider.to_string(),
-            })
-            .observe(waited.as_secs_f64());
-    }
-
-    pub fn attempt(
+    /// A failed attempt, by error kind (a successful one: [`ProviderMetrics::attempt_ok`]).
+    pub fn attempt_failed(
         &self,
         provider: &str,
         model: &str,
-        error: Option<&ProviderError>,
+        error: &ProviderError,
         elapsed: Duration,
     ) {
-        let outcome = error.map_or_else(|| "ok".to_string(), ProviderError::kind);
         self.attempts
             .get_or_create(&AttemptLabels {
                 provider: provider.to_string(),
                 model: model.to_string(),
-                outcome,
+                outcome: error.kind(),
             })
             .observe(elapsed.as_secs_f64());
-    }
-
-    pub fn tokens(&self, provider: &str, usage: TokenUsage) {
-        for (kind, n) in [("input", usage.input), ("output", usage.output)] {
-            self.tokens
-                .get_or_create(&TokenLabels {
-                    provider: provider.to_string(),
-                    r#type: kind,
-                })
-                .inc_by(u64::from(n));
-        }
-    }
-
-    /// Adds an answered call's cost (when its model has a price) and what it saved against
-    /// the primary model (when both have one).
-    pub fn cost(&self, provider: &str, model: &str, cost: Option<Nanos>, all_cloud: Option<Nanos>) {
-        if let Some(cost) = cost {
-            self.cost
-                .get_or_create(&ModelLabels {
-                    provider: provider.to_string(),
-                    model: model.to_string(),
-                })
-                .inc_by(cost.usd());
-        }
-        if let (Some(cost), Some(all_cloud)) = (cost, all_cloud) {
-            let saved = all_cloud.saturating_sub(cost);
-            if saved > Nanos::ZERO {
-                self.savings.inc_by(saved.usd());
-            }
-        }
     }
 
     /// A call's record, sent after its response, could not be made.
@@ -485,8 +527,15 @@ mod tests {
         let m = Arc::new(Metrics::new());
         m.request("Generate", "DRAFT", "PRIMARY", "openai", "ok");
         m.fallback(FallbackReason::CostLimit);
-        m.attempt("openai", "gpt-4o", None, Duration::from_millis(30));
-        m.tokens("openai", TokenUsage::reported(3, 4));
+        let openai = m.provider("openai", "gpt-4o", true);
+        openai.attempt_ok(Duration::from_millis(30));
+        openai.tokens(TokenUsage::reported(3, 4));
+        m.attempt_failed(
+            "openai",
+            "gpt-4o",
+            &ProviderError::Timeout,
+            Duration::from_millis(30),
+        );
         {
             let _g = m.in_flight("Generate");
             assert!(
@@ -498,6 +547,7 @@ mod tests {
         assert!(text.contains("vra_gateway_requests_total{method=\"Generate\",phase=\"DRAFT\",tier=\"PRIMARY\",provider=\"openai\",outcome=\"ok\"} 1"), "{text}");
         assert!(text.contains("vra_gateway_fallbacks_total{reason=\"COST_LIMIT\"} 1"));
         assert!(text.contains("vra_gateway_upstream_attempt_duration_seconds_bucket{le=\"0.04\",provider=\"openai\",model=\"gpt-4o\",outcome=\"ok\"} 1"), "{text}");
+        assert!(text.contains("vra_gateway_upstream_attempt_duration_seconds_count{provider=\"openai\",model=\"gpt-4o\",outcome=\"timeout\"} 1"), "{text}");
         assert!(text.contains("vra_gateway_tokens_total{provider=\"openai\",type=\"output\"} 4"));
         assert!(text.contains("vra_gateway_in_flight_requests{method=\"Generate\"} 0"));
     }
@@ -506,20 +556,13 @@ mod tests {
     fn cost_and_savings_count_dollars() {
         let m = Metrics::new();
         // A local call priced 0 that would have cost $0.0075 on the primary.
-        m.cost(
-            "local",
-            "llama3:8b",
-            Some(Nanos::ZERO),
-            Some(Nanos(7_500_000)),
-        );
-        m.cost(
-            "openai",
-            "gpt-4o",
-            Some(Nanos(2_500_000)),
-            Some(Nanos(2_500_000)),
-        );
-        // Unpriced: neither cost nor savings.
-        m.cost("openai", "mystery", None, Some(Nanos(1)));
+        m.provider("local", "llama3:8b", true)
+            .cost(Some(Nanos::ZERO), Some(Nanos(7_500_000)));
+        m.provider("openai", "gpt-4o", true)
+            .cost(Some(Nanos(2_500_000)), Some(Nanos(2_500_000)));
+        // Unpriced: neither cost nor savings, and no series.
+        m.provider("openai", "mystery", false)
+            .cost(None, Some(Nanos(1)));
         let text = m.render();
         assert!(
             text.contains(
@@ -535,6 +578,9 @@ mod tests {
             text.contains("vra_gateway_savings_usd_total 0.0075"),
             "{text}"
         );
-        assert!(!text.contains("mystery"), "{text}");
+        assert!(
+            !text.contains("vra_gateway_cost_usd_total{provider=\"openai\",model=\"mystery\"}"),
+            "{text}"
+        );
     }
 }

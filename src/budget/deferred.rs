@@ -166,7 +166,123 @@ pub fn record_in_background(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use async_trait::async_trait;
+
     use super::*;
+    use crate::budget::{Limits, ReportBudget, ReportUsage, Reservation};
+    use crate::domain::{Nanos, Phase, Tier, TokenUsage};
+
+    /// A ledger whose records fail with the given errors, in order, then succeed.
+    struct Flaky {
+        errors: Mutex<Vec<LedgerError>>,
+        records: AtomicU32,
+    }
+
+    impl Flaky {
+        fn new(mut errors: Vec<LedgerError>) -> Self {
+            errors.reverse();
+            Self {
+                errors: Mutex::new(errors),
+                records: AtomicU32::new(0),
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Ledger for Flaky {
+        async fn reserve(
+            &self,
+            _: ReportKey<'_>,
+            _: Limits,
+            _: Nanos,
+        ) -> Result<Reservation, LedgerError> {
+            unreachable!()
+        }
+        async fn release(&self, _: ReportKey<'_>, _: Nanos, _: Nanos) -> Result<(), LedgerError> {
+            unreachable!()
+        }
+        async fn usage(&self, _: ReportKey<'_>) -> Result<ReportUsage, LedgerError> {
+            unreachable!()
+        }
+        async fn record(
+            &self,
+            _: ReportKey<'_>,
+            _: CallRecord,
+        ) -> Result<ReportBudget, LedgerError> {
+            self.records.fetch_add(1, Ordering::SeqCst);
+            match self.errors.lock().unwrap().pop() {
+                Some(e) => Err(e),
+                None => Ok(ReportBudget::default()),
+            }
+        }
+        async fn client_day_used(&self, _: &str) -> Result<u32, LedgerError> {
+            unreachable!()
+        }
+        async fn ping(&self) -> Result<(), LedgerError> {
+            Ok(())
+        }
+        fn backend(&self) -> &'static str {
+            "flaky"
+        }
+    }
+
+    fn call() -> CallRecord {
+        CallRecord {
+            tier: Tier::Primary,
+            fell_back: false,
+            cloud: true,
+            phase: Phase::Refine,
+            usage: TokenUsage::reported(3, 4),
+            cost: Some(Nanos(10)),
+            all_cloud: Some(Nanos(10)),
+            release: Nanos(100),
+        }
+    }
+
+    fn unsent() -> LedgerError {
+        LedgerError::Unreachable("connection failed".into())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_record_that_never_reached_the_ledger_is_sent_again() {
+        let key = ReportKey::anonymous("r");
+        let ledger = Flaky::new(vec![unsent(), unsent()]);
+        assert_eq!(record_with_retry(&ledger, key, call()).await, Ok(()));
+        assert_eq!(ledger.records.load(Ordering::SeqCst), 3);
+        // Bounded: a third failure is the answer.
+        let ledger = Flaky::new(vec![unsent(), unsent(), unsent()]);
+        assert_eq!(record_with_retry(&ledger, key, call()).await, Err(unsent()));
+        assert_eq!(ledger.records.load(Ordering::SeqCst), 1 + RETRIES);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_record_that_may_have_landed_is_never_sent_twice() {
+        let key = ReportKey::anonymous("r");
+        for error in [
+            LedgerError::Timeout(200),
+            LedgerError::Unavailable("connection failed".into()),
+        ] {
+            let ledger = Flaky::new(vec![error.clone()]);
+            assert_eq!(record_with_retry(&ledger, key, call()).await, Err(error));
+            assert_eq!(ledger.records.load(Ordering::SeqCst), 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_background_record_reports_its_failure_and_untracks_itself() {
+        let pending = Arc::new(Pending::default());
+        let ledger: Arc<dyn Ledger> = Arc::new(Flaky::new(vec![LedgerError::Timeout(200)]));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        record_in_background(ledger, &pending, None, "r".into(), call(), move |e| {
+            let _ = tx.send(e);
+        });
+        assert_eq!(rx.await, Ok(LedgerError::Timeout(200)));
+        tokio::time::timeout(Duration::from_secs(5), pending.idle())
+            .await
+            .expect("nothing left in flight");
+    }
 
     #[test]
     fn backoff_grows_and_is_bounded() {
