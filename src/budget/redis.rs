@@ -181,6 +181,29 @@ impl RedisLedger {
         self.key_of(Some(client), &["quota"])
     }
 
+    /// Runs a [`script_cmd`] of `script`; a Redis that does not know the script yet
+    /// (`NOSCRIPT`: the first call, or after a restart or `SCRIPT FLUSH`) gets it loaded and the
+    /// command again. Bounded by the ledger timeout as a whole.
+    async fn eval<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        cmd: &redis::Cmd,
+    ) -> Result<T, LedgerError> {
+        let mut conn = self.conn.clone();
+        self.bounded(async {
+            match cmd.query_async(&mut conn).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    script.prepare_invoke().load_async(&mut conn).await?;
+                    cmd.query_async(&mut conn).await
+                }
+                other => other,
+            }
+        })
+        .await
+    }
+
     async fn bounded<T>(
         &self,
         op: impl Future<Output = redis::RedisResult<T>>,
@@ -192,6 +215,15 @@ impl RedisLedger {
             Err(_) => Err(LedgerError::Timeout(self.timeout.as_millis() as u64)),
         }
     }
+}
+
+/// `EVALSHA` of `script` with `keys` keys; the caller adds the keys, then the arguments.
+/// Written straight into one command: redis-rs's `ScriptInvocation` would copy every key and
+/// argument twice more on the hot path.
+fn script_cmd(script: &redis::Script, keys: usize) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys);
+    cmd
 }
 
 /// A short, secret-free description of a Redis error.
@@ -213,22 +245,24 @@ impl Ledger for RedisLedger {
         limits: Limits,
         hold: Nanos,
     ) -> Result<Reservation, LedgerError> {
-        let mut conn = self.conn.clone();
-        let mut invocation = self.reserve.key(self.key(key));
         let cap = limits
             .cost_cap
             .map_or(-1, |c| i64::try_from(c.0).unwrap_or(i64::MAX));
-        invocation
-            .arg(limits.report)
+        let day_limit = key.client.zip(limits.client_day);
+        let mut cmd = script_cmd(&self.reserve, 1 + usize::from(day_limit.is_some()));
+        cmd.arg(self.key(key));
+        if let Some((client, _)) = day_limit {
+            cmd.arg(self.quota_key(client));
+        }
+        cmd.arg(limits.report)
             .arg(self.ttl_secs)
             .arg(cap)
             .arg(hold.0);
-        let day_limit = key.client.zip(limits.client_day);
-        if let Some((client, day_limit)) = day_limit {
-            invocation.key(self.quota_key(client)).arg(day_limit);
+        if let Some((_, day_limit)) = day_limit {
+            cmd.arg(day_limit);
         }
         let (outcome, used, cost, held): (u8, u32, u64, u64) =
-            self.bounded(invocation.invoke_async(&mut conn)).await?;
+            self.eval(&self.reserve, &cmd).await?;
         Ok(match (outcome, day_limit) {
             (1, _) => Reservation::Granted {
                 used,
@@ -288,8 +322,8 @@ impl Ledger for RedisLedger {
             Tier::Secondary => "secondary",
         };
         let usage = call.usage;
-        let mut invocation = self.record.key(self.key(key));
-        invocation
+        let mut cmd = script_cmd(&self.record, 1);
+        cmd.arg(self.key(key))
             .arg(self.ttl_secs)
             .arg(tier_field)
             .arg(if call.cloud { "cloud" } else { "local" })
@@ -303,9 +337,8 @@ impl Ledger for RedisLedger {
             .arg(call.all_cloud.map_or(-1, signed))
             .arg(signed(call.release))
             .arg(u8::from(call.fell_back));
-        let mut conn = self.conn.clone();
         let (used, exhausted, cost, held): (Option<i64>, Option<i64>, Option<i64>, Option<i64>) =
-            self.bounded(invocation.invoke_async(&mut conn)).await?;
+            self.eval(&self.record, &cmd).await?;
         let count = |v: Option<i64>| v.unwrap_or(0).max(0) as u64;
         Ok(ReportBudget {
             used: u32::try_from(count(used)).unwrap_or(u32::MAX),
