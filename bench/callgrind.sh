@@ -43,6 +43,10 @@ BASELINE=$ROOT/bench/callgrind-baseline.txt
 TOLERANCE_PCT=10
 N1=${VRA_CALLGRIND_N1:-100}
 N2=${VRA_CALLGRIND_N2:-600}
+if ! [[ "$N1" =~ ^[0-9]+$ && "$N2" =~ ^[0-9]+$ ]] || [ "$N2" -le "$N1" ]; then
+    echo "callgrind: VRA_CALLGRIND_N2 must be a count above VRA_CALLGRIND_N1" >&2
+    exit 2
+fi
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release
 OUT=$TARGET_DIR/callgrind
@@ -114,6 +118,7 @@ count_server() { # NAME N PORT PROGRAM ARGS...
     callgrind "$name" "$n" "$@" &
     pid=$!
     if ! wait_port "$port" "$pid" 120; then
+        kill "$pid" 2>/dev/null || true
         echo "callgrind: $name did not start; see $OUT/$name-$n.log" >&2
         return 1
     fi
@@ -144,7 +149,7 @@ gateway() { # NAME N [VAR=VALUE...]
         VRA_GATEWAY_ADDR="127.0.0.1:$port" VRA_METRICS_ADDR= VRA_HYBRID_MODE=true
         MAX_CLOUD_CALLS=1000000000 OPENAI_BASE_URL="http://127.0.0.1:$UP_PORT/v1"
         OPENAI_API_KEY=sk-bench OLLAMA_HOST="http://127.0.0.1:$UP_PORT" "$@")
-    total=$(cd "$WORK" && count_server "$name" "$n" "$port" "$BIN/vra-gateway" serve)
+    total=$(cd "$WORK" && count_server "$name" "$n" "$port" "$BIN/vra-gateway" serve) || return 1
     CG_ENV=()
     echo "$total"
 }
@@ -172,8 +177,13 @@ SCENARIOS=()
 measure() { # NAME FUNCTION [ARGS...]
     local name=$1 fn=$2 t1 t2
     shift 2
-    t1=$("$fn" "$name" "$N1" "$@")
-    t2=$("$fn" "$name" "$N2" "$@")
+    # `set -e` does not reach into $( ): check each total, so a failed run never counts as 0.
+    t1=$("$fn" "$name" "$N1" "$@") || t1=
+    t2=$("$fn" "$name" "$N2" "$@") || t2=
+    if ! [[ "$t1" =~ ^[0-9]+$ && "$t2" =~ ^[0-9]+$ ]] || [ "$t2" -le "$t1" ]; then
+        echo "callgrind: $name: no valid totals (N1: '$t1', N2: '$t2'); see $OUT/$name-*.log" >&2
+        exit 1
+    fi
     PER_CALL[$name]=$(((t2 - t1) / (N2 - N1)))
     SCENARIOS+=("$name")
     printf 'callgrind: %-15s %9d instructions per call (%d - %d over %d calls)\n' \
@@ -205,8 +215,9 @@ fi
             'BEGIN { printf "| gateway-redis / gateway | %.2fx |\n", r / m }'
     fi
     if [ -n "${PER_CALL[grpc-floor]:-}" ]; then
-        floor=${PER_CALL[grpc-floor]} client=${PER_CALL[reqwest-client]}
-        printf '| grpc-floor + reqwest-client | %s |\n' $((floor + client))
+        # The gateway's own floor: a gRPC server answering at once plus the client it uses.
+        floor=${PER_CALL[grpc-floor]} client=${PER_CALL[hyper-client]}
+        printf '| grpc-floor + hyper-client | %s |\n' $((floor + client))
     fi
 } | tee "$OUT/counts.md"
 

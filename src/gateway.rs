@@ -810,7 +810,8 @@ impl Gateway {
         if !cloud {
             return FallbackReason::CircuitOpen;
         }
-        if let Ok(u) = self.read_usage(state.key).await
+        // Not `read_usage`: a fallback decision does not wait for other calls' records.
+        if let Ok(u) = self.ledger.usage(state.key).await
             && u.is_spent(state.limits)
         {
             return FallbackReason::CostLimit;

@@ -74,6 +74,25 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
+/// The upstream client connects to the configured addresses only; an operator who set a proxy
+/// variable for it should hear that it is not used.
+fn warn_about_proxy_variables() {
+    for var in [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
+        if std::env::var_os(var).is_some_and(|v| !v.is_empty()) {
+            tracing::warn!(
+                "{var} is set but not used: upstreams are reached at their configured base URLs"
+            );
+        }
+    }
+}
+
 /// Builds the gateway (providers, ledger, metrics) from a configuration.
 pub fn build_gateway(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<Gateway>, ServeError> {
     let roots = crate::tls::upstream_roots(config.security.upstream_ca_file.as_deref())?;
@@ -103,6 +122,7 @@ pub async fn run(
         Arc::new(Authenticator::new(clients.clone(), mtls, metrics.clone()))
     });
     let gateway = build_gateway(&config, metrics.clone())?;
+    warn_about_proxy_variables();
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
@@ -215,9 +235,13 @@ pub async fn run(
         }
     });
 
+    // When a shutdown was requested, the end of its grace period: the drain and the records
+    // still on their way to the ledger share it.
+    let mut shutdown_at = None;
     let result = tokio::select! {
         res = &mut server => res.map_err(ServeError::from),
         () = shutdown => {
+            shutdown_at = Some(tokio::time::Instant::now() + config.shutdown_grace);
             tracing::info!("shutdown requested: no new connections; draining in-flight calls (up to {}s)", config.shutdown_grace.as_secs());
             health_task.abort();
             reporter.set_not_serving::<GatewayServiceServer<GatewayService>>().await;
@@ -242,7 +266,9 @@ pub async fn run(
     };
     let _ = stop_tx.send(true);
     // Records sent after their responses (a Redis ledger) land before the process ends.
-    if tokio::time::timeout(config.shutdown_grace, gateway.flush_records())
+    let flush_by =
+        shutdown_at.unwrap_or_else(|| tokio::time::Instant::now() + config.shutdown_grace);
+    if tokio::time::timeout_at(flush_by, gateway.flush_records())
         .await
         .is_err()
     {

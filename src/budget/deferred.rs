@@ -23,7 +23,8 @@
 //! - **Nothing dropped at shutdown**: the server waits for [`Pending::idle`] (bounded by the
 //!   grace period) after the last call.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -39,10 +40,12 @@ fn backoff(n: u32) -> Duration {
     Duration::from_millis(100 << (2 * (n - 1)).min(8))
 }
 
-/// The records in flight, by report.
+/// The records in flight, by report, each with its sequence number.
 #[derive(Default)]
 pub struct Pending {
-    by_report: Mutex<HashMap<String, usize>>,
+    by_report: Mutex<HashMap<String, BTreeSet<u64>>>,
+    /// The next record's sequence number (one sequence for every report).
+    next: AtomicU64,
     changed: Notify,
 }
 
@@ -50,14 +53,15 @@ pub struct Pending {
 pub struct Tracked {
     pending: Arc<Pending>,
     key: String,
+    seq: u64,
 }
 
 impl Drop for Tracked {
     fn drop(&mut self) {
         let mut map = self.pending.map();
-        if let Some(n) = map.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(records) = map.get_mut(&self.key) {
+            records.remove(&self.seq);
+            if records.is_empty() {
                 map.remove(&self.key);
             }
         }
@@ -75,29 +79,45 @@ fn map_key(key: ReportKey<'_>) -> String {
 }
 
 impl Pending {
-    fn map(&self) -> MutexGuard<'_, HashMap<String, usize>> {
+    fn map(&self) -> MutexGuard<'_, HashMap<String, BTreeSet<u64>>> {
         self.by_report.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Counts one record of `key` in flight until the returned guard is dropped.
     pub fn track(self: &Arc<Self>, key: ReportKey<'_>) -> Tracked {
         let key = map_key(key);
-        *self.map().entry(key.clone()).or_default() += 1;
+        let mut map = self.map();
+        // Taken under the lock, so a record's number and its entry appear together.
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        map.entry(key.clone()).or_default().insert(seq);
+        drop(map);
         Tracked {
             pending: self.clone(),
             key,
+            seq,
         }
     }
 
     /// Records of `key` in flight now.
     pub fn of(&self, key: ReportKey<'_>) -> usize {
-        self.map().get(&map_key(key)).copied().unwrap_or(0)
+        self.map().get(&map_key(key)).map_or(0, BTreeSet::len)
     }
 
-    /// Resolves once no record of `key` is in flight.
+    /// Resolves once every record of `key` started before this call is done. Records started
+    /// later do not hold it up, so a report with calls answered without pause is still read;
+    /// each record is bounded (its retries and the ledger timeout), so the wait is too.
     pub async fn settled(&self, key: ReportKey<'_>) {
         let key = map_key(key);
-        self.wait_until(|map| !map.contains_key(&key)).await;
+        let before = {
+            let _map = self.map();
+            self.next.load(Ordering::Relaxed)
+        };
+        self.wait_until(|map| {
+            map.get(&key)
+                .and_then(|records| records.first())
+                .is_none_or(|&oldest| oldest >= before)
+        })
+        .await;
     }
 
     /// Resolves once no record at all is in flight.
@@ -105,7 +125,7 @@ impl Pending {
         self.wait_until(HashMap::is_empty).await;
     }
 
-    async fn wait_until(&self, done: impl Fn(&HashMap<String, usize>) -> bool) {
+    async fn wait_until(&self, done: impl Fn(&HashMap<String, BTreeSet<u64>>) -> bool) {
         loop {
             // Registered before the check, so a change between the two is not missed.
             let changed = self.changed.notified();
@@ -319,6 +339,21 @@ mod tests {
             .expect("settled after the record")
             .unwrap();
         assert_eq!(pending.of(a), 0);
+        // A record started after the read began does not hold it up.
+        let first = pending.track(a);
+        let waiter = {
+            let pending = pending.clone();
+            tokio::spawn(async move { pending.settled(ReportKey::anonymous("a")).await })
+        };
+        tokio::task::yield_now().await;
+        let later = pending.track(a);
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("settled once the earlier record is done")
+            .unwrap();
+        assert_eq!(pending.of(a), 1);
+        drop(later);
         let idle = {
             let pending = pending.clone();
             tokio::spawn(async move { pending.idle().await })

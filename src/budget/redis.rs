@@ -261,8 +261,10 @@ impl Ledger for RedisLedger {
         if let Some((_, day_limit)) = day_limit {
             cmd.arg(day_limit);
         }
-        let (outcome, used, cost, held): (u8, u32, u64, u64) =
+        let (outcome, used, cost, held): (u8, u32, i64, i64) =
             self.eval(&self.reserve, &cmd).await?;
+        // A negative amount (only a hand edit could make one) reads as 0.
+        let (cost, held) = (cost.max(0) as u64, held.max(0) as u64);
         Ok(match (outcome, day_limit) {
             (1, _) => Reservation::Granted {
                 used,

@@ -107,7 +107,7 @@ impl Endpoint {
     fn request(
         &self,
         body: &impl Serialize,
-        accept: Option<&'static str>,
+        accept: &'static str,
     ) -> Result<http::Request<Full<Bytes>>, ProviderError> {
         let json = serde_json::to_vec(body)
             .map_err(|e| ProviderError::Transport(format!("cannot encode the request: {e}")))?;
@@ -116,9 +116,7 @@ impl Endpoint {
         *request.uri_mut() = self.uri.clone();
         let headers = request.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(accept) = accept {
-            headers.insert(ACCEPT, HeaderValue::from_static(accept));
-        }
+        headers.insert(ACCEPT, HeaderValue::from_static(accept));
         if let Some(authorization) = &self.authorization {
             headers.insert(AUTHORIZATION, authorization.clone());
         }
@@ -133,7 +131,7 @@ impl Endpoint {
         body: &impl Serialize,
         parse: fn(&[u8]) -> Result<Completion, ProviderError>,
     ) -> Result<Completion, ProviderError> {
-        let request = self.request(body, None)?;
+        let request = self.request(body, "application/json")?;
         let exchange = async {
             let response = send(&self.client, request, self.api_key.as_ref(), self.limits).await?;
             read_body(response, self.limits.response_bytes).await
@@ -162,7 +160,7 @@ impl Endpoint {
         decoder: impl Decoder,
         idle: Duration,
     ) -> Result<EventStream, ProviderError> {
-        let request = self.request(body, Some(accept))?;
+        let request = self.request(body, accept)?;
         let response = tokio::time::timeout(
             self.timeout,
             send(&self.client, request, self.api_key.as_ref(), self.limits),
@@ -195,7 +193,9 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 /// (`VRA_UPSTREAM_CA_FILE`), and offers HTTP/2 and HTTP/1.1 by ALPN. Redirects are not
 /// followed: an LLM API that answers 3xx is misconfigured (or intercepted), not a new
 /// destination for the prompt and the API key; the 3xx becomes a [`ProviderError::Status`].
-/// No environment proxy is used: upstreams are configured by address.
+/// No environment proxy is used: upstreams are configured by address (the server warns at
+/// start-up when `HTTP(S)_PROXY` is set). The connect timeout bounds the TCP connect; a TLS
+/// handshake that stalls is cut by the attempt timeout.
 fn client(
     name: &str,
     connect_timeout: Duration,
