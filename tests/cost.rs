@@ -10,22 +10,11 @@ use std::time::Duration;
 
 use common::cost::{self, gpt4o_nanos};
 use common::process::{Running, gateway_env, run_to_end, temp_dir};
-use common::{Harness, reason, request, tier};
+use common::{Harness, reason, request, tier, usage};
 use vra_gateway::demo::sim::Step;
 use vra_gateway::pb::{
     self, CompilationPhase as P, FallbackReason as F, ProviderTier as T, SectionType as S,
 };
-
-async fn usage(h: &Harness, report: &str) -> pb::GetReportUsageResponse {
-    h.client()
-        .await
-        .get_report_usage(pb::GetReportUsageRequest {
-            report_id: report.into(),
-        })
-        .await
-        .expect("usage")
-        .into_inner()
-}
 
 fn phase_cell(u: &pb::GetReportUsageResponse, phase: P, tier: T) -> Option<pb::PhaseUsage> {
     u.phases
@@ -78,7 +67,7 @@ async fn calls_and_reports_are_priced_with_savings_and_a_phase_breakdown() {
             "no dollar cap configured"
         );
     }
-    let u = usage(&h, "priced").await;
+    let u = usage(h.addr, "priced").await;
     let cost = u.cost.unwrap();
     assert_eq!(cost.cloud_usd, cloud_nanos as f64 / 1e9);
     assert_eq!(cost.local_usd, 0.0);
@@ -134,7 +123,7 @@ async fn a_configured_local_price_is_charged() {
 }
 
 async fn usage_cost(h: &Harness, report: &str) -> pb::ReportCost {
-    usage(h, report).await.cost.unwrap()
+    usage(h.addr, report).await.cost.unwrap()
 }
 
 /// A cloud model with no price anywhere: its calls' cost is unknown (absent), never 0; the
@@ -227,7 +216,7 @@ async fn usage_the_upstream_does_not_report_is_estimated_and_marked() {
     let unary = resp.usage.unwrap();
     assert!(unary.estimated);
     assert_eq!(unary.output_tokens, 3);
-    let u = usage(&h, "estimated").await;
+    let u = usage(h.addr, "estimated").await;
     let cloud = u.cloud_usage.unwrap();
     assert!(
         cloud.estimated,
@@ -311,7 +300,7 @@ async fn a_dropped_call_is_charged_its_hold_and_leaves_none() {
     // The charge is settled by the hold's guard in the background: wait for it (bounded).
     let mut budget = pb::Budget::default();
     for _ in 0..100 {
-        budget = usage(&h, "dropped").await.budget.unwrap();
+        budget = usage(h.addr, "dropped").await.budget.unwrap();
         if budget.cloud_cost_reserved_usd == 0.0 {
             break;
         }
@@ -420,7 +409,7 @@ async fn failed_attempts_are_charged_only_when_they_may_have_been_billed() {
     let c = usage_cost(&h, "malformed").await;
     assert_eq!(c.abandoned_usd, worst as f64 / 1e9);
     assert_eq!(c.cloud_usd, worst as f64 / 1e9);
-    let budget = usage(&h, "malformed").await.budget.unwrap();
+    let budget = usage(h.addr, "malformed").await.budget.unwrap();
     assert_eq!(budget.cloud_cost_reserved_usd, 0.0);
     h.shutdown().await;
 }

@@ -29,7 +29,7 @@ use std::time::Duration;
 use common::llm_server::{self, LlmServer};
 use common::process::{KEY, Running, temp_dir};
 use common::trials::{Runtime, async_trial};
-use common::{Replica, connect, reason, request, tier};
+use common::{Replica, connect, reason, request, tier, usage};
 use libtest_mimic::Arguments;
 use vra_gateway::config::{Config, Sources};
 use vra_gateway::cost::{self, BUILTIN_PRICES};
@@ -192,17 +192,6 @@ async fn generate_stream(
     })
     .await
     .expect("the stream ends in time")
-}
-
-async fn usage(addr: std::net::SocketAddr, report: &str) -> pb::GetReportUsageResponse {
-    connect(addr)
-        .await
-        .get_report_usage(pb::GetReportUsageRequest {
-            report_id: report.into(),
-        })
-        .await
-        .expect("usage")
-        .into_inner()
 }
 
 fn gpt4o() -> cost::Price {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::clients::{TestClient, write_clients_file};
 use common::redis_server::{self, RedisServer};
 use common::trials::{Gate, Runtime, async_trial};
-use common::{Replica, config, connect, reason, request, tier};
+use common::{Replica, config, connect, reason, request, tier, usage};
 use futures_util::StreamExt;
 use libtest_mimic::Arguments;
 use redis::AsyncCommands;
@@ -24,17 +24,6 @@ use vra_gateway::demo::sim::Sim;
 use vra_gateway::pb::{
     self, CompilationPhase as P, FallbackReason as F, ProviderTier as T, SectionType as S,
 };
-
-async fn usage(addr: std::net::SocketAddr, report: &str) -> pb::GetReportUsageResponse {
-    connect(addr)
-        .await
-        .get_report_usage(pb::GetReportUsageRequest {
-            report_id: report.into(),
-        })
-        .await
-        .expect("usage")
-        .into_inner()
-}
 
 fn main() {
     let args = Arguments::from_args();

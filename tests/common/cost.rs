@@ -7,7 +7,7 @@ use std::time::Duration;
 use vra_gateway::demo::sim::{Sim, Step};
 use vra_gateway::pb::{self, CompilationPhase as P, FallbackReason as F, SectionType as S};
 
-use super::{connect, reason, request, tier};
+use super::{connect, reason, request, tier, usage};
 
 /// The cap of the scenario: a few worst cases, far fewer than the calls.
 pub const CAP_USD: f64 = 0.005;
@@ -98,21 +98,10 @@ pub async fn fifty_concurrent_calls_never_exceed_the_cap(
     // A replica's read waits for its own records (a Redis ledger sends them after the
     // responses): once each has answered one, every record has landed.
     for addr in gateways {
-        let mut client = connect(*addr).await;
-        let read = client.get_report_usage(pb::GetReportUsageRequest {
-            report_id: report.into(),
-        });
-        read.await.expect("usage");
+        usage(*addr, report).await;
     }
     for addr in gateways {
-        let usage = connect(*addr)
-            .await
-            .get_report_usage(pb::GetReportUsageRequest {
-                report_id: report.into(),
-            })
-            .await
-            .expect("usage")
-            .into_inner();
+        let usage = usage(*addr, report).await;
         let budget = usage.budget.expect("budget");
         let cost = usage.cost.expect("cost");
         assert!(

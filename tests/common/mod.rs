@@ -116,6 +116,18 @@ pub async fn connect(addr: SocketAddr) -> GatewayServiceClient<Channel> {
         .max_encoding_message_size(64 << 20)
 }
 
+/// `GetReportUsage` of `report`, from the gateway at `addr`.
+pub async fn usage(addr: SocketAddr, report: &str) -> pb::GetReportUsageResponse {
+    connect(addr)
+        .await
+        .get_report_usage(pb::GetReportUsageRequest {
+            report_id: report.into(),
+        })
+        .await
+        .expect("usage")
+        .into_inner()
+}
+
 /// A valid request for `report` / `phase` / `section`.
 pub fn request(report: &str, phase: CompilationPhase, section: SectionType) -> pb::GenerateRequest {
     pb::GenerateRequest {
