@@ -160,14 +160,8 @@ grpc_floor() { # NAME N
     count_server "$1" "$2" "$port" "$BIN/vra-loadgen" grpc-echo --addr "127.0.0.1:$port"
 }
 
-hyper_client() { # NAME N
-    (callgrind "$1" "$2" "$BIN/vra-loadgen" count hyper \
-        --target "http://127.0.0.1:$UP_PORT/v1/chat/completions" --calls "$2")
-    total_of "$OUT/$1-$2.out"
-}
-
-reqwest_client() { # NAME N
-    (callgrind "$1" "$2" "$BIN/vra-loadgen" count reqwest \
+http_client() { # NAME N CLIENT: `vra-loadgen count CLIENT` (hyper or reqwest) under callgrind
+    (callgrind "$1" "$2" "$BIN/vra-loadgen" count "$3" \
         --target "http://127.0.0.1:$UP_PORT/v1/chat/completions" --calls "$2")
     total_of "$OUT/$1-$2.out"
 }
@@ -199,8 +193,8 @@ elif [ "$MODE" != all ] && [ "${VRA_REQUIRE_REDIS:-0}" = 1 ]; then
 fi
 if [ "$MODE" = all ]; then
     measure grpc-floor grpc_floor
-    measure reqwest-client reqwest_client
-    measure hyper-client hyper_client
+    measure reqwest-client http_client reqwest
+    measure hyper-client http_client hyper
 fi
 
 # The table (also written to $OUT/counts.md).

@@ -57,6 +57,18 @@ pub struct CountArgs {
     pub reports: u64,
 }
 
+/// The chat request the gateway sends upstream for a `count grpc` call.
+fn chat_body() -> serde_json::Value {
+    serde_json::json!({
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": PROMPT},
+        ],
+        "stream": false,
+    })
+}
+
 pub async fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Grpc { target, count } => {
@@ -85,14 +97,7 @@ pub async fn run(command: Command) -> Result<(), String> {
             let uri: http::Uri = target
                 .parse()
                 .map_err(|e| format!("bad URL {target}: {e}"))?;
-            let body = serde_json::json!({
-                "model": "gpt-4o",
-                "messages": [
-                    {"role": "system", "content": SYSTEM_PROMPT},
-                    {"role": "user", "content": PROMPT},
-                ],
-                "stream": false,
-            });
+            let body = chat_body();
             for seq in 0..count.calls {
                 let request = http::Request::post(uri.clone())
                     .header(http::header::CONTENT_TYPE, "application/json")
@@ -126,14 +131,7 @@ pub async fn run(command: Command) -> Result<(), String> {
                 .build()
                 .map_err(|e| e.to_string())?;
             let url = reqwest::Url::parse(&target).map_err(|e| format!("bad URL {target}: {e}"))?;
-            let body = serde_json::json!({
-                "model": "gpt-4o",
-                "messages": [
-                    {"role": "system", "content": SYSTEM_PROMPT},
-                    {"role": "user", "content": PROMPT},
-                ],
-                "stream": false,
-            });
+            let body = chat_body();
             for seq in 0..count.calls {
                 let response = client
                     .post(url.clone())
