@@ -337,10 +337,7 @@ impl Gateway {
                 .price(),
         ];
         let tier_metrics = [Tier::Primary, Tier::Secondary].map(|tier| {
-            let (pool, model) = match tier {
-                Tier::Primary => (&tiers.primary, &tiers.primary_model),
-                Tier::Secondary => (&tiers.secondary, &tiers.secondary_model),
-            };
+            let (pool, model) = tiers.of(tier);
             metrics.provider(&pool.config().name, model, prices[tier.index()].is_some())
         });
         Self {
@@ -393,10 +390,7 @@ impl Gateway {
     }
 
     fn provider(&self, tier: Tier) -> (&Arc<Pool>, &str) {
-        match tier {
-            Tier::Primary => (&self.tiers.primary, &self.tiers.primary_model),
-            Tier::Secondary => (&self.tiers.secondary, &self.tiers.secondary_model),
-        }
+        self.tiers.of(tier)
     }
 
     fn provider_name(&self, tier: Tier) -> &str {

@@ -245,9 +245,7 @@ impl Ledger for RedisLedger {
         limits: Limits,
         hold: Nanos,
     ) -> Result<Reservation, LedgerError> {
-        let cap = limits
-            .cost_cap
-            .map_or(-1, |c| i64::try_from(c.0).unwrap_or(i64::MAX));
+        let cap = limits.cost_cap.map_or(-1, signed);
         let day_limit = key.client.zip(limits.client_day);
         let mut cmd = script_cmd(&self.reserve, 1 + usize::from(day_limit.is_some()));
         cmd.arg(self.key(key));
@@ -288,9 +286,9 @@ impl Ledger for RedisLedger {
     }
 
     async fn client_day_used(&self, client: &str) -> Result<u32, LedgerError> {
-        let mut conn = self.conn.clone();
-        let invocation = self.day_used.key(self.quota_key(client));
-        self.bounded(invocation.invoke_async(&mut conn)).await
+        let mut cmd = script_cmd(&self.day_used, 1);
+        cmd.arg(self.quota_key(client));
+        self.eval(&self.day_used, &cmd).await
     }
 
     async fn release(

@@ -27,6 +27,7 @@ use async_trait::async_trait;
 use futures_util::Stream;
 
 use crate::config::{Endpoint, ProviderConfig, ProviderKind};
+use crate::domain::Tier;
 pub use crate::domain::{ProviderError, TokenUsage};
 use pool::Pool;
 
@@ -151,6 +152,14 @@ pub struct Tiers {
 }
 
 impl Tiers {
+    /// A tier's pool and the model it sends to.
+    pub fn of(&self, tier: Tier) -> (&Arc<Pool>, &str) {
+        match tier {
+            Tier::Primary => (&self.primary, &self.primary_model),
+            Tier::Secondary => (&self.secondary, &self.secondary_model),
+        }
+    }
+
     /// Builds both tiers; a provider used by both tiers shares one pool (its endpoints'
     /// clients, load, health and queue). `extra_roots` are added to the system roots of every
     /// provider's HTTPS.
