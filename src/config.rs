@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -104,6 +105,7 @@ settings! {
     MAX_IN_FLIGHT = "VRA_MAX_IN_FLIGHT", "4096", "Generate/GenerateStream calls in flight at most; past it a call is rejected at once with RESOURCE_EXHAUSTED (gateway overloaded).";
     MAX_CONCURRENT_STREAMS = "VRA_MAX_CONCURRENT_STREAMS", "256", "HTTP/2 streams (calls) one client connection may have open at once.";
     H2_KEEPALIVE_MS = "VRA_H2_KEEPALIVE_MS", "30000", "HTTP/2 keepalive ping interval to clients; a client silent for 20 s more is disconnected and its calls reclaimed; 0 disables.";
+    WORKER_THREADS = "VRA_WORKER_THREADS", "", "Runtime worker threads; empty = one per CPU the process may use. On a machine it shares with its callers, 1 costs less CPU per call (bench/findings.md).";
     STREAM_MAX_MS = "VRA_STREAM_MAX_MS", "600000", "Longest total duration of one GenerateStream call; past it the stream ends with DEADLINE_EXCEEDED.";
     ALLOW_PLAINTEXT_CLOUD = "VRA_ALLOW_PLAINTEXT_CLOUD", "false", "Allow a cloud-tier provider on http:// to a non-loopback host (its API key would travel in clear).";
 }
@@ -347,6 +349,8 @@ pub struct Config {
     pub max_cloud_cost: Option<Nanos>,
     /// `VRA_MAX_OUTPUT_TOKENS`.
     pub max_output_tokens: u32,
+    /// `VRA_WORKER_THREADS` (`None`: one per CPU the process may use, tokio's default).
+    pub worker_threads: Option<NonZeroUsize>,
 }
 
 /// Where a value came from, for `--print-config`.
@@ -539,6 +543,27 @@ fn parse_uint<T: std::str::FromStr>(
         return Err(err());
     }
     raw.trim().parse::<T>().map_err(|_| err())
+}
+
+/// The most worker threads `VRA_WORKER_THREADS` accepts: far above any useful count, low
+/// enough that a typo cannot make the process start thousands of threads.
+const MAX_WORKER_THREADS: usize = 1024;
+
+/// `VRA_WORKER_THREADS`: empty = tokio's default, else 1 ..= [`MAX_WORKER_THREADS`].
+fn parse_worker_threads(sources: &Sources) -> Result<Option<NonZeroUsize>, ConfigError> {
+    if sources.get_or_default(WORKER_THREADS).trim().is_empty() {
+        return Ok(None);
+    }
+    let n: usize = parse_uint(WORKER_THREADS, sources, 1)?;
+    if n > MAX_WORKER_THREADS {
+        return Err(ConfigError::new(
+            WORKER_THREADS.var,
+            format!(
+                "`{n}` is more than {MAX_WORKER_THREADS} threads; accepted: 1 to {MAX_WORKER_THREADS}, or empty for one per CPU"
+            ),
+        ));
+    }
+    Ok(NonZeroUsize::new(n))
 }
 
 /// The largest dollar amount a setting takes: its nano-dollars stay below 2^53, where the Redis
@@ -800,6 +825,7 @@ impl Config {
             pricing,
             max_cloud_cost,
             max_output_tokens: parse_uint(MAX_OUTPUT_TOKENS, s, 1)?,
+            worker_threads: parse_worker_threads(s)?,
         })
     }
 
@@ -1576,6 +1602,18 @@ mod tests {
         // Loopback without authentication keeps working, as the README's commands need.
         let c = Config::from_sources(&sources(&[])).unwrap();
         assert!(!c.security.authenticates());
+    }
+
+    #[test]
+    fn worker_threads_default_to_the_runtime_and_are_bounded() {
+        let c = Config::from_sources(&sources(&[])).unwrap();
+        assert_eq!(c.worker_threads, None);
+        let c = Config::from_sources(&sources(&[("VRA_WORKER_THREADS", " 1 ")])).unwrap();
+        assert_eq!(c.worker_threads, NonZeroUsize::new(1));
+        for bad in ["0", "-1", "two", "1.5", "1025", "99999999999999999999999"] {
+            let err = Config::from_sources(&sources(&[("VRA_WORKER_THREADS", bad)])).unwrap_err();
+            assert_eq!(err.var, "VRA_WORKER_THREADS", "{bad}");
+        }
     }
 
     #[test]

@@ -152,10 +152,19 @@ fn settings_help() -> String {
     help
 }
 
+/// The runtime of the client commands and `demo`: one worker per CPU.
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    runtime_with(None)
+}
+
+/// A multi-threaded runtime with `worker_threads` workers (`None`: one per CPU the process may
+/// use, tokio's default, which also honours `TOKIO_WORKER_THREADS`).
+fn runtime_with(worker_threads: Option<NonZeroUsize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        builder.worker_threads(n.get());
+    }
+    builder.enable_all().build()
 }
 
 fn main() -> ExitCode {
@@ -228,7 +237,7 @@ fn serve(config_path: Option<PathBuf>, print_config: bool) -> ExitCode {
         print!("{}", config.render(&sources));
         return ExitCode::SUCCESS;
     }
-    let rt = match runtime() {
+    let rt = match runtime_with(config.worker_threads) {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}"), 1),
     };

@@ -178,7 +178,7 @@ pub async fn run(
     };
 
     tracing::info!(
-        "vra-gateway listening on {addr} (hybrid={}, primary={}/{}, secondary={}/{}, max_cloud_calls={}, ledger={})",
+        "vra-gateway listening on {addr} (hybrid={}, primary={}/{}, secondary={}/{}, max_cloud_calls={}, ledger={}, workers={})",
         config.hybrid_mode,
         config.primary.provider.name,
         config.primary.model,
@@ -186,6 +186,8 @@ pub async fn run(
         config.secondary.model,
         config.max_cloud_calls,
         gateway.ledger().backend(),
+        // Read off the runtime itself, so the line shows what VRA_WORKER_THREADS took effect as.
+        tokio::runtime::Handle::current().metrics().num_workers(),
     );
 
     let router = tonic::transport::Server::builder()

@@ -299,6 +299,25 @@ async fn sigterm_right_after_listening_exits_zero() {
     }
 }
 
+/// `VRA_WORKER_THREADS` sizes the runtime: the start-up line reads the count off the running
+/// runtime, so it shows one thread more than this machine's CPUs (never tokio's default) only
+/// when the setting took effect.
+#[tokio::test]
+async fn worker_threads_setting_sizes_the_runtime() {
+    let cloud = Sim::start().await.unwrap();
+    let local = Sim::start().await.unwrap();
+    let (cloud_url, local_url) = (cloud.openai_base(), local.ollama_base());
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let wanted = (cpus + 1).to_string();
+    let env = gateway_env(&cloud_url, &local_url, &[("VRA_WORKER_THREADS", &wanted)]);
+    let mut gw = Running::start(&env).await;
+    let line = gw.wait_for("listening on").await;
+    assert!(line.contains(&format!("workers={wanted})")), "{line}");
+    gw.sigterm();
+    let (code, lines) = gw.finish().await;
+    assert_eq!(code, 0, "{}", lines.join("\n"));
+}
+
 /// Issue 10: `[Hybrid]` lines name the authenticated client, and a spent day quota is its own
 /// fallback reason.
 #[tokio::test]
