@@ -81,7 +81,7 @@ settings! {
     RETRY_BASE_MS = "VRA_RETRY_BASE_MS", "250", "Backoff base in milliseconds.";
     RETRY_MAX_BACKOFF_MS = "VRA_RETRY_MAX_BACKOFF_MS", "4000", "Backoff cap in milliseconds (also caps Retry-After).";
     UPSTREAM_TIMEOUT_MS = "VRA_UPSTREAM_TIMEOUT_MS", "120000", "Timeout of one upstream HTTP attempt, in milliseconds.";
-    CONNECT_TIMEOUT_MS = "VRA_CONNECT_TIMEOUT_MS", "2000", "Connect timeout of one upstream attempt, in milliseconds.";
+    CONNECT_TIMEOUT_MS = "VRA_CONNECT_TIMEOUT_MS", "2000", "Longest upstream connection set-up (DNS, TCP connect, TLS handshake), in milliseconds.";
     STREAM_IDLE_TIMEOUT_MS = "VRA_STREAM_IDLE_TIMEOUT_MS", "30000", "A streaming upstream silent this long is cut, in milliseconds.";
     REPORT_TTL_SECS = "VRA_REPORT_TTL_SECS", "86400", "A report's ledger entry is forgotten this long after its last use.";
     MAX_PROMPT_BYTES = "VRA_MAX_PROMPT_BYTES", "1048576", "Larger prompts (and system prompts) are rejected.";

@@ -17,7 +17,10 @@
 //! - a stream is unbounded in length (long generations are fine) but bounded per line, see
 //!   [`super::stream`].
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -43,7 +46,7 @@ pub const TOO_LARGE_BODY: &str = "response body";
 /// The pooled HTTP/1.1 and HTTP/2 (by ALPN) client of one endpoint: hyper-util's, with
 /// rustls. reqwest wraps the same client in layers the gateway does not use (redirects, proxies,
 /// cookies) and parses the URL twice per request; this hop is the gateway's hot path.
-type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpClient = Client<ConnectTimeout<HttpsConnector<HttpConnector>>, Full<Bytes>>;
 
 type Response = http::Response<Incoming>;
 
@@ -194,8 +197,8 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 /// followed: an LLM API that answers 3xx is misconfigured (or intercepted), not a new
 /// destination for the prompt and the API key; the 3xx becomes a [`ProviderError::Status`].
 /// No environment proxy is used: upstreams are configured by address (the server warns at
-/// start-up when `HTTP(S)_PROXY` is set). The connect timeout bounds the TCP connect; a TLS
-/// handshake that stalls is cut by the attempt timeout.
+/// start-up when `HTTP(S)_PROXY` is set). The connect timeout bounds the whole connection
+/// set-up, TCP connect and TLS handshake ([`ConnectTimeout`]).
 fn client(
     name: &str,
     connect_timeout: Duration,
@@ -227,7 +230,6 @@ fn client(
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
@@ -237,7 +239,57 @@ fn client(
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE)
         .pool_timer(TokioTimer::new())
-        .build(https))
+        .build(ConnectTimeout {
+            inner: https,
+            timeout: connect_timeout,
+        }))
+}
+
+/// A connector whose connections must be set up — DNS, TCP connect and TLS handshake — within
+/// `timeout` (`VRA_CONNECT_TIMEOUT_MS`). `HttpConnector`'s own timeout covers the TCP connect
+/// only, so an upstream that accepts and then never answers the TLS handshake would hold the
+/// attempt until its (much longer) attempt timeout. A timeout fails as `io::ErrorKind::TimedOut`,
+/// which [`map_client_error`] maps to [`ProviderError::Timeout`]. The future is boxed (the pool
+/// needs an `Unpin` one); that is once per new connection, not per request.
+#[derive(Clone)]
+struct ConnectTimeout<C> {
+    inner: C,
+    timeout: Duration,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<C> tower::Service<http::Uri> for ConnectTimeout<C>
+where
+    C: tower::Service<http::Uri>,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(connected) => connected.map_err(Into::into),
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "connection set-up (TCP and TLS) took more than {} ms",
+                        timeout.as_millis()
+                    ),
+                )
+                .into()),
+            }
+        })
+    }
 }
 
 /// Sends a request; returns the response only when its status is a success. An error body is
@@ -498,6 +550,37 @@ mod tests {
                 Some(Duration::from_secs(secs))
             );
         }
+    }
+
+    /// An upstream that completes the TCP handshake (the kernel does, from the listen backlog)
+    /// and then never answers the TLS ClientHello: the connect timeout ends the attempt, as a
+    /// timeout, long before the 60 s attempt timeout. With only the TCP connect bounded, the
+    /// outer 20 s bound fails this test.
+    #[tokio::test]
+    async fn a_stalled_tls_handshake_is_cut_by_the_connect_timeout() {
+        let stalled = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = stalled.local_addr().unwrap().port();
+        let config = ProviderConfig {
+            name: "openai".into(),
+            kind: crate::config::ProviderKind::Openai,
+            base_url: format!("https://127.0.0.1:{port}/v1"),
+            base_urls: vec![format!("https://127.0.0.1:{port}/v1")],
+            api_key: None,
+            tier: crate::config::CostTier::Cloud,
+            timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_millis(200),
+            limits: BodyLimits::default(),
+            pool: Default::default(),
+        };
+        let endpoint = Endpoint::new(&config, "chat/completions", &[]).unwrap();
+        let result = tokio::time::timeout(
+            Duration::from_secs(20),
+            endpoint.complete(&serde_json::json!({"model": "m"}), |_| unreachable!()),
+        )
+        .await
+        .expect("the connect timeout, not the attempt timeout, ends the attempt");
+        assert!(matches!(result, Err(ProviderError::Timeout)), "{result:?}");
+        drop(stalled);
     }
 
     /// Bodies from the simulated upstream, read with the providers' client.
