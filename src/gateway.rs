@@ -1094,6 +1094,7 @@ impl Gateway {
         let cost = self.price(route.tier).map(|p| p.cost(usage));
         let all_cloud = self.all_cloud_price.map(|p| p.cost(usage));
         let record = CallRecord {
+            id: rand::random(),
             tier: route.tier,
             fell_back: route.fallback.is_some(),
             cloud: route.cloud,
@@ -1144,7 +1145,8 @@ impl Gateway {
                 move |e| {
                     metrics.record_lost();
                     tracing::warn!(
-                        "could not record usage of a call after its response: {e}; the report's counters miss it{}",
+                        "could not record usage of a call after its response ({} tries): {e}; the report's counters miss it unless a copy still lands (once){}",
+                        1 + deferred::RETRIES,
                         if release > Nanos::ZERO {
                             " and its cost hold stays held until the report expires"
                         } else {

@@ -248,7 +248,7 @@ impl Metrics {
         let records_lost = Counter::default();
         registry.register(
             "ledger_records_lost",
-            "Call records sent after their response that the ledger never took (after retries); the report's counters miss those calls",
+            "Call records sent after their response that the ledger never confirmed (after retries); the report's counters miss those calls unless a copy still lands",
             records_lost.clone(),
         );
         let client_reservations = Family::default();

@@ -59,6 +59,13 @@ fn main() {
         ),
         async_trial(
             &args,
+            "a_record_whose_answer_is_lost_is_sent_again_and_counted_once",
+            &redis,
+            Runtime::MultiThread(2),
+            a_record_whose_answer_is_lost_is_sent_again_and_counted_once,
+        ),
+        async_trial(
+            &args,
             "redis_down_fails_safe_and_recovers",
             &redis,
             Runtime::CurrentThread,
@@ -470,6 +477,10 @@ async fn keys_are_namespaced_expire_and_treat_report_ids_as_data() {
         .map(|k| String::from_utf8(k).unwrap())
         .collect();
     keys.sort();
+    // Each recorded call leaves a short-lived marker (a record sent twice counts once).
+    let (markers, keys): (Vec<String>, Vec<String>) = keys
+        .into_iter()
+        .partition(|k| k.starts_with("test:record:"));
     assert_eq!(
         keys,
         vec![
@@ -477,6 +488,23 @@ async fn keys_are_namespaced_expire_and_treat_report_ids_as_data() {
             format!("test:report:{odd}")
         ]
     );
+    assert_eq!(
+        markers.len(),
+        2,
+        "one marker per recorded call: {markers:?}"
+    );
+    for marker in &markers {
+        let id = &marker["test:record:".len()..];
+        assert!(
+            id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{marker}"
+        );
+        let ttl: i64 = conn.ttl(marker).await.unwrap();
+        assert!(
+            ttl > 0 && ttl <= vra_gateway::budget::redis::RECORD_MARKER_SECS as i64,
+            "a marker expires on its own: {ttl} s"
+        );
+    }
     let used: u32 = conn
         .hget(format!("test:report:{odd}"), "used")
         .await
@@ -626,4 +654,135 @@ async fn a_cloud_call_is_answered_before_its_record_lands() {
         (sent.input_tokens, sent.output_tokens)
     );
     assert_eq!(u.cost.unwrap().cloud_usd, resp.cost_usd.unwrap());
+}
+
+/// A TCP proxy in front of Redis that passes every command through at once but, once armed,
+/// from the gateway's next record of a cloud call on (a command with the argument `cloud`),
+/// holds back Redis's replies until released: the record is applied, yet the gateway hears
+/// nothing and times out — the ambiguous failure, where the record may or may not have landed.
+struct ReplyGate {
+    addr: std::net::SocketAddr,
+    /// Records of a cloud call that reached the proxy (and Redis) since it was armed.
+    records: tokio::sync::watch::Receiver<u32>,
+    arm: tokio::sync::watch::Sender<bool>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+impl ReplyGate {
+    async fn start(redis_port: u16) -> ReplyGate {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (records_tx, records) = tokio::sync::watch::channel(0u32);
+        let (arm, armed) = tokio::sync::watch::channel(false);
+        let (release, release_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let upstream = tokio::net::TcpStream::connect(("127.0.0.1", redis_port))
+                    .await
+                    .unwrap();
+                let (mut client_r, mut client_w) = client.into_split();
+                let (mut up_r, mut up_w) = upstream.into_split();
+                let records_tx = records_tx.clone();
+                let replies_held = records_tx.subscribe();
+                let armed = armed.clone();
+                let mut release_rx = release_rx.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 << 10];
+                    loop {
+                        let n = match client_r.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        // Counted before it is forwarded, so its reply is held.
+                        let records = buf[..n]
+                            .windows(9)
+                            .filter(|w| *w == b"\r\ncloud\r\n")
+                            .count() as u32;
+                        if records > 0 && *armed.borrow() {
+                            records_tx.send_modify(|seen| *seen += records);
+                        }
+                        if up_w.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 << 10];
+                    loop {
+                        let n = match up_r.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if *replies_held.borrow() > 0 {
+                            let _ = release_rx.wait_for(|r| *r).await;
+                        }
+                        if client_w.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        ReplyGate {
+            addr,
+            records,
+            arm,
+            release,
+        }
+    }
+}
+
+/// Issue 14: a record whose reply never came (a timeout: it may or may not have been applied)
+/// is sent again, and Redis counts the call once — the copy finds the record's marker. Without
+/// the retry the proxy never sees a second record; without the marker the call is counted
+/// (and its hold released) twice.
+async fn a_record_whose_answer_is_lost_is_sent_again_and_counted_once() {
+    let redis = RedisServer::start().await;
+    let gate = ReplyGate::start(redis.port).await;
+    let cloud = Sim::start().await.unwrap();
+    let local = Sim::start().await.unwrap();
+    let url = format!("redis://{}/0", gate.addr);
+    let settings = [
+        ("VRA_LEDGER_URL", url.as_str()),
+        ("MAX_CLOUD_CALLS", "5"),
+        ("MAX_CLOUD_COST_USD", "1"),
+        ("VRA_LEDGER_TIMEOUT_MS", "300"),
+    ];
+    let replica = Replica::start(config(&cloud, &local, &settings)).await;
+    // A first call loads the scripts (a record answered NOSCRIPT is not applied, which would
+    // make the copy harmless anyway); the read waits until its record is done.
+    let mut client = connect(replica.addr).await;
+    client
+        .generate(request("warm-up", P::Refine, S::Analysis))
+        .await
+        .expect("generate");
+    assert_eq!(usage(replica.addr, "warm-up").await.primary_calls, 1);
+    gate.arm.send(true).unwrap();
+    let resp = client
+        .generate(request("twice", P::Refine, S::Analysis))
+        .await
+        .expect("generate")
+        .into_inner();
+    assert_eq!(tier(&resp), T::Primary);
+    // The first record landed but its reply is held: the gateway times out and sends it again.
+    let mut records = gate.records.clone();
+    tokio::time::timeout(Duration::from_secs(20), records.wait_for(|n| *n >= 2))
+        .await
+        .expect("the record is sent again after its reply timed out")
+        .unwrap();
+    gate.release.send(true).unwrap();
+    let u = tokio::time::timeout(Duration::from_secs(20), usage(replica.addr, "twice"))
+        .await
+        .expect("the read ends once a copy of the record is confirmed");
+    assert_eq!((u.primary_calls, u.secondary_calls), (1, 0), "counted once");
+    let (sent, recorded) = (resp.usage.unwrap(), u.cloud_usage.unwrap());
+    assert_eq!(
+        (recorded.input_tokens, recorded.output_tokens),
+        (sent.input_tokens, sent.output_tokens)
+    );
+    assert_eq!(u.cost.unwrap().cloud_usd, resp.cost_usd.unwrap());
+    let mut conn = redis.client().await;
+    let held: i64 = conn.hget("vra:report:twice", "held").await.unwrap();
+    assert_eq!(held, 0, "the call's hold is released exactly once");
 }

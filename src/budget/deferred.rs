@@ -9,13 +9,18 @@
 //!
 //! What is promised in exchange:
 //!
-//! - **Never lost silently.** A record that cannot be sent is retried ([`RETRIES`] times, with
-//!   backoff) when the ledger says nothing reached it ([`LedgerError::is_unsent`]). A failure
-//!   that may have been applied is not retried — re-sending could count the call twice and
-//!   release its hold twice, letting the report overspend its cap; its hold stays held until
-//!   the report expires (the safe direction). Either way the caller of [`record_in_background`]
-//!   gets the final error, which the gateway logs and counts
-//!   (`vra_gateway_ledger_records_lost_total`).
+//! - **Applied once, retried until confirmed.** Every record carries a random id
+//!   ([`CallRecord::id`]) and the ledger applies an id at most once (Redis: a marker key set
+//!   in the same script). So a record is sent again after *any* transient failure
+//!   ([`LedgerError::is_transient`]) — a refused connection, a timeout, a dropped connection,
+//!   Redis restarting — [`RETRIES`] times with backoff (about 4 s in all, enough for a Redis
+//!   restart): a copy of a record that did land changes nothing, so no call is counted twice
+//!   and no hold released twice (which would let a report overspend its cap).
+//! - **Never lost silently.** A record still unconfirmed after its retries is handed to the
+//!   caller of [`record_in_background`], which the gateway logs and counts
+//!   (`vra_gateway_ledger_records_lost_total`). Its hold stays held until the report expires
+//!   (the safe direction). "Unconfirmed" is not always "lost": a copy queued behind a Redis
+//!   that was paused lands when Redis resumes — once.
 //! - **Read your own calls** on one replica: [`Pending::settled`] waits until every record of
 //!   a report this replica has started is done, and every usage read of the gateway
 //!   (`GetReportUsage`, `ResolveRoute`) waits for it first. Another replica sees a call once its
@@ -32,12 +37,15 @@ use tokio::sync::Notify;
 
 use super::{CallRecord, Ledger, LedgerError, ReportKey};
 
-/// Retries of a record that did not reach the ledger.
-pub const RETRIES: u32 = 2;
+/// Retries of a record that failed (the first send not counted).
+pub const RETRIES: u32 = 4;
 
-/// The wait before retry `n` (1-based): 100 ms, then 400 ms.
+/// The longest wait between two sends of a record.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The wait before retry `n` (1-based): 100 ms, 400 ms, 1.6 s, then 2 s.
 fn backoff(n: u32) -> Duration {
-    Duration::from_millis(100 << (2 * (n - 1)).min(8))
+    Duration::from_millis(100 << (2 * (n - 1)).min(8)).min(MAX_BACKOFF)
 }
 
 /// The records in flight, by report, each with its sequence number.
@@ -139,7 +147,8 @@ impl Pending {
     }
 }
 
-/// Sends `call` to `ledger`, retrying a record that never reached it; returns the last error.
+/// Sends `call` to `ledger`, again after each transient failure (the ledger applies its id
+/// once); returns the last error.
 pub async fn record_with_retry(
     ledger: &dyn Ledger,
     key: ReportKey<'_>,
@@ -149,7 +158,7 @@ pub async fn record_with_retry(
     loop {
         match ledger.record(key, call).await {
             Ok(_) => return Ok(()),
-            Err(e) if e.is_unsent() && retry < RETRIES => {
+            Err(e) if e.is_transient() && retry < RETRIES => {
                 retry += 1;
                 tokio::time::sleep(backoff(retry)).await;
             }
@@ -250,6 +259,7 @@ mod tests {
 
     fn call() -> CallRecord {
         CallRecord {
+            id: 7,
             tier: Tier::Primary,
             fell_back: false,
             cloud: true,
@@ -262,43 +272,46 @@ mod tests {
     }
 
     fn unsent() -> LedgerError {
-        LedgerError::Unreachable("connection failed".into())
+        LedgerError::Unavailable("connection refused".into())
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_record_that_never_reached_the_ledger_is_sent_again() {
+    async fn a_record_is_sent_again_after_any_transient_failure() {
         let key = ReportKey::anonymous("r");
-        let ledger = Flaky::new(vec![unsent(), unsent()]);
+        let ambiguous = || LedgerError::Timeout(200);
+        let dropped = || LedgerError::Unavailable("connection failed".into());
+        let ledger = Flaky::new(vec![unsent(), ambiguous(), dropped()]);
         assert_eq!(record_with_retry(&ledger, key, call()).await, Ok(()));
-        assert_eq!(ledger.records.load(Ordering::SeqCst), 3);
-        // Bounded: a third failure is the answer.
-        let ledger = Flaky::new(vec![unsent(), unsent(), unsent()]);
-        assert_eq!(record_with_retry(&ledger, key, call()).await, Err(unsent()));
+        assert_eq!(ledger.records.load(Ordering::SeqCst), 4);
+        // Bounded: the failure after the last retry is the answer.
+        let ledger = Flaky::new(vec![ambiguous(); 1 + RETRIES as usize]);
+        assert_eq!(
+            record_with_retry(&ledger, key, call()).await,
+            Err(ambiguous())
+        );
         assert_eq!(ledger.records.load(Ordering::SeqCst), 1 + RETRIES);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_record_that_may_have_landed_is_never_sent_twice() {
+    async fn a_full_ledger_is_not_asked_again() {
         let key = ReportKey::anonymous("r");
-        for error in [
-            LedgerError::Timeout(200),
-            LedgerError::Unavailable("connection failed".into()),
-        ] {
-            let ledger = Flaky::new(vec![error.clone()]);
-            assert_eq!(record_with_retry(&ledger, key, call()).await, Err(error));
-            assert_eq!(ledger.records.load(Ordering::SeqCst), 1);
-        }
+        let ledger = Flaky::new(vec![LedgerError::Full(3)]);
+        assert_eq!(
+            record_with_retry(&ledger, key, call()).await,
+            Err(LedgerError::Full(3))
+        );
+        assert_eq!(ledger.records.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
     async fn a_background_record_reports_its_failure_and_untracks_itself() {
         let pending = Arc::new(Pending::default());
-        let ledger: Arc<dyn Ledger> = Arc::new(Flaky::new(vec![LedgerError::Timeout(200)]));
+        let ledger: Arc<dyn Ledger> = Arc::new(Flaky::new(vec![LedgerError::Full(3)]));
         let (tx, rx) = tokio::sync::oneshot::channel();
         record_in_background(ledger, &pending, None, "r".into(), call(), move |e| {
             let _ = tx.send(e);
         });
-        assert_eq!(rx.await, Ok(LedgerError::Timeout(200)));
+        assert_eq!(rx.await, Ok(LedgerError::Full(3)));
         tokio::time::timeout(Duration::from_secs(5), pending.idle())
             .await
             .expect("nothing left in flight");
@@ -308,7 +321,9 @@ mod tests {
     fn backoff_grows_and_is_bounded() {
         assert_eq!(backoff(1), Duration::from_millis(100));
         assert_eq!(backoff(2), Duration::from_millis(400));
-        assert!(backoff(30) <= Duration::from_millis(100 << 8));
+        assert_eq!(backoff(3), Duration::from_millis(1600));
+        assert_eq!(backoff(4), MAX_BACKOFF);
+        assert_eq!(backoff(30), MAX_BACKOFF);
     }
 
     #[tokio::test]

@@ -581,6 +581,7 @@ mod tests {
     fn records_split_by_tier_phase_and_cost() {
         let ledger = MemoryLedger::new(Duration::from_secs(60));
         let call = |tier, fell_back, cloud, phase, cost| CallRecord {
+            id: 1,
             tier,
             fell_back,
             cloud,
@@ -661,6 +662,7 @@ mod tests {
         ledger
             .with_entry("capped", now, |u| {
                 u.apply(&CallRecord {
+                    id: 1,
                     tier: Tier::Primary,
                     fell_back: false,
                     cloud: true,

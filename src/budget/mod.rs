@@ -279,6 +279,10 @@ impl ReportUsage {
 /// One answered call, recorded after the fact for `GetReportUsage`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallRecord {
+    /// Unique per call (random). A ledger whose failures can be ambiguous — the record may
+    /// have been applied although no answer came back — applies one id at most once, so a
+    /// record can be sent again after any transient failure ([`deferred`]).
+    pub id: u64,
     /// The tier that answered.
     pub tier: Tier,
     /// Whether the matrix chose the primary but the secondary answered.
@@ -300,10 +304,6 @@ pub struct CallRecord {
 pub enum LedgerError {
     #[error("ledger unavailable: {0}")]
     Unavailable(String),
-    /// Like `Unavailable`, but certain that nothing reached the ledger (the connection was
-    /// refused): the operation can be retried without being applied twice.
-    #[error("ledger unavailable: {0}")]
-    Unreachable(String),
     #[error("ledger timed out after {0} ms")]
     Timeout(u64),
     /// The in-memory ledger tracks `VRA_LEDGER_MAX_REPORTS` reports and this one is new.
@@ -316,15 +316,15 @@ impl LedgerError {
     /// Low-cardinality label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
-            LedgerError::Unavailable(_) | LedgerError::Unreachable(_) => "unavailable",
+            LedgerError::Unavailable(_) => "unavailable",
             LedgerError::Timeout(_) => "timeout",
             LedgerError::Full(_) => "full",
         }
     }
 
-    /// Whether the operation certainly did not reach the ledger (safe to send again).
-    pub fn is_unsent(&self) -> bool {
-        matches!(self, LedgerError::Unreachable(_))
+    /// Whether the same operation may succeed later: everything but a full in-memory ledger.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, LedgerError::Full(_))
     }
 }
 

@@ -9,7 +9,9 @@
 //! Redis runs it atomically, in one round trip, and no read-then-write race exists across
 //! replicas. The day is the Redis server's (`TIME`), one clock for every replica. The report
 //! id only ever travels as part of a key (binary-safe data), never as a pattern or a command;
-//! client ids (`[A-Za-z0-9._-]`, no `:`) cannot make one key look like another.
+//! client ids (`[A-Za-z0-9._-]`, no `:`) cannot make one key look like another. A call's
+//! record also leaves a short-lived marker, `{prefix}[{client}/]record:{id}`, so a record sent
+//! twice (a retry after an ambiguous failure) counts once.
 //!
 //! Every operation is bounded by `VRA_LEDGER_TIMEOUT_MS`. The connection is made lazily and
 //! re-made by [`redis::aio::ConnectionManager`] after failures, so a gateway started while
@@ -75,14 +77,21 @@ return {1, used, cost, held}
 
 /// One answered call, in one atomic step and one short reply (a `MULTI` pipeline of a dozen
 /// `HINCRBY`s cost the gateway five times the instructions: every queued command has its own
-/// reply to parse). KEYS[1] = report hash; ARGV: 1 TTL seconds, 2 the tier's call counter
+/// reply to parse), applied at most once: KEYS[2] is the call's marker (`{prefix}record:{id}`),
+/// set with `NX` for [`RECORD_MARKER_SECS`]; a copy of a record that was already applied (a
+/// retry after a timeout whose first send did land) finds it and changes nothing. KEYS[1] =
+/// report hash; ARGV: 1 TTL seconds, 2 the tier's call counter
 /// (`primary`/`secondary`), 3 the side (`cloud`/`local`: `cloud_in`, `cloud_out`, `cloud_cost`,
 /// `cloud_est`), 4 phase and 5 tier of the breakdown cell (`DRAFT.PRIMARY.calls`, `.in`, `.out`,
 /// `.cost`, `.est`), 6 input and 7 output tokens, 8 cost (nano-dollars), 9 estimated (0/1),
 /// 10 unpriced (0/1), 11 the all-cloud cost (-1: unknown), 12 the hold released, 13 fell back
-/// (0/1). Returns the budget fields: `used`, `exhausted`, `cloud_cost`, `held`.
+/// (0/1), 14 the marker's lifetime in seconds. Returns the budget fields: `used`, `exhausted`,
+/// `cloud_cost`, `held`.
 const RECORD_LUA: &str = r"
 local k = KEYS[1]
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[14]) then
+  return redis.call('HMGET', k, 'used', 'exhausted', 'cloud_cost', 'held')
+end
 local side = ARGV[3]
 local cell = ARGV[4] .. '.' .. ARGV[5]
 redis.call('HINCRBY', k, ARGV[2], 1)
@@ -104,6 +113,12 @@ if ARGV[13] == '1' then redis.call('HINCRBY', k, 'fallbacks', 1) end
 redis.call('EXPIRE', k, ARGV[1])
 return redis.call('HMGET', k, 'used', 'exhausted', 'cloud_cost', 'held')
 ";
+
+/// How long a record's marker outlives it. Copies of a record are sent within the retry window
+/// of [`super::deferred`] (seconds); one still queued on a connection when Redis was paused
+/// reaches it right after the first, whatever the pause. A minute is ample, and short enough
+/// that markers take little memory even at thousands of calls a second.
+pub const RECORD_MARKER_SECS: u64 = 60;
 
 /// The client's cloud requests today (by the Redis server's clock). KEYS[1] = quota hash.
 const DAY_USED_LUA: &str = r"
@@ -176,6 +191,11 @@ impl RedisLedger {
         self.key_of(key.client, &["report:", key.report])
     }
 
+    /// The marker of record `id` (see [`RECORD_LUA`]).
+    fn marker_key(&self, client: Option<&str>, id: u64) -> Vec<u8> {
+        self.key_of(client, &["record:", &format!("{id:016x}")])
+    }
+
     /// The client's day-quota hash.
     fn quota_key(&self, client: &str) -> Vec<u8> {
         self.key_of(Some(client), &["quota"])
@@ -210,7 +230,6 @@ impl RedisLedger {
     ) -> Result<T, LedgerError> {
         match tokio::time::timeout(self.timeout, op).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) if e.is_connection_refusal() => Err(LedgerError::Unreachable(describe(&e))),
             Ok(Err(e)) => Err(LedgerError::Unavailable(describe(&e))),
             Err(_) => Err(LedgerError::Timeout(self.timeout.as_millis() as u64)),
         }
@@ -322,8 +341,9 @@ impl Ledger for RedisLedger {
             Tier::Secondary => "secondary",
         };
         let usage = call.usage;
-        let mut cmd = script_cmd(&self.record, 1);
+        let mut cmd = script_cmd(&self.record, 2);
         cmd.arg(self.key(key))
+            .arg(self.marker_key(key.client, call.id))
             .arg(self.ttl_secs)
             .arg(tier_field)
             .arg(if call.cloud { "cloud" } else { "local" })
@@ -336,7 +356,8 @@ impl Ledger for RedisLedger {
             .arg(u8::from(call.cost.is_none()))
             .arg(call.all_cloud.map_or(-1, signed))
             .arg(signed(call.release))
-            .arg(u8::from(call.fell_back));
+            .arg(u8::from(call.fell_back))
+            .arg(RECORD_MARKER_SECS);
         let (used, exhausted, cost, held): (Option<i64>, Option<i64>, Option<i64>, Option<i64>) =
             self.eval(&self.record, &cmd).await?;
         let count = |v: Option<i64>| v.unwrap_or(0).max(0) as u64;
