@@ -156,8 +156,8 @@ pub async fn record_with_retry(
 ) -> Result<(), LedgerError> {
     let mut retry = 0;
     loop {
-        match ledger.record(key, call).await {
-            Ok(_) => return Ok(()),
+        match ledger.record_detached(key, call).await {
+            Ok(()) => return Ok(()),
             Err(e) if e.is_transient() && retry < RETRIES => {
                 retry += 1;
                 tokio::time::sleep(backoff(retry)).await;

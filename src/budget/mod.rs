@@ -366,6 +366,16 @@ pub trait Ledger: Send + Sync + 'static {
         call: CallRecord,
     ) -> Result<ReportBudget, LedgerError>;
 
+    /// [`Ledger::record`] for a caller that does not need the budget back (a record sent after
+    /// the response, [`deferred`]): a remote ledger can answer it with less.
+    async fn record_detached(
+        &self,
+        key: ReportKey<'_>,
+        call: CallRecord,
+    ) -> Result<(), LedgerError> {
+        self.record(key, call).await.map(drop)
+    }
+
     /// Whether a call's record should follow its response ([`deferred`]): true for a
     /// backend a round trip away. A cloud call is then answered with the budget its
     /// reservation returned.

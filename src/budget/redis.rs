@@ -85,13 +85,17 @@ return {1, used, cost, held}
 /// `cloud_est`), 4 phase and 5 tier of the breakdown cell (`DRAFT.PRIMARY.calls`, `.in`, `.out`,
 /// `.cost`, `.est`), 6 input and 7 output tokens, 8 cost (nano-dollars), 9 estimated (0/1),
 /// 10 unpriced (0/1), 11 the all-cloud cost (-1: unknown), 12 the hold released, 13 fell back
-/// (0/1), 14 the marker's lifetime in seconds. Returns the budget fields: `used`, `exhausted`,
-/// `cloud_cost`, `held`.
+/// (0/1), 14 the marker's lifetime in seconds, 15 whether to answer with the budget (1) or
+/// just `1` (0: a detached record, whose caller has no use for it; the four-field reply alone
+/// is a quarter of the record's instructions in the gateway). Returns the budget fields:
+/// `used`, `exhausted`, `cloud_cost`, `held`.
 const RECORD_LUA: &str = r"
 local k = KEYS[1]
-if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[14]) then
+local function answer()
+  if ARGV[15] == '0' then return 1 end
   return redis.call('HMGET', k, 'used', 'exhausted', 'cloud_cost', 'held')
 end
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[14]) then return answer() end
 local side = ARGV[3]
 local cell = ARGV[4] .. '.' .. ARGV[5]
 redis.call('HINCRBY', k, ARGV[2], 1)
@@ -111,7 +115,7 @@ if ARGV[11] ~= '-1' then redis.call('HINCRBY', k, 'all_cloud', ARGV[11]) end
 if ARGV[12] ~= '0' then redis.call('HINCRBY', k, 'held', '-' .. ARGV[12]) end
 if ARGV[13] == '1' then redis.call('HINCRBY', k, 'fallbacks', 1) end
 redis.call('EXPIRE', k, ARGV[1])
-return redis.call('HMGET', k, 'used', 'exhausted', 'cloud_cost', 'held')
+return answer()
 ";
 
 /// How long a record's marker outlives it. Copies of a record are sent within the retry window
@@ -194,6 +198,34 @@ impl RedisLedger {
     /// The marker of record `id` (see [`RECORD_LUA`]).
     fn marker_key(&self, client: Option<&str>, id: u64) -> Vec<u8> {
         self.key_of(client, &["record:", &format!("{id:016x}")])
+    }
+
+    /// The [`RECORD_LUA`] command of `call`; `with_budget`: answer with the report's budget.
+    fn record_cmd(&self, key: ReportKey<'_>, call: &CallRecord, with_budget: bool) -> redis::Cmd {
+        let tier_field = match call.tier {
+            Tier::Primary => "primary",
+            Tier::Secondary => "secondary",
+        };
+        let usage = call.usage;
+        let mut cmd = script_cmd(&self.record, 2);
+        cmd.arg(self.key(key))
+            .arg(self.marker_key(key.client, call.id))
+            .arg(self.ttl_secs)
+            .arg(tier_field)
+            .arg(if call.cloud { "cloud" } else { "local" })
+            .arg(call.phase.as_str())
+            .arg(call.tier.as_str())
+            .arg(usage.input)
+            .arg(usage.output)
+            .arg(signed(call.cost.unwrap_or_default()))
+            .arg(u8::from(usage.estimated))
+            .arg(u8::from(call.cost.is_none()))
+            .arg(call.all_cloud.map_or(-1, signed))
+            .arg(signed(call.release))
+            .arg(u8::from(call.fell_back))
+            .arg(RECORD_MARKER_SECS)
+            .arg(u8::from(with_budget));
+        cmd
     }
 
     /// The client's day-quota hash.
@@ -336,28 +368,7 @@ impl Ledger for RedisLedger {
         key: ReportKey<'_>,
         call: CallRecord,
     ) -> Result<ReportBudget, LedgerError> {
-        let tier_field = match call.tier {
-            Tier::Primary => "primary",
-            Tier::Secondary => "secondary",
-        };
-        let usage = call.usage;
-        let mut cmd = script_cmd(&self.record, 2);
-        cmd.arg(self.key(key))
-            .arg(self.marker_key(key.client, call.id))
-            .arg(self.ttl_secs)
-            .arg(tier_field)
-            .arg(if call.cloud { "cloud" } else { "local" })
-            .arg(call.phase.as_str())
-            .arg(call.tier.as_str())
-            .arg(usage.input)
-            .arg(usage.output)
-            .arg(signed(call.cost.unwrap_or_default()))
-            .arg(u8::from(usage.estimated))
-            .arg(u8::from(call.cost.is_none()))
-            .arg(call.all_cloud.map_or(-1, signed))
-            .arg(signed(call.release))
-            .arg(u8::from(call.fell_back))
-            .arg(RECORD_MARKER_SECS);
+        let cmd = self.record_cmd(key, &call, true);
         let (used, exhausted, cost, held): (Option<i64>, Option<i64>, Option<i64>, Option<i64>) =
             self.eval(&self.record, &cmd).await?;
         let count = |v: Option<i64>| v.unwrap_or(0).max(0) as u64;
@@ -367,6 +378,17 @@ impl Ledger for RedisLedger {
             cloud_cost: Nanos(count(cost)),
             held: Nanos(count(held)),
         })
+    }
+
+    async fn record_detached(
+        &self,
+        key: ReportKey<'_>,
+        call: CallRecord,
+    ) -> Result<(), LedgerError> {
+        let cmd = self.record_cmd(key, &call, false);
+        self.eval::<redis::Value>(&self.record, &cmd)
+            .await
+            .map(drop)
     }
 
     async fn ping(&self) -> Result<(), LedgerError> {
