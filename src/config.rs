@@ -107,6 +107,10 @@ settings! {
     H2_KEEPALIVE_MS = "VRA_H2_KEEPALIVE_MS", "30000", "HTTP/2 keepalive ping interval to clients; a client silent for 20 s more is disconnected and its calls reclaimed; 0 disables.";
     WORKER_THREADS = "VRA_WORKER_THREADS", "", "Runtime worker threads; empty = one per CPU the process may use. On a machine it shares with its callers, 1 costs less CPU per call (bench/findings.md).";
     STREAM_MAX_MS = "VRA_STREAM_MAX_MS", "600000", "Longest total duration of one GenerateStream call; past it the stream ends with DEADLINE_EXCEEDED.";
+    HTTPS_PROXY = "HTTPS_PROXY", "", "http://[user:pass@]host:port of a forward proxy for https:// upstreams (an HTTP CONNECT tunnel); `https_proxy` is read too.", secret = true;
+    HTTP_PROXY = "HTTP_PROXY", "", "The same for http:// upstreams (also tunnelled with CONNECT); `http_proxy` is read too.", secret = true;
+    ALL_PROXY = "ALL_PROXY", "", "The proxy for both, where HTTPS_PROXY / HTTP_PROXY is unset; `all_proxy` is read too.", secret = true;
+    NO_PROXY = "NO_PROXY", "", "Upstream hosts reached directly: comma-separated domains (and their subdomains), IPs, CIDRs, or `*`; `no_proxy` is read too.";
     ALLOW_PLAINTEXT_CLOUD = "VRA_ALLOW_PLAINTEXT_CLOUD", "false", "Allow a cloud-tier provider on http:// to a non-loopback host (its API key would travel in clear).";
 }
 
@@ -185,6 +189,71 @@ pub struct ProviderConfig {
     pub limits: BodyLimits,
     /// How requests are spread over `base_urls` (see [`crate::providers::pool`]).
     pub pool: PoolConfig,
+    /// The forward proxies of upstream connections (the same for every provider).
+    pub proxy: ProxyConfig,
+}
+
+/// `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` (each also read in lower case, as
+/// curl does): the forward proxy an upstream connection goes through, as an HTTP `CONNECT`
+/// tunnel. Proxy URLs are normalised to `http://host:port` (with `user:pass@` when given) and
+/// may carry credentials, hence secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProxyConfig {
+    pub https: Option<Secret>,
+    pub http: Option<Secret>,
+    pub all: Option<Secret>,
+    /// The `NO_PROXY` list, as given.
+    pub no: String,
+}
+
+impl ProxyConfig {
+    fn from_sources(s: &Sources) -> Result<ProxyConfig, ConfigError> {
+        let value = |setting: Setting| {
+            s.lookup(setting.var)
+                .or_else(|| s.lookup(&setting.var.to_ascii_lowercase()))
+                .map(|(v, _)| v)
+                .filter(|v| !v.trim().is_empty())
+        };
+        let proxy = |setting: Setting| value(setting).map(|v| parse_proxy(setting, &v)).transpose();
+        Ok(ProxyConfig {
+            https: proxy(HTTPS_PROXY)?,
+            http: proxy(HTTP_PROXY)?,
+            all: proxy(ALL_PROXY)?,
+            no: value(NO_PROXY).unwrap_or_default(),
+        })
+    }
+}
+
+/// A forward proxy's URL: `http://` (or no scheme, as curl takes it), a host, an optional port
+/// (default 80), no path. Errors never echo the value: it may hold a password.
+fn parse_proxy(setting: Setting, raw: &str) -> Result<Secret, ConfigError> {
+    let raw = raw.trim();
+    let with_scheme = if raw.contains("://") {
+        raw.to_string()
+    } else {
+        format!("http://{raw}")
+    };
+    let invalid = |why: &str| ConfigError::new(setting.var, why.to_string());
+    let url = reqwest::Url::parse(&with_scheme).map_err(|e| {
+        invalid(&format!(
+            "not a proxy URL ({e}); accepted: http://[user:pass@]host:port"
+        ))
+    })?;
+    if url.scheme() != "http" {
+        return Err(invalid(&format!(
+            "`{}://` proxies are not supported; accepted: an http:// proxy that tunnels with CONNECT",
+            url.scheme()
+        )));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("the proxy URL has no host"));
+    }
+    if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid(
+            "a proxy URL is http://[user:pass@]host:port, without a path",
+        ));
+    }
+    Ok(Secret::new(url.as_str().trim_end_matches('/')))
 }
 
 /// A provider's endpoint pool: concurrency cap, queue and outlier ejection.
@@ -672,7 +741,8 @@ impl Config {
             response_bytes: parse_uint(MAX_RESPONSE_BYTES, s, 1024)?,
             line_bytes: parse_uint(MAX_STREAM_LINE_BYTES, s, 1024)?,
         };
-        let providers = provider_table(s, timeout, connect_timeout, limits)?;
+        let proxy = ProxyConfig::from_sources(s)?;
+        let providers = provider_table(s, timeout, connect_timeout, limits, &proxy)?;
 
         let primary_name = s
             .get(PRIMARY_PROVIDER)
@@ -1007,6 +1077,7 @@ fn provider_table(
     timeout: Duration,
     connect_timeout: Duration,
     limits: BodyLimits,
+    proxy: &ProxyConfig,
 ) -> Result<BTreeMap<String, ProviderConfig>, ConfigError> {
     let mut table = BTreeMap::new();
     let openai_urls = parse_urls(
@@ -1028,6 +1099,7 @@ fn provider_table(
         connect_timeout,
         limits,
         pool: PoolConfig::default(),
+        proxy: proxy.clone(),
     };
     let ollama_urls = parse_urls(
         OLLAMA_HOST.var,
@@ -1048,6 +1120,7 @@ fn provider_table(
                 connect_timeout,
                 limits,
                 pool: PoolConfig::default(),
+                proxy: proxy.clone(),
             },
         );
     }
@@ -1125,6 +1198,7 @@ fn provider_table(
                     .unwrap_or(connect_timeout),
                 limits,
                 pool,
+                proxy: proxy.clone(),
             },
         );
     }
@@ -1613,6 +1687,50 @@ mod tests {
         for bad in ["0", "-1", "two", "1.5", "1025", "99999999999999999999999"] {
             let err = Config::from_sources(&sources(&[("VRA_WORKER_THREADS", bad)])).unwrap_err();
             assert_eq!(err.var, "VRA_WORKER_THREADS", "{bad}");
+        }
+    }
+
+    #[test]
+    fn proxies_are_normalised_read_in_either_case_and_never_echoed() {
+        let c = Config::from_sources(&sources(&[])).unwrap();
+        assert_eq!(c.primary.provider.proxy, ProxyConfig::default());
+        let c = Config::from_sources(&sources(&[
+            ("https_proxy", "user:pw@proxy.corp:3128"),
+            ("HTTP_PROXY", "http://proxy.corp:8080/"),
+            ("no_proxy", "localhost,10.0.0.0/8"),
+        ]))
+        .unwrap();
+        let proxy = &c.secondary.provider.proxy;
+        assert_eq!(
+            proxy.https.as_ref().map(Secret::expose),
+            Some("http://user:pw@proxy.corp:3128")
+        );
+        assert_eq!(
+            proxy.http.as_ref().map(Secret::expose),
+            Some("http://proxy.corp:8080")
+        );
+        assert_eq!(proxy.all, None);
+        assert_eq!(proxy.no, "localhost,10.0.0.0/8");
+        assert_eq!(
+            &c.primary.provider.proxy, proxy,
+            "one proxy setting for every provider"
+        );
+        assert!(!format!("{c:?}").contains("pw@"));
+        for (var, bad, why) in [
+            ("HTTPS_PROXY", "socks5://user:pw@proxy:1080", "socks5"),
+            ("ALL_PROXY", "https://user:pw@proxy:443", "https"),
+            (
+                "HTTP_PROXY",
+                "http://user:pw@proxy:3128/path",
+                "without a path",
+            ),
+            ("HTTP_PROXY", "http://user:pw@:3128", "URL"),
+            ("HTTPS_PROXY", "http://user:pw@proxy:99999", "URL"),
+        ] {
+            let err = Config::from_sources(&sources(&[(var, bad)])).unwrap_err();
+            assert_eq!(err.var, var, "{bad}");
+            assert!(err.message.contains(why), "{bad}: {err}");
+            assert!(!err.to_string().contains("pw"), "{err}");
         }
     }
 

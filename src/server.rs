@@ -74,25 +74,6 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
-/// The upstream client connects to the configured addresses only; an operator who set a proxy
-/// variable for it should hear that it is not used.
-fn warn_about_proxy_variables() {
-    for var in [
-        "HTTPS_PROXY",
-        "https_proxy",
-        "HTTP_PROXY",
-        "http_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-    ] {
-        if std::env::var_os(var).is_some_and(|v| !v.is_empty()) {
-            tracing::warn!(
-                "{var} is set but not used: upstreams are reached at their configured base URLs"
-            );
-        }
-    }
-}
-
 /// Builds the gateway (providers, ledger, metrics) from a configuration.
 pub fn build_gateway(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<Gateway>, ServeError> {
     let roots = crate::tls::upstream_roots(config.security.upstream_ca_file.as_deref())?;
@@ -122,7 +103,6 @@ pub async fn run(
         Arc::new(Authenticator::new(clients.clone(), mtls, metrics.clone()))
     });
     let gateway = build_gateway(&config, metrics.clone())?;
-    warn_about_proxy_variables();
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }

@@ -782,6 +782,36 @@ async fn an_https_upstream_with_a_private_ca_works_only_with_the_upstream_ca_fil
     assert_eq!(upstream.requests.load(Ordering::SeqCst), 1);
 }
 
+/// HTTPS through a forward proxy: a `CONNECT` tunnel to the upstream with TLS end to end inside
+/// it, verified against `VRA_UPSTREAM_CA_FILE` as usual; the proxy sees only the CONNECT line.
+#[tokio::test]
+async fn an_https_upstream_is_reached_through_the_https_proxy() {
+    let upstream = HttpsUpstream::start().await;
+    let proxy = common::connect_proxy::ConnectProxy::start().await;
+    let files = Files::new();
+    let ca_file = files.write("upstream-ca.pem", &upstream.ca.pem);
+    let proxy_url = proxy.url(None);
+    let resp = refine_via(
+        &upstream.url,
+        &[
+            ("VRA_UPSTREAM_CA_FILE", &ca_file),
+            ("HTTPS_PROXY", &proxy_url),
+        ],
+    )
+    .await;
+    assert_eq!(tier(&resp), ProviderTier::Primary);
+    assert_eq!(resp.text, HTTPS_TEXT);
+    assert_eq!(upstream.requests.load(Ordering::SeqCst), 1);
+    let target = upstream.url["https://".len()..].split('/').next().unwrap();
+    let heads = proxy.heads();
+    assert!(
+        heads
+            .iter()
+            .any(|h| h.starts_with(&format!("CONNECT {target} HTTP/1.1\r\n"))),
+        "{heads:?}"
+    );
+}
+
 #[tokio::test]
 async fn the_upstream_ca_file_is_logged_and_a_bad_one_exits_2() {
     let ca = Ca::new("upstream CA");

@@ -32,13 +32,17 @@ use hyper::body::{Body as _, Incoming};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::proxy::matcher::{Intercept, Matcher};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::CertificateDer;
 use serde::Serialize;
+use tokio::net::TcpStream;
+use tower::ServiceExt;
 
 use super::stream::{Decoder, decode};
 use super::{BuildError, Completion, EventStream, ProviderError};
-use crate::config::{BodyLimits, ProviderConfig, Secret};
+use crate::config::{BodyLimits, ProviderConfig, ProxyConfig, Secret};
 
 /// What [`ProviderError::TooLarge`] names when a unary answer is past its limit.
 pub const TOO_LARGE_BODY: &str = "response body";
@@ -46,7 +50,12 @@ pub const TOO_LARGE_BODY: &str = "response body";
 /// The pooled HTTP/1.1 and HTTP/2 (by ALPN) client of one endpoint: hyper-util's, with
 /// rustls. reqwest wraps the same client in layers the gateway does not use (redirects, proxies,
 /// cookies) and parses the URL twice per request; this hop is the gateway's hot path.
-type HttpClient = Client<ConnectTimeout<HttpsConnector<HttpConnector>>, Full<Bytes>>;
+type HttpClient = Client<ConnectTimeout<HttpsConnector<TcpConnector>>, Full<Bytes>>;
+
+/// What TLS runs over: a TCP connection to the upstream, or a `CONNECT` tunnel through a
+/// forward proxy to it. Boxed, so both are one client type; that costs a box per new
+/// connection, not per request.
+type TcpConnector = tower::util::BoxCloneSyncService<http::Uri, TokioIo<TcpStream>, BoxError>;
 
 type Response = http::Response<Incoming>;
 
@@ -80,6 +89,19 @@ impl Endpoint {
             .as_str()
             .parse::<http::Uri>()
             .map_err(|e| invalid(format!("invalid base URL: {e}")))?;
+        let proxy = proxy_for(&config.proxy, &uri);
+        if let Some(proxy) = &proxy {
+            // Host and port only: the proxy URL may carry credentials.
+            tracing::info!(
+                "provider `{}`: {} through the proxy {}",
+                config.name,
+                config.base_url,
+                proxy
+                    .uri()
+                    .authority()
+                    .map_or("", |a| a.as_str().rsplit('@').next().unwrap_or("")),
+            );
+        }
         let authorization = match &config.api_key {
             Some(key) => {
                 let mut value = HeaderValue::try_from(format!("Bearer {}", key.expose()))
@@ -92,7 +114,7 @@ impl Endpoint {
         Ok(Self {
             host: url.host_str().unwrap_or_default().to_string(),
             port: url.port_or_known_default().unwrap_or(0),
-            client: client(&config.name, config.connect_timeout, extra_roots)?,
+            client: client(&config.name, config.connect_timeout, extra_roots, proxy)?,
             uri,
             timeout: config.timeout,
             api_key: config.api_key.clone(),
@@ -203,6 +225,7 @@ fn client(
     name: &str,
     connect_timeout: Duration,
     extra_roots: &[CertificateDer<'static>],
+    proxy: Option<Intercept>,
 ) -> Result<HttpClient, BuildError> {
     let failed = |message: String| BuildError {
         name: name.to_string(),
@@ -230,12 +253,22 @@ fn client(
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
+    let tcp = match proxy {
+        None => TcpConnector::new(http.map_err(BoxError::from)),
+        Some(proxy) => {
+            let mut tunnel = Tunnel::new(proxy.uri().clone(), http);
+            if let Some(auth) = proxy.basic_auth() {
+                tunnel = tunnel.with_auth(auth.clone());
+            }
+            TcpConnector::new(tunnel.map_err(BoxError::from))
+        }
+    };
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
+        .wrap_connector(tcp);
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE)
         .pool_timer(TokioTimer::new())
@@ -243,6 +276,19 @@ fn client(
             inner: https,
             timeout: connect_timeout,
         }))
+}
+
+/// The forward proxy (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, minus `NO_PROXY`) of the
+/// upstream at `uri`, if any; the config has validated the proxy URLs.
+fn proxy_for(config: &ProxyConfig, uri: &http::Uri) -> Option<Intercept> {
+    let value = |v: &Option<Secret>| v.as_ref().map_or("", |s| s.expose()).to_string();
+    Matcher::builder()
+        .https(value(&config.https))
+        .http(value(&config.http))
+        .all(value(&config.all))
+        .no(config.no.as_str())
+        .build()
+        .intercept(uri)
 }
 
 /// A connector whose connections must be set up — DNS, TCP connect and TLS handshake — within
@@ -571,6 +617,7 @@ mod tests {
             connect_timeout: Duration::from_millis(200),
             limits: BodyLimits::default(),
             pool: Default::default(),
+            proxy: Default::default(),
         };
         let endpoint = Endpoint::new(&config, "chat/completions", &[]).unwrap();
         let result = tokio::time::timeout(
@@ -585,7 +632,7 @@ mod tests {
 
     /// Bodies from the simulated upstream, read with the providers' client.
     async fn respond(sim: &crate::demo::sim::Sim) -> Response {
-        let client = client("test", Duration::from_secs(5), &[]).expect("a client");
+        let client = client("test", Duration::from_secs(5), &[], None).expect("a client");
         let uri: http::Uri = format!("{}/chat/completions", sim.openai_base())
             .parse()
             .unwrap();

@@ -472,6 +472,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             limits: BodyLimits::default(),
             pool,
+            proxy: Default::default(),
         };
         let providers = (1..=n)
             .map(|p| Arc::new(Fake(config.clone(), p)) as Arc<dyn Provider>)

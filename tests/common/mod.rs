@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod clients;
+pub mod connect_proxy;
 pub mod cost;
 pub mod llm_server;
 pub mod process;
