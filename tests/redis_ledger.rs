@@ -66,6 +66,13 @@ fn main() {
         ),
         async_trial(
             &args,
+            "a_record_redis_refuses_is_not_sent_again",
+            &redis,
+            Runtime::CurrentThread,
+            a_record_redis_refuses_is_not_sent_again,
+        ),
+        async_trial(
+            &args,
             "redis_down_fails_safe_and_recovers",
             &redis,
             Runtime::CurrentThread,
@@ -785,4 +792,63 @@ async fn a_record_whose_answer_is_lost_is_sent_again_and_counted_once() {
     let mut conn = redis.client().await;
     let held: i64 = conn.hget("vra:report:twice", "held").await.unwrap();
     assert_eq!(held, 0, "the call's hold is released exactly once");
+}
+
+/// A record Redis answers with an error (here the report's `primary` counter is not a number,
+/// so the script's `HINCRBY` fails) is refused, not lost: it is not sent again — a copy would
+/// find the marker the first one set and pass for confirmed — and the failure is the answer.
+async fn a_record_redis_refuses_is_not_sent_again() {
+    use vra_gateway::budget::deferred::record_with_retry;
+    use vra_gateway::budget::redis::RedisLedger;
+    use vra_gateway::budget::{CallRecord, LedgerError, ReportKey};
+    use vra_gateway::domain::{Nanos, Phase, Tier, TokenUsage};
+
+    let redis = RedisServer::start().await;
+    let ledger = RedisLedger::new(
+        &redis.url(),
+        "vra:",
+        Duration::from_secs(3600),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let call = |id| CallRecord {
+        id,
+        tier: Tier::Primary,
+        fell_back: false,
+        cloud: true,
+        phase: Phase::Refine,
+        usage: TokenUsage::reported(3, 4),
+        cost: Some(Nanos(10)),
+        all_cloud: Some(Nanos(10)),
+        release: Nanos::ZERO,
+    };
+    // A first record loads the script, so the count below is of the refused record alone.
+    record_with_retry(&ledger, ReportKey::anonymous("fine"), call(1))
+        .await
+        .expect("a plain record lands");
+    let mut conn = redis.client().await;
+    let _: () = conn
+        .hset("vra:report:poisoned", "primary", "not a number")
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let result = record_with_retry(&ledger, ReportKey::anonymous("poisoned"), call(2)).await;
+    assert!(
+        matches!(result, Err(LedgerError::Rejected(_))),
+        "{result:?}"
+    );
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let evalsha = stats
+        .lines()
+        .find(|l| l.starts_with("cmdstat_evalsha:"))
+        .unwrap_or_else(|| panic!("no EVALSHA in {stats}"));
+    assert!(evalsha.contains(":calls=1,"), "sent once: {evalsha}");
 }

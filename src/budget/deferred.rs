@@ -13,9 +13,11 @@
 //!   ([`CallRecord::id`]) and the ledger applies an id at most once (Redis: a marker key set
 //!   in the same script). So a record is sent again after *any* transient failure
 //!   ([`LedgerError::is_transient`]) — a refused connection, a timeout, a dropped connection,
-//!   Redis restarting — [`RETRIES`] times with backoff (about 4 s in all, enough for a Redis
+//!   Redis restarting — [`RETRIES`] times with jittered backoff (4.1 s of waits, plus the sends'
+//!   own timeouts: [`retry_window`], about 5 s with the default 200 ms, enough for a Redis
 //!   restart): a copy of a record that did land changes nothing, so no call is counted twice
-//!   and no hold released twice (which would let a report overspend its cap).
+//!   and no hold released twice (which would let a report overspend its cap). The marker lives
+//!   twice that window. An error that asking again would only repeat (a script error) ends it.
 //! - **Never lost silently.** A record still unconfirmed after its retries is handed to the
 //!   caller of [`record_in_background`], which the gateway logs and counts
 //!   (`vra_gateway_ledger_records_lost_total`). Its hold stays held until the report expires
@@ -23,7 +25,8 @@
 //!   that was paused lands when Redis resumes — once.
 //! - **Read your own calls** on one replica: [`Pending::settled`] waits until every record of
 //!   a report this replica has started is done, and every usage read of the gateway
-//!   (`GetReportUsage`, `ResolveRoute`) waits for it first. Another replica sees a call once its
+//!   (`GetReportUsage`, `ResolveRoute`) waits for it first — during a Redis outage, up to a
+//!   record's [`retry_window`]. Another replica sees a call once its
 //!   record lands, normally within a round trip of the response.
 //! - **Nothing dropped at shutdown**: the server waits for [`Pending::idle`] (bounded by the
 //!   grace period) after the last call.
@@ -47,6 +50,19 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 fn backoff(n: u32) -> Duration {
     Duration::from_millis(100 << (2 * (n - 1)).min(8)).min(MAX_BACKOFF)
 }
+
+/// The longest time from a record's first send to the end of its last copy, when each send
+/// may take `timeout`: every send, every (jittered) wait between them.
+pub fn retry_window(timeout: Duration) -> Duration {
+    let waits: Duration = (1..=RETRIES)
+        .map(|n| backoff(n).mul_f64(1.0 + JITTER))
+        .sum();
+    timeout.saturating_mul(RETRIES + 1).saturating_add(waits)
+}
+
+/// Waits are stretched by up to this share, at random, so replicas that lost Redis together do
+/// not all send again at the same moment.
+const JITTER: f64 = 0.25;
 
 /// The records in flight, by report, each with its sequence number.
 #[derive(Default)]
@@ -160,7 +176,8 @@ pub async fn record_with_retry(
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() && retry < RETRIES => {
                 retry += 1;
-                tokio::time::sleep(backoff(retry)).await;
+                let wait = backoff(retry).mul_f64(1.0 + JITTER * rand::random::<f64>());
+                tokio::time::sleep(wait).await;
             }
             Err(e) => return Err(e),
         }
@@ -293,14 +310,27 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_full_ledger_is_not_asked_again() {
+    async fn a_refusal_or_a_full_ledger_is_not_asked_again() {
         let key = ReportKey::anonymous("r");
-        let ledger = Flaky::new(vec![LedgerError::Full(3)]);
+        for error in [
+            LedgerError::Full(3),
+            LedgerError::Rejected("ResponseError".into()),
+        ] {
+            let ledger = Flaky::new(vec![error.clone()]);
+            assert_eq!(record_with_retry(&ledger, key, call()).await, Err(error));
+            assert_eq!(ledger.records.load(Ordering::SeqCst), 1);
+        }
+    }
+
+    #[test]
+    fn the_retry_window_covers_every_send_and_wait() {
+        let waits = Duration::from_millis(100 + 400 + 1600 + 2000).mul_f64(1.0 + JITTER);
+        assert_eq!(retry_window(Duration::ZERO), waits);
         assert_eq!(
-            record_with_retry(&ledger, key, call()).await,
-            Err(LedgerError::Full(3))
+            retry_window(Duration::from_millis(200)),
+            Duration::from_millis(200) * (RETRIES + 1) + waits
         );
-        assert_eq!(ledger.records.load(Ordering::SeqCst), 1);
+        assert_eq!(retry_window(Duration::MAX), Duration::MAX);
     }
 
     #[tokio::test]

@@ -306,6 +306,10 @@ pub enum LedgerError {
     Unavailable(String),
     #[error("ledger timed out after {0} ms")]
     Timeout(u64),
+    /// The ledger answered with an error that asking again would only repeat (a script error,
+    /// a wrong key type): the operation was refused, not lost on the way.
+    #[error("ledger refused the operation: {0}")]
+    Rejected(String),
     /// The in-memory ledger tracks `VRA_LEDGER_MAX_REPORTS` reports and this one is new.
     /// Evicting a live report would reset its budget, so the new one fails safe instead.
     #[error("ledger full: already tracking {0} reports (VRA_LEDGER_MAX_REPORTS)")]
@@ -318,13 +322,15 @@ impl LedgerError {
         match self {
             LedgerError::Unavailable(_) => "unavailable",
             LedgerError::Timeout(_) => "timeout",
+            LedgerError::Rejected(_) => "rejected",
             LedgerError::Full(_) => "full",
         }
     }
 
-    /// Whether the same operation may succeed later: everything but a full in-memory ledger.
+    /// Whether the same operation may succeed later: not after a refusal, nor from a full
+    /// in-memory ledger.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, LedgerError::Full(_))
+        !matches!(self, LedgerError::Full(_) | LedgerError::Rejected(_))
     }
 }
 

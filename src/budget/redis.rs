@@ -77,8 +77,8 @@ return {1, used, cost, held}
 
 /// One answered call, in one atomic step and one short reply (a `MULTI` pipeline of a dozen
 /// `HINCRBY`s cost the gateway five times the instructions: every queued command has its own
-/// reply to parse), applied at most once: KEYS[2] is the call's marker (`{prefix}record:{id}`),
-/// set with `NX` for [`RECORD_MARKER_SECS`]; a copy of a record that was already applied (a
+/// reply to parse), applied at most once: KEYS[2] is the call's marker
+/// (`{prefix}[{client}/]record:{id}`), set with `NX` for [`marker_secs`]; a copy of a record that was already applied (a
 /// retry after a timeout whose first send did land) finds it and changes nothing. KEYS[1] =
 /// report hash; ARGV: 1 TTL seconds, 2 the tier's call counter
 /// (`primary`/`secondary`), 3 the side (`cloud`/`local`: `cloud_in`, `cloud_out`, `cloud_cost`,
@@ -118,11 +118,27 @@ redis.call('EXPIRE', k, ARGV[1])
 return answer()
 ";
 
-/// How long a record's marker outlives it. Copies of a record are sent within the retry window
-/// of [`super::deferred`] (seconds); one still queued on a connection when Redis was paused
-/// reaches it right after the first, whatever the pause. A minute is ample, and short enough
-/// that markers take little memory even at thousands of calls a second.
-pub const RECORD_MARKER_SECS: u64 = 60;
+/// The shortest life of a record's marker. It must outlast every copy of the record: copies are
+/// sent within [`super::deferred::retry_window`] of the first (about 6 s with the default 200 ms
+/// timeout), and one still queued on a connection when Redis was paused reaches it right after
+/// the first, whatever the pause. A marker lives twice the retry window, at least this long:
+/// each is a key with an expiry, so at thousands of calls a second their number (and Redis's
+/// memory and expiry work) grows with their life.
+pub const RECORD_MARKER_SECS: u64 = 15;
+
+/// The longest life of a marker: a year, far past any useful ledger timeout, and well inside
+/// what Redis accepts for `EX`.
+const MAX_MARKER_SECS: u64 = 365 * 24 * 3600;
+
+/// The life of a record's marker with the ledger timeout `timeout`: more than twice the retry
+/// window, within [`RECORD_MARKER_SECS`] ..= [`MAX_MARKER_SECS`].
+fn marker_secs(timeout: Duration) -> u64 {
+    let window = super::deferred::retry_window(timeout).saturating_mul(2);
+    window
+        .as_secs()
+        .saturating_add(1)
+        .clamp(RECORD_MARKER_SECS, MAX_MARKER_SECS)
+}
 
 /// The client's cloud requests today (by the Redis server's clock). KEYS[1] = quota hash.
 const DAY_USED_LUA: &str = r"
@@ -141,6 +157,8 @@ pub struct RedisLedger {
     prefix: String,
     ttl_secs: u64,
     timeout: Duration,
+    /// [`marker_secs`] of `timeout`.
+    marker_secs: u64,
 }
 
 impl RedisLedger {
@@ -170,6 +188,7 @@ impl RedisLedger {
             prefix: prefix.to_string(),
             ttl_secs: ttl.as_secs().max(1),
             timeout,
+            marker_secs: marker_secs(timeout),
         })
     }
 
@@ -223,7 +242,7 @@ impl RedisLedger {
             .arg(call.all_cloud.map_or(-1, signed))
             .arg(signed(call.release))
             .arg(u8::from(call.fell_back))
-            .arg(RECORD_MARKER_SECS)
+            .arg(self.marker_secs)
             .arg(u8::from(with_budget));
         cmd
     }
@@ -262,6 +281,11 @@ impl RedisLedger {
     ) -> Result<T, LedgerError> {
         match tokio::time::timeout(self.timeout, op).await {
             Ok(Ok(v)) => Ok(v),
+            // A permanent answer (a script error, say), not a lost one: a record is not sent
+            // again after it, and may not be reported as confirmed by a copy.
+            Ok(Err(e)) if matches!(e.retry_method(), redis::RetryMethod::NoRetry) => {
+                Err(LedgerError::Rejected(describe(&e)))
+            }
             Ok(Err(e)) => Err(LedgerError::Unavailable(describe(&e))),
             Err(_) => Err(LedgerError::Timeout(self.timeout.as_millis() as u64)),
         }
@@ -502,4 +526,23 @@ fn usage_from_fields(fields: &HashMap<String, i64>) -> ReportUsage {
         }
     }
     usage
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_marker_outlives_every_copy_of_its_record() {
+        assert_eq!(marker_secs(Duration::from_millis(200)), RECORD_MARKER_SECS);
+        for ms in [1, 200, 10_000, 14_000, 30_000, 600_000] {
+            let timeout = Duration::from_millis(ms);
+            let window = super::super::deferred::retry_window(timeout);
+            assert!(
+                Duration::from_secs(marker_secs(timeout)) > window * 2,
+                "{ms} ms"
+            );
+        }
+        assert_eq!(marker_secs(Duration::MAX), MAX_MARKER_SECS);
+    }
 }
