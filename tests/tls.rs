@@ -678,7 +678,8 @@ impl axum::serve::Listener for TlsListener {
 impl HttpsUpstream {
     async fn start() -> HttpsUpstream {
         let ca = Ca::new("upstream CA");
-        let leaf = ca.leaf(&["127.0.0.1"], "upstream");
+        // `upstream.test`: the name a test reaches it by through a forward proxy.
+        let leaf = ca.leaf(&["127.0.0.1", "upstream.test"], "upstream");
         let files = Files::new();
         let config = tls::server_config(&TlsFiles {
             cert: files.write("up.crt", &leaf.cert).into(),
@@ -791,8 +792,10 @@ async fn an_https_upstream_is_reached_through_the_https_proxy() {
     let files = Files::new();
     let ca_file = files.write("upstream-ca.pem", &upstream.ca.pem);
     let proxy_url = proxy.url(None);
+    // By a name only the proxy can reach (a loopback upstream would be reached directly).
+    let url = common::connect_proxy::via_test_host(&upstream.url, "upstream");
     let resp = refine_via(
-        &upstream.url,
+        &url,
         &[
             ("VRA_UPSTREAM_CA_FILE", &ca_file),
             ("HTTPS_PROXY", &proxy_url),
@@ -802,7 +805,7 @@ async fn an_https_upstream_is_reached_through_the_https_proxy() {
     assert_eq!(tier(&resp), ProviderTier::Primary);
     assert_eq!(resp.text, HTTPS_TEXT);
     assert_eq!(upstream.requests.load(Ordering::SeqCst), 1);
-    let target = upstream.url["https://".len()..].split('/').next().unwrap();
+    let target = url["https://".len()..].split('/').next().unwrap();
     let heads = proxy.heads();
     assert!(
         heads

@@ -89,17 +89,16 @@ impl Endpoint {
             .as_str()
             .parse::<http::Uri>()
             .map_err(|e| invalid(format!("invalid base URL: {e}")))?;
+        let host = url.host_str().unwrap_or_default().to_string();
+        let port = url.port_or_known_default().unwrap_or(0);
         let proxy = proxy_for(&config.proxy, &uri);
         if let Some(proxy) = &proxy {
-            // Host and port only: the proxy URL may carry credentials.
+            // Hosts and ports only: a base URL or a proxy URL may carry credentials.
             tracing::info!(
-                "provider `{}`: {} through the proxy {}",
+                "provider `{}`: {host}:{port} through the proxy {}:{}",
                 config.name,
-                config.base_url,
-                proxy
-                    .uri()
-                    .authority()
-                    .map_or("", |a| a.as_str().rsplit('@').next().unwrap_or("")),
+                proxy.uri().host().unwrap_or_default(),
+                proxy.uri().port_u16().unwrap_or(80),
             );
         }
         let authorization = match &config.api_key {
@@ -112,8 +111,8 @@ impl Endpoint {
             None => None,
         };
         Ok(Self {
-            host: url.host_str().unwrap_or_default().to_string(),
-            port: url.port_or_known_default().unwrap_or(0),
+            host,
+            port,
             client: client(&config.name, config.connect_timeout, extra_roots, proxy)?,
             uri,
             timeout: config.timeout,
@@ -218,9 +217,10 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 /// (`VRA_UPSTREAM_CA_FILE`), and offers HTTP/2 and HTTP/1.1 by ALPN. Redirects are not
 /// followed: an LLM API that answers 3xx is misconfigured (or intercepted), not a new
 /// destination for the prompt and the API key; the 3xx becomes a [`ProviderError::Status`].
-/// No environment proxy is used: upstreams are configured by address (the server warns at
-/// start-up when `HTTP(S)_PROXY` is set). The connect timeout bounds the whole connection
-/// set-up, TCP connect and TLS handshake ([`ConnectTimeout`]).
+/// With a `proxy`, connections are `CONNECT` tunnels through it (TLS end to end inside). The
+/// connect timeout bounds the whole connection set-up — DNS, TCP connect (each address its
+/// share, as `HttpConnector` splits it), the proxy's `CONNECT`, the TLS handshake
+/// ([`ConnectTimeout`]).
 fn client(
     name: &str,
     connect_timeout: Duration,
@@ -253,6 +253,8 @@ fn client(
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
+    // Split across a host's addresses, so one that drops packets leaves time for the next.
+    http.set_connect_timeout(Some(connect_timeout));
     let tcp = match proxy {
         None => TcpConnector::new(http.map_err(BoxError::from)),
         Some(proxy) => {
@@ -279,8 +281,19 @@ fn client(
 }
 
 /// The forward proxy (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, minus `NO_PROXY`) of the
-/// upstream at `uri`, if any; the config has validated the proxy URLs.
+/// upstream at `uri`, if any; the config has validated the proxy URLs. A loopback upstream
+/// (`localhost`, `127.0.0.0/8`, `::1`) is always reached directly, as Go's HTTP client does:
+/// a proxy's loopback is another machine's, and an Ollama beside the gateway should not start
+/// failing because a cluster-wide `HTTP_PROXY` appeared.
 fn proxy_for(config: &ProxyConfig, uri: &http::Uri) -> Option<Intercept> {
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        return None;
+    }
     let value = |v: &Option<Secret>| v.as_ref().map_or("", |s| s.expose()).to_string();
     Matcher::builder()
         .https(value(&config.https))
@@ -328,7 +341,7 @@ where
                 Err(_) => Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!(
-                        "connection set-up (TCP and TLS) took more than {} ms",
+                        "connection set-up (DNS, TCP, proxy CONNECT, TLS) took more than {} ms",
                         timeout.as_millis()
                     ),
                 )

@@ -2,6 +2,10 @@
 //! it reads the request head, connects to the named host, answers `200` and then copies bytes
 //! both ways. Every head it received is kept, so a test can see which upstream connections
 //! went through it and with which `Proxy-Authorization`.
+//!
+//! The gateway reaches a loopback upstream directly, whatever the proxy settings, so tests name
+//! their upstreams `NAME.test` (a reserved TLD nobody resolves): only this proxy can reach them,
+//! and it sends every `*.test` host to 127.0.0.1. [`via_test_host`] rewrites a URL so.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -75,6 +79,10 @@ async fn tunnel(mut client: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
             return;
         }
     };
+    let target = match target.rsplit_once(':') {
+        Some((host, port)) if host.ends_with(".test") => format!("127.0.0.1:{port}"),
+        _ => target,
+    };
     let Ok(mut upstream) = TcpStream::connect(&target).await else {
         let _ = client
             .write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n")
@@ -89,4 +97,10 @@ async fn tunnel(mut client: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
         return;
     }
     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+}
+
+/// `url` (an `http(s)://127.0.0.1:PORT/...` of an in-process upstream) with its host renamed
+/// `name.test`, which only a [`ConnectProxy`] can reach.
+pub fn via_test_host(url: &str, name: &str) -> String {
+    url.replacen("127.0.0.1", &format!("{name}.test"), 1)
 }
