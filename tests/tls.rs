@@ -637,6 +637,8 @@ struct HttpsUpstream {
     url: String,
     ca: Ca,
     requests: Arc<AtomicUsize>,
+    /// Of `requests`, those that came over HTTP/2.
+    http2_requests: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -676,7 +678,12 @@ impl axum::serve::Listener for TlsListener {
 }
 
 impl HttpsUpstream {
+    /// Offers HTTP/1.1 only by ALPN.
     async fn start() -> HttpsUpstream {
+        HttpsUpstream::start_with_alpn(&[b"http/1.1"]).await
+    }
+
+    async fn start_with_alpn(alpn: &[&[u8]]) -> HttpsUpstream {
         let ca = Ca::new("upstream CA");
         // `upstream.test`: the name a test reaches it by through a forward proxy.
         let leaf = ca.leaf(&["127.0.0.1", "upstream.test"], "upstream");
@@ -688,15 +695,20 @@ impl HttpsUpstream {
         })
         .expect("upstream TLS config");
         let mut config = config;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = tcp.local_addr().expect("addr");
         let requests = Arc::new(AtomicUsize::new(0));
+        let http2_requests = Arc::new(AtomicUsize::new(0));
         let counter = requests.clone();
+        let http2_counter = http2_requests.clone();
         let app = axum::Router::new().route(
             "/v1/chat/completions",
-            axum::routing::post(move || {
+            axum::routing::post(move |version: http::Version| {
                 counter.fetch_add(1, Ordering::SeqCst);
+                if version == http::Version::HTTP_2 {
+                    http2_counter.fetch_add(1, Ordering::SeqCst);
+                }
                 async {
                     axum::Json(serde_json::json!({
                         "id": "chatcmpl-https",
@@ -723,6 +735,7 @@ impl HttpsUpstream {
             url: format!("https://{addr}/v1"),
             ca,
             requests,
+            http2_requests,
             task,
         }
     }
@@ -813,6 +826,19 @@ async fn an_https_upstream_is_reached_through_the_https_proxy() {
             .any(|h| h.starts_with(&format!("CONNECT {target} HTTP/1.1\r\n"))),
         "{heads:?}"
     );
+}
+
+/// An upstream that offers HTTP/2 by ALPN (as api.openai.com does) is spoken to over HTTP/2.
+#[tokio::test]
+async fn an_https_upstream_offering_h2_is_called_over_http2() {
+    let upstream = HttpsUpstream::start_with_alpn(&[b"h2", b"http/1.1"]).await;
+    let files = Files::new();
+    let ca_file = files.write("upstream-ca.pem", &upstream.ca.pem);
+    let resp = refine_via(&upstream.url, &[("VRA_UPSTREAM_CA_FILE", &ca_file)]).await;
+    assert_eq!(tier(&resp), ProviderTier::Primary);
+    assert_eq!(resp.text, HTTPS_TEXT);
+    assert_eq!(upstream.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(upstream.http2_requests.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
