@@ -1,0 +1,187 @@
+//! The cost hold guard: a granted reservation's worst case, held on the report's cost cap until
+//! the call settles it, releases it or is dropped.
+
+use std::sync::Arc;
+
+use crate::budget::{Ledger, ReportKey};
+use crate::domain::Nanos;
+
+/// A granted reservation's hold on the report's cost cap. Settled by the call's record
+/// ([`Hold::settle`]); when its attempt fails, released uncharged or charged in full
+/// ([`Hold::close`], by [`may_have_been_billed`]); dropped anywhere else — the call was
+/// cancelled or its stream broke after output began — it charges itself in full, in the
+/// background, so no hold outlives its call.
+///
+/// [`may_have_been_billed`]: crate::domain::ProviderError::may_have_been_billed
+pub(super) struct Hold {
+    ledger: Arc<dyn Ledger>,
+    client: Option<Box<str>>,
+    report: Box<str>,
+    amount: Nanos,
+    armed: bool,
+}
+
+impl Hold {
+    /// An armed hold of `amount` on `key`'s report.
+    pub(super) fn new(ledger: Arc<dyn Ledger>, key: ReportKey<'_>, amount: Nanos) -> Self {
+        Self {
+            ledger,
+            client: key.client.map(Into::into),
+            report: key.report.into(),
+            amount,
+            armed: true,
+        }
+    }
+
+    fn key(&self) -> ReportKey<'_> {
+        ReportKey {
+            client: self.client.as_deref(),
+            report: &self.report,
+        }
+    }
+
+    /// Disarms the guard, handing over what the call's record needs to settle it: the ledger,
+    /// the report's key (owned) and the amount.
+    pub(super) fn settle(mut self) -> (Arc<dyn Ledger>, Option<Box<str>>, Box<str>, Nanos) {
+        self.armed = false;
+        (
+            self.ledger.clone(),
+            self.client.take(),
+            std::mem::take(&mut self.report),
+            self.amount,
+        )
+    }
+
+    /// The attempt failed without an answer: release the hold, charging it in full when the
+    /// upstream may have billed the work anyway, else nothing. Disarmed before the ledger
+    /// answers: if this future is dropped mid-release, the hold may stay held until the report
+    /// expires — the safe direction for a cap, it can only block spending (re-sending the
+    /// release could release twice and let the report overspend).
+    pub(super) async fn close(mut self, billed: bool) {
+        self.armed = false;
+        let charge = if billed { self.amount } else { Nanos::ZERO };
+        if let Err(e) = self.ledger.release(self.key(), self.amount, charge).await {
+            tracing::warn!(
+                "could not release a cost hold of report: {e}; it expires with the report"
+            );
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (ledger, client, report, amount) = (
+            self.ledger.clone(),
+            self.client.take(),
+            std::mem::take(&mut self.report),
+            self.amount,
+        );
+        runtime.spawn(async move {
+            let key = ReportKey {
+                client: client.as_deref(),
+                report: &report,
+            };
+            if let Err(e) = ledger.release(key, amount, amount).await {
+                tracing::warn!("could not charge the cost hold of a dropped call: {e}");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::budget::memory::MemoryLedger;
+    use crate::budget::{Limits, Reservation};
+
+    const REPORT: ReportKey<'static> = ReportKey {
+        client: Some("acme"),
+        report: "r1",
+    };
+    const AMOUNT: Nanos = Nanos(700);
+
+    /// A memory ledger with one granted reservation holding `AMOUNT` on `REPORT`.
+    async fn ledger_with_a_hold() -> Arc<dyn Ledger> {
+        let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::new(Duration::from_secs(60)));
+        let limits = Limits {
+            cost_cap: Some(Nanos(10_000)),
+            ..Limits::report(5)
+        };
+        let granted = ledger.reserve(REPORT, limits, AMOUNT).await.unwrap();
+        assert!(matches!(granted, Reservation::Granted { held, .. } if held == AMOUNT));
+        ledger
+    }
+
+    /// The report's (settled cost, held, abandoned).
+    async fn state(ledger: &Arc<dyn Ledger>) -> (Nanos, Nanos, Nanos) {
+        let u = ledger.usage(REPORT).await.unwrap();
+        (u.cloud_cost, u.held, u.abandoned)
+    }
+
+    #[tokio::test]
+    async fn a_failed_attempt_that_cannot_have_been_billed_releases_its_hold_uncharged() {
+        let ledger = ledger_with_a_hold().await;
+        Hold::new(ledger.clone(), REPORT, AMOUNT).close(false).await;
+        assert_eq!(
+            state(&ledger).await,
+            (Nanos::ZERO, Nanos::ZERO, Nanos::ZERO)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_attempt_that_may_have_been_billed_is_charged_its_whole_hold() {
+        let ledger = ledger_with_a_hold().await;
+        Hold::new(ledger.clone(), REPORT, AMOUNT).close(true).await;
+        assert_eq!(state(&ledger).await, (AMOUNT, Nanos::ZERO, AMOUNT));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_hold_charges_itself_in_full_in_the_background() {
+        let ledger = ledger_with_a_hold().await;
+        drop(Hold::new(ledger.clone(), REPORT, AMOUNT));
+        // The charge runs as a task of its own on this (current-thread) runtime: let it run.
+        for _ in 0..100 {
+            if state(&ledger).await.1 == Nanos::ZERO {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(state(&ledger).await, (AMOUNT, Nanos::ZERO, AMOUNT));
+    }
+
+    #[tokio::test]
+    async fn a_settled_hold_is_disarmed_and_handed_over_whole() {
+        let ledger = ledger_with_a_hold().await;
+        let (_, client, report, amount) = Hold::new(ledger.clone(), REPORT, AMOUNT).settle();
+        assert_eq!(
+            (client.as_deref(), &*report, amount),
+            (Some("acme"), "r1", AMOUNT)
+        );
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        // Nothing released it: settling it is now the record's job.
+        assert_eq!(state(&ledger).await, (Nanos::ZERO, AMOUNT, Nanos::ZERO));
+    }
+
+    #[test]
+    fn a_hold_dropped_outside_a_runtime_does_not_panic() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let hold = runtime.block_on(async {
+            let ledger = ledger_with_a_hold().await;
+            Hold::new(ledger, REPORT, AMOUNT)
+        });
+        drop(runtime);
+        drop(hold);
+    }
+}
