@@ -5,9 +5,9 @@
 //!   or http/protobuf) when `OTEL_EXPORTER_OTLP_ENDPOINT` / `..._TRACES_ENDPOINT` is set. One
 //!   SERVER span per RPC ([`server_span`]) with the route attributes, one CLIENT span per
 //!   upstream HTTP attempt ([`attempt_span`]) following the GenAI semantic conventions.
-//! - Context: W3C `traceparent`/`tracestate`/`baggage` are extracted from incoming gRPC
-//!   metadata ([`extract_parent`]) and injected into every upstream request
-//!   ([`inject_trace_context`]).
+//! - Context: the W3C `traceparent`/`tracestate` are extracted from incoming gRPC metadata
+//!   ([`extract_parent`]); only `traceparent` is sent with every upstream request
+//!   ([`inject_trace_context`]): the caller's `tracestate` and `baggage` never leave.
 //! - `[Hybrid]` events ([`Hybrid`]) are the operator-facing story of each call; in JSON format
 //!   they carry their parts as fields and `trace_id`, so logs and traces join.
 //!
@@ -22,9 +22,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::HeaderMap;
-use opentelemetry::propagation::{Extractor, Injector, TextMapCompositePropagator};
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
-use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry::propagation::Extractor;
+use opentelemetry::trace::{TraceContextExt, TraceFlags, TracerProvider as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::{Level, Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -105,10 +105,9 @@ pub fn init_with_default(config: &Config, default_filter: &str) -> TelemetryGuar
         json: config.log_format == LogFormat::Json,
         trace_content: config.trace_content,
     });
-    opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
-        Box::new(TraceContextPropagator::new()),
-        Box::new(BaggagePropagator::new()),
-    ]));
+    // The caller's trace continues (`traceparent`, `tracestate`); its `baggage` is not read:
+    // nothing here uses it, and a context that never holds it cannot leak it.
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
     let mut builder = SdkTracerProvider::builder().with_resource(resource());
     let mut export_error = None;
@@ -774,19 +773,6 @@ impl Extractor for HeaderCarrier<'_> {
     }
 }
 
-struct HeaderInjector<'a>(&'a mut HeaderMap);
-
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(key.as_bytes()),
-            http::HeaderValue::from_str(&value),
-        ) {
-            self.0.insert(name, value);
-        }
-    }
-}
-
 /// Continues the caller's trace: makes the W3C context in `headers` the parent of `span`, and
 /// returns it so the request's future can carry it (`opentelemetry::context::FutureExt`) — that
 /// is what gets forwarded upstream when spans are not exported.
@@ -798,13 +784,25 @@ pub fn extract_parent(span: &Span, headers: &HeaderMap) -> opentelemetry::Contex
     cx
 }
 
-/// Writes the current W3C trace context into outgoing request headers.
+/// Writes the current trace's W3C `traceparent` into outgoing request headers — and nothing
+/// else of the caller's context: its `tracestate` (vendor data) and `baggage` (user ids, tenant
+/// data) stay inside the network, whoever the upstream is.
 pub fn inject_trace_context(headers: &mut HeaderMap) {
     let cx = current_context();
-    if cx.span().span_context().is_valid() {
-        opentelemetry::global::get_text_map_propagator(|p| {
-            p.inject_context(&cx, &mut HeaderInjector(headers))
-        });
+    let span = cx.span();
+    let sc = span.span_context();
+    if !sc.is_valid() {
+        return;
+    }
+    // The W3C format, version 00, as the SDK's TraceContextPropagator writes it.
+    let value = format!(
+        "00-{}-{}-{:02x}",
+        sc.trace_id(),
+        sc.span_id(),
+        (sc.trace_flags() & TraceFlags::SAMPLED).to_u8()
+    );
+    if let Ok(value) = http::HeaderValue::from_str(&value) {
+        headers.insert(http::header::HeaderName::from_static("traceparent"), value);
     }
 }
 

@@ -226,6 +226,11 @@ async fn json_logs_carry_the_trace_id() {
             .parse()
             .unwrap(),
     );
+    // The caller's private context: vendor trace state and baggage (user and tenant ids).
+    req.metadata_mut()
+        .insert("tracestate", "vendor=tenant-acme".parse().unwrap());
+    req.metadata_mut()
+        .insert("baggage", "user.id=alice,tenant=acme".parse().unwrap());
     client.generate(req).await.unwrap();
     let line = gw.wait_for("[Hybrid] Phase=REFINE").await;
     let json: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
@@ -244,6 +249,12 @@ async fn json_logs_carry_the_trace_id() {
         .clone()
         .expect("traceparent sent upstream");
     assert!(forwarded.contains(trace_id), "{forwarded}");
+    let sent = &cloud.recorded()[0];
+    assert_eq!(
+        (&sent.tracestate, &sent.baggage),
+        (&None, &None),
+        "only traceparent leaves the network"
+    );
     gw.sigterm();
     assert_eq!(gw.finish().await.0, 0);
 }

@@ -135,6 +135,10 @@ async fn spans_follow_rpc_and_genai_conventions() {
             .parse()
             .unwrap(),
     );
+    req.metadata_mut()
+        .insert("tracestate", "vendor=tenant-acme".parse().unwrap());
+    req.metadata_mut()
+        .insert("baggage", "user.id=alice".parse().unwrap());
     client.generate(req).await.unwrap();
     // 2. A PRIMARY_ERROR fallback: two failed attempts, then the secondary.
     cloud.push_n(2, Step::fail(500));
@@ -237,6 +241,9 @@ async fn spans_follow_rpc_and_genai_conventions() {
         tp,
         format!("00-{caller_trace}-{}-01", hex(&attempt.span_id))
     );
+    // ... and nothing else of the caller's context: not its tracestate, not its baggage.
+    let sent = &cloud.recorded()[0];
+    assert_eq!((&sent.tracestate, &sent.baggage), (&None, &None));
 
     // -- the PRIMARY_ERROR fallback
     let server = server_span(&spans, "t-primary-error");

@@ -96,6 +96,9 @@ pub struct Recorded {
     pub body: serde_json::Value,
     pub authorization: Option<String>,
     pub traceparent: Option<String>,
+    /// The W3C `tracestate` and `baggage` headers, which the gateway must not forward.
+    pub tracestate: Option<String>,
+    pub baggage: Option<String>,
 }
 
 impl Recorded {
@@ -348,6 +351,8 @@ async fn handle(
         body: json,
         authorization: header("authorization"),
         traceparent: header("traceparent"),
+        tracestate: header("tracestate"),
+        baggage: header("baggage"),
     };
     let model = rec.model().to_string();
     let stream = rec.streamed();
