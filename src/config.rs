@@ -64,7 +64,7 @@ macro_rules! settings {
 
 settings! {
     HYBRID_MODE = "VRA_HYBRID_MODE", "false", "Hybrid routing on/off (true/false/1/0/yes/no/on/off, any case).";
-    PRIMARY_PROVIDER = "PRIMARY_PROVIDER", "REPORT_PROVIDER, else openai", "Provider name of the primary tier.";
+    PRIMARY_PROVIDER = "PRIMARY_PROVIDER", "openai", "Provider name of the primary tier (when unset: REPORT_PROVIDER, else openai).";
     REPORT_PROVIDER = "REPORT_PROVIDER", "", "Legacy name for PRIMARY_PROVIDER (used when that is unset).";
     PRIMARY_MODEL = "PRIMARY_MODEL", "gpt-4o", "Model sent to the primary.";
     SECONDARY_PROVIDER = "SECONDARY_PROVIDER", "local", "Provider name of the secondary tier.";
@@ -922,6 +922,14 @@ impl Config {
         for setting in SETTINGS {
             let (value, origin) = match sources.lookup(setting.var) {
                 Some((v, o)) => (v, o),
+                // The one setting whose default is another setting's value: print what it
+                // resolved to.
+                None if setting.var == PRIMARY_PROVIDER.var => (
+                    self.primary.provider.name.clone(),
+                    sources
+                        .lookup(REPORT_PROVIDER.var)
+                        .map_or(Origin::Default, |(_, o)| o),
+                ),
                 None => (setting.default.to_string(), Origin::Default),
             };
             let shown = if setting.secret && !value.is_empty() && origin != Origin::Default {
@@ -1152,23 +1160,37 @@ fn provider_table(
             }
         };
         let defaults = PoolConfig::default();
-        if p.max_in_flight == Some(0) {
-            return Err(ConfigError::new(
-                format!("{var}.max_in_flight"),
-                "must be at least 1 (leave it out for unlimited)",
-            ));
-        }
-        if p.eject_after_failures == Some(0) {
-            return Err(ConfigError::new(
-                format!("{var}.eject_after_failures"),
-                "must be at least 1",
-            ));
-        }
-        if p.eject_ms == Some(0) {
-            return Err(ConfigError::new(
-                format!("{var}.eject_ms"),
-                "must be at least 1",
-            ));
+        // A zero would make every attempt time out, or an endpoint unusable: refused, like
+        // the environment's settings.
+        for (key, zero, hint) in [
+            (
+                "max_in_flight",
+                p.max_in_flight == Some(0),
+                " (leave it out for unlimited)",
+            ),
+            (
+                "eject_after_failures",
+                p.eject_after_failures == Some(0),
+                "",
+            ),
+            ("eject_ms", p.eject_ms == Some(0), ""),
+            (
+                "timeout_ms",
+                p.timeout_ms == Some(0),
+                " (leave it out for VRA_UPSTREAM_TIMEOUT_MS)",
+            ),
+            (
+                "connect_timeout_ms",
+                p.connect_timeout_ms == Some(0),
+                " (leave it out for VRA_CONNECT_TIMEOUT_MS)",
+            ),
+        ] {
+            if zero {
+                return Err(ConfigError::new(
+                    format!("{var}.{key}"),
+                    format!("must be at least 1{hint}"),
+                ));
+            }
         }
         let pool = PoolConfig {
             max_in_flight: p.max_in_flight,
@@ -1523,6 +1545,21 @@ mod tests {
                 "providers.x.eject_after_failures",
                 "at least 1",
             ),
+            (
+                "base_url = \"http://a:1\"\neject_ms = 0",
+                "providers.x.eject_ms",
+                "at least 1",
+            ),
+            (
+                "base_url = \"http://a:1\"\ntimeout_ms = 0",
+                "providers.x.timeout_ms",
+                "at least 1",
+            ),
+            (
+                "base_url = \"http://a:1\"\nconnect_timeout_ms = 0",
+                "providers.x.connect_timeout_ms",
+                "at least 1",
+            ),
         ] {
             let mut s = sources(&[]);
             s.load_toml(
@@ -1629,6 +1666,38 @@ mod tests {
         assert!(text.contains("OPENAI_API_KEY=<redacted>"));
         assert!(text.contains("MAX_CLOUD_CALLS=15    # default"));
         assert!(!format!("{c:?}").contains("sk-very-secret"));
+    }
+
+    /// The `VAR=value` lines of `render`, as environment sources.
+    fn rendered_as_env(text: &str) -> Sources {
+        let pairs: Vec<(&str, &str)> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let (var, rest) = l.split_once('=').expect("VAR=value");
+                (var, rest.split("    #").next().unwrap())
+            })
+            .collect();
+        sources(&pairs)
+    }
+
+    #[test]
+    fn print_config_prints_values_that_load_back_to_the_same_configuration() {
+        for given in [
+            vec![],
+            vec![("REPORT_PROVIDER", "local")],
+            vec![("PRIMARY_PROVIDER", "local"), ("MAX_CLOUD_CALLS", "4")],
+        ] {
+            let s = sources(&given);
+            let c = Config::from_sources(&s).unwrap();
+            let text = c.render(&s);
+            let again = Config::from_sources(&rendered_as_env(&text))
+                .unwrap_or_else(|e| panic!("{given:?}: {e}\n{text}"));
+            assert_eq!(again, c, "{given:?}:\n{text}");
+        }
+        let s = sources(&[("REPORT_PROVIDER", "local")]);
+        let text = Config::from_sources(&s).unwrap().render(&s);
+        assert!(text.contains("PRIMARY_PROVIDER=local    # env"), "{text}");
     }
 
     #[test]
