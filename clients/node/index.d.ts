@@ -171,7 +171,10 @@ export interface TlsOptions {
 }
 
 export interface GatewayClientOptions {
-  /** `host:port`. Default: `VRA_GATEWAY_TARGET`, else `127.0.0.1:50051`. */
+  /**
+   * `host:port` (or give it as the constructor's first argument). Default: `VRA_GATEWAY_TARGET`,
+   * else `127.0.0.1:50051`.
+   */
   target?: string;
   /** Bearer token (sent as `authorization: Bearer …`). Default: `VRA_TOKEN`. */
   token?: string | null;
@@ -214,7 +217,13 @@ export declare const PROTO_ROOT: string;
 export declare const PROTO_FILE: string;
 
 export declare class GatewayClient {
+  /** `new GatewayClient()` or `new GatewayClient({ target: 'host:port', ... })`. */
   constructor(options?: GatewayClientOptions);
+  /**
+   * `new GatewayClient('host:port')` or `new GatewayClient('host:port', { ... })`: the same as
+   * `{ ...options, target }`. A different `options.target` as well is a TypeError.
+   */
+  constructor(target: string, options?: GatewayClientOptions);
   readonly target: string;
   readonly timeoutMs: number;
   generate(request: GenerateRequest): Promise<Result>;

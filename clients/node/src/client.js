@@ -121,12 +121,55 @@ function generateRequest(r) {
   return req;
 }
 
+/** @param {unknown} v */
+function describeArg(v) {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  if (typeof v === 'function') return 'a function';
+  return `a ${typeof v}`;
+}
+
+/** @param {unknown} v @returns {v is Record<string, any>} */
+function isOptionsObject(v) {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/**
+ * The constructor's arguments as one options object: `(options?)` or `(target, options?)`.
+ * @param {unknown} first @param {unknown} second
+ * @returns {import('../index.js').GatewayClientOptions}
+ */
+function clientOptions(first, second) {
+  if (typeof first === 'string') {
+    if (!first) throw new TypeError("GatewayClient: target must be a non-empty 'host:port' string");
+    if (second === undefined) return { target: first };
+    if (!isOptionsObject(second)) {
+      throw new TypeError(`GatewayClient: options: expected an object after the target string, got ${describeArg(second)}`);
+    }
+    if (second.target !== undefined && second.target !== null && second.target !== first) {
+      throw new TypeError(
+        `GatewayClient: two different targets: '${first}' (first argument) and '${second.target}' (options.target); give one`,
+      );
+    }
+    return { ...second, target: first };
+  }
+  if (first !== undefined && !isOptionsObject(first)) {
+    throw new TypeError(
+      `GatewayClient: expected a 'host:port' string or an options object as the first argument, got ${describeArg(first)}`,
+    );
+  }
+  if (second !== undefined) {
+    throw new TypeError("GatewayClient: a second argument is only accepted after a 'host:port' string target");
+  }
+  return first ?? {};
+}
+
 /**
  * One channel to the gateway. Methods return promises (and an async iterator for streams);
  * every failure is a {@link GatewayError} subclass.
  *
  * ```js
- * const client = new GatewayClient({ target: '127.0.0.1:50051' });
+ * const client = new GatewayClient('127.0.0.1:50051');   // or { target: '127.0.0.1:50051', ... }
  * const r = await client.generate({ reportId: 'q3', sectionId: '1', phase: Phase.DRAFT,
  *   sectionType: SectionType.INTRODUCTION, prompt: 'Write the introduction.' });
  * console.log(r.route.tier, r.route.rule, r.text);
@@ -137,8 +180,14 @@ export class GatewayClient {
   /** @type {any} */ #stub;
   /** @type {string|null} */ #token;
 
-  /** @param {import('../index.js').GatewayClientOptions} [options] */
-  constructor(options = {}) {
+  /**
+   * `new GatewayClient()`, `new GatewayClient(options)`, `new GatewayClient('host:port')` or
+   * `new GatewayClient('host:port', options)`; the string form is `{ ...options, target }`.
+   * @param {string | import('../index.js').GatewayClientOptions} [targetOrOptions]
+   * @param {import('../index.js').GatewayClientOptions} [maybeOptions] only after a string target
+   */
+  constructor(targetOrOptions, maybeOptions) {
+    const options = clientOptions(targetOrOptions, maybeOptions);
     /** The `host:port` this client talks to. */
     this.target = options.target || process.env.VRA_GATEWAY_TARGET || DEFAULT_TARGET;
     /** Default deadline of each call, in milliseconds. */

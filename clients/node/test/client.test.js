@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
 import {
+  DEFAULT_TARGET,
   DeadlineExceeded,
   FallbackReason,
   GatewayClient,
@@ -210,6 +211,24 @@ gatewaySuite('GatewayClient against demo --serve', () => {
     const err = await client.generate({ reportId: rid('ab'), sectionId: '1', phase: Phase.DRAFT, prompt: 'x', signal: ac.signal }).catch((e) => e);
     assert.ok(err instanceof GatewayError);
     assert.equal(err.code, 'CANCELLED');
+  });
+
+  test('a string first argument is the target: new GatewayClient(\'host:port\'[, options])', async () => {
+    assert.notEqual(gw.target, DEFAULT_TARGET, 'the demo gateway listens on a non-default port');
+    const bare = new GatewayClient(gw.target);
+    const withOpts = new GatewayClient(gw.target, { timeoutMs: 10_000 });
+    try {
+      assert.equal(bare.target, gw.target);
+      assert.equal(withOpts.target, gw.target);
+      assert.equal(withOpts.timeoutMs, 10_000, 'the options after the string still apply');
+      for (const c of [bare, withOpts]) {
+        const d = await c.resolveRoute({ reportId: rid('str'), phase: Phase.REFINE, timeoutMs: 10_000 });
+        assert.equal(d.route.rule, 'refine-primary');
+      }
+    } finally {
+      bare.close();
+      withOpts.close();
+    }
   });
 
   test('Unavailable when nothing listens on the target', async () => {

@@ -65,3 +65,52 @@ test('client defaults: VRA_GATEWAY_TARGET, else 127.0.0.1:50051; 120 s deadline'
   assert.throws(() => new sdk.GatewayClient({ timeoutMs: 0 }), TypeError);
   assert.throws(() => new sdk.GatewayClient({ tls: { cert: '-----BEGIN CERTIFICATE-----' } }), /cert and key/);
 });
+
+test('client target as a string: new GatewayClient(\'host:port\'[, options]), over VRA_GATEWAY_TARGET', () => {
+  const saved = process.env.VRA_GATEWAY_TARGET;
+  try {
+    process.env.VRA_GATEWAY_TARGET = '127.0.0.1:6';
+    const a = new sdk.GatewayClient('127.0.0.1:6000');
+    assert.equal(a.target, '127.0.0.1:6000');
+    assert.equal(a.timeoutMs, 120_000);
+    a.close();
+    const b = new sdk.GatewayClient('127.0.0.1:6001', { timeoutMs: 5 });
+    assert.equal(b.target, '127.0.0.1:6001');
+    assert.equal(b.timeoutMs, 5);
+    b.close();
+    const c = new sdk.GatewayClient('127.0.0.1:6002', { target: '127.0.0.1:6002' });
+    assert.equal(c.target, '127.0.0.1:6002', 'the same target twice is not a conflict');
+    c.close();
+    const d = new sdk.GatewayClient('127.0.0.1:6003', undefined);
+    assert.equal(d.target, '127.0.0.1:6003');
+    d.close();
+  } finally {
+    if (saved === undefined) delete process.env.VRA_GATEWAY_TARGET;
+    else process.env.VRA_GATEWAY_TARGET = saved;
+  }
+});
+
+test('client constructor: any other first argument is a TypeError naming what is accepted', () => {
+  const accepted = /a 'host:port' string or an options object/;
+  for (const bad of [6000, 0, true, false, null, [], ['127.0.0.1:6000'], () => '127.0.0.1:6000', Symbol('t'), 10n]) {
+    assert.throws(
+      () => new sdk.GatewayClient(/** @type {any} */ (bad)),
+      (/** @type {any} */ e) => e instanceof TypeError && accepted.test(e.message),
+      `new GatewayClient(<${typeof bad}> ${String(bad)})`,
+    );
+  }
+  assert.throws(() => new sdk.GatewayClient(''), (/** @type {any} */ e) => e instanceof TypeError && /non-empty/.test(e.message));
+  // A string target plus a different options.target: ambiguous, so refused.
+  assert.throws(
+    () => new sdk.GatewayClient('127.0.0.1:6000', { target: '127.0.0.1:7000' }),
+    (/** @type {any} */ e) => e instanceof TypeError && /127\.0\.0\.1:6000/.test(e.message) && /127\.0\.0\.1:7000/.test(e.message),
+  );
+  // The options after a string must be an object too; options after an options object are refused.
+  for (const bad of [5000, 'x', null, [], true]) {
+    assert.throws(() => new sdk.GatewayClient('127.0.0.1:6000', /** @type {any} */ (bad)), /options: expected an object/);
+  }
+  assert.throws(
+    () => new sdk.GatewayClient({ target: '127.0.0.1:6000' }, /** @type {any} */ ({ timeoutMs: 5 })),
+    /second argument/,
+  );
+});

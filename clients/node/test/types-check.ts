@@ -24,6 +24,13 @@ async function main(): Promise<void> {
     token: process.env.VRA_TOKEN,
     tls: { ca: 'ca.pem', cert: Buffer.from(''), key: 'client.key', serverName: 'localhost' },
   });
+  const byString = new GatewayClient('127.0.0.1:50051');
+  const byStringWithOptions = new GatewayClient('127.0.0.1:50051', { timeoutMs: 30_000, token: 'vra_x' });
+  console.log(byString.target, byStringWithOptions.timeoutMs);
+  // @ts-expect-error a port number is not a target
+  new GatewayClient(50051);
+  // @ts-expect-error options after options
+  new GatewayClient({ target: '127.0.0.1:50051' }, { timeoutMs: 1 });
   const r: Result = await client.generate({
     reportId: 'q3',
     sectionId: '1',
