@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use vra_gateway::budget::memory::MemoryLedger;
 use vra_gateway::domain::{Phase, SectionType};
-use vra_gateway::providers::stream::{Decoder, LineBuffer, NdjsonDecoder, SseDecoder, feed};
+use vra_gateway::providers::ollama::NdjsonDecoder;
+use vra_gateway::providers::openai::SseDecoder;
+use vra_gateway::providers::stream::{Decoder, LineBuffer, feed};
 use vra_gateway::routing::{self, Policy};
 
 /// Tasks contending for one report in the contended reservation benchmark.

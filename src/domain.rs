@@ -505,6 +505,25 @@ fn is_separator_or_control(c: char) -> bool {
         )
 }
 
+/// Why a call was shed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shed {
+    /// `VRA_MAX_IN_FLIGHT` calls are in flight.
+    Gateway,
+    /// The client has its `max_in_flight` calls in flight.
+    Client,
+}
+
+impl Shed {
+    /// The `reason` label of `vra_gateway_requests_rejected_total`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Shed::Gateway => "overloaded",
+            Shed::Client => "client_max_in_flight",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,7 +31,7 @@ use futures_util::FutureExt as _;
 use futures_util::future::{Either, Map};
 use tokio::time::{Instant, Timeout};
 
-use crate::domain::Client;
+use crate::domain::{Client, Shed};
 use crate::error::GatewayError;
 use crate::resilience::Deadline;
 
@@ -170,25 +170,6 @@ pub struct Admission {
     /// Client id → its calls in flight; only clients with a limit, only while non-zero (so
     /// bounded by the clients file).
     per_client: Mutex<HashMap<String, u32>>,
-}
-
-/// Why a call was shed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shed {
-    /// `VRA_MAX_IN_FLIGHT` calls are in flight.
-    Gateway,
-    /// The client has its `max_in_flight` calls in flight.
-    Client,
-}
-
-impl Shed {
-    /// The `reason` label of `vra_gateway_requests_rejected_total`.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Shed::Gateway => "overloaded",
-            Shed::Client => "client_max_in_flight",
-        }
-    }
 }
 
 impl Admission {

@@ -14,8 +14,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 
 use crate::budget::LedgerError;
-use crate::domain::{ProviderFailure, Untrusted};
-use crate::edge::Shed;
+use crate::domain::{ProviderFailure, Shed, Untrusted};
 
 /// Why a gateway call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -15,16 +15,19 @@
 //!   tier and a named rule. Change routing here.
 //! - [`budget`]: the per-report cloud budget behind the [`budget::Ledger`] trait, with an
 //!   in-memory and a Redis backend. Add a ledger backend here.
-//! - [`providers`]: upstream LLMs behind the [`providers::Provider`] trait (OpenAI-compatible,
-//!   Ollama), their HTTP cycle (bounded bodies, `Retry-After`) and streaming decoders, and
-//!   [`providers::pool`], a provider's endpoints (`base_urls`): power-of-two-choices
-//!   balancing, outlier ejection, per-endpoint `max_in_flight` with a FIFO queue. Add a
-//!   provider kind here.
+//! - [`providers`]: upstream LLMs behind the [`providers::Provider`] trait: one HTTP provider
+//!   ([`providers::http::HttpProvider`]: bounded bodies, `Retry-After`, error mapping) over a
+//!   [`providers::wire::WireFormat`] (OpenAI-compatible, Ollama: JSON shapes and stream
+//!   decoders), and [`providers::pool`], a provider's endpoints (`base_urls`):
+//!   power-of-two-choices balancing, outlier ejection, per-endpoint `max_in_flight` with a FIFO
+//!   queue. Add a wire format here (see [`providers::wire`]).
 //! - [`cost`]: money and tokens — model prices (`[pricing]` over built-in list prices), a
 //!   call's cost in exact nano-dollars, the worst case a call may cost (for the dollar cap),
 //!   and token estimates for answers that arrive without usage.
 //! - [`resilience`]: retry/backoff, deadlines and the circuit breaker (RAII permits).
-//! - [`gateway`]: the pipeline — route, budget, call, retry, fall back, record.
+//! - [`gateway`]: the pipeline — route, budget, call, retry, fall back, record: entry points
+//!   in `gateway/mod.rs`, the tier loop in `tier.rs`, the cost hold guard in `hold.rs`, pricing
+//!   and recording in `record.rs`, a stream after its first event in `stream.rs`.
 //! - [`edge`]: what every call passes before a service — tower layers stacked once in
 //!   [`server`] (the caller's deadline, stamped at arrival; then authentication). Add an edge
 //!   layer here.

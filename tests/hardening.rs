@@ -465,6 +465,9 @@ impl Provider for Panicking {
     fn address(&self) -> (&str, u16) {
         ("bug.invalid", 1)
     }
+    fn system(&self) -> &'static str {
+        "panicking"
+    }
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
-//! HTTP plumbing shared by the providers: one pooled client per provider, the request/response
-//! cycle of a completion or a stream, trace-context injection, and the mapping of transport
-//! failures and error statuses into [`ProviderError`]. Each provider only supplies its wire
-//! format: the request body, the response parser and the stream decoder.
+//! The one HTTP provider, [`HttpProvider`], over a [`WireFormat`]: one pooled client per
+//! endpoint, the request/response cycle of a completion or a stream, trace-context injection,
+//! and the mapping of transport failures and error statuses into [`ProviderError`]. A wire
+//! format only supplies its dialect: the path, the request body, the key's headers, the
+//! response parser, the stream decoder and where an error body keeps its message.
 //!
 //! # Bounded bodies
 //!
@@ -23,10 +24,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
-use http::{HeaderMap, HeaderValue};
+use http::header::{ACCEPT, CONTENT_TYPE};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper_rustls::HttpsConnector;
@@ -36,13 +38,75 @@ use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::proxy::matcher::{Intercept, Matcher};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::CertificateDer;
-use serde::Serialize;
 use tokio::net::TcpStream;
 use tower::ServiceExt;
 
 use super::stream::{Decoder, decode};
-use super::{BuildError, Completion, EventStream, ProviderError};
+use super::wire::WireFormat;
+use super::{BuildError, ChatRequest, Completion, EventStream, Provider, ProviderError};
 use crate::config::{BodyLimits, ProviderConfig, ProxyConfig, Secret};
+
+/// A provider endpoint speaking wire format `W`: every provider kind is one of these.
+pub struct HttpProvider<W> {
+    config: ProviderConfig,
+    wire: W,
+    endpoint: Endpoint,
+}
+
+impl<W: WireFormat> HttpProvider<W> {
+    /// The provider of `config`'s first base URL (a pool makes one per URL); its HTTPS trusts
+    /// the system roots plus `extra_roots` (`VRA_UPSTREAM_CA_FILE`).
+    pub fn new(
+        wire: W,
+        config: ProviderConfig,
+        extra_roots: &[CertificateDer<'static>],
+    ) -> Result<Self, BuildError> {
+        Ok(Self {
+            endpoint: Endpoint::new(&config, &wire, extra_roots)?,
+            wire,
+            config,
+        })
+    }
+
+    /// The request body of `req` in `W`'s format.
+    fn body(&self, req: &ChatRequest, stream: bool) -> Result<Vec<u8>, ProviderError> {
+        self.wire
+            .body(req, stream)
+            .map_err(|e| ProviderError::Transport(format!("cannot encode the request: {e}")))
+    }
+}
+
+#[async_trait]
+impl<W: WireFormat> Provider for HttpProvider<W> {
+    fn config(&self) -> &ProviderConfig {
+        &self.config
+    }
+
+    fn address(&self) -> (&str, u16) {
+        self.endpoint.address()
+    }
+
+    fn system(&self) -> &'static str {
+        W::SYSTEM
+    }
+
+    async fn complete(&self, req: &ChatRequest) -> Result<Completion, ProviderError> {
+        let body = self.body(req, false)?;
+        self.endpoint.complete(body, |b| self.wire.parse(b)).await
+    }
+
+    async fn stream(
+        &self,
+        req: &ChatRequest,
+        idle: Duration,
+    ) -> Result<EventStream, ProviderError> {
+        let body = self.body(req, true)?;
+        let decoder = self.wire.decoder(self.config.limits);
+        self.endpoint
+            .stream(body, W::STREAM_ACCEPT, decoder, idle)
+            .await
+    }
+}
 
 /// What [`ProviderError::TooLarge`] names when a unary answer is past its limit.
 pub const TOO_LARGE_BODY: &str = "response body";
@@ -60,7 +124,7 @@ type TcpConnector = tower::util::BoxCloneSyncService<http::Uri, TokioIo<TcpStrea
 type Response = http::Response<Incoming>;
 
 /// One provider endpoint: its pooled client, URL, per-attempt timeout, key and body limits.
-pub(crate) struct Endpoint {
+struct Endpoint {
     client: HttpClient,
     /// Parsed once, cloned per request (a cheap, shared copy).
     uri: http::Uri,
@@ -68,22 +132,25 @@ pub(crate) struct Endpoint {
     port: u16,
     timeout: Duration,
     api_key: Option<Secret>,
-    /// `Bearer <key>`, made once and marked sensitive (kept out of any header dump).
-    authorization: Option<HeaderValue>,
+    /// The headers carrying the key (`Authorization: Bearer <key>`, or the format's own),
+    /// made once and marked sensitive (kept out of any header dump).
+    auth: Vec<(HeaderName, HeaderValue)>,
     limits: BodyLimits,
+    /// The wire format's [`WireFormat::error_message`].
+    error_message: fn(&[u8]) -> Option<String>,
 }
 
 impl Endpoint {
-    pub(crate) fn new(
+    fn new<W: WireFormat>(
         config: &ProviderConfig,
-        path: &str,
+        wire: &W,
         extra_roots: &[CertificateDer<'static>],
     ) -> Result<Self, BuildError> {
         let invalid = |message: String| BuildError {
             name: config.name.clone(),
             message,
         };
-        let url = reqwest::Url::parse(&join(&config.base_url, path))
+        let url = reqwest::Url::parse(&join(&config.base_url, W::PATH))
             .map_err(|e| invalid(format!("invalid base URL: {e}")))?;
         let uri = url
             .as_str()
@@ -101,14 +168,18 @@ impl Endpoint {
                 proxy.uri().port_u16().unwrap_or(80),
             );
         }
-        let authorization = match &config.api_key {
-            Some(key) => {
-                let mut value = HeaderValue::try_from(format!("Bearer {}", key.expose()))
-                    .map_err(|_| invalid("the API key is not a valid header value".into()))?;
-                value.set_sensitive(true);
-                Some(value)
-            }
-            None => None,
+        let auth = match &config.api_key {
+            Some(key) => wire
+                .auth_headers(key.expose())
+                .into_iter()
+                .map(|(name, value)| {
+                    let mut value = HeaderValue::try_from(value)
+                        .map_err(|_| invalid("the API key is not a valid header value".into()))?;
+                    value.set_sensitive(true);
+                    Ok((name, value))
+                })
+                .collect::<Result<_, _>>()?,
+            None => Vec::new(),
         };
         Ok(Self {
             host,
@@ -117,47 +188,42 @@ impl Endpoint {
             uri,
             timeout: config.timeout,
             api_key: config.api_key.clone(),
-            authorization,
+            auth,
             limits: config.limits,
+            error_message: W::error_message,
         })
     }
 
     /// The upstream's host and port (`server.address`, `server.port`).
-    pub(crate) fn address(&self) -> (&str, u16) {
+    fn address(&self) -> (&str, u16) {
         (&self.host, self.port)
     }
 
     /// A JSON POST of `body` with the key and the current trace context.
-    fn request(
-        &self,
-        body: &impl Serialize,
-        accept: &'static str,
-    ) -> Result<http::Request<Full<Bytes>>, ProviderError> {
-        let json = serde_json::to_vec(body)
-            .map_err(|e| ProviderError::Transport(format!("cannot encode the request: {e}")))?;
-        let mut request = http::Request::new(Full::new(Bytes::from(json)));
+    fn request(&self, body: Vec<u8>, accept: &'static str) -> http::Request<Full<Bytes>> {
+        let mut request = http::Request::new(Full::new(Bytes::from(body)));
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = self.uri.clone();
         let headers = request.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(ACCEPT, HeaderValue::from_static(accept));
-        if let Some(authorization) = &self.authorization {
-            headers.insert(AUTHORIZATION, authorization.clone());
+        for (name, value) in &self.auth {
+            headers.insert(name, value.clone());
         }
         crate::telemetry::inject_trace_context(headers);
-        Ok(request)
+        request
     }
 
     /// One non-streaming request: send `body`, parse the answer with `parse`, record it on the
     /// current (attempt) span. The attempt timeout covers the whole exchange.
-    pub(crate) async fn complete(
+    async fn complete(
         &self,
-        body: &impl Serialize,
-        parse: fn(&[u8]) -> Result<Completion, ProviderError>,
+        body: Vec<u8>,
+        parse: impl FnOnce(&[u8]) -> Result<Completion, ProviderError>,
     ) -> Result<Completion, ProviderError> {
-        let request = self.request(body, "application/json")?;
+        let request = self.request(body, "application/json");
         let exchange = async {
-            let response = send(&self.client, request, self.api_key.as_ref(), self.limits).await?;
+            let response = self.send(request).await?;
             read_body(response, self.limits.response_bytes).await
         };
         let bytes = tokio::time::timeout(self.timeout, exchange)
@@ -177,20 +243,17 @@ impl Endpoint {
     /// One streaming request. The time to response headers is bounded by the attempt timeout;
     /// after that only the idle timeout applies, so long generations are not cut. Each line is
     /// bounded by `VRA_MAX_STREAM_LINE_BYTES`.
-    pub(crate) async fn stream(
+    async fn stream(
         &self,
-        body: &impl Serialize,
+        body: Vec<u8>,
         accept: &'static str,
         decoder: impl Decoder,
         idle: Duration,
     ) -> Result<EventStream, ProviderError> {
-        let request = self.request(body, accept)?;
-        let response = tokio::time::timeout(
-            self.timeout,
-            send(&self.client, request, self.api_key.as_ref(), self.limits),
-        )
-        .await
-        .map_err(|_| ProviderError::Timeout)??;
+        let request = self.request(body, accept);
+        let response = tokio::time::timeout(self.timeout, self.send(request))
+            .await
+            .map_err(|_| ProviderError::Timeout)??;
         let body = response
             .into_body()
             .into_data_stream()
@@ -351,41 +414,44 @@ where
     }
 }
 
-/// Sends a request; returns the response only when its status is a success. An error body is
-/// read up to the response limit.
-async fn send(
-    client: &HttpClient,
-    request: http::Request<Full<Bytes>>,
-    api_key: Option<&Secret>,
-    limits: BodyLimits,
-) -> Result<Response, ProviderError> {
-    let response = client.request(request).await.map_err(map_client_error)?;
-    let status = response.status();
-    crate::telemetry::record_http_status(status.as_u16());
-    if status.is_success() {
-        return Ok(response);
+impl Endpoint {
+    /// Sends a request; returns the response only when its status is a success. An error body is
+    /// read up to the response limit.
+    async fn send(&self, request: http::Request<Full<Bytes>>) -> Result<Response, ProviderError> {
+        let api_key = self.api_key.as_ref();
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(map_client_error)?;
+        let status = response.status();
+        crate::telemetry::record_http_status(status.as_u16());
+        if status.is_success() {
+            return Ok(response);
+        }
+        let retry_after = response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let code = status.as_u16();
+        // 401/403 bodies may quote (part of) the key: never keep them.
+        let message = if matches!(code, 401 | 403) {
+            String::new()
+        } else if status.is_redirection() {
+            redirect_message(response.headers(), api_key)
+        } else {
+            // Only an excerpt is kept, so only the start of the body is read.
+            let body =
+                read_prefix(response, self.limits.response_bytes.min(ERROR_BODY_PREFIX)).await;
+            error_excerpt(&body, api_key, self.error_message)
+        };
+        Err(ProviderError::Status {
+            status: code,
+            retry_after,
+            message,
+        })
     }
-    let retry_after = response
-        .headers()
-        .get(http::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, SystemTime::now()));
-    let code = status.as_u16();
-    // 401/403 bodies may quote (part of) the key: never keep them.
-    let message = if matches!(code, 401 | 403) {
-        String::new()
-    } else if status.is_redirection() {
-        redirect_message(response.headers(), api_key)
-    } else {
-        // Only an excerpt is kept, so only the start of the body is read.
-        let body = read_prefix(response, limits.response_bytes.min(ERROR_BODY_PREFIX)).await;
-        error_excerpt(&body, api_key)
-    };
-    Err(ProviderError::Status {
-        status: code,
-        retry_after,
-        message,
-    })
 }
 
 /// Reads a whole body of at most `limit` bytes, frame by frame. A body that says (by its
@@ -451,7 +517,7 @@ async fn read_prefix(response: Response, limit: usize) -> Vec<u8> {
 fn redirect_message(headers: &HeaderMap, api_key: Option<&Secret>) -> String {
     let location = headers
         .get(http::header::LOCATION)
-        .map(|v| error_excerpt(v.as_bytes(), api_key))
+        .map(|v| excerpt(&String::from_utf8_lossy(v.as_bytes()), api_key))
         .filter(|l| !l.is_empty());
     match location {
         Some(l) => format!("redirect to `{l}` not followed; check the provider's base URL"),
@@ -520,26 +586,25 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
-/// The `error.message` (OpenAI) or `error` (Ollama) field of an error body, else its start;
-/// the key scrubbed out first, then cut to [`ERROR_EXCERPT`] characters (so no part of a key
-/// that straddles the cut survives).
-fn error_excerpt(body: &[u8], key: Option<&Secret>) -> String {
-    let text = scrub(&error_message(body), key);
+/// The message of an error body as the wire format finds it (`message_of`), else the body's
+/// start, as an [`excerpt`].
+fn error_excerpt(
+    body: &[u8],
+    key: Option<&Secret>,
+    message_of: fn(&[u8]) -> Option<String>,
+) -> String {
+    let text = message_of(body).unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    excerpt(&text, key)
+}
+
+/// `text` with the key scrubbed out first, then cut to [`ERROR_EXCERPT`] characters (so no
+/// part of a key that straddles the cut survives).
+fn excerpt(text: &str, key: Option<&Secret>) -> String {
+    let text = scrub(text, key);
     let text = text.trim();
     match text.char_indices().nth(ERROR_EXCERPT) {
         Some((idx, _)) => format!("{}…", &text[..idx]),
         None => text.to_string(),
-    }
-}
-
-fn error_message(body: &[u8]) -> String {
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(v) => match (&v["error"]["message"], &v["error"]) {
-            (serde_json::Value::String(m), _) => m.clone(),
-            (_, serde_json::Value::String(m)) => m.clone(),
-            _ => String::from_utf8_lossy(body).into_owned(),
-        },
-        Err(_) => String::from_utf8_lossy(body).into_owned(),
     }
 }
 
@@ -558,21 +623,27 @@ fn join(base: &str, path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::openai::OpenAi;
+
+    /// An excerpt of an error body as an OpenAI-format endpoint reads it.
+    fn openai_excerpt(body: &[u8], key: Option<&Secret>) -> String {
+        error_excerpt(body, key, <OpenAi as WireFormat>::error_message)
+    }
 
     #[test]
     fn excerpts_prefer_the_error_message() {
         assert_eq!(
-            error_excerpt(br#"{"error":{"message":"rate limited","type":"x"}}"#, None),
+            openai_excerpt(br#"{"error":{"message":"rate limited","type":"x"}}"#, None),
             "rate limited"
         );
         assert_eq!(
-            error_excerpt(br#"{"error":"model not found"}"#, None),
+            openai_excerpt(br#"{"error":"model not found"}"#, None),
             "model not found"
         );
-        assert_eq!(error_excerpt(b"oops", None), "oops");
+        assert_eq!(openai_excerpt(b"oops", None), "oops");
         let long = "x".repeat(500);
         assert_eq!(
-            error_excerpt(long.as_bytes(), None).chars().count(),
+            openai_excerpt(long.as_bytes(), None).chars().count(),
             ERROR_EXCERPT + 1
         );
     }
@@ -632,10 +703,10 @@ mod tests {
             pool: Default::default(),
             proxy: Default::default(),
         };
-        let endpoint = Endpoint::new(&config, "chat/completions", &[]).unwrap();
+        let endpoint = Endpoint::new(&config, &OpenAi, &[]).unwrap();
         let result = tokio::time::timeout(
             Duration::from_secs(20),
-            endpoint.complete(&serde_json::json!({"model": "m"}), |_| unreachable!()),
+            endpoint.complete(br#"{"model":"m"}"#.to_vec(), |_| unreachable!()),
         )
         .await
         .expect("the connect timeout, not the attempt timeout, ends the attempt");
@@ -708,7 +779,7 @@ mod tests {
             "x".repeat(ERROR_EXCERPT - 5),
             key.expose()
         );
-        let excerpt = error_excerpt(body.as_bytes(), Some(&key));
+        let excerpt = openai_excerpt(body.as_bytes(), Some(&key));
         assert!(!excerpt.contains("sk-li"), "{excerpt}");
     }
 

@@ -3,20 +3,26 @@
 //! A provider turns a [`ChatRequest`] into exactly **one** HTTP request in its wire format and
 //! maps the answer (or failure) into [`Completion`] / [`ProviderError`]. Retries, budget and
 //! fallback live above it, in [`crate::gateway`], so that every upstream request can be counted
-//! and budgeted. Adding a provider kind means one new file here plus a match arm in [`build`].
+//! and budgeted.
 //!
-//! - [`openai`]: OpenAI-compatible Chat Completions (OpenAI, vLLM, llama.cpp server, ...).
-//! - [`ollama`]: Ollama's native `/api/chat`.
-//! - [`stream`]: incremental SSE / NDJSON decoding shared by both streaming paths.
+//! - [`http`]: the one HTTP provider, [`http::HttpProvider`], over a [`wire::WireFormat`]:
+//!   client, timeouts, bounded bodies, error mapping.
+//! - [`wire`]: what a wire format supplies. Adding one is a new file here plus its
+//!   registration (a [`ProviderKind`] and an arm in [`build`]), see [`wire`].
+//! - [`openai`]: OpenAI-compatible Chat Completions (OpenAI, vLLM, llama.cpp server, ...),
+//!   its JSON shapes and its SSE decoder.
+//! - [`ollama`]: Ollama's native `/api/chat`, its JSON shapes and its NDJSON decoder.
+//! - [`stream`]: incremental line decoding of a streamed body, shared by every format.
 //! - [`pool`]: endpoint pools — one provider over several base URLs, with balancing,
 //!   outlier ejection, a per-endpoint concurrency cap and a FIFO queue. The gateway leases an
 //!   endpoint per attempt.
 
-mod http;
+pub mod http;
 pub mod ollama;
 pub mod openai;
 pub mod pool;
 pub mod stream;
+pub mod wire;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -29,6 +35,9 @@ use futures_util::Stream;
 use crate::config::{Endpoint, ProviderConfig, ProviderKind};
 use crate::domain::Tier;
 pub use crate::domain::{ProviderError, TokenUsage};
+use http::HttpProvider;
+use ollama::Ollama;
+use openai::OpenAi;
 use pool::Pool;
 
 /// What the gateway asks of a model.
@@ -113,13 +122,8 @@ pub trait Provider: Send + Sync + 'static {
     /// The upstream's host and port, for span attributes.
     fn address(&self) -> (&str, u16);
 
-    /// The `gen_ai.provider.name` of this wire format (`openai`, `ollama`).
-    fn system(&self) -> &'static str {
-        match self.config().kind {
-            ProviderKind::Openai => "openai",
-            ProviderKind::Ollama => "ollama",
-        }
-    }
+    /// The `gen_ai.provider.name` of its wire format (`openai`, `ollama`).
+    fn system(&self) -> &'static str;
 }
 
 /// Error building a provider's HTTP client.
@@ -137,8 +141,8 @@ pub fn build(
     extra_roots: &[rustls_pki_types::CertificateDer<'static>],
 ) -> Result<Arc<dyn Provider>, BuildError> {
     Ok(match config.kind {
-        ProviderKind::Openai => Arc::new(openai::OpenAi::new(config.clone(), extra_roots)?),
-        ProviderKind::Ollama => Arc::new(ollama::Ollama::new(config.clone(), extra_roots)?),
+        ProviderKind::Openai => Arc::new(HttpProvider::new(OpenAi, config.clone(), extra_roots)?),
+        ProviderKind::Ollama => Arc::new(HttpProvider::new(Ollama, config.clone(), extra_roots)?),
     })
 }
 

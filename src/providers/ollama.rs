@@ -1,19 +1,15 @@
-//! Ollama's native chat API: `POST {host}/api/chat`.
+//! Ollama's native chat wire format: `POST {host}/api/chat`.
 //!
 //! Non-streaming requests send `"stream": false` and read `message.content`,
-//! `prompt_eval_count` and `eval_count`; streaming reads NDJSON (see
-//! [`super::stream::NdjsonDecoder`]). Sampling options go under `options` with Ollama's names
-//! (`num_predict` for max tokens).
+//! `prompt_eval_count` and `eval_count`; streams are NDJSON ([`NdjsonDecoder`]). Sampling
+//! options go under `options` with Ollama's names (`num_predict` for max tokens).
 
-use std::time::Duration;
+use std::collections::VecDeque;
 
-use async_trait::async_trait;
-
-use super::stream::NdjsonDecoder;
-use super::{
-    BuildError, ChatRequest, Completion, EventStream, Provider, ProviderError, TokenUsage, http,
-};
-use crate::config::ProviderConfig;
+use super::stream::Decoder;
+use super::wire::WireFormat;
+use super::{ChatRequest, Completion, ProviderError, StreamEvent, TokenUsage};
+use crate::config::BodyLimits;
 
 /// The JSON shapes of Ollama's `/api/chat`.
 pub mod wire {
@@ -58,24 +54,12 @@ pub mod wire {
     }
 }
 
-/// An Ollama upstream.
-pub struct Ollama {
-    config: ProviderConfig,
-    endpoint: http::Endpoint,
-}
+/// Ollama's `/api/chat` format.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ollama;
 
 impl Ollama {
-    pub fn new(
-        config: ProviderConfig,
-        extra_roots: &[rustls_pki_types::CertificateDer<'static>],
-    ) -> Result<Self, BuildError> {
-        Ok(Self {
-            endpoint: http::Endpoint::new(&config, "/api/chat", extra_roots)?,
-            config,
-        })
-    }
-
-    fn body<'a>(req: &'a ChatRequest, stream: bool) -> wire::Request<'a> {
+    fn request<'a>(req: &'a ChatRequest, stream: bool) -> wire::Request<'a> {
         wire::Request {
             model: &req.model,
             messages: req.messages(),
@@ -86,6 +70,25 @@ impl Ollama {
                 stop: &req.stop,
             },
         }
+    }
+}
+
+impl WireFormat for Ollama {
+    const SYSTEM: &'static str = "ollama";
+    const PATH: &'static str = "/api/chat";
+    const STREAM_ACCEPT: &'static str = "application/x-ndjson";
+    type Decoder = NdjsonDecoder;
+
+    fn body(&self, req: &ChatRequest, stream: bool) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&Self::request(req, stream))
+    }
+
+    fn parse(&self, body: &[u8]) -> Result<Completion, ProviderError> {
+        parse_response(body)
+    }
+
+    fn decoder(&self, _: BodyLimits) -> NdjsonDecoder {
+        NdjsonDecoder
     }
 }
 
@@ -112,35 +115,31 @@ pub fn parse_response(body: &[u8]) -> Result<Completion, ProviderError> {
     })
 }
 
-#[async_trait]
-impl Provider for Ollama {
-    fn config(&self) -> &ProviderConfig {
-        &self.config
-    }
+/// Ollama `/api/chat` streaming: one JSON object per line; the last has `"done": true`.
+#[derive(Debug, Default)]
+pub struct NdjsonDecoder;
 
-    fn address(&self) -> (&str, u16) {
-        self.endpoint.address()
-    }
-
-    async fn complete(&self, req: &ChatRequest) -> Result<Completion, ProviderError> {
-        self.endpoint
-            .complete(&Self::body(req, false), parse_response)
-            .await
-    }
-
-    async fn stream(
-        &self,
-        req: &ChatRequest,
-        idle: Duration,
-    ) -> Result<EventStream, ProviderError> {
-        self.endpoint
-            .stream(
-                &Self::body(req, true),
-                "application/x-ndjson",
-                NdjsonDecoder,
-                idle,
-            )
-            .await
+impl Decoder for NdjsonDecoder {
+    fn line(&mut self, line: &str, out: &mut VecDeque<StreamEvent>) -> Result<(), ProviderError> {
+        if line.trim().is_empty() {
+            return Ok(());
+        }
+        let msg: wire::ChatResponse = serde_json::from_str(line)
+            .map_err(|e| ProviderError::Malformed(format!("stream line: {e}")))?;
+        if let Some(err) = msg.error {
+            return Err(ProviderError::Upstream(err));
+        }
+        if let Some(text) = msg.message.map(|m| m.content).filter(|t| !t.is_empty()) {
+            out.push_back(StreamEvent::Delta(text));
+        }
+        if msg.done {
+            out.push_back(StreamEvent::Done {
+                model: msg.model.unwrap_or_default(),
+                usage: TokenUsage::reported(msg.prompt_eval_count, msg.eval_count),
+                finish_reason: msg.done_reason.unwrap_or_else(|| "stop".into()),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -158,7 +157,7 @@ mod tests {
             max_tokens: Some(100),
             stop: vec!["\n\n".into()],
         };
-        let v = serde_json::to_value(Ollama::body(&req, false)).unwrap();
+        let v = serde_json::to_value(Ollama::request(&req, false)).unwrap();
         assert_eq!(v["model"], "llama3:8b");
         assert_eq!(v["stream"], false);
         assert_eq!(v["messages"][0]["role"], "system");

@@ -1,18 +1,15 @@
-//! OpenAI-compatible Chat Completions: `POST {base}/chat/completions`.
+//! The OpenAI Chat Completions wire format: `POST {base}/chat/completions`.
 //!
-//! Speaks the wire format of OpenAI and of the many servers that copy it (vLLM, llama.cpp,
-//! LM Studio...). Non-streaming answers come from `choices[0].message.content` and `usage`;
-//! streaming uses SSE (see [`super::stream::SseDecoder`]).
+//! Spoken by OpenAI and the many servers that copy it (vLLM, llama.cpp, LM Studio, Azure
+//! OpenAI, ...). Non-streaming answers come from `choices[0].message.content` and `usage`;
+//! streams are Server-Sent Events of `chat.completion.chunk` objects ([`SseDecoder`]).
 
-use std::time::Duration;
+use std::collections::VecDeque;
 
-use async_trait::async_trait;
-
-use super::stream::SseDecoder;
-use super::{
-    BuildError, ChatRequest, Completion, EventStream, Provider, ProviderError, TokenUsage, http,
-};
-use crate::config::ProviderConfig;
+use super::stream::{Decoder, TOO_LARGE_EVENT};
+use super::wire::WireFormat;
+use super::{ChatRequest, Completion, ProviderError, StreamEvent, TokenUsage};
+use crate::config::BodyLimits;
 
 /// The JSON shapes of the Chat Completions API that the gateway reads and writes.
 pub mod wire {
@@ -90,24 +87,12 @@ pub mod wire {
     }
 }
 
-/// An OpenAI-compatible upstream.
-pub struct OpenAi {
-    config: ProviderConfig,
-    endpoint: http::Endpoint,
-}
+/// The OpenAI Chat Completions format.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenAi;
 
 impl OpenAi {
-    pub fn new(
-        config: ProviderConfig,
-        extra_roots: &[rustls_pki_types::CertificateDer<'static>],
-    ) -> Result<Self, BuildError> {
-        Ok(Self {
-            endpoint: http::Endpoint::new(&config, "/chat/completions", extra_roots)?,
-            config,
-        })
-    }
-
-    fn body<'a>(req: &'a ChatRequest, stream: bool) -> wire::Request<'a> {
+    fn request<'a>(req: &'a ChatRequest, stream: bool) -> wire::Request<'a> {
         wire::Request {
             model: &req.model,
             messages: req.messages(),
@@ -119,6 +104,25 @@ impl OpenAi {
                 include_usage: true,
             }),
         }
+    }
+}
+
+impl WireFormat for OpenAi {
+    const SYSTEM: &'static str = "openai";
+    const PATH: &'static str = "/chat/completions";
+    const STREAM_ACCEPT: &'static str = "text/event-stream";
+    type Decoder = SseDecoder;
+
+    fn body(&self, req: &ChatRequest, stream: bool) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&Self::request(req, stream))
+    }
+
+    fn parse(&self, body: &[u8]) -> Result<Completion, ProviderError> {
+        parse_response(body)
+    }
+
+    fn decoder(&self, limits: BodyLimits) -> SseDecoder {
+        SseDecoder::new(limits.line_bytes)
     }
 }
 
@@ -146,35 +150,129 @@ pub fn parse_response(body: &[u8]) -> Result<Completion, ProviderError> {
     })
 }
 
-#[async_trait]
-impl Provider for OpenAi {
-    fn config(&self) -> &ProviderConfig {
-        &self.config
+/// OpenAI Chat Completions streaming: SSE `data:` lines of `chat.completion.chunk` objects,
+/// ended by `data: [DONE]`. Usage arrives in a last chunk with empty `choices` when the
+/// request set `stream_options.include_usage`.
+///
+/// The `data` of one event may span several `data:` lines; what it accumulates is capped at
+/// the stream line limit, so many short lines cannot add up to an unbounded event.
+#[derive(Debug)]
+pub struct SseDecoder {
+    data: String,
+    has_data: bool,
+    /// Most bytes of `data` one event may accumulate.
+    max_data: usize,
+    model: String,
+    usage: TokenUsage,
+    finish_reason: Option<String>,
+}
+
+impl Default for SseDecoder {
+    /// A decoder with the default `VRA_MAX_STREAM_LINE_BYTES` as its event data limit.
+    fn default() -> Self {
+        Self::new(BodyLimits::default().line_bytes)
+    }
+}
+
+impl SseDecoder {
+    /// A decoder whose events may carry at most `max_data` bytes of data (the stream line
+    /// limit: one event is usually one line).
+    pub fn new(max_data: usize) -> Self {
+        Self {
+            data: String::new(),
+            has_data: false,
+            max_data,
+            model: String::new(),
+            usage: TokenUsage::default(),
+            finish_reason: None,
+        }
     }
 
-    fn address(&self) -> (&str, u16) {
-        self.endpoint.address()
+    /// Bytes of data held for the event in progress (for the stream tests' memory bounds).
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
+        self.data.len()
     }
 
-    async fn complete(&self, req: &ChatRequest) -> Result<Completion, ProviderError> {
-        self.endpoint
-            .complete(&Self::body(req, false), parse_response)
-            .await
+    fn dispatch(&mut self, out: &mut VecDeque<StreamEvent>) -> Result<(), ProviderError> {
+        if !self.has_data {
+            return Ok(());
+        }
+        self.has_data = false;
+        let data = std::mem::take(&mut self.data);
+        if data.trim() == "[DONE]" {
+            out.push_back(StreamEvent::Done {
+                model: std::mem::take(&mut self.model),
+                usage: self.usage,
+                finish_reason: self.finish_reason.take().unwrap_or_else(|| "stop".into()),
+            });
+            return Ok(());
+        }
+        let chunk: wire::Chunk = serde_json::from_str(&data)
+            .map_err(|e| ProviderError::Malformed(format!("stream chunk: {e}")))?;
+        if let Some(err) = chunk.error {
+            return Err(ProviderError::Upstream(err.message.unwrap_or_default()));
+        }
+        if let Some(model) = chunk.model {
+            self.model = model;
+        }
+        if let Some(u) = chunk.usage {
+            self.usage = TokenUsage::reported(u.prompt_tokens, u.completion_tokens);
+        }
+        for choice in chunk.choices {
+            if let Some(text) = choice
+                .delta
+                .and_then(|d| d.content)
+                .filter(|t| !t.is_empty())
+            {
+                out.push_back(StreamEvent::Delta(text));
+            }
+            if let Some(reason) = choice.finish_reason {
+                self.finish_reason = Some(reason);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Decoder for SseDecoder {
+    fn line(&mut self, line: &str, out: &mut VecDeque<StreamEvent>) -> Result<(), ProviderError> {
+        if line.is_empty() {
+            return self.dispatch(out);
+        }
+        if line.starts_with(':') {
+            return Ok(()); // comment / keep-alive
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        if field == "data" {
+            let joined = self.data.len() + usize::from(self.has_data) + value.len();
+            if joined > self.max_data {
+                return Err(ProviderError::TooLarge {
+                    what: TOO_LARGE_EVENT,
+                    limit: self.max_data,
+                });
+            }
+            if self.has_data {
+                self.data.push('\n');
+            }
+            self.data.push_str(value);
+            self.has_data = true;
+            // OpenAI ends with `data: [DONE]`, sometimes without the blank line after it.
+            if self.data == "[DONE]" {
+                return self.dispatch(out);
+            }
+        }
+        Ok(())
     }
 
-    async fn stream(
-        &self,
-        req: &ChatRequest,
-        idle: Duration,
-    ) -> Result<EventStream, ProviderError> {
-        self.endpoint
-            .stream(
-                &Self::body(req, true),
-                "text/event-stream",
-                SseDecoder::new(self.config.limits.line_bytes),
-                idle,
-            )
-            .await
+    fn finish(&mut self, rest: &str, out: &mut VecDeque<StreamEvent>) -> Result<(), ProviderError> {
+        if !rest.is_empty() {
+            self.line(rest, out)?;
+        }
+        self.dispatch(out)
     }
 }
 
@@ -192,7 +290,7 @@ mod tests {
             max_tokens: Some(64),
             stop: vec!["END".into()],
         };
-        let v = serde_json::to_value(OpenAi::body(&req, true)).unwrap();
+        let v = serde_json::to_value(OpenAi::request(&req, true)).unwrap();
         assert_eq!(v["model"], "gpt-4o");
         assert_eq!(v["messages"][0]["role"], "system");
         assert_eq!(v["messages"][1]["content"], "hello");
@@ -208,7 +306,7 @@ mod tests {
             stop: vec![],
             ..req
         };
-        let v = serde_json::to_value(OpenAi::body(&plain, false)).unwrap();
+        let v = serde_json::to_value(OpenAi::request(&plain, false)).unwrap();
         assert_eq!(v["messages"].as_array().unwrap().len(), 1);
         assert!(
             v.get("temperature").is_none()

@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::{BuildError, Provider, ProviderError};
-use crate::config::{PoolConfig, ProviderConfig, ProviderKind};
+use crate::config::{PoolConfig, ProviderConfig};
 
 /// One provider's endpoints, their load and health, and the queue of calls waiting for one.
 pub struct Pool {
@@ -149,12 +149,9 @@ impl Pool {
         &self.config.pool
     }
 
-    /// The `gen_ai.provider.name` of this wire format (`openai`, `ollama`).
+    /// The `gen_ai.provider.name` of its wire format (`openai`, `ollama`).
     pub fn system(&self) -> &'static str {
-        match self.config.kind {
-            ProviderKind::Openai => "openai",
-            ProviderKind::Ollama => "ollama",
-        }
+        self.endpoints[0].provider.system()
     }
 
     /// The endpoints' `host:port` labels, in configuration order.
@@ -458,9 +455,13 @@ mod tests {
         fn address(&self) -> (&str, u16) {
             ("gpu", self.1)
         }
+        fn system(&self) -> &'static str {
+            "fake"
+        }
     }
 
     fn pool(n: u16, pool: PoolConfig) -> Arc<Pool> {
+        use crate::config::ProviderKind;
         let config = ProviderConfig {
             name: "local".into(),
             kind: ProviderKind::Ollama,

@@ -1,8 +1,9 @@
-//! Incremental decoding of streamed completions: OpenAI Server-Sent Events and Ollama NDJSON.
+//! Incremental decoding of streamed completions, for every wire format (OpenAI's Server-Sent
+//! Events, Ollama's NDJSON, ...).
 //!
 //! Network chunks split anywhere — inside a line, inside a UTF-8 character, inside `[DONE]`.
 //! [`LineBuffer`] only releases complete lines, so everything above it sees whole lines and
-//! whole characters. Each wire format is a small [`Decoder`] that turns lines into
+//! whole characters. Each wire format has a small [`Decoder`], beside its JSON shapes, that turns lines into
 //! [`StreamEvent`]s; [`decode`] drives one over an HTTP body with an idle timeout and makes a
 //! stream that ends without its terminal event an error ([`ProviderError::Truncated`]).
 //!
@@ -13,7 +14,7 @@
 //! hold is the one line it has not finished, so that is capped: a line longer than
 //! `VRA_MAX_STREAM_LINE_BYTES` ([`crate::config::BodyLimits::line_bytes`]) — finished or
 //! still pending — fails the stream with [`ProviderError::TooLarge`] and the rest is not read.
-//! An SSE event may span several `data:` lines; [`SseDecoder`] caps the data it accumulates
+//! An SSE event may span several `data:` lines; [`SseDecoder`](super::openai::SseDecoder) caps the data it accumulates
 //! for one event at the same limit. Between two chunks the buffer holds at most the pending
 //! line (the limit, and a `\r` that may start its line ending); while a chunk is being split,
 //! at most that plus the chunk.
@@ -33,7 +34,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
-use super::{EventStream, ProviderError, StreamEvent, TokenUsage};
+use super::{EventStream, ProviderError, StreamEvent};
 use crate::config::BodyLimits;
 
 /// What [`ProviderError::TooLarge`] names when one line of a stream is past its limit.
@@ -288,157 +289,12 @@ where
     ))
 }
 
-/// OpenAI Chat Completions streaming: SSE `data:` lines of `chat.completion.chunk` objects,
-/// ended by `data: [DONE]`. Usage arrives in a last chunk with empty `choices` when the
-/// request set `stream_options.include_usage`.
-///
-/// The `data` of one event may span several `data:` lines; what it accumulates is capped at
-/// the stream line limit, so many short lines cannot add up to an unbounded event.
-#[derive(Debug)]
-pub struct SseDecoder {
-    data: String,
-    has_data: bool,
-    /// Most bytes of `data` one event may accumulate.
-    max_data: usize,
-    model: String,
-    usage: TokenUsage,
-    finish_reason: Option<String>,
-}
-
-impl Default for SseDecoder {
-    /// A decoder with the default `VRA_MAX_STREAM_LINE_BYTES` as its event data limit.
-    fn default() -> Self {
-        Self::new(BodyLimits::default().line_bytes)
-    }
-}
-
-impl SseDecoder {
-    /// A decoder whose events may carry at most `max_data` bytes of data (the stream line
-    /// limit: one event is usually one line).
-    pub fn new(max_data: usize) -> Self {
-        Self {
-            data: String::new(),
-            has_data: false,
-            max_data,
-            model: String::new(),
-            usage: TokenUsage::default(),
-            finish_reason: None,
-        }
-    }
-
-    fn dispatch(&mut self, out: &mut VecDeque<StreamEvent>) -> Result<(), ProviderError> {
-        if !self.has_data {
-            return Ok(());
-        }
-        self.has_data = false;
-        let data = std::mem::take(&mut self.data);
-        if data.trim() == "[DONE]" {
-            out.push_back(StreamEvent::Done {
-                model: std::mem::take(&mut self.model),
-                usage: self.usage,
-                finish_reason: self.finish_reason.take().unwrap_or_else(|| "stop".into()),
-            });
-            return Ok(());
-        }
-        let chunk: super::openai::wire::Chunk = serde_json::from_str(&data)
-            .map_err(|e| ProviderError::Malformed(format!("stream chunk: {e}")))?;
-        if let Some(err) = chunk.error {
-            return Err(ProviderError::Upstream(err.message.unwrap_or_default()));
-        }
-        if let Some(model) = chunk.model {
-            self.model = model;
-        }
-        if let Some(u) = chunk.usage {
-            self.usage = TokenUsage::reported(u.prompt_tokens, u.completion_tokens);
-        }
-        for choice in chunk.choices {
-            if let Some(text) = choice
-                .delta
-                .and_then(|d| d.content)
-                .filter(|t| !t.is_empty())
-            {
-                out.push_back(StreamEvent::Delta(text));
-            }
-            if let Some(reason) = choice.finish_reason {
-                self.finish_reason = Some(reason);
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Decoder for SseDecoder {
-    fn line(&mut self, line: &str, out: &mut VecDeque<StreamEvent>) -> Result<(), ProviderError> {
-        if line.is_empty() {
-            return self.dispatch(out);
-        }
-        if line.starts_with(':') {
-            return Ok(()); // comment / keep-alive
-        }
-        let (field, value) = match line.split_once(':') {
-            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-            None => (line, ""),
-        };
-        if field == "data" {
-            let joined = self.data.len() + usize::from(self.has_data) + value.len();
-            if joined > self.max_data {
-                return Err(ProviderError::TooLarge {
-                    what: TOO_LARGE_EVENT,
-                    limit: self.max_data,
-                });
-            }
-            if self.has_data {
-                self.data.push('\n');
-            }
-            self.data.push_str(value);
-            self.has_data = true;
-            // OpenAI ends with `data: [DONE]`, sometimes without the blank line after it.
-            if self.data == "[DONE]" {
-                return self.dispatch(out);
-            }
-        }
-        Ok(())
-    }
-
-    fn finish(&mut self, rest: &str, out: &mut VecDeque<StreamEvent>) -> Result<(), ProviderError> {
-        if !rest.is_empty() {
-            self.line(rest, out)?;
-        }
-        self.dispatch(out)
-    }
-}
-
-/// Ollama `/api/chat` streaming: one JSON object per line; the last has `"done": true`.
-#[derive(Debug, Default)]
-pub struct NdjsonDecoder;
-
-impl Decoder for NdjsonDecoder {
-    fn line(&mut self, line: &str, out: &mut VecDeque<StreamEvent>) -> Result<(), ProviderError> {
-        if line.trim().is_empty() {
-            return Ok(());
-        }
-        let msg: super::ollama::wire::ChatResponse = serde_json::from_str(line)
-            .map_err(|e| ProviderError::Malformed(format!("stream line: {e}")))?;
-        if let Some(err) = msg.error {
-            return Err(ProviderError::Upstream(err));
-        }
-        if let Some(text) = msg.message.map(|m| m.content).filter(|t| !t.is_empty()) {
-            out.push_back(StreamEvent::Delta(text));
-        }
-        if msg.done {
-            out.push_back(StreamEvent::Done {
-                model: msg.model.unwrap_or_default(),
-                usage: TokenUsage::reported(msg.prompt_eval_count, msg.eval_count),
-                finish_reason: msg.done_reason.unwrap_or_else(|| "stop".into()),
-            });
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::TokenUsage;
+    use crate::providers::ollama::NdjsonDecoder;
+    use crate::providers::openai::SseDecoder;
     use proptest::prelude::*;
 
     fn run(
@@ -859,7 +715,7 @@ mod tests {
         #[test]
         fn sse_noise_is_bounded((bytes, cuts) in noise_and_splits(), limit in 8usize..128) {
             let chunks = chunked(&bytes, &cuts);
-            feed_noise(&mut SseDecoder::new(limit), &chunks, limit, |d| d.data.len())?;
+            feed_noise(&mut SseDecoder::new(limit), &chunks, limit, |d| d.held())?;
         }
 
         #[test]

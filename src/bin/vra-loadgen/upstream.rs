@@ -241,7 +241,9 @@ mod tests {
     use super::*;
     use std::collections::VecDeque;
     use vra_gateway::providers::StreamEvent;
-    use vra_gateway::providers::stream::{LineBuffer, NdjsonDecoder, SseDecoder, feed};
+    use vra_gateway::providers::ollama::NdjsonDecoder;
+    use vra_gateway::providers::openai::SseDecoder;
+    use vra_gateway::providers::stream::{LineBuffer, feed};
 
     fn opts() -> Options {
         Options {
