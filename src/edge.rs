@@ -240,6 +240,19 @@ impl Drop for Admitted {
     }
 }
 
+/// What one process accepts from its clients at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// `VRA_MAX_IN_FLIGHT`: generation calls in flight; more are shed.
+    pub max_in_flight: usize,
+    /// `VRA_MAX_CONCURRENT_STREAMS`: HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// `VRA_H2_KEEPALIVE_MS` (`None`: off).
+    pub h2_keepalive: Option<Duration>,
+    /// `VRA_STREAM_MAX_MS`: longest total duration of one stream.
+    pub stream_max: Duration,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,7 +37,10 @@
 //! - [`service`]: the tonic service — validation and conversion around the pipeline.
 //! - [`error`]: the gateway error enum and its one mapping to `tonic::Status`.
 //! - [`server`]: wiring, health, reflection, metrics endpoint, graceful shutdown.
-//! - [`config`]: one typed configuration from env, `.env` and TOML, validated up front.
+//! - [`config`]: one typed configuration from env, `.env` and TOML, validated up front: the
+//!   settings table, the sources, the parsers, the provider table and the security rules, each
+//!   in its own file; every subsystem owns the type of its own settings and `config`
+//!   assembles them. Add a setting here.
 //! - [`telemetry`] and [`metrics`]: logs, `[Hybrid]` events, OTLP traces, Prometheus — fed
 //!   plain values.
 //! - [`usage`]: a report's cost table (`vra-gateway usage REPORT_ID`, the demo's summary),

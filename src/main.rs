@@ -242,7 +242,7 @@ fn serve(config_path: Option<PathBuf>, print_config: bool) -> ExitCode {
         Err(e) => return fail(&format!("cannot start the runtime: {e}"), 1),
     };
     let result = rt.block_on(async {
-        let mut guard = telemetry::init(&config);
+        let mut guard = telemetry::init(&config.telemetry);
         telemetry::log_panics();
         // Handlers first: a SIGTERM once the listener is announced must drain, not kill.
         let shutdown = server::shutdown_signal();

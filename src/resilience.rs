@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::{CircuitConfig, RetryConfig};
 use crate::domain::ProviderError;
 
 /// Exponential backoff with full jitter, bounded attempts.
@@ -238,6 +237,20 @@ impl CircuitBreaker {
             }
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryConfig {
+    pub max_attempts: u32,
+    pub base: Duration,
+    pub max_backoff: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitConfig {
+    /// 0 disables the breaker.
+    pub failure_threshold: u32,
+    pub open_for: Duration,
 }
 
 #[cfg(test)]

@@ -78,7 +78,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 pub fn build_gateway(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<Gateway>, ServeError> {
     let roots = crate::tls::upstream_roots(config.security.upstream_ca_file.as_deref())?;
     let tiers = Tiers::build(&config.primary, &config.secondary, &roots)?;
-    let ledger = budget::build(config)?;
+    let ledger = budget::build(&config.ledger)?;
     Ok(Arc::new(Gateway::new(config, tiers, ledger, metrics)))
 }
 

@@ -36,7 +36,6 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::{Config, LogFormat};
 use crate::domain::{
     BudgetInfo, FallbackReason, Nanos, ProviderError, RouteInfo, Tier, TokenUsage, Untrusted,
     UntrustedList,
@@ -45,17 +44,12 @@ use crate::domain::{
 /// Longest prompt/completion excerpt put in a span when content tracing is on.
 const CONTENT_LIMIT: usize = 1024;
 
-#[derive(Debug, Clone, Copy)]
-struct Settings {
-    json: bool,
-    trace_content: bool,
-}
+/// The process's telemetry settings, set once by [`init`].
+static SETTINGS: OnceLock<TelemetryConfig> = OnceLock::new();
 
-static SETTINGS: OnceLock<Settings> = OnceLock::new();
-
-fn settings() -> Settings {
-    SETTINGS.get().copied().unwrap_or(Settings {
-        json: false,
+fn settings() -> TelemetryConfig {
+    SETTINGS.get().copied().unwrap_or(TelemetryConfig {
+        log_format: LogFormat::Text,
         trace_content: false,
     })
 }
@@ -91,20 +85,33 @@ pub fn export_enabled() -> bool {
     .any(|v| std::env::var(v).is_ok_and(|s| !s.trim().is_empty()))
 }
 
+/// How log lines are written (`VRA_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// What the process's logs and spans show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TelemetryConfig {
+    /// `VRA_LOG_FORMAT`.
+    pub log_format: LogFormat,
+    /// `VRA_TRACE_CONTENT`: put (truncated) prompts and completions in spans.
+    pub trace_content: bool,
+}
+
 /// Installs the global subscriber (logs + traces) and propagator. Call once, inside the
 /// Tokio runtime. A second call (e.g. from tests) keeps the first subscriber.
-pub fn init(config: &Config) -> TelemetryGuard {
+pub fn init(config: &TelemetryConfig) -> TelemetryGuard {
     init_with_default(config, "info")
 }
 
 /// Like [`init`], with the log filter used when `RUST_LOG` is unset.
-pub fn init_with_default(config: &Config, default_filter: &str) -> TelemetryGuard {
+pub fn init_with_default(config: &TelemetryConfig, default_filter: &str) -> TelemetryGuard {
     // The http/protobuf exporter builds a reqwest client, which needs the TLS provider.
     crate::install_crypto_provider();
-    let _ = SETTINGS.set(Settings {
-        json: config.log_format == LogFormat::Json,
-        trace_content: config.trace_content,
-    });
+    let _ = SETTINGS.set(*config);
     // The caller's trace continues (`traceparent`, `tracestate`); its `baggage` is not read:
     // nothing here uses it, and a context that never holds it cannot leak it.
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
@@ -353,7 +360,7 @@ impl<'a> Hybrid<'a> {
             "usage | Phase={} | Section={} | Provider={p} | Model={model} | Tokens={est}{}/{est}{} | Cost={cost} | Report={}{client}",
             self.phase, self.section, usage.input, usage.output, self.report_id
         );
-        if !settings().json {
+        if settings().log_format == LogFormat::Text {
             tracing::info!(target: "vra_gateway::usage", "{}", line);
             return;
         }
@@ -400,7 +407,7 @@ impl<'a> Hybrid<'a> {
     fn emit(self, level: Level, parts: Parts<'_>, line: fmt::Arguments<'_>) {
         let client = ClientSuffix(self.client);
         let line = format_args!("{line}{client}");
-        if !settings().json {
+        if settings().log_format == LogFormat::Text {
             macro_rules! text {
                 ($level:expr) => {
                     tracing::event!(target: "vra_gateway::hybrid", $level, "{}", line)

@@ -1,7 +1,7 @@
 //! Checks the deployment files under `deploy/` against the gateway they deploy.
 //!
 //! The Dockerfile, the Compose file and the Kubernetes manifests are written by hand, away
-//! from the code, so they drift silently: a variable renamed in `config.rs` but not in a
+//! from the code, so they drift silently: a variable renamed in `config/settings.rs` but not in a
 //! ConfigMap is simply ignored at runtime, a probe on the wrong port restarts pods forever.
 //! This test parses every YAML document under `deploy/`, checks the essentials of each file
 //! (ports, probes, grace period, non-root user, the secret reference), and checks that every

@@ -12,7 +12,6 @@ use common::process::{Running, gateway_env};
 use common::{Harness, reason, request, tier};
 use tonic::Code;
 use tonic::metadata::MetadataValue;
-use vra_gateway::config::ProviderConfig;
 use vra_gateway::demo::sim::{Sim, Step};
 use vra_gateway::domain::ProviderError;
 use vra_gateway::gateway::Gateway;
@@ -22,6 +21,7 @@ use vra_gateway::pb::gateway_service_server::GatewayServiceServer;
 use vra_gateway::pb::{
     self, CompilationPhase as P, FallbackReason as F, ProviderTier as T, SectionType as S,
 };
+use vra_gateway::providers::ProviderConfig;
 use vra_gateway::providers::pool::Pool;
 use vra_gateway::providers::{ChatRequest, Completion, EventStream, Provider, Tiers};
 use vra_gateway::service::GatewayService;

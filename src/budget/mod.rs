@@ -28,11 +28,11 @@ pub mod memory;
 pub mod redis;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::config::Config;
-use crate::domain::{Nanos, Phase, Tier, TokenUsage};
+use crate::domain::{Nanos, Phase, Secret, Tier, TokenUsage};
 
 /// Which report: its id, and the client it belongs to when callers authenticate. Client ids
 /// come from configuration (`[A-Za-z0-9._-]`), so they never contain the separators the
@@ -405,20 +405,32 @@ pub trait Ledger: Send + Sync + 'static {
     fn backend(&self) -> &'static str;
 }
 
+#[derive(Debug, Clone, PartialEq)]
+/// The ledger's settings: where it lives and how long a report is remembered.
+pub struct LedgerConfig {
+    pub url: Option<Secret>,
+    pub prefix: String,
+    pub timeout: Duration,
+    /// Reports the in-memory ledger tracks at most.
+    pub max_reports: usize,
+    /// A report's entry is forgotten this long after its last use (`VRA_REPORT_TTL_SECS`).
+    pub report_ttl: Duration,
+}
+
 /// Picks the backend from the configuration: Redis when `VRA_LEDGER_URL` is set. Must run
 /// inside the Tokio runtime (the memory ledger starts its TTL sweeper).
-pub fn build(config: &Config) -> Result<Arc<dyn Ledger>, LedgerError> {
-    match &config.ledger.url {
+pub fn build(config: &LedgerConfig) -> Result<Arc<dyn Ledger>, LedgerError> {
+    match &config.url {
         Some(url) => Ok(Arc::new(redis::RedisLedger::new(
             url.expose(),
-            &config.ledger.prefix,
+            &config.prefix,
             config.report_ttl,
-            config.ledger.timeout,
+            config.timeout,
         )?)),
         None => {
             let ledger = Arc::new(memory::MemoryLedger::with_capacity(
                 config.report_ttl,
-                config.ledger.max_reports,
+                config.max_reports,
             ));
             ledger.spawn_sweeper();
             Ok(ledger)

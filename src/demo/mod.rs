@@ -159,7 +159,8 @@ pub async fn serve(options: ServeOptions) -> Result<(), SandboxError> {
             NonZeroUsize::new(config.retry.max_attempts as usize).unwrap_or(NonZeroUsize::MIN);
         cloud.fail_every(every, attempts);
     }
-    let mut guard = crate::telemetry::init_with_default(&config, "warn,vra_gateway::hybrid=info");
+    let mut guard =
+        crate::telemetry::init_with_default(&config.telemetry, "warn,vra_gateway::hybrid=info");
     crate::telemetry::log_panics();
     // Handlers first: a SIGTERM once the address is printed must drain, not kill.
     let shutdown = server::shutdown_signal();
@@ -286,7 +287,8 @@ pub async fn run(options: DemoOptions) -> Result<(), Box<dyn std::error::Error>>
         .or_else(|| local_sim.as_ref().map(Sim::ollama_base))
         .unwrap_or_default();
     let (config, _) = demo_config(&cloud_url, &local_url)?;
-    let mut guard = crate::telemetry::init_with_default(&config, "warn,vra_gateway::hybrid=info");
+    let mut guard =
+        crate::telemetry::init_with_default(&config.telemetry, "warn,vra_gateway::hybrid=info");
 
     let mut out = std::io::stdout().lock();
     writeln!(out, "vra-gateway demo")?;

@@ -43,8 +43,11 @@ use tower::ServiceExt;
 
 use super::stream::{Decoder, decode};
 use super::wire::WireFormat;
-use super::{BuildError, ChatRequest, Completion, EventStream, Provider, ProviderError};
-use crate::config::{BodyLimits, ProviderConfig, ProxyConfig, Secret};
+use super::{
+    BodyLimits, BuildError, ChatRequest, Completion, EventStream, Provider, ProviderConfig,
+    ProviderError,
+};
+use crate::domain::Secret;
 
 /// A provider endpoint speaking wire format `W`: every provider kind is one of these.
 pub struct HttpProvider<W> {
@@ -106,6 +109,19 @@ impl<W: WireFormat> Provider for HttpProvider<W> {
             .stream(body, W::STREAM_ACCEPT, decoder, idle)
             .await
     }
+}
+
+/// `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` (each also read in lower case, as
+/// curl does): the forward proxy an upstream connection goes through, as an HTTP `CONNECT`
+/// tunnel. Proxy URLs are normalised to `http://host:port` (with `user:pass@` when given) and
+/// may carry credentials, hence secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProxyConfig {
+    pub https: Option<Secret>,
+    pub http: Option<Secret>,
+    pub all: Option<Secret>,
+    /// The `NO_PROXY` list, as given.
+    pub no: String,
 }
 
 /// What [`ProviderError::TooLarge`] names when a unary answer is past its limit.
@@ -692,11 +708,11 @@ mod tests {
         let port = stalled.local_addr().unwrap().port();
         let config = ProviderConfig {
             name: "openai".into(),
-            kind: crate::config::ProviderKind::Openai,
+            kind: crate::providers::ProviderKind::Openai,
             base_url: format!("https://127.0.0.1:{port}/v1"),
             base_urls: vec![format!("https://127.0.0.1:{port}/v1")],
             api_key: None,
-            tier: crate::config::CostTier::Cloud,
+            tier: crate::providers::CostTier::Cloud,
             timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_millis(200),
             limits: BodyLimits::default(),

@@ -32,13 +32,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::Stream;
 
-use crate::config::{Endpoint, ProviderConfig, ProviderKind};
-use crate::domain::Tier;
+use serde::Deserialize;
+
 pub use crate::domain::{ProviderError, TokenUsage};
+use crate::domain::{Secret, Tier};
 use http::HttpProvider;
+use http::ProxyConfig;
 use ollama::Ollama;
 use openai::OpenAi;
 use pool::Pool;
+use pool::PoolConfig;
 
 /// What the gateway asks of a model.
 #[derive(Debug, Clone, PartialEq)]
@@ -188,4 +191,78 @@ impl Tiers {
             secondary_model: secondary.model.clone(),
         })
     }
+}
+
+// --- configuration: what a provider is built from (assembled by `crate::config`) ---
+
+/// Wire format a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// OpenAI-compatible Chat Completions (`POST {base}/chat/completions`).
+    Openai,
+    /// Ollama (`POST {host}/api/chat`).
+    Ollama,
+}
+
+/// Whether a provider's requests cost cloud money (and so count toward the budget).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CostTier {
+    Cloud,
+    Local,
+}
+
+/// One named upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderConfig {
+    /// Lower-case name, e.g. `openai`, `local`.
+    pub name: String,
+    pub kind: ProviderKind,
+    /// The first of `base_urls` (the one URL of a single-endpoint provider).
+    pub base_url: String,
+    /// Every endpoint of the provider, distinct, at least one (`base_urls`, or a
+    /// comma-separated `OPENAI_BASE_URL` / `OLLAMA_HOST`).
+    pub base_urls: Vec<String>,
+    pub api_key: Option<Secret>,
+    pub tier: CostTier,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub limits: BodyLimits,
+    /// How requests are spread over `base_urls` (see [`crate::providers::pool`]).
+    pub pool: PoolConfig,
+    /// The forward proxies of upstream connections (the same for every provider).
+    pub proxy: ProxyConfig,
+}
+
+/// How much of an upstream's answer is read at most: past a limit the request fails with
+/// [`crate::domain::ProviderError::TooLarge`] instead of growing memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// A unary response body or an error body (`VRA_MAX_RESPONSE_BYTES`).
+    pub response_bytes: usize,
+    /// One SSE / NDJSON line of a stream (`VRA_MAX_STREAM_LINE_BYTES`).
+    pub line_bytes: usize,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        Self {
+            response_bytes: 8 << 20,
+            line_bytes: 1 << 20,
+        }
+    }
+}
+
+impl ProviderConfig {
+    pub fn is_cloud(&self) -> bool {
+        self.tier == CostTier::Cloud
+    }
+}
+
+/// A tier's provider and the model sent to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    pub provider: ProviderConfig,
+    pub model: String,
 }

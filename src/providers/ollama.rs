@@ -6,10 +6,10 @@
 
 use std::collections::VecDeque;
 
+use super::BodyLimits;
 use super::stream::Decoder;
 use super::wire::WireFormat;
 use super::{ChatRequest, Completion, ProviderError, StreamEvent, TokenUsage};
-use crate::config::BodyLimits;
 
 /// The JSON shapes of Ollama's `/api/chat`.
 pub mod wire {

@@ -6,10 +6,10 @@
 
 use std::collections::VecDeque;
 
+use super::BodyLimits;
 use super::stream::{Decoder, TOO_LARGE_EVENT};
 use super::wire::WireFormat;
 use super::{ChatRequest, Completion, ProviderError, StreamEvent, TokenUsage};
-use crate::config::BodyLimits;
 
 /// The JSON shapes of the Chat Completions API that the gateway reads and writes.
 pub mod wire {

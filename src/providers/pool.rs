@@ -47,8 +47,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::ProviderConfig;
 use super::{BuildError, Provider, ProviderError};
-use crate::config::{PoolConfig, ProviderConfig};
 
 /// One provider's endpoints, their load and health, and the queue of calls waiting for one.
 pub struct Pool {
@@ -432,10 +432,40 @@ impl Drop for Lease {
     }
 }
 
+/// A provider's endpoint pool: concurrency cap, queue and outlier ejection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Requests in flight per endpoint at most (`None`: unlimited).
+    pub max_in_flight: Option<usize>,
+    /// Calls waiting for a free endpoint at most; one more is turned away.
+    pub max_queue: usize,
+    /// Consecutive failures (connect errors, timeouts, 408, 429, 5xx) that eject an endpoint.
+    pub eject_after_failures: u32,
+    /// How long a first ejection lasts; it doubles with each failed probe, up to
+    /// [`PoolConfig::MAX_EJECTION`].
+    pub eject: Duration,
+}
+
+impl PoolConfig {
+    /// The longest an endpoint stays ejected.
+    pub const MAX_EJECTION: Duration = Duration::from_secs(300);
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: None,
+            max_queue: 256,
+            eject_after_failures: 3,
+            eject: Duration::from_millis(10_000),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BodyLimits, CostTier};
+    use crate::providers::{BodyLimits, CostTier};
     use crate::providers::{ChatRequest, Completion, EventStream};
     use async_trait::async_trait;
 
@@ -461,7 +491,7 @@ mod tests {
     }
 
     fn pool(n: u16, pool: PoolConfig) -> Arc<Pool> {
-        use crate::config::ProviderKind;
+        use crate::providers::ProviderKind;
         let config = ProviderConfig {
             name: "local".into(),
             kind: ProviderKind::Ollama,

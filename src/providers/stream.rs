@@ -34,8 +34,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
+use super::BodyLimits;
 use super::{EventStream, ProviderError, StreamEvent};
-use crate::config::BodyLimits;
 
 /// What [`ProviderError::TooLarge`] names when one line of a stream is past its limit.
 pub const TOO_LARGE_LINE: &str = "stream line";

@@ -16,9 +16,9 @@
 
 use http::HeaderName;
 
+use super::BodyLimits;
 use super::stream::Decoder;
 use super::{ChatRequest, Completion, ProviderError};
-use crate::config::BodyLimits;
 
 /// One API's dialect of a chat completion.
 pub trait WireFormat: Send + Sync + 'static {
