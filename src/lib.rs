@@ -32,9 +32,10 @@
 //!   [`server`] (the caller's deadline, stamped at arrival; then authentication). Add an edge
 //!   layer here.
 //! - [`auth`]: client identity — the clients file (bearer-token digests, per-client limits),
-//!   reloaded on SIGHUP, and the edge layer that admits a call with its `Arc<Client>` or
-//!   answers UNAUTHENTICATED.
-//! - [`service`]: the tonic service — validation and conversion around the pipeline.
+//!   reloaded on SIGHUP (`auth/clients.rs`), and the edge layer that admits a call with its
+//!   `Arc<Client>` or answers UNAUTHENTICATED (`auth/layer.rs`).
+//! - [`service`]: the tonic service — the RPCs (`service/mod.rs`), validation (`validate.rs`)
+//!   and conversion (`convert.rs`) around the pipeline. Add a door (a new front) beside it.
 //! - [`error`]: the gateway error enum and its one mapping to `tonic::Status`.
 //! - [`server`]: wiring, health, reflection, metrics endpoint, graceful shutdown.
 //! - [`config`]: one typed configuration from env, `.env` and TOML, validated up front: the
@@ -42,7 +43,7 @@
 //!   in its own file; every subsystem owns the type of its own settings and `config`
 //!   assembles them. Add a setting here.
 //! - [`telemetry`] and [`metrics`]: logs, `[Hybrid]` events, OTLP traces, Prometheus — fed
-//!   plain values.
+//!   plain values; [`throttle`]: the log throttles.
 //! - [`usage`]: a report's cost table (`vra-gateway usage REPORT_ID`, the demo's summary),
 //!   rendered from the `GetReportUsage` answer.
 //! - [`demo`]: not production code. `vra-gateway demo`, the gateway end to end against
@@ -65,6 +66,7 @@ pub mod routing;
 pub mod server;
 pub mod service;
 pub mod telemetry;
+pub mod throttle;
 pub mod tls;
 pub mod usage;
 

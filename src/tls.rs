@@ -51,7 +51,7 @@ use crate::config::{
     ConfigError, Setting, TLS_CERT_FILE, TLS_CLIENT_CA_FILE, TLS_KEY_FILE, TlsFiles,
     UPSTREAM_CA_FILE,
 };
-use crate::telemetry::Throttle;
+use crate::throttle::Throttle;
 
 /// How long a client gets to finish its TLS handshake before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -68,6 +68,7 @@ use crate::providers::{ChatRequest, Completion, Tiers};
 use crate::resilience::{BreakerState, CircuitBreaker, Deadline, RetryPolicy};
 use crate::routing::{self, Policy};
 use crate::telemetry::{self, Hybrid};
+use crate::throttle::Throttle;
 
 mod hold;
 mod record;
@@ -127,7 +128,7 @@ pub struct Gateway {
     /// Each tier's provider series, by tier index (resolved once, not per call).
     tier_metrics: [ProviderMetrics; 2],
     /// A ledger that is down or full fails every call the same way: one warning a second.
-    ledger_warnings: telemetry::Throttle,
+    ledger_warnings: Throttle,
     /// Each tier's model price (`None`: a cloud model without a price), by tier index.
     prices: [Option<Price>; 2],
     /// `MAX_CLOUD_COST_USD`.
@@ -244,7 +245,7 @@ impl Gateway {
                 CircuitBreaker::new(config.circuit),
             ],
             stream_idle: config.stream_idle_timeout,
-            ledger_warnings: telemetry::Throttle::new(Duration::from_secs(1)),
+            ledger_warnings: Throttle::new(Duration::from_secs(1)),
             prices,
             cost_cap: config.max_cloud_cost,
             output_ceiling: config.max_output_tokens,
