@@ -22,9 +22,10 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::time::Instant;
 
 use super::{
     CallRecord, Ledger, LedgerError, Limits, ReportBudget, ReportKey, ReportUsage, Reservation,
@@ -423,6 +424,19 @@ mod tests {
         assert_eq!(ledger.sweep(Instant::now()), 0);
         assert_eq!(ledger.sweep(later), 1);
         assert!(ledger.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_forgets_a_report_idle_for_its_ttl() {
+        let ledger = Arc::new(MemoryLedger::new(Duration::from_secs(10)));
+        ledger.spawn_sweeper();
+        ledger.reserve_now("r", 5).unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        ledger.reserve_now("r", 5).unwrap();
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert_eq!(ledger.len(), 1, "used 9 s ago: kept");
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        assert!(ledger.is_empty(), "idle for more than its TTL: swept");
     }
 
     #[test]

@@ -28,7 +28,9 @@
 //!   `max_queue` ([`ProviderError::QueueFull`] beyond). The queue is a `VecDeque` of oneshot
 //!   senders under the pool's one mutex: a lease that ends hands its slot straight to the
 //!   queue's head (with the head's own retry preference), so no later arrival can overtake
-//!   a waiter, and a new call queues behind waiters even when a slot just freed. (A tokio
+//!   a waiter. Room can also appear with no lease ending — an ejected endpoint due for its
+//!   probe — so the waiters also wake when the next ejection ends, and a new call first lets
+//!   the waiters take any room there is, then takes what is left. (A tokio
 //!   `Semaphore` is FIFO too, but one per endpoint cannot express "the first free slot of any
 //!   endpoint, in arrival order", and a pool-wide one cannot cap each endpoint.) Waiting is
 //!   not bounded here: the caller's deadline races the whole call, so a deadline that passes
@@ -43,9 +45,10 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use super::ProviderConfig;
 use super::{BuildError, Provider, ProviderError};
@@ -175,12 +178,15 @@ impl Pool {
     /// FIFO queue while every usable endpoint is full; fails at once with
     /// [`ProviderError::AllEndpointsEjected`] or [`ProviderError::QueueFull`].
     pub async fn acquire(self: &Arc<Self>, tried: &[usize]) -> Result<Lease, ProviderError> {
-        let (id, rx) = {
+        let (id, mut rx) = {
             let mut st = self.lock();
             let now = Instant::now();
             if !st.slots.iter().any(|s| s.usable(now)) {
                 return Err(ProviderError::AllEndpointsEjected);
             }
+            // Room may have appeared without a lease ending (an endpoint back from its
+            // ejection): the waiters take it first, then this call may.
+            self.serve_queue(&mut st, now);
             if st.waiters.is_empty()
                 && let Some(index) = self.pick(&st, tried, now)
             {
@@ -202,7 +208,29 @@ impl Pool {
             (id, rx)
         };
         let _leave = LeaveQueue { pool: self, id };
-        rx.await.unwrap_or(Err(ProviderError::AllEndpointsEjected))
+        loop {
+            // A lease that ends serves the queue; so does an ejection that ends, which no
+            // lease announces: the waiters wake for it.
+            let back = self.next_return();
+            tokio::select! {
+                lease = &mut rx => return lease.unwrap_or(Err(ProviderError::AllEndpointsEjected)),
+                () = sleep_until(back) => {
+                    let mut st = self.lock();
+                    self.serve_queue(&mut st, Instant::now());
+                }
+            }
+        }
+    }
+
+    /// When the next ejected endpoint is due back (for its probe), if one is.
+    fn next_return(&self) -> Option<Instant> {
+        let st = self.lock();
+        let now = Instant::now();
+        st.slots
+            .iter()
+            .filter_map(|s| s.ejected_until)
+            .filter(|&until| until > now)
+            .min()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -348,6 +376,14 @@ impl Pool {
     }
 }
 
+/// Resolves at `at` (never, without one).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Slot {
     /// Takes requests now: not ejected, or ejected, due, and no probe out yet.
     fn usable(&self, now: Instant) -> bool {
@@ -464,6 +500,8 @@ impl Default for PoolConfig {
 
 #[cfg(test)]
 mod tests {
+    use futures_util::FutureExt as _;
+
     use super::*;
     use crate::providers::{BodyLimits, CostTier};
     use crate::providers::{ChatRequest, Completion, EventStream};
@@ -532,7 +570,7 @@ mod tests {
         assert_eq!(again.endpoint(), format!("gpu:{}", again.index() + 1));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn ejects_probes_and_restores() {
         let settings = PoolConfig {
             eject_after_failures: 2,
@@ -661,5 +699,72 @@ mod tests {
         assert_eq!(p.queued(), 0);
         drop(held);
         drop(p.acquire(&[]).await.unwrap());
+    }
+
+    /// A pool of `n` endpoints of one slot each, ejected for 10 s after one failure, with
+    /// endpoint 0 held by the returned lease and every other endpoint ejected.
+    async fn one_held_the_rest_ejected(n: u16) -> (Arc<Pool>, Lease) {
+        let p = pool(
+            n,
+            PoolConfig {
+                max_in_flight: Some(1),
+                eject_after_failures: 1,
+                eject: Duration::from_secs(10),
+                ..PoolConfig::default()
+            },
+        );
+        let held = p.acquire(&[1, 2, 3]).await.unwrap();
+        assert_eq!(held.index(), 0);
+        for _ in 1..n {
+            let lease = p.acquire(&[0]).await.unwrap();
+            assert!(matches!(
+                lease.finish(Err(&fail())),
+                Some(HealthChange::Ejected { .. })
+            ));
+        }
+        (p, held)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_is_served_when_an_endpoint_returns_from_ejection() {
+        let (p, held) = one_held_the_rest_ejected(2).await;
+        let waiter = tokio::spawn({
+            let p = p.clone();
+            async move { p.acquire(&[]).await }
+        });
+        while p.queued() < 1 {
+            tokio::task::yield_now().await;
+        }
+        // No lease ends: the endpoint coming back is what serves the waiter.
+        let lease = tokio::time::timeout(Duration::from_secs(60), waiter)
+            .await
+            .expect("the waiter is served once the ejection ends, not at its deadline")
+            .unwrap()
+            .unwrap();
+        assert_eq!((lease.index(), lease.is_probe()), (1, true));
+        assert_eq!(held.index(), 0, "the first lease is still held");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_arrival_takes_room_the_waiters_leave_instead_of_queueing_behind_them() {
+        let (p, _held) = one_held_the_rest_ejected(3).await;
+        let waiter = tokio::spawn({
+            let p = p.clone();
+            async move { p.acquire(&[]).await }
+        });
+        while p.queued() < 1 {
+            tokio::task::yield_now().await;
+        }
+        // Both ejections end; before the waiter runs again, a new call arrives.
+        tokio::time::advance(Duration::from_secs(11)).await;
+        let arrival = p
+            .acquire(&[])
+            .now_or_never()
+            .expect("a free endpoint is taken at once")
+            .unwrap();
+        assert_eq!(p.queued(), 0, "the waiter was served first");
+        let first = waiter.await.unwrap().unwrap();
+        assert!(first.is_probe() && arrival.is_probe());
+        assert_ne!(first.index(), arrival.index());
     }
 }

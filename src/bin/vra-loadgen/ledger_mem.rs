@@ -51,7 +51,7 @@ pub fn run(reports: usize, out: Option<&Path>) -> Result<(), String> {
     }
     let rss_delta = rss_after.saturating_sub(rss_before) * 1024;
     // Every report expires: the sweep removes them and gives the tables' memory back.
-    let swept = ledger.sweep(Instant::now() + ttl + Duration::from_secs(1));
+    let swept = ledger.sweep(tokio::time::Instant::now() + ttl + Duration::from_secs(1));
     let rss_expired = procstat::rss_kb(pid);
     if swept != reports || !ledger.is_empty() {
         return Err(format!(
