@@ -57,7 +57,7 @@ command -v valgrind >/dev/null || {
     exit 1
 }
 # The same command as bench/run.sh, so CI reuses the binaries its smoke run built.
-cargo build --release --quiet --bins
+cargo build --release --quiet --workspace --bins
 
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY ALL_PROXY all_proxy NO_PROXY no_proxy
 WORK=$(mktemp -d -t vra-callgrind.XXXXXX)

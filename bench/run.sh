@@ -347,9 +347,9 @@ write_results() {
 }
 
 # --- build ---------------------------------------------------------------------------------
-log "building release binaries (cargo build --release --bins)"
-echo "cargo build --release --bins" >>"$COMMANDS"
-if ! cargo build --release --bins >"$LOGS/build.log" 2>&1; then
+log "building release binaries (cargo build --release --workspace --bins)"
+echo "cargo build --release --workspace --bins" >>"$COMMANDS"
+if ! cargo build --release --workspace --bins >"$LOGS/build.log" 2>&1; then
     tail -n 40 "$LOGS/build.log" >&2
     echo "bench: release build failed" >&2
     exit 1

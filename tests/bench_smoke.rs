@@ -13,7 +13,7 @@ use std::process::Command;
 use common::trials::{Gate, sync_trial};
 use libtest_mimic::Arguments;
 
-/// Sections the report must have (see `src/bin/vra-loadgen/report.rs`).
+/// Sections the report must have (see `bench/loadgen/src/report.rs`).
 const HEADERS: &[&str] = &[
     "# Benchmark results",
     "## Setup",

@@ -1436,6 +1436,38 @@ fn dockerfile_builds_a_non_root_image_with_a_health_check() {
     );
 }
 
+/// `cargo build` in the image resolves the whole workspace: every member's manifest must be in
+/// the build context the Dockerfile copies (a missing one fails the image build, which no test
+/// here can run).
+#[test]
+fn dockerfile_copies_every_workspace_members_manifest() {
+    let root = deploy_dir().parent().unwrap().to_path_buf();
+    let manifest: toml::Table = read(&root.join("Cargo.toml")).parse().expect("Cargo.toml");
+    let members: Vec<String> = manifest["workspace"]["members"]
+        .as_array()
+        .expect("[workspace] members")
+        .iter()
+        .map(|m| m.as_str().unwrap().trim_end_matches('/').to_string())
+        .filter(|m| m != ".")
+        .collect();
+    assert!(!members.is_empty(), "the load generator is a member");
+    let path = dockerfile_path();
+    let copied: Vec<String> = dockerfile_instructions(&read(&path))
+        .iter()
+        .filter(|(k, _)| k == "COPY")
+        .flat_map(|(_, args)| words(args))
+        .collect();
+    for member in members {
+        let wanted = format!("{member}/Cargo.toml");
+        assert!(
+            copied.contains(&wanted),
+            "{}: the workspace member `{member}` needs `COPY {wanted}`",
+            rel(&path)
+        );
+        assert!(root.join(&wanted).is_file(), "{wanted}");
+    }
+}
+
 #[test]
 fn manifests_set_only_variables_the_gateway_reads() {
     let docs = load_all();

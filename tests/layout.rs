@@ -4,7 +4,7 @@
 //! `gateway/` file uses `Gateway` from `gateway/mod.rs`); siblings may not go round in a circle.
 //!
 //! The check reads the `crate::…` and `super::…` paths of every file under `src/` (not
-//! `main.rs` or `src/bin/`, which are binaries, and not the files' `#[cfg(test)] mod tests`) —
+//! `main.rs`, the binary, and not the files' `#[cfg(test)] mod tests`) —
 //! a text scan, so it needs no tool beyond `cargo test`.
 
 use std::collections::{BTreeMap, BTreeSet};

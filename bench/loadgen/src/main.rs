@@ -1,5 +1,5 @@
 //! `vra-loadgen`: the load generator, fake upstream and report writer of the benchmark suite
-//! (`bench/run.sh`, issue 6).
+//! (`bench/run.sh`, `bench/callgrind.sh`). A crate of its own, with its own dependencies.
 //!
 //! - `upstream`: a fast fake OpenAI-compatible (and Ollama) upstream with fixed answers, so
 //!   the benchmark measures the gateway and not a simulator.
