@@ -201,6 +201,11 @@ pub async fn run(
         };
     tokio::pin!(server);
 
+    // The TLS files are also reloaded when they change (rotation without a signal).
+    let tls_watch = match (&tls, config.security.tls_reload_check) {
+        (Some(tls), Some(every)) => Some(tokio::spawn(tls.clone().watch(every))),
+        _ => None,
+    };
     // Each reloadable part re-reads its files on SIGHUP; one that fails keeps what it had
     // (and logs why).
     let reload_task = tokio::spawn(async move {
@@ -257,6 +262,9 @@ pub async fn run(
         tracing::warn!("grace period over; call records still on their way to the ledger are lost");
     }
     reload_task.abort();
+    if let Some(task) = tls_watch {
+        task.abort();
+    }
     if let Some(task) = metrics_task {
         let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
     }

@@ -9,7 +9,9 @@
 //! (bounded in time and in number, so slow or silent clients cannot pin memory or hold up
 //! the others) with the configuration current *at accept time*, and yields the finished
 //! `tokio_rustls::server::TlsStream`s. SIGHUP calls [`ServerTls::reload`], which swaps the
-//! configuration atomically; connections already open keep the one they started with.
+//! configuration atomically; connections already open keep the one they started with. So
+//! does a change of the files ([`ServerTls::watch`], every `VRA_TLS_RELOAD_CHECK_MS`), for
+//! certificates rotated without a signal.
 //!
 //! # Client identities (mTLS)
 //!
@@ -31,7 +33,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use futures_util::Stream;
@@ -212,7 +214,45 @@ impl ServerTls {
         &self.files
     }
 
-    /// Re-reads the files (SIGHUP). On success new connections get the new certificate (and
+    /// Reloads the files whenever they change, checking their modification time and size
+    /// every `every`, until the task is dropped: certificates rotated by cert-manager (which
+    /// swaps a mounted Secret's files) and the like need no signal. Every change is one reload
+    /// ([`reload`](Self::reload)): a half-written pair fails, keeps the previous
+    /// certificate, and the write that completes it changes the files again.
+    pub async fn watch(self: Arc<Self>, every: Duration) {
+        let mut seen = self.stamp();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let now = self.stamp();
+            if now != seen {
+                seen = now;
+                tracing::info!("TLS files changed: reloading");
+                let _ = self.reload();
+            }
+        }
+    }
+
+    /// The modification time and size of each file (`None` for one that cannot be read now).
+    fn stamp(&self) -> Vec<Option<(SystemTime, u64)>> {
+        let files = &self.files;
+        [
+            Some(&files.cert),
+            Some(&files.key),
+            files.client_ca.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|path| {
+            let meta = std::fs::metadata(path).ok()?;
+            Some((meta.modified().ok()?, meta.len()))
+        })
+        .collect()
+    }
+
+    /// Re-reads the files (SIGHUP, or a change seen by [`watch`](Self::watch)). On success new connections get the new certificate (and
     /// client CA); on failure the old configuration stays. Both outcomes are logged, naming
     /// the files — never their content.
     pub fn reload(&self) -> Result<(), ConfigError> {

@@ -447,6 +447,51 @@ async fn a_server_layer_sees_the_client_id_of_a_real_mtls_connection() {
 // ---------------------------------------------------------------------------------------
 // The real binary: reload and startup errors
 
+/// cert-manager and the like rotate the files without a signal: a change is reloaded by
+/// itself, and a file that does not parse keeps the certificate served.
+#[tokio::test]
+async fn rotated_files_are_reloaded_without_a_signal_and_a_bad_one_keeps_the_old() {
+    let cloud = Sim::start().await.expect("cloud sim");
+    let local = Sim::start().await.expect("local sim");
+    let (cloud_url, local_url) = (cloud.openai_base(), local.ollama_base());
+    let first = Ca::new("first CA");
+    let second = Ca::new("second CA");
+    let files = Files::new();
+    let (cert, key) = files.server(&first.leaf(&["localhost"], "gateway"));
+    let env = gateway_env(
+        &cloud_url,
+        &local_url,
+        &[
+            ("VRA_TLS_CERT_FILE", &cert),
+            ("VRA_TLS_KEY_FILE", &key),
+            ("VRA_TLS_RELOAD_CHECK_MS", "100"),
+        ],
+    );
+    let mut gw = Running::start(&env).await;
+    let addr = gw.addr.clone();
+    generate_over_tls(&addr, &first, None)
+        .await
+        .expect("served with the first certificate");
+
+    files.server(&second.leaf(&["localhost"], "gateway"));
+    gw.wait_for("TLS certificate reloaded").await;
+    generate_over_tls(&addr, &second, None)
+        .await
+        .expect("served with the rotated certificate");
+    assert!(generate_over_tls(&addr, &first, None).await.is_err());
+
+    files.write("server.crt", "-----BEGIN CERTIFICATE-----\nnot base64!\n");
+    let line = gw.wait_for("TLS reload failed").await;
+    assert!(line.contains("VRA_TLS_CERT_FILE"), "{line}");
+    generate_over_tls(&addr, &second, None)
+        .await
+        .expect("still served with the rotated certificate");
+
+    gw.sigterm();
+    let (code, lines) = gw.finish().await;
+    assert_eq!(code, 0, "{}", lines.join("\n"));
+}
+
 #[tokio::test]
 async fn sighup_reloads_the_certificate_and_a_bad_file_keeps_the_old_one() {
     let cloud = Sim::start().await.expect("cloud sim");

@@ -4,9 +4,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::ConfigError;
-use super::parse::parse_bool;
+use super::parse::{parse_bool, parse_millis};
 use super::providers::base_url_var;
 use super::settings::*;
 use super::sources::Sources;
@@ -25,6 +26,9 @@ pub struct SecurityConfig {
     pub upstream_ca_file: Option<PathBuf>,
     /// `VRA_ALLOW_PLAINTEXT_CLOUD`.
     pub allow_plaintext_cloud: bool,
+    /// `VRA_TLS_RELOAD_CHECK_MS`: how often the TLS files are checked for a change (`None`:
+    /// on SIGHUP only).
+    pub tls_reload_check: Option<Duration>,
 }
 
 impl SecurityConfig {
@@ -102,6 +106,7 @@ pub(super) fn from_sources(
             ALLOW_PLAINTEXT_CLOUD.var,
             &s.get_or_default(ALLOW_PLAINTEXT_CLOUD),
         )?,
+        tls_reload_check: Some(parse_millis(TLS_RELOAD_CHECK_MS, s, 0)?).filter(|d| !d.is_zero()),
     };
     if !listen_addr.ip().is_loopback()
         && !security.authenticates()

@@ -61,9 +61,10 @@ settings! {
     MAX_STREAM_LINE_BYTES = "VRA_MAX_STREAM_LINE_BYTES", "1048576", "Longest SSE / NDJSON line of an upstream stream, in bytes.";
     CLIENTS_FILE = "VRA_CLIENTS_FILE", "", "TOML file of [[client]] entries (id, token_sha256, limits): bearer tokens required, budgets per client. Re-read on SIGHUP.";
     ALLOW_UNAUTHENTICATED = "VRA_ALLOW_UNAUTHENTICATED", "false", "Serve a non-loopback address without VRA_CLIENTS_FILE or VRA_TLS_CLIENT_CA_FILE (a mesh authenticates in front).";
-    TLS_CERT_FILE = "VRA_TLS_CERT_FILE", "", "PEM certificate chain: serve gRPC over TLS (with VRA_TLS_KEY_FILE). Re-read on SIGHUP.";
+    TLS_CERT_FILE = "VRA_TLS_CERT_FILE", "", "PEM certificate chain: serve gRPC over TLS (with VRA_TLS_KEY_FILE). Re-read on SIGHUP and when the files change.";
     TLS_KEY_FILE = "VRA_TLS_KEY_FILE", "", "PEM private key of VRA_TLS_CERT_FILE.";
     TLS_CLIENT_CA_FILE = "VRA_TLS_CLIENT_CA_FILE", "", "PEM CA bundle: require and verify client certificates (mTLS); the client id is the first DNS SAN, else the CN.";
+    TLS_RELOAD_CHECK_MS = "VRA_TLS_RELOAD_CHECK_MS", "10000", "How often the TLS files are checked for a change (modification time, size); a change reloads them as SIGHUP does, so certificates rotated by cert-manager and the like are picked up. A file that does not parse keeps the previous certificate. 0 = on SIGHUP only.";
     UPSTREAM_CA_FILE = "VRA_UPSTREAM_CA_FILE", "", "PEM certificates added to the system roots for upstream HTTPS (corporate proxy, self-signed local server).";
     MAX_IN_FLIGHT = "VRA_MAX_IN_FLIGHT", "4096", "Generate/GenerateStream calls in flight at most; past it a call is rejected at once with RESOURCE_EXHAUSTED (gateway overloaded).";
     MAX_CONCURRENT_STREAMS = "VRA_MAX_CONCURRENT_STREAMS", "256", "HTTP/2 streams (calls) one client connection may have open at once.";
