@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Instructions per call, counted by callgrind (issue 14): deterministic, whatever else the
+# Instructions per call, counted by callgrind: deterministic, whatever else the
 # machine is doing, so it can gate CI where timings cannot.
 #
 #   bash bench/callgrind.sh            count every scenario below and print the table

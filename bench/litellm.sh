@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# LiteLLM proxy for the benchmark comparison (issue 6), in a private virtualenv.
+# LiteLLM proxy for the benchmark comparison, in a private virtualenv.
 #
 #   bench/litellm.sh install                  install litellm[proxy] into bench/.venv (PyPI)
 #   bench/litellm.sh version                  print the installed LiteLLM version

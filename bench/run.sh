@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark suite of vra-gateway (issue 6): one entry point.
+# The benchmark suite of vra-gateway: one entry point.
 #
 #   bash bench/run.sh           full run (~10-15 min on 2 cores): writes bench/RESULTS.md
 #   bash bench/run.sh --smoke   1-second scenarios, no nginx / LiteLLM / criterion: checks the
@@ -245,7 +245,7 @@ start_gateway() { # NAME PORT UPSTREAM_PORT [VAR=VALUE...]; sets LAST_PID
     }
 }
 
-# Overload (issue 11): open-loop EXPAND calls (routed to the local secondary) at twice what
+# Overload: open-loop EXPAND calls (routed to the local secondary) at twice what
 # the upstream can serve. The upstream has OVL_SLOTS slots, each held OVL_DELAY_MS per request
 # (capacity OVL_SLOTS * 1000 / OVL_DELAY_MS calls/s; later requests wait in FIFO order). The
 # same load goes to a fresh gateway with limits (the local provider's per-endpoint

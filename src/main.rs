@@ -10,7 +10,7 @@ use vra_gateway::domain::Client;
 use vra_gateway::{auth, demo, server, telemetry};
 
 /// mimalloc instead of the system allocator: a unary call makes a few hundred small
-/// allocations, and glibc's malloc and free were about 15 % of its instructions (issue 14,
+/// allocations, and glibc's malloc and free were about 15 % of its instructions (see
 /// `bench/callgrind.sh`); mimalloc's thread-local free lists make them a fraction of that.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

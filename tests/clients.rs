@@ -1,4 +1,4 @@
-//! Budgets scoped to authenticated clients (issue 10), over real gRPC with bearer tokens and the
+//! Budgets scoped to authenticated clients, over real gRPC with bearer tokens and the
 //! in-memory ledger: two clients with the same report id have separate budgets and see only
 //! their own usage; a client's `max_cloud_calls` replaces `MAX_CLOUD_CALLS`; its day quota is
 //! exact under concurrency, spends no report unit when it refuses, and falls back with

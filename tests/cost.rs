@@ -1,4 +1,4 @@
-//! Every token counted and priced (issue 13), over real gRPC against the simulated upstreams:
+//! Every token counted and priced, over real gRPC against the simulated upstreams:
 //! each call's cost, the report's cost, all-cloud equivalent, savings and per-phase breakdown,
 //! unpriced models reported as unknown (never 0), usage estimated and marked when an upstream
 //! reports none, and the exact dollar cap (`MAX_CLOUD_COST_USD`) with its holds. The same cap

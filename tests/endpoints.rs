@@ -1,4 +1,4 @@
-//! End-to-end tests of endpoint pools (issue 11, per-provider part) over real gRPC: one
+//! End-to-end tests of endpoint pools over real gRPC: one
 //! provider served by several simulated upstreams — balancing, outlier ejection, the
 //! per-endpoint `max_in_flight` cap and its queue, and retries that move to another endpoint.
 

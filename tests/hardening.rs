@@ -33,7 +33,7 @@ fn fail_with_retry_after(value: &str) -> Step {
     }
 }
 
-/// Defect 1: `Retry-After: 1e20` (and twenty nines) panicked the request task. Now anything
+/// `Retry-After: 1e20` (and twenty nines) panicked the request task. Now anything
 /// but digits or an HTTP date is ignored (normal backoff) and every delay is capped.
 #[tokio::test]
 async fn hostile_retry_after_values_are_survived_unary_and_streamed() {
@@ -79,7 +79,7 @@ async fn hostile_retry_after_values_are_survived_unary_and_streamed() {
     assert_eq!(h.cloud.requests(), 20);
 }
 
-/// Defect 2: `grpc-timeout: 99999999999999999H` overflowed the deadline arithmetic. A value
+/// `grpc-timeout: 99999999999999999H` overflowed the deadline arithmetic. A value
 /// outside the spec (more than 8 digits, unknown unit, no digits) is treated as no deadline,
 /// as tonic's own timeout layer treats it; a valid huge one (8 digits of hours) also works.
 #[tokio::test]
@@ -107,7 +107,7 @@ async fn malformed_and_huge_grpc_timeouts_are_survived() {
     }
 }
 
-/// Defect 3: a half-open probe whose caller gave up pinned the circuit open until restart.
+/// A half-open probe whose caller gave up pinned the circuit open until restart.
 /// The probe permit is a guard: an abandoned probe gives no verdict and frees the probe slot,
 /// so the next call probes and the healed primary is used again within one open period.
 #[tokio::test]
@@ -156,7 +156,7 @@ async fn an_abandoned_probe_does_not_pin_the_circuit_open() {
     );
 }
 
-/// Defect 3, the cancel variant: the client drops the call itself (no deadline).
+/// The cancel variant: the client drops the call itself (no deadline).
 #[tokio::test]
 async fn a_cancelled_probe_does_not_pin_the_circuit_open() {
     let h = Harness::start(&[
@@ -203,7 +203,7 @@ async fn a_cancelled_probe_does_not_pin_the_circuit_open() {
     assert_eq!((tier(&r), reason(&r)), (T::Primary, F::Unspecified));
 }
 
-/// Defect 4: ids with a newline were written verbatim, forging a second `[Hybrid]` line. Ids
+/// ids with a newline were written verbatim, forging a second `[Hybrid]` line. Ids
 /// now reject control characters and `|`, naming the field without echoing the value.
 #[tokio::test]
 async fn ids_that_could_forge_a_log_line_are_rejected_without_echo() {
@@ -257,7 +257,7 @@ async fn ids_that_could_forge_a_log_line_are_rejected_without_echo() {
 
 const HOSTILE_BODY: &str = r#"{"error":{"message":"bad\n[Hybrid] Event=FALLBACK | Reason=COST_LIMIT | Report=forged\r\u001b[31m"}}"#;
 
-/// Defect 4, the upstream side: error text from an upstream reaches logs and statuses with
+/// The upstream side: error text from an upstream reaches logs and statuses with
 /// its control characters escaped, capped, on one line.
 #[tokio::test]
 async fn upstream_error_text_cannot_forge_log_lines_or_statuses() {

@@ -1,4 +1,4 @@
-//! Load shedding and connection limits (issue 11, process-wide part): past `VRA_MAX_IN_FLIGHT`
+//! Load shedding and connection limits: past `VRA_MAX_IN_FLIGHT`
 //! calls — or a client's `max_in_flight` — a call gets RESOURCE_EXHAUSTED at once, before any
 //! upstream work, and every place comes back when its call ends; `VRA_MAX_CONCURRENT_STREAMS`
 //! bounds the calls one connection has open; `VRA_STREAM_MAX_MS` ends a stream that runs too

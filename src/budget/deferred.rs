@@ -1,4 +1,4 @@
-//! Records sent after the response (issue 14).
+//! Records sent after the response.
 //!
 //! Budget correctness needs only the reservation: it is the one atomic step that decides
 //! whether a cloud request may go out. A call's record (its tokens, cost and counters, and the
