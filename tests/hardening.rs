@@ -203,7 +203,7 @@ async fn a_cancelled_probe_does_not_pin_the_circuit_open() {
     assert_eq!((tier(&r), reason(&r)), (T::Primary, F::Unspecified));
 }
 
-/// ids with a newline were written verbatim, forging a second `[Hybrid]` line. Ids
+/// Ids with a newline were written verbatim, forging a second `[Hybrid]` line. Ids
 /// now reject control characters and `|`, naming the field without echoing the value.
 #[tokio::test]
 async fn ids_that_could_forge_a_log_line_are_rejected_without_echo() {
