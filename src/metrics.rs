@@ -136,7 +136,7 @@ impl ProviderMetrics {
         self.queue_wait.observe(waited.as_secs_f64());
     }
 
-    /// A successful attempt (failures go through [`Metrics::attempt`], by error kind).
+    /// A successful attempt (failures go through [`Metrics::attempt_failed`], by error kind).
     pub fn attempt_ok(&self, elapsed: Duration) {
         self.attempt_ok.observe(elapsed.as_secs_f64());
     }

@@ -76,10 +76,23 @@ impl Deadline {
         }
     }
 
+    /// Resolves when the deadline passes (never, without one).
+    pub async fn passed(self) {
+        sleep_until(self.0).await
+    }
+
     /// Whether sleeping `d` from now would end past the deadline.
     pub fn would_pass(&self, d: Duration) -> bool {
         self.0
             .is_some_and(|end| Instant::now().checked_add(d).is_none_or(|t| t >= end))
+    }
+}
+
+/// Resolves at `at` (never, without one).
+pub async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -187,15 +187,22 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, ConfigError> {
 pub struct ServerTls {
     files: TlsFiles,
     current: ArcSwap<ServerConfig>,
+    /// The files as the last load or reload found them (see [`ServerTls::watch`]).
+    loaded: Mutex<Stamp>,
 }
+
+/// Each file's modification time and size (`None` for one that cannot be read).
+type Stamp = Vec<Option<(SystemTime, u64)>>;
 
 impl ServerTls {
     /// Loads the files. An error here is a startup error (exit 2) naming the setting.
     pub fn load(files: &TlsFiles) -> Result<ServerTls, ConfigError> {
+        let loaded = Mutex::new(stamp(files));
         let config = server_config(files)?;
         Ok(ServerTls {
             files: files.clone(),
             current: ArcSwap::from_pointee(config),
+            loaded,
         })
     }
 
@@ -214,48 +221,38 @@ impl ServerTls {
         &self.files
     }
 
-    /// Reloads the files whenever they change, checking their modification time and size
-    /// every `every`, until the task is dropped: certificates rotated by cert-manager (which
-    /// swaps a mounted Secret's files) and the like need no signal. Every change is one reload
-    /// ([`reload`](Self::reload)): a half-written pair fails, keeps the previous
-    /// certificate, and the write that completes it changes the files again.
+    /// Reloads the files when they change, checking their modification time and size every
+    /// `every`, until the task is dropped: certificates rotated by cert-manager (which swaps a
+    /// mounted Secret's files) and the like need no signal. A change is reloaded once it has
+    /// held still for one period, so a certificate and key written one after the other are
+    /// read as a pair; a reload that fails keeps the previous certificate until the files
+    /// change again.
     pub async fn watch(self: Arc<Self>, every: Duration) {
-        let mut seen = self.stamp();
+        let mut settling: Option<Stamp> = None;
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
             tick.tick().await;
-            let now = self.stamp();
-            if now != seen {
-                seen = now;
+            let now = stamp(&self.files);
+            if *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) == now {
+                settling = None;
+            } else if settling.as_ref() == Some(&now) {
+                settling = None;
                 tracing::info!("TLS files changed: reloading");
                 let _ = self.reload();
+            } else {
+                settling = Some(now);
             }
         }
     }
 
-    /// The modification time and size of each file (`None` for one that cannot be read now).
-    fn stamp(&self) -> Vec<Option<(SystemTime, u64)>> {
-        let files = &self.files;
-        [
-            Some(&files.cert),
-            Some(&files.key),
-            files.client_ca.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .map(|path| {
-            let meta = std::fs::metadata(path).ok()?;
-            Some((meta.modified().ok()?, meta.len()))
-        })
-        .collect()
-    }
-
-    /// Re-reads the files (SIGHUP, or a change seen by [`watch`](Self::watch)). On success new connections get the new certificate (and
-    /// client CA); on failure the old configuration stays. Both outcomes are logged, naming
-    /// the files — never their content.
+    /// Re-reads the files (SIGHUP, or a change seen by [`watch`](Self::watch)). On success
+    /// new connections get the new certificate (and client CA); on failure the old
+    /// configuration stays. Both outcomes are logged, naming the files — never their content.
     pub fn reload(&self) -> Result<(), ConfigError> {
+        // Taken before the files are read: a change while they are read is seen later.
+        *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = stamp(&self.files);
         match server_config(&self.files) {
             Ok(config) => {
                 self.current.store(Arc::new(config));
@@ -272,6 +269,22 @@ impl ServerTls {
             }
         }
     }
+}
+
+/// The modification time and size of each of `files` (`None` for one that cannot be read).
+fn stamp(files: &TlsFiles) -> Stamp {
+    [
+        Some(&files.cert),
+        Some(&files.key),
+        files.client_ca.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|path| {
+        let meta = std::fs::metadata(path).ok()?;
+        Some((meta.modified().ok()?, meta.len()))
+    })
+    .collect()
 }
 
 /// The gRPC listener's connections over TLS, for `serve_with_incoming_shutdown`.

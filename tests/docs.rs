@@ -68,9 +68,14 @@ fn the_user_docs_carry_no_tracker_words() {
         root().join("README.md"),
         root().join("bench/README.md"),
         root().join("clients/README.md"),
+        root().join("clients/python/README.md"),
+        root().join("clients/node/README.md"),
     ];
     for entry in std::fs::read_dir(root().join("docs")).expect("docs/") {
-        files.push(entry.unwrap().path());
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            files.push(path);
+        }
     }
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();

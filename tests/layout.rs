@@ -5,7 +5,9 @@
 //!
 //! The check reads the `crate::…` and `super::…` paths of every file under `src/` (not
 //! `main.rs`, the binary, and not the files' `#[cfg(test)] mod tests`) —
-//! a text scan, so it needs no tool beyond `cargo test`.
+//! a text scan, so it needs no tool beyond `cargo test`. A path resolves to the longest module
+//! it names, so an item a parent re-exports from one child (`pub use hybrid::*`) counts as the
+//! parent's: a sibling cycle hidden behind such a re-export is not seen.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -17,8 +17,9 @@
 //! - `providers`: the provider table (built-in providers, `[providers.NAME]`, proxies);
 //! - [`security`]: who may call and how the listener is secured, and the safe-by-default rules.
 //!
-//! Each subsystem owns the type of its own settings ([`ProviderConfig`] and [`PoolConfig`] in
-//! `providers`, [`RetryConfig`] and [`CircuitConfig`] in `resilience`, [`LedgerConfig`] in
+//! Each subsystem owns the type of its own settings
+//! ([`ProviderConfig`](crate::providers::ProviderConfig) and
+//! [`PoolConfig`](crate::providers::pool::PoolConfig) in `providers`, [`RetryConfig`] and [`CircuitConfig`] in `resilience`, [`LedgerConfig`] in
 //! `budget`, [`TelemetryConfig`] in `telemetry`, [`ServerLimits`] in `edge`); this module reads
 //! the sources and assembles them into one [`Config`].
 

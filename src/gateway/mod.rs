@@ -448,11 +448,3 @@ impl Gateway {
         })
     }
 }
-
-/// Resolves when the deadline passes (never, without one).
-pub(crate) async fn sleep_until(deadline: Deadline) {
-    match deadline.0 {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}

@@ -19,7 +19,7 @@ use crate::resilience::Deadline;
 use crate::telemetry;
 
 use super::tier::{Sent, Served};
-use super::{CallState, Gateway, GenerateInput, Generated, StreamItem, sleep_until};
+use super::{CallState, Gateway, GenerateInput, Generated, StreamItem};
 
 /// Capacity of the channel between the upstream reader and the client: a slow client fills it
 /// and then slows the upstream read instead of growing memory.
@@ -47,7 +47,7 @@ impl Gateway {
                     _ = closed.closed() => {
                         tracing::debug!("stream cancelled by the client");
                     }
-                    _ = sleep_until(deadline_at) => {
+                    _ = deadline_at.passed() => {
                         let _ = tx.send(Err(GatewayError::DeadlineExceeded)).await;
                     }
                     run = AssertUnwindSafe(gateway.run_stream(&input, deadline, &tx)).catch_unwind() => {

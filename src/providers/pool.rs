@@ -29,8 +29,8 @@
 //!   senders under the pool's one mutex: a lease that ends hands its slot straight to the
 //!   queue's head (with the head's own retry preference), so no later arrival can overtake
 //!   a waiter. Room can also appear with no lease ending — an ejected endpoint due for its
-//!   probe — so the waiters also wake when the next ejection ends, and a new call first lets
-//!   the waiters take any room there is, then takes what is left. (A tokio
+//!   probe — so the waiters also wake when the next ejection ends, and a call that joins the
+//!   queue serves it at once: the waiters before it take any room first, then it may. (A tokio
 //!   `Semaphore` is FIFO too, but one per endpoint cannot express "the first free slot of any
 //!   endpoint, in arrival order", and a pool-wide one cannot cap each endpoint.) Waiting is
 //!   not bounded here: the caller's deadline races the whole call, so a deadline that passes
@@ -47,17 +47,20 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use super::ProviderConfig;
 use super::{BuildError, Provider, ProviderError};
+use crate::resilience::sleep_until;
 
 /// One provider's endpoints, their load and health, and the queue of calls waiting for one.
 pub struct Pool {
     config: ProviderConfig,
     endpoints: Vec<Member>,
     state: Mutex<State>,
+    /// Wakes the waiters when an ejection begins: its end is a moment they must wake for.
+    ejections: Notify,
 }
 
 /// A fixed endpoint of the pool.
@@ -140,6 +143,7 @@ impl Pool {
                 waiters: VecDeque::new(),
                 next_waiter: 0,
             }),
+            ejections: Notify::new(),
         })
     }
 
@@ -184,9 +188,6 @@ impl Pool {
             if !st.slots.iter().any(|s| s.usable(now)) {
                 return Err(ProviderError::AllEndpointsEjected);
             }
-            // Room may have appeared without a lease ending (an endpoint back from its
-            // ejection): the waiters take it first, then this call may.
-            self.serve_queue(&mut st, now);
             if st.waiters.is_empty()
                 && let Some(index) = self.pick(&st, tried, now)
             {
@@ -208,29 +209,28 @@ impl Pool {
             (id, rx)
         };
         let _leave = LeaveQueue { pool: self, id };
+        // A lease that ends serves the queue; so does an ejection that ends, which no lease
+        // announces: the waiters sleep until the next one ends, and an ejection that begins
+        // meanwhile wakes them to sleep until its end instead. Each turn serves the queue
+        // first, so room that appeared unannounced goes to the waiters in order, this call
+        // included.
         loop {
-            // A lease that ends serves the queue; so does an ejection that ends, which no
-            // lease announces: the waiters wake for it.
-            let back = self.next_return();
+            let ejected = self.ejections.notified();
+            tokio::pin!(ejected);
+            // Registered before the state is read, so no ejection can slip in between.
+            ejected.as_mut().enable();
+            let back = {
+                let mut st = self.lock();
+                let now = Instant::now();
+                self.serve_queue(&mut st, now);
+                next_return(&st, now)
+            };
             tokio::select! {
                 lease = &mut rx => return lease.unwrap_or(Err(ProviderError::AllEndpointsEjected)),
-                () = sleep_until(back) => {
-                    let mut st = self.lock();
-                    self.serve_queue(&mut st, Instant::now());
-                }
+                () = sleep_until(back) => {}
+                () = ejected => {}
             }
         }
-    }
-
-    /// When the next ejected endpoint is due back (for its probe), if one is.
-    fn next_return(&self) -> Option<Instant> {
-        let st = self.lock();
-        let now = Instant::now();
-        st.slots
-            .iter()
-            .filter_map(|s| s.ejected_until)
-            .filter(|&until| until > now)
-            .min()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -316,6 +316,7 @@ impl Pool {
             duration,
             failures: slot.failures,
         };
+        self.ejections.notify_waiters();
         // Waiters may have nothing usable left.
         self.fail_waiters_if_unusable(&mut st, now);
         Some(change)
@@ -376,12 +377,13 @@ impl Pool {
     }
 }
 
-/// Resolves at `at` (never, without one).
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
+/// When the next ejected endpoint is due back (for its probe), if one is.
+fn next_return(st: &State, now: Instant) -> Option<Instant> {
+    st.slots
+        .iter()
+        .filter_map(|s| s.ejected_until)
+        .filter(|&until| until > now)
+        .min()
 }
 
 impl Slot {
@@ -748,14 +750,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_new_arrival_takes_room_the_waiters_leave_instead_of_queueing_behind_them() {
         let (p, _held) = one_held_the_rest_ejected(3).await;
-        let waiter = tokio::spawn({
-            let p = p.clone();
-            async move { p.acquire(&[]).await }
-        });
-        while p.queued() < 1 {
-            tokio::task::yield_now().await;
-        }
-        // Both ejections end; before the waiter runs again, a new call arrives.
+        // A waiter that is not polled again by itself: only the arrival can serve it.
+        let mut waiter = Box::pin(p.acquire(&[]));
+        assert!((&mut waiter).now_or_never().is_none());
+        assert_eq!(p.queued(), 1);
+        // Both ejections end; a new call arrives.
         tokio::time::advance(Duration::from_secs(11)).await;
         let arrival = p
             .acquire(&[])
@@ -763,8 +762,48 @@ mod tests {
             .expect("a free endpoint is taken at once")
             .unwrap();
         assert_eq!(p.queued(), 0, "the waiter was served first");
-        let first = waiter.await.unwrap().unwrap();
+        let first = waiter
+            .now_or_never()
+            .expect("served by the arrival")
+            .unwrap();
         assert!(first.is_probe() && arrival.is_probe());
         assert_ne!(first.index(), arrival.index());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_wakes_for_an_ejection_that_begins_while_it_waits() {
+        let p = pool(
+            2,
+            PoolConfig {
+                max_in_flight: Some(1),
+                eject_after_failures: 1,
+                eject: Duration::from_secs(10),
+                ..PoolConfig::default()
+            },
+        );
+        let held = p.acquire(&[1]).await.unwrap();
+        let failing = p.acquire(&[]).await.unwrap();
+        assert_eq!((held.index(), failing.index()), (0, 1));
+        let waiter = tokio::spawn({
+            let p = p.clone();
+            async move { p.acquire(&[]).await }
+        });
+        while p.queued() < 1 {
+            tokio::task::yield_now().await;
+        }
+        // Endpoint 1 fails and is ejected as its slot frees: nothing to hand over now, and
+        // the waiter had no ejection to wait for when it queued.
+        assert!(matches!(
+            failing.finish(Err(&fail())),
+            Some(HealthChange::Ejected { .. })
+        ));
+        assert_eq!(p.queued(), 1);
+        let lease = tokio::time::timeout(Duration::from_secs(60), waiter)
+            .await
+            .expect("the waiter is served when that ejection ends")
+            .unwrap()
+            .unwrap();
+        assert_eq!((lease.index(), lease.is_probe()), (1, true));
+        drop(held);
     }
 }

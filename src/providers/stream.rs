@@ -12,7 +12,7 @@
 //! A stream as a whole is not capped: a long generation is legitimate, and its lines are
 //! handed on and dropped as soon as they are complete. What an upstream could make the gateway
 //! hold is the one line it has not finished, so that is capped: a line longer than
-//! `VRA_MAX_STREAM_LINE_BYTES` ([`crate::config::BodyLimits::line_bytes`]) — finished or
+//! `VRA_MAX_STREAM_LINE_BYTES` ([`BodyLimits::line_bytes`](super::BodyLimits::line_bytes)) — finished or
 //! still pending — fails the stream with [`ProviderError::TooLarge`] and the rest is not read.
 //! An SSE event may span several `data:` lines; [`SseDecoder`](super::openai::SseDecoder) caps the data it accumulates
 //! for one event at the same limit. Between two chunks the buffer holds at most the pending

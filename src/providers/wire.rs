@@ -11,7 +11,7 @@
 //!
 //! One new file in `src/providers/` with the API's JSON shapes, a unit struct implementing
 //! [`WireFormat`] and, for streaming, a [`Decoder`] beside them; then its registration: a
-//! [`ProviderKind`](crate::config::ProviderKind) variant (the `kind = "…"` of a
+//! [`ProviderKind`](super::ProviderKind) variant (the `kind = "…"` of a
 //! `[providers.NAME]` table) and one arm in [`super::build`].
 
 use http::HeaderName;
