@@ -1,4 +1,4 @@
-//! Micro-benchmarks of the gateway's per-call building blocks (issue 6): route resolution,
+//! Micro-benchmarks of the gateway's per-call building blocks: route resolution,
 //! in-memory budget reservation (uncontended and contended), and stream decoding per MiB.
 //!
 //! Run: `cargo bench --bench micro` (bench/run.sh bounds the time with

@@ -159,7 +159,7 @@ async fn three_replicas_share_one_exact_budget() {
     }
 }
 
-/// Issue 13: the dollar cap across three replicas on one Redis — each cloud attempt's worst
+/// The dollar cap across three replicas on one Redis — each cloud attempt's worst
 /// case is held in the same Lua script as its call unit, and settled after the call — so 50
 /// concurrent calls never settle more than the cap, and every replica reports the same exact
 /// figures.
@@ -605,7 +605,7 @@ impl RecordGate {
     }
 }
 
-/// Issue 14: the reservation is the only Redis round trip before a cloud call's response; the
+/// The reservation is the only Redis round trip before a cloud call's response; the
 /// record follows it, and a read on the same replica includes the call.
 async fn a_cloud_call_is_answered_before_its_record_lands() {
     let redis = RedisServer::start().await;
@@ -740,7 +740,7 @@ impl ReplyGate {
     }
 }
 
-/// Issue 14: a record whose reply never came (a timeout: it may or may not have been applied)
+/// A record whose reply never came (a timeout: it may or may not have been applied)
 /// is sent again, and Redis counts the call once — the copy finds the record's marker. Without
 /// the retry the proxy never sees a second record; without the marker the call is counted
 /// (and its hold released) twice.

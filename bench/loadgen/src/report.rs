@@ -1,6 +1,6 @@
 //! Renders the Markdown tables of `RESULTS.md` from the JSON lines of one `bench/run.sh` run
 //! (load summaries, idle RSS, ledger memory, skips) and criterion's estimates, and judges the
-//! issue's targets PASS / MISS.
+//! benchmark's targets PASS / MISS.
 //!
 //! Scenario labels are `SCENARIO/TARGET`, as `bench/run.sh` writes them: scenarios `c1`,
 //! `open1000`, `c64`, `hot-c64`, `stream-c1`, `stream-1k`; targets `direct`, `nginx`,
