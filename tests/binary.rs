@@ -329,7 +329,7 @@ async fn worker_threads_setting_sizes_the_runtime() {
     assert_eq!(code, 0, "{}", lines.join("\n"));
 }
 
-/// Issue 10: `[Hybrid]` lines name the authenticated client, and a spent day quota is its own
+/// `[Hybrid]` lines name the authenticated client, and a spent day quota is its own
 /// fallback reason.
 #[tokio::test]
 async fn client_quota_fallbacks_are_logged_with_the_client() {

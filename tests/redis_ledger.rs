@@ -182,7 +182,7 @@ async fn three_replicas_never_exceed_one_dollar_cap() {
     }
 }
 
-/// Issue 10: with authentication on, every key lives under `{prefix}{client}/`, and a client's
+/// With authentication on, every key lives under `{prefix}{client}/`, and a client's
 /// day quota is one exact count shared by every replica — reserved in the same script as the
 /// report's unit.
 async fn clients_have_scoped_keys_and_one_exact_day_quota_across_replicas() {
