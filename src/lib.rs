@@ -58,6 +58,7 @@ pub mod demo;
 pub mod domain;
 pub mod edge;
 pub mod error;
+pub mod front;
 pub mod gateway;
 pub mod metrics;
 pub mod providers;

@@ -21,6 +21,7 @@ use crate::auth::{AuthLayer, Authenticator, Clients};
 use crate::budget;
 use crate::config::{Config, ConfigError};
 use crate::edge;
+use crate::front::Front;
 use crate::gateway::Gateway;
 use crate::metrics::{self, Metrics};
 use crate::pb;
@@ -135,13 +136,16 @@ pub async fn run(
         .saturating_mul(4)
         .saturating_add(1 << 20)
         .max(16 << 20);
-    let service = GatewayService::new(gateway.clone(), metrics.clone(), config.max_prompt_bytes)
-        .with_limits(
+    // Both doors share one front: one in-flight limit, one drain.
+    let front = Arc::new(
+        Front::new(gateway.clone(), metrics.clone(), config.max_prompt_bytes).with_limits(
             edge::Admission::new(config.limits.max_in_flight),
             config.limits.stream_max,
-        );
-    let calls = service.calls();
-    let service = GatewayServiceServer::new(service).max_decoding_message_size(decode_limit);
+        ),
+    );
+    let calls = front.calls();
+    let service = GatewayServiceServer::new(GatewayService::new(front.clone()))
+        .max_decoding_message_size(decode_limit);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

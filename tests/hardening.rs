@@ -14,6 +14,7 @@ use tonic::Code;
 use tonic::metadata::MetadataValue;
 use vra_gateway::demo::sim::{Sim, Step};
 use vra_gateway::domain::ProviderError;
+use vra_gateway::front::Front;
 use vra_gateway::gateway::Gateway;
 use vra_gateway::metrics::Metrics;
 use vra_gateway::pb::gateway_service_client::GatewayServiceClient;
@@ -492,7 +493,8 @@ async fn a_panicking_task_answers_internal_and_is_counted() {
         Duration::from_secs(60),
     ));
     let gateway = Arc::new(Gateway::new(&config, tiers, ledger, metrics.clone()));
-    let service = GatewayServiceServer::new(GatewayService::new(gateway, metrics.clone(), 1024));
+    let front = Arc::new(Front::new(gateway, metrics.clone(), 1024));
+    let service = GatewayServiceServer::new(GatewayService::new(front));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
