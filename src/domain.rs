@@ -110,6 +110,8 @@ pub enum Rule {
     DraftReasoningPrimary,
     DraftTemplateSecondary,
     DraftDefaultPrimary,
+    /// The caller named the model (the HTTP door's `model`): its tier serves, the matrix aside.
+    Pinned,
 }
 
 impl Rule {
@@ -123,6 +125,7 @@ impl Rule {
             Rule::DraftReasoningPrimary => "draft-reasoning-primary",
             Rule::DraftTemplateSecondary => "draft-template-secondary",
             Rule::DraftDefaultPrimary => "draft-default-primary",
+            Rule::Pinned => "pinned",
         }
     }
 }

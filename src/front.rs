@@ -159,7 +159,7 @@ impl Front {
         terminated(rx).map(move |item| {
             let _ticket = &ticket;
             match &item {
-                Ok(StreamItem::Delta(_)) => {}
+                Ok(StreamItem::Started(_) | StreamItem::Delta(_)) => {}
                 Ok(StreamItem::Done(generated)) => metrics.request(
                     method,
                     phase,
@@ -182,7 +182,9 @@ fn terminated(
     futures_util::stream::unfold(Some(rx), |rx| async move {
         let mut rx = rx?;
         match rx.recv().await {
-            Some(item @ Ok(StreamItem::Delta(_))) => Some((item, Some(rx))),
+            Some(item @ Ok(StreamItem::Started(_) | StreamItem::Delta(_))) => {
+                Some((item, Some(rx)))
+            }
             Some(terminal) => Some((terminal, None)),
             None => {
                 tracing::error!("stream producer ended without a terminal message");

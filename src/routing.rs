@@ -52,11 +52,24 @@ pub fn route(policy: Policy, phase: Phase, section: SectionType) -> Decision {
             S::Other | S::Unspecified => (Tier::Primary, Rule::DraftDefaultPrimary),
         },
     };
+    Decision {
+        rule,
+        ..pinned(policy, tier)
+    }
+}
+
+/// The decision for a call that names its tier itself (a pinned model): the matrix aside,
+/// budget and fallback as for any call of that tier.
+pub fn pinned(policy: Policy, tier: Tier) -> Decision {
     let cloud = match tier {
         Tier::Primary => policy.primary_cloud,
         Tier::Secondary => policy.secondary_cloud,
     };
-    Decision { tier, rule, cloud }
+    Decision {
+        tier,
+        rule: Rule::Pinned,
+        cloud,
+    }
 }
 
 #[cfg(test)]
@@ -149,5 +162,18 @@ mod tests {
             secondary_cloud: true,
         };
         assert!(route(policy, Phase::Expand, SectionType::Other).cloud);
+    }
+
+    #[test]
+    fn a_pinned_tier_serves_whatever_the_matrix_says_with_that_tiers_budget() {
+        let policy = Policy {
+            hybrid: true,
+            primary_cloud: true,
+            secondary_cloud: false,
+        };
+        for (tier, cloud) in [(Tier::Primary, true), (Tier::Secondary, false)] {
+            let d = pinned(policy, tier);
+            assert_eq!((d.tier, d.rule.id(), d.cloud), (tier, "pinned", cloud));
+        }
     }
 }

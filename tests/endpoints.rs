@@ -521,8 +521,11 @@ async fn the_secondary_is_usable_while_one_endpoint_is() {
         prompt: "p".into(),
         system_prompt: None,
         temperature: None,
+        top_p: None,
         max_tokens: None,
         stop: Vec::new(),
+        seed: None,
+        pin: None,
         client: None,
     };
     assert!(!gateway.secondary_unusable());

@@ -87,8 +87,12 @@ pub struct GenerateInput {
     pub prompt: String,
     pub system_prompt: Option<String>,
     pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
     pub max_tokens: Option<u32>,
     pub stop: Vec<String>,
+    pub seed: Option<i64>,
+    /// The tier the caller named (a pinned model), instead of the matrix's.
+    pub pin: Option<Tier>,
     /// The authenticated caller (`None` with authentication off).
     pub client: Option<Arc<Client>>,
 }
@@ -106,11 +110,24 @@ pub struct Generated {
     pub cost: Option<Nanos>,
 }
 
-/// One message of a generation stream.
+/// One message of a generation stream: `Started` once the route is final (before any text),
+/// then deltas, then `Done` — or an error.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamItem {
+    Started(Started),
     Delta(String),
     Done(Generated),
+}
+
+/// What a stream's caller can know before the first delta: who answers, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Started {
+    pub route: RouteInfo,
+    pub attempts: u32,
+    /// The report's cloud calls as this call's last reservation left them (`None`: it
+    /// reserved none).
+    pub cloud_calls_used: Option<u32>,
+    pub cloud_calls_limit: u32,
 }
 
 /// The gateway's shared state: providers, ledger, policies. Cheap to share behind an `Arc`.
@@ -189,8 +206,10 @@ impl<'a> CallState<'a> {
             system: input.system_prompt.clone(),
             prompt: input.prompt.clone(),
             temperature: input.temperature,
+            top_p: input.top_p,
             max_tokens: input.max_tokens.or(ceiling),
             stop: input.stop.clone(),
+            seed: input.seed,
         }
     }
 

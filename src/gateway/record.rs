@@ -306,8 +306,11 @@ mod tests {
             prompt: "hello".into(),
             system_prompt: None,
             temperature: None,
+            top_p: None,
             max_tokens: None,
             stop: Vec::new(),
+            seed: None,
+            pin: None,
             client: None,
         }
     }

@@ -19,7 +19,7 @@ use crate::resilience::Deadline;
 use crate::telemetry;
 
 use super::tier::{Sent, Served};
-use super::{CallState, Gateway, GenerateInput, Generated, StreamItem};
+use super::{CallState, Gateway, GenerateInput, Generated, Started, StreamItem};
 
 /// Capacity of the channel between the upstream reader and the client: a slow client fills it
 /// and then slows the upstream read instead of growing memory.
@@ -100,6 +100,15 @@ impl Gateway {
         let route = self.route_info(tier, decision.rule, fallback);
         // Logged as soon as the route is final, before the text flows.
         state.hybrid().routed(&route.provider, &route.model);
+        let started = Started {
+            route: route.clone(),
+            attempts: state.attempts,
+            cloud_calls_used: state.last_used,
+            cloud_calls_limit: state.limits.report,
+        };
+        if tx.send(Ok(StreamItem::Started(started))).await.is_err() {
+            return;
+        }
         let mut end = None;
         // What was streamed, for a usage estimate when the upstream reports none.
         let (mut chunks, mut bytes) = (0u32, 0usize);

@@ -71,7 +71,10 @@ impl Gateway {
         F: Fn(Arc<dyn Provider>, Arc<ChatRequest>) -> BoxFuture<'static, Result<T, ProviderError>>,
     {
         let input = state.input;
-        let decision = routing::route(self.policy, input.phase, input.section_type);
+        let decision = match input.pin {
+            Some(tier) => routing::pinned(self.policy, tier),
+            None => routing::route(self.policy, input.phase, input.section_type),
+        };
         let span = Span::current();
         span.record("vra.route.rule", decision.rule.id());
         let mut failures = Vec::new();

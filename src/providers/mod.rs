@@ -50,8 +50,10 @@ pub struct ChatRequest {
     pub system: Option<String>,
     pub prompt: String,
     pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
     pub max_tokens: Option<u32>,
     pub stop: Vec<String>,
+    pub seed: Option<i64>,
 }
 
 impl ChatRequest {

@@ -20,9 +20,13 @@ pub mod wire {
         #[serde(skip_serializing_if = "Option::is_none")]
         pub temperature: Option<f32>,
         #[serde(skip_serializing_if = "Option::is_none")]
+        pub top_p: Option<f32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
         pub num_predict: Option<u32>,
         #[serde(skip_serializing_if = "<[_]>::is_empty")]
         pub stop: &'a [String],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub seed: Option<i64>,
     }
 
     #[derive(Debug, Serialize)]
@@ -66,8 +70,10 @@ impl Ollama {
             stream,
             options: wire::Options {
                 temperature: req.temperature,
+                top_p: req.top_p,
                 num_predict: req.max_tokens,
                 stop: &req.stop,
+                seed: req.seed,
             },
         }
     }
@@ -154,8 +160,10 @@ mod tests {
             system: Some("sys".into()),
             prompt: "hi".into(),
             temperature: Some(0.2),
+            top_p: Some(0.5),
             max_tokens: Some(100),
             stop: vec!["\n\n".into()],
+            seed: Some(42),
         };
         let v = serde_json::to_value(Ollama::request(&req, false)).unwrap();
         assert_eq!(v["model"], "llama3:8b");
@@ -164,6 +172,10 @@ mod tests {
         assert_eq!(v["messages"][1]["role"], "user");
         assert_eq!(v["options"]["num_predict"], 100);
         assert_eq!(v["options"]["stop"][0], "\n\n");
+        assert_eq!(
+            (v["options"]["top_p"].as_f64(), &v["options"]["seed"]),
+            (Some(0.5), &serde_json::json!(42))
+        );
         assert!((v["options"]["temperature"].as_f64().unwrap() - 0.2).abs() < 1e-6);
     }
 

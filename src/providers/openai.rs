@@ -27,9 +27,13 @@ pub mod wire {
         #[serde(skip_serializing_if = "Option::is_none")]
         pub temperature: Option<f32>,
         #[serde(skip_serializing_if = "Option::is_none")]
+        pub top_p: Option<f32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
         pub max_tokens: Option<u32>,
         #[serde(skip_serializing_if = "<[_]>::is_empty")]
         pub stop: &'a [String],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub seed: Option<i64>,
         pub stream: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
         pub stream_options: Option<StreamOptions>,
@@ -97,8 +101,10 @@ impl OpenAi {
             model: &req.model,
             messages: req.messages(),
             temperature: req.temperature,
+            top_p: req.top_p,
             max_tokens: req.max_tokens,
             stop: &req.stop,
+            seed: req.seed,
             stream,
             stream_options: stream.then_some(wire::StreamOptions {
                 include_usage: true,
@@ -287,8 +293,10 @@ mod tests {
             system: Some("be brief".into()),
             prompt: "hello".into(),
             temperature: Some(0.5),
+            top_p: Some(0.9),
             max_tokens: Some(64),
             stop: vec!["END".into()],
+            seed: Some(7),
         };
         let v = serde_json::to_value(OpenAi::request(&req, true)).unwrap();
         assert_eq!(v["model"], "gpt-4o");
@@ -297,6 +305,8 @@ mod tests {
         assert_eq!(v["temperature"], 0.5);
         assert_eq!(v["max_tokens"], 64);
         assert_eq!(v["stop"][0], "END");
+        assert!((v["top_p"].as_f64().unwrap() - 0.9).abs() < 1e-6);
+        assert_eq!(v["seed"], 7);
         assert_eq!(v["stream"], true);
         assert_eq!(v["stream_options"]["include_usage"], true);
         let plain = ChatRequest {
@@ -304,6 +314,8 @@ mod tests {
             temperature: None,
             max_tokens: None,
             stop: vec![],
+            top_p: None,
+            seed: None,
             ..req
         };
         let v = serde_json::to_value(OpenAi::request(&plain, false)).unwrap();

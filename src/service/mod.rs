@@ -146,16 +146,24 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
             self.front
                 .generate_stream("GenerateStream", ticket, input, deadline)
         };
-        let stream = items.map(move |item| match item {
-            Ok(StreamItem::Delta(delta)) => Ok(pb::GenerateStreamResponse { delta, done: None }),
-            Ok(StreamItem::Done(generated)) => {
-                telemetry::record_status(&span, tonic::Code::Ok, None);
-                Ok(pb::GenerateStreamResponse {
-                    delta: String::new(),
-                    done: Some(generated.into()),
-                })
-            }
-            Err(e) => finish::<()>(&span, Err(e)).map(|()| pb::GenerateStreamResponse::default()),
+        // The contract's stream is deltas then `done`: the route arrives with `done`.
+        let stream = items.filter_map(move |item| {
+            std::future::ready(match item {
+                Ok(StreamItem::Started(_)) => None,
+                Ok(StreamItem::Delta(delta)) => {
+                    Some(Ok(pb::GenerateStreamResponse { delta, done: None }))
+                }
+                Ok(StreamItem::Done(generated)) => {
+                    telemetry::record_status(&span, tonic::Code::Ok, None);
+                    Some(Ok(pb::GenerateStreamResponse {
+                        delta: String::new(),
+                        done: Some(generated.into()),
+                    }))
+                }
+                Err(e) => Some(
+                    finish::<()>(&span, Err(e)).map(|()| pb::GenerateStreamResponse::default()),
+                ),
+            })
         });
         Ok(Response::new(Box::pin(stream)))
     }

@@ -139,8 +139,11 @@ pub fn validate(
         prompt: req.prompt,
         system_prompt: Some(req.system_prompt).filter(|s| !s.is_empty()),
         temperature: options.temperature,
+        top_p: None,
         max_tokens: options.max_tokens,
         stop: options.stop,
+        seed: None,
+        pin: None,
         client: None,
     })
 }
