@@ -60,6 +60,7 @@ pub mod edge;
 pub mod error;
 pub mod front;
 pub mod gateway;
+pub mod http;
 pub mod metrics;
 pub mod providers;
 pub mod resilience;

@@ -28,7 +28,7 @@ use crate::pb;
 use crate::pb::gateway_service_server::GatewayServiceServer;
 use crate::providers::Tiers;
 use crate::service::GatewayService;
-use crate::tls::ServerTls;
+use crate::tls::{Protocols, ServerTls};
 
 /// After the last call of a graceful shutdown, how long connections get to flush their
 /// responses and close before the process exits anyway.
@@ -151,6 +151,39 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    // The OpenAI-compatible door: the same front, credentials and TLS as gRPC.
+    let http_task = match config.http_addr {
+        Some(http_addr) => {
+            let listener = bind(http_addr).await?;
+            let bound = listener.local_addr().map_err(|source| ServeError::Bind {
+                addr: http_addr,
+                source,
+            })?;
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            tracing::info!("OpenAI-compatible HTTP door on {scheme}://{bound}/v1");
+            let door = crate::http::HttpDoor::new(
+                front.clone(),
+                auth.clone(),
+                [
+                    (
+                        config.primary.provider.name.clone(),
+                        config.primary.model.clone(),
+                    ),
+                    (
+                        config.secondary.provider.name.clone(),
+                        config.secondary.model.clone(),
+                    ),
+                ],
+            );
+            Some(tokio::spawn(crate::http::serve(
+                listener,
+                tls.clone(),
+                crate::http::router(door),
+                stopped(stop_rx.clone()),
+            )))
+        }
+        None => None,
+    };
     let metrics_task = match config.metrics_addr {
         Some(maddr) => metrics::bind(maddr).await.map(|l| {
             if let Ok(a) = l.local_addr() {
@@ -193,7 +226,7 @@ pub async fn run(
             // Handshakes on our own accept loop (src/tls.rs), with the certificate current
             // at accept time: SIGHUP swaps it without a restart.
             Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
-                crate::tls::incoming(listener, tls.clone()),
+                crate::tls::incoming(listener, tls.clone(), Protocols::Grpc),
                 stopped(stop_rx.clone()),
             )),
             // tonic ignores its own `tcp_nodelay` for a caller-supplied listener; without
@@ -266,6 +299,10 @@ pub async fn run(
         tracing::warn!("grace period over; call records still on their way to the ledger are lost");
     }
     reload_task.abort();
+    if let Some(task) = http_task {
+        // Its open requests were part of the drain; what is left are idle connections.
+        let _ = tokio::time::timeout(SHUTDOWN_LINGER, task).await;
+    }
     if let Some(task) = tls_watch {
         task.abort();
     }

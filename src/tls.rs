@@ -186,7 +186,7 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, ConfigError> {
 /// whole on [`reload`](Self::reload).
 pub struct ServerTls {
     files: TlsFiles,
-    current: ArcSwap<ServerConfig>,
+    current: ArcSwap<Configs>,
     /// The files as the last load or reload found them (see [`ServerTls::watch`]).
     loaded: Mutex<Stamp>,
 }
@@ -194,21 +194,52 @@ pub struct ServerTls {
 /// Each file's modification time and size (`None` for one that cannot be read).
 type Stamp = Vec<Option<(SystemTime, u64)>>;
 
+/// Which protocols a listener speaks, offered by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocols {
+    /// gRPC: HTTP/2 only.
+    Grpc,
+    /// The HTTP door: HTTP/2 or HTTP/1.1 (what most OpenAI clients speak).
+    Http,
+}
+
+/// One certificate's configuration for each kind of listener.
+struct Configs {
+    grpc: Arc<ServerConfig>,
+    http: Arc<ServerConfig>,
+}
+
+impl Configs {
+    fn load(files: &TlsFiles) -> Result<Configs, ConfigError> {
+        let grpc = server_config(files)?;
+        let mut http = grpc.clone();
+        http.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Configs {
+            grpc: Arc::new(grpc),
+            http: Arc::new(http),
+        })
+    }
+}
+
 impl ServerTls {
     /// Loads the files. An error here is a startup error (exit 2) naming the setting.
     pub fn load(files: &TlsFiles) -> Result<ServerTls, ConfigError> {
         let loaded = Mutex::new(stamp(files));
-        let config = server_config(files)?;
+        let configs = Configs::load(files)?;
         Ok(ServerTls {
             files: files.clone(),
-            current: ArcSwap::from_pointee(config),
+            current: ArcSwap::from_pointee(configs),
             loaded,
         })
     }
 
-    /// The configuration a connection accepted now gets.
-    pub fn current(&self) -> Arc<ServerConfig> {
-        self.current.load_full()
+    /// The configuration a connection accepted now gets, on a listener speaking `protocols`.
+    pub fn current(&self, protocols: Protocols) -> Arc<ServerConfig> {
+        let configs = self.current.load();
+        match protocols {
+            Protocols::Grpc => configs.grpc.clone(),
+            Protocols::Http => configs.http.clone(),
+        }
     }
 
     /// Whether clients must present a certificate (mTLS).
@@ -253,9 +284,9 @@ impl ServerTls {
     pub fn reload(&self) -> Result<(), ConfigError> {
         // Taken before the files are read: a change while they are read is seen later.
         *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = stamp(&self.files);
-        match server_config(&self.files) {
-            Ok(config) => {
-                self.current.store(Arc::new(config));
+        match Configs::load(&self.files) {
+            Ok(configs) => {
+                self.current.store(Arc::new(configs));
                 tracing::info!(
                     "TLS certificate reloaded from {} (key {})",
                     self.files.cert.display(),
@@ -294,9 +325,10 @@ fn stamp(files: &TlsFiles) -> Stamp {
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<ServerTls>,
+    protocols: Protocols,
 ) -> impl Stream<Item = io::Result<TlsStream<TcpStream>>> + Send + 'static {
     let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
-    tokio::spawn(accept_loop(listener, tls, tx));
+    tokio::spawn(accept_loop(listener, tls, protocols, tx));
     futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|stream| (Ok(stream), rx))
     })
@@ -307,6 +339,7 @@ pub fn incoming(
 async fn accept_loop(
     listener: TcpListener,
     tls: Arc<ServerTls>,
+    protocols: Protocols,
     tx: mpsc::Sender<TlsStream<TcpStream>>,
 ) {
     let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
@@ -349,7 +382,7 @@ async fn accept_loop(
         tokio::spawn(handshake(
             tcp,
             peer,
-            tls.current(),
+            tls.current(protocols),
             tx.clone(),
             (permit, slot),
             failures.clone(),

@@ -411,9 +411,12 @@ async fn a_server_layer_sees_the_client_id_of_a_real_mtls_connection() {
         tonic::transport::Server::builder()
             .layer(tower::util::MapRequestLayer::new(record))
             .add_service(health)
-            .serve_with_incoming_shutdown(tls::incoming(listener, server_tls), async {
-                let _ = stopped.await;
-            }),
+            .serve_with_incoming_shutdown(
+                tls::incoming(listener, server_tls, tls::Protocols::Grpc),
+                async {
+                    let _ = stopped.await;
+                },
+            ),
     );
 
     let health_check = |identity: Leaf| {

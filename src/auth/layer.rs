@@ -104,9 +104,13 @@ impl Authenticator {
     /// without limits by naming itself, and removing an entry would lift a client's limits
     /// instead of revoking it. Without a clients file (mTLS only), the CA alone vouches and
     /// every certificate id gets the global limits.
-    pub fn authenticate<B>(&self, request: &http::Request<B>) -> Result<Arc<Client>, Rejection> {
+    pub fn authenticate<B>(
+        &self,
+        request: &http::Request<B>,
+        cert_client_id: Option<String>,
+    ) -> Result<Arc<Client>, Rejection> {
         if self.mtls
-            && let Some(id) = crate::tls::peer_client_id(request.extensions())
+            && let Some(id) = cert_client_id
         {
             if let Some(client) = self.clients.by_id(&id) {
                 return Ok(client);
@@ -126,10 +130,21 @@ impl Authenticator {
             .ok_or(Rejection::Unknown)
     }
 
+    /// [`authenticate`](Self::authenticate), counting and logging a rejection (throttled per
+    /// peer): what a door does before it serves a call. `peer` is the caller's address and
+    /// the client id of its verified certificate, as the door's transport knows them.
+    pub fn check<B>(
+        &self,
+        request: &http::Request<B>,
+        peer: Peer,
+    ) -> Result<Arc<Client>, Rejection> {
+        self.authenticate(request, peer.cert_client_id)
+            .inspect_err(|why| self.rejected(request, peer.ip, *why))
+    }
+
     /// Counts a rejection and logs it, throttled per peer.
-    fn rejected<B>(&self, request: &http::Request<B>, why: Rejection) {
+    fn rejected<B>(&self, request: &http::Request<B>, peer: Option<IpAddr>, why: Rejection) {
         self.metrics.rejected(why.reason());
-        let peer = peer_ip(request.extensions());
         if self.log_throttle.check(peer) {
             let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
             tracing::warn!(
@@ -139,6 +154,14 @@ impl Authenticator {
             );
         }
     }
+}
+
+/// Who is calling, as a door's transport knows it.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    pub ip: Option<IpAddr>,
+    /// The client id of the peer's verified certificate (mTLS).
+    pub cert_client_id: Option<String>,
 }
 
 /// The caller's IP address, over plain TCP or TLS (tonic puts a different connect info in the
@@ -201,12 +224,15 @@ where
         if let Some(auth) = &self.auth
             && !request.uri().path().starts_with(HEALTH_PREFIX)
         {
-            match auth.authenticate(&request) {
+            let peer = Peer {
+                ip: peer_ip(request.extensions()),
+                cert_client_id: crate::tls::peer_client_id(request.extensions()),
+            };
+            match auth.check(&request, peer) {
                 Ok(client) => {
                     request.extensions_mut().insert(client);
                 }
-                Err(why) => {
-                    auth.rejected(&request, why);
+                Err(_) => {
                     let status = tonic::Status::unauthenticated(REJECTED_MESSAGE);
                     return Either::Left(ready(Ok(status.into_http())));
                 }

@@ -75,6 +75,8 @@ pub struct Config {
     pub secondary: Endpoint,
     pub max_cloud_calls: u32,
     pub listen_addr: SocketAddr,
+    /// `VRA_HTTP_ADDR`: the OpenAI-compatible HTTP door (`None`: off).
+    pub http_addr: Option<SocketAddr>,
     pub retry: RetryConfig,
     pub stream_idle_timeout: Duration,
     pub max_prompt_bytes: usize,
@@ -188,7 +190,11 @@ impl Config {
         }
 
         let listen_addr = parse_addr(GATEWAY_ADDR, &s.get_or_default(GATEWAY_ADDR))?;
-        let security = security::from_sources(s, listen_addr, [&primary, &secondary])?;
+        let http_addr = match s.get_or_default(HTTP_ADDR) {
+            v if v.trim().is_empty() => None,
+            v => Some(parse_addr(HTTP_ADDR, &v)?),
+        };
+        let security = security::from_sources(s, listen_addr, http_addr, [&primary, &secondary])?;
         let pricing = Pricing {
             configured: s.file_pricing.clone(),
         };
@@ -236,6 +242,7 @@ impl Config {
             secondary,
             max_cloud_calls: parse_uint(MAX_CLOUD_CALLS, s, 0)?,
             listen_addr,
+            http_addr,
             retry,
             stream_idle_timeout: parse_millis(STREAM_IDLE_TIMEOUT_MS, s, 1)?,
             max_prompt_bytes: parse_uint(MAX_PROMPT_BYTES, s, 1)?,
@@ -790,6 +797,17 @@ mod tests {
 
     #[test]
     fn a_network_listener_needs_credentials_or_the_explicit_opt_out() {
+        // The HTTP door is held to the same rule, named by its own setting.
+        let door = [("VRA_HTTP_ADDR", "0.0.0.0:8080")];
+        let err = Config::from_sources(&sources(&door)).unwrap_err();
+        assert_eq!(err.var, "VRA_HTTP_ADDR");
+        assert!(err.message.contains("VRA_CLIENTS_FILE"), "{err}");
+        let local = Config::from_sources(&sources(&[("VRA_HTTP_ADDR", "127.0.0.1:8080")]));
+        assert_eq!(
+            local.unwrap().http_addr,
+            Some("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(Config::from_sources(&sources(&[])).unwrap().http_addr, None);
         let open = [("VRA_GATEWAY_ADDR", "0.0.0.0:50051")];
         let err = Config::from_sources(&sources(&open)).unwrap_err();
         assert_eq!(err.var, "VRA_GATEWAY_ADDR");

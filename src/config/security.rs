@@ -53,6 +53,7 @@ pub struct TlsFiles {
 pub(super) fn from_sources(
     s: &Sources,
     listen_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     tiers: [&Endpoint; 2],
 ) -> Result<SecurityConfig, ConfigError> {
     let path = |setting: Setting| {
@@ -108,17 +109,19 @@ pub(super) fn from_sources(
         )?,
         tls_reload_check: Some(parse_millis(TLS_RELOAD_CHECK_MS, s, 0)?).filter(|d| !d.is_zero()),
     };
-    if !listen_addr.ip().is_loopback()
-        && !security.authenticates()
-        && !security.allow_unauthenticated
-    {
-        return Err(ConfigError::new(
-            GATEWAY_ADDR.var,
-            format!(
-                "{listen_addr} is reachable from the network but no caller would need credentials: set {} (bearer tokens) or {} (client certificates), or {}=true if something in front authenticates",
-                CLIENTS_FILE.var, TLS_CLIENT_CA_FILE.var, ALLOW_UNAUTHENTICATED.var
-            ),
-        ));
+    // Every listener: the gRPC one and, when on, the HTTP door.
+    for (setting, addr) in [(GATEWAY_ADDR, Some(listen_addr)), (HTTP_ADDR, http_addr)] {
+        let Some(addr) = addr else { continue };
+        if !addr.ip().is_loopback() && !security.authenticates() && !security.allow_unauthenticated
+        {
+            return Err(ConfigError::new(
+                setting.var,
+                format!(
+                    "{addr} is reachable from the network but no caller would need credentials: set {} (bearer tokens) or {} (client certificates), or {}=true if something in front authenticates",
+                    CLIENTS_FILE.var, TLS_CLIENT_CA_FILE.var, ALLOW_UNAUTHENTICATED.var
+                ),
+            ));
+        }
     }
     if !security.allow_plaintext_cloud {
         for ep in tiers {

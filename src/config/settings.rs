@@ -39,6 +39,7 @@ settings! {
     OPENAI_BASE_URL = "OPENAI_BASE_URL", "https://api.openai.com/v1", "Base URL of the `openai` provider; a comma-separated list for several endpoints.";
     OLLAMA_HOST = "OLLAMA_HOST", "http://localhost:11434", "Base URL of the `local` / `ollama` provider; a comma-separated list for several endpoints.";
     GATEWAY_ADDR = "VRA_GATEWAY_ADDR", "127.0.0.1:50051", "gRPC listen address.";
+    HTTP_ADDR = "VRA_HTTP_ADDR", "", "Listen address of the OpenAI-compatible HTTP door (POST /v1/chat/completions, GET /v1/models, GET /healthz), e.g. 127.0.0.1:8080; empty = off. Same TLS, credentials and limits as gRPC.";
     GATEWAY_CONFIG = "VRA_GATEWAY_CONFIG", "", "Path of an optional TOML config file (same as --config).";
     RETRY_MAX_ATTEMPTS = "VRA_RETRY_MAX_ATTEMPTS", "3", "HTTP attempts per provider per call, first try included (>= 1).";
     RETRY_BASE_MS = "VRA_RETRY_BASE_MS", "250", "Backoff base in milliseconds.";

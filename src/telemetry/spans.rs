@@ -53,6 +53,52 @@ pub fn record_cost(span: &Span, usage: TokenUsage, cost: Option<Nanos>) {
     }
 }
 
+/// Creates the SERVER span of one request to the HTTP door (HTTP semantic conventions plus the
+/// same `vra.*` attributes as an RPC's span). `route` is the matched route, e.g.
+/// `/v1/chat/completions`.
+pub fn http_span(method: &'static str, route: &'static str) -> Span {
+    tracing::info_span!(
+        "http",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+        http.request.method = method,
+        http.route = route,
+        http.response.status_code = Empty,
+        vra.call.id = Empty,
+        vra.user.hash = Empty,
+        vra.report.id = Empty,
+        vra.client.id = Empty,
+        vra.section.id = Empty,
+        vra.phase = Empty,
+        vra.section_type = Empty,
+        vra.route.tier = Empty,
+        vra.route.provider = Empty,
+        vra.route.model = Empty,
+        vra.route.rule = Empty,
+        vra.fallback.reason = Empty,
+        vra.budget.used = Empty,
+        vra.budget.limit = Empty,
+        vra.cost.usd = Empty,
+        vra.usage.input_tokens = Empty,
+        vra.usage.output_tokens = Empty,
+        vra.usage.estimated = Empty,
+    )
+}
+
+/// Records the HTTP door's answer on its span (a 5xx marks the span as failed, as the HTTP
+/// conventions say for a server).
+pub fn record_http_answer(span: &Span, status: u16, message: Option<&str>) {
+    span.record("http.response.status_code", i64::from(status));
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+        if let Some(m) = message {
+            span.record("otel.status_description", m);
+        }
+    }
+}
+
 /// Records the final route and budget on the current server span.
 pub fn record_route(span: &Span, route: &RouteInfo, budget: &BudgetInfo) {
     span.record("vra.route.tier", route.tier.as_str());
