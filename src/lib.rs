@@ -35,7 +35,10 @@
 //!   reloaded on SIGHUP (`auth/clients.rs`), and the edge layer that admits a call with its
 //!   `Arc<Client>` or answers UNAUTHENTICATED (`auth/layer.rs`).
 //! - [`service`]: the tonic service — the RPCs (`service/mod.rs`), validation (`validate.rs`)
-//!   and conversion (`convert.rs`) around the pipeline. Add a door (a new front) beside it.
+//!   and conversion (`convert.rs`) around the pipeline.
+//! - [`http`]: the OpenAI-compatible HTTP door — the same pipeline for any OpenAI client.
+//! - [`front`]: what both doors do around the pipeline (shedding, counting, deadlines,
+//!   metrics). Add a door beside `service` and `http`, over the same front.
 //! - [`error`]: the gateway error enum and its one mapping to `tonic::Status`.
 //! - [`server`]: wiring, health, reflection, metrics endpoint, graceful shutdown.
 //! - [`config`]: one typed configuration from env, `.env` and TOML, validated up front: the

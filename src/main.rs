@@ -246,8 +246,8 @@ fn serve(config_path: Option<PathBuf>, print_config: bool) -> ExitCode {
         telemetry::log_panics();
         // Handlers first: a SIGTERM once the listener is announced must drain, not kill.
         let shutdown = server::shutdown_signal();
-        let listener = server::bind(config.listen_addr).await?;
-        let result = server::run(config, listener, shutdown).await;
+        let listeners = server::bind(&config).await?;
+        let result = server::run(config, listeners, shutdown).await;
         guard.shutdown();
         result
     });

@@ -68,8 +68,35 @@ impl ServeError {
     }
 }
 
-/// Binds the gRPC listener of `config.listen_addr`.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+/// The sockets the gateway serves: gRPC, and the HTTP door when it is on.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// The gRPC listener's address (`127.0.0.1:0` bound: the port the system chose).
+    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+
+    /// The HTTP door's address, when it is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
+/// Binds the listeners of `config`: `VRA_GATEWAY_ADDR`, and `VRA_HTTP_ADDR` when set.
+pub async fn bind(config: &Config) -> Result<Listeners, ServeError> {
+    let grpc = bind_addr(config.listen_addr).await?;
+    let http = match config.http_addr {
+        Some(addr) => Some(bind_addr(addr).await?),
+        None => None,
+    };
+    Ok(Listeners { grpc, http })
+}
+
+async fn bind_addr(addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { addr, source })
@@ -86,9 +113,13 @@ pub fn build_gateway(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<Gatew
 /// Serves until `shutdown` resolves, then drains in-flight calls (bounded by the grace period).
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let Listeners {
+        grpc: listener,
+        http: http_listener,
+    } = listeners;
     // SIGHUP re-reads what may change without a restart; installed before the listener is
     // announced, since SIGHUP's default action ends the process.
     let mut reload = reload_signal();
@@ -152,11 +183,10 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
     // The OpenAI-compatible door: the same front, credentials and TLS as gRPC.
-    let http_task = match config.http_addr {
-        Some(http_addr) => {
-            let listener = bind(http_addr).await?;
+    let http_task = match http_listener {
+        Some(listener) => {
             let bound = listener.local_addr().map_err(|source| ServeError::Bind {
-                addr: http_addr,
+                addr: config.http_addr.unwrap_or(config.listen_addr),
                 source,
             })?;
             let scheme = if tls.is_some() { "https" } else { "http" };

@@ -102,16 +102,18 @@ pub fn demo_config(
 /// Builds the sandbox's configuration (`demo --serve`): [`simulated_sources`]; the listen
 /// address, budget, ledger, clients file and TLS come from the environment like for `serve`
 /// (default 127.0.0.1:50051, 15 cloud calls per report), except that the metrics listener is
-/// off unless `VRA_METRICS_ADDR` is set, so several sandboxes can run side by side.
+/// off unless `VRA_METRICS_ADDR` is set, and the OpenAI-compatible door opens on a free
+/// loopback port unless `VRA_HTTP_ADDR` is set, so several sandboxes can run side by side.
 pub fn serve_config(
     cloud_url: &str,
     local_url: &str,
 ) -> Result<(Config, Sources), crate::config::ConfigError> {
     let mut sources = simulated_sources(cloud_url, local_url)?;
-    sources
-        .env
-        .entry("VRA_METRICS_ADDR".into())
-        .or_insert_with(String::new);
+    for (var, sandbox_default) in [("VRA_METRICS_ADDR", ""), ("VRA_HTTP_ADDR", "127.0.0.1:0")] {
+        if sources.lookup(var).is_none() {
+            sources.env.insert(var.into(), sandbox_default.into());
+        }
+    }
     Ok((Config::from_sources(&sources)?, sources))
 }
 
@@ -164,10 +166,10 @@ pub async fn serve(options: ServeOptions) -> Result<(), SandboxError> {
     crate::telemetry::log_panics();
     // Handlers first: a SIGTERM once the address is printed must drain, not kill.
     let shutdown = server::shutdown_signal();
-    let listener = server::bind(config.listen_addr).await?;
-    let addr = listener.local_addr().map_err(SandboxError::Upstream)?;
-    print_sandbox_banner(&config, addr, &options)?;
-    let result = server::run(config, listener, shutdown).await;
+    let listeners = server::bind(&config).await?;
+    let addr = listeners.grpc_addr().map_err(SandboxError::Upstream)?;
+    print_sandbox_banner(&config, addr, listeners.http_addr(), &options)?;
+    let result = server::run(config, listeners, shutdown).await;
     guard.shutdown();
     drop((cloud, local));
     result?;
@@ -192,6 +194,7 @@ fn write_simulated(out: &mut impl Write, config: &Config) -> std::io::Result<()>
 fn print_sandbox_banner(
     config: &Config,
     addr: std::net::SocketAddr,
+    door: Option<std::net::SocketAddr>,
     options: &ServeOptions,
 ) -> std::io::Result<()> {
     let security = &config.security;
@@ -233,6 +236,41 @@ fn print_sandbox_banner(
         out,
         "        node examples/node/compile-report.mjs --target {addr}   (see README, 'Clients')"
     )?;
+    if let Some(door) = door {
+        let scheme = if tls { "https" } else { "http" };
+        let key = if security.clients_file.is_some() {
+            "YOUR_TOKEN"
+        } else {
+            "unused"
+        };
+        writeln!(out)?;
+        writeln!(out, "OpenAI-compatible door on {scheme}://{door}/v1")?;
+        writeln!(
+            out,
+            "  curl {scheme}://{door}/v1/chat/completions -H 'authorization: Bearer {key}' -H 'content-type: application/json' \\"
+        )?;
+        writeln!(
+            out,
+            "    -H 'x-vra-report-id: q3' -H 'x-vra-phase: DRAFT' -H 'x-vra-section-type: INTRODUCTION' \\"
+        )?;
+        writeln!(
+            out,
+            "    -d '{{\"model\": \"vra-auto\", \"messages\": [{{\"role\": \"user\", \"content\": \"Draft the introduction.\"}}]}}'"
+        )?;
+        writeln!(out, "  python (pip install openai):")?;
+        writeln!(
+            out,
+            "    from openai import OpenAI; client = OpenAI(base_url=\"{scheme}://{door}/v1\", api_key=\"{key}\")"
+        )?;
+        writeln!(
+            out,
+            "    r = client.chat.completions.create(model=\"vra-auto\", messages=[{{\"role\": \"user\", \"content\": \"Draft the introduction.\"}}], extra_headers={{\"x-vra-report-id\": \"q3\", \"x-vra-phase\": \"DRAFT\"}})"
+        )?;
+        writeln!(
+            out,
+            "    print(r.choices[0].message.content, r.model)   # response headers x-vra-*: how it was routed"
+        )?;
+    }
     writeln!(out, "  stop: Ctrl-C or SIGTERM")?;
     out.flush()
 }
@@ -307,10 +345,10 @@ pub async fn run(options: DemoOptions) -> Result<(), Box<dyn std::error::Error>>
     writeln!(out)?;
     drop(out);
 
-    let listener = server::bind(config.listen_addr).await?;
-    let addr = listener.local_addr()?;
+    let listeners = server::bind(&config).await?;
+    let addr = listeners.grpc_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server_task = tokio::spawn(server::run(config.clone(), listener, async {
+    let server_task = tokio::spawn(server::run(config.clone(), listeners, async {
         let _ = stop_rx.await;
     }));
     let mut client = GatewayServiceClient::connect(format!("http://{addr}")).await?;

@@ -365,6 +365,8 @@ const IGNORED: &[&str] = &[
     "service_tier",
     "parallel_tool_calls",
     "prompt_cache_key",
+    "prompt_cache_retention",
+    "prompt_cache_options",
     "safety_identifier",
 ];
 

@@ -200,10 +200,10 @@ pub struct Replica {
 
 impl Replica {
     pub async fn start(config: Config) -> Replica {
-        let listener = server::bind(config.listen_addr).await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        let listeners = server::bind(&config).await.expect("bind");
+        let addr = listeners.grpc_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::run(config, listener, async {
+        let task = tokio::spawn(server::run(config, listeners, async {
             let _ = stopped.await;
         }));
         Replica { addr, stop, task }
