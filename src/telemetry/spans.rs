@@ -11,34 +11,46 @@ use super::settings;
 /// Longest prompt/completion excerpt put in a span when content tracing is on.
 const CONTENT_LIMIT: usize = 1024;
 
+/// A SERVER span of one call, whichever door it came through: the door's own attributes
+/// (`$door`), then the `vra.*` attributes every call records — one list, so both doors' spans
+/// carry the same ones.
+macro_rules! call_span {
+    ($name:literal, $($door:tt)*) => {
+        tracing::info_span!(
+            $name,
+            otel.kind = "server",
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+            $($door)*
+            vra.report.id = Empty,
+            vra.client.id = Empty,
+            vra.section.id = Empty,
+            vra.phase = Empty,
+            vra.section_type = Empty,
+            vra.route.tier = Empty,
+            vra.route.provider = Empty,
+            vra.route.model = Empty,
+            vra.route.rule = Empty,
+            vra.fallback.reason = Empty,
+            vra.budget.used = Empty,
+            vra.budget.limit = Empty,
+            vra.cost.usd = Empty,
+            vra.usage.input_tokens = Empty,
+            vra.usage.output_tokens = Empty,
+            vra.usage.estimated = Empty,
+        )
+    };
+}
+
 /// Creates the SERVER span of one RPC (RPC semantic conventions plus `vra.*` attributes).
 pub fn server_span(method: &'static str) -> Span {
-    tracing::info_span!(
+    call_span!(
         "rpc",
         otel.name = %format_args!("vra.gateway.v1.GatewayService/{method}"),
-        otel.kind = "server",
-        otel.status_code = Empty,
-        otel.status_description = Empty,
         rpc.system = "grpc",
         rpc.service = "vra.gateway.v1.GatewayService",
         rpc.method = method,
         rpc.grpc.status_code = Empty,
-        vra.report.id = Empty,
-        vra.client.id = Empty,
-        vra.section.id = Empty,
-        vra.phase = Empty,
-        vra.section_type = Empty,
-        vra.route.tier = Empty,
-        vra.route.provider = Empty,
-        vra.route.model = Empty,
-        vra.route.rule = Empty,
-        vra.fallback.reason = Empty,
-        vra.budget.used = Empty,
-        vra.budget.limit = Empty,
-        vra.cost.usd = Empty,
-        vra.usage.input_tokens = Empty,
-        vra.usage.output_tokens = Empty,
-        vra.usage.estimated = Empty,
     )
 }
 
@@ -54,36 +66,17 @@ pub fn record_cost(span: &Span, usage: TokenUsage, cost: Option<Nanos>) {
 }
 
 /// Creates the SERVER span of one request to the HTTP door (HTTP semantic conventions plus the
-/// same `vra.*` attributes as an RPC's span). `route` is the matched route, e.g.
-/// `/v1/chat/completions`.
+/// same `vra.*` attributes as an RPC's span, and the call's id). `route` is the matched route,
+/// e.g. `/v1/chat/completions`.
 pub fn http_span(method: &'static str, route: &'static str) -> Span {
-    tracing::info_span!(
+    call_span!(
         "http",
         otel.name = %format_args!("{method} {route}"),
-        otel.kind = "server",
-        otel.status_code = Empty,
-        otel.status_description = Empty,
         http.request.method = method,
         http.route = route,
         http.response.status_code = Empty,
         vra.call.id = Empty,
         vra.user.hash = Empty,
-        vra.report.id = Empty,
-        vra.client.id = Empty,
-        vra.section.id = Empty,
-        vra.phase = Empty,
-        vra.section_type = Empty,
-        vra.route.tier = Empty,
-        vra.route.provider = Empty,
-        vra.route.model = Empty,
-        vra.route.rule = Empty,
-        vra.fallback.reason = Empty,
-        vra.budget.used = Empty,
-        vra.budget.limit = Empty,
-        vra.cost.usd = Empty,
-        vra.usage.input_tokens = Empty,
-        vra.usage.output_tokens = Empty,
-        vra.usage.estimated = Empty,
     )
 }
 
