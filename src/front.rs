@@ -80,6 +80,16 @@ impl Front {
         self.max_prompt_bytes
     }
 
+    /// The largest request a door reads: ample room above the prompt limit, so that an
+    /// oversized prompt reaches validation (and is refused naming its field) instead of failing
+    /// in the transport.
+    pub fn max_request_bytes(&self) -> usize {
+        self.max_prompt_bytes
+            .saturating_mul(4)
+            .saturating_add(1 << 20)
+            .max(16 << 20)
+    }
+
     /// The generation calls being handled, for graceful shutdown.
     pub fn calls(&self) -> Arc<CallsInFlight> {
         self.calls.clone()
@@ -172,6 +182,14 @@ impl Front {
             item
         })
     }
+}
+
+/// Records what a call is about on its server span (either door's).
+pub fn record_input(span: &tracing::Span, input: &GenerateInput) {
+    span.record("vra.report.id", input.report_id.as_str());
+    span.record("vra.section.id", input.section_id.as_str());
+    span.record("vra.phase", input.phase.as_str());
+    span.record("vra.section_type", input.section_type.as_str());
 }
 
 /// The pipeline's channel as a stream that ends after its terminal message (`Done` or an

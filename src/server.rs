@@ -160,13 +160,6 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
-    // Leave ample room above the prompt limit so an oversized prompt reaches validation (and
-    // gets INVALID_ARGUMENT naming the field) instead of failing in the transport.
-    let decode_limit = config
-        .max_prompt_bytes
-        .saturating_mul(4)
-        .saturating_add(1 << 20)
-        .max(16 << 20);
     // Both doors share one front: one in-flight limit, one drain.
     let front = Arc::new(
         Front::new(gateway.clone(), metrics.clone(), config.max_prompt_bytes).with_limits(
@@ -176,7 +169,7 @@ pub async fn run(
     );
     let calls = front.calls();
     let service = GatewayServiceServer::new(GatewayService::new(front.clone()))
-        .max_decoding_message_size(decode_limit);
+        .max_decoding_message_size(front.max_request_bytes());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

@@ -11,7 +11,7 @@ use http::{HeaderValue, StatusCode};
 use serde::Serialize;
 
 use super::request::{Refused, Sources};
-use crate::domain::Shed;
+
 use crate::error::GatewayError;
 
 /// Why a request to the HTTP door failed.
@@ -87,7 +87,9 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request_error",
                 Some("request_too_large"),
-                format!("the body is larger than {limit} bytes (VRA_MAX_PROMPT_BYTES)"),
+                format!(
+                    "the body is larger than {limit} bytes (4 x VRA_MAX_PROMPT_BYTES + 1 MiB, at least 16 MiB)"
+                ),
             ),
             ApiError::ModelNotFound(model) => Parts {
                 param: Some("model".into()),
@@ -147,13 +149,7 @@ fn gateway(e: &GatewayError, sources: &Sources) -> Parts {
         GatewayError::InvalidArgument { .. } => {
             (StatusCode::BAD_REQUEST, "invalid_request_error", None, None)
         }
-        GatewayError::Overloaded(Shed::Gateway) => (
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_error",
-            Some("rate_limit_exceeded"),
-            Some(1),
-        ),
-        GatewayError::Overloaded(Shed::Client) => (
+        GatewayError::Overloaded(_) => (
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
             Some("rate_limit_exceeded"),
@@ -241,6 +237,7 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Shed;
     use crate::http::request::Source;
 
     fn answer(e: ApiError) -> (StatusCode, serde_json::Value, Option<String>) {

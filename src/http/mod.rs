@@ -43,14 +43,14 @@ use tracing::{Instrument, Span};
 
 use crate::auth::Authenticator;
 use crate::domain::Client;
-use crate::front::Front;
+use crate::front::{Front, record_input};
 use crate::gateway::{GenerateInput, StreamItem};
 use crate::resilience::Deadline;
 use crate::service::validate;
 use crate::telemetry;
 use crate::tls::{Protocols, ServerTls};
 pub use error::ApiError;
-use request::{ChatCompletionRequest, ModelChoice, Read};
+use request::{ChatCompletionRequest, ModelChoice, Read, Sources};
 use response::{Chunks, RouteHeaders};
 
 /// The door's shared state.
@@ -68,15 +68,6 @@ impl HttpDoor {
         tiers: [(String, String); 2],
     ) -> Arc<Self> {
         Arc::new(Self { front, auth, tiers })
-    }
-
-    /// The largest body read: room above the prompt limit, so that an oversized prompt is
-    /// refused by validation naming `messages` rather than by the transport.
-    fn body_limit(&self) -> usize {
-        self.front
-            .max_prompt_bytes()
-            .saturating_mul(4)
-            .saturating_add(1 << 20)
     }
 }
 
@@ -309,7 +300,7 @@ async fn chat(door: &HttpDoor, id: &str, request: Request) -> Result<Response, A
         span.record("vra.client.id", c.id.as_str());
     }
     let deadline = deadline(&parts.headers);
-    let limit = door.body_limit();
+    let limit = door.front.max_request_bytes();
     let bytes = read_body(body, limit).await?;
     let body: ChatCompletionRequest =
         serde_json::from_slice(&bytes).map_err(|e| ApiError::Body(e.to_string()))?;
@@ -351,10 +342,7 @@ async fn chat(door: &HttpDoor, id: &str, request: Request) -> Result<Response, A
         client,
         ..input
     };
-    span.record("vra.report.id", input.report_id.as_str());
-    span.record("vra.section.id", input.section_id.as_str());
-    span.record("vra.phase", input.phase.as_str());
-    span.record("vra.section_type", input.section_type.as_str());
+    record_input(&span, &input);
     if !stream {
         let generated = door
             .front
@@ -416,8 +404,6 @@ async fn chat(door: &HttpDoor, id: &str, request: Request) -> Result<Response, A
     RouteHeaders::of_stream(&started).write(headers);
     Ok(response)
 }
-
-use request::Sources;
 
 /// Reads a body of at most `limit` bytes.
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {

@@ -16,8 +16,8 @@ use tracing::{Instrument, Span};
 use crate::domain::Client;
 use crate::edge::{self, CallerDeadline};
 use crate::error::GatewayError;
-use crate::front::Front;
-use crate::gateway::{GenerateInput, StreamItem};
+use crate::front::{Front, record_input};
+use crate::gateway::StreamItem;
 use crate::pb;
 use crate::resilience::Deadline;
 use crate::telemetry;
@@ -69,13 +69,6 @@ fn rpc_span(method: &'static str, metadata: &MetadataMap) -> (Span, opentelemetr
     let span = telemetry::server_span(method);
     let cx = telemetry::extract_parent(&span, &metadata.clone().into_headers());
     (span, cx)
-}
-
-fn record_input(span: &Span, input: &GenerateInput) {
-    span.record("vra.report.id", input.report_id.as_str());
-    span.record("vra.section.id", input.section_id.as_str());
-    span.record("vra.phase", input.phase.as_str());
-    span.record("vra.section_type", input.section_type.as_str());
 }
 
 /// Records the outcome on the span and turns an error into a status.
