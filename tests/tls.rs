@@ -450,53 +450,17 @@ async fn a_server_layer_sees_the_client_id_of_a_real_mtls_connection() {
 // ---------------------------------------------------------------------------------------
 // The real binary: reload and startup errors
 
-/// cert-manager and the like rotate the files without a signal: a change is reloaded by
-/// itself, and a file that does not parse keeps the certificate served.
-#[tokio::test]
-async fn rotated_files_are_reloaded_without_a_signal_and_a_bad_one_keeps_the_old() {
-    let cloud = Sim::start().await.expect("cloud sim");
-    let local = Sim::start().await.expect("local sim");
-    let (cloud_url, local_url) = (cloud.openai_base(), local.ollama_base());
-    let first = Ca::new("first CA");
-    let second = Ca::new("second CA");
-    let files = Files::new();
-    let (cert, key) = files.server(&first.leaf(&["localhost"], "gateway"));
-    let env = gateway_env(
-        &cloud_url,
-        &local_url,
-        &[
-            ("VRA_TLS_CERT_FILE", &cert),
-            ("VRA_TLS_KEY_FILE", &key),
-            ("VRA_TLS_RELOAD_CHECK_MS", "100"),
-        ],
-    );
-    let mut gw = Running::start(&env).await;
-    let addr = gw.addr.clone();
-    generate_over_tls(&addr, &first, None)
-        .await
-        .expect("served with the first certificate");
-
-    files.server(&second.leaf(&["localhost"], "gateway"));
-    gw.wait_for("TLS certificate reloaded").await;
-    generate_over_tls(&addr, &second, None)
-        .await
-        .expect("served with the rotated certificate");
-    assert!(generate_over_tls(&addr, &first, None).await.is_err());
-
-    files.write("server.crt", "-----BEGIN CERTIFICATE-----\nnot base64!\n");
-    let line = gw.wait_for("TLS reload failed").await;
-    assert!(line.contains("VRA_TLS_CERT_FILE"), "{line}");
-    generate_over_tls(&addr, &second, None)
-        .await
-        .expect("still served with the rotated certificate");
-
-    gw.sigterm();
-    let (code, lines) = gw.finish().await;
-    assert_eq!(code, 0, "{}", lines.join("\n"));
+/// How a reload is set off: a SIGHUP, or the files changing under the watcher.
+#[derive(Clone, Copy, PartialEq)]
+enum Trigger {
+    Sighup,
+    FileChange,
 }
 
-#[tokio::test]
-async fn sighup_reloads_the_certificate_and_a_bad_file_keeps_the_old_one() {
+/// A certificate of another CA replaces the first (new connections get it), then a broken
+/// certificate file: the reload fails naming the setting and keeps the second one. No key
+/// material reaches the logs.
+async fn reload_keeps_serving(trigger: Trigger) {
     let cloud = Sim::start().await.expect("cloud sim");
     let local = Sim::start().await.expect("local sim");
     let (cloud_url, local_url) = (cloud.openai_base(), local.ollama_base());
@@ -504,14 +468,19 @@ async fn sighup_reloads_the_certificate_and_a_bad_file_keeps_the_old_one() {
     let second = Ca::new("second CA");
     let files = Files::new();
     let (cert, key) = files.server(&first.leaf(&["localhost"], "gateway"));
+    // With SIGHUP alone, the files are not watched.
+    let check_ms = if trigger == Trigger::Sighup {
+        "0"
+    } else {
+        "100"
+    };
     let env = gateway_env(
         &cloud_url,
         &local_url,
         &[
             ("VRA_TLS_CERT_FILE", &cert),
             ("VRA_TLS_KEY_FILE", &key),
-            // SIGHUP alone: the files are not watched.
-            ("VRA_TLS_RELOAD_CHECK_MS", "0"),
+            ("VRA_TLS_RELOAD_CHECK_MS", check_ms),
         ],
     );
     let mut gw = Running::start(&env).await;
@@ -519,11 +488,14 @@ async fn sighup_reloads_the_certificate_and_a_bad_file_keeps_the_old_one() {
     generate_over_tls(&addr, &first, None)
         .await
         .expect("served with the first certificate");
+    let reload = |gw: &Running| {
+        if trigger == Trigger::Sighup {
+            gw.sighup();
+        }
+    };
 
-    // A certificate of another CA, then SIGHUP: new connections get it.
-    let renewed = second.leaf(&["localhost"], "gateway");
-    files.server(&renewed);
-    gw.sighup();
+    files.server(&second.leaf(&["localhost"], "gateway"));
+    reload(&gw);
     gw.wait_for("TLS certificate reloaded").await;
     generate_over_tls(&addr, &second, None)
         .await
@@ -531,9 +503,8 @@ async fn sighup_reloads_the_certificate_and_a_bad_file_keeps_the_old_one() {
     let stale = generate_over_tls(&addr, &first, None).await;
     assert!(stale.is_err(), "the first certificate is gone: {stale:?}");
 
-    // A broken certificate file: the reload fails, names the setting, keeps the second cert.
     files.write("server.crt", "-----BEGIN CERTIFICATE-----\nnot base64!\n");
-    gw.sighup();
+    reload(&gw);
     let line = gw.wait_for("TLS reload failed").await;
     assert!(line.contains("VRA_TLS_CERT_FILE"), "{line}");
     generate_over_tls(&addr, &second, None)
@@ -549,6 +520,18 @@ async fn sighup_reloads_the_certificate_and_a_bad_file_keeps_the_old_one() {
         "no key material in logs:\n{log}"
     );
     assert!(!log.contains(process::KEY), "no API key in logs");
+}
+
+/// cert-manager and the like rotate the files without a signal: a change is reloaded by
+/// itself.
+#[tokio::test]
+async fn rotated_files_are_reloaded_without_a_signal_and_a_bad_one_keeps_the_old() {
+    reload_keeps_serving(Trigger::FileChange).await;
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_certificate_and_a_bad_file_keeps_the_old_one() {
+    reload_keeps_serving(Trigger::Sighup).await;
 }
 
 /// The container probe, `vra-gateway health`, reaches a gateway that serves mTLS with
