@@ -153,6 +153,42 @@ impl FallbackReason {
     }
 }
 
+/// Who wrote a turn of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    /// The role as the OpenAI and Ollama wire formats (and the GenAI conventions) name it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+/// One turn of the conversation a call sends: the caller's `messages`, or its
+/// `system_prompt` and `prompt` as a system and a user turn.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+        }
+    }
+}
+
 /// Where a call went and why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteInfo {

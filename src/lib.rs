@@ -98,6 +98,7 @@ pub mod pb {
                         prompt: r.prompt,
                         system_prompt: r.system_prompt,
                         options: r.options,
+                        messages: r.messages,
                     }
                 }
             }

@@ -849,6 +849,7 @@ fn plan_call(rng: &mut StdRng, n: u64) -> Call {
             String::new()
         },
         options: None,
+        messages: Vec::new(),
     };
     if let Mode::Invalid(kind) = mode {
         let bad = HOSTILE_IDS[rng.random_range(0..HOSTILE_IDS.len())].to_string();

@@ -489,7 +489,7 @@ async fn duplicate_or_bad_endpoint_urls_exit_2_naming_the_setting() {
 async fn the_secondary_is_usable_while_one_endpoint_is() {
     use std::sync::Arc;
     use vra_gateway::budget::memory::MemoryLedger;
-    use vra_gateway::domain::{Phase, SectionType};
+    use vra_gateway::domain::{ChatMessage, Phase, Role, SectionType};
     use vra_gateway::gateway::{Gateway, GenerateInput};
     use vra_gateway::metrics::Metrics;
     use vra_gateway::providers::Tiers;
@@ -518,8 +518,7 @@ async fn the_secondary_is_usable_while_one_endpoint_is() {
         section_id: "1".into(),
         section_type: SectionType::Analysis,
         phase: Phase::Expand,
-        prompt: "p".into(),
-        system_prompt: None,
+        messages: [ChatMessage::new(Role::User, "p")].into(),
         temperature: None,
         top_p: None,
         max_tokens: None,

@@ -788,6 +788,8 @@ async fn options_and_system_prompt_reach_the_upstream_in_its_format() {
         temperature: Some(0.25),
         max_tokens: Some(77),
         stop: vec!["END".into()],
+        top_p: Some(0.5),
+        seed: Some(42),
     };
     let mut req = request("opts", P::Refine, S::Analysis);
     req.options = Some(options.clone());
@@ -803,6 +805,10 @@ async fn options_and_system_prompt_reach_the_upstream_in_its_format() {
         (Some(0.25), Some(77))
     );
     assert_eq!(cloud["stop"], serde_json::json!(["END"]));
+    assert_eq!(
+        (cloud["top_p"].as_f64(), cloud["seed"].as_i64()),
+        (Some(0.5), Some(42))
+    );
 
     let mut req = request("opts", P::Expand, S::Analysis);
     req.options = Some(options);
@@ -810,7 +816,79 @@ async fn options_and_system_prompt_reach_the_upstream_in_its_format() {
     let local = h.local.recorded().pop().unwrap().body;
     assert_eq!(local["options"]["num_predict"], 77);
     assert_eq!(local["options"]["stop"], serde_json::json!(["END"]));
+    assert_eq!(
+        (
+            local["options"]["top_p"].as_f64(),
+            local["options"]["seed"].as_i64()
+        ),
+        (Some(0.5), Some(42))
+    );
     assert_eq!(local["stream"], false);
+}
+
+#[tokio::test]
+async fn a_conversation_reaches_each_upstream_turn_by_turn() {
+    use pb::ChatRole as R;
+    let h = Harness::start(&[]).await;
+    let mut c = h.client.clone();
+    let turn = |role: R, content: &str| pb::ChatMessage {
+        role: role as i32,
+        content: content.into(),
+    };
+    let conversation = vec![
+        turn(R::System, "You are terse."),
+        turn(R::User, "Draft the analysis."),
+        turn(R::Assistant, "1. Data 2. Findings"),
+        turn(R::User, "Now refine it."),
+    ];
+    let expected = serde_json::json!([
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Draft the analysis."},
+        {"role": "assistant", "content": "1. Data 2. Findings"},
+        {"role": "user", "content": "Now refine it."}
+    ]);
+    for (phase, upstream) in [(P::Refine, &h.cloud), (P::Expand, &h.local)] {
+        let req = pb::GenerateRequest {
+            prompt: String::new(),
+            system_prompt: String::new(),
+            messages: conversation.clone(),
+            ..request("conv", phase, S::Analysis)
+        };
+        c.generate(req).await.unwrap();
+        assert_eq!(
+            upstream.recorded().pop().unwrap().body["messages"],
+            expected
+        );
+    }
+    // The stream takes the same conversation.
+    let req = pb::GenerateStreamRequest {
+        prompt: String::new(),
+        system_prompt: String::new(),
+        messages: conversation.clone(),
+        ..request("conv", P::Expand, S::Analysis).into()
+    };
+    let mut stream = c.generate_stream(req).await.unwrap().into_inner();
+    while stream.message().await.unwrap().is_some() {}
+    assert_eq!(h.local.recorded().pop().unwrap().body["messages"], expected);
+
+    // Prompt and messages together are ambiguous; a conversation needs a user turn.
+    let sent = h.cloud.recorded().len();
+    for bad in [
+        pb::GenerateRequest {
+            messages: conversation.clone(),
+            ..request("conv", P::Refine, S::Analysis)
+        },
+        pb::GenerateRequest {
+            prompt: String::new(),
+            system_prompt: String::new(),
+            messages: vec![turn(R::System, "You are terse.")],
+            ..request("conv", P::Refine, S::Analysis)
+        },
+    ] {
+        let err = c.generate(bad).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    }
+    assert_eq!(h.cloud.recorded().len(), sent, "refused calls send nothing");
 }
 
 #[tokio::test]

@@ -383,6 +383,7 @@ pub async fn run(options: DemoOptions) -> Result<(), Box<dyn std::error::Error>>
                 ),
                 system_prompt: "You write precise technical prose.".into(),
                 options: Some(options.clone()),
+                ..Default::default()
             };
             if id == "1" && phase == CompilationPhase::Expand {
                 rows.push(stream_section(&mut client, request, title).await?);

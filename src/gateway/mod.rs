@@ -58,8 +58,8 @@ use crate::budget::{Ledger, LedgerError, Limits, ReportBudget, ReportKey, Report
 use crate::config::Config;
 use crate::cost::{self, Price};
 use crate::domain::{
-    BudgetInfo, Client, FallbackReason, Nanos, Phase, QuotaInfo, RouteInfo, Rule, SectionType,
-    Tier, TokenUsage,
+    BudgetInfo, ChatMessage, Client, FallbackReason, Nanos, Phase, QuotaInfo, RouteInfo, Rule,
+    SectionType, Tier, TokenUsage,
 };
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, ProviderMetrics};
@@ -84,8 +84,8 @@ pub struct GenerateInput {
     pub section_id: String,
     pub section_type: SectionType,
     pub phase: Phase,
-    pub prompt: String,
-    pub system_prompt: Option<String>,
+    /// The conversation, in order; it holds at least one user turn.
+    pub messages: Arc<[ChatMessage]>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub max_tokens: Option<u32>,
@@ -203,8 +203,7 @@ impl<'a> CallState<'a> {
         let input = self.input;
         ChatRequest {
             model: model.to_string(),
-            system: input.system_prompt.clone(),
-            prompt: input.prompt.clone(),
+            messages: Arc::clone(&input.messages),
             temperature: input.temperature,
             top_p: input.top_p,
             max_tokens: input.max_tokens.or(ceiling),
@@ -215,12 +214,7 @@ impl<'a> CallState<'a> {
 
     /// The texts of the request's messages, for token estimates.
     fn messages(&self) -> impl Iterator<Item = &'a str> + 'a {
-        let input = self.input;
-        input
-            .system_prompt
-            .as_deref()
-            .into_iter()
-            .chain(std::iter::once(input.prompt.as_str()))
+        self.input.messages.iter().map(|m| m.content.as_str())
     }
 }
 

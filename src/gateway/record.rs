@@ -172,7 +172,7 @@ mod tests {
     use crate::budget::memory::MemoryLedger;
     use crate::budget::{Ledger, Reservation};
     use crate::config::{Config, Sources};
-    use crate::domain::{Phase, Rule, SectionType, Tier};
+    use crate::domain::{ChatMessage, Phase, Role, Rule, SectionType, Tier};
     use crate::gateway::{CallState, GenerateInput};
     use crate::metrics::Metrics;
     use crate::providers::Tiers;
@@ -303,8 +303,7 @@ mod tests {
             section_id: "s1".into(),
             section_type: SectionType::Introduction,
             phase: Phase::Draft,
-            prompt: "hello".into(),
-            system_prompt: None,
+            messages: [ChatMessage::new(Role::User, "hello")].into(),
             temperature: None,
             top_p: None,
             max_tokens: None,

@@ -373,7 +373,7 @@ impl Gateway {
         state.attempts += 1;
         let span = telemetry::attempt_span(upstream, model, tier, attempt);
         span.record("vra.queue.wait_ms", waited.as_millis() as u64);
-        telemetry::record_request(&span, request.system.as_deref(), &request.prompt);
+        telemetry::record_request(&span, &request.messages);
         let started = StdInstant::now();
         let result = op(provider.clone(), Arc::clone(request))
             .instrument(span.clone())

@@ -328,16 +328,12 @@ async fn chat(door: &HttpDoor, id: &str, request: Request) -> Result<Response, A
         .map_err(refused)?;
     let Read {
         request: pipeline_request,
-        top_p,
-        seed,
         stream,
         include_usage,
         ..
     } = read;
     let mut input = validate(pipeline_request, door.front.max_prompt_bytes()).map_err(refused)?;
     input = GenerateInput {
-        top_p,
-        seed,
         pin,
         client,
         ..input

@@ -138,7 +138,6 @@ impl Sources {
             "section_id" => carried(self.section_id, SECTION_ID, "vra_section_id"),
             "phase" => carried(self.phase, PHASE, "vra_phase"),
             "section_type" => carried(self.section_type, SECTION_TYPE, "vra_section_type"),
-            "prompt" | "system_prompt" => "messages".to_string(),
             "options.max_tokens" if self.max_completion_tokens => {
                 "max_completion_tokens".to_string()
             }
@@ -176,8 +175,6 @@ pub enum ModelChoice {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Read {
     pub request: pb::GenerateRequest,
-    pub top_p: Option<f32>,
-    pub seed: Option<i64>,
     pub model: ModelChoice,
     pub stream: bool,
     pub include_usage: bool,
@@ -242,7 +239,7 @@ pub fn read(headers: &HeaderMap, body: ChatCompletionRequest) -> Result<Read, Re
             })?,
         None => 0,
     };
-    let (system_prompt, prompt) = conversation(body.messages)?;
+    let messages = conversation(body.messages)?;
     let max_tokens = match (body.max_tokens, body.max_completion_tokens) {
         (Some(a), Some(b)) if a != b => {
             return Err(Refused::new(
@@ -270,16 +267,16 @@ pub fn read(headers: &HeaderMap, body: ChatCompletionRequest) -> Result<Read, Re
             section_id: section_id.unwrap_or_default(),
             section_type,
             phase,
-            prompt,
-            system_prompt,
+            messages,
             options: Some(pb::GenerationOptions {
                 temperature: body.temperature,
                 max_tokens,
                 stop,
+                top_p: body.top_p,
+                seed: body.seed,
             }),
+            ..Default::default()
         },
-        top_p: body.top_p,
-        seed: body.seed,
         model,
         stream: body.stream.unwrap_or(false),
         include_usage: body
@@ -291,40 +288,47 @@ pub fn read(headers: &HeaderMap, body: ChatCompletionRequest) -> Result<Read, Re
     })
 }
 
-/// The leading system (or developer) messages as the system prompt, and the one user message
-/// after them as the prompt.
-fn conversation(messages: Vec<Message>) -> Result<(String, String), Refused> {
-    let mut system = Vec::new();
-    let mut user = None;
-    for (i, message) in messages.into_iter().enumerate() {
-        if let Some(key) = message
-            .other
-            .iter()
-            .find(|(_, v)| !is_unset(v))
-            .map(|(k, _)| k)
-        {
-            return Err(Refused::new(
-                format!("messages[{i}].{key}"),
-                "is not supported: the gateway sends text messages only",
-            ));
-        }
-        let text = text_of(i, message.content)?;
-        match (message.role.as_str(), &user) {
-            ("system" | "developer", None) => system.push(text),
-            ("user", None) => user = Some(text),
-            (role, _) => {
+/// The conversation: `system` and `developer` turns as system turns, `user` and `assistant`
+/// turns as they are. Tool turns and non-text fields are refused, naming the message.
+fn conversation(messages: Vec<Message>) -> Result<Vec<pb::ChatMessage>, Refused> {
+    if messages.is_empty() {
+        return Err(Refused::new("messages", "needs at least one message"));
+    }
+    messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, message)| {
+            if let Some(key) = message
+                .other
+                .iter()
+                .find(|(_, v)| !is_unset(v))
+                .map(|(k, _)| k)
+            {
                 return Err(Refused::new(
-                    format!("messages[{i}].role"),
-                    format!(
-                        "`{}` here is not supported yet: send the system messages, then one user message",
-                        shown(role)
-                    ),
+                    format!("messages[{i}].{key}"),
+                    "is not supported: the gateway sends text messages only",
                 ));
             }
-        }
-    }
-    let prompt = user.ok_or_else(|| Refused::new("messages", "needs one user message"))?;
-    Ok((system.join("\n\n"), prompt))
+            let role = match message.role.as_str() {
+                "system" | "developer" => pb::ChatRole::System,
+                "user" => pb::ChatRole::User,
+                "assistant" => pb::ChatRole::Assistant,
+                role => {
+                    return Err(Refused::new(
+                        format!("messages[{i}].role"),
+                        format!(
+                            "`{}` is not supported: the gateway sends system, developer, user and assistant turns",
+                            shown(role)
+                        ),
+                    ));
+                }
+            };
+            Ok(pb::ChatMessage {
+                role: role as i32,
+                content: text_of(i, message.content)?,
+            })
+        })
+        .collect()
 }
 
 /// A message's text: the string, or its text parts joined; any other part is refused.
@@ -518,9 +522,13 @@ mod tests {
         assert_eq!(read.sources.report_id, Source::Header);
         assert_eq!(read.model, ModelChoice::Auto);
         assert_eq!(
-            (r.system_prompt.as_str(), r.prompt.as_str()),
-            ("be brief", "Write the introduction.")
+            r.messages,
+            [
+                turn(pb::ChatRole::System, "be brief"),
+                turn(pb::ChatRole::User, "Write the introduction.")
+            ]
         );
+        assert!(r.prompt.is_empty() && r.system_prompt.is_empty());
     }
 
     #[test]
@@ -562,7 +570,7 @@ mod tests {
             (Some(0.3), Some(64))
         );
         assert_eq!(options.stop, vec!["END".to_string()]);
-        assert_eq!((read.top_p, read.seed), (Some(0.9), Some(7)));
+        assert_eq!((options.top_p, options.seed), (Some(0.9), Some(7)));
         assert!(read.stream && read.include_usage);
         assert_eq!(
             read.sources.param("options.max_tokens"),
@@ -588,8 +596,15 @@ mod tests {
         }
     }
 
+    fn turn(role: pb::ChatRole, content: &str) -> pb::ChatMessage {
+        pb::ChatMessage {
+            role: role as i32,
+            content: content.into(),
+        }
+    }
+
     #[test]
-    fn messages_are_system_then_one_user_and_text_only() {
+    fn messages_are_the_whole_conversation_in_text() {
         let refused = |messages: Value| {
             super::read(
                 &HeaderMap::new(),
@@ -598,25 +613,38 @@ mod tests {
             .unwrap_err()
             .param
         };
-        let parts = super::read(
+        let read = super::read(
             &HeaderMap::new(),
             body(serde_json::json!({"messages": [
                 {"role": "developer", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
-                {"role": "user", "content": [{"type": "text", "text": "hi"}]}
+                {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                {"role": "assistant", "content": "Hello."},
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "more", "name": null}
             ]})),
         )
         .unwrap();
+        use pb::ChatRole::{Assistant, System, User};
         assert_eq!(
-            (
-                parts.request.system_prompt.as_str(),
-                parts.request.prompt.as_str()
-            ),
-            ("ab", "hi")
+            read.request.messages,
+            [
+                turn(System, "ab"),
+                turn(User, "hi"),
+                turn(Assistant, "Hello."),
+                turn(System, "be brief"),
+                turn(User, "more")
+            ]
         );
         assert_eq!(refused(serde_json::json!([])), "messages");
         assert_eq!(
             refused(
-                serde_json::json!([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
+                serde_json::json!([{"role": "user", "content": "a"}, {"role": "tool", "content": "b", "tool_call_id": "t"}])
+            ),
+            "messages[1].tool_call_id"
+        );
+        assert_eq!(
+            refused(
+                serde_json::json!([{"role": "user", "content": "a"}, {"role": "function", "content": "b"}])
             ),
             "messages[1].role"
         );

@@ -34,8 +34,8 @@ use futures_util::Stream;
 
 use serde::Deserialize;
 
+use crate::domain::{ChatMessage, Secret, Tier};
 pub use crate::domain::{ProviderError, TokenUsage};
-use crate::domain::{Secret, Tier};
 use http::HttpProvider;
 use http::ProxyConfig;
 use ollama::Ollama;
@@ -47,8 +47,8 @@ use pool::PoolConfig;
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatRequest {
     pub model: String,
-    pub system: Option<String>,
-    pub prompt: String,
+    /// The conversation, shared by every attempt of a call.
+    pub messages: Arc<[ChatMessage]>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub max_tokens: Option<u32>,
@@ -57,20 +57,15 @@ pub struct ChatRequest {
 }
 
 impl ChatRequest {
-    /// The chat messages: the system prompt (if any), then the user prompt.
+    /// The chat messages as the OpenAI and Ollama wire formats write them.
     pub fn messages(&self) -> Vec<Message<'_>> {
-        let mut messages = Vec::with_capacity(2);
-        if let Some(system) = self.system.as_deref().filter(|s| !s.is_empty()) {
-            messages.push(Message {
-                role: "system",
-                content: system,
-            });
-        }
-        messages.push(Message {
-            role: "user",
-            content: &self.prompt,
-        });
-        messages
+        self.messages
+            .iter()
+            .map(|m| Message {
+                role: m.role.as_str(),
+                content: &m.content,
+            })
+            .collect()
     }
 }
 

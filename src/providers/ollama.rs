@@ -152,13 +152,19 @@ impl Decoder for NdjsonDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{ChatMessage, Role};
 
     #[test]
     fn request_body_has_the_wire_shape() {
         let req = ChatRequest {
             model: "llama3:8b".into(),
-            system: Some("sys".into()),
-            prompt: "hi".into(),
+            messages: [
+                ChatMessage::new(Role::System, "sys"),
+                ChatMessage::new(Role::User, "hi"),
+                ChatMessage::new(Role::Assistant, "Hello."),
+                ChatMessage::new(Role::User, "more"),
+            ]
+            .into(),
             temperature: Some(0.2),
             top_p: Some(0.5),
             max_tokens: Some(100),
@@ -170,6 +176,8 @@ mod tests {
         assert_eq!(v["stream"], false);
         assert_eq!(v["messages"][0]["role"], "system");
         assert_eq!(v["messages"][1]["role"], "user");
+        assert_eq!(v["messages"][2]["role"], "assistant");
+        assert_eq!(v["messages"][3]["content"], "more");
         assert_eq!(v["options"]["num_predict"], 100);
         assert_eq!(v["options"]["stop"][0], "\n\n");
         assert_eq!(

@@ -285,13 +285,19 @@ impl Decoder for SseDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{ChatMessage, Role};
 
     #[test]
     fn request_body_has_the_wire_shape() {
         let req = ChatRequest {
             model: "gpt-4o".into(),
-            system: Some("be brief".into()),
-            prompt: "hello".into(),
+            messages: [
+                ChatMessage::new(Role::System, "be brief"),
+                ChatMessage::new(Role::User, "hello"),
+                ChatMessage::new(Role::Assistant, "Hi."),
+                ChatMessage::new(Role::User, "again"),
+            ]
+            .into(),
             temperature: Some(0.5),
             top_p: Some(0.9),
             max_tokens: Some(64),
@@ -302,6 +308,10 @@ mod tests {
         assert_eq!(v["model"], "gpt-4o");
         assert_eq!(v["messages"][0]["role"], "system");
         assert_eq!(v["messages"][1]["content"], "hello");
+        assert_eq!(
+            (&v["messages"][2]["role"], &v["messages"][3]["content"]),
+            (&serde_json::json!("assistant"), &serde_json::json!("again"))
+        );
         assert_eq!(v["temperature"], 0.5);
         assert_eq!(v["max_tokens"], 64);
         assert_eq!(v["stop"][0], "END");
@@ -310,7 +320,7 @@ mod tests {
         assert_eq!(v["stream"], true);
         assert_eq!(v["stream_options"]["include_usage"], true);
         let plain = ChatRequest {
-            system: None,
+            messages: [ChatMessage::new(Role::User, "hello")].into(),
             temperature: None,
             max_tokens: None,
             stop: vec![],

@@ -1,6 +1,8 @@
 //! Request validation: every field checked before any work, an error naming the field.
 
-use crate::domain::{Phase, SectionType, has_forbidden_id_char};
+use std::sync::Arc;
+
+use crate::domain::{ChatMessage, Phase, Role, SectionType, has_forbidden_id_char};
 use crate::error::GatewayError;
 use crate::gateway::GenerateInput;
 use crate::pb;
@@ -9,6 +11,8 @@ use crate::pb;
 pub const MAX_ID_BYTES: usize = 256;
 /// Most `options.stop` sequences accepted.
 pub const MAX_STOP_SEQUENCES: usize = 16;
+/// Most turns accepted in `messages`.
+pub const MAX_MESSAGES: usize = 1024;
 
 pub(super) fn phase_from(value: i32) -> Result<Phase, GatewayError> {
     match pb::CompilationPhase::try_from(value) {
@@ -71,6 +75,92 @@ pub(super) fn report_id(value: &str) -> Result<(), GatewayError> {
     id("report_id", value, true)
 }
 
+/// The conversation a request sends: its `messages`, or its `system_prompt` (when set) and
+/// `prompt` as a system and a user turn. It must hold a user turn with text; its content is
+/// bounded by `max_prompt_bytes` (each of `prompt` and `system_prompt`, or all of `messages`
+/// together). Message errors name `messages` and give the turn's index in the reason.
+fn conversation(
+    messages: Vec<pb::ChatMessage>,
+    system_prompt: String,
+    prompt: String,
+    max_prompt_bytes: usize,
+) -> Result<Arc<[ChatMessage]>, GatewayError> {
+    let too_long = |field: &'static str, len: usize| {
+        GatewayError::invalid(
+            field,
+            format!("{len} bytes exceeds VRA_MAX_PROMPT_BYTES ({max_prompt_bytes})"),
+        )
+    };
+    if messages.is_empty() {
+        if prompt.trim().is_empty() {
+            return Err(GatewayError::invalid(
+                "prompt",
+                "must not be empty (or set `messages`)",
+            ));
+        }
+        for (field, text) in [("prompt", &prompt), ("system_prompt", &system_prompt)] {
+            if text.len() > max_prompt_bytes {
+                return Err(too_long(field, text.len()));
+            }
+        }
+        let system = Some(system_prompt)
+            .filter(|s| !s.is_empty())
+            .map(|s| ChatMessage::new(Role::System, s));
+        return Ok(system
+            .into_iter()
+            .chain([ChatMessage::new(Role::User, prompt)])
+            .collect());
+    }
+    if !prompt.is_empty() || !system_prompt.is_empty() {
+        let field = if prompt.is_empty() {
+            "system_prompt"
+        } else {
+            "prompt"
+        };
+        return Err(GatewayError::invalid(
+            field,
+            "must be empty when `messages` is set (put it in `messages`)",
+        ));
+    }
+    if messages.len() > MAX_MESSAGES {
+        return Err(GatewayError::invalid(
+            "messages",
+            format!("at most {MAX_MESSAGES} turns, got {}", messages.len()),
+        ));
+    }
+    let total: usize = messages.iter().map(|m| m.content.len()).sum();
+    if total > max_prompt_bytes {
+        return Err(too_long("messages", total));
+    }
+    let mut has_user = false;
+    let turns = messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = match pb::ChatRole::try_from(m.role) {
+                Ok(pb::ChatRole::System) => Role::System,
+                Ok(pb::ChatRole::User) => Role::User,
+                Ok(pb::ChatRole::Assistant) => Role::Assistant,
+                Ok(pb::ChatRole::Unspecified) | Err(_) => {
+                    return Err(GatewayError::invalid(
+                        "messages",
+                        format!("messages[{i}].role must be CHAT_ROLE_SYSTEM, _USER or _ASSISTANT"),
+                    ));
+                }
+            };
+            has_user |= role == Role::User && !m.content.trim().is_empty();
+            Ok(ChatMessage::new(role, m.content))
+        })
+        .collect::<Result<Arc<[ChatMessage]>, _>>()?;
+    if !has_user {
+        return Err(GatewayError::invalid(
+            "messages",
+            "needs a user turn with text",
+        ));
+    }
+    Ok(turns)
+}
+
 /// Validates a generation request into the gateway's input. Errors name the field.
 pub fn validate(
     req: pb::GenerateRequest,
@@ -80,23 +170,12 @@ pub fn validate(
     id("section_id", &req.section_id, false)?;
     let phase = phase_from(req.phase)?;
     let section_type = section_type_from(req.section_type)?;
-    if req.prompt.trim().is_empty() {
-        return Err(GatewayError::invalid("prompt", "must not be empty"));
-    }
-    for (field, text) in [
-        ("prompt", &req.prompt),
-        ("system_prompt", &req.system_prompt),
-    ] {
-        if text.len() > max_prompt_bytes {
-            return Err(GatewayError::invalid(
-                field,
-                format!(
-                    "{} bytes exceeds VRA_MAX_PROMPT_BYTES ({max_prompt_bytes})",
-                    text.len()
-                ),
-            ));
-        }
-    }
+    let messages = conversation(
+        req.messages,
+        req.system_prompt,
+        req.prompt,
+        max_prompt_bytes,
+    )?;
     let options = req.options.unwrap_or_default();
     if let Some(t) = options.temperature
         && !(0.0..=2.0).contains(&t)
@@ -131,18 +210,25 @@ pub fn validate(
             format!("sequences must be 1 to {MAX_ID_BYTES} bytes"),
         ));
     }
+    if let Some(p) = options.top_p
+        && !(p > 0.0 && p <= 1.0)
+    {
+        return Err(GatewayError::invalid(
+            "options.top_p",
+            "must be greater than 0 and at most 1",
+        ));
+    }
     Ok(GenerateInput {
         report_id: req.report_id,
         section_id: req.section_id,
         section_type,
         phase,
-        prompt: req.prompt,
-        system_prompt: Some(req.system_prompt).filter(|s| !s.is_empty()),
+        messages,
         temperature: options.temperature,
-        top_p: None,
+        top_p: options.top_p,
         max_tokens: options.max_tokens,
         stop: options.stop,
-        seed: None,
+        seed: options.seed,
         pin: None,
         client: None,
     })
@@ -161,7 +247,118 @@ mod tests {
             prompt: "Write it.".into(),
             system_prompt: String::new(),
             options: None,
+            messages: Vec::new(),
         }
+    }
+
+    fn turn(role: pb::ChatRole, content: &str) -> pb::ChatMessage {
+        pb::ChatMessage {
+            role: role as i32,
+            content: content.into(),
+        }
+    }
+
+    fn conversation(messages: Vec<pb::ChatMessage>) -> pb::GenerateRequest {
+        pb::GenerateRequest {
+            prompt: String::new(),
+            messages,
+            ..request()
+        }
+    }
+
+    #[test]
+    fn prompt_and_system_prompt_are_a_system_and_a_user_turn() {
+        let input = validate(
+            pb::GenerateRequest {
+                system_prompt: "be brief".into(),
+                ..request()
+            },
+            100,
+        )
+        .unwrap();
+        assert_eq!(
+            &input.messages[..],
+            [
+                ChatMessage::new(Role::System, "be brief"),
+                ChatMessage::new(Role::User, "Write it.")
+            ]
+        );
+        let input = validate(request(), 100).unwrap();
+        assert_eq!(
+            &input.messages[..],
+            [ChatMessage::new(Role::User, "Write it.")]
+        );
+    }
+
+    #[test]
+    fn messages_are_the_whole_conversation_in_order() {
+        use pb::ChatRole::{Assistant, System, User};
+        let input = validate(
+            conversation(vec![
+                turn(System, "be brief"),
+                turn(User, "Draft it."),
+                turn(Assistant, "A draft."),
+                turn(User, "Shorter."),
+            ]),
+            100,
+        )
+        .unwrap();
+        let roles: Vec<_> = input.messages.iter().map(|m| m.role).collect();
+        assert_eq!(
+            roles,
+            [Role::System, Role::User, Role::Assistant, Role::User]
+        );
+        assert_eq!(input.messages[3].content, "Shorter.");
+    }
+
+    #[test]
+    fn a_bad_conversation_is_refused_naming_the_field() {
+        use pb::ChatRole::{Assistant, System, User};
+        let reason = |req| match validate(req, 20) {
+            Err(GatewayError::InvalidArgument { field, reason }) => (field, reason),
+            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+        };
+        // No user turn with text.
+        assert_eq!(
+            reason(conversation(vec![turn(System, "s"), turn(Assistant, "a")])).0,
+            "messages"
+        );
+        assert_eq!(reason(conversation(vec![turn(User, "  ")])).0, "messages");
+        // A role that is not one.
+        let (field, why) = reason(conversation(vec![
+            turn(User, "a"),
+            pb::ChatMessage {
+                role: 9,
+                content: "b".into(),
+            },
+        ]));
+        assert_eq!(field, "messages");
+        assert!(why.contains("messages[1].role"), "{why}");
+        // The limit holds for the conversation as a whole.
+        let (field, why) = reason(conversation(vec![
+            turn(User, &"x".repeat(15)),
+            turn(User, &"x".repeat(6)),
+        ]));
+        assert_eq!(field, "messages");
+        assert!(why.contains("21 bytes"), "{why}");
+        assert!(validate(conversation(vec![turn(User, &"x".repeat(20))]), 20).is_ok());
+        // Both ways at once is ambiguous.
+        assert_eq!(
+            reason(pb::GenerateRequest {
+                messages: vec![turn(User, "a")],
+                ..request()
+            })
+            .0,
+            "prompt"
+        );
+        let many = vec![turn(User, "a"); MAX_MESSAGES + 1];
+        assert_eq!(
+            match validate(conversation(many), usize::MAX) {
+                Err(GatewayError::InvalidArgument { field, .. }) => field,
+                other => panic!("{other:?}"),
+            },
+            "messages"
+        );
     }
 
     fn field_of(req: pb::GenerateRequest) -> &'static str {
@@ -268,6 +465,15 @@ mod tests {
             })),
             "options.stop"
         );
+        for top_p in [0.0, 1.5, f32::NAN] {
+            assert_eq!(
+                field_of(opts(pb::GenerationOptions {
+                    top_p: Some(top_p),
+                    ..Default::default()
+                })),
+                "options.top_p"
+            );
+        }
     }
 
     #[test]
@@ -286,7 +492,6 @@ mod tests {
             (input.phase, input.section_type),
             (Phase::Refine, SectionType::Analysis)
         );
-        assert_eq!(input.system_prompt, None);
     }
 
     const FIELDS: [&str; 9] = [
@@ -323,7 +528,8 @@ mod tests {
                 phase,
                 prompt,
                 system_prompt: String::new(),
-                options: Some(pb::GenerationOptions { temperature, max_tokens, stop }),
+                options: Some(pb::GenerationOptions { temperature, max_tokens, stop, ..Default::default() }),
+                messages: Vec::new(),
             };
             match validate(req, 50) {
                 Ok(input) => {

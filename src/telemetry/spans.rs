@@ -4,7 +4,7 @@
 
 use tracing::{Span, field::Empty};
 
-use crate::domain::{BudgetInfo, Nanos, ProviderError, RouteInfo, Tier, TokenUsage};
+use crate::domain::{BudgetInfo, ChatMessage, Nanos, ProviderError, RouteInfo, Tier, TokenUsage};
 
 use super::settings;
 
@@ -200,16 +200,15 @@ pub fn record_response(
     }
 }
 
-/// Puts the (truncated) prompt on the attempt span — only when `VRA_TRACE_CONTENT=true`.
-pub fn record_request(span: &Span, system: Option<&str>, prompt: &str) {
+/// Puts the (truncated) conversation on the attempt span — only when `VRA_TRACE_CONTENT=true`.
+pub fn record_request(span: &Span, messages: &[ChatMessage]) {
     if !settings().trace_content {
         return;
     }
-    let mut messages = Vec::new();
-    if let Some(system) = system {
-        messages.push(serde_json::json!({"role": "system", "parts": [{"type": "text", "content": truncate(system)}]}));
-    }
-    messages.push(serde_json::json!({"role": "user", "parts": [{"type": "text", "content": truncate(prompt)}]}));
+    let messages: Vec<_> = messages
+        .iter()
+        .map(|m| serde_json::json!({"role": m.role.as_str(), "parts": [{"type": "text", "content": truncate(&m.content)}]}))
+        .collect();
     span.record(
         "gen_ai.input.messages",
         serde_json::Value::Array(messages).to_string().as_str(),

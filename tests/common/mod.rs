@@ -139,6 +139,7 @@ pub fn request(report: &str, phase: CompilationPhase, section: SectionType) -> p
         prompt: "Write the section about routing.".into(),
         system_prompt: "You are terse.".into(),
         options: None,
+        messages: Vec::new(),
     }
 }
 

@@ -76,6 +76,7 @@ impl Target for GrpcTarget {
                 prompt: PROMPT.into(),
                 system_prompt: SYSTEM_PROMPT.into(),
                 options: None,
+                ..Default::default()
             };
             let resp = client
                 .generate(req)
@@ -94,6 +95,7 @@ impl Target for GrpcTarget {
             prompt: PROMPT.into(),
             system_prompt: SYSTEM_PROMPT.into(),
             options: None,
+            ..Default::default()
         };
         let mut stream = client
             .generate_stream(req)

@@ -39,6 +39,13 @@ class FallbackReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FALLBACK_REASON_CIRCUIT_OPEN: _ClassVar[FallbackReason]
     FALLBACK_REASON_LEDGER_UNAVAILABLE: _ClassVar[FallbackReason]
     FALLBACK_REASON_CLIENT_QUOTA: _ClassVar[FallbackReason]
+
+class ChatRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHAT_ROLE_UNSPECIFIED: _ClassVar[ChatRole]
+    CHAT_ROLE_SYSTEM: _ClassVar[ChatRole]
+    CHAT_ROLE_USER: _ClassVar[ChatRole]
+    CHAT_ROLE_ASSISTANT: _ClassVar[ChatRole]
 COMPILATION_PHASE_UNSPECIFIED: CompilationPhase
 COMPILATION_PHASE_DRAFT: CompilationPhase
 COMPILATION_PHASE_EXPAND: CompilationPhase
@@ -60,16 +67,32 @@ FALLBACK_REASON_PRIMARY_ERROR: FallbackReason
 FALLBACK_REASON_CIRCUIT_OPEN: FallbackReason
 FALLBACK_REASON_LEDGER_UNAVAILABLE: FallbackReason
 FALLBACK_REASON_CLIENT_QUOTA: FallbackReason
+CHAT_ROLE_UNSPECIFIED: ChatRole
+CHAT_ROLE_SYSTEM: ChatRole
+CHAT_ROLE_USER: ChatRole
+CHAT_ROLE_ASSISTANT: ChatRole
 
 class GenerationOptions(_message.Message):
-    __slots__ = ("temperature", "max_tokens", "stop")
+    __slots__ = ("temperature", "max_tokens", "stop", "top_p", "seed")
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
     temperature: float
     max_tokens: int
     stop: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
+    top_p: float
+    seed: int
+    def __init__(self, temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class ChatMessage(_message.Message):
+    __slots__ = ("role", "content")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    role: ChatRole
+    content: str
+    def __init__(self, role: _Optional[_Union[ChatRole, str]] = ..., content: _Optional[str] = ...) -> None: ...
 
 class Route(_message.Message):
     __slots__ = ("tier", "provider", "model", "cloud", "fallback_reason", "rule")
@@ -122,7 +145,7 @@ class ClientQuota(_message.Message):
     def __init__(self, used: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("report_id", "section_id", "section_type", "phase", "prompt", "system_prompt", "options")
+    __slots__ = ("report_id", "section_id", "section_type", "phase", "prompt", "system_prompt", "options", "messages")
     REPORT_ID_FIELD_NUMBER: _ClassVar[int]
     SECTION_ID_FIELD_NUMBER: _ClassVar[int]
     SECTION_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +153,7 @@ class GenerateRequest(_message.Message):
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
     report_id: str
     section_id: str
     section_type: SectionType
@@ -137,7 +161,8 @@ class GenerateRequest(_message.Message):
     prompt: str
     system_prompt: str
     options: GenerationOptions
-    def __init__(self, report_id: _Optional[str] = ..., section_id: _Optional[str] = ..., section_type: _Optional[_Union[SectionType, str]] = ..., phase: _Optional[_Union[CompilationPhase, str]] = ..., prompt: _Optional[str] = ..., system_prompt: _Optional[str] = ..., options: _Optional[_Union[GenerationOptions, _Mapping]] = ...) -> None: ...
+    messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
+    def __init__(self, report_id: _Optional[str] = ..., section_id: _Optional[str] = ..., section_type: _Optional[_Union[SectionType, str]] = ..., phase: _Optional[_Union[CompilationPhase, str]] = ..., prompt: _Optional[str] = ..., system_prompt: _Optional[str] = ..., options: _Optional[_Union[GenerationOptions, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("text", "route", "usage", "budget", "attempts", "finish_reason", "cost_usd")
@@ -158,7 +183,7 @@ class GenerateResponse(_message.Message):
     def __init__(self, text: _Optional[str] = ..., route: _Optional[_Union[Route, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., attempts: _Optional[int] = ..., finish_reason: _Optional[str] = ..., cost_usd: _Optional[float] = ...) -> None: ...
 
 class GenerateStreamRequest(_message.Message):
-    __slots__ = ("report_id", "section_id", "section_type", "phase", "prompt", "system_prompt", "options")
+    __slots__ = ("report_id", "section_id", "section_type", "phase", "prompt", "system_prompt", "options", "messages")
     REPORT_ID_FIELD_NUMBER: _ClassVar[int]
     SECTION_ID_FIELD_NUMBER: _ClassVar[int]
     SECTION_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -166,6 +191,7 @@ class GenerateStreamRequest(_message.Message):
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
     report_id: str
     section_id: str
     section_type: SectionType
@@ -173,7 +199,8 @@ class GenerateStreamRequest(_message.Message):
     prompt: str
     system_prompt: str
     options: GenerationOptions
-    def __init__(self, report_id: _Optional[str] = ..., section_id: _Optional[str] = ..., section_type: _Optional[_Union[SectionType, str]] = ..., phase: _Optional[_Union[CompilationPhase, str]] = ..., prompt: _Optional[str] = ..., system_prompt: _Optional[str] = ..., options: _Optional[_Union[GenerationOptions, _Mapping]] = ...) -> None: ...
+    messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
+    def __init__(self, report_id: _Optional[str] = ..., section_id: _Optional[str] = ..., section_type: _Optional[_Union[SectionType, str]] = ..., phase: _Optional[_Union[CompilationPhase, str]] = ..., prompt: _Optional[str] = ..., system_prompt: _Optional[str] = ..., options: _Optional[_Union[GenerationOptions, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ...) -> None: ...
 
 class GenerateStreamResponse(_message.Message):
     __slots__ = ("delta", "done")
