@@ -17,6 +17,8 @@
 #
 # Scenarios (the gated ones are marked *):
 #   gateway*        vra-gateway, memory ledger
+#   gateway-http*   the same, driven through its OpenAI-compatible door (HTTP/1.1, the report in
+#                   x-vra-* headers) instead of gRPC
 #   gateway-redis*  vra-gateway, Redis ledger (gateway process only; needs redis-server)
 #   grpc-floor      `vra-loadgen grpc-echo`: the gateway's service answering at once
 #   reqwest-client  a bare reqwest client sending the gateway's upstream request
@@ -87,6 +89,7 @@ total_of() { # CALLGRIND_OUT_FILE
 # is set outside valgrind, which does not follow `env`'s exec). It replaces the calling (sub)shell,
 # so run it with `&` or in `( )`: the background job's pid is then valgrind's.
 CG_ENV=()
+CG_CLIENT=()
 callgrind() { # NAME N PROGRAM ARGS...
     local name=$1 n=$2
     shift 2
@@ -122,7 +125,9 @@ count_server() { # NAME N PORT PROGRAM ARGS...
         echo "callgrind: $name did not start; see $OUT/$name-$n.log" >&2
         return 1
     fi
-    if ! "$BIN/vra-loadgen" count grpc --target "127.0.0.1:$port" --calls "$n" \
+    local client=(grpc --target "127.0.0.1:$port")
+    [ "${#CG_CLIENT[@]}" -gt 0 ] && client=("${CG_CLIENT[@]}")
+    if ! "$BIN/vra-loadgen" count "${client[@]}" --calls "$n" \
         >"$OUT/$name-$n.client.log" 2>&1; then
         kill "$pid" 2>/dev/null || true
         echo "callgrind: the calls to $name failed: $(tail -n 1 "$OUT/$name-$n.client.log")" >&2
@@ -152,6 +157,18 @@ gateway() { # NAME N [VAR=VALUE...]
     total=$(cd "$WORK" && count_server "$name" "$n" "$port" "$BIN/vra-gateway" serve) || return 1
     CG_ENV=()
     echo "$total"
+}
+
+# The gateway driven through its OpenAI-compatible door instead of gRPC.
+gateway_http() { # NAME N
+    local door
+    door=$(free_port)
+    CG_CLIENT=(http --target "http://127.0.0.1:$door/v1/chat/completions")
+    gateway "$1" "$2" VRA_HTTP_ADDR="127.0.0.1:$door" || {
+        CG_CLIENT=()
+        return 1
+    }
+    CG_CLIENT=()
 }
 
 grpc_floor() { # NAME N
@@ -185,6 +202,7 @@ measure() { # NAME FUNCTION [ARGS...]
 }
 
 measure gateway gateway
+measure gateway-http gateway_http
 if [ -n "$REDIS_URL" ]; then
     measure gateway-redis gateway VRA_LEDGER_URL="$REDIS_URL"
 elif [ "$MODE" != all ] && [ "${VRA_REQUIRE_REDIS:-0}" = 1 ]; then
@@ -204,6 +222,10 @@ fi
     for name in "${SCENARIOS[@]}"; do
         printf '| %s | %s |\n' "$name" "${PER_CALL[$name]}"
     done
+    if [ -n "${PER_CALL[gateway-http]:-}" ]; then
+        awk -v h="${PER_CALL[gateway-http]}" -v m="${PER_CALL[gateway]}" \
+            'BEGIN { printf "| gateway-http / gateway | %.2fx |\n", h / m }'
+    fi
     if [ -n "${PER_CALL[gateway-redis]:-}" ]; then
         awk -v r="${PER_CALL[gateway-redis]}" -v m="${PER_CALL[gateway]}" \
             'BEGIN { printf "| gateway-redis / gateway | %.2fx |\n", r / m }'

@@ -376,9 +376,12 @@ echo "vra-loadgen upstream --addr 127.0.0.1:$UP_PORT --tokens 16" >>"$COMMANDS"
 log "fake upstream on 127.0.0.1:$UP_PORT (pid $UP_PID)"
 
 GW_PORT=$(free_port)
-start_gateway gateway "$GW_PORT" "$UP_PORT"
+GWH_PORT=$(free_port)
+start_gateway gateway "$GW_PORT" "$UP_PORT" VRA_HTTP_ADDR="127.0.0.1:$GWH_PORT"
 GW_PID=$LAST_PID
-log "gateway (memory ledger) on 127.0.0.1:$GW_PORT (pid $GW_PID)"
+# The same gateway process serves both doors; the scenarios drive one door at a time.
+DOOR="http://127.0.0.1:$GWH_PORT/v1/chat/completions"
+log "gateway (memory ledger) on 127.0.0.1:$GW_PORT (gRPC) and $DOOR (OpenAI door) (pid $GW_PID)"
 
 # The gRPC floor: the gateway's service answering at once, on the server CPU like the gateway.
 ECHO_PORT=$(free_port)
@@ -515,6 +518,7 @@ load c1/direct http "$UP_URL" "$UP_PID" --mode closed --concurrency 1
 [ -n "$NGX_PID" ] && load c1/nginx http "http://127.0.0.1:$NGX_PORT/v1/chat/completions" "$NGX_PID" --mode closed --concurrency 1
 load c1/grpc-floor grpc "$ECHO" "$ECHO_PID" --mode closed --concurrency 1
 load c1/gateway grpc "$GW" "$GW_PID" --mode closed --concurrency 1
+load c1/gateway-http http "$DOOR" "$GW_PID" --model vra-auto --vra-phase refine --mode closed --concurrency 1
 [ -n "$GWR_PID" ] && load c1/gateway-redis grpc "127.0.0.1:$GWR_PORT" "$GWR_PID" --mode closed --concurrency 1
 [ -n "$LL_PID" ] && load c1/litellm http "http://127.0.0.1:$LL_PORT/v1/chat/completions" "$LL_PID" --model bench-model --api-key "$LITELLM_BENCH_KEY" --mode closed --concurrency 1
 
@@ -523,13 +527,22 @@ load open1000/direct http "$UP_URL" "$UP_PID" --mode open --rate 1000
 [ -n "$NGX_PID" ] && load open1000/nginx http "http://127.0.0.1:$NGX_PORT/v1/chat/completions" "$NGX_PID" --mode open --rate 1000
 load open1000/grpc-floor grpc "$ECHO" "$ECHO_PID" --mode open --rate 1000
 load open1000/gateway grpc "$GW" "$GW_PID" --mode open --rate 1000
+load open1000/gateway-http http "$DOOR" "$GW_PID" --model vra-auto --vra-phase refine --mode open --rate 1000
 [ -n "$GWR_PID" ] && load open1000/gateway-redis grpc "127.0.0.1:$GWR_PORT" "$GWR_PID" --mode open --rate 1000
+
+# 16 in flight: both doors of the gateway beside nginx and LiteLLM.
+load c16/direct http "$UP_URL" "$UP_PID" --mode closed --concurrency 16
+[ -n "$NGX_PID" ] && load c16/nginx http "http://127.0.0.1:$NGX_PORT/v1/chat/completions" "$NGX_PID" --mode closed --concurrency 16
+load c16/gateway grpc "$GW" "$GW_PID" --mode closed --concurrency 16
+load c16/gateway-http http "$DOOR" "$GW_PID" --model vra-auto --vra-phase refine --mode closed --concurrency 16
+[ -n "$LL_PID" ] && load c16/litellm http "http://127.0.0.1:$LL_PORT/v1/chat/completions" "$LL_PID" --model bench-model --api-key "$LITELLM_BENCH_KEY" --mode closed --concurrency 16 --timeout-ms 30000
 
 # Max throughput: 64 in flight.
 load c64/direct http "$UP_URL" "$UP_PID" --mode closed --concurrency 64
 [ -n "$NGX_PID" ] && load c64/nginx http "http://127.0.0.1:$NGX_PORT/v1/chat/completions" "$NGX_PID" --mode closed --concurrency 64
 load c64/grpc-floor grpc "$ECHO" "$ECHO_PID" --mode closed --concurrency 64
 load c64/gateway grpc "$GW" "$GW_PID" --mode closed --concurrency 64
+load c64/gateway-http http "$DOOR" "$GW_PID" --model vra-auto --vra-phase refine --mode closed --concurrency 64
 [ -n "$GWR_PID" ] && load c64/gateway-redis grpc "127.0.0.1:$GWR_PORT" "$GWR_PID" --mode closed --concurrency 64
 [ -n "$LL_PID" ] && load c64/litellm http "http://127.0.0.1:$LL_PORT/v1/chat/completions" "$LL_PID" --model bench-model --api-key "$LITELLM_BENCH_KEY" --mode closed --concurrency 64 --timeout-ms 30000
 
@@ -541,6 +554,7 @@ load hot-c64/gateway grpc "$GW" "$GW_PID" --mode closed --concurrency 64 --hot-r
 load stream-c1/direct http "$UP_URL" "$UP_PID" --mode closed --concurrency 1 --stream
 load stream-c1/grpc-floor grpc "$ECHO" "$ECHO_PID" --mode closed --concurrency 1 --stream
 load stream-c1/gateway grpc "$GW" "$GW_PID" --mode closed --concurrency 1 --stream
+load stream-c1/gateway-http http "$DOOR" "$GW_PID" --model vra-auto --vra-phase refine --mode closed --concurrency 1 --stream
 
 # Memory under many concurrent streams: a slow upstream (each stream lasts ~2 s; ~0.5 s in
 # smoke mode) and a fresh gateway, so its RSS is not inflated by the scenarios above.

@@ -88,6 +88,10 @@ enum Command {
         /// falls back with PRIMARY_ERROR (exact when calls arrive one at a time).
         #[arg(long, value_name = "N", requires = "serve")]
         fail_primary_every: Option<NonZeroUsize>,
+        /// With --serve: every simulated answer waits this long before its first byte (to see
+        /// deadlines, shedding and queues at work by hand).
+        #[arg(long, value_name = "MS", requires = "serve")]
+        upstream_delay_ms: Option<u64>,
     },
     /// Manage the clients of VRA_CLIENTS_FILE.
     Clients {
@@ -200,6 +204,7 @@ fn main() -> ExitCode {
             ollama_host,
             serve,
             fail_primary_every,
+            upstream_delay_ms,
             max_tokens,
         } => {
             let rt = match runtime() {
@@ -207,7 +212,12 @@ fn main() -> ExitCode {
                 Err(e) => return fail(&format!("cannot start the runtime: {e}"), 1),
             };
             if serve {
-                let options = demo::ServeOptions { fail_primary_every };
+                let options = demo::ServeOptions {
+                    fail_primary_every,
+                    upstream_delay: std::time::Duration::from_millis(
+                        upstream_delay_ms.unwrap_or(0),
+                    ),
+                };
                 return match rt.block_on(demo::serve(options)) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => fail(&e.to_string(), e.exit_code()),

@@ -355,6 +355,118 @@ async fn the_callers_deadline_ends_the_call_with_504() {
     door.stop().await;
 }
 
+/// Shedding over HTTP: past `VRA_MAX_IN_FLIGHT`, and past a client's `max_in_flight`, a call
+/// is answered 429 at once in OpenAI's rate-limit shape with `Retry-After`, and sends nothing
+/// upstream; once the call holding the slot ends, calls are served again.
+#[tokio::test]
+async fn calls_past_the_in_flight_limits_are_shed_with_429() {
+    let clients = write_clients_file(&[
+        TestClient {
+            max_in_flight: Some(1),
+            ..TestClient::new("busy", "vra_busy_token")
+        },
+        TestClient::new("calm", "vra_calm_token"),
+    ]);
+    let clients = clients.to_string_lossy().into_owned();
+    let door = Door::start(&[
+        ("VRA_CLIENTS_FILE", clients.as_str()),
+        ("VRA_MAX_IN_FLIGHT", "2"),
+    ])
+    .await;
+    door.cloud.set_default(Step::Hang);
+    let headers = report("door-shed", "REFINE", "ANALYSIS");
+    let as_client = |token: &'static str| {
+        let mut h = borrowed(&headers);
+        h.push((
+            "authorization",
+            match token {
+                "busy" => "Bearer vra_busy_token",
+                _ => "Bearer vra_calm_token",
+            },
+        ));
+        h
+    };
+    // `busy` holds its one slot with a call the upstream never answers.
+    let held = door.post(&as_client("busy"), chat("x")).send();
+    let held = tokio::spawn(held);
+    assert!(door.cloud.wait_in_flight(1, Duration::from_secs(10)).await);
+    let (status, h, error) = door.call(&as_client("busy"), chat("x")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{error}");
+    assert_eq!(error["error"]["type"], "rate_limit_error");
+    assert_eq!(error["error"]["code"], "rate_limit_exceeded");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_in_flight")
+    );
+    assert_eq!(h.get("retry-after"), "1");
+    // `calm` takes the gateway's second slot; the third call is shed by VRA_MAX_IN_FLIGHT.
+    let held_too = tokio::spawn(door.post(&as_client("calm"), chat("x")).send());
+    assert!(door.cloud.wait_in_flight(2, Duration::from_secs(10)).await);
+    let (status, _, error) = door.call(&as_client("calm"), chat("x")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("VRA_MAX_IN_FLIGHT"),
+        "{error}"
+    );
+    assert_eq!(door.cloud.requests(), 2, "shed calls send nothing upstream");
+    // The held calls end (the client gives up); their slots come back.
+    held.abort();
+    held_too.abort();
+    assert!(door.cloud.wait_closed(2, Duration::from_secs(10)).await);
+    door.cloud.set_default(Step::reply("back"));
+    let mut served = false;
+    for _ in 0..50 {
+        let (status, _, _) = door.call(&as_client("busy"), chat("x")).await;
+        if status == StatusCode::OK {
+            served = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(served, "the slot was released");
+    door.stop().await;
+}
+
+/// A conversation reaches the upstream turn by turn, in the upstream's own format.
+#[tokio::test]
+async fn a_conversation_reaches_the_upstream_turn_by_turn() {
+    let door = Door::start(&[]).await;
+    let headers = report("door-conv", "EXPAND", "ANALYSIS");
+    let conversation = json!([
+        {"role": "system", "content": "You write technical reports."},
+        {"role": "user", "content": "Draft the analysis."},
+        {"role": "assistant", "content": [{"type": "text", "text": "1. Data 2. Findings"}]},
+        {"role": "user", "content": "Expand point 2."}
+    ]);
+    let (status, _, body) = door
+        .call(
+            &borrowed(&headers),
+            json!({"model": "vra-auto", "messages": conversation}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let sent = door
+        .local
+        .recorded()
+        .pop()
+        .expect("the local upstream was asked");
+    assert_eq!(
+        sent.body["messages"],
+        json!([
+            {"role": "system", "content": "You write technical reports."},
+            {"role": "user", "content": "Draft the analysis."},
+            {"role": "assistant", "content": "1. Data 2. Findings"},
+            {"role": "user", "content": "Expand point 2."}
+        ])
+    );
+    door.stop().await;
+}
+
 /// One pipeline, two doors: the same calls over gRPC and over HTTP get the same route and
 /// budget, and the same `[Hybrid]` line.
 #[tokio::test]

@@ -197,12 +197,22 @@ export interface GenerateRequest extends CallOptions {
   reportId: string;
   sectionId: string;
   phase: PhaseInput;
+  /** The prompt; may be empty when `messages` is given. */
   prompt: string;
   sectionType?: SectionTypeInput;
   systemPrompt?: string;
   maxTokens?: number;
   temperature?: number;
   stop?: string | string[];
+  topP?: number;
+  seed?: number;
+  /** A whole conversation instead of `prompt` and `systemPrompt` (leave those empty). */
+  messages?: ChatMessage[];
+}
+
+export interface ChatMessage {
+  role: 'system' | 'user' | 'assistant';
+  content: string;
 }
 
 export interface ResolveRouteRequest extends CallOptions {

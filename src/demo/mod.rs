@@ -123,6 +123,8 @@ pub struct ServeOptions {
     /// Every N-th call to the primary fails all its retries (HTTP 500), so it falls back with
     /// PRIMARY_ERROR.
     pub fail_primary_every: Option<NonZeroUsize>,
+    /// Every simulated answer waits this long before its first byte.
+    pub upstream_delay: Duration,
 }
 
 /// Why the sandbox stopped.
@@ -154,6 +156,13 @@ pub async fn serve(options: ServeOptions) -> Result<(), SandboxError> {
     let local = Sim::start().await?;
     for sim in [&cloud, &local] {
         sim.forget_requests();
+        if !options.upstream_delay.is_zero() {
+            sim.set_default(Step::Reply {
+                text: sim::DEFAULT_TEXT.into(),
+                delay: options.upstream_delay,
+                chunk_delay: Duration::ZERO,
+            });
+        }
     }
     let (config, _) = serve_config(&cloud.openai_base(), &local.ollama_base())?;
     if let Some(every) = options.fail_primary_every {
@@ -211,6 +220,13 @@ fn print_sandbox_banner(
         writeln!(
             out,
             "  one primary call in every {n} fails all its attempts (HTTP 500) and falls back: PRIMARY_ERROR"
+        )?;
+    }
+    if !options.upstream_delay.is_zero() {
+        writeln!(
+            out,
+            "  every simulated answer waits {} ms before its first byte",
+            options.upstream_delay.as_millis()
         )?;
     }
     let auth = match (

@@ -5,6 +5,8 @@
 //!
 //! - `count grpc`: unary `Generate` calls to a gateway (or the gRPC floor), the same request
 //!   as the `grpc` driver; the gateway runs under callgrind.
+//! - `count http`: the same call through the gateway's OpenAI-compatible door (the report in
+//!   `x-vra-*` headers, REFINE), with the load generator's HTTP/1.1 client.
 //! - `count reqwest`: the same chat request as the gateway sends, straight to the fake
 //!   upstream with a bare reqwest client built like the gateway's; this process runs under
 //!   callgrind, so it measures the client half of the gateway's work.
@@ -23,6 +25,15 @@ pub enum Command {
     /// Unary Generate calls over one gRPC connection.
     Grpc {
         /// Gateway (or grpc-echo) address, HOST:PORT.
+        #[arg(long)]
+        target: String,
+        #[command(flatten)]
+        count: CountArgs,
+    },
+    /// The same call through the gateway's OpenAI-compatible door, over one HTTP/1.1
+    /// keep-alive connection.
+    Http {
+        /// The door's URL, e.g. http://127.0.0.1:8080/v1/chat/completions.
         #[arg(long)]
         target: String,
         #[command(flatten)]
@@ -81,6 +92,20 @@ pub async fn run(command: Command) -> Result<(), String> {
                 vra_gateway::pb::CompilationPhase::Refine,
             )
             .await?;
+            for seq in 0..count.calls {
+                t.call(seq)
+                    .await
+                    .map_err(|e| format!("call {seq} failed: {e}"))?;
+            }
+        }
+        Command::Http { target, count } => {
+            let report = crate::http::Report {
+                phase: "REFINE",
+                hot: false,
+                reports: count.reports.max(1),
+            };
+            let t =
+                crate::http::HttpTarget::new(&target, "vra-auto", "sk-bench", false, Some(report))?;
             for seq in 0..count.calls {
                 t.call(seq)
                     .await

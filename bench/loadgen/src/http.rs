@@ -1,5 +1,7 @@
 //! The HTTP driver: the chat payload the gateway itself would send upstream, POSTed to an
-//! OpenAI-compatible endpoint (the fake upstream directly, nginx, LiteLLM).
+//! OpenAI-compatible endpoint (the fake upstream directly, nginx, LiteLLM, the gateway's own
+//! OpenAI-compatible door). For the door, [`Report`] adds the `x-vra-*` headers that carry the
+//! report, with report ids cycled exactly as the gRPC driver cycles them.
 //!
 //! A minimal HTTP/1.1 keep-alive client rather than reqwest: on 2 cores the load generator
 //! shares a CPU with the upstream, and a general-purpose client cost enough per call to make
@@ -26,14 +28,34 @@ const MAX_BODY: usize = 16 << 20;
 #[derive(Clone)]
 pub struct HttpTarget {
     addr: Arc<str>,
-    request: Arc<[u8]>,
+    /// The request up to the end of the headers that change per call.
+    head: Arc<[u8]>,
+    /// The rest of the head and the body.
+    tail: Arc<[u8]>,
+    report: Option<Report>,
     stream: bool,
     idle: Arc<Mutex<Vec<Conn>>>,
 }
 
+/// The report fields the gateway's OpenAI door reads from headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Report {
+    /// `x-vra-phase`, e.g. `REFINE` (routed to the primary).
+    pub phase: &'static str,
+    /// One report id for every call, instead of `reports` distinct ones cycled.
+    pub hot: bool,
+    pub reports: u64,
+}
+
 impl HttpTarget {
     /// `url` must be `http://HOST:PORT/PATH`.
-    pub fn new(url: &str, model: &str, api_key: &str, stream: bool) -> Result<Self, String> {
+    pub fn new(
+        url: &str,
+        model: &str,
+        api_key: &str,
+        stream: bool,
+        report: Option<Report>,
+    ) -> Result<Self, String> {
         let rest = url
             .strip_prefix("http://")
             .ok_or_else(|| format!("bad target {url}: only http:// URLs are supported"))?;
@@ -56,22 +78,50 @@ impl HttpTarget {
             body["stream_options"] = json!({"include_usage": true});
         }
         let body = body.to_string();
-        let request = format!(
+        let mut head = format!(
             "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-             Accept: {}\r\nAuthorization: Bearer {api_key}\r\nContent-Length: {}\r\n\r\n{body}",
+             Accept: {}\r\nAuthorization: Bearer {api_key}\r\n",
             if stream {
                 "text/event-stream"
             } else {
                 "application/json"
             },
-            body.len()
         );
+        if let Some(report) = report {
+            head.push_str(&format!(
+                "x-vra-phase: {}\r\nx-vra-section-type: INTRODUCTION\r\nx-vra-section-id: 2.1\r\n",
+                report.phase
+            ));
+        }
+        let tail = format!("Content-Length: {}\r\n\r\n{body}", body.len());
         Ok(Self {
             addr: addr.into(),
-            request: request.into_bytes().into(),
+            head: head.into_bytes().into(),
+            tail: tail.into_bytes().into(),
+            report,
             stream,
             idle: Arc::new(Mutex::new(Vec::new())),
         })
+    }
+
+    /// The request of call `seq`: with a report, its id in `x-vra-report-id` (the gRPC
+    /// driver's ids: many distinct ones, so the budget is never the bottleneck, or one).
+    fn request(&self, seq: u64) -> Vec<u8> {
+        let mut request = Vec::with_capacity(self.head.len() + self.tail.len() + 64);
+        request.extend_from_slice(&self.head);
+        if let Some(report) = &self.report {
+            let line = if report.hot {
+                "x-vra-report-id: bench-hot-report\r\n".to_string()
+            } else {
+                format!(
+                    "x-vra-report-id: bench-report-{:06}\r\n",
+                    seq % report.reports.max(1)
+                )
+            };
+            request.extend_from_slice(line.as_bytes());
+        }
+        request.extend_from_slice(&self.tail);
+        request
     }
 
     fn take_idle(&self) -> Option<Conn> {
@@ -87,12 +137,13 @@ impl HttpTarget {
 }
 
 impl Target for HttpTarget {
-    async fn call(&self, _seq: u64) -> Result<Option<Instant>, String> {
+    async fn call(&self, seq: u64) -> Result<Option<Instant>, String> {
         let mut conn = match self.take_idle() {
             Some(c) => c,
             None => Conn::open(&self.addr).await?,
         };
-        let (first, reusable) = conn.exchange(&self.request, self.stream).await?;
+        let request = self.request(seq);
+        let (first, reusable) = conn.exchange(&request, self.stream).await?;
         if reusable {
             self.put_idle(conn);
         }
@@ -354,11 +405,58 @@ mod tests {
             "m",
             "k",
             true,
+            None,
         )
         .unwrap();
         assert!(t.call(0).await.unwrap().is_some());
         assert!(t.call(1).await.unwrap().is_some());
         let err = t.call(2).await.unwrap_err();
         assert!(err.contains("HTTP 500: boom"), "{err}");
+    }
+
+    #[test]
+    fn door_requests_carry_the_report_in_headers() {
+        let report = Report {
+            phase: "REFINE",
+            hot: false,
+            reports: 10,
+        };
+        let t = HttpTarget::new(
+            "http://h:1/v1/chat/completions",
+            "vra-auto",
+            "k",
+            false,
+            Some(report),
+        )
+        .unwrap();
+        let text = String::from_utf8(t.request(13)).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains("\r\nx-vra-report-id: bench-report-000003\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\nx-vra-phase: REFINE\r\n"), "{head}");
+        assert!(
+            head.contains(&format!("Content-Length: {}", body.len())),
+            "{head}"
+        );
+        let hot = HttpTarget::new(
+            "http://h:1/v1",
+            "m",
+            "k",
+            false,
+            Some(Report {
+                hot: true,
+                ..report
+            }),
+        )
+        .unwrap();
+        assert_eq!(hot.request(1), hot.request(2));
+        let plain = HttpTarget::new("http://h:1/v1", "m", "k", false, None).unwrap();
+        assert!(
+            !String::from_utf8(plain.request(1))
+                .unwrap()
+                .contains("x-vra")
+        );
     }
 }

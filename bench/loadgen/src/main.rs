@@ -84,6 +84,15 @@ enum Command {
         /// Bearer token sent with every request (LiteLLM checks its master key).
         #[arg(long, default_value = "sk-bench")]
         api_key: String,
+        /// Carry a report in `x-vra-*` headers, in this phase (the gateway's OpenAI door).
+        #[arg(long, value_enum)]
+        vra_phase: Option<PhaseArg>,
+        /// With --vra-phase: one report id for every call.
+        #[arg(long)]
+        hot_report: bool,
+        /// With --vra-phase: distinct report ids cycled otherwise.
+        #[arg(long, default_value_t = 100_000)]
+        reports: u64,
         #[command(flatten)]
         load: LoadArgs,
     },
@@ -263,16 +272,27 @@ fn main() -> ExitCode {
             target,
             model,
             api_key,
+            vra_phase,
+            hot_report,
+            reports,
             load,
         } => runtime().map_err(|e| e.to_string()).and_then(|rt| {
             rt.block_on(async {
                 let plan = load.plan()?;
-                let t = http::HttpTarget::new(&target, &model, &api_key, load.stream)?;
+                let report = vra_phase.map(|phase| http::Report {
+                    phase: match phase {
+                        PhaseArg::Refine => "REFINE",
+                        PhaseArg::Expand => "EXPAND",
+                    },
+                    hot: hot_report,
+                    reports,
+                });
+                let t = http::HttpTarget::new(&target, &model, &api_key, load.stream, report)?;
                 let info = drive::Info {
                     proto: "http",
                     target,
                     connections: None,
-                    hot_report: false,
+                    hot_report,
                 };
                 drive::run_and_report(t, plan, &load, info).await
             })

@@ -3,8 +3,9 @@
 //! benchmark's targets PASS / MISS.
 //!
 //! Scenario labels are `SCENARIO/TARGET`, as `bench/run.sh` writes them: scenarios `c1`,
-//! `open1000`, `c64`, `hot-c64`, `stream-c1`, `stream-1k`; targets `direct`, `nginx`,
-//! `grpc-floor`, `gateway`, `gateway-redis`, `litellm`. `grpc-floor` is `vra-loadgen grpc-echo`:
+//! `open1000`, `c16`, `c64`, `hot-c64`, `stream-c1`, `stream-1k`; targets `direct`, `nginx`,
+//! `grpc-floor`, `gateway` (its gRPC door), `gateway-http` (the same process, its
+//! OpenAI-compatible door), `gateway-redis`, `litellm`. `grpc-floor` is `vra-loadgen grpc-echo`:
 //! the gateway's gRPC service answering at once, i.e. what the gRPC round trip alone costs.
 
 use std::fmt::Write as _;
@@ -32,6 +33,10 @@ const TARGETS: &[(&str, &str)] = &[
     ("nginx", "nginx proxy_pass (keep-alive)"),
     ("grpc-floor", "gRPC floor: fixed-answer tonic server"),
     ("gateway", "vra-gateway, memory ledger"),
+    (
+        "gateway-http",
+        "vra-gateway, memory ledger, OpenAI door (HTTP/1.1)",
+    ),
     ("gateway-redis", "vra-gateway, Redis ledger"),
     ("litellm", "LiteLLM proxy"),
 ];
@@ -40,7 +45,14 @@ const TARGETS: &[(&str, &str)] = &[
 const FOREIGN_CPU_NOTE: f64 = 0.10;
 
 /// The proxies compared against the direct floor.
-const PROXIES: &[&str] = &["nginx", "grpc-floor", "gateway", "gateway-redis", "litellm"];
+const PROXIES: &[&str] = &[
+    "nginx",
+    "grpc-floor",
+    "gateway",
+    "gateway-http",
+    "gateway-redis",
+    "litellm",
+];
 
 /// Criterion benchmarks reported, by id (`group/function`), with what they measure.
 const MICRO: &[(&str, &str)] = &[
@@ -413,6 +425,33 @@ fn render(r: &Results) -> String {
     }
     out.push('\n');
 
+    out.push_str("## The two doors\n\n");
+    out.push_str(
+        "The same gateway process driven through its gRPC door (`Generate`) and through its \
+         OpenAI-compatible door (`POST /v1/chat/completions`, the report in `x-vra-*` headers, \
+         HTTP/1.1 keep-alive), beside nginx and LiteLLM; closed loop at 1, 16 and 64 calls in \
+         flight. Calls/s, then server CPU per call in µs.\n\n",
+    );
+    out.push_str(
+        "| target | calls/s c1 | c16 | c64 | CPU/call c1 | c16 | c64 |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for target in ["gateway", "gateway-http", "nginx", "litellm"] {
+        let scenarios = ["c1", "c16", "c64"];
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            name_of(target),
+            num(rps(r, scenarios[0], target), 0),
+            num(rps(r, scenarios[1], target), 0),
+            num(rps(r, scenarios[2], target), 0),
+            us(cpu(r, scenarios[0], target)),
+            us(cpu(r, scenarios[1], target)),
+            us(cpu(r, scenarios[2], target)),
+        );
+    }
+    out.push('\n');
+
     out.push_str("## Budget contention: one hot report\n\n");
     out.push_str(
         "Closed loop, 64 in flight; every call reserves a budget unit. Distinct = report id \
@@ -441,13 +480,14 @@ fn render(r: &Results) -> String {
     out.push_str("## Streaming: time to first token\n\n");
     out.push_str(
         "Closed loop, one stream in flight. Direct: first body chunk of the SSE response; \
-         gateway: first `GenerateStream` message with a delta.\n\n",
+         gateway: first `GenerateStream` message with a delta; its OpenAI door: first body \
+         chunk of its SSE response.\n\n",
     );
     out.push_str(
         "| target | TTFT p50 µs | TTFT p90 µs | TTFT p99 µs | TTFT p99.9 µs | total p50 µs | total p99 µs | errors |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    for target in ["direct", "grpc-floor", "gateway"] {
+    for target in ["direct", "grpc-floor", "gateway", "gateway-http"] {
         let Some(v) = r.load("stream-c1", target) else {
             let _ = writeln!(out, "| {} | not run | | | | | | |", name_of(target));
             continue;
@@ -610,6 +650,13 @@ fn render(r: &Results) -> String {
             measured: ratio(cpu(r, "c64", "gateway"), cpu(r, "c64", "nginx")),
             unit: "x",
             pass: |x| x <= 3.0,
+        },
+        Check {
+            what: "CPU per call, OpenAI door / gRPC door (max throughput)",
+            goal: "≤ 1.0",
+            measured: ratio(cpu(r, "c64", "gateway-http"), cpu(r, "c64", "gateway")),
+            unit: "x",
+            pass: |x| x <= 1.0,
         },
         Check {
             what: "CPU per call, LiteLLM / gateway (max throughput)",
@@ -795,6 +842,8 @@ mod tests {
                 load("open1000/gateway", 1000.0, 300.0, 500.0, 40.0),
                 load("c64/gateway", 20000.0, 1000.0, 2000.0, 35.0),
                 load("c64/nginx", 30000.0, 1000.0, 2000.0, 15.0),
+                load("c16/gateway-http", 15000.0, 800.0, 1500.0, 31.0),
+                load("c64/gateway-http", 21000.0, 900.0, 1900.0, 33.0),
                 load("stream-c1/direct", 3000.0, 100.0, 200.0, 5.0),
                 load("stream-c1/gateway", 2000.0, 150.0, 400.0, 5.0),
                 json!({"kind": "rss", "label": "gateway-idle", "kb": 10240}),
@@ -809,6 +858,7 @@ mod tests {
             "## Added latency over direct",
             "## Max throughput",
             "## CPU per call",
+            "## The two doors",
             "## Streaming: time to first token",
             "## Memory",
             "## Overload: 2x the upstream's capacity",
@@ -819,6 +869,18 @@ mod tests {
         }
         assert!(
             md.contains("| added latency p50, one connection | ≤ 100 µs | 60.0 µs | PASS |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| CPU per call, OpenAI door / gRPC door (max throughput) | ≤ 1.0 | 0.94 x | PASS |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| vra-gateway, memory ledger, OpenAI door (HTTP/1.1) | n/a | 15000 | 21000 |"
+            ),
             "{md}"
         );
         assert!(

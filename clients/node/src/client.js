@@ -111,14 +111,41 @@ function generateRequest(r) {
     phase: wireEnum('phase', r.phase),
     prompt: r.prompt ?? '',
     systemPrompt: r.systemPrompt ?? '',
+    messages: chatMessages(r.messages),
   };
   const stop = r.stop === undefined || r.stop === null ? [] : Array.isArray(r.stop) ? r.stop : [r.stop];
-  if (r.maxTokens != null || r.temperature != null || stop.length) {
+  if (r.maxTokens != null || r.temperature != null || r.topP != null || r.seed != null || stop.length) {
     req.options = { stop };
     if (r.maxTokens != null) req.options.maxTokens = r.maxTokens;
     if (r.temperature != null) req.options.temperature = r.temperature;
+    if (r.topP != null) req.options.topP = r.topP;
+    if (r.seed != null) req.options.seed = r.seed;
   }
   return req;
+}
+
+const ROLES = new Set(['system', 'user', 'assistant']);
+
+/**
+ * `[{ role: 'user', content: '...' }, ...]` as the contract's `ChatMessage`s.
+ * @param {unknown} messages
+ */
+function chatMessages(messages) {
+  if (messages === undefined || messages === null) return [];
+  if (!Array.isArray(messages)) {
+    throw new InvalidArgument('INVALID_ARGUMENT', 'messages: must be an array', { field: 'messages' });
+  }
+  return messages.map((m, i) => {
+    const role = typeof m?.role === 'string' ? m.role.toLowerCase() : '';
+    if (!ROLES.has(role) || typeof m?.content !== 'string') {
+      throw new InvalidArgument(
+        'INVALID_ARGUMENT',
+        `messages: messages[${i}] must be { role: 'system' | 'user' | 'assistant', content: string }`,
+        { field: 'messages' },
+      );
+    }
+    return { role: `CHAT_ROLE_${role.toUpperCase()}`, content: m.content };
+  });
 }
 
 /** @param {unknown} v */

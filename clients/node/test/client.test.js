@@ -71,6 +71,27 @@ gatewaySuite('GatewayClient against demo --serve', () => {
     assert.equal(Object.getPrototypeOf(r), Object.prototype, 'a plain object, not a protobuf message');
   });
 
+  test('a conversation instead of a prompt, with topP and seed', async () => {
+    const reportId = rid('conv');
+    const messages = [
+      { role: 'system', content: 'Be brief.' },
+      { role: 'user', content: 'Draft the analysis.' },
+      { role: 'assistant', content: '1. Data 2. Findings' },
+      { role: 'user', content: 'Refine it.' },
+    ];
+    const r = await client.generate({ reportId, sectionId: '3', phase: Phase.REFINE, prompt: '', messages, topP: 0.9, seed: 7 });
+    assert.ok(r.text.length > 0);
+    assert.equal(r.route.tier, Tier.PRIMARY);
+    await assert.rejects(
+      client.generate({ reportId, sectionId: '3', phase: Phase.REFINE, prompt: '', messages: [{ role: 'system', content: 'x' }] }),
+      (e) => e instanceof InvalidArgument && e.field === 'messages',
+    );
+    await assert.rejects(
+      client.generate({ reportId, sectionId: '3', phase: Phase.REFINE, prompt: '', messages: [/** @type {any} */ ({ role: 'tool', content: 'x' })] }),
+      (e) => e instanceof InvalidArgument && e.field === 'messages',
+    );
+  });
+
   test('enum inputs accept any case and full proto names', async () => {
     const r = await client.generate({
       reportId: rid('case'),

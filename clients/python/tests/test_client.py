@@ -56,6 +56,24 @@ def test_phase_and_section_type_accept_names_in_any_case(client: GatewayClient, 
         client.generate(report_id, "2", "drafting", "x")
 
 
+def test_a_conversation_instead_of_a_prompt(client: GatewayClient, report_id: str) -> None:
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Draft the analysis."},
+        {"role": "assistant", "content": "1. Data 2. Findings"},
+        {"role": "user", "content": "Refine it."},
+    ]
+    r = client.generate(report_id, "3", Phase.REFINE, messages=conversation, top_p=0.9, seed=7)
+    assert r.text.strip() and r.route.tier == Tier.PRIMARY
+    events = list(client.generate_stream(report_id, "3", Phase.EXPAND, messages=conversation))
+    assert isinstance(events[-1], Result) and events[-1].text
+    with pytest.raises(InvalidArgument) as info:
+        client.generate(report_id, "3", Phase.REFINE, messages=[{"role": "system", "content": "x"}])
+    assert info.value.field == "messages"
+    with pytest.raises(ValueError, match=r"messages\[0\]\.role"):
+        client.generate(report_id, "3", Phase.REFINE, messages=[{"role": "tool", "content": "x"}])
+
+
 def test_generate_stream_yields_deltas_then_one_result(client: GatewayClient, report_id: str) -> None:
     events = list(
         client.generate_stream(
@@ -116,6 +134,8 @@ def test_report_usage_counts_calls(client: GatewayClient, report_id: str) -> Non
         ({"prompt": "   "}, "prompt"),
         ({"max_tokens": 0}, "options.max_tokens"),
         ({"temperature": 5.0}, "options.temperature"),
+        ({"top_p": 0.0}, "options.top_p"),
+        ({"prompt": "p", "messages": [{"role": "user", "content": "q"}]}, "prompt"),
     ],
 )
 def test_invalid_argument_names_the_field(

@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, Optional, Sequence
 
 import openai
 import pytest
@@ -33,13 +33,13 @@ def binary() -> Path:
 class Sandbox:
     """`vra-gateway demo --serve` with its door on a free port."""
 
-    def __init__(self, env: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, env: Optional[Dict[str, str]] = None, args: Sequence[str] = ()) -> None:
         base = {k: v for k, v in os.environ.items() if not k.startswith("VRA_") and k != "MAX_CLOUD_CALLS"}
         base.update({"VRA_GATEWAY_ADDR": "127.0.0.1:0", "VRA_HTTP_ADDR": "127.0.0.1:0"})
         base.update(env or {})
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [str(binary()), "demo", "--serve"],
+            [str(binary()), "demo", "--serve", *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self.log,
@@ -233,3 +233,82 @@ def test_the_api_key_is_a_token_of_the_clients_file() -> None:
         logs = box.stop()
         os.unlink(f.name)
     assert token not in logs
+
+
+def test_a_conversation_with_earlier_turns() -> None:
+    """System, user and assistant turns go through as a conversation."""
+    if not binary().is_file():
+        pytest.skip(f"no gateway binary at {binary()}")
+    box = Sandbox()
+    try:
+        answer = box.client().chat.completions.create(
+            model="vra-auto",
+            messages=[
+                {"role": "system", "content": "You write technical reports."},
+                {"role": "user", "content": "Draft the analysis."},
+                {"role": "assistant", "content": "1. Data 2. Findings"},
+                {"role": "user", "content": [{"type": "text", "text": "Expand point 2."}]},
+            ],
+            extra_headers=report("py-conv", "EXPAND", "ANALYSIS"),
+        )
+        assert answer.choices[0].message.content
+        assert answer.choices[0].finish_reason == "stop"
+    finally:
+        box.stop()
+
+
+def test_shedding_is_429_and_the_deadline_504() -> None:
+    """A client past its max_in_flight gets RateLimitError (429, Retry-After); a caller's
+    deadline (x-vra-timeout-ms) that passes before the upstream answers gets 504."""
+    if not binary().is_file():
+        pytest.skip(f"no gateway binary at {binary()}")
+    import hashlib
+
+    token = "vra_python_busy_token_0123456789"
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+        f.write(
+            f'[[client]]\nid = "busy"\nmax_in_flight = 1\n'
+            f'token_sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"\n'
+        )
+    # Every simulated answer takes 2 s: long enough to hold a slot, or to miss a deadline.
+    box = Sandbox({"VRA_CLIENTS_FILE": f.name}, args=["--upstream-delay-ms", "2000"])
+    try:
+        client = box.client(token)
+        # Two calls at once; the upstream holds each for 2 s, so exactly one is admitted and
+        # the other is shed.
+        outcomes: "queue.Queue[object]" = queue.Queue()
+
+        def call() -> None:
+            try:
+                outcomes.put(
+                    client.chat.completions.create(
+                        model="vra-auto", messages=MESSAGES, extra_headers=report("py-shed", "EXPAND")
+                    )
+                )
+            except Exception as e:  # sorted below
+                outcomes.put(e)
+
+        threads = [threading.Thread(target=call) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        results = [outcomes.get_nowait() for _ in threads]
+        shed = [r for r in results if isinstance(r, openai.RateLimitError)]
+        served = [r for r in results if not isinstance(r, Exception)]
+        assert len(shed) == 1 and len(served) == 1, results
+        assert shed[0].status_code == 429
+        assert shed[0].code == "rate_limit_exceeded"
+        assert shed[0].response.headers.get("retry-after") == "1"
+
+        with pytest.raises(openai.InternalServerError) as e:
+            client.chat.completions.create(
+                model="vra-auto",
+                messages=MESSAGES,
+                extra_headers={**report("py-deadline", "REFINE"), "x-vra-timeout-ms": "300"},
+            )
+        assert e.value.status_code == 504
+        assert e.value.code == "timeout"
+    finally:
+        box.stop()
+        os.unlink(f.name)

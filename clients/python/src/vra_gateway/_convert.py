@@ -5,7 +5,7 @@ Shared by the sync and the async client so both build identical requests.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, TypeVar, Union, cast
+from typing import Any, Mapping, Optional, Sequence, TypeVar, Union, cast
 
 from ._pb import gateway_pb2 as pb
 from .types import (
@@ -55,6 +55,9 @@ def generate_request(
     max_tokens: Optional[int],
     temperature: Optional[float],
     stop: Optional[Sequence[str]],
+    top_p: Optional[float] = None,
+    seed: Optional[int] = None,
+    messages: Optional[Sequence[Mapping[str, str]]] = None,
 ) -> _Req:
     """Builds a ``GenerateRequest`` or ``GenerateStreamRequest`` (they have the same fields)."""
     options = pb.GenerationOptions()
@@ -64,6 +67,10 @@ def generate_request(
         options.temperature = float(temperature)
     if stop:
         options.stop.extend(stop)
+    if top_p is not None:
+        options.top_p = float(top_p)
+    if seed is not None:
+        options.seed = int(seed)
     return cls(
         report_id=report_id,
         section_id=section_id,
@@ -72,7 +79,26 @@ def generate_request(
         prompt=prompt,
         system_prompt=system_prompt or "",
         options=options,
+        messages=[chat_message(i, m) for i, m in enumerate(messages or ())],
     )
+
+
+_ROLES = {
+    "system": pb.CHAT_ROLE_SYSTEM,
+    "user": pb.CHAT_ROLE_USER,
+    "assistant": pb.CHAT_ROLE_ASSISTANT,
+}
+
+
+def chat_message(index: int, message: Mapping[str, str]) -> pb.ChatMessage:
+    """``{"role": "user", "content": "..."}`` → ``ChatMessage``; a ValueError names a bad turn."""
+    role = str(message.get("role", "")).lower()
+    if role not in _ROLES:
+        raise ValueError(f"messages[{index}].role must be system, user or assistant, not {role!r}")
+    content = message.get("content", "")
+    if not isinstance(content, str):
+        raise ValueError(f"messages[{index}].content must be a string")
+    return pb.ChatMessage(role=_ROLES[role], content=content)
 
 
 def _tier(value: int) -> Tier:

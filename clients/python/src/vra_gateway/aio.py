@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import AsyncGenerator, List, Optional, Sequence, Tuple, Union
+from typing import AsyncGenerator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import grpc
 import grpc.aio
@@ -74,13 +74,16 @@ class AsyncGatewayClient:
         report_id: str,
         section_id: str,
         phase: Union[Phase, str],
-        prompt: str,
+        prompt: str = "",
         *,
         section_type: Union[SectionType, str, None] = None,
         system_prompt: Optional[str] = None,
         max_tokens: Optional[int] = None,
         temperature: Optional[float] = None,
         stop: Optional[Sequence[str]] = None,
+        top_p: Optional[float] = None,
+        seed: Optional[int] = None,
+        messages: Optional[Sequence[Mapping[str, str]]] = None,
         timeout: Optional[float] = None,
     ) -> Result:
         """See :meth:`vra_gateway.GatewayClient.generate`."""
@@ -95,6 +98,9 @@ class AsyncGatewayClient:
             max_tokens=max_tokens,
             temperature=temperature,
             stop=stop,
+            top_p=top_p,
+            seed=seed,
+            messages=messages,
         )
         call = self._config.call(timeout)
         try:
@@ -108,13 +114,16 @@ class AsyncGatewayClient:
         report_id: str,
         section_id: str,
         phase: Union[Phase, str],
-        prompt: str,
+        prompt: str = "",
         *,
         section_type: Union[SectionType, str, None] = None,
         system_prompt: Optional[str] = None,
         max_tokens: Optional[int] = None,
         temperature: Optional[float] = None,
         stop: Optional[Sequence[str]] = None,
+        top_p: Optional[float] = None,
+        seed: Optional[int] = None,
+        messages: Optional[Sequence[Mapping[str, str]]] = None,
         timeout: Optional[float] = None,
     ) -> AsyncGenerator[StreamEvent, None]:
         """An async iterator of :class:`~vra_gateway.Delta` events, then one
@@ -137,6 +146,9 @@ class AsyncGatewayClient:
             max_tokens=max_tokens,
             temperature=temperature,
             stop=stop,
+            top_p=top_p,
+            seed=seed,
+            messages=messages,
         )
         call = self._config.call(timeout)
         rpc = self._stub.GenerateStream(request, timeout=call.timeout, metadata=call.metadata)

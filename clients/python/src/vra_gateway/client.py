@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Generator, List, Optional, Sequence, Tuple, Union
+from typing import Generator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import grpc
 
@@ -84,13 +84,16 @@ class GatewayClient:
         report_id: str,
         section_id: str,
         phase: Union[Phase, str],
-        prompt: str,
+        prompt: str = "",
         *,
         section_type: Union[SectionType, str, None] = None,
         system_prompt: Optional[str] = None,
         max_tokens: Optional[int] = None,
         temperature: Optional[float] = None,
         stop: Optional[Sequence[str]] = None,
+        top_p: Optional[float] = None,
+        seed: Optional[int] = None,
+        messages: Optional[Sequence[Mapping[str, str]]] = None,
         timeout: Optional[float] = None,
     ) -> Result:
         """Generates one piece of text for a report section and phase.
@@ -99,10 +102,12 @@ class GatewayClient:
             report_id: the report; its cloud budget is counted per id.
             section_id: the section, e.g. ``"2.1"`` (may be empty).
             phase: the compilation phase (a :class:`Phase` or its name in any case).
-            prompt: the prompt; must not be empty.
+            prompt: the prompt; must not be empty unless ``messages`` is given.
             section_type: the kind of section; DRAFT routing depends on it.
             system_prompt: optional system prompt.
-            max_tokens, temperature, stop: sampling options passed to the provider.
+            max_tokens, temperature, stop, top_p, seed: sampling options passed to the provider.
+            messages: a whole conversation instead of ``prompt`` and ``system_prompt``:
+                ``[{"role": "system" | "user" | "assistant", "content": "..."}, ...]``.
             timeout: this call's deadline in seconds (default: the client's).
 
         Returns:
@@ -122,6 +127,9 @@ class GatewayClient:
             max_tokens=max_tokens,
             temperature=temperature,
             stop=stop,
+            top_p=top_p,
+            seed=seed,
+            messages=messages,
         )
         call = self._config.call(timeout)
         try:
@@ -135,13 +143,16 @@ class GatewayClient:
         report_id: str,
         section_id: str,
         phase: Union[Phase, str],
-        prompt: str,
+        prompt: str = "",
         *,
         section_type: Union[SectionType, str, None] = None,
         system_prompt: Optional[str] = None,
         max_tokens: Optional[int] = None,
         temperature: Optional[float] = None,
         stop: Optional[Sequence[str]] = None,
+        top_p: Optional[float] = None,
+        seed: Optional[int] = None,
+        messages: Optional[Sequence[Mapping[str, str]]] = None,
         timeout: Optional[float] = None,
     ) -> Generator[StreamEvent, None, None]:
         """Like :meth:`generate`, but yields the text as it is produced.
@@ -172,6 +183,9 @@ class GatewayClient:
             max_tokens=max_tokens,
             temperature=temperature,
             stop=stop,
+            top_p=top_p,
+            seed=seed,
+            messages=messages,
         )
         call = self._config.call(timeout)  # checks the timeout now; the clock starts below
         return self._stream(request, call)
