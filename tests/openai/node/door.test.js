@@ -120,3 +120,19 @@ test('a pinned model, the model list, and refusals name the field', opts, async 
     (e) => e instanceof OpenAI.BadRequestError && e.param === 'n',
   );
 });
+
+test('a conversation with earlier turns', opts, async () => {
+  const data = await client.chat.completions.create(
+    {
+      model: 'vra-auto',
+      messages: [
+        { role: 'system', content: 'You write technical reports.' },
+        { role: 'user', content: 'Draft the analysis.' },
+        { role: 'assistant', content: '1. Data 2. Findings' },
+        { role: 'user', content: [{ type: 'text', text: 'Expand point 2.' }] },
+      ],
+    },
+    { headers: report('node-conv', 'EXPAND', 'ANALYSIS') },
+  );
+  assert.ok(data.choices[0].message.content);
+});
