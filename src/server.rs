@@ -19,7 +19,8 @@ use tonic_health::server::HealthReporter;
 
 use crate::auth::{AuthLayer, Authenticator, Clients};
 use crate::budget;
-use crate::config::{Config, ConfigError};
+use crate::budget::LedgerError;
+use crate::config::{Config, ConfigError, LEDGER_URL};
 use crate::edge;
 use crate::front::Front;
 use crate::gateway::Gateway;
@@ -148,11 +149,19 @@ pub async fn run(
         .set_serving::<GatewayServiceServer<GatewayService>>()
         .await;
     let health_task = tokio::spawn(watch_health(gateway.clone(), reporter.clone()));
-    if let Err(e) = gateway.ledger().ping().await {
-        tracing::warn!(
+    match gateway.ledger().check().await {
+        Ok(warnings) => {
+            for warning in warnings {
+                tracing::warn!("budget ledger ({}): {warning}", gateway.ledger().backend());
+            }
+        }
+        Err(LedgerError::Misconfigured(why)) => {
+            return Err(ServeError::Config(ConfigError::new(LEDGER_URL.var, why)));
+        }
+        Err(e) => tracing::warn!(
             "budget ledger ({}) unreachable at startup: {e}; serving anyway — cloud calls fail safe to the secondary until it is back",
             gateway.ledger().backend()
-        );
+        ),
     }
 
     let reflection = tonic_reflection::server::Builder::configure()

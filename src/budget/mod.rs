@@ -310,6 +310,9 @@ pub enum LedgerError {
     /// a wrong key type): the operation was refused, not lost on the way.
     #[error("ledger refused the operation: {0}")]
     Rejected(String),
+    /// `VRA_LEDGER_URL` names a deployment the ledger cannot use (the wrong kind, too old).
+    #[error("ledger misconfigured: {0}")]
+    Misconfigured(String),
     /// The in-memory ledger tracks `VRA_LEDGER_MAX_REPORTS` reports and this one is new.
     /// Evicting a live report would reset its budget, so the new one fails safe instead.
     #[error("ledger full: already tracking {0} reports (VRA_LEDGER_MAX_REPORTS)")]
@@ -324,13 +327,17 @@ impl LedgerError {
             LedgerError::Timeout(_) => "timeout",
             LedgerError::Rejected(_) => "rejected",
             LedgerError::Full(_) => "full",
+            LedgerError::Misconfigured(_) => "misconfigured",
         }
     }
 
     /// Whether the same operation may succeed later: not after a refusal, nor from a full
     /// in-memory ledger.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, LedgerError::Full(_) | LedgerError::Rejected(_))
+        !matches!(
+            self,
+            LedgerError::Full(_) | LedgerError::Rejected(_) | LedgerError::Misconfigured(_)
+        )
     }
 }
 
@@ -400,6 +407,13 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// Whether the backend answers right now (for health reporting).
     async fn ping(&self) -> Result<(), LedgerError>;
+
+    /// The startup check: warnings to log, or [`LedgerError::Misconfigured`] when the backend
+    /// is not one the ledger can use (the gateway then exits 2). An unreachable backend is an
+    /// ordinary error: the gateway serves fail-safe until it answers.
+    async fn check(&self) -> Result<Vec<String>, LedgerError> {
+        self.ping().await.map(|()| Vec::new())
+    }
 
     /// Short backend name for logs: `memory`, `redis`.
     fn backend(&self) -> &'static str;

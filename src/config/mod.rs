@@ -178,13 +178,15 @@ impl Config {
         };
 
         let ledger_url = s.get(LEDGER_URL).filter(|v| !v.trim().is_empty());
+        let ledger_prefix = s.get_or_default(LEDGER_PREFIX);
         if let Some(url) = &ledger_url {
-            let scheme = url.split("://").next().unwrap_or_default();
-            if !matches!(scheme, "redis" | "rediss") || !url.contains("://") {
-                // Never echo the URL: it may carry a password.
+            // Never echo the URL: it may carry a password.
+            let target = crate::budget::redis::connection::Target::parse(url)
+                .map_err(|why| ConfigError::new(LEDGER_URL.var, why))?;
+            if target.is_cluster() && ledger_prefix.contains(['{', '}']) {
                 return Err(ConfigError::new(
-                    LEDGER_URL.var,
-                    "not a Redis URL; accepted: redis://[:password@]host:port[/db] or rediss://...",
+                    LEDGER_PREFIX.var,
+                    "must not hold `{` or `}` with a cluster: the keys' hash tags follow the prefix",
                 ));
             }
         }
@@ -257,7 +259,7 @@ impl Config {
             metrics_addr,
             ledger: LedgerConfig {
                 url: ledger_url.map(Secret::new),
-                prefix: s.get_or_default(LEDGER_PREFIX),
+                prefix: ledger_prefix,
                 timeout: parse_millis(LEDGER_TIMEOUT_MS, s, 1)?,
                 max_reports: parse_uint(LEDGER_MAX_REPORTS, s, 1)?,
                 report_ttl: Duration::from_secs(parse_uint(REPORT_TTL_SECS, s, 1)?),
@@ -738,6 +740,32 @@ mod tests {
             .load_toml("[providers.x]\nkind = \"openai\"\nbase_url = \"http://x\"\ntier = \"cloud\"\nkey = 1", Path::new("gw.toml"))
             .unwrap_err();
         assert!(err.message.contains("key"), "{err}");
+    }
+
+    #[test]
+    fn a_cluster_url_lists_its_seeds_and_keeps_braces_out_of_the_prefix() {
+        let url = "rediss+cluster://:hunter2@a:7000,b:7001";
+        let c = Config::from_sources(&sources(&[("VRA_LEDGER_URL", url)])).unwrap();
+        assert_eq!(c.ledger.url.as_ref().map(|u| u.expose()), Some(url));
+        let err = Config::from_sources(&sources(&[
+            ("VRA_LEDGER_URL", url),
+            ("VRA_LEDGER_PREFIX", "vra{x}:"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.var, "VRA_LEDGER_PREFIX");
+        // One node does not hash keys: any prefix will do.
+        let c = Config::from_sources(&sources(&[
+            ("VRA_LEDGER_URL", "redis://h:6379"),
+            ("VRA_LEDGER_PREFIX", "vra{x}:"),
+        ]));
+        assert!(c.is_ok());
+        let err = Config::from_sources(&sources(&[(
+            "VRA_LEDGER_URL",
+            "redis+cluster://:hunter2@a:7000/0",
+        )]))
+        .unwrap_err();
+        assert_eq!(err.var, "VRA_LEDGER_URL");
+        assert!(!err.message.contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -54,7 +54,7 @@ settings! {
     CIRCUIT_OPEN_MS = "VRA_CIRCUIT_OPEN_MS", "30000", "How long an open circuit skips its provider before one probe call.";
     METRICS_ADDR = "VRA_METRICS_ADDR", "127.0.0.1:9464", "Prometheus /metrics listen address; empty disables.";
     TRACE_CONTENT = "VRA_TRACE_CONTENT", "false", "Put (truncated) prompts and completions in spans.";
-    LEDGER_URL = "VRA_LEDGER_URL", "", "redis://host:port/db (or rediss://) selects the Redis ledger; empty = in-memory.", secret = true;
+    LEDGER_URL = "VRA_LEDGER_URL", "", "redis://host:port/db (or rediss://) selects the Redis ledger on one node; redis+cluster://host:port[,host:port...] (or rediss+cluster://) on a Redis Cluster; empty = in-memory.", secret = true;
     LEDGER_PREFIX = "VRA_LEDGER_PREFIX", "vra:", "Key prefix of the Redis ledger.";
     LEDGER_TIMEOUT_MS = "VRA_LEDGER_TIMEOUT_MS", "200", "Redis ledger operation timeout; past it, calls fail safe to the secondary.";
     LEDGER_MAX_REPORTS = "VRA_LEDGER_MAX_REPORTS", "250000", "Reports the in-memory ledger tracks at most; past it a new report's cloud calls fail safe (LEDGER_UNAVAILABLE).";

@@ -8,6 +8,7 @@ pub mod connect_proxy;
 pub mod cost;
 pub mod llm_server;
 pub mod process;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod trials;
 

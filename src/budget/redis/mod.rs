@@ -1,7 +1,11 @@
-//! Redis ledger: one budget shared by every replica.
+//! Redis ledger: one budget shared by every replica, on one Redis node or a Redis Cluster.
 //!
-//! Each report is one hash at `{prefix}report:{report_id}` — `{prefix}{client}/report:{report_id}`
-//! when callers authenticate — holding the used count, the exhausted flag, the cost settled
+//! - [`connection`]: `VRA_LEDGER_URL` (one node or a cluster), the connection, and the startup
+//!   check of the deployment.
+//! - [`keys`]: the key layout, hash-tagged on a cluster so that a script's keys share a slot.
+//!
+//! Each report is one hash ([`keys`]: `{prefix}report:{report_id}`, or
+//! `{prefix}{client}/report:{report_id}` when callers authenticate) holding the used count, the exhausted flag, the cost settled
 //! and held (nano-dollars), and the `GetReportUsage` counters, including one field per
 //! phase × tier × counter of the breakdown (`DRAFT.PRIMARY.calls`, …). A client's day quota is one more hash, `{prefix}{client}/quota`
 //! (`day`, `used`). A reservation is a single Lua script — check the report against its limit,
@@ -14,8 +18,13 @@
 //! twice (a retry after an ambiguous failure) counts once.
 //!
 //! Every operation is bounded by `VRA_LEDGER_TIMEOUT_MS`. The connection is made lazily and
-//! re-made by [`redis::aio::ConnectionManager`] after failures, so a gateway started while
-//! Redis is down keeps serving (fail-safe, see [`crate::gateway`]) and recovers by itself.
+//! re-made after failures (by [`redis::aio::ConnectionManager`] on one node, by the cluster
+//! client on a cluster, which also follows `MOVED`/`ASK` and a failover's new slot map), so a
+//! gateway started while Redis is down keeps serving (fail-safe, see [`crate::gateway`]) and
+//! recovers by itself.
+
+pub mod connection;
+pub mod keys;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,7 +32,9 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use connection::{Conn, NodeFacts, Target};
+use keys::Keys;
 
 use super::{
     CallRecord, Ledger, LedgerError, Limits, ReportBudget, ReportKey, ReportUsage, Reservation,
@@ -150,11 +161,12 @@ return 0
 
 /// Budget state in Redis.
 pub struct RedisLedger {
-    conn: ConnectionManager,
+    conn: Conn,
+    target: Target,
     reserve: redis::Script,
     record: redis::Script,
     day_used: redis::Script,
-    prefix: String,
+    keys: Keys,
     ttl_secs: u64,
     timeout: Duration,
     /// [`marker_secs`] of `timeout`.
@@ -170,53 +182,24 @@ impl RedisLedger {
         timeout: Duration,
     ) -> Result<Self, LedgerError> {
         // The URL may hold a password: errors name the problem, never the URL.
-        let client = redis::Client::open(url).map_err(|e| {
-            LedgerError::Unavailable(format!("invalid VRA_LEDGER_URL ({:?})", e.kind()))
-        })?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| LedgerError::Unavailable(format!("{:?}", e.kind())))?;
+        let target = Target::parse(url).map_err(LedgerError::Misconfigured)?;
+        let conn = target.connect(timeout).map_err(LedgerError::Unavailable)?;
         Ok(Self {
             conn,
+            keys: Keys::new(prefix, target.is_cluster()),
+            target,
             reserve: redis::Script::new(RESERVE_LUA),
             record: redis::Script::new(RECORD_LUA),
             day_used: redis::Script::new(DAY_USED_LUA),
-            prefix: prefix.to_string(),
             ttl_secs: ttl.as_secs().max(1),
             timeout,
             marker_secs: marker_secs(timeout),
         })
     }
 
-    /// `{prefix}[{client}/]{parts...}`.
-    fn key_of(&self, client: Option<&str>, parts: &[&str]) -> Vec<u8> {
-        let len = self.prefix.len()
-            + client.map_or(0, |c| c.len() + 1)
-            + parts.iter().map(|p| p.len()).sum::<usize>();
-        let mut key = Vec::with_capacity(len);
-        key.extend_from_slice(self.prefix.as_bytes());
-        if let Some(client) = client {
-            key.extend_from_slice(client.as_bytes());
-            key.push(b'/');
-        }
-        for part in parts {
-            key.extend_from_slice(part.as_bytes());
-        }
-        key
-    }
-
     /// The report's hash.
     fn key(&self, key: ReportKey<'_>) -> Vec<u8> {
-        self.key_of(key.client, &["report:", key.report])
-    }
-
-    /// The marker of record `id` (see [`RECORD_LUA`]).
-    fn marker_key(&self, client: Option<&str>, id: u64) -> Vec<u8> {
-        self.key_of(client, &["record:", &format!("{id:016x}")])
+        self.keys.report(key)
     }
 
     /// The [`RECORD_LUA`] command of `call`; `with_budget`: answer with the report's budget.
@@ -228,7 +211,7 @@ impl RedisLedger {
         let usage = call.usage;
         let mut cmd = script_cmd(&self.record, 2);
         cmd.arg(self.key(key))
-            .arg(self.marker_key(key.client, call.id))
+            .arg(self.keys.marker(key, call.id))
             .arg(self.ttl_secs)
             .arg(tier_field)
             .arg(if call.cloud { "cloud" } else { "local" })
@@ -249,7 +232,7 @@ impl RedisLedger {
 
     /// The client's day-quota hash.
     fn quota_key(&self, client: &str) -> Vec<u8> {
-        self.key_of(Some(client), &["quota"])
+        self.keys.quota(client)
     }
 
     /// Runs a [`script_cmd`] of `script`; a Redis that does not know the script yet
@@ -423,8 +406,26 @@ impl Ledger for RedisLedger {
             .map(drop)
     }
 
+    /// Reads every listed node's `INFO`: the version, the deployment (one node or a cluster,
+    /// as the URL says) and the eviction policy ([`connection::assess`]).
+    async fn check(&self) -> Result<Vec<String>, LedgerError> {
+        let infos = self.target.infos(self.timeout).await;
+        if infos.is_empty() {
+            return Err(LedgerError::Unavailable("no node answered".into()));
+        }
+        let facts: Vec<NodeFacts> = infos
+            .iter()
+            .map(|(node, info)| NodeFacts::from_info(node, info))
+            .collect();
+        connection::assess(&facts, self.target.is_cluster()).map_err(LedgerError::Misconfigured)
+    }
+
     fn backend(&self) -> &'static str {
-        "redis"
+        if self.target.is_cluster() {
+            "redis-cluster"
+        } else {
+            "redis"
+        }
     }
 
     /// A round trip away: a cloud call's record follows its response.

@@ -1,0 +1,234 @@
+//! The Redis ledger on a real Redis Cluster (three masters, started by the test): one exact
+//! budget per report across three gateway replicas with keys on several masters, a client's
+//! day quota exact beside its reports (one hash tag), report ids with braces, and a URL that
+//! does not match the deployment refused at startup (exit 2).
+//!
+//! A libtest-mimic target (`harness = false`): without `redis-server` and `redis-cli` on PATH
+//! the tests are reported as *ignored*, unless `VRA_REQUIRE_REDIS=1` (set by `.ci/run`).
+
+mod common;
+
+use common::clients::{TestClient, write_clients_file};
+use common::redis_cluster::{self, RedisCluster};
+use common::redis_server::RedisServer;
+use common::trials::{Runtime, async_trial};
+use common::{Replica, config, connect, request, usage};
+use libtest_mimic::Arguments;
+use vra_gateway::demo::sim::Sim;
+use vra_gateway::pb::{self, CompilationPhase as P, FallbackReason as F, SectionType as S};
+use vra_gateway::server;
+
+fn main() {
+    let args = Arguments::from_args();
+    let cluster = redis_cluster::gate();
+    let trials = vec![
+        async_trial(
+            &args,
+            "three_replicas_keep_every_report_exact_on_a_cluster",
+            &cluster,
+            Runtime::MultiThread(4),
+            three_replicas_keep_every_report_exact_on_a_cluster,
+        ),
+        async_trial(
+            &args,
+            "a_clients_reports_and_day_quota_share_one_slot",
+            &cluster,
+            Runtime::MultiThread(4),
+            a_clients_reports_and_day_quota_share_one_slot,
+        ),
+        async_trial(
+            &args,
+            "a_url_that_does_not_match_the_deployment_exits_2",
+            &cluster,
+            Runtime::MultiThread(2),
+            a_url_that_does_not_match_the_deployment_exits_2,
+        ),
+    ];
+    libtest_mimic::run(&args, trials).exit();
+}
+
+/// Reports cycled over by the exactness test; ids with braces included, so hash tags are
+/// exercised with hostile ids too.
+fn report_ids() -> Vec<String> {
+    let mut ids: Vec<String> = (0..21).map(|i| format!("cluster-report-{i}")).collect();
+    ids.extend(["}starts-with-a-brace", "{tagged}rest", "a{b}c{d}"].map(String::from));
+    ids
+}
+
+async fn three_replicas_keep_every_report_exact_on_a_cluster() {
+    const CAP: usize = 4;
+    const CALLS_PER_REPORT: usize = 9;
+    let cluster = RedisCluster::start(3, 0).await;
+    let cloud = Sim::start().await.unwrap();
+    let local = Sim::start().await.unwrap();
+    let url = cluster.url();
+    let settings = [
+        ("VRA_LEDGER_URL", url.as_str()),
+        ("MAX_CLOUD_CALLS", "4"),
+        ("VRA_LEDGER_TIMEOUT_MS", "10000"),
+    ];
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(Replica::start(config(&cloud, &local, &settings)).await);
+    }
+    let reports = report_ids();
+    let mut tasks = Vec::new();
+    for i in 0..reports.len() * CALLS_PER_REPORT {
+        let mut client = connect(replicas[i % 3].addr).await;
+        let report = reports[i % reports.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            client
+                .generate(request(&report, P::Refine, S::Analysis))
+                .await
+                .map(|r| r.into_inner())
+        }));
+    }
+    let (primary, cost_limited) = common::tally(tasks, F::CostLimit).await;
+    let n = reports.len();
+    assert_eq!(
+        (primary, cost_limited),
+        (n * CAP, n * (CALLS_PER_REPORT - CAP))
+    );
+    assert_eq!(
+        cloud.requests(),
+        n * CAP,
+        "the cloud saw exactly the cap of every report"
+    );
+    // Each replica's read waits for its own records; once each has answered one, all landed.
+    for r in &replicas {
+        usage(r.addr, &reports[0]).await;
+    }
+    for (i, report) in reports.iter().enumerate() {
+        let u = usage(replicas[i % 3].addr, report).await;
+        let b = u.budget.unwrap();
+        assert_eq!(
+            (b.cloud_calls_used, b.exhausted),
+            (CAP as u32, true),
+            "{report}"
+        );
+        assert_eq!(
+            (u.primary_calls, u.secondary_calls),
+            (CAP as u32, (CALLS_PER_REPORT - CAP) as u32),
+            "{report}: every record landed once"
+        );
+    }
+    let keys = cluster.keys_per_master().await;
+    assert!(
+        keys.iter().filter(|&&n| n > 0).count() >= 2,
+        "reports spread over the masters: {keys:?}"
+    );
+    for r in replicas {
+        r.shutdown().await;
+    }
+}
+
+/// With clients, a client's reports, markers and day quota carry the client's hash tag: one
+/// reservation checks the report and the quota atomically on one master, and the quota is
+/// exact across replicas.
+async fn a_clients_reports_and_day_quota_share_one_slot() {
+    let a = TestClient::new("reports-python", "vra_token-a-for-the-cluster-test-31c9").per_day(10);
+    let b = TestClient::new("reports-node", "vra_token-b-for-the-cluster-test-77d0");
+    let file = write_clients_file(&[a, b]);
+    let cluster = RedisCluster::start(3, 0).await;
+    let cloud = Sim::start().await.unwrap();
+    let local = Sim::start().await.unwrap();
+    let url = cluster.url();
+    let settings = [
+        ("VRA_LEDGER_URL", url.as_str()),
+        ("MAX_CLOUD_CALLS", "3"),
+        ("VRA_LEDGER_TIMEOUT_MS", "10000"),
+        ("VRA_CLIENTS_FILE", file.to_str().unwrap()),
+    ];
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(Replica::start(config(&cloud, &local, &settings)).await);
+    }
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let mut client = connect(replicas[i % 3].addr).await;
+        tasks.push(tokio::spawn(async move {
+            client
+                .generate(a.call(request(&format!("r{}", i / 2), P::Refine, S::Analysis)))
+                .await
+                .map(|r| r.into_inner())
+        }));
+    }
+    let (primary, quota) = common::tally(tasks, F::ClientQuota).await;
+    assert_eq!((primary, quota), (10, 20));
+    assert_eq!(
+        cloud.requests(),
+        10,
+        "exactly the day quota, across replicas"
+    );
+    let u = connect(replicas[2].addr)
+        .await
+        .get_report_usage(a.call(pb::GetReportUsageRequest {
+            report_id: "r0".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        u.client_quota,
+        Some(pb::ClientQuota {
+            used: 10,
+            limit: 10
+        })
+    );
+    // Every key of client A on one master; B's report r0 is not A's.
+    let resp = connect(replicas[1].addr)
+        .await
+        .generate(b.call(request("r0", P::Refine, S::Analysis)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.budget.unwrap().cloud_calls_used, 1);
+    let slot = |key: &str| {
+        let url = cluster.node_url(0);
+        let key = key.to_string();
+        async move {
+            let mut conn = redis::Client::open(url)
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(key)
+                .query_async::<u16>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        slot("vra:{reports-python}/quota").await,
+        slot("vra:{reports-python}/report:r7").await
+    );
+    for r in replicas {
+        r.shutdown().await;
+    }
+}
+
+/// `redis://` naming a cluster node, or `redis+cluster://` naming a single node: the gateway
+/// refuses to start, naming the setting (exit 2), instead of failing every call later.
+async fn a_url_that_does_not_match_the_deployment_exits_2() {
+    let cluster = RedisCluster::start(3, 0).await;
+    let single = RedisServer::start().await;
+    let cloud = Sim::start().await.unwrap();
+    let local = Sim::start().await.unwrap();
+    let single_as_cluster = format!("redis+cluster://127.0.0.1:{}", single.port);
+    for (url, expected) in [
+        (cluster.node_url(0), "redis+cluster://"),
+        (single_as_cluster, "not a cluster node"),
+    ] {
+        let config = config(&cloud, &local, &[("VRA_LEDGER_URL", url.as_str())]);
+        let listeners = server::bind(&config).await.expect("bind");
+        let result = server::run(config, listeners, std::future::pending()).await;
+        let Err(server::ServeError::Config(e)) = result else {
+            panic!("{url}: expected a configuration error, got {result:?}");
+        };
+        assert_eq!(e.var, "VRA_LEDGER_URL");
+        assert!(e.message.contains(expected), "{url}: {}", e.message);
+        assert_eq!(server::ServeError::Config(e).exit_code(), 2);
+    }
+}
