@@ -478,6 +478,90 @@ else
     fi
 fi
 
+# The cluster ledger: three Redis Cluster masters (no replicas) on loopback, a gateway on it,
+# and a second one with a clients file of one client (every key of that client carries its
+# hash tag: one shard takes all of its work).
+GWC_PID=""
+GWCC_PID=""
+CLUSTER_PIDS=()
+CLUSTER_TOKEN=vra_bench_cluster_client_token
+node_port() { # a free port whose cluster-bus port (+10000) is a valid port
+    local p
+    while :; do
+        p=$(free_port)
+        [ "$p" -le 55535 ] && break
+    done
+    echo "$p"
+}
+cluster_cpu() { # utime + stime ticks of each master, space-separated
+    local pid out=""
+    for pid in "${CLUSTER_PIDS[@]}"; do
+        out="$out $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)"
+    done
+    echo "$out"
+}
+if [ "$SMOKE" = 1 ]; then
+    note_skip gateway-cluster "skipped in smoke mode"
+elif ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+    note_skip gateway-cluster "redis-server or redis-cli is not installed; cluster-ledger scenarios skipped"
+else
+    CLUSTER_NODES=()
+    for _ in 1 2 3; do
+        p=$(node_port)
+        mkdir -p "$WORK/cluster-$p"
+        "${PIN_CLIENT[@]}" redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes \
+            --cluster-config-file "$WORK/cluster-$p/nodes.conf" --save "" --appendonly no \
+            --dir "$WORK/cluster-$p" >"$LOGS/redis-cluster-$p.log" 2>&1 &
+        pid=$!
+        PIDS+=("$pid")
+        ENV_PIDS+=(--env-pid "$pid")
+        CLUSTER_PIDS+=("$pid")
+        wait_port "$p" "$pid" 10 || note_skip gateway-cluster "a cluster node did not start"
+        CLUSTER_NODES+=("127.0.0.1:$p")
+    done
+    echo "redis-cli --cluster create ${CLUSTER_NODES[*]} --cluster-replicas 0 --cluster-yes" >>"$COMMANDS"
+    if redis-cli --cluster create "${CLUSTER_NODES[@]}" --cluster-replicas 0 --cluster-yes \
+        >"$LOGS/redis-cluster-create.log" 2>&1; then
+        # The cluster gossips its state: poll until every node says ok.
+        for _ in $(seq 100); do
+            ok=1
+            for n in "${CLUSTER_NODES[@]}"; do
+                redis-cli -p "${n#*:}" cluster info 2>/dev/null | grep -q cluster_state:ok || ok=0
+            done
+            [ "$ok" = 1 ] && break
+            sleep 0.1
+        done
+        CLUSTER_URL="redis+cluster://$(
+            IFS=,
+            echo "${CLUSTER_NODES[*]}"
+        )"
+        GWC_PORT=$(free_port)
+        start_gateway gateway-cluster "$GWC_PORT" "$UP_PORT" VRA_LEDGER_URL="$CLUSTER_URL"
+        GWC_PID=$LAST_PID
+        printf '[[client]]\nid = "bench"\ntoken_sha256 = "%s"\n' \
+            "$(printf %s "$CLUSTER_TOKEN" | sha256sum | cut -d' ' -f1)" >"$WORK/clients.toml"
+        GWCC_PORT=$(free_port)
+        start_gateway gateway-cluster-client "$GWCC_PORT" "$UP_PORT" VRA_LEDGER_URL="$CLUSTER_URL" \
+            VRA_CLIENTS_FILE="$WORK/clients.toml"
+        GWCC_PID=$LAST_PID
+        log "Redis Cluster (3 masters) on ${CLUSTER_NODES[*]}; gateways on it: 127.0.0.1:$GWC_PORT, with one client 127.0.0.1:$GWCC_PORT"
+    else
+        note_skip gateway-cluster "redis-cli --cluster create failed: $(tail -n 1 "$LOGS/redis-cluster-create.log")"
+    fi
+fi
+# Runs a load scenario against a cluster gateway and records how the masters shared the
+# Redis work (CPU ticks per master over the scenario).
+cluster_load() { # LABEL loadgen-args...
+    local label=$1 before after
+    shift
+    before=$(cluster_cpu)
+    load "$label" "$@"
+    after=$(cluster_cpu)
+    # The ticks span the warm-up too: the report scales the calls by (warm-up + duration) / duration.
+    printf '{"kind":"shard_cpu","label":"%s","before":[%s],"after":[%s],"warmup_s":%s,"duration_s":%s}\n' \
+        "$label" "$(echo $before | tr ' ' ',')" "$(echo $after | tr ' ' ',')" "$WARMUP" "$DURATION" >>"$RESULTS"
+}
+
 LITELLM_VERSION="not run"
 # The master key LiteLLM requires (bench/litellm.sh serve reads it); local only.
 export LITELLM_BENCH_KEY=sk-vra-bench-local-only-not-a-secret
@@ -520,6 +604,7 @@ load c1/grpc-floor grpc "$ECHO" "$ECHO_PID" --mode closed --concurrency 1
 load c1/gateway grpc "$GW" "$GW_PID" --mode closed --concurrency 1
 load c1/gateway-http http "$DOOR" "$GW_PID" --model vra-auto --vra-phase refine --mode closed --concurrency 1
 [ -n "$GWR_PID" ] && load c1/gateway-redis grpc "127.0.0.1:$GWR_PORT" "$GWR_PID" --mode closed --concurrency 1
+[ -n "$GWC_PID" ] && load c1/gateway-cluster grpc "127.0.0.1:$GWC_PORT" "$GWC_PID" --mode closed --concurrency 1
 [ -n "$LL_PID" ] && load c1/litellm http "http://127.0.0.1:$LL_PORT/v1/chat/completions" "$LL_PID" --model bench-model --api-key "$LITELLM_BENCH_KEY" --mode closed --concurrency 1
 
 # Open loop at 1000 RPS (LiteLLM tops out far below it; its capacity is the c64 scenario).
@@ -529,6 +614,7 @@ load open1000/grpc-floor grpc "$ECHO" "$ECHO_PID" --mode open --rate 1000
 load open1000/gateway grpc "$GW" "$GW_PID" --mode open --rate 1000
 load open1000/gateway-http http "$DOOR" "$GW_PID" --model vra-auto --vra-phase refine --mode open --rate 1000
 [ -n "$GWR_PID" ] && load open1000/gateway-redis grpc "127.0.0.1:$GWR_PORT" "$GWR_PID" --mode open --rate 1000
+[ -n "$GWC_PID" ] && load open1000/gateway-cluster grpc "127.0.0.1:$GWC_PORT" "$GWC_PID" --mode open --rate 1000
 
 # 16 in flight: both doors of the gateway beside nginx and LiteLLM.
 load c16/direct http "$UP_URL" "$UP_PID" --mode closed --concurrency 16
@@ -544,11 +630,14 @@ load c64/grpc-floor grpc "$ECHO" "$ECHO_PID" --mode closed --concurrency 64
 load c64/gateway grpc "$GW" "$GW_PID" --mode closed --concurrency 64
 load c64/gateway-http http "$DOOR" "$GW_PID" --model vra-auto --vra-phase refine --mode closed --concurrency 64
 [ -n "$GWR_PID" ] && load c64/gateway-redis grpc "127.0.0.1:$GWR_PORT" "$GWR_PID" --mode closed --concurrency 64
+[ -n "$GWC_PID" ] && cluster_load c64/gateway-cluster grpc "127.0.0.1:$GWC_PORT" "$GWC_PID" --mode closed --concurrency 64
+[ -n "$GWCC_PID" ] && cluster_load c64/gateway-cluster-client grpc "127.0.0.1:$GWCC_PORT" "$GWCC_PID" --mode closed --concurrency 64 --token "$CLUSTER_TOKEN"
 [ -n "$LL_PID" ] && load c64/litellm http "http://127.0.0.1:$LL_PORT/v1/chat/completions" "$LL_PID" --model bench-model --api-key "$LITELLM_BENCH_KEY" --mode closed --concurrency 64 --timeout-ms 30000
 
 # One hot report: every call reserves on the same ledger entry.
 load hot-c64/gateway grpc "$GW" "$GW_PID" --mode closed --concurrency 64 --hot-report
 [ -n "$GWR_PID" ] && load hot-c64/gateway-redis grpc "127.0.0.1:$GWR_PORT" "$GWR_PID" --mode closed --concurrency 64 --hot-report
+[ -n "$GWC_PID" ] && cluster_load hot-c64/gateway-cluster grpc "127.0.0.1:$GWC_PORT" "$GWC_PID" --mode closed --concurrency 64 --hot-report
 
 # Streaming time to first token, one stream in flight.
 load stream-c1/direct http "$UP_URL" "$UP_PID" --mode closed --concurrency 1 --stream

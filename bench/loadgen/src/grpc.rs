@@ -17,6 +17,8 @@ pub const SYSTEM_PROMPT: &str = "You are terse.";
 #[derive(Clone)]
 pub struct GrpcTarget {
     clients: Arc<[GatewayServiceClient<Channel>]>,
+    /// `authorization: Bearer …` on every call (a gateway with a clients file).
+    token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     stream: bool,
     hot_report: bool,
     reports: u64,
@@ -46,11 +48,32 @@ impl GrpcTarget {
         }
         Ok(Self {
             clients: clients.into(),
+            token: None,
             stream,
             hot_report,
             reports,
             phase,
         })
+    }
+
+    /// Sends `authorization: Bearer {token}` with every call.
+    pub fn with_token(mut self, token: Option<&str>) -> Result<Self, String> {
+        self.token = token
+            .map(|t| format!("Bearer {t}").parse())
+            .transpose()
+            .map_err(|_| "the token must be visible ASCII".to_string())?;
+        Ok(self)
+    }
+
+    /// The request with the token, if any.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = &self.token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        request
     }
 
     /// Many distinct reports by default so the budget is never the bottleneck; one on request.
@@ -79,7 +102,7 @@ impl Target for GrpcTarget {
                 ..Default::default()
             };
             let resp = client
-                .generate(req)
+                .generate(self.request(req))
                 .await
                 .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
             if resp.get_ref().text.is_empty() {
@@ -98,7 +121,7 @@ impl Target for GrpcTarget {
             ..Default::default()
         };
         let mut stream = client
-            .generate_stream(req)
+            .generate_stream(self.request(req))
             .await
             .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
             .into_inner();

@@ -70,6 +70,9 @@ enum Command {
         /// `expand` to the secondary (local tier) when VRA_HYBRID_MODE is on.
         #[arg(long, value_enum, default_value_t = PhaseArg::Refine)]
         phase: PhaseArg,
+        /// Bearer token sent with every call (a gateway with VRA_CLIENTS_FILE).
+        #[arg(long)]
+        token: Option<String>,
         #[command(flatten)]
         load: LoadArgs,
     },
@@ -234,6 +237,7 @@ fn main() -> ExitCode {
             hot_report,
             reports,
             phase,
+            token,
             load,
         } => runtime().map_err(|e| e.to_string()).and_then(|rt| {
             rt.block_on(async {
@@ -258,7 +262,8 @@ fn main() -> ExitCode {
                         PhaseArg::Expand => vra_gateway::pb::CompilationPhase::Expand,
                     },
                 )
-                .await?;
+                .await?
+                .with_token(token.as_deref())?;
                 let info = drive::Info {
                     proto: "grpc",
                     target,

@@ -38,6 +38,14 @@ const TARGETS: &[(&str, &str)] = &[
         "vra-gateway, memory ledger, OpenAI door (HTTP/1.1)",
     ),
     ("gateway-redis", "vra-gateway, Redis ledger"),
+    (
+        "gateway-cluster",
+        "vra-gateway, Redis Cluster ledger (3 masters)",
+    ),
+    (
+        "gateway-cluster-client",
+        "vra-gateway, Redis Cluster ledger, one client",
+    ),
     ("litellm", "LiteLLM proxy"),
 ];
 
@@ -51,6 +59,7 @@ const PROXIES: &[&str] = &[
     "gateway",
     "gateway-http",
     "gateway-redis",
+    "gateway-cluster",
     "litellm",
 ];
 
@@ -247,6 +256,87 @@ const OVERLOAD: &[(&str, &str)] = &[
     ),
     ("no-limits", "no limits"),
 ];
+
+/// The cluster ledger's scenarios, in table order.
+const CLUSTER: &[(&str, &str, &str)] = &[
+    (
+        "c64",
+        "gateway-cluster",
+        "distinct reports, no clients (tag: the report)",
+    ),
+    (
+        "c64",
+        "gateway-cluster-client",
+        "distinct reports of one client (tag: the client)",
+    ),
+    ("hot-c64", "gateway-cluster", "one report"),
+];
+
+/// How the Redis Cluster's masters shared the ledger's work (`shard_cpu` lines: each master's
+/// CPU ticks before and after the scenario).
+fn cluster_table(out: &mut String, r: &Results) {
+    // Each master's ticks over the scenario, and the share of the scenario that was measured
+    // (the ticks also span the warm-up).
+    let shards = |label: &str| {
+        r.of_kind("shard_cpu")
+            .rfind(|v| v["label"] == label)
+            .map(|v| {
+                let measured = v["duration_s"].as_f64().unwrap_or(1.0);
+                let whole = measured + v["warmup_s"].as_f64().unwrap_or(0.0);
+                let ticks = |k: &str| -> Vec<f64> {
+                    v[k].as_array()
+                        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                        .unwrap_or_default()
+                };
+                let ticks = ticks("after")
+                    .iter()
+                    .zip(ticks("before"))
+                    .map(|(a, b)| (a - b).max(0.0))
+                    .collect::<Vec<f64>>();
+                (ticks, measured / whole.max(measured))
+            })
+    };
+    if CLUSTER.iter().all(|(s, t, _)| r.load(s, t).is_none()) {
+        return;
+    }
+    out.push_str("## The cluster ledger: how the masters share the work\n\n");
+    out.push_str(
+        "Closed loop, 64 in flight, REFINE calls (each reserves and records on the ledger) \
+         against a gateway whose ledger is a Redis Cluster of three masters on this machine. \
+         Redis CPU: all masters' CPU time over the scenario per call; busiest master: its share \
+         of that time. A hash tag puts every key of one report — or, with clients, of one \
+         client — on one master.\n\n",
+    );
+    out.push_str(
+        "| scenario | calls/s | gateway CPU/call µs | Redis CPU/call µs | busiest master |\n\
+         |---|---:|---:|---:|---:|\n",
+    );
+    for (scenario, target, what) in CLUSTER {
+        let Some(v) = r.load(scenario, target) else {
+            continue;
+        };
+        let label = format!("{scenario}/{target}");
+        let (ticks, measured_share) = shards(&label).unwrap_or((Vec::new(), 1.0));
+        let total: f64 = ticks.iter().sum();
+        let calls = v["ok"].as_f64().unwrap_or(0.0) / measured_share;
+        // /proc's clock ticks are 1/100 s on Linux.
+        let redis_us = (calls > 0.0).then(|| total * 10_000.0 / calls);
+        let busiest = ticks.iter().copied().fold(0.0_f64, f64::max);
+        let share = if total > 0.0 {
+            format!("{:.0}%", busiest * 100.0 / total)
+        } else {
+            "n/a".into()
+        };
+        let _ = writeln!(
+            out,
+            "| {what} | {} | {} | {} | {share} |",
+            num(v["achieved_rps"].as_f64(), 0),
+            us(cpu(r, scenario, target)),
+            us(redis_us),
+        );
+    }
+    out.push('\n');
+}
 
 /// Share of `n` in `total`, as a percentage.
 fn share(n: u64, total: u64) -> String {
@@ -461,7 +551,7 @@ fn render(r: &Results) -> String {
         "| target | distinct calls/s | hot calls/s | distinct p99 µs | hot p99 µs | hot errors |\n\
          |---|---:|---:|---:|---:|---:|\n",
     );
-    for target in ["gateway", "gateway-redis"] {
+    for target in ["gateway", "gateway-redis", "gateway-cluster"] {
         let hot = r.load("hot-c64", target);
         let _ = writeln!(
             out,
@@ -476,6 +566,8 @@ fn render(r: &Results) -> String {
         );
     }
     out.push('\n');
+
+    cluster_table(&mut out, r);
 
     out.push_str("## Streaming: time to first token\n\n");
     out.push_str(
@@ -843,6 +935,14 @@ mod tests {
                 load("c64/gateway", 20000.0, 1000.0, 2000.0, 35.0),
                 load("c64/nginx", 30000.0, 1000.0, 2000.0, 15.0),
                 load("c16/gateway-http", 15000.0, 800.0, 1500.0, 31.0),
+                {
+                    let mut v = load("c64/gateway-cluster", 10000.0, 3000.0, 6000.0, 50.0);
+                    v["ok"] = json!(100_000);
+                    v
+                },
+                json!({"kind": "shard_cpu", "label": "c64/gateway-cluster",
+                    "before": [100, 100, 100], "after": [150, 160, 190],
+                    "warmup_s": 2, "duration_s": 10}),
                 load("c64/gateway-http", 21000.0, 900.0, 1900.0, 33.0),
                 load("stream-c1/direct", 3000.0, 100.0, 200.0, 5.0),
                 load("stream-c1/gateway", 2000.0, 150.0, 400.0, 5.0),
@@ -874,6 +974,14 @@ mod tests {
         assert!(
             md.contains(
                 "| CPU per call, OpenAI door / gRPC door (max throughput) | ≤ 1.0 | 0.94 x | PASS |"
+            ),
+            "{md}"
+        );
+        // 200 ticks (2 s) over 10 + 2 s of 10,000 calls/s: 120,000 calls, 16.7 µs each; the
+        // busiest master did 90 of the 200 ticks.
+        assert!(
+            md.contains(
+                "| distinct reports, no clients (tag: the report) | 10000 | 50.0 | 16.7 | 45% |"
             ),
             "{md}"
         );
