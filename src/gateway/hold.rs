@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::budget::deferred::Pending;
 use crate::budget::{Ledger, ReportKey};
 use crate::domain::Nanos;
 
@@ -10,11 +11,14 @@ use crate::domain::Nanos;
 /// ([`Hold::settle`]); when its attempt fails, released uncharged or charged in full
 /// ([`Hold::close`], by [`may_have_been_billed`]); dropped anywhere else — the call was
 /// cancelled or its stream broke after output began — it charges itself in full, in the
-/// background, so no hold outlives its call.
+/// background, so no hold outlives its call. That background charge is counted among the
+/// report's ledger writes in flight ([`Pending`]): a read on this replica waits for it, and so
+/// does shutdown.
 ///
 /// [`may_have_been_billed`]: crate::domain::ProviderError::may_have_been_billed
 pub(super) struct Hold {
     ledger: Arc<dyn Ledger>,
+    pending: Arc<Pending>,
     client: Option<Box<str>>,
     report: Box<str>,
     amount: Nanos,
@@ -23,9 +27,15 @@ pub(super) struct Hold {
 
 impl Hold {
     /// An armed hold of `amount` on `key`'s report.
-    pub(super) fn new(ledger: Arc<dyn Ledger>, key: ReportKey<'_>, amount: Nanos) -> Self {
+    pub(super) fn new(
+        ledger: Arc<dyn Ledger>,
+        pending: Arc<Pending>,
+        key: ReportKey<'_>,
+        amount: Nanos,
+    ) -> Self {
         Self {
             ledger,
+            pending,
             client: key.client.map(Into::into),
             report: key.report.into(),
             amount,
@@ -76,6 +86,8 @@ impl Drop for Hold {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        // Counted before the task starts: a read or a shutdown right after the drop waits.
+        let tracked = self.pending.track(self.key());
         let (ledger, client, report, amount) = (
             self.ledger.clone(),
             self.client.take(),
@@ -90,6 +102,7 @@ impl Drop for Hold {
             if let Err(e) = ledger.release(key, amount, amount).await {
                 tracing::warn!("could not charge the cost hold of a dropped call: {e}");
             }
+            drop(tracked);
         });
     }
 }
@@ -129,7 +142,9 @@ mod tests {
     #[tokio::test]
     async fn a_failed_attempt_that_cannot_have_been_billed_releases_its_hold_uncharged() {
         let ledger = ledger_with_a_hold().await;
-        Hold::new(ledger.clone(), REPORT, AMOUNT).close(false).await;
+        Hold::new(ledger.clone(), Arc::default(), REPORT, AMOUNT)
+            .close(false)
+            .await;
         assert_eq!(
             state(&ledger).await,
             (Nanos::ZERO, Nanos::ZERO, Nanos::ZERO)
@@ -139,28 +154,29 @@ mod tests {
     #[tokio::test]
     async fn a_failed_attempt_that_may_have_been_billed_is_charged_its_whole_hold() {
         let ledger = ledger_with_a_hold().await;
-        Hold::new(ledger.clone(), REPORT, AMOUNT).close(true).await;
+        Hold::new(ledger.clone(), Arc::default(), REPORT, AMOUNT)
+            .close(true)
+            .await;
         assert_eq!(state(&ledger).await, (AMOUNT, Nanos::ZERO, AMOUNT));
     }
 
     #[tokio::test]
     async fn a_dropped_hold_charges_itself_in_full_in_the_background() {
         let ledger = ledger_with_a_hold().await;
-        drop(Hold::new(ledger.clone(), REPORT, AMOUNT));
-        // The charge runs as a task of its own on this (current-thread) runtime: let it run.
-        for _ in 0..100 {
-            if state(&ledger).await.1 == Nanos::ZERO {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+        let pending: Arc<Pending> = Arc::default();
+        drop(Hold::new(ledger.clone(), pending.clone(), REPORT, AMOUNT));
+        // The charge runs as a task of its own, counted in flight until it lands: what a read
+        // and a shutdown wait for.
+        assert_eq!(pending.of(REPORT), 1);
+        pending.idle().await;
         assert_eq!(state(&ledger).await, (AMOUNT, Nanos::ZERO, AMOUNT));
     }
 
     #[tokio::test]
     async fn a_settled_hold_is_disarmed_and_handed_over_whole() {
         let ledger = ledger_with_a_hold().await;
-        let (_, client, report, amount) = Hold::new(ledger.clone(), REPORT, AMOUNT).settle();
+        let (_, client, report, amount) =
+            Hold::new(ledger.clone(), Arc::default(), REPORT, AMOUNT).settle();
         assert_eq!(
             (client.as_deref(), &*report, amount),
             (Some("acme"), "r1", AMOUNT)
@@ -179,7 +195,7 @@ mod tests {
             .unwrap();
         let hold = runtime.block_on(async {
             let ledger = ledger_with_a_hold().await;
-            Hold::new(ledger, REPORT, AMOUNT)
+            Hold::new(ledger, Arc::default(), REPORT, AMOUNT)
         });
         drop(runtime);
         drop(hold);

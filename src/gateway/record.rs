@@ -87,15 +87,19 @@ impl Gateway {
             None => self.ledger.record(state.key, record).await,
             // Settling a hold must not be lost if this call is dropped while the ledger works
             // (a deadline, a client gone): the record runs as its own task.
+            // Counted in flight, so a shutdown waits for it even when the call is gone.
             Some(hold) => {
                 let (ledger, client, report, release) = hold.settle();
                 let record = CallRecord { release, ..record };
+                let tracked = self.pending.track(state.key);
                 tokio::spawn(async move {
                     let key = ReportKey {
                         client: client.as_deref(),
                         report: &report,
                     };
-                    ledger.record(key, record).await
+                    let recorded = ledger.record(key, record).await;
+                    drop(tracked);
+                    recorded
                 })
                 .await
                 .unwrap_or_else(|_| Err(LedgerError::Unavailable("the record task failed".into())))
@@ -330,7 +334,12 @@ mod tests {
             cloud_cost: cost,
             held,
         });
-        Hold::new(gateway.ledger.clone(), state.key, HOLD)
+        Hold::new(
+            gateway.ledger.clone(),
+            gateway.pending.clone(),
+            state.key,
+            HOLD,
+        )
     }
 
     async fn report_usage(gateway: &Gateway) -> ReportUsage {

@@ -307,8 +307,8 @@ impl Gateway {
                     held,
                 });
                 self.tier_metrics[tier.index()].budget_reserved();
-                let hold =
-                    (hold > Nanos::ZERO).then(|| Hold::new(self.ledger.clone(), state.key, hold));
+                let hold = (hold > Nanos::ZERO)
+                    .then(|| Hold::new(self.ledger.clone(), self.pending.clone(), state.key, hold));
                 Budgeted::Go(hold)
             }
             Ok(Reservation::Refused { used, newly }) => {
