@@ -68,6 +68,12 @@ impl Deadline {
         Deadline(timeout.and_then(|t| start.checked_add(t)))
     }
 
+    /// The time left until the deadline (zero once it passed); `None` without one.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.0
+            .map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
     /// The earlier of this deadline and `at`.
     pub fn at_most(self, at: Option<Instant>) -> Self {
         match (self.0, at) {

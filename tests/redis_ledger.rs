@@ -88,6 +88,20 @@ fn main() {
         ),
         async_trial(
             &args,
+            "an_expired_hold_is_settled_as_abandoned_and_corrected_by_a_late_record",
+            &redis,
+            Runtime::CurrentThread,
+            an_expired_hold_is_settled_as_abandoned_and_corrected_by_a_late_record,
+        ),
+        async_trial(
+            &args,
+            "a_killed_replicas_holds_expire_and_the_cap_stays_exact",
+            &redis,
+            Runtime::MultiThread(2),
+            a_killed_replicas_holds_expire_and_the_cap_stays_exact,
+        ),
+        async_trial(
+            &args,
             "keys_are_namespaced_expire_and_treat_report_ids_as_data",
             &redis,
             Runtime::CurrentThread,
@@ -820,7 +834,7 @@ async fn a_record_redis_refuses_is_not_sent_again() {
         usage: TokenUsage::reported(3, 4),
         cost: Some(Nanos(10)),
         all_cloud: Some(Nanos(10)),
-        release: Nanos::ZERO,
+        release: vra_gateway::budget::HeldCost::NONE,
     };
     // A first record loads the script, so the count below is of the refused record alone.
     record_with_retry(&ledger, ReportKey::anonymous("fine"), call(1))
@@ -851,4 +865,191 @@ async fn a_record_redis_refuses_is_not_sent_again() {
         .find(|l| l.starts_with("cmdstat_evalsha:"))
         .unwrap_or_else(|| panic!("no EVALSHA in {stats}"));
     assert!(evalsha.contains(":calls=1,"), "sent once: {evalsha}");
+}
+
+/// On Redis, by the server's clock: a hold past its expiry is settled by the report's next
+/// reservation or read as an abandoned charge of its full amount (the holds set forgets it); a
+/// late record corrects the charge to the call's real cost; a late release to nothing.
+async fn an_expired_hold_is_settled_as_abandoned_and_corrected_by_a_late_record() {
+    use vra_gateway::budget::redis::RedisLedger;
+    use vra_gateway::budget::{
+        CallRecord, HeldCost, HoldSpec, Ledger, Limits, ReportKey, Reservation,
+    };
+    use vra_gateway::domain::{Nanos, Phase, Tier, TokenUsage};
+
+    let redis = RedisServer::start().await;
+    let ledger = RedisLedger::new(
+        &redis.url(),
+        "vra:",
+        Duration::from_secs(3600),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let key = ReportKey::anonymous("orphan");
+    let limits = Limits {
+        report: 10,
+        client_day: None,
+        cost_cap: Some(Nanos(1_000)),
+    };
+    // A zero life: expired from the reservation's own millisecond on, so the next script to
+    // look (not the reservation itself) settles it — no waiting on the clock.
+    let dead = HoldSpec {
+        id: 1,
+        amount: Nanos(600),
+        ttl: Duration::ZERO,
+    };
+    let live = HoldSpec {
+        id: 2,
+        amount: Nanos(300),
+        ttl: Duration::from_secs(3600),
+    };
+    assert!(matches!(
+        ledger.reserve(key, limits, dead).await.unwrap(),
+        Reservation::Granted { held, .. } if held == Nanos(600)
+    ));
+    // 600 is settled as spent first: 600 + 300 fits under 1000, and the grant shows it.
+    assert_eq!(
+        ledger.reserve(key, limits, live).await.unwrap(),
+        Reservation::Granted {
+            used: 2,
+            cost: Nanos(600),
+            held: Nanos(300)
+        }
+    );
+    let u = ledger.usage(key).await.unwrap();
+    assert_eq!(
+        (u.held, u.cloud_cost, u.abandoned),
+        (Nanos(300), Nanos(600), Nanos(600))
+    );
+    let record = CallRecord {
+        id: 77,
+        tier: Tier::Primary,
+        fell_back: false,
+        cloud: true,
+        phase: Phase::Refine,
+        usage: TokenUsage::reported(3, 4),
+        cost: Some(Nanos(150)),
+        all_cloud: Some(Nanos(150)),
+        release: HeldCost {
+            id: 1,
+            amount: Nanos(600),
+        },
+    };
+    ledger.record(key, record).await.unwrap();
+    let u = ledger.usage(key).await.unwrap();
+    assert_eq!(
+        (u.held, u.cloud_cost, u.abandoned),
+        (Nanos(300), Nanos(150), Nanos::ZERO),
+        "the late record's real cost replaced the abandoned charge"
+    );
+    ledger
+        .release(
+            key,
+            HeldCost {
+                id: 2,
+                amount: Nanos(300),
+            },
+            Nanos::ZERO,
+        )
+        .await
+        .unwrap();
+    let u = ledger.usage(key).await.unwrap();
+    assert_eq!((u.held, u.cloud_cost), (Nanos::ZERO, Nanos(150)));
+    let mut conn = redis.client().await;
+    let live_holds: u64 = conn.zcard("vra:holds:orphan").await.unwrap();
+    assert_eq!(live_holds, 0);
+}
+
+/// A replica killed (SIGKILL) with cost holds in flight never releases them. Within its
+/// calls' deadline plus `VRA_HOLD_GRACE_MS`, another replica reads the report with nothing
+/// reserved and the holds charged as abandoned, and the cap stays exact for the calls after.
+async fn a_killed_replicas_holds_expire_and_the_cap_stays_exact() {
+    use common::process::{Running, gateway_env};
+
+    let redis = RedisServer::start().await;
+    let cloud = Sim::start().await.unwrap();
+    let local = Sim::start().await.unwrap();
+    cloud.set_default(vra_gateway::demo::sim::Step::Hang);
+    let url = redis.url();
+    let mut settings = common::cost::capped_settings();
+    settings.push(("VRA_LEDGER_URL", url.as_str()));
+    settings.push(("VRA_HOLD_GRACE_MS", "300"));
+    let (cloud_url, local_url) = (cloud.openai_base(), local.ollama_base());
+    let env = gateway_env(&cloud_url, &local_url, &settings);
+    let doomed = Running::start(&env).await;
+    let mut calls = Vec::new();
+    for _ in 0..2 {
+        let mut client = connect(doomed.addr.parse().unwrap()).await;
+        calls.push(tokio::spawn(async move {
+            let mut req = tonic::Request::new(common::cost::capped_call("orphaned"));
+            req.set_timeout(Duration::from_millis(1500));
+            client.generate(req).await
+        }));
+    }
+    // Both attempts hold their worst case and wait on the upstream; then the replica dies.
+    assert!(cloud.wait_in_flight(2, Duration::from_secs(10)).await);
+    let pid = doomed.child.id().expect("running");
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let reserved_at = tokio::time::Instant::now();
+    for call in calls {
+        assert!(
+            call.await.unwrap().is_err(),
+            "the killed replica answers nothing"
+        );
+    }
+
+    let survivor = Replica::start(config(&cloud, &local, &settings)).await;
+    let held = |u: &pb::GetReportUsageResponse| u.budget.as_ref().unwrap().cloud_cost_reserved_usd;
+    let u = usage(survivor.addr, "orphaned").await;
+    assert!(
+        held(&u) > 0.0,
+        "the dead replica's holds are still reserved"
+    );
+    // They expire by the Redis server's clock: 1.5 s (the calls' deadline) + 0.3 s of grace
+    // after their reservation. Poll the survivor's reads (they settle what expired).
+    let u = loop {
+        let u = usage(survivor.addr, "orphaned").await;
+        if held(&u) == 0.0 {
+            break u;
+        }
+        assert!(
+            reserved_at.elapsed() < Duration::from_secs(10),
+            "holds still reserved long after their deadline and grace"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(reserved_at.elapsed() >= Duration::from_millis(1500) - Duration::from_millis(200));
+    let abandoned = u.cost.expect("a cost report").abandoned_usd;
+    assert!(abandoned > 0.0, "the two holds were charged as abandoned");
+    assert_eq!(abandoned, u.budget.unwrap().cloud_cost_used_usd);
+    // The cap stays exact: with the upstream answering again, the survivor spends only what
+    // is left under it, and every cloud request was reserved.
+    cloud.set_default(vra_gateway::demo::sim::Step::reply("back"));
+    let sent_before = cloud.requests();
+    let mut client = connect(survivor.addr).await;
+    let mut answered_nanos = 0;
+    let mut primary = 0;
+    for _ in 0..20 {
+        let resp = client
+            .generate(common::cost::capped_call("orphaned"))
+            .await
+            .unwrap()
+            .into_inner();
+        if tier(&resp) == T::Primary {
+            primary += 1;
+            answered_nanos += common::cost::gpt4o_nanos(resp.usage.as_ref().unwrap());
+        }
+    }
+    assert!(primary >= 1, "room was left under the cap");
+    assert_eq!(cloud.requests() - sent_before, primary);
+    let b = usage(survivor.addr, "orphaned").await.budget.unwrap();
+    let settled = abandoned + answered_nanos as f64 / 1e9;
+    assert!((b.cloud_cost_used_usd - settled).abs() < 1e-12, "{b:?}");
+    assert!(b.cloud_cost_used_usd <= common::cost::CAP_USD);
+    assert_eq!(b.cloud_cost_reserved_usd, 0.0);
+    survivor.shutdown().await;
 }

@@ -20,8 +20,8 @@
 //!   twice that window. An error that asking again would only repeat (a script error) ends it.
 //! - **Never lost silently.** A record still unconfirmed after its retries is handed to the
 //!   caller of [`record_in_background`], which the gateway logs and counts
-//!   (`vra_gateway_ledger_records_lost_total`). Its hold stays held until the report expires
-//!   (the safe direction). "Unconfirmed" is not always "lost": a copy queued behind a Redis
+//!   (`vra_gateway_ledger_records_lost_total`). Its hold expires and is charged in full as
+//!   abandoned (the safe direction). "Unconfirmed" is not always "lost": a copy queued behind a Redis
 //!   that was paused lands when Redis resumes — once.
 //! - **Read your own calls** on one replica: [`Pending::settled`] waits until every record of
 //!   a report this replica has started is done, and every usage read of the gateway
@@ -217,7 +217,7 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::budget::{Limits, ReportBudget, ReportUsage, Reservation};
+    use crate::budget::{HeldCost, HoldSpec, Limits, ReportBudget, ReportUsage, Reservation};
     use crate::domain::{Nanos, Phase, Tier, TokenUsage};
 
     /// A ledger whose records fail with the given errors, in order, then succeed.
@@ -242,11 +242,16 @@ mod tests {
             &self,
             _: ReportKey<'_>,
             _: Limits,
-            _: Nanos,
+            _: HoldSpec,
         ) -> Result<Reservation, LedgerError> {
             unreachable!()
         }
-        async fn release(&self, _: ReportKey<'_>, _: Nanos, _: Nanos) -> Result<(), LedgerError> {
+        async fn release(
+            &self,
+            _: ReportKey<'_>,
+            _: HeldCost,
+            _: Nanos,
+        ) -> Result<(), LedgerError> {
             unreachable!()
         }
         async fn usage(&self, _: ReportKey<'_>) -> Result<ReportUsage, LedgerError> {
@@ -284,7 +289,10 @@ mod tests {
             usage: TokenUsage::reported(3, 4),
             cost: Some(Nanos(10)),
             all_cloud: Some(Nanos(10)),
-            release: Nanos(100),
+            release: HeldCost {
+                id: 9,
+                amount: Nanos(100),
+            },
         }
     }
 

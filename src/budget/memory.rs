@@ -28,8 +28,8 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::{
-    CallRecord, Ledger, LedgerError, Limits, ReportBudget, ReportKey, ReportUsage, Reservation,
-    utc_day,
+    CallRecord, HeldCost, HoldSpec, Ledger, LedgerError, Limits, ReportBudget, ReportKey,
+    ReportUsage, Reservation, utc_day,
 };
 use crate::domain::Nanos;
 
@@ -43,10 +43,46 @@ const SHARDS: usize = 256;
 /// One shard: report id → entry.
 type Shard = Mutex<HashMap<Box<str>, Entry>>;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Entry {
     usage: ReportUsage,
     last_used: Instant,
+    /// The cost holds of calls in flight (usually none or one): id, amount, expiry.
+    holds: Vec<(u64, Nanos, Instant)>,
+}
+
+impl Entry {
+    /// Settles every hold past its expiry as an abandoned charge ([`ReportUsage::expire`]).
+    fn settle_expired(&mut self, now: Instant) {
+        let usage = &mut self.usage;
+        self.holds.retain(|&(_, amount, expires)| {
+            let live = expires > now;
+            if !live {
+                usage.expire(amount);
+            }
+            live
+        });
+    }
+
+    /// Ends hold `held`: still live, it leaves `held`; already expired (and charged in full),
+    /// its charge is taken back for the owner's own to replace it.
+    fn end_hold(&mut self, held: HeldCost) {
+        if held.amount == Nanos::ZERO {
+            return;
+        }
+        match self.holds.iter().position(|&(id, _, _)| id == held.id) {
+            Some(i) => {
+                self.holds.swap_remove(i);
+                self.usage.held = self.usage.held.saturating_sub(held.amount);
+            }
+            None => self.usage.unexpire(held.amount),
+        }
+    }
+
+    /// Whether a call may still settle a hold here: the entry must not be forgotten.
+    fn holds_live(&self, now: Instant) -> bool {
+        self.holds.iter().any(|&(_, _, expires)| expires > now)
+    }
 }
 
 /// A client's cloud requests on one UTC day.
@@ -130,7 +166,7 @@ impl MemoryLedger {
         &self,
         report_id: &str,
         now: Instant,
-        f: impl FnOnce(&mut ReportUsage) -> T,
+        f: impl FnOnce(&mut Entry) -> T,
     ) -> Result<T, LedgerError> {
         let mut shard = self.shard(report_id);
         let entry = match shard.get_mut(report_id) {
@@ -140,18 +176,18 @@ impl MemoryLedger {
                 shard.entry(report_id.into()).or_insert(Entry {
                     usage: ReportUsage::default(),
                     last_used: now,
+                    holds: Vec::new(),
                 })
             }
         };
+        entry.settle_expired(now);
         // An expired entry starts over — unless calls still hold part of its cost cap: their
         // releases must find their holds (else other calls' holds would be under-counted).
-        if now.saturating_duration_since(entry.last_used) > self.ttl
-            && entry.usage.held == Nanos::ZERO
-        {
+        if now.saturating_duration_since(entry.last_used) > self.ttl && entry.holds.is_empty() {
             entry.usage = ReportUsage::default();
         }
         entry.last_used = now;
-        Ok(f(&mut entry.usage))
+        Ok(f(entry))
     }
 
     /// Synchronous reservation of a report of no particular client.
@@ -159,7 +195,7 @@ impl MemoryLedger {
         self.reserve_at(
             ReportKey::anonymous(report_id),
             Limits::report(limit),
-            Nanos::ZERO,
+            HoldSpec::NONE,
             Instant::now(),
             utc_day(),
         )
@@ -171,11 +207,13 @@ impl MemoryLedger {
         &self,
         key: ReportKey<'_>,
         limits: Limits,
-        hold: Nanos,
+        spec: HoldSpec,
         now: Instant,
         day: u64,
     ) -> Result<Reservation, LedgerError> {
-        self.with_entry(&scoped(key), now, |u| {
+        let hold = spec.amount;
+        self.with_entry(&scoped(key), now, |entry| {
+            let u = &mut entry.usage;
             if u.exhausted || u.cloud_calls_used >= limits.report {
                 let newly = !u.exhausted;
                 u.exhausted = true;
@@ -210,11 +248,44 @@ impl MemoryLedger {
             }
             u.cloud_calls_used += 1;
             u.held = u.held.saturating_add(hold);
-            Reservation::Granted {
+            let granted = Reservation::Granted {
                 used: u.cloud_calls_used,
                 cost: u.cloud_cost,
                 held: u.held,
+            };
+            if hold > Nanos::ZERO {
+                let expires = now.checked_add(spec.ttl).unwrap_or(now + self.ttl);
+                entry.holds.push((spec.id, hold, expires));
             }
+            granted
+        })
+    }
+
+    /// [`Ledger::release`] as of `now`.
+    fn release_at(
+        &self,
+        key: ReportKey<'_>,
+        hold: HeldCost,
+        charge: Nanos,
+        now: Instant,
+    ) -> Result<(), LedgerError> {
+        self.with_entry(&scoped(key), now, |e| {
+            e.end_hold(hold);
+            e.usage.release(Nanos::ZERO, charge);
+        })
+    }
+
+    /// [`Ledger::record`] as of `now`.
+    fn record_at(
+        &self,
+        key: ReportKey<'_>,
+        call: &CallRecord,
+        now: Instant,
+    ) -> Result<ReportBudget, LedgerError> {
+        self.with_entry(&scoped(key), now, |e| {
+            e.end_hold(call.release);
+            e.usage.apply(call);
+            e.usage.budget()
         })
     }
 
@@ -226,13 +297,15 @@ impl MemoryLedger {
         self.days().get(client).map_or(0, |c| c.used_on(day))
     }
 
+    /// The report's usage as of `now`, expired holds settled (a read does not refresh the TTL).
     fn usage_at(&self, report_id: &str, now: Instant) -> ReportUsage {
-        let shard = self.shard(report_id);
-        match shard.get(report_id) {
+        let mut shard = self.shard(report_id);
+        match shard.get_mut(report_id) {
             Some(e)
                 if now.saturating_duration_since(e.last_used) <= self.ttl
-                    || e.usage.held > Nanos::ZERO =>
+                    || !e.holds.is_empty() =>
             {
+                e.settle_expired(now);
                 e.usage
             }
             _ => ReportUsage::default(),
@@ -250,7 +323,7 @@ impl MemoryLedger {
         let mut map = self.shards[index].lock().unwrap_or_else(|p| p.into_inner());
         let before = map.len();
         map.retain(|_, e| {
-            now.saturating_duration_since(e.last_used) <= self.ttl || e.usage.held > Nanos::ZERO
+            now.saturating_duration_since(e.last_used) <= self.ttl || e.holds_live(now)
         });
         let removed = before - map.len();
         // Under the lock, so the count never lags behind the entries that really exist.
@@ -304,7 +377,7 @@ impl Ledger for MemoryLedger {
         &self,
         key: ReportKey<'_>,
         limits: Limits,
-        hold: Nanos,
+        hold: HoldSpec,
     ) -> Result<Reservation, LedgerError> {
         self.reserve_at(key, limits, hold, Instant::now(), utc_day())
     }
@@ -312,10 +385,10 @@ impl Ledger for MemoryLedger {
     async fn release(
         &self,
         key: ReportKey<'_>,
-        hold: Nanos,
+        hold: HeldCost,
         charge: Nanos,
     ) -> Result<(), LedgerError> {
-        self.with_entry(&scoped(key), Instant::now(), |u| u.release(hold, charge))
+        self.release_at(key, hold, charge, Instant::now())
     }
 
     async fn usage(&self, key: ReportKey<'_>) -> Result<ReportUsage, LedgerError> {
@@ -327,10 +400,7 @@ impl Ledger for MemoryLedger {
         key: ReportKey<'_>,
         call: CallRecord,
     ) -> Result<ReportBudget, LedgerError> {
-        self.with_entry(&scoped(key), Instant::now(), |u| {
-            u.apply(&call);
-            u.budget()
-        })
+        self.record_at(key, &call, Instant::now())
     }
 
     async fn client_day_used(&self, client: &str) -> Result<u32, LedgerError> {
@@ -353,7 +423,7 @@ impl Ledger for MemoryLedger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::budget::PhaseTierUsage;
+    use crate::budget::{HeldCost, HoldSpec, PhaseTierUsage};
     use crate::domain::{Phase, Tier, TokenUsage};
 
     #[test]
@@ -451,7 +521,10 @@ mod tests {
         // Once the sweep frees a slot, new reports are welcome again.
         let later = Instant::now() + Duration::from_secs(11);
         assert_eq!(ledger.sweep(later), 2);
-        assert_eq!(ledger.with_entry("c", later, |u| u.cloud_calls_used), Ok(0));
+        assert_eq!(
+            ledger.with_entry("c", later, |e| e.usage.cloud_calls_used),
+            Ok(0)
+        );
         assert_eq!(ledger.len(), 1);
     }
 
@@ -485,15 +558,15 @@ mod tests {
         let ledger = MemoryLedger::new(Duration::from_secs(60));
         let (now, day) = (Instant::now(), 20_000);
         let limits = Limits::report(1);
-        let a = ledger.reserve_at(of("a", "q3"), limits, Nanos::ZERO, now, day);
-        let b = ledger.reserve_at(of("b", "q3"), limits, Nanos::ZERO, now, day);
+        let a = ledger.reserve_at(of("a", "q3"), limits, HoldSpec::NONE, now, day);
+        let b = ledger.reserve_at(of("b", "q3"), limits, HoldSpec::NONE, now, day);
         let anonymous =
-            ledger.reserve_at(ReportKey::anonymous("q3"), limits, Nanos::ZERO, now, day);
+            ledger.reserve_at(ReportKey::anonymous("q3"), limits, HoldSpec::NONE, now, day);
         for r in [a, b, anonymous] {
             assert_eq!(r, Ok(Reservation::granted(1)));
         }
         assert!(matches!(
-            ledger.reserve_at(of("a", "q3"), limits, Nanos::ZERO, now, day),
+            ledger.reserve_at(of("a", "q3"), limits, HoldSpec::NONE, now, day),
             Ok(Reservation::Refused { used: 1, .. })
         ));
         assert_eq!(
@@ -517,40 +590,40 @@ mod tests {
         // Report r1 takes 2 units of the day, then is refused without touching the day.
         for used in 1..=2 {
             assert_eq!(
-                ledger.reserve_at(of("c", "r1"), limits, Nanos::ZERO, now, day),
+                ledger.reserve_at(of("c", "r1"), limits, HoldSpec::NONE, now, day),
                 Ok(Reservation::granted(used))
             );
         }
         assert!(matches!(
-            ledger.reserve_at(of("c", "r1"), limits, Nanos::ZERO, now, day),
+            ledger.reserve_at(of("c", "r1"), limits, HoldSpec::NONE, now, day),
             Ok(Reservation::Refused { .. })
         ));
         assert_eq!(ledger.day_used("c", day), 2);
         // Report r2 takes the last unit of the day; then the quota refuses without a unit of r2.
         assert_eq!(
-            ledger.reserve_at(of("c", "r2"), limits, Nanos::ZERO, now, day),
+            ledger.reserve_at(of("c", "r2"), limits, HoldSpec::NONE, now, day),
             Ok(Reservation::granted(1))
         );
         assert_eq!(
-            ledger.reserve_at(of("c", "r2"), limits, Nanos::ZERO, now, day),
+            ledger.reserve_at(of("c", "r2"), limits, HoldSpec::NONE, now, day),
             Ok(Reservation::DayQuotaSpent { used: 3, limit: 3 })
         );
         let r2 = ledger.usage_at(&scoped(of("c", "r2")), now);
         assert_eq!((r2.cloud_calls_used, r2.exhausted), (1, false));
         // Another client's day is its own; the next UTC day starts from zero.
         assert_eq!(
-            ledger.reserve_at(of("d", "r2"), limits, Nanos::ZERO, now, day),
+            ledger.reserve_at(of("d", "r2"), limits, HoldSpec::NONE, now, day),
             Ok(Reservation::granted(1))
         );
         assert_eq!(
-            ledger.reserve_at(of("c", "r2"), limits, Nanos::ZERO, now, day + 1),
+            ledger.reserve_at(of("c", "r2"), limits, HoldSpec::NONE, now, day + 1),
             Ok(Reservation::granted(2))
         );
         assert_eq!(ledger.day_used("c", day + 1), 1);
         // A reservation that read the old day just before midnight, but got the lock after
         // the new day began, counts in the new day and leaves its count intact.
         assert_eq!(
-            ledger.reserve_at(of("c", "r3"), limits, Nanos::ZERO, now, day),
+            ledger.reserve_at(of("c", "r3"), limits, HoldSpec::NONE, now, day),
             Ok(Reservation::granted(1))
         );
         assert_eq!(ledger.day_used("c", day + 1), 2);
@@ -575,7 +648,7 @@ mod tests {
                                 l.reserve_at(
                                     of("c", &report),
                                     limits,
-                                    Nanos::ZERO,
+                                    HoldSpec::NONE,
                                     Instant::now(),
                                     1
                                 ),
@@ -603,10 +676,11 @@ mod tests {
             usage: TokenUsage::reported(10, 5),
             cost,
             all_cloud: Some(Nanos(100)),
-            release: Nanos::ZERO,
+            release: HeldCost::NONE,
         };
         ledger
-            .with_entry("r", Instant::now(), |u| {
+            .with_entry("r", Instant::now(), |e| {
+                let u = &mut e.usage;
                 u.apply(&call(
                     Tier::Primary,
                     false,
@@ -652,43 +726,35 @@ mod tests {
             cost_cap: Some(Nanos(1_000)),
         };
         let key = ReportKey::anonymous("capped");
-        let reserve = |hold| ledger.reserve_at(key, limits, Nanos(hold), now, day);
+        let reserve = |id, amount| ledger.reserve_at(key, limits, hold(id, amount), now, day);
         assert!(matches!(
-            reserve(400),
+            reserve(1, 400),
             Ok(Reservation::Granted { used: 1, .. })
         ));
         assert!(matches!(
-            reserve(400),
+            reserve(2, 400),
             Ok(Reservation::Granted { used: 2, .. })
         ));
         // 800 held: another 400 does not fit (nothing taken, the report not marked), 200 does.
         let usage = ledger.usage_at("capped", now);
         assert_eq!((usage.held, usage.cloud_cost), (Nanos(800), Nanos::ZERO));
         assert!(!usage.is_spent(limits));
-        assert_eq!(reserve(400), Ok(Reservation::NoRoomUnderCap { used: 2 }));
+        assert_eq!(reserve(9, 400), Ok(Reservation::NoRoomUnderCap { used: 2 }));
         assert!(!ledger.usage_at("capped", now).exhausted);
         assert!(matches!(
-            reserve(200),
+            reserve(3, 200),
             Ok(Reservation::Granted { used: 3, .. })
         ));
-        assert_eq!(reserve(1), Ok(Reservation::NoRoomUnderCap { used: 3 }));
-        // Settling: one answered for 150, one failed (charged 0).
+        assert_eq!(reserve(9, 1), Ok(Reservation::NoRoomUnderCap { used: 3 }));
+        // Settling: one answered for 150, one failed (charged 0), one dropped (charged in full).
         ledger
-            .with_entry("capped", now, |u| {
-                u.apply(&CallRecord {
-                    id: 1,
-                    tier: Tier::Primary,
-                    fell_back: false,
-                    cloud: true,
-                    phase: Phase::Refine,
-                    usage: TokenUsage::reported(10, 10),
-                    cost: Some(Nanos(150)),
-                    all_cloud: Some(Nanos(150)),
-                    release: Nanos(400),
-                });
-                u.release(Nanos(400), Nanos::ZERO);
-                u.release(Nanos(200), Nanos(200));
-            })
+            .record_at(key, &answered(held(1, 400), 150), now)
+            .unwrap();
+        ledger
+            .release_at(key, held(2, 400), Nanos::ZERO, now)
+            .unwrap();
+        ledger
+            .release_at(key, held(3, 200), Nanos(200), now)
             .unwrap();
         let usage = ledger.usage_at("capped", now);
         assert_eq!((usage.held, usage.cloud_cost), (Nanos::ZERO, Nanos(350)));
@@ -718,9 +784,15 @@ mod tests {
         };
         let start = Instant::now();
         let later = start + Duration::from_secs(120);
-        for (report, hold) in [("held", 600), ("idle", 0)] {
+        for (report, amount) in [("held", 600), ("idle", 0)] {
             ledger
-                .reserve_at(ReportKey::anonymous(report), limits, Nanos(hold), start, 1)
+                .reserve_at(
+                    ReportKey::anonymous(report),
+                    limits,
+                    hold(1, amount),
+                    start,
+                    1,
+                )
                 .unwrap();
         }
         assert_eq!(
@@ -731,8 +803,95 @@ mod tests {
         assert_eq!(ledger.usage_at("held", later).held, Nanos(600));
         // A new call on the old entry still sees the hold: 600 + 600 > 1000.
         assert_eq!(
-            ledger.reserve_at(ReportKey::anonymous("held"), limits, Nanos(600), later, 1),
+            ledger.reserve_at(ReportKey::anonymous("held"), limits, hold(2, 600), later, 1),
             Ok(Reservation::NoRoomUnderCap { used: 1 })
         );
+    }
+
+    /// A hold of `amount` with id `id`, living an hour.
+    fn hold(id: u64, amount: u64) -> HoldSpec {
+        HoldSpec {
+            id,
+            amount: Nanos(amount),
+            ttl: Duration::from_secs(3600),
+        }
+    }
+
+    fn held(id: u64, amount: u64) -> HeldCost {
+        HeldCost {
+            id,
+            amount: Nanos(amount),
+        }
+    }
+
+    /// An answered cloud call costing `cost`, settling `release`.
+    fn answered(release: HeldCost, cost: u64) -> CallRecord {
+        CallRecord {
+            id: release.id,
+            tier: Tier::Primary,
+            fell_back: false,
+            cloud: true,
+            phase: Phase::Refine,
+            usage: TokenUsage::reported(10, 10),
+            cost: Some(Nanos(cost)),
+            all_cloud: Some(Nanos(cost)),
+            release,
+        }
+    }
+
+    /// A hold whose call never settles it (its replica died) is settled at its expiry — by the
+    /// next reservation or read — as an abandoned charge of its full amount, so the report's
+    /// holds are what live calls hold; a late record or release corrects the charge; and an
+    /// idle report whose holds all expired can be forgotten.
+    #[test]
+    fn an_expired_hold_is_charged_as_abandoned_and_a_late_settling_corrects_it() {
+        let ledger = MemoryLedger::new(Duration::from_secs(60));
+        let limits = Limits {
+            report: 100,
+            client_day: None,
+            cost_cap: Some(Nanos(1_000)),
+        };
+        let key = ReportKey::anonymous("orphaned");
+        let start = Instant::now();
+        let short = |id, amount| HoldSpec {
+            ttl: Duration::from_secs(10),
+            ..hold(id, amount)
+        };
+        ledger
+            .reserve_at(key, limits, short(1, 600), start, 1)
+            .unwrap();
+        ledger
+            .reserve_at(key, limits, short(2, 300), start, 1)
+            .unwrap();
+        let before = ledger.usage_at("orphaned", start + Duration::from_secs(9));
+        assert_eq!((before.held, before.cloud_cost), (Nanos(900), Nanos::ZERO));
+        let after = start + Duration::from_secs(11);
+        let u = ledger.usage_at("orphaned", after);
+        assert_eq!(
+            (u.held, u.cloud_cost, u.abandoned),
+            (Nanos::ZERO, Nanos(900), Nanos(900))
+        );
+        // The cap counts them as spent: 900 + 200 > 1000, 100 fits.
+        assert_eq!(
+            ledger.reserve_at(key, limits, hold(3, 200), after, 1),
+            Ok(Reservation::NoRoomUnderCap { used: 2 })
+        );
+        // The first call's record arrives late: its real cost (150) replaces the 600 charged.
+        ledger
+            .record_at(key, &answered(held(1, 600), 150), after)
+            .unwrap();
+        let u = ledger.usage_at("orphaned", after);
+        assert_eq!(
+            (u.held, u.cloud_cost, u.abandoned),
+            (Nanos::ZERO, Nanos(450), Nanos(300))
+        );
+        // The second's release says the upstream cannot have billed it: nothing is charged.
+        ledger
+            .release_at(key, held(2, 300), Nanos::ZERO, after)
+            .unwrap();
+        let u = ledger.usage_at("orphaned", after);
+        assert_eq!((u.cloud_cost, u.abandoned), (Nanos(150), Nanos::ZERO));
+        // Idle past the report TTL with no live hold: forgotten.
+        assert_eq!(ledger.sweep(after + Duration::from_secs(120)), 1);
     }
 }

@@ -20,6 +20,13 @@
 //! cloud cost never exceeds its cap. Every answered call also adds its tokens and cost to the
 //! report's per-phase breakdown ([`PhaseTierUsage`]).
 //!
+//! A hold also carries its own expiry ([`HoldSpec::ttl`]: the attempt's deadline plus
+//! `VRA_HOLD_GRACE_MS`). One whose owner died — a replica killed mid-call — is settled by the
+//! report's next reservation or read as an abandoned charge of its worst case (the policy of a
+//! call dropped mid-way: the upstream may have billed it), so the report's holds go back to what
+//! live calls hold instead of shrinking its room until the report expires. A late release or
+//! record of an expired hold corrects that charge to the real one.
+//!
 //! Two backends: [`memory::MemoryLedger`] (one process) and [`redis::RedisLedger`] (shared by
 //! replicas). A new backend implements the trait and is chosen in [`build`].
 
@@ -50,6 +57,43 @@ impl<'a> ReportKey<'a> {
             client: None,
             report,
         }
+    }
+}
+
+/// The cost hold a reservation takes: its id (random, one per attempt), its amount (the
+/// attempt's worst case; zero for none) and how long it lives unless released or settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldSpec {
+    pub id: u64,
+    pub amount: Nanos,
+    pub ttl: Duration,
+}
+
+impl HoldSpec {
+    /// No hold (no cost cap, or a free attempt).
+    pub const NONE: HoldSpec = HoldSpec {
+        id: 0,
+        amount: Nanos::ZERO,
+        ttl: Duration::ZERO,
+    };
+}
+
+/// A hold as its release or record names it: the id and amount its reservation took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HeldCost {
+    pub id: u64,
+    pub amount: Nanos,
+}
+
+impl HeldCost {
+    pub const NONE: HeldCost = HeldCost {
+        id: 0,
+        amount: Nanos::ZERO,
+    };
+
+    /// The member naming this hold in a ledger's set of live holds: `{id:016x}:{amount}`.
+    pub fn member(&self) -> String {
+        format!("{:016x}:{}", self.id, self.amount.0)
     }
 }
 
@@ -255,7 +299,6 @@ impl ReportUsage {
         self.all_cloud = self
             .all_cloud
             .saturating_add(call.all_cloud.unwrap_or_default());
-        self.held = self.held.saturating_sub(call.release);
         self.cell_mut(call.phase, call.tier).add(call);
     }
 
@@ -268,9 +311,28 @@ impl ReportUsage {
         &mut self.phases[phase.index()][tier.index()]
     }
 
-    /// Releases a hold and charges `charge` to the cloud cost (see [`Ledger::release`]).
+    /// Releases a live hold and charges `charge` to the cloud cost (see [`Ledger::release`]).
     pub fn release(&mut self, hold: Nanos, charge: Nanos) {
         self.held = self.held.saturating_sub(hold);
+        self.charge_abandoned(charge);
+    }
+
+    /// Settles an expired hold: charged in full, as abandoned.
+    pub fn expire(&mut self, hold: Nanos) {
+        self.release(hold, hold);
+    }
+
+    /// Takes back the abandoned charge of a hold that expired before its owner released or
+    /// recorded it (the owner's own charge follows) — while the report still carries it: one
+    /// that expired meanwhile starts from zero.
+    pub fn unexpire(&mut self, hold: Nanos) {
+        if self.abandoned >= hold {
+            self.cloud_cost = self.cloud_cost.saturating_sub(hold);
+            self.abandoned = self.abandoned.saturating_sub(hold);
+        }
+    }
+
+    fn charge_abandoned(&mut self, charge: Nanos) {
         self.cloud_cost = self.cloud_cost.saturating_add(charge);
         self.abandoned = self.abandoned.saturating_add(charge);
     }
@@ -295,8 +357,9 @@ pub struct CallRecord {
     pub cost: Option<Nanos>,
     /// The same tokens priced at the primary model; `None` when that has no price.
     pub all_cloud: Option<Nanos>,
-    /// The hold the call's last attempt reserved, released by this record (0 for none).
-    pub release: Nanos,
+    /// The hold the call's last attempt reserved, released by this record
+    /// ([`HeldCost::NONE`] for none).
+    pub release: HeldCost,
 }
 
 /// The ledger could not answer; callers fail safe (no unbudgeted cloud request).
@@ -349,26 +412,28 @@ pub trait Ledger: Send + Sync + 'static {
     /// day quota) has used fewer than `limits.client_day` today, take one unit of each and
     /// hold `hold` ([`Reservation::Granted`]). A spent report is marked exhausted
     /// ([`Reservation::Refused`]); a spent day quota takes nothing
-    /// ([`Reservation::DayQuotaSpent`]). Refreshes the report's TTL either way.
+    /// ([`Reservation::DayQuotaSpent`]). Refreshes the report's TTL either way. First, holds
+    /// of the report past their expiry are settled as abandoned ([`ReportUsage::expire`]).
     async fn reserve(
         &self,
         key: ReportKey<'_>,
         limits: Limits,
-        hold: Nanos,
+        hold: HoldSpec,
     ) -> Result<Reservation, LedgerError>;
 
     /// Releases `hold` (taken by a granted reservation whose attempt produced no answer to
     /// record) and adds `charge` to the report's cloud cost and to its `abandoned` cost: 0 for
     /// an attempt the upstream cannot have billed, the whole hold for one that may have been
     /// (see [`crate::domain::ProviderError::may_have_been_billed`], and calls dropped mid-way).
+    /// A hold that already expired was charged in full: that charge becomes `charge`.
     async fn release(
         &self,
         key: ReportKey<'_>,
-        hold: Nanos,
+        hold: HeldCost,
         charge: Nanos,
     ) -> Result<(), LedgerError>;
 
-    /// The report's state, without changing it.
+    /// The report's state (expired holds settled first, as a reservation would).
     async fn usage(&self, key: ReportKey<'_>) -> Result<ReportUsage, LedgerError>;
 
     /// Adds one answered call to the report's counters and releases its hold
@@ -429,6 +494,8 @@ pub struct LedgerConfig {
     pub max_reports: usize,
     /// A report's entry is forgotten this long after its last use (`VRA_REPORT_TTL_SECS`).
     pub report_ttl: Duration,
+    /// A cost hold lives this long past its attempt's deadline (`VRA_HOLD_GRACE_MS`).
+    pub hold_grace: Duration,
 }
 
 /// Picks the backend from the configuration: Redis when `VRA_LEDGER_URL` is set. Must run

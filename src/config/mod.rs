@@ -201,6 +201,7 @@ impl Config {
             configured: s.file_pricing.clone(),
         };
         let max_cloud_cost = parse_usd(MAX_CLOUD_COST_USD, s)?;
+        let hold_grace = parse_millis(HOLD_GRACE_MS, s, 0)?;
         if max_cloud_cost.is_some() {
             // A hold must outlive its attempt in the ledger: a report entry that expired under
             // a hold in flight would forget it (the memory ledger keeps such entries anyway).
@@ -212,12 +213,13 @@ impl Config {
             ]
             .into_iter()
             .max()
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .saturating_add(hold_grace);
             if ttl <= longest {
                 return Err(ConfigError::new(
                     REPORT_TTL_SECS.var,
                     format!(
-                        "with {} it must outlast any one upstream attempt: more than {} s (VRA_STREAM_MAX_MS and the providers' timeouts)",
+                        "with {} it must outlast any one upstream attempt and its hold's grace: more than {} s (VRA_STREAM_MAX_MS, the providers' timeouts, VRA_HOLD_GRACE_MS)",
                         MAX_CLOUD_COST_USD.var,
                         longest.as_secs()
                     ),
@@ -263,6 +265,7 @@ impl Config {
                 timeout: parse_millis(LEDGER_TIMEOUT_MS, s, 1)?,
                 max_reports: parse_uint(LEDGER_MAX_REPORTS, s, 1)?,
                 report_ttl: Duration::from_secs(parse_uint(REPORT_TTL_SECS, s, 1)?),
+                hold_grace,
             },
             shutdown_grace: Duration::from_secs(30),
             security,

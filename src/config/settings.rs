@@ -48,6 +48,7 @@ settings! {
     CONNECT_TIMEOUT_MS = "VRA_CONNECT_TIMEOUT_MS", "2000", "Longest upstream connection set-up (DNS, TCP connect, TLS handshake), in milliseconds.";
     STREAM_IDLE_TIMEOUT_MS = "VRA_STREAM_IDLE_TIMEOUT_MS", "30000", "A streaming upstream silent this long is cut, in milliseconds.";
     REPORT_TTL_SECS = "VRA_REPORT_TTL_SECS", "86400", "A report's ledger entry is forgotten this long after its last use.";
+    HOLD_GRACE_MS = "VRA_HOLD_GRACE_MS", "30000", "A cost hold its call never settles (a replica killed mid-call) is charged as abandoned this long after its attempt's deadline.";
     MAX_PROMPT_BYTES = "VRA_MAX_PROMPT_BYTES", "1048576", "Larger prompts (and system prompts) are rejected.";
     LOG_FORMAT = "VRA_LOG_FORMAT", "text", "Log format: text or json (level via RUST_LOG).";
     CIRCUIT_FAILURES = "VRA_CIRCUIT_FAILURES", "5", "Consecutive failed calls that open a provider's circuit breaker; 0 disables it.";

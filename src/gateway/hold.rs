@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::budget::deferred::Pending;
-use crate::budget::{Ledger, ReportKey};
+use crate::budget::{HeldCost, Ledger, ReportKey};
 use crate::domain::Nanos;
 
 /// A granted reservation's hold on the report's cost cap. Settled by the call's record
@@ -21,24 +21,24 @@ pub(super) struct Hold {
     pending: Arc<Pending>,
     client: Option<Box<str>>,
     report: Box<str>,
-    amount: Nanos,
+    held: HeldCost,
     armed: bool,
 }
 
 impl Hold {
-    /// An armed hold of `amount` on `key`'s report.
+    /// An armed hold of `held` (its id and amount) on `key`'s report.
     pub(super) fn new(
         ledger: Arc<dyn Ledger>,
         pending: Arc<Pending>,
         key: ReportKey<'_>,
-        amount: Nanos,
+        held: HeldCost,
     ) -> Self {
         Self {
             ledger,
             pending,
             client: key.client.map(Into::into),
             report: key.report.into(),
-            amount,
+            held,
             armed: true,
         }
     }
@@ -51,26 +51,30 @@ impl Hold {
     }
 
     /// Disarms the guard, handing over what the call's record needs to settle it: the ledger,
-    /// the report's key (owned) and the amount.
-    pub(super) fn settle(mut self) -> (Arc<dyn Ledger>, Option<Box<str>>, Box<str>, Nanos) {
+    /// the report's key (owned) and the hold.
+    pub(super) fn settle(mut self) -> (Arc<dyn Ledger>, Option<Box<str>>, Box<str>, HeldCost) {
         self.armed = false;
         (
             self.ledger.clone(),
             self.client.take(),
             std::mem::take(&mut self.report),
-            self.amount,
+            self.held,
         )
     }
 
     /// The attempt failed without an answer: release the hold, charging it in full when the
     /// upstream may have billed the work anyway, else nothing. Disarmed before the ledger
-    /// answers: if this future is dropped mid-release, the hold may stay held until the report
-    /// expires — the safe direction for a cap, it can only block spending (re-sending the
-    /// release could release twice and let the report overspend).
+    /// answers: if this future is dropped mid-release, the hold stays until it expires and is
+    /// charged in full — the safe direction for a cap (re-sending the release could release
+    /// twice and let the report overspend).
     pub(super) async fn close(mut self, billed: bool) {
         self.armed = false;
-        let charge = if billed { self.amount } else { Nanos::ZERO };
-        if let Err(e) = self.ledger.release(self.key(), self.amount, charge).await {
+        let charge = if billed {
+            self.held.amount
+        } else {
+            Nanos::ZERO
+        };
+        if let Err(e) = self.ledger.release(self.key(), self.held, charge).await {
             tracing::warn!(
                 "could not release a cost hold of report: {e}; it expires with the report"
             );
@@ -88,18 +92,18 @@ impl Drop for Hold {
         };
         // Counted before the task starts: a read or a shutdown right after the drop waits.
         let tracked = self.pending.track(self.key());
-        let (ledger, client, report, amount) = (
+        let (ledger, client, report, held) = (
             self.ledger.clone(),
             self.client.take(),
             std::mem::take(&mut self.report),
-            self.amount,
+            self.held,
         );
         runtime.spawn(async move {
             let key = ReportKey {
                 client: client.as_deref(),
                 report: &report,
             };
-            if let Err(e) = ledger.release(key, amount, amount).await {
+            if let Err(e) = ledger.release(key, held, held.amount).await {
                 tracing::warn!("could not charge the cost hold of a dropped call: {e}");
             }
             drop(tracked);
@@ -113,13 +117,17 @@ mod tests {
 
     use super::*;
     use crate::budget::memory::MemoryLedger;
-    use crate::budget::{Limits, Reservation};
+    use crate::budget::{HoldSpec, Limits, Reservation};
 
     const REPORT: ReportKey<'static> = ReportKey {
         client: Some("acme"),
         report: "r1",
     };
     const AMOUNT: Nanos = Nanos(700);
+    const HELD: HeldCost = HeldCost {
+        id: 7,
+        amount: AMOUNT,
+    };
 
     /// A memory ledger with one granted reservation holding `AMOUNT` on `REPORT`.
     async fn ledger_with_a_hold() -> Arc<dyn Ledger> {
@@ -128,7 +136,12 @@ mod tests {
             cost_cap: Some(Nanos(10_000)),
             ..Limits::report(5)
         };
-        let granted = ledger.reserve(REPORT, limits, AMOUNT).await.unwrap();
+        let spec = HoldSpec {
+            id: HELD.id,
+            amount: AMOUNT,
+            ttl: Duration::from_secs(60),
+        };
+        let granted = ledger.reserve(REPORT, limits, spec).await.unwrap();
         assert!(matches!(granted, Reservation::Granted { held, .. } if held == AMOUNT));
         ledger
     }
@@ -142,7 +155,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_attempt_that_cannot_have_been_billed_releases_its_hold_uncharged() {
         let ledger = ledger_with_a_hold().await;
-        Hold::new(ledger.clone(), Arc::default(), REPORT, AMOUNT)
+        Hold::new(ledger.clone(), Arc::default(), REPORT, HELD)
             .close(false)
             .await;
         assert_eq!(
@@ -154,7 +167,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_attempt_that_may_have_been_billed_is_charged_its_whole_hold() {
         let ledger = ledger_with_a_hold().await;
-        Hold::new(ledger.clone(), Arc::default(), REPORT, AMOUNT)
+        Hold::new(ledger.clone(), Arc::default(), REPORT, HELD)
             .close(true)
             .await;
         assert_eq!(state(&ledger).await, (AMOUNT, Nanos::ZERO, AMOUNT));
@@ -164,7 +177,7 @@ mod tests {
     async fn a_dropped_hold_charges_itself_in_full_in_the_background() {
         let ledger = ledger_with_a_hold().await;
         let pending: Arc<Pending> = Arc::default();
-        drop(Hold::new(ledger.clone(), pending.clone(), REPORT, AMOUNT));
+        drop(Hold::new(ledger.clone(), pending.clone(), REPORT, HELD));
         // The charge runs as a task of its own, counted in flight until it lands: what a read
         // and a shutdown wait for.
         assert_eq!(pending.of(REPORT), 1);
@@ -176,10 +189,10 @@ mod tests {
     async fn a_settled_hold_is_disarmed_and_handed_over_whole() {
         let ledger = ledger_with_a_hold().await;
         let (_, client, report, amount) =
-            Hold::new(ledger.clone(), Arc::default(), REPORT, AMOUNT).settle();
+            Hold::new(ledger.clone(), Arc::default(), REPORT, HELD).settle();
         assert_eq!(
             (client.as_deref(), &*report, amount),
-            (Some("acme"), "r1", AMOUNT)
+            (Some("acme"), "r1", HELD)
         );
         for _ in 0..10 {
             tokio::task::yield_now().await;
@@ -195,7 +208,7 @@ mod tests {
             .unwrap();
         let hold = runtime.block_on(async {
             let ledger = ledger_with_a_hold().await;
-            Hold::new(ledger, Arc::default(), REPORT, AMOUNT)
+            Hold::new(ledger, Arc::default(), REPORT, HELD)
         });
         drop(runtime);
         drop(hold);

@@ -150,6 +150,8 @@ pub struct Gateway {
     prices: [Option<Price>; 2],
     /// `MAX_CLOUD_COST_USD`.
     cost_cap: Option<Nanos>,
+    /// `VRA_HOLD_GRACE_MS`: how long a cost hold outlives its attempt's deadline.
+    hold_grace: Duration,
     /// `VRA_MAX_OUTPUT_TOKENS`: `max_tokens` of a cloud request without one, under a cost cap.
     output_ceiling: u32,
     /// The price "all on the primary" is computed at: the primary's, when it is cloud tier
@@ -261,6 +263,7 @@ impl Gateway {
             ledger_warnings: Throttle::new(Duration::from_secs(1)),
             prices,
             cost_cap: config.max_cloud_cost,
+            hold_grace: config.ledger.hold_grace,
             output_ceiling: config.max_output_tokens,
             all_cloud_price: config
                 .primary

@@ -5,7 +5,9 @@
 use tracing::Span;
 
 use crate::budget::deferred;
-use crate::budget::{CallRecord, LedgerError, Limits, ReportBudget, ReportKey, ReportUsage};
+use crate::budget::{
+    CallRecord, HeldCost, LedgerError, Limits, ReportBudget, ReportKey, ReportUsage,
+};
 use crate::domain::{BudgetInfo, Nanos, RouteInfo, TokenUsage};
 use crate::telemetry;
 
@@ -32,7 +34,7 @@ impl Gateway {
             usage,
             cost,
             all_cloud,
-            release: Nanos::ZERO,
+            release: HeldCost::NONE,
         };
         let metrics = &self.tier_metrics[route.tier.index()];
         metrics.tokens(usage);
@@ -50,16 +52,16 @@ impl Gateway {
         {
             let (client, report, release) = match hold {
                 Some(hold) => {
-                    let (_, client, report, amount) = hold.settle();
-                    (client, report, amount)
+                    let (_, client, report, held) = hold.settle();
+                    (client, report, held)
                 }
                 None => (
                     state.key.client.map(Into::into),
                     state.key.report.into(),
-                    Nanos::ZERO,
+                    HeldCost::NONE,
                 ),
             };
-            let after = settled(granted, cost, release);
+            let after = settled(granted, cost, release.amount);
             let metrics = self.metrics.clone();
             let record = CallRecord { release, ..record };
             deferred::record_in_background(
@@ -73,8 +75,8 @@ impl Gateway {
                     tracing::warn!(
                         "could not record usage of a call after its response ({} tries): {e}; the report's counters miss it unless a copy still lands (once){}",
                         1 + deferred::RETRIES,
-                        if release > Nanos::ZERO {
-                            " and its cost hold stays held until the report expires"
+                        if release.amount > Nanos::ZERO {
+                            " and its cost hold is charged in full when it expires"
                         } else {
                             ""
                         }
@@ -174,7 +176,7 @@ mod tests {
 
     use super::*;
     use crate::budget::memory::MemoryLedger;
-    use crate::budget::{Ledger, Reservation};
+    use crate::budget::{HoldSpec, Ledger, Reservation};
     use crate::config::{Config, Sources};
     use crate::domain::{ChatMessage, Phase, Role, Rule, SectionType, Tier};
     use crate::gateway::{CallState, GenerateInput};
@@ -237,14 +239,14 @@ mod tests {
             &self,
             key: ReportKey<'_>,
             limits: Limits,
-            hold: Nanos,
+            hold: HoldSpec,
         ) -> Result<Reservation, LedgerError> {
             self.inner.reserve(key, limits, hold).await
         }
         async fn release(
             &self,
             key: ReportKey<'_>,
-            hold: Nanos,
+            hold: HeldCost,
             charge: Nanos,
         ) -> Result<(), LedgerError> {
             self.inner.release(key, hold, charge).await
@@ -319,11 +321,20 @@ mod tests {
     }
 
     const HOLD: Nanos = Nanos(5_000);
+    const HELD: HeldCost = HeldCost {
+        id: 42,
+        amount: HOLD,
+    };
 
     /// Reserves a unit holding `HOLD`, as the tier loop does before a cloud attempt.
     async fn reserve(gateway: &Gateway, state: &mut CallState<'_>) -> Hold {
+        let spec = HoldSpec {
+            id: HELD.id,
+            amount: HOLD,
+            ttl: Duration::from_secs(60),
+        };
         let Ok(Reservation::Granted { used, cost, held }) =
-            gateway.ledger.reserve(state.key, state.limits, HOLD).await
+            gateway.ledger.reserve(state.key, state.limits, spec).await
         else {
             panic!("the reservation is granted");
         };
@@ -338,7 +349,7 @@ mod tests {
             gateway.ledger.clone(),
             gateway.pending.clone(),
             state.key,
-            HOLD,
+            HELD,
         )
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant as StdInstant};
 use futures_util::future::BoxFuture;
 use tracing::{Instrument, Span};
 
-use crate::budget::{ReportBudget, Reservation};
+use crate::budget::{HeldCost, HoldSpec, ReportBudget, Reservation};
 use crate::cost;
 use crate::domain::{FallbackReason, Nanos, ProviderError, ProviderFailure, QuotaInfo, Tier};
 use crate::error::GatewayError;
@@ -290,8 +290,18 @@ impl Gateway {
             return Budgeted::Go(None);
         }
         let hold = match self.cost_cap {
-            Some(_) => self.worst_case(tier, state, request),
-            None => Nanos::ZERO,
+            Some(_) => HoldSpec {
+                id: rand::random(),
+                amount: self.worst_case(tier, state, request),
+                // The attempt ends by the call's deadline (a stream's includes its cap), else
+                // by the provider's timeout; the hold lives the grace beyond.
+                ttl: state
+                    .deadline
+                    .remaining()
+                    .unwrap_or(config.timeout)
+                    .saturating_add(self.hold_grace),
+            },
+            None => HoldSpec::NONE,
         };
         let reservation = self.ledger.reserve(state.key, state.limits, hold).await;
         if let (Some(client), Ok(r)) = (state.key.client, &reservation) {
@@ -307,8 +317,13 @@ impl Gateway {
                     held,
                 });
                 self.tier_metrics[tier.index()].budget_reserved();
-                let hold = (hold > Nanos::ZERO)
-                    .then(|| Hold::new(self.ledger.clone(), self.pending.clone(), state.key, hold));
+                let hold = (hold.amount > Nanos::ZERO).then(|| {
+                    let held = HeldCost {
+                        id: hold.id,
+                        amount: hold.amount,
+                    };
+                    Hold::new(self.ledger.clone(), self.pending.clone(), state.key, held)
+                });
                 Budgeted::Go(hold)
             }
             Ok(Reservation::Refused { used, newly }) => {

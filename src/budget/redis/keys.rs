@@ -1,12 +1,13 @@
 //! Where the Redis ledger keeps a report: the names of its keys.
 //!
-//! Three kinds of key, all under `VRA_LEDGER_PREFIX`: a report's hash, a client's day-quota
-//! hash, and the short-lived marker of one record (see the record script). A script touches
-//! at most a report and its quota, or a report and a marker.
+//! Four kinds of key, all under `VRA_LEDGER_PREFIX`: a report's hash, the sorted set of its live
+//! cost holds (by expiry), a client's day-quota hash, and the short-lived marker of one record
+//! (see the record script). A script touches a report, its holds, and its quota or a marker.
 //!
-//! **One node** (`redis://`): `{prefix}[{client}/]report:{report}`, `{prefix}{client}/quota`,
-//! `{prefix}[{client}/]record:{id:016x}` — the layout every earlier version wrote, kept so that
-//! an upgrade does not orphan the budgets of reports in progress.
+//! **One node** (`redis://`): `{prefix}[{client}/]report:{report}`,
+//! `{prefix}[{client}/]holds:{report}`, `{prefix}{client}/quota`,
+//! `{prefix}[{client}/]record:{id:016x}` — the layout earlier versions wrote, kept so that an
+//! upgrade does not orphan the budgets of reports in progress.
 //!
 //! **A cluster** (`redis+cluster://`): every key one script touches must hash to one slot, so
 //! each key carries a hash tag (the part between the first `{` and the next `}`):
@@ -15,7 +16,8 @@
 //!   `{prefix}{acme}/quota`, `{prefix}{acme}/record:{id}` — a client's reports and its day
 //!   quota live together, so one reservation checks both atomically. The price: all of one
 //!   client's traffic lands on one shard (see docs/operations.md for the numbers).
-//! - without clients, the report: `{prefix}report:{=report}`, `{prefix}record:{=report}:{id}`.
+//! - without clients, the report: `{prefix}report:{=report}`, `{prefix}holds:{=report}`,
+//!   `{prefix}record:{=report}:{id}`.
 //!   The `=` keeps the tag non-empty whatever the report id (an id starting with `}` would
 //!   otherwise make an empty tag, and Redis would hash the whole key — two keys of one report
 //!   on two slots). An id holding a `}` ends the tag early, the same way in both keys, so they
@@ -47,6 +49,14 @@ impl Keys {
         match (self.tagged, key.client) {
             (true, None) => self.join(&["report:{=", key.report, "}"]),
             (_, client) => self.scoped(client, &["report:", key.report]),
+        }
+    }
+
+    /// The sorted set of the report's live cost holds.
+    pub fn holds(&self, key: ReportKey<'_>) -> Vec<u8> {
+        match (self.tagged, key.client) {
+            (true, None) => self.join(&["holds:{=", key.report, "}"]),
+            (_, client) => self.scoped(client, &["holds:", key.report]),
         }
     }
 
@@ -120,6 +130,7 @@ mod tests {
         assert_eq!(keys.report(key(None, "q3")), b"vra:report:q3");
         assert_eq!(keys.report(key(Some("acme"), "q3")), b"vra:acme/report:q3");
         assert_eq!(keys.quota("acme"), b"vra:acme/quota");
+        assert_eq!(keys.holds(key(None, "q3")), b"vra:holds:q3");
         assert_eq!(
             keys.marker(key(None, "q3"), 255),
             b"vra:record:00000000000000ff"
@@ -167,6 +178,8 @@ mod tests {
             prop_assert!(!tag.is_empty());
             let marker = keys.marker(k, id);
             prop_assert_eq!(hash_tag(&marker), &tag[..]);
+            let holds = keys.holds(k);
+            prop_assert_eq!(hash_tag(&holds), &tag[..]);
             if let Some(client) = &client {
                 let quota = keys.quota(client);
                 prop_assert_eq!(hash_tag(&quota), &tag[..]);

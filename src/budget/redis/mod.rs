@@ -37,20 +37,51 @@ use connection::{Conn, NodeFacts, Target};
 use keys::Keys;
 
 use super::{
-    CallRecord, Ledger, LedgerError, Limits, ReportBudget, ReportKey, ReportUsage, Reservation,
+    CallRecord, HeldCost, HoldSpec, Ledger, LedgerError, Limits, ReportBudget, ReportKey,
+    ReportUsage, Reservation,
 };
 use crate::domain::{Nanos, Phase, Tier};
 
-/// Check-and-increment. KEYS[1] = report hash, KEYS[2] (optional) = the client's quota hash;
-/// ARGV[1] = report limit; ARGV[2] = report TTL seconds; ARGV[3] = cost cap in nano-dollars
-/// (-1: none); ARGV[4] = the hold (nano-dollars); ARGV[5] = day limit (with KEYS[2]).
+/// Settles the report's holds past their expiry (by the Redis server's clock, one clock for
+/// every replica) as abandoned charges of their full amount: `held` down, `cloud_cost` and
+/// `abandoned` up. The holds set (a sorted set scored by expiry in ms, members
+/// `{id:016x}:{amount}`) is KEYS[2] of every script that uses it; the amount is read back from
+/// the member. Amounts stay below 2^53, so Lua's doubles sum them exactly, and
+/// `string.format('%.0f')` writes the integer Redis expects.
+const SETTLE_LUA: &str = r"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function settle(report, holds, now)
+  local expired = redis.call('ZRANGEBYSCORE', holds, '-inf', now)
+  if #expired == 0 then return end
+  local total = 0
+  for _, member in ipairs(expired) do
+    total = total + tonumber(string.match(member, ':(%d+)$'))
+  end
+  redis.call('ZREMRANGEBYSCORE', holds, '-inf', now)
+  local amount = string.format('%.0f', total)
+  redis.call('HINCRBY', report, 'held', '-' .. amount)
+  redis.call('HINCRBY', report, 'cloud_cost', amount)
+  redis.call('HINCRBY', report, 'abandoned', amount)
+end
+";
+
+/// Check-and-increment. KEYS[1] = report hash, KEYS[2] = its holds, KEYS[3] (optional) = the
+/// client's quota hash; ARGV[1] = report limit; ARGV[2] = report TTL seconds; ARGV[3] = cost
+/// cap in nano-dollars (-1: none); ARGV[4] = the hold (nano-dollars); ARGV[5] = the hold's
+/// member; ARGV[6] = the hold's life in ms; ARGV[7] = day limit (with KEYS[3]). Expired holds
+/// are settled first ([`SETTLE_LUA`]).
 /// Returns {outcome, used, cloud_cost, held}: outcome 1 = granted, 0 = refused, 2 = refused and
 /// newly exhausted, 3 = the day quota is spent (nothing taken; `used` is then the day's count),
 /// 4 = the hold does not fit under the cost cap (nothing taken, the report not marked); the
 /// settled cost and the holds (this one included) as the script leaves them. Amounts stay
 /// below 2^53 nano-dollars (the cap is at most $1,000,000), so Lua's doubles compare them
 /// exactly; the increment itself is the argument's integer string.
-const RESERVE_LUA: &str = r"
+const RESERVE_BODY: &str = r"
+local now = now_ms()
+settle(KEYS[1], KEYS[2], now)
 local state = redis.call('HMGET', KEYS[1], 'used', 'exhausted', 'cloud_cost', 'held')
 local used = tonumber(state[1] or '0')
 local was_exhausted = state[2] == '1'
@@ -68,22 +99,61 @@ if cap >= 0 and cost + held + hold > cap then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   return {4, used, 0, 0}
 end
-if KEYS[2] then
-  local today = math.floor(tonumber(redis.call('TIME')[1]) / 86400)
-  local quota = redis.call('HMGET', KEYS[2], 'day', 'used')
+if KEYS[3] then
+  local today = math.floor(now / 86400000)
+  local quota = redis.call('HMGET', KEYS[3], 'day', 'used')
   local day_used = 0
   if tonumber(quota[1] or '-1') == today then day_used = tonumber(quota[2] or '0') end
-  if day_used >= tonumber(ARGV[5]) then
+  if day_used >= tonumber(ARGV[7]) then
     redis.call('EXPIRE', KEYS[1], ARGV[2])
     return {3, day_used, 0, 0}
   end
-  redis.call('HSET', KEYS[2], 'day', today, 'used', day_used + 1)
-  redis.call('EXPIRE', KEYS[2], 172800)
+  redis.call('HSET', KEYS[3], 'day', today, 'used', day_used + 1)
+  redis.call('EXPIRE', KEYS[3], 172800)
 end
 used = redis.call('HINCRBY', KEYS[1], 'used', 1)
-if hold > 0 then held = redis.call('HINCRBY', KEYS[1], 'held', ARGV[4]) end
+if hold > 0 then
+  held = redis.call('HINCRBY', KEYS[1], 'held', ARGV[4])
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[6]), ARGV[5])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return {1, used, cost, held}
+";
+
+/// Ends hold ARGV[1] (its member ARGV[2]) of the report KEYS[1] whose holds are KEYS[2]: a live
+/// hold leaves `held`; one already settled as expired has its full charge taken back, for the
+/// owner's own to replace it — only while the report still carries that charge (a report that
+/// expired meanwhile starts from zero, and must not go below it). Shared by the release and the
+/// record scripts.
+const END_HOLD_LUA: &str = r"
+local function end_hold(report, holds, amount, member)
+  if amount == '0' then return end
+  if redis.call('ZREM', holds, member) == 1 then
+    redis.call('HINCRBY', report, 'held', '-' .. amount)
+  elseif tonumber(redis.call('HGET', report, 'abandoned') or '0') >= tonumber(amount) then
+    redis.call('HINCRBY', report, 'cloud_cost', '-' .. amount)
+    redis.call('HINCRBY', report, 'abandoned', '-' .. amount)
+  end
+end
+";
+
+/// A release without an answer to record. KEYS[1] = report hash, KEYS[2] = its holds; ARGV[1]
+/// the hold, ARGV[2] its member, ARGV[3] the charge (0 or the hold), ARGV[4] the report TTL.
+const RELEASE_BODY: &str = r"
+end_hold(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
+if ARGV[3] ~= '0' then
+  redis.call('HINCRBY', KEYS[1], 'cloud_cost', ARGV[3])
+  redis.call('HINCRBY', KEYS[1], 'abandoned', ARGV[3])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+";
+
+/// The report's hash after settling its expired holds. KEYS[1] = report hash, KEYS[2] = holds.
+const USAGE_BODY: &str = r"
+settle(KEYS[1], KEYS[2], now_ms())
+return redis.call('HGETALL', KEYS[1])
 ";
 
 /// One answered call, in one atomic step and one short reply (a `MULTI` pipeline of a dozen
@@ -98,9 +168,9 @@ return {1, used, cost, held}
 /// 10 unpriced (0/1), 11 the all-cloud cost (-1: unknown), 12 the hold released, 13 fell back
 /// (0/1), 14 the marker's lifetime in seconds, 15 whether to answer with the budget (1) or
 /// just `1` (0: a detached record, whose caller has no use for it; the four-field reply alone
-/// is a quarter of the record's instructions in the gateway). Returns the budget fields:
-/// `used`, `exhausted`, `cloud_cost`, `held`.
-const RECORD_LUA: &str = r"
+/// is a quarter of the record's instructions in the gateway), 16 the hold's member; KEYS[3] =
+/// the report's holds. Returns the budget fields: `used`, `exhausted`, `cloud_cost`, `held`.
+const RECORD_BODY: &str = r"
 local k = KEYS[1]
 local function answer()
   if ARGV[15] == '0' then return 1 end
@@ -123,7 +193,7 @@ if ARGV[9] == '1' then
 end
 if ARGV[10] == '1' then redis.call('HINCRBY', k, 'unpriced', 1) end
 if ARGV[11] ~= '-1' then redis.call('HINCRBY', k, 'all_cloud', ARGV[11]) end
-if ARGV[12] ~= '0' then redis.call('HINCRBY', k, 'held', '-' .. ARGV[12]) end
+end_hold(k, KEYS[3], ARGV[12], ARGV[16])
 if ARGV[13] == '1' then redis.call('HINCRBY', k, 'fallbacks', 1) end
 redis.call('EXPIRE', k, ARGV[1])
 return answer()
@@ -165,6 +235,8 @@ pub struct RedisLedger {
     target: Target,
     reserve: redis::Script,
     record: redis::Script,
+    release: redis::Script,
+    usage: redis::Script,
     day_used: redis::Script,
     keys: Keys,
     ttl_secs: u64,
@@ -188,8 +260,10 @@ impl RedisLedger {
             conn,
             keys: Keys::new(prefix, target.is_cluster()),
             target,
-            reserve: redis::Script::new(RESERVE_LUA),
-            record: redis::Script::new(RECORD_LUA),
+            reserve: redis::Script::new(&format!("{SETTLE_LUA}{RESERVE_BODY}")),
+            record: redis::Script::new(&format!("{END_HOLD_LUA}{RECORD_BODY}")),
+            release: redis::Script::new(&format!("{END_HOLD_LUA}{RELEASE_BODY}")),
+            usage: redis::Script::new(&format!("{SETTLE_LUA}{USAGE_BODY}")),
             day_used: redis::Script::new(DAY_USED_LUA),
             ttl_secs: ttl.as_secs().max(1),
             timeout,
@@ -202,16 +276,17 @@ impl RedisLedger {
         self.keys.report(key)
     }
 
-    /// The [`RECORD_LUA`] command of `call`; `with_budget`: answer with the report's budget.
+    /// The [`RECORD_BODY`] command of `call`; `with_budget`: answer with the report's budget.
     fn record_cmd(&self, key: ReportKey<'_>, call: &CallRecord, with_budget: bool) -> redis::Cmd {
         let tier_field = match call.tier {
             Tier::Primary => "primary",
             Tier::Secondary => "secondary",
         };
         let usage = call.usage;
-        let mut cmd = script_cmd(&self.record, 2);
+        let mut cmd = script_cmd(&self.record, 3);
         cmd.arg(self.key(key))
             .arg(self.keys.marker(key, call.id))
+            .arg(self.keys.holds(key))
             .arg(self.ttl_secs)
             .arg(tier_field)
             .arg(if call.cloud { "cloud" } else { "local" })
@@ -223,10 +298,11 @@ impl RedisLedger {
             .arg(u8::from(usage.estimated))
             .arg(u8::from(call.cost.is_none()))
             .arg(call.all_cloud.map_or(-1, signed))
-            .arg(signed(call.release))
+            .arg(signed(call.release.amount))
             .arg(u8::from(call.fell_back))
             .arg(self.marker_secs)
-            .arg(u8::from(with_budget));
+            .arg(u8::from(with_budget))
+            .arg(call.release.member());
         cmd
     }
 
@@ -301,19 +377,26 @@ impl Ledger for RedisLedger {
         &self,
         key: ReportKey<'_>,
         limits: Limits,
-        hold: Nanos,
+        hold: HoldSpec,
     ) -> Result<Reservation, LedgerError> {
         let cap = limits.cost_cap.map_or(-1, signed);
         let day_limit = key.client.zip(limits.client_day);
-        let mut cmd = script_cmd(&self.reserve, 1 + usize::from(day_limit.is_some()));
-        cmd.arg(self.key(key));
+        let mut cmd = script_cmd(&self.reserve, 2 + usize::from(day_limit.is_some()));
+        cmd.arg(self.key(key)).arg(self.keys.holds(key));
         if let Some((client, _)) = day_limit {
             cmd.arg(self.quota_key(client));
         }
+        let member = HeldCost {
+            id: hold.id,
+            amount: hold.amount,
+        }
+        .member();
         cmd.arg(limits.report)
             .arg(self.ttl_secs)
             .arg(cap)
-            .arg(hold.0);
+            .arg(hold.amount.0)
+            .arg(member)
+            .arg(u64::try_from(hold.ttl.as_millis()).unwrap_or(u64::MAX / 2));
         if let Some((_, day_limit)) = day_limit {
             cmd.arg(day_limit);
         }
@@ -337,9 +420,9 @@ impl Ledger for RedisLedger {
     }
 
     async fn usage(&self, key: ReportKey<'_>) -> Result<ReportUsage, LedgerError> {
-        let mut conn = self.conn.clone();
-        let cmd = redis::cmd("HGETALL").arg(self.key(key)).to_owned();
-        let fields: HashMap<String, i64> = self.bounded(cmd.query_async(&mut conn)).await?;
+        let mut cmd = script_cmd(&self.usage, 2);
+        cmd.arg(self.key(key)).arg(self.keys.holds(key));
+        let fields: HashMap<String, i64> = self.eval(&self.usage, &cmd).await?;
         Ok(usage_from_fields(&fields))
     }
 
@@ -352,22 +435,19 @@ impl Ledger for RedisLedger {
     async fn release(
         &self,
         key: ReportKey<'_>,
-        hold: Nanos,
+        hold: HeldCost,
         charge: Nanos,
     ) -> Result<(), LedgerError> {
-        let key = self.key(key);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hincr(&key, "held", -signed(hold))
-            .ignore()
-            .hincr(&key, CLOUD.cost, signed(charge))
-            .ignore()
-            .hincr(&key, "abandoned", signed(charge))
-            .ignore()
-            .expire(&key, self.ttl_secs as i64)
-            .ignore();
-        let mut conn = self.conn.clone();
-        self.bounded(pipe.query_async::<()>(&mut conn)).await
+        let mut cmd = script_cmd(&self.release, 2);
+        cmd.arg(self.key(key))
+            .arg(self.keys.holds(key))
+            .arg(signed(hold.amount))
+            .arg(hold.member())
+            .arg(signed(charge))
+            .arg(self.ttl_secs);
+        self.eval::<redis::Value>(&self.release, &cmd)
+            .await
+            .map(drop)
     }
 
     async fn record(
