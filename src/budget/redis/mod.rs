@@ -26,6 +26,7 @@
 pub mod connection;
 pub mod keys;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::LazyLock;
@@ -169,7 +170,7 @@ return redis.call('HGETALL', KEYS[1])
 /// (0/1), 14 the marker's lifetime in seconds, 15 whether to answer with the budget (1) or
 /// just `1` (0: a detached record, whose caller has no use for it; the four-field reply alone
 /// is a quarter of the record's instructions in the gateway), 16 the hold's member; KEYS[3] =
-/// the report's holds. Returns the budget fields: `used`, `exhausted`, `cloud_cost`, `held`.
+/// the report's holds, given only when ARGV[12] is not 0. Returns the budget fields: `used`, `exhausted`, `cloud_cost`, `held`.
 const RECORD_BODY: &str = r"
 local k = KEYS[1]
 local function answer()
@@ -283,11 +284,14 @@ impl RedisLedger {
             Tier::Secondary => "secondary",
         };
         let usage = call.usage;
-        let mut cmd = script_cmd(&self.record, 3);
-        cmd.arg(self.key(key))
-            .arg(self.keys.marker(key, call.id))
-            .arg(self.keys.holds(key))
-            .arg(self.ttl_secs)
+        // The holds set only when the record settles a hold (the script reads it only then).
+        let settles = call.release.amount > Nanos::ZERO;
+        let mut cmd = script_cmd(&self.record, 2 + usize::from(settles));
+        cmd.arg(self.key(key)).arg(self.keys.marker(key, call.id));
+        if settles {
+            cmd.arg(self.keys.holds(key));
+        }
+        cmd.arg(self.ttl_secs)
             .arg(tier_field)
             .arg(if call.cloud { "cloud" } else { "local" })
             .arg(call.phase.as_str())
@@ -302,7 +306,7 @@ impl RedisLedger {
             .arg(u8::from(call.fell_back))
             .arg(self.marker_secs)
             .arg(u8::from(with_budget))
-            .arg(call.release.member());
+            .arg(member_of(call.release));
         cmd
     }
 
@@ -386,17 +390,21 @@ impl Ledger for RedisLedger {
         if let Some((client, _)) = day_limit {
             cmd.arg(self.quota_key(client));
         }
-        let member = HeldCost {
-            id: hold.id,
-            amount: hold.amount,
-        }
-        .member();
         cmd.arg(limits.report)
             .arg(self.ttl_secs)
             .arg(cap)
-            .arg(hold.amount.0)
-            .arg(member)
-            .arg(u64::try_from(hold.ttl.as_millis()).unwrap_or(u64::MAX / 2));
+            .arg(hold.amount.0);
+        // Without a hold (no cost cap) the member and life are never read: no formatting.
+        if hold.amount > Nanos::ZERO {
+            let held = HeldCost {
+                id: hold.id,
+                amount: hold.amount,
+            };
+            cmd.arg(held.member())
+                .arg(u64::try_from(hold.ttl.as_millis()).unwrap_or(u64::MAX / 2));
+        } else {
+            cmd.arg("-").arg(0);
+        }
         if let Some((_, day_limit)) = day_limit {
             cmd.arg(day_limit);
         }
@@ -442,7 +450,7 @@ impl Ledger for RedisLedger {
         cmd.arg(self.key(key))
             .arg(self.keys.holds(key))
             .arg(signed(hold.amount))
-            .arg(hold.member())
+            .arg(member_of(hold))
             .arg(signed(charge))
             .arg(self.ttl_secs);
         self.eval::<redis::Value>(&self.release, &cmd)
@@ -511,6 +519,15 @@ impl Ledger for RedisLedger {
     /// A round trip away: a cloud call's record follows its response.
     fn defers_records(&self) -> bool {
         true
+    }
+}
+
+/// The holds-set member of `held`; `-` for no hold (never looked up: its amount is 0).
+fn member_of(held: HeldCost) -> Cow<'static, str> {
+    if held.amount > Nanos::ZERO {
+        Cow::Owned(held.member())
+    } else {
+        Cow::Borrowed("-")
     }
 }
 
