@@ -907,6 +907,22 @@ async fn an_expired_hold_is_settled_as_abandoned_and_corrected_by_a_late_record(
         ledger.reserve(key, limits, dead).await.unwrap(),
         Reservation::Granted { held, .. } if held == Nanos(600)
     ));
+    // The same reservation again (as the cluster client sends a command again after a dropped
+    // connection) takes nothing more — checked before its hold is settled.
+    let again = HoldSpec {
+        ttl: Duration::from_secs(3600),
+        ..dead
+    };
+    let twin = ReportKey::anonymous("twin");
+    ledger.reserve(twin, limits, again).await.unwrap();
+    assert_eq!(
+        ledger.reserve(twin, limits, again).await.unwrap(),
+        Reservation::Granted {
+            used: 1,
+            cost: Nanos::ZERO,
+            held: Nanos(600)
+        }
+    );
     // 600 is settled as spent first: 600 + 300 fits under 1000, and the grant shows it.
     assert_eq!(
         ledger.reserve(key, limits, live).await.unwrap(),
@@ -955,6 +971,23 @@ async fn an_expired_hold_is_settled_as_abandoned_and_corrected_by_a_late_record(
         .unwrap();
     let u = ledger.usage(key).await.unwrap();
     assert_eq!((u.held, u.cloud_cost), (Nanos::ZERO, Nanos(150)));
+    // A copy of a release changes nothing (the hold is ended already).
+    ledger
+        .release(
+            key,
+            HeldCost {
+                id: 2,
+                amount: Nanos(300),
+            },
+            Nanos(300),
+        )
+        .await
+        .unwrap();
+    let u = ledger.usage(key).await.unwrap();
+    assert_eq!(
+        (u.held, u.cloud_cost, u.abandoned),
+        (Nanos::ZERO, Nanos(150), Nanos::ZERO)
+    );
     let mut conn = redis.client().await;
     let live_holds: u64 = conn.zcard("vra:holds:orphan").await.unwrap();
     assert_eq!(live_holds, 0);

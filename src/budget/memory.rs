@@ -49,34 +49,52 @@ struct Entry {
     last_used: Instant,
     /// The cost holds of calls in flight (usually none or one): id, amount, expiry.
     holds: Vec<(u64, Nanos, Instant)>,
+    /// The ids of holds settled as expired whose owner has not been heard from since.
+    settled: Vec<u64>,
+}
+
+/// What ending a hold found ([`Entry::end_hold`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HoldEnd {
+    /// It was live: it leaves `held`.
+    Live,
+    /// It had expired and been charged in full: that charge is taken back.
+    Expired,
+    /// Nothing (no hold, or ended already): nothing changes.
+    Unknown,
 }
 
 impl Entry {
     /// Settles every hold past its expiry as an abandoned charge ([`ReportUsage::expire`]).
     fn settle_expired(&mut self, now: Instant) {
-        let usage = &mut self.usage;
-        self.holds.retain(|&(_, amount, expires)| {
+        let (usage, settled) = (&mut self.usage, &mut self.settled);
+        self.holds.retain(|&(id, amount, expires)| {
             let live = expires > now;
             if !live {
                 usage.expire(amount);
+                settled.push(id);
             }
             live
         });
     }
 
-    /// Ends hold `held`: still live, it leaves `held`; already expired (and charged in full),
-    /// its charge is taken back for the owner's own to replace it.
-    fn end_hold(&mut self, held: HeldCost) {
+    /// Ends hold `held`: still live, it leaves `held`; settled as expired (charged in full),
+    /// that charge is taken back for the owner's own to replace it; unknown, nothing changes.
+    fn end_hold(&mut self, held: HeldCost) -> HoldEnd {
         if held.amount == Nanos::ZERO {
-            return;
+            return HoldEnd::Unknown;
         }
-        match self.holds.iter().position(|&(id, _, _)| id == held.id) {
-            Some(i) => {
-                self.holds.swap_remove(i);
-                self.usage.held = self.usage.held.saturating_sub(held.amount);
-            }
-            None => self.usage.unexpire(held.amount),
+        if let Some(i) = self.holds.iter().position(|&(id, _, _)| id == held.id) {
+            self.holds.swap_remove(i);
+            self.usage.held = self.usage.held.saturating_sub(held.amount);
+            return HoldEnd::Live;
         }
+        if let Some(i) = self.settled.iter().position(|&id| id == held.id) {
+            self.settled.swap_remove(i);
+            self.usage.unexpire(held.amount);
+            return HoldEnd::Expired;
+        }
+        HoldEnd::Unknown
     }
 
     /// Whether a call may still settle a hold here: the entry must not be forgotten.
@@ -177,6 +195,7 @@ impl MemoryLedger {
                     usage: ReportUsage::default(),
                     last_used: now,
                     holds: Vec::new(),
+                    settled: Vec::new(),
                 })
             }
         };
@@ -185,6 +204,7 @@ impl MemoryLedger {
         // releases must find their holds (else other calls' holds would be under-counted).
         if now.saturating_duration_since(entry.last_used) > self.ttl && entry.holds.is_empty() {
             entry.usage = ReportUsage::default();
+            entry.settled.clear();
         }
         entry.last_used = now;
         Ok(f(entry))
@@ -270,8 +290,10 @@ impl MemoryLedger {
         now: Instant,
     ) -> Result<(), LedgerError> {
         self.with_entry(&scoped(key), now, |e| {
-            e.end_hold(hold);
-            e.usage.release(Nanos::ZERO, charge);
+            // A hold ended already is not charged again.
+            if e.end_hold(hold) != HoldEnd::Unknown {
+                e.usage.release(Nanos::ZERO, charge);
+            }
         })
     }
 
@@ -300,16 +322,16 @@ impl MemoryLedger {
     /// The report's usage as of `now`, expired holds settled (a read does not refresh the TTL).
     fn usage_at(&self, report_id: &str, now: Instant) -> ReportUsage {
         let mut shard = self.shard(report_id);
-        match shard.get_mut(report_id) {
-            Some(e)
-                if now.saturating_duration_since(e.last_used) <= self.ttl
-                    || !e.holds.is_empty() =>
-            {
-                e.settle_expired(now);
-                e.usage
-            }
-            _ => ReportUsage::default(),
+        let Some(e) = shard.get_mut(report_id) else {
+            return ReportUsage::default();
+        };
+        // Expired holds first, then the rule of `with_entry`: idle past the TTL with no hold
+        // in flight, the report is gone.
+        e.settle_expired(now);
+        if now.saturating_duration_since(e.last_used) > self.ttl && e.holds.is_empty() {
+            return ReportUsage::default();
         }
+        e.usage
     }
 
     /// Removes entries idle for longer than the TTL as of `now`; returns how many.
@@ -891,7 +913,19 @@ mod tests {
             .unwrap();
         let u = ledger.usage_at("orphaned", after);
         assert_eq!((u.cloud_cost, u.abandoned), (Nanos(150), Nanos::ZERO));
-        // Idle past the report TTL with no live hold: forgotten.
+        // A copy of that release, or a release of a hold never taken, changes nothing.
+        for id in [2, 99] {
+            ledger
+                .release_at(key, held(id, 300), Nanos(300), after)
+                .unwrap();
+        }
+        let u = ledger.usage_at("orphaned", after);
+        assert_eq!((u.cloud_cost, u.abandoned), (Nanos(150), Nanos::ZERO));
+        // Idle past the report TTL with no live hold: a read finds it gone, the sweep forgets it.
+        assert_eq!(
+            ledger.usage_at("orphaned", after + Duration::from_secs(120)),
+            ReportUsage::default()
+        );
         assert_eq!(ledger.sweep(after + Duration::from_secs(120)), 1);
     }
 }

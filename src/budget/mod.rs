@@ -323,13 +323,10 @@ impl ReportUsage {
     }
 
     /// Takes back the abandoned charge of a hold that expired before its owner released or
-    /// recorded it (the owner's own charge follows) — while the report still carries it: one
-    /// that expired meanwhile starts from zero.
+    /// recorded it (the owner's own charge follows).
     pub fn unexpire(&mut self, hold: Nanos) {
-        if self.abandoned >= hold {
-            self.cloud_cost = self.cloud_cost.saturating_sub(hold);
-            self.abandoned = self.abandoned.saturating_sub(hold);
-        }
+        self.cloud_cost = self.cloud_cost.saturating_sub(hold);
+        self.abandoned = self.abandoned.saturating_sub(hold);
     }
 
     fn charge_abandoned(&mut self, charge: Nanos) {

@@ -76,7 +76,7 @@ impl Hold {
         };
         if let Err(e) = self.ledger.release(self.key(), self.held, charge).await {
             tracing::warn!(
-                "could not release a cost hold of report: {e}; it expires with the report"
+                "could not release a cost hold of report: {e}; it is charged in full when it expires"
             );
         }
     }

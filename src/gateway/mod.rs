@@ -152,6 +152,10 @@ pub struct Gateway {
     cost_cap: Option<Nanos>,
     /// `VRA_HOLD_GRACE_MS`: how long a cost hold outlives its attempt's deadline.
     hold_grace: Duration,
+    /// The longest one upstream attempt may last: the providers' timeouts and the stream cap
+    /// (`VRA_STREAM_MAX_MS`). A hold never lives longer than this plus its grace, which the
+    /// configuration keeps below the report TTL.
+    longest_attempt: Duration,
     /// `VRA_MAX_OUTPUT_TOKENS`: `max_tokens` of a cloud request without one, under a cost cap.
     output_ceiling: u32,
     /// The price "all on the primary" is computed at: the primary's, when it is cloud tier
@@ -264,6 +268,14 @@ impl Gateway {
             prices,
             cost_cap: config.max_cloud_cost,
             hold_grace: config.ledger.hold_grace,
+            longest_attempt: [
+                config.primary.provider.timeout,
+                config.secondary.provider.timeout,
+                config.limits.stream_max,
+            ]
+            .into_iter()
+            .max()
+            .unwrap_or_default(),
             output_ceiling: config.max_output_tokens,
             all_cloud_price: config
                 .primary

@@ -294,11 +294,13 @@ impl Gateway {
                 id: rand::random(),
                 amount: self.worst_case(tier, state, request),
                 // The attempt ends by the call's deadline (a stream's includes its cap), else
-                // by the provider's timeout; the hold lives the grace beyond.
+                // by the provider's timeout, and never lasts longer than the longest attempt;
+                // the hold lives the grace beyond.
                 ttl: state
                     .deadline
                     .remaining()
                     .unwrap_or(config.timeout)
+                    .min(self.longest_attempt)
                     .saturating_add(self.hold_grace),
             },
             None => HoldSpec::NONE,

@@ -45,10 +45,12 @@ use crate::domain::{Nanos, Phase, Tier};
 
 /// Settles the report's holds past their expiry (by the Redis server's clock, one clock for
 /// every replica) as abandoned charges of their full amount: `held` down, `cloud_cost` and
-/// `abandoned` up. The holds set (a sorted set scored by expiry in ms, members
-/// `{id:016x}:{amount}`) is KEYS[2] of every script that uses it; the amount is read back from
-/// the member. Amounts stay below 2^53, so Lua's doubles sum them exactly, and
-/// `string.format('%.0f')` writes the integer Redis expects.
+/// `abandoned` up, and a field `x:{member}` in the report marks each as settled (what a late
+/// release or record of it looks for). The holds set (a sorted set scored by expiry in ms,
+/// members `{id:016x}:{amount}`) is KEYS[2] of every script that uses it; the amount is read
+/// back from the member. A report hash that is gone (expired) leaves nothing to charge: its
+/// expired holds are just dropped. Amounts stay below 2^53, so Lua's doubles sum them exactly,
+/// and `string.format('%.0f')` writes the integer Redis expects.
 const SETTLE_LUA: &str = r"
 local function now_ms()
   local t = redis.call('TIME')
@@ -57,11 +59,13 @@ end
 local function settle(report, holds, now)
   local expired = redis.call('ZRANGEBYSCORE', holds, '-inf', now)
   if #expired == 0 then return end
+  redis.call('ZREMRANGEBYSCORE', holds, '-inf', now)
+  if redis.call('EXISTS', report) == 0 then return end
   local total = 0
   for _, member in ipairs(expired) do
     total = total + tonumber(string.match(member, ':(%d+)$'))
+    redis.call('HSET', report, 'x:' .. member, 1)
   end
-  redis.call('ZREMRANGEBYSCORE', holds, '-inf', now)
   local amount = string.format('%.0f', total)
   redis.call('HINCRBY', report, 'held', '-' .. amount)
   redis.call('HINCRBY', report, 'cloud_cost', amount)
@@ -73,7 +77,9 @@ end
 /// client's quota hash; ARGV[1] = report limit; ARGV[2] = report TTL seconds; ARGV[3] = cost
 /// cap in nano-dollars (-1: none); ARGV[4] = the hold (nano-dollars); ARGV[5] = the hold's
 /// member; ARGV[6] = the hold's life in ms; ARGV[7] = day limit (with KEYS[3]). Expired holds
-/// are settled first ([`SETTLE_LUA`]).
+/// are settled first ([`SETTLE_LUA`]). A reservation whose hold is already in the set was
+/// applied before (the cluster client sends a command again after a dropped connection): it
+/// takes nothing more and answers the report's state.
 /// Returns {outcome, used, cloud_cost, held}: outcome 1 = granted, 0 = refused, 2 = refused and
 /// newly exhausted, 3 = the day quota is spent (nothing taken; `used` is then the day's count),
 /// 4 = the hold does not fit under the cost cap (nothing taken, the report not marked); the
@@ -88,6 +94,9 @@ local used = tonumber(state[1] or '0')
 local was_exhausted = state[2] == '1'
 local cap = tonumber(ARGV[3])
 local hold = tonumber(ARGV[4])
+if hold > 0 and redis.call('ZSCORE', KEYS[2], ARGV[5]) then
+  return {1, used, math.max(0, tonumber(state[3] or '0')), math.max(0, tonumber(state[4] or '0'))}
+end
 if was_exhausted or used >= tonumber(ARGV[1]) then
   redis.call('HSET', KEYS[1], 'exhausted', '1')
   redis.call('EXPIRE', KEYS[1], ARGV[2])
@@ -122,27 +131,32 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return {1, used, cost, held}
 ";
 
-/// Ends hold ARGV[1] (its member ARGV[2]) of the report KEYS[1] whose holds are KEYS[2]: a live
-/// hold leaves `held`; one already settled as expired has its full charge taken back, for the
-/// owner's own to replace it — only while the report still carries that charge (a report that
-/// expired meanwhile starts from zero, and must not go below it). Shared by the release and the
-/// record scripts.
+/// Ends a hold of `amount` (its `member`) of the report whose holds are `holds`: a live hold
+/// leaves `held` (1); one settled as expired — its `x:{member}` mark is there — has its full
+/// charge taken back, for the owner's own to replace it (2); an unknown one (ended already: a
+/// copy of a release, or a report that expired meanwhile) changes nothing (0). Shared by the
+/// release and the record scripts.
 const END_HOLD_LUA: &str = r"
 local function end_hold(report, holds, amount, member)
-  if amount == '0' then return end
+  if amount == '0' then return 0 end
   if redis.call('ZREM', holds, member) == 1 then
     redis.call('HINCRBY', report, 'held', '-' .. amount)
-  elseif tonumber(redis.call('HGET', report, 'abandoned') or '0') >= tonumber(amount) then
+    return 1
+  end
+  if redis.call('HDEL', report, 'x:' .. member) == 1 then
     redis.call('HINCRBY', report, 'cloud_cost', '-' .. amount)
     redis.call('HINCRBY', report, 'abandoned', '-' .. amount)
+    return 2
   end
+  return 0
 end
 ";
 
 /// A release without an answer to record. KEYS[1] = report hash, KEYS[2] = its holds; ARGV[1]
-/// the hold, ARGV[2] its member, ARGV[3] the charge (0 or the hold), ARGV[4] the report TTL.
+/// the hold, ARGV[2] its member, ARGV[3] the charge (0 or the hold), ARGV[4] the report TTL. A
+/// hold already ended is not charged again (a copy of this release changes nothing).
 const RELEASE_BODY: &str = r"
-end_hold(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
+if end_hold(KEYS[1], KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
 if ARGV[3] ~= '0' then
   redis.call('HINCRBY', KEYS[1], 'cloud_cost', ARGV[3])
   redis.call('HINCRBY', KEYS[1], 'abandoned', ARGV[3])
