@@ -67,10 +67,7 @@ async fn three_replicas_keep_every_report_exact_on_a_cluster() {
         ("MAX_CLOUD_CALLS", "4"),
         ("VRA_LEDGER_TIMEOUT_MS", "10000"),
     ];
-    let mut replicas = Vec::new();
-    for _ in 0..3 {
-        replicas.push(Replica::start(config(&cloud, &local, &settings)).await);
-    }
+    let replicas = Replica::start_n(3, &cloud, &local, &settings).await;
     let reports = report_ids();
     let mut tasks = Vec::new();
     for i in 0..reports.len() * CALLS_PER_REPORT {
@@ -139,10 +136,7 @@ async fn a_clients_reports_and_day_quota_share_one_slot() {
         ("VRA_LEDGER_TIMEOUT_MS", "10000"),
         ("VRA_CLIENTS_FILE", file.to_str().unwrap()),
     ];
-    let mut replicas = Vec::new();
-    for _ in 0..3 {
-        replicas.push(Replica::start(config(&cloud, &local, &settings)).await);
-    }
+    let replicas = Replica::start_n(3, &cloud, &local, &settings).await;
     let mut tasks = Vec::new();
     for i in 0..30 {
         let mut client = connect(replicas[i % 3].addr).await;

@@ -124,11 +124,8 @@ async fn three_replicas_share_one_exact_budget() {
         ("MAX_CLOUD_CALLS", "15"),
         ("VRA_LEDGER_TIMEOUT_MS", "10000"),
     ];
-    let mut replicas = Vec::new();
-    for _ in 0..3 {
-        // Separate servers, separate Redis connections, one Redis.
-        replicas.push(Replica::start(config(&cloud, &local, &settings)).await);
-    }
+    // Separate servers, separate Redis connections, one Redis.
+    let replicas = Replica::start_n(3, &cloud, &local, &settings).await;
     let mut clients = Vec::new();
     for r in &replicas {
         clients.push(connect(r.addr).await);
@@ -184,10 +181,7 @@ async fn three_replicas_never_exceed_one_dollar_cap() {
     let url = redis.url();
     let mut settings = common::cost::capped_settings();
     settings.push(("VRA_LEDGER_URL", url.as_str()));
-    let mut replicas = Vec::new();
-    for _ in 0..3 {
-        replicas.push(Replica::start(config(&cloud, &local, &settings)).await);
-    }
+    let replicas = Replica::start_n(3, &cloud, &local, &settings).await;
     let addrs: Vec<_> = replicas.iter().map(|r| r.addr).collect();
     common::cost::fifty_concurrent_calls_never_exceed_the_cap(&addrs, &cloud, "capped-report")
         .await;
@@ -214,10 +208,7 @@ async fn clients_have_scoped_keys_and_one_exact_day_quota_across_replicas() {
         ("VRA_LEDGER_TIMEOUT_MS", "10000"),
         ("VRA_CLIENTS_FILE", file.to_str().unwrap()),
     ];
-    let mut replicas = Vec::new();
-    for _ in 0..3 {
-        replicas.push(Replica::start(config(&cloud, &local, &settings)).await);
-    }
+    let replicas = Replica::start_n(3, &cloud, &local, &settings).await;
     let mut tasks = Vec::new();
     for i in 0..50 {
         let mut client = connect(replicas[i % 3].addr).await;
@@ -813,18 +804,11 @@ async fn a_record_whose_answer_is_lost_is_sent_again_and_counted_once() {
 /// find the marker the first one set and pass for confirmed — and the failure is the answer.
 async fn a_record_redis_refuses_is_not_sent_again() {
     use vra_gateway::budget::deferred::record_with_retry;
-    use vra_gateway::budget::redis::RedisLedger;
     use vra_gateway::budget::{CallRecord, LedgerError, ReportKey};
     use vra_gateway::domain::{Nanos, Phase, Tier, TokenUsage};
 
     let redis = RedisServer::start().await;
-    let ledger = RedisLedger::new(
-        &redis.url(),
-        "vra:",
-        Duration::from_secs(3600),
-        Duration::from_secs(2),
-    )
-    .unwrap();
+    let ledger = redis.ledger();
     let call = |id| CallRecord {
         id,
         tier: Tier::Primary,
@@ -871,20 +855,13 @@ async fn a_record_redis_refuses_is_not_sent_again() {
 /// reservation or read as an abandoned charge of its full amount (the holds set forgets it); a
 /// late record corrects the charge to the call's real cost; a late release to nothing.
 async fn an_expired_hold_is_settled_as_abandoned_and_corrected_by_a_late_record() {
-    use vra_gateway::budget::redis::RedisLedger;
     use vra_gateway::budget::{
         CallRecord, HeldCost, HoldSpec, Ledger, Limits, ReportKey, Reservation,
     };
     use vra_gateway::domain::{Nanos, Phase, Tier, TokenUsage};
 
     let redis = RedisServer::start().await;
-    let ledger = RedisLedger::new(
-        &redis.url(),
-        "vra:",
-        Duration::from_secs(3600),
-        Duration::from_secs(2),
-    )
-    .unwrap();
+    let ledger = redis.ledger();
     let key = ReportKey::anonymous("orphan");
     let limits = Limits {
         report: 10,

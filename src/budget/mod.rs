@@ -76,6 +76,14 @@ impl HoldSpec {
         amount: Nanos::ZERO,
         ttl: Duration::ZERO,
     };
+
+    /// The hold as its release or record names it.
+    pub fn held(&self) -> HeldCost {
+        HeldCost {
+            id: self.id,
+            amount: self.amount,
+        }
+    }
 }
 
 /// A hold as its release or record names it: the id and amount its reservation took.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant as StdInstant};
 use futures_util::future::BoxFuture;
 use tracing::{Instrument, Span};
 
-use crate::budget::{HeldCost, HoldSpec, ReportBudget, Reservation};
+use crate::budget::{HoldSpec, ReportBudget, Reservation};
 use crate::cost;
 use crate::domain::{FallbackReason, Nanos, ProviderError, ProviderFailure, QuotaInfo, Tier};
 use crate::error::GatewayError;
@@ -320,11 +320,12 @@ impl Gateway {
                 });
                 self.tier_metrics[tier.index()].budget_reserved();
                 let hold = (hold.amount > Nanos::ZERO).then(|| {
-                    let held = HeldCost {
-                        id: hold.id,
-                        amount: hold.amount,
-                    };
-                    Hold::new(self.ledger.clone(), self.pending.clone(), state.key, held)
+                    Hold::new(
+                        self.ledger.clone(),
+                        self.pending.clone(),
+                        state.key,
+                        hold.held(),
+                    )
                 });
                 Budgeted::Go(hold)
             }

@@ -201,6 +201,20 @@ pub struct Replica {
 }
 
 impl Replica {
+    /// `n` replicas, each its own server with its own ledger connection, of one configuration.
+    pub async fn start_n(
+        n: usize,
+        cloud: &Sim,
+        local: &Sim,
+        settings: &[(&str, &str)],
+    ) -> Vec<Replica> {
+        let mut replicas = Vec::with_capacity(n);
+        for _ in 0..n {
+            replicas.push(Replica::start(config(cloud, local, settings)).await);
+        }
+        replicas
+    }
+
     pub async fn start(config: Config) -> Replica {
         let listeners = server::bind(&config).await.expect("bind");
         let addr = listeners.grpc_addr().expect("addr");

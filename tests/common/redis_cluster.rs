@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use super::redis_server::{on_path, spawn_ready};
 use super::trials::Gate;
 
 /// One cluster node.
@@ -21,13 +21,6 @@ struct Node {
 pub struct RedisCluster {
     nodes: Vec<Node>,
     dir: PathBuf,
-}
-
-fn on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 const MISSING: &str = "redis-server and redis-cli not found on PATH; .ci/run installs them";
@@ -68,31 +61,17 @@ impl RedisCluster {
         let mut nodes = Vec::new();
         for _ in 0..masters * (1 + replicas) {
             let port = free_node_port();
-            let mut child = Command::new(&server)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--cluster-enabled", "yes"])
-                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-                .args(["--cluster-node-timeout", "1000"])
-                .args(["--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(&dir)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("start redis-server");
-            let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-            tokio::time::timeout(Duration::from_secs(10), async {
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if line.contains("Ready to accept connections") {
-                        return;
-                    }
-                }
-                panic!("redis-server exited before it was ready");
-            })
-            .await
-            .expect("redis-server ready in time");
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            let child = spawn_ready(
+                Command::new(&server)
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--cluster-enabled", "yes"])
+                    .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                    .args(["--cluster-node-timeout", "1000"])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .arg("--dir")
+                    .arg(&dir),
+            )
+            .await;
             nodes.push(Node { child, port });
         }
         let mut create = Command::new(&cli);

@@ -25,10 +25,39 @@ pub struct RedisServer {
 
 /// The `redis-server` on PATH, if any.
 pub fn binary() -> Option<PathBuf> {
+    on_path("redis-server")
+}
+
+/// A program on PATH, if any.
+pub fn on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
-        .map(|d| d.join("redis-server"))
+        .map(|d| d.join(name))
         .find(|p| p.is_file())
+}
+
+/// Starts a `redis-server` command and waits for its "Ready to accept connections" line; its
+/// stdout is drained from then on, so the server never blocks on a full pipe.
+pub async fn spawn_ready(command: &mut Command) -> Child {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start redis-server");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("Ready to accept connections") {
+                return;
+            }
+        }
+        panic!("redis-server exited before it was ready");
+    })
+    .await
+    .expect("redis-server ready in time");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
 }
 
 const MISSING: &str = "redis-server not found on PATH; .ci/run installs it";
@@ -95,30 +124,15 @@ impl RedisServer {
         } else {
             &["--appendonly", "no"]
         };
-        let mut child = Command::new(binary().expect("redis-server"))
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .args(persistence)
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start redis-server");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("Ready to accept connections") {
-                    return;
-                }
-            }
-            panic!("redis-server exited before it was ready");
-        })
-        .await
-        .expect("redis-server ready in time");
-        // Keep draining stdout so the server never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let child = spawn_ready(
+            Command::new(binary().expect("redis-server"))
+                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", ""])
+                .args(persistence)
+                .arg("--dir")
+                .arg(&self.dir),
+        )
+        .await;
         self.child = Some(child);
     }
 
@@ -189,6 +203,17 @@ impl RedisServer {
             .into_on_message()
             .map(|msg| msg.get_payload_bytes().to_vec())
             .boxed()
+    }
+
+    /// A Redis ledger on this server (prefix `vra:`, an hour's report TTL), driven directly.
+    pub fn ledger(&self) -> vra_gateway::budget::redis::RedisLedger {
+        vra_gateway::budget::redis::RedisLedger::new(
+            &self.url(),
+            "vra:",
+            Duration::from_secs(3600),
+            Duration::from_secs(2),
+        )
+        .expect("a Redis ledger")
     }
 
     /// A plain client connection for assertions.

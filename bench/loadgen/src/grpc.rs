@@ -90,17 +90,16 @@ impl Target for GrpcTarget {
     async fn call(&self, seq: u64) -> Result<Option<Instant>, String> {
         let mut client = self.clients[(seq % self.clients.len() as u64) as usize].clone();
         let report_id = self.report_id(seq);
+        let req = pb::GenerateRequest {
+            report_id,
+            section_id: "2.1".into(),
+            section_type: SectionType::Introduction as i32,
+            phase: self.phase as i32,
+            prompt: PROMPT.into(),
+            system_prompt: SYSTEM_PROMPT.into(),
+            ..Default::default()
+        };
         if !self.stream {
-            let req = pb::GenerateRequest {
-                report_id,
-                section_id: "2.1".into(),
-                section_type: SectionType::Introduction as i32,
-                phase: self.phase as i32,
-                prompt: PROMPT.into(),
-                system_prompt: SYSTEM_PROMPT.into(),
-                options: None,
-                ..Default::default()
-            };
             let resp = client
                 .generate(self.request(req))
                 .await
@@ -110,16 +109,7 @@ impl Target for GrpcTarget {
             }
             return Ok(None);
         }
-        let req = pb::GenerateStreamRequest {
-            report_id,
-            section_id: "2.1".into(),
-            section_type: SectionType::Introduction as i32,
-            phase: self.phase as i32,
-            prompt: PROMPT.into(),
-            system_prompt: SYSTEM_PROMPT.into(),
-            options: None,
-            ..Default::default()
-        };
+        let req = pb::GenerateStreamRequest::from(req);
         let mut stream = client
             .generate_stream(self.request(req))
             .await

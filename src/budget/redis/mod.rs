@@ -286,11 +286,6 @@ impl RedisLedger {
         })
     }
 
-    /// The report's hash.
-    fn key(&self, key: ReportKey<'_>) -> Vec<u8> {
-        self.keys.report(key)
-    }
-
     /// The [`RECORD_BODY`] command of `call`; `with_budget`: answer with the report's budget.
     fn record_cmd(&self, key: ReportKey<'_>, call: &CallRecord, with_budget: bool) -> redis::Cmd {
         let tier_field = match call.tier {
@@ -301,7 +296,8 @@ impl RedisLedger {
         // The holds set only when the record settles a hold (the script reads it only then).
         let settles = call.release.amount > Nanos::ZERO;
         let mut cmd = script_cmd(&self.record, 2 + usize::from(settles));
-        cmd.arg(self.key(key)).arg(self.keys.marker(key, call.id));
+        cmd.arg(self.keys.report(key))
+            .arg(self.keys.marker(key, call.id));
         if settles {
             cmd.arg(self.keys.holds(key));
         }
@@ -322,11 +318,6 @@ impl RedisLedger {
             .arg(u8::from(with_budget))
             .arg(member_of(call.release));
         cmd
-    }
-
-    /// The client's day-quota hash.
-    fn quota_key(&self, client: &str) -> Vec<u8> {
-        self.keys.quota(client)
     }
 
     /// Runs a [`script_cmd`] of `script`; a Redis that does not know the script yet
@@ -400,25 +391,17 @@ impl Ledger for RedisLedger {
         let cap = limits.cost_cap.map_or(-1, signed);
         let day_limit = key.client.zip(limits.client_day);
         let mut cmd = script_cmd(&self.reserve, 2 + usize::from(day_limit.is_some()));
-        cmd.arg(self.key(key)).arg(self.keys.holds(key));
+        cmd.arg(self.keys.report(key)).arg(self.keys.holds(key));
         if let Some((client, _)) = day_limit {
-            cmd.arg(self.quota_key(client));
+            cmd.arg(self.keys.quota(client));
         }
         cmd.arg(limits.report)
             .arg(self.ttl_secs)
             .arg(cap)
             .arg(hold.amount.0);
-        // Without a hold (no cost cap) the member and life are never read: no formatting.
-        if hold.amount > Nanos::ZERO {
-            let held = HeldCost {
-                id: hold.id,
-                amount: hold.amount,
-            };
-            cmd.arg(held.member())
-                .arg(u64::try_from(hold.ttl.as_millis()).unwrap_or(u64::MAX / 2));
-        } else {
-            cmd.arg("-").arg(0);
-        }
+        // Without a hold (no cost cap) the member and life are never read.
+        cmd.arg(member_of(hold.held()))
+            .arg(u64::try_from(hold.ttl.as_millis()).unwrap_or(u64::MAX / 2));
         if let Some((_, day_limit)) = day_limit {
             cmd.arg(day_limit);
         }
@@ -443,14 +426,14 @@ impl Ledger for RedisLedger {
 
     async fn usage(&self, key: ReportKey<'_>) -> Result<ReportUsage, LedgerError> {
         let mut cmd = script_cmd(&self.usage, 2);
-        cmd.arg(self.key(key)).arg(self.keys.holds(key));
+        cmd.arg(self.keys.report(key)).arg(self.keys.holds(key));
         let fields: HashMap<String, i64> = self.eval(&self.usage, &cmd).await?;
         Ok(usage_from_fields(&fields))
     }
 
     async fn client_day_used(&self, client: &str) -> Result<u32, LedgerError> {
         let mut cmd = script_cmd(&self.day_used, 1);
-        cmd.arg(self.quota_key(client));
+        cmd.arg(self.keys.quota(client));
         self.eval(&self.day_used, &cmd).await
     }
 
@@ -461,7 +444,7 @@ impl Ledger for RedisLedger {
         charge: Nanos,
     ) -> Result<(), LedgerError> {
         let mut cmd = script_cmd(&self.release, 2);
-        cmd.arg(self.key(key))
+        cmd.arg(self.keys.report(key))
             .arg(self.keys.holds(key))
             .arg(signed(hold.amount))
             .arg(member_of(hold))
