@@ -8,14 +8,18 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::clients::{TestClient, write_clients_file};
 use common::redis_cluster::{self, RedisCluster};
 use common::redis_server::RedisServer;
 use common::trials::{Runtime, async_trial};
 use common::{Replica, config, connect, request, usage};
 use libtest_mimic::Arguments;
-use vra_gateway::demo::sim::Sim;
-use vra_gateway::pb::{self, CompilationPhase as P, FallbackReason as F, SectionType as S};
+use vra_gateway::demo::sim::{Sim, Step};
+use vra_gateway::pb::{
+    self, CompilationPhase as P, FallbackReason as F, ProviderTier as T, SectionType as S,
+};
 use vra_gateway::server;
 
 fn main() {
@@ -35,6 +39,13 @@ fn main() {
             &cluster,
             Runtime::MultiThread(4),
             a_clients_reports_and_day_quota_share_one_slot,
+        ),
+        async_trial(
+            &args,
+            "a_master_killed_mid_burst_loses_no_unit",
+            &cluster,
+            Runtime::MultiThread(4),
+            a_master_killed_mid_burst_loses_no_unit,
         ),
         async_trial(
             &args,
@@ -224,5 +235,134 @@ async fn a_url_that_does_not_match_the_deployment_exits_2() {
         assert_eq!(e.var, "VRA_LEDGER_URL");
         assert!(e.message.contains(expected), "{url}: {}", e.message);
         assert_eq!(server::ServeError::Config(e).exit_code(), 2);
+    }
+}
+
+/// `VRA_LEDGER_MIN_REPLICAS=1` on three masters with a replica each: a master killed with
+/// SIGKILL in the middle of a burst loses no unit — every grant a call used was on its replica,
+/// which is promoted — so after the failover no report's cloud calls exceed its cap and the
+/// ledger counts at least every cloud request the upstream saw; calls fail safe meanwhile, and
+/// cloud calls are granted again once the killed node is back as the new master's replica.
+async fn a_master_killed_mid_burst_loses_no_unit() {
+    const CAP: usize = 5;
+    const REPORTS: usize = 12;
+    let mut cluster = RedisCluster::start(3, 1).await;
+    cluster.wait_replicated(Duration::from_secs(30)).await;
+    let cloud = Sim::start().await.unwrap();
+    cloud.set_default(Step::Reply {
+        text: "cloud".into(),
+        delay: Duration::from_millis(40),
+        chunk_delay: Duration::ZERO,
+    });
+    let local = Sim::start().await.unwrap();
+    let url = cluster.url();
+    let settings = [
+        ("VRA_LEDGER_URL", url.as_str()),
+        ("VRA_LEDGER_MIN_REPLICAS", "1"),
+        ("MAX_CLOUD_CALLS", "5"),
+        ("VRA_LEDGER_TIMEOUT_MS", "1000"),
+    ];
+    let replicas = Replica::start_n(3, &cloud, &local, &settings).await;
+    let addrs: Vec<_> = replicas.iter().map(|r| r.addr).collect();
+    let reports: Vec<String> = (0..REPORTS).map(|i| format!("failover-{i}")).collect();
+    // Each report's calls one after another, every report at once, on all three replicas.
+    let burst = |calls: usize| {
+        let mut workers = Vec::new();
+        for (i, report) in reports.iter().enumerate() {
+            let (report, addr) = (report.clone(), addrs[i % 3]);
+            workers.push(tokio::spawn(async move {
+                let mut client = connect(addr).await;
+                for _ in 0..calls {
+                    client
+                        .generate(tagged(&report))
+                        .await
+                        .expect("every call is answered (fail-safe while the ledger fails over)");
+                }
+            }));
+        }
+        workers
+    };
+
+    let first = burst(2 * CAP);
+    assert!(
+        cloud
+            .wait_requests(REPORTS * 2, Duration::from_secs(30))
+            .await,
+        "the burst reached the cloud"
+    );
+    // The master holding the most keys: reports of its slots are mid-budget.
+    let mut victim = None;
+    for i in cluster.masters().await {
+        let keys = cluster.dbsize(i).await;
+        if victim.is_none_or(|(_, most)| keys > most) {
+            victim = Some((i, keys));
+        }
+    }
+    let (victim, keys) = victim.expect("a master");
+    assert!(keys > 0, "the killed master holds budgets");
+    cluster.kill(victim).await;
+    for worker in first {
+        worker.await.unwrap();
+    }
+    // Its replica is promoted; the killed node comes back as the new master's replica.
+    cluster.wait_ok(Duration::from_secs(60)).await;
+    cluster.restart(victim).await;
+    cluster.wait_ok(Duration::from_secs(60)).await;
+    cluster.wait_replicated(Duration::from_secs(60)).await;
+
+    // Each report asks for its whole cap again: only units the ledger lost could be granted.
+    for worker in burst(CAP) {
+        worker.await.unwrap();
+    }
+    let seen = cloud.recorded();
+    for (i, report) in reports.iter().enumerate() {
+        let needle = format!("report {report}.");
+        let upstream = seen
+            .iter()
+            .filter(|r| r.body.to_string().contains(&needle))
+            .count();
+        assert!(
+            upstream <= CAP,
+            "{report}: {upstream} cloud calls, cap {CAP}"
+        );
+        let counted = usage(addrs[i % 3], report)
+            .await
+            .budget
+            .unwrap()
+            .cloud_calls_used as usize;
+        assert!(
+            counted >= upstream,
+            "{report}: the ledger counts {counted} units, the upstream saw {upstream}"
+        );
+    }
+
+    // New reports on every master: granted again (each replica's cluster client may need a
+    // call or two to learn the new slot map, and fails safe meanwhile).
+    for i in 0..REPORTS {
+        let report = format!("after-failover-{i}");
+        let mut client = connect(addrs[i % 3]).await;
+        let mut primary = false;
+        for _ in 0..20 {
+            let resp = client.generate(tagged(&report)).await.unwrap().into_inner();
+            if common::tier(&resp) == T::Primary {
+                primary = true;
+                break;
+            }
+        }
+        assert!(
+            primary,
+            "{report}: cloud calls granted again after the failover"
+        );
+    }
+    for r in replicas {
+        r.shutdown().await;
+    }
+}
+
+/// A call whose prompt names its report, so the upstream's requests can be counted per report.
+fn tagged(report: &str) -> pb::GenerateRequest {
+    pb::GenerateRequest {
+        prompt: format!("Write report {report}."),
+        ..request(report, P::Refine, S::Analysis)
     }
 }

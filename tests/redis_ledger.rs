@@ -102,6 +102,13 @@ fn main() {
         ),
         async_trial(
             &args,
+            "a_grant_counts_only_once_a_replica_holds_it",
+            &redis,
+            Runtime::CurrentThread,
+            a_grant_counts_only_once_a_replica_holds_it,
+        ),
+        async_trial(
+            &args,
             "keys_are_namespaced_expire_and_treat_report_ids_as_data",
             &redis,
             Runtime::CurrentThread,
@@ -1062,4 +1069,77 @@ async fn a_killed_replicas_holds_expire_and_the_cap_stays_exact() {
     assert!(b.cloud_cost_used_usd <= common::cost::CAP_USD);
     assert_eq!(b.cloud_cost_reserved_usd, 0.0);
     survivor.shutdown().await;
+}
+
+/// `VRA_LEDGER_MIN_REPLICAS=1` on a master and its replica: with the replica in sync, every
+/// grant is on the replica by the time it is answered; a grant that no replica confirms — the
+/// replica frozen, or gone — fails safe with its unit still taken and its hold released
+/// uncharged.
+async fn a_grant_counts_only_once_a_replica_holds_it() {
+    use vra_gateway::budget::{HoldSpec, Ledger, LedgerError, Limits, ReportKey, Reservation};
+    use vra_gateway::domain::Nanos;
+
+    let master = RedisServer::start().await;
+    let mut replica = RedisServer::start_replica_of(&master).await;
+    master.wait_replica().await;
+    // Ledger timeout 2 s: WAIT gives up after 1 s.
+    let ledger = master.ledger().confirmed_by(1).expect("the ledger");
+    let key = ReportKey::anonymous("confirmed");
+    let limits = Limits {
+        report: 10,
+        client_day: None,
+        cost_cap: Some(Nanos(1_000_000)),
+    };
+    let hold = |id: u32| HoldSpec {
+        id: id.into(),
+        amount: Nanos(1_000),
+        ttl: Duration::from_secs(3600),
+    };
+    let granted = |r: &Result<Reservation, LedgerError>, n: u32, h: u64| matches!(r, Ok(Reservation::Granted { used, held, .. }) if *used == n && *held == Nanos(h));
+    let unconfirmed = |r: &Result<Reservation, LedgerError>| {
+        matches!(
+            r,
+            Err(LedgerError::Unconfirmed {
+                acked: 0,
+                wanted: 1
+            })
+        )
+    };
+
+    let mut on_replica = replica.client().await;
+    for used in 1..=4 {
+        let r = ledger.reserve(key, limits, hold(used)).await;
+        assert!(granted(&r, used, u64::from(used) * 1_000), "{r:?}");
+        let copied: u32 = on_replica
+            .hget("vra:report:confirmed", "used")
+            .await
+            .unwrap();
+        assert_eq!(
+            copied, used,
+            "the grant is on the replica when it is answered"
+        );
+    }
+
+    replica.signal("STOP").unwrap();
+    let frozen = ledger.reserve(key, limits, hold(5)).await;
+    replica.signal("CONT").unwrap();
+    assert!(
+        unconfirmed(&frozen),
+        "a frozen replica confirms nothing: {frozen:?}"
+    );
+    let r = ledger.reserve(key, limits, hold(6)).await;
+    assert!(
+        granted(&r, 6, 5_000),
+        "unit 5 stayed taken, its hold did not: {r:?}"
+    );
+
+    replica.stop().await;
+    let alone = ledger.reserve(key, limits, hold(7)).await;
+    assert!(unconfirmed(&alone), "no replica attached: {alone:?}");
+    let u = ledger.usage(key).await.unwrap();
+    assert_eq!(
+        (u.cloud_calls_used, u.held, u.abandoned),
+        (7, Nanos(5_000), Nanos::ZERO),
+        "units taken, holds of the unconfirmed released uncharged"
+    );
 }

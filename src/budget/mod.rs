@@ -374,6 +374,12 @@ pub enum LedgerError {
     Unavailable(String),
     #[error("ledger timed out after {0} ms")]
     Timeout(u64),
+    /// A reservation was granted, but fewer replicas than `VRA_LEDGER_MIN_REPLICAS` confirmed
+    /// holding it in time: a failover could lose it, so it is not used (its unit stays taken).
+    #[error(
+        "ledger reservation not confirmed: {acked} of {wanted} replicas acknowledged it (VRA_LEDGER_MIN_REPLICAS)"
+    )]
+    Unconfirmed { acked: u32, wanted: u32 },
     /// The ledger answered with an error that asking again would only repeat (a script error,
     /// a wrong key type): the operation was refused, not lost on the way.
     #[error("ledger refused the operation: {0}")]
@@ -393,6 +399,7 @@ impl LedgerError {
         match self {
             LedgerError::Unavailable(_) => "unavailable",
             LedgerError::Timeout(_) => "timeout",
+            LedgerError::Unconfirmed { .. } => "unconfirmed",
             LedgerError::Rejected(_) => "rejected",
             LedgerError::Full(_) => "full",
             LedgerError::Misconfigured(_) => "misconfigured",
@@ -501,18 +508,24 @@ pub struct LedgerConfig {
     pub report_ttl: Duration,
     /// A cost hold lives this long past its attempt's deadline (`VRA_HOLD_GRACE_MS`).
     pub hold_grace: Duration,
+    /// Replicas that must confirm a reservation before it counts (`VRA_LEDGER_MIN_REPLICAS`;
+    /// Redis only).
+    pub min_replicas: u32,
 }
 
 /// Picks the backend from the configuration: Redis when `VRA_LEDGER_URL` is set. Must run
 /// inside the Tokio runtime (the memory ledger starts its TTL sweeper).
 pub fn build(config: &LedgerConfig) -> Result<Arc<dyn Ledger>, LedgerError> {
     match &config.url {
-        Some(url) => Ok(Arc::new(redis::RedisLedger::new(
-            url.expose(),
-            &config.prefix,
-            config.report_ttl,
-            config.timeout,
-        )?)),
+        Some(url) => Ok(Arc::new(
+            redis::RedisLedger::new(
+                url.expose(),
+                &config.prefix,
+                config.report_ttl,
+                config.timeout,
+            )?
+            .confirmed_by(config.min_replicas)?,
+        )),
         None => {
             let ledger = Arc::new(memory::MemoryLedger::with_capacity(
                 config.report_ttl,

@@ -190,6 +190,13 @@ impl Config {
                 ));
             }
         }
+        let min_replicas: u32 = parse_uint(LEDGER_MIN_REPLICAS, s, 0)?;
+        if min_replicas > 0 && ledger_url.is_none() {
+            return Err(ConfigError::new(
+                LEDGER_MIN_REPLICAS.var,
+                "needs the Redis ledger (VRA_LEDGER_URL): the in-memory ledger has no replicas",
+            ));
+        }
 
         let listen_addr = parse_addr(GATEWAY_ADDR, &s.get_or_default(GATEWAY_ADDR))?;
         let http_addr = match s.get_or_default(HTTP_ADDR) {
@@ -266,6 +273,7 @@ impl Config {
                 max_reports: parse_uint(LEDGER_MAX_REPORTS, s, 1)?,
                 report_ttl: Duration::from_secs(parse_uint(REPORT_TTL_SECS, s, 1)?),
                 hold_grace,
+                min_replicas,
             },
             shutdown_grace: Duration::from_secs(30),
             security,
@@ -769,6 +777,27 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.var, "VRA_LEDGER_URL");
         assert!(!err.message.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn replicas_confirm_reservations_only_on_redis() {
+        let c = Config::from_sources(&sources(&[])).unwrap();
+        assert_eq!(c.ledger.min_replicas, 0);
+        let c = Config::from_sources(&sources(&[
+            ("VRA_LEDGER_URL", "redis+cluster://a:7000"),
+            ("VRA_LEDGER_MIN_REPLICAS", "1"),
+        ]))
+        .unwrap();
+        assert_eq!(c.ledger.min_replicas, 1);
+        let err = Config::from_sources(&sources(&[("VRA_LEDGER_MIN_REPLICAS", "1")])).unwrap_err();
+        assert_eq!(err.var, "VRA_LEDGER_MIN_REPLICAS");
+        assert!(err.message.contains("VRA_LEDGER_URL"), "{err}");
+        let err = Config::from_sources(&sources(&[
+            ("VRA_LEDGER_URL", "redis://h:6379"),
+            ("VRA_LEDGER_MIN_REPLICAS", "-1"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.var, "VRA_LEDGER_MIN_REPLICAS");
     }
 
     #[test]

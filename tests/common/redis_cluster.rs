@@ -12,9 +12,9 @@ use tokio::process::{Child, Command};
 use super::redis_server::{on_path, spawn_ready};
 use super::trials::Gate;
 
-/// One cluster node.
+/// One cluster node; `child` is `None` while it is killed.
 struct Node {
-    child: Child,
+    child: Option<Child>,
     port: u16,
 }
 
@@ -46,6 +46,21 @@ fn free_node_port() -> u16 {
     }
 }
 
+/// A cluster node's command: its state (`nodes-{port}.conf`) in `dir`, so a node started
+/// again rejoins the cluster as the node it was; no persistence of data.
+fn node_command(server: &std::path::Path, port: u16, dir: &std::path::Path) -> Command {
+    let mut command = Command::new(server);
+    command
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--cluster-enabled", "yes"])
+        .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+        .args(["--cluster-node-timeout", "1000"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir);
+    command
+}
+
 impl RedisCluster {
     /// Starts `masters` masters with `replicas` replicas each and waits until every node says
     /// `cluster_state:ok`.
@@ -61,18 +76,11 @@ impl RedisCluster {
         let mut nodes = Vec::new();
         for _ in 0..masters * (1 + replicas) {
             let port = free_node_port();
-            let child = spawn_ready(
-                Command::new(&server)
-                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                    .args(["--cluster-enabled", "yes"])
-                    .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-                    .args(["--cluster-node-timeout", "1000"])
-                    .args(["--save", "", "--appendonly", "no"])
-                    .arg("--dir")
-                    .arg(&dir),
-            )
-            .await;
-            nodes.push(Node { child, port });
+            let child = spawn_ready(&mut node_command(&server, port, &dir)).await;
+            nodes.push(Node {
+                child: Some(child),
+                port,
+            });
         }
         let mut create = Command::new(&cli);
         create.arg("--cluster").arg("create");
@@ -127,7 +135,7 @@ impl RedisCluster {
                 tokio::time::Instant::now() < deadline,
                 "the cluster did not reach cluster_state:ok in {within:?}"
             );
-            for i in 0..self.nodes.len() {
+            for i in self.live() {
                 let info: String = redis::cmd("CLUSTER")
                     .arg("INFO")
                     .query_async(&mut self.node(i).await)
@@ -142,32 +150,96 @@ impl RedisCluster {
         }
     }
 
+    /// The nodes running (not killed).
+    fn live(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].child.is_some())
+            .collect()
+    }
+
+    /// The running masters, by index.
+    pub async fn masters(&self) -> Vec<usize> {
+        let mut masters = Vec::new();
+        for i in self.live() {
+            let role: Vec<redis::Value> = redis::cmd("ROLE")
+                .query_async(&mut self.node(i).await)
+                .await
+                .expect("ROLE");
+            if matches!(role.first(), Some(redis::Value::BulkString(r)) if r.as_slice() == b"master")
+            {
+                masters.push(i);
+            }
+        }
+        masters
+    }
+
     /// The number of keys on each master (replicas are left out).
     pub async fn keys_per_master(&self) -> Vec<u64> {
         let mut counts = Vec::new();
-        for i in 0..self.nodes.len() {
-            let mut conn = self.node(i).await;
-            let role: Vec<redis::Value> = redis::cmd("ROLE")
-                .query_async(&mut conn)
-                .await
-                .expect("ROLE");
-            let master = matches!(role.first(), Some(redis::Value::BulkString(r)) if r.as_slice() == b"master");
-            if master {
-                let n: u64 = redis::cmd("DBSIZE")
-                    .query_async(&mut conn)
-                    .await
-                    .expect("DBSIZE");
-                counts.push(n);
-            }
+        for i in self.masters().await {
+            counts.push(self.dbsize(i).await);
         }
         counts
+    }
+
+    /// The number of keys on node `i`.
+    pub async fn dbsize(&self, i: usize) -> u64 {
+        redis::cmd("DBSIZE")
+            .query_async(&mut self.node(i).await)
+            .await
+            .expect("DBSIZE")
+    }
+
+    /// Polls every running master's `INFO replication` until each has at least one replica
+    /// whose link is `online` (done with its initial sync; there is no event to wait for).
+    pub async fn wait_replicated(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        'poll: loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not every master had an online replica within {within:?}"
+            );
+            for i in self.masters().await {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut self.node(i).await)
+                    .await
+                    .unwrap_or_default();
+                if !info
+                    .lines()
+                    .any(|l| l.starts_with("slave") && l.contains("state=online"))
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue 'poll;
+                }
+            }
+            return;
+        }
+    }
+
+    /// Kills node `i` with SIGKILL (no shutdown, no last write) and waits for the process to
+    /// end.
+    pub async fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            child.kill().await.expect("kill a cluster node");
+        }
+    }
+
+    /// Starts killed node `i` again: it rejoins as the node it was (a former master as a
+    /// replica of the one promoted in its place), with no data until it syncs.
+    pub async fn restart(&mut self, i: usize) {
+        let server = on_path("redis-server").expect(MISSING);
+        let child = spawn_ready(&mut node_command(&server, self.nodes[i].port, &self.dir)).await;
+        self.nodes[i].child = Some(child);
     }
 }
 
 impl Drop for RedisCluster {
     fn drop(&mut self) {
         for node in &mut self.nodes {
-            let _ = node.child.start_kill();
+            if let Some(child) = node.child.as_mut() {
+                let _ = child.start_kill();
+            }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -21,6 +21,8 @@ pub struct RedisServer {
     dir: PathBuf,
     /// Append-only file with fsync on every write: what was acknowledged survives a kill.
     aof: bool,
+    /// The port of the master this server replicates, if it is a replica.
+    replica_of: Option<u16>,
 }
 
 /// The `redis-server` on PATH, if any.
@@ -80,16 +82,22 @@ impl RedisServer {
     /// Starts a server without persistence; panics (failing the test) when there is no
     /// `redis-server` binary.
     pub async fn start() -> RedisServer {
-        Self::start_with(false).await
+        Self::start_with(false, None).await
+    }
+
+    /// Starts a replica of `master` (without persistence); [`RedisServer::wait_replica`] on
+    /// the master tells when it has synced.
+    pub async fn start_replica_of(master: &RedisServer) -> RedisServer {
+        Self::start_with(false, Some(master.port)).await
     }
 
     /// Starts a server with an append-only file (`--appendfsync always`): a restart on the same
     /// directory keeps every acknowledged write.
     pub async fn start_aof() -> RedisServer {
-        Self::start_with(true).await
+        Self::start_with(true, None).await
     }
 
-    async fn start_with(aof: bool) -> RedisServer {
+    async fn start_with(aof: bool, replica_of: Option<u16>) -> RedisServer {
         if binary().is_none() {
             if required() {
                 panic!("{MISSING} (and VRA_REQUIRE_REDIS=1 makes it mandatory)");
@@ -108,6 +116,7 @@ impl RedisServer {
             port,
             dir,
             aof,
+            replica_of,
         };
         server.spawn().await;
         server
@@ -124,15 +133,17 @@ impl RedisServer {
         } else {
             &["--appendonly", "no"]
         };
-        let child = spawn_ready(
-            Command::new(binary().expect("redis-server"))
-                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", ""])
-                .args(persistence)
-                .arg("--dir")
-                .arg(&self.dir),
-        )
-        .await;
+        let mut command = Command::new(binary().expect("redis-server"));
+        command
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(persistence)
+            .arg("--dir")
+            .arg(&self.dir);
+        if let Some(master) = self.replica_of {
+            command.args(["--replicaof", "127.0.0.1", &master.to_string()]);
+        }
+        let child = spawn_ready(&mut command).await;
         self.child = Some(child);
     }
 
@@ -214,6 +225,30 @@ impl RedisServer {
             Duration::from_secs(2),
         )
         .expect("a Redis ledger")
+    }
+
+    /// Polls this master's `INFO replication` until a replica's link is `online` (done with
+    /// its initial sync; there is no event to wait for).
+    pub async fn wait_replica(&self) {
+        let mut conn = self.client().await;
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut conn)
+                    .await
+                    .expect("INFO replication");
+                if info
+                    .lines()
+                    .any(|l| l.starts_with("slave") && l.contains("state=online"))
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("a replica online within 30 s");
     }
 
     /// A plain client connection for assertions.

@@ -199,6 +199,10 @@ pub struct NodeFacts {
     pub version: String,
     pub cluster_enabled: bool,
     pub maxmemory_policy: Option<String>,
+    /// `role:master` (a replica's writes come from its master).
+    pub master: bool,
+    /// `connected_slaves`: the replicas attached right now.
+    pub replicas: u32,
 }
 
 impl NodeFacts {
@@ -215,6 +219,10 @@ impl NodeFacts {
             version,
             cluster_enabled: field("cluster_enabled").as_deref() == Some("1"),
             maxmemory_policy: field("maxmemory_policy"),
+            master: field("role").as_deref() != Some("slave"),
+            replicas: field("connected_slaves")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
         }
     }
 }
@@ -224,8 +232,13 @@ impl NodeFacts {
 /// since 5) or a deployment that is not what the URL's scheme says; otherwise warnings, one
 /// per node whose `maxmemory-policy` may evict the ledger's keys (every ledger key has a TTL,
 /// so `volatile-*` evicts them as surely as `allkeys-*`): an evicted report's budget starts
-/// again from zero.
-pub fn assess(facts: &[NodeFacts], cluster: bool) -> Result<Vec<String>, String> {
+/// again from zero; and one per master with fewer replicas attached than `min_replicas`
+/// (`VRA_LEDGER_MIN_REPLICAS`), whose grants fail safe until enough attach.
+pub fn assess(
+    facts: &[NodeFacts],
+    cluster: bool,
+    min_replicas: u32,
+) -> Result<Vec<String>, String> {
     let mut warnings = Vec::new();
     for f in facts {
         match f.major {
@@ -260,6 +273,12 @@ pub fn assess(facts: &[NodeFacts], cluster: bool) -> Result<Vec<String>, String>
             warnings.push(format!(
                 "{} has maxmemory-policy {policy}: under memory pressure Redis may evict budget keys (all have a TTL), and an evicted report's budget starts again from zero; use noeviction",
                 f.node
+            ));
+        }
+        if f.master && f.replicas < min_replicas {
+            warnings.push(format!(
+                "{} has {} replica(s) attached and VRA_LEDGER_MIN_REPLICAS is {min_replicas}: its reservations are not confirmed, so cloud calls of its reports fail safe to the secondary until enough replicas attach",
+                f.node, f.replicas
             ));
         }
     }
@@ -304,7 +323,7 @@ mod tests {
         );
     }
 
-    const INFO: &str = "# Server\r\nredis_version:7.0.15\r\nredis_mode:cluster\r\n# Memory\r\nmaxmemory_policy:noeviction\r\n# Cluster\r\ncluster_enabled:1\r\n";
+    const INFO: &str = "# Server\r\nredis_version:7.0.15\r\nredis_mode:cluster\r\n# Memory\r\nmaxmemory_policy:noeviction\r\n# Replication\r\nrole:master\r\nconnected_slaves:1\r\n# Cluster\r\ncluster_enabled:1\r\n";
 
     #[test]
     fn info_is_read_field_by_field() {
@@ -317,8 +336,12 @@ mod tests {
                 version: "7.0.15".into(),
                 cluster_enabled: true,
                 maxmemory_policy: Some("noeviction".into()),
+                master: true,
+                replicas: 1,
             }
         );
+        let replica = NodeFacts::from_info("b:2", "redis_version:7.2.4\nrole:slave\n");
+        assert_eq!((replica.master, replica.replicas), (false, 0));
     }
 
     #[test]
@@ -329,17 +352,17 @@ mod tests {
             ..cluster_node.clone()
         };
         assert_eq!(
-            assess(std::slice::from_ref(&cluster_node), true),
+            assess(std::slice::from_ref(&cluster_node), true, 1),
             Ok(vec![])
         );
-        assert_eq!(assess(std::slice::from_ref(&single), false), Ok(vec![]));
+        assert_eq!(assess(std::slice::from_ref(&single), false, 0), Ok(vec![]));
         assert!(
-            assess(std::slice::from_ref(&single), true)
+            assess(std::slice::from_ref(&single), true, 0)
                 .unwrap_err()
                 .contains("not a cluster node")
         );
         assert!(
-            assess(std::slice::from_ref(&cluster_node), false)
+            assess(std::slice::from_ref(&cluster_node), false, 0)
                 .unwrap_err()
                 .contains("redis+cluster://a:1")
         );
@@ -348,17 +371,36 @@ mod tests {
             version: "4.0.9".into(),
             ..single.clone()
         };
-        assert!(assess(&[old], false).unwrap_err().contains("4.0.9"));
+        assert!(assess(&[old], false, 0).unwrap_err().contains("4.0.9"));
         let evicting = NodeFacts {
             maxmemory_policy: Some("allkeys-lru".into()),
             ..single.clone()
         };
-        let warnings = assess(&[evicting], false).unwrap();
+        let warnings = assess(&[evicting], false, 0).unwrap();
         assert!(warnings[0].contains("allkeys-lru"), "{warnings:?}");
         let volatile = NodeFacts {
             maxmemory_policy: Some("volatile-ttl".into()),
             ..single
         };
-        assert_eq!(assess(&[volatile], false).unwrap().len(), 1);
+        assert_eq!(assess(&[volatile], false, 0).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_master_short_of_the_replicas_a_grant_needs_is_named() {
+        let master = NodeFacts::from_info("a:1", INFO);
+        let warnings = assess(std::slice::from_ref(&master), true, 2).unwrap();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("a:1 has 1 replica(s)")
+                && warnings[0].contains("MIN_REPLICAS is 2"),
+            "{warnings:?}"
+        );
+        // Replicas are not asked for replicas of their own.
+        let replica = NodeFacts {
+            master: false,
+            replicas: 0,
+            ..master
+        };
+        assert_eq!(assess(&[replica], true, 2), Ok(vec![]));
     }
 }

@@ -3,6 +3,8 @@
 //! - [`connection`]: `VRA_LEDGER_URL` (one node or a cluster), the connection, and the startup
 //!   check of the deployment.
 //! - [`keys`]: the key layout, hash-tagged on a cluster so that a script's keys share a slot.
+//! - [`confirm`]: reservations that count only once replicas hold them
+//!   (`VRA_LEDGER_MIN_REPLICAS`).
 //!
 //! Each report is one hash ([`keys`]: `{prefix}report:{report_id}`, or
 //! `{prefix}{client}/report:{report_id}` when callers authenticate) holding the used count, the exhausted flag, the cost settled
@@ -23,6 +25,7 @@
 //! gateway started while Redis is down keeps serving (fail-safe, see [`crate::gateway`]) and
 //! recovers by itself.
 
+pub mod confirm;
 pub mod connection;
 pub mod keys;
 
@@ -34,6 +37,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use confirm::Confirmation;
 use connection::{Conn, NodeFacts, Target};
 use keys::Keys;
 
@@ -258,6 +262,23 @@ pub struct RedisLedger {
     timeout: Duration,
     /// [`marker_secs`] of `timeout`.
     marker_secs: u64,
+    /// With `VRA_LEDGER_MIN_REPLICAS`: the replicas a grant needs, and their connections.
+    confirm: Option<Confirmation>,
+}
+
+/// What [`RedisLedger::eval`] sends: one command, or a pipeline ending in `WAIT`.
+enum Request<'a> {
+    Cmd(&'a redis::Cmd),
+    Pipeline(&'a redis::Pipeline),
+}
+
+impl Request<'_> {
+    async fn send<T: redis::FromRedisValue>(&self, conn: &mut Conn) -> redis::RedisResult<T> {
+        match self {
+            Request::Cmd(cmd) => cmd.query_async(conn).await,
+            Request::Pipeline(pipe) => pipe.query_async(conn).await,
+        }
+    }
 }
 
 impl RedisLedger {
@@ -283,7 +304,15 @@ impl RedisLedger {
             ttl_secs: ttl.as_secs().max(1),
             timeout,
             marker_secs: marker_secs(timeout),
+            confirm: None,
         })
+    }
+
+    /// Grants count only once `replicas` replicas hold them ([`confirm`]); 0: at once.
+    pub fn confirmed_by(mut self, replicas: u32) -> Result<Self, LedgerError> {
+        self.confirm = Confirmation::new(&self.target, replicas, self.timeout)
+            .map_err(LedgerError::Unavailable)?;
+        Ok(self)
     }
 
     /// The [`RECORD_BODY`] command of `call`; `with_budget`: answer with the report's budget.
@@ -320,22 +349,33 @@ impl RedisLedger {
         cmd
     }
 
-    /// Runs a [`script_cmd`] of `script`; a Redis that does not know the script yet
-    /// (`NOSCRIPT`: the first call, or after a restart or `SCRIPT FLUSH`) gets it loaded and the
-    /// command again. Bounded by the ledger timeout as a whole.
+    /// Runs a [`script_cmd`] of `script` on the shared connection; see [`Self::eval_on`].
     async fn eval<T: redis::FromRedisValue>(
         &self,
         script: &redis::Script,
         cmd: &redis::Cmd,
     ) -> Result<T, LedgerError> {
-        let mut conn = self.conn.clone();
+        self.eval_on(self.conn.clone(), script, Request::Cmd(cmd))
+            .await
+    }
+
+    /// Sends `request` (a [`script_cmd`] of `script`, or a pipeline starting with one) on
+    /// `conn`; a Redis that does not know the script yet (`NOSCRIPT`: the first call, or after
+    /// a restart or `SCRIPT FLUSH`) gets it loaded and the request again. Bounded by the
+    /// ledger timeout as a whole.
+    async fn eval_on<T: redis::FromRedisValue>(
+        &self,
+        mut conn: Conn,
+        script: &redis::Script,
+        request: Request<'_>,
+    ) -> Result<T, LedgerError> {
         self.bounded(async {
-            match cmd.query_async(&mut conn).await {
+            match request.send(&mut conn).await {
                 Err(e)
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                 {
                     script.prepare_invoke().load_async(&mut conn).await?;
-                    cmd.query_async(&mut conn).await
+                    request.send(&mut conn).await
                 }
                 other => other,
             }
@@ -405,8 +445,28 @@ impl Ledger for RedisLedger {
         if let Some((_, day_limit)) = day_limit {
             cmd.arg(day_limit);
         }
-        let (outcome, used, cost, held): (u8, u32, i64, i64) =
-            self.eval(&self.reserve, &cmd).await?;
+        let (outcome, used, cost, held): (u8, u32, i64, i64) = match &self.confirm {
+            None => self.eval(&self.reserve, &cmd).await?,
+            Some(confirm) => {
+                let pipe = confirm.pipeline(cmd);
+                let (reply, acked): ((u8, u32, i64, i64), u32) = self
+                    .eval_on(confirm.conn(), &self.reserve, Request::Pipeline(&pipe))
+                    .await?;
+                // Only a grant needs its copies: a refusal is safe whether it survives or not.
+                if reply.0 == 1 && acked < confirm.replicas() {
+                    // The unit stays taken; the hold, which no attempt will use, goes now
+                    // (uncharged: nothing was sent) rather than expire as an abandoned charge.
+                    if hold.amount > Nanos::ZERO {
+                        let _ = self.release(key, hold.held(), Nanos::ZERO).await;
+                    }
+                    return Err(LedgerError::Unconfirmed {
+                        acked,
+                        wanted: confirm.replicas(),
+                    });
+                }
+                reply
+            }
+        };
         // A negative amount (only a hand edit could make one) reads as 0.
         let (cost, held) = (cost.max(0) as u64, held.max(0) as u64);
         Ok(match (outcome, day_limit) {
@@ -502,7 +562,9 @@ impl Ledger for RedisLedger {
             .iter()
             .map(|(node, info)| NodeFacts::from_info(node, info))
             .collect();
-        connection::assess(&facts, self.target.is_cluster()).map_err(LedgerError::Misconfigured)
+        let min_replicas = self.confirm.as_ref().map_or(0, Confirmation::replicas);
+        connection::assess(&facts, self.target.is_cluster(), min_replicas)
+            .map_err(LedgerError::Misconfigured)
     }
 
     fn backend(&self) -> &'static str {
