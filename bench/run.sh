@@ -478,6 +478,44 @@ else
     fi
 fi
 
+# Confirmed reservations (VRA_LEDGER_MIN_REPLICAS=1): a replica of that Redis, and a gateway
+# whose every reservation waits (WAIT 1) until the replica holds it.
+GWRC_PID=""
+if [ -z "$GWR_PID" ] || ! command -v redis-cli >/dev/null; then
+    note_skip gateway-redis-confirmed "needs the Redis ledger above and redis-cli"
+else
+    REPLICA_PORT=$(free_port)
+    mkdir -p "$WORK/replica"
+    echo "redis-server --port $REPLICA_PORT --replicaof 127.0.0.1 $REDIS_PORT --save '' --appendonly no" >>"$COMMANDS"
+    "${PIN_CLIENT[@]}" redis-server --port "$REPLICA_PORT" --bind 127.0.0.1 --save "" \
+        --appendonly no --replicaof 127.0.0.1 "$REDIS_PORT" --dir "$WORK/replica" \
+        >"$LOGS/redis-replica.log" 2>&1 &
+    REPLICA_PID=$!
+    PIDS+=("$REPLICA_PID")
+    ENV_PIDS+=(--env-pid "$REPLICA_PID")
+    synced=0
+    if wait_port "$REPLICA_PORT" "$REPLICA_PID" 10; then
+        # The initial sync has no event to wait for: poll the link.
+        for _ in $(seq 1 100); do
+            if redis-cli -p "$REPLICA_PORT" info replication 2>/dev/null | grep -q master_link_status:up; then
+                synced=1
+                break
+            fi
+            sleep 0.1
+        done
+    fi
+    if [ "$synced" = 1 ]; then
+        GWRC_PORT=$(free_port)
+        start_gateway gateway-redis-confirmed "$GWRC_PORT" "$UP_PORT" \
+            VRA_LEDGER_URL="redis://127.0.0.1:$REDIS_PORT/0" VRA_LEDGER_MIN_REPLICAS=1
+        GWRC_PID=$LAST_PID
+        log "Redis replica on 127.0.0.1:$REPLICA_PORT; gateway (confirmed reservations) on 127.0.0.1:$GWRC_PORT (pid $GWRC_PID)"
+        sleep 1
+    else
+        note_skip gateway-redis-confirmed "the Redis replica did not sync"
+    fi
+fi
+
 # The cluster ledger: three Redis Cluster masters (no replicas) on loopback, a gateway on it,
 # and a second one with a clients file of one client (every key of that client carries its
 # hash tag: one shard takes all of its work).
@@ -604,6 +642,7 @@ load c1/grpc-floor grpc "$ECHO" "$ECHO_PID" --mode closed --concurrency 1
 load c1/gateway grpc "$GW" "$GW_PID" --mode closed --concurrency 1
 load c1/gateway-http http "$DOOR" "$GW_PID" --model vra-auto --vra-phase refine --mode closed --concurrency 1
 [ -n "$GWR_PID" ] && load c1/gateway-redis grpc "127.0.0.1:$GWR_PORT" "$GWR_PID" --mode closed --concurrency 1
+[ -n "$GWRC_PID" ] && load c1/gateway-redis-confirmed grpc "127.0.0.1:$GWRC_PORT" "$GWRC_PID" --mode closed --concurrency 1
 [ -n "$GWC_PID" ] && load c1/gateway-cluster grpc "127.0.0.1:$GWC_PORT" "$GWC_PID" --mode closed --concurrency 1
 [ -n "$LL_PID" ] && load c1/litellm http "http://127.0.0.1:$LL_PORT/v1/chat/completions" "$LL_PID" --model bench-model --api-key "$LITELLM_BENCH_KEY" --mode closed --concurrency 1
 
@@ -614,6 +653,7 @@ load open1000/grpc-floor grpc "$ECHO" "$ECHO_PID" --mode open --rate 1000
 load open1000/gateway grpc "$GW" "$GW_PID" --mode open --rate 1000
 load open1000/gateway-http http "$DOOR" "$GW_PID" --model vra-auto --vra-phase refine --mode open --rate 1000
 [ -n "$GWR_PID" ] && load open1000/gateway-redis grpc "127.0.0.1:$GWR_PORT" "$GWR_PID" --mode open --rate 1000
+[ -n "$GWRC_PID" ] && load open1000/gateway-redis-confirmed grpc "127.0.0.1:$GWRC_PORT" "$GWRC_PID" --mode open --rate 1000
 [ -n "$GWC_PID" ] && load open1000/gateway-cluster grpc "127.0.0.1:$GWC_PORT" "$GWC_PID" --mode open --rate 1000
 
 # 16 in flight: both doors of the gateway beside nginx and LiteLLM.
@@ -630,6 +670,7 @@ load c64/grpc-floor grpc "$ECHO" "$ECHO_PID" --mode closed --concurrency 64
 load c64/gateway grpc "$GW" "$GW_PID" --mode closed --concurrency 64
 load c64/gateway-http http "$DOOR" "$GW_PID" --model vra-auto --vra-phase refine --mode closed --concurrency 64
 [ -n "$GWR_PID" ] && load c64/gateway-redis grpc "127.0.0.1:$GWR_PORT" "$GWR_PID" --mode closed --concurrency 64
+[ -n "$GWRC_PID" ] && load c64/gateway-redis-confirmed grpc "127.0.0.1:$GWRC_PORT" "$GWRC_PID" --mode closed --concurrency 64
 [ -n "$GWC_PID" ] && cluster_load c64/gateway-cluster grpc "127.0.0.1:$GWC_PORT" "$GWC_PID" --mode closed --concurrency 64
 [ -n "$GWCC_PID" ] && cluster_load c64/gateway-cluster-client grpc "127.0.0.1:$GWCC_PORT" "$GWCC_PID" --mode closed --concurrency 64 --token "$CLUSTER_TOKEN"
 [ -n "$LL_PID" ] && load c64/litellm http "http://127.0.0.1:$LL_PORT/v1/chat/completions" "$LL_PID" --model bench-model --api-key "$LITELLM_BENCH_KEY" --mode closed --concurrency 64 --timeout-ms 30000
@@ -637,6 +678,7 @@ load c64/gateway-http http "$DOOR" "$GW_PID" --model vra-auto --vra-phase refine
 # One hot report: every call reserves on the same ledger entry.
 load hot-c64/gateway grpc "$GW" "$GW_PID" --mode closed --concurrency 64 --hot-report
 [ -n "$GWR_PID" ] && load hot-c64/gateway-redis grpc "127.0.0.1:$GWR_PORT" "$GWR_PID" --mode closed --concurrency 64 --hot-report
+[ -n "$GWRC_PID" ] && load hot-c64/gateway-redis-confirmed grpc "127.0.0.1:$GWRC_PORT" "$GWRC_PID" --mode closed --concurrency 64 --hot-report
 [ -n "$GWC_PID" ] && cluster_load hot-c64/gateway-cluster grpc "127.0.0.1:$GWC_PORT" "$GWC_PID" --mode closed --concurrency 64 --hot-report
 
 # Streaming time to first token, one stream in flight.

@@ -5,7 +5,8 @@
 //! Scenario labels are `SCENARIO/TARGET`, as `bench/run.sh` writes them: scenarios `c1`,
 //! `open1000`, `c16`, `c64`, `hot-c64`, `stream-c1`, `stream-1k`; targets `direct`, `nginx`,
 //! `grpc-floor`, `gateway` (its gRPC door), `gateway-http` (the same process, its
-//! OpenAI-compatible door), `gateway-redis`, `litellm`. `grpc-floor` is `vra-loadgen grpc-echo`:
+//! OpenAI-compatible door), `gateway-redis`, `gateway-redis-confirmed` (the same Redis with a
+//! replica, `VRA_LEDGER_MIN_REPLICAS=1`), `gateway-cluster`, `gateway-cluster-client`, `litellm`. `grpc-floor` is `vra-loadgen grpc-echo`:
 //! the gateway's gRPC service answering at once, i.e. what the gRPC round trip alone costs.
 
 use std::fmt::Write as _;
@@ -38,6 +39,10 @@ const TARGETS: &[(&str, &str)] = &[
         "vra-gateway, memory ledger, OpenAI door (HTTP/1.1)",
     ),
     ("gateway-redis", "vra-gateway, Redis ledger"),
+    (
+        "gateway-redis-confirmed",
+        "vra-gateway, Redis ledger, reservations confirmed by a replica",
+    ),
     (
         "gateway-cluster",
         "vra-gateway, Redis Cluster ledger (3 masters)",
@@ -256,6 +261,45 @@ const OVERLOAD: &[(&str, &str)] = &[
     ),
     ("no-limits", "no limits"),
 ];
+
+/// What `VRA_LEDGER_MIN_REPLICAS=1` costs: the Redis ledger with and without reservations
+/// confirmed by a replica (`WAIT 1`), scenario by scenario.
+fn confirmed_table(out: &mut String, r: &Results) {
+    let (plain, confirmed) = ("gateway-redis", "gateway-redis-confirmed");
+    if r.load("c1", confirmed).is_none() && r.load("c64", confirmed).is_none() {
+        return;
+    }
+    out.push_str(
+        "## What a confirmed reservation costs
+
+",
+    );
+    out.push_str(
+        "The same Redis (one master, one replica on loopback), one gateway without and one \
+         with `VRA_LEDGER_MIN_REPLICAS=1`: every reservation waits until the replica holds \
+         it. Added = confirmed minus plain.\n\n",
+    );
+    out.push_str(
+        "| scenario | calls/s plain | calls/s confirmed | p50 µs plain | p50 µs confirmed | p50 added µs | p99 added µs | CPU/call plain µs | CPU/call confirmed µs |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for scenario in ["c1", "open1000", "c64", "hot-c64"] {
+        let p50 = |t: &str| r.load(scenario, t).and_then(|v| pct(v, "p50"));
+        let _ = writeln!(
+            out,
+            "| {scenario} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            num(rps(r, scenario, plain), 0),
+            num(rps(r, scenario, confirmed), 0),
+            us(p50(plain)),
+            us(p50(confirmed)),
+            signed_us(added_over(r, scenario, confirmed, plain, "p50")),
+            signed_us(added_over(r, scenario, confirmed, plain, "p99")),
+            us(cpu(r, scenario, plain)),
+            us(cpu(r, scenario, confirmed)),
+        );
+    }
+    out.push('\n');
+}
 
 /// The cluster ledger's scenarios, in table order.
 const CLUSTER: &[(&str, &str, &str)] = &[
@@ -551,7 +595,12 @@ fn render(r: &Results) -> String {
         "| target | distinct calls/s | hot calls/s | distinct p99 µs | hot p99 µs | hot errors |\n\
          |---|---:|---:|---:|---:|---:|\n",
     );
-    for target in ["gateway", "gateway-redis", "gateway-cluster"] {
+    for target in [
+        "gateway",
+        "gateway-redis",
+        "gateway-redis-confirmed",
+        "gateway-cluster",
+    ] {
         let hot = r.load("hot-c64", target);
         let _ = writeln!(
             out,
@@ -567,6 +616,7 @@ fn render(r: &Results) -> String {
     }
     out.push('\n');
 
+    confirmed_table(&mut out, r);
     cluster_table(&mut out, r);
 
     out.push_str("## Streaming: time to first token\n\n");
@@ -944,6 +994,8 @@ mod tests {
                     "before": [100, 100, 100], "after": [150, 160, 190],
                     "warmup_s": 2, "duration_s": 10}),
                 load("c64/gateway-http", 21000.0, 900.0, 1900.0, 33.0),
+                load("c1/gateway-redis", 3000.0, 250.0, 400.0, 40.0),
+                load("c1/gateway-redis-confirmed", 2500.0, 300.0, 520.0, 44.0),
                 load("stream-c1/direct", 3000.0, 100.0, 200.0, 5.0),
                 load("stream-c1/gateway", 2000.0, 150.0, 400.0, 5.0),
                 json!({"kind": "rss", "label": "gateway-idle", "kb": 10240}),
@@ -1004,5 +1056,10 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("- litellm: not installed"), "{md}");
+        assert!(
+            md.contains("| c1 | 3000 | 2500 | 250.0 | 300.0 | +50.0 | +120.0 | 40.0 | 44.0 |"),
+            "{md}"
+        );
+        assert!(md.contains("| c64 | n/a | n/a |"), "{md}");
     }
 }
