@@ -304,7 +304,10 @@ async fn a_master_killed_mid_burst_loses_no_unit() {
     for worker in first {
         worker.await.unwrap();
     }
-    // Its replica is promoted; the killed node comes back as the new master's replica.
+    // Its replica is promoted; only then does the killed node come back (without persistence
+    // it would return empty, and a master that returns before the failover wipes its replica
+    // too), as the new master's replica.
+    cluster.wait_masters(3, Duration::from_secs(60)).await;
     cluster.wait_ok(Duration::from_secs(60)).await;
     cluster.restart(victim).await;
     cluster.wait_ok(Duration::from_secs(60)).await;

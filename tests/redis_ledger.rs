@@ -1073,8 +1073,8 @@ async fn a_killed_replicas_holds_expire_and_the_cap_stays_exact() {
 
 /// `VRA_LEDGER_MIN_REPLICAS=1` on a master and its replica: with the replica in sync, every
 /// grant is on the replica by the time it is answered; a grant that no replica confirms — the
-/// replica frozen, or gone — fails safe with its unit still taken and its hold released
-/// uncharged.
+/// replica frozen, or gone — is refused as unconfirmed with its unit still taken (its hold is
+/// the caller's to release, as the gateway does, uncharged).
 async fn a_grant_counts_only_once_a_replica_holds_it() {
     use vra_gateway::budget::{HoldSpec, Ledger, LedgerError, Limits, ReportKey, Reservation};
     use vra_gateway::domain::Nanos;
@@ -1082,7 +1082,7 @@ async fn a_grant_counts_only_once_a_replica_holds_it() {
     let master = RedisServer::start().await;
     let mut replica = RedisServer::start_replica_of(&master).await;
     master.wait_replica().await;
-    // Ledger timeout 2 s: WAIT gives up after 1 s.
+    // Ledger timeout 2 s: WAIT gives up after a third of it.
     let ledger = master.ledger().confirmed_by(1).expect("the ledger");
     let key = ReportKey::anonymous("confirmed");
     let limits = Limits {
@@ -1127,6 +1127,10 @@ async fn a_grant_counts_only_once_a_replica_holds_it() {
         unconfirmed(&frozen),
         "a frozen replica confirms nothing: {frozen:?}"
     );
+    ledger
+        .release(key, hold(5).held(), Nanos::ZERO)
+        .await
+        .unwrap();
     let r = ledger.reserve(key, limits, hold(6)).await;
     assert!(
         granted(&r, 6, 5_000),
@@ -1139,7 +1143,7 @@ async fn a_grant_counts_only_once_a_replica_holds_it() {
     let u = ledger.usage(key).await.unwrap();
     assert_eq!(
         (u.cloud_calls_used, u.held, u.abandoned),
-        (7, Nanos(5_000), Nanos::ZERO),
-        "units taken, holds of the unconfirmed released uncharged"
+        (7, Nanos(6_000), Nanos::ZERO),
+        "every unit taken; the last grant's hold waits for its caller's release"
     );
 }

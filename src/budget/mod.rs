@@ -375,7 +375,9 @@ pub enum LedgerError {
     #[error("ledger timed out after {0} ms")]
     Timeout(u64),
     /// A reservation was granted, but fewer replicas than `VRA_LEDGER_MIN_REPLICAS` confirmed
-    /// holding it in time: a failover could lose it, so it is not used (its unit stays taken).
+    /// holding it in time: a failover could lose it, so it is not used. Its unit stays taken
+    /// (a replica may yet apply it); its hold, which no attempt will use, is the caller's to
+    /// release uncharged.
     #[error(
         "ledger reservation not confirmed: {acked} of {wanted} replicas acknowledged it (VRA_LEDGER_MIN_REPLICAS)"
     )]

@@ -23,6 +23,8 @@ pub(super) struct Hold {
     report: Box<str>,
     held: HeldCost,
     armed: bool,
+    /// What dropping it charges: the whole hold, unless [`Hold::unused`] said no attempt used it.
+    charge_on_drop: bool,
 }
 
 impl Hold {
@@ -40,7 +42,14 @@ impl Hold {
             report: key.report.into(),
             held,
             armed: true,
+            charge_on_drop: true,
         }
+    }
+
+    /// A hold whose reservation was granted but that no attempt will use (its grant was not
+    /// confirmed by the ledger's replicas): released uncharged, in the background, like a drop.
+    pub(super) fn unused(mut self) {
+        self.charge_on_drop = false;
     }
 
     fn key(&self) -> ReportKey<'_> {
@@ -98,13 +107,20 @@ impl Drop for Hold {
             std::mem::take(&mut self.report),
             self.held,
         );
+        let charge = if self.charge_on_drop {
+            held.amount
+        } else {
+            Nanos::ZERO
+        };
         runtime.spawn(async move {
             let key = ReportKey {
                 client: client.as_deref(),
                 report: &report,
             };
-            if let Err(e) = ledger.release(key, held, held.amount).await {
-                tracing::warn!("could not charge the cost hold of a dropped call: {e}");
+            if let Err(e) = ledger.release(key, held, charge).await {
+                tracing::warn!(
+                    "could not release the cost hold of a call that ended without an attempt to settle it: {e}; it is charged in full when it expires"
+                );
             }
             drop(tracked);
         });
@@ -183,6 +199,19 @@ mod tests {
         assert_eq!(pending.of(REPORT), 1);
         pending.idle().await;
         assert_eq!(state(&ledger).await, (AMOUNT, Nanos::ZERO, AMOUNT));
+    }
+
+    #[tokio::test]
+    async fn an_unused_hold_is_released_uncharged_in_the_background() {
+        let ledger = ledger_with_a_hold().await;
+        let pending: Arc<Pending> = Arc::default();
+        Hold::new(ledger.clone(), pending.clone(), REPORT, HELD).unused();
+        assert_eq!(pending.of(REPORT), 1);
+        pending.idle().await;
+        assert_eq!(
+            state(&ledger).await,
+            (Nanos::ZERO, Nanos::ZERO, Nanos::ZERO)
+        );
     }
 
     #[tokio::test]

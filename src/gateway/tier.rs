@@ -9,7 +9,7 @@ use std::time::{Duration, Instant as StdInstant};
 use futures_util::future::BoxFuture;
 use tracing::{Instrument, Span};
 
-use crate::budget::{HoldSpec, ReportBudget, Reservation};
+use crate::budget::{HoldSpec, LedgerError, ReportBudget, Reservation};
 use crate::cost;
 use crate::domain::{FallbackReason, Nanos, ProviderError, ProviderFailure, QuotaInfo, Tier};
 use crate::error::GatewayError;
@@ -347,6 +347,17 @@ impl Gateway {
                 Budgeted::QuotaSpent
             }
             Err(e) => {
+                if matches!(e, LedgerError::Unconfirmed { .. }) && hold.amount > Nanos::ZERO {
+                    // Granted, hold included, but not confirmed by the replicas: no attempt
+                    // uses it, so it goes back uncharged (the unit stays taken).
+                    Hold::new(
+                        self.ledger.clone(),
+                        self.pending.clone(),
+                        state.key,
+                        hold.held(),
+                    )
+                    .unused();
+                }
                 self.metrics.ledger_error(e.kind());
                 if let Some(held_back) = self.ledger_warnings.check() {
                     tracing::warn!(

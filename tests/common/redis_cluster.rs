@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use super::redis_server::{on_path, spawn_ready};
+use super::redis_server::{on_path, replica_acknowledges, spawn_ready};
 use super::trials::Gate;
 
 /// One cluster node; `child` is `None` while it is killed.
@@ -190,8 +190,9 @@ impl RedisCluster {
             .expect("DBSIZE")
     }
 
-    /// Polls every running master's `INFO replication` until each has at least one replica
-    /// whose link is `online` (done with its initial sync; there is no event to wait for).
+    /// Polls every running master's `INFO replication` until each has at least one replica in
+    /// sync and acknowledging ([`replica_acknowledges`]; there is no event
+    /// to wait for).
     pub async fn wait_replicated(&self, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
         'poll: loop {
@@ -205,15 +206,25 @@ impl RedisCluster {
                     .query_async(&mut self.node(i).await)
                     .await
                     .unwrap_or_default();
-                if !info
-                    .lines()
-                    .any(|l| l.starts_with("slave") && l.contains("state=online"))
-                {
+                if !info.lines().any(replica_acknowledges) {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue 'poll;
                 }
             }
             return;
+        }
+    }
+
+    /// Polls until `n` running nodes are masters: after a master is killed, until its replica
+    /// has been promoted (the cluster decides after its node timeout; no event to wait for).
+    pub async fn wait_masters(&self, n: usize, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.masters().await.len() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no replica promoted within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

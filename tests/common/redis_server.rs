@@ -78,6 +78,19 @@ pub fn gate() -> Gate {
     }
 }
 
+/// Whether a line of a master's `INFO replication` shows a replica done with its initial sync
+/// (`state=online`) that has acknowledged the stream since (`offset` > 0): before its first
+/// acknowledgement, a replica that is online may take most of a second to answer a `WAIT`.
+pub fn replica_acknowledges(line: &str) -> bool {
+    line.starts_with("slave")
+        && line.contains("state=online")
+        && line
+            .split(',')
+            .find_map(|f| f.strip_prefix("offset="))
+            .and_then(|o| o.parse::<u64>().ok())
+            .is_some_and(|o| o > 0)
+}
+
 impl RedisServer {
     /// Starts a server without persistence; panics (failing the test) when there is no
     /// `redis-server` binary.
@@ -227,8 +240,8 @@ impl RedisServer {
         .expect("a Redis ledger")
     }
 
-    /// Polls this master's `INFO replication` until a replica's link is `online` (done with
-    /// its initial sync; there is no event to wait for).
+    /// Polls this master's `INFO replication` until a replica is in sync and acknowledging
+    /// ([`replica_acknowledges`]; there is no event to wait for).
     pub async fn wait_replica(&self) {
         let mut conn = self.client().await;
         tokio::time::timeout(Duration::from_secs(30), async {
@@ -238,10 +251,7 @@ impl RedisServer {
                     .query_async(&mut conn)
                     .await
                     .expect("INFO replication");
-                if info
-                    .lines()
-                    .any(|l| l.starts_with("slave") && l.contains("state=online"))
-                {
+                if info.lines().any(replica_acknowledges) {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;

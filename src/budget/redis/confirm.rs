@@ -12,18 +12,23 @@
 //! record that a failover loses leaves its confirmed hold behind, which then expires as an
 //! abandoned charge of its worst case: the cap can only get stricter.
 //!
-//! `WAIT` blocks the connection it is sent on until the replicas answer, so confirmed
-//! reservations get [`CONNECTIONS`] connections of their own (each a full connection to the
-//! deployment: one node, or a cluster client reaching every master), taken in turn; the
-//! ledger's other operations keep their shared connection and never queue behind a `WAIT`.
+//! `WAIT` blocks the connection it is sent on until the replicas answer (Redis reads nothing
+//! more from it meanwhile), so confirmed reservations get [`CONNECTIONS`] connections of their
+//! own — each a full connection to the deployment: one node, or a cluster client reaching every
+//! master — each leased to one reservation at a time ([`Confirmation::lease`]). A reservation
+//! that finds none free waits in the gateway, not on Redis: if the ledger timeout passes first
+//! it fails safe having sent nothing (no unit taken), instead of queueing behind a `WAIT` that
+//! a slow replica holds up. The ledger's other operations keep their shared connection and
+//! never wait for a replica.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
+
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::connection::{Conn, Target};
 
-/// Connections for confirmed reservations. Each carries one `EVALSHA` + `WAIT` at a time (the
-/// server runs a connection's commands in order, and `WAIT` holds the ones behind it); the
+/// Connections for confirmed reservations, each carrying one `EVALSHA` + `WAIT` at a time. The
 /// replicas answer every waiting connection with the same acknowledgement, so a few
 /// connections confirm many reservations per replication round trip.
 pub const CONNECTIONS: usize = 8;
@@ -31,11 +36,39 @@ pub const CONNECTIONS: usize = 8;
 /// How many replicas must hold a reservation, and the connections that ask them.
 pub struct Confirmation {
     replicas: u32,
-    /// `WAIT`'s own timeout in ms: half the ledger's, so that the server answers with the
-    /// replicas it has (a clear "not confirmed") before the gateway's timeout gives up on it.
+    /// `WAIT`'s own timeout in ms: a third of the ledger's, so that the server answers with the
+    /// replicas it has (a clear "not confirmed") before the gateway gives up, even when a
+    /// script unknown to the server (`NOSCRIPT`) costs the request a second round.
     wait_ms: u64,
-    conns: Vec<Conn>,
-    next: AtomicUsize,
+    /// The connections not leased right now; `permits` counts them.
+    free: Mutex<Vec<Conn>>,
+    permits: Semaphore,
+}
+
+/// One connection of a [`Confirmation`], returned when dropped.
+pub struct Lease<'a> {
+    conn: Option<Conn>,
+    free: &'a Mutex<Vec<Conn>>,
+    _permit: SemaphorePermit<'a>,
+}
+
+impl Lease<'_> {
+    pub fn conn(&mut self) -> &mut Conn {
+        self.conn
+            .as_mut()
+            .expect("a lease holds its connection until dropped")
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.free
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(conn);
+        }
+    }
 }
 
 impl Confirmation {
@@ -54,8 +87,8 @@ impl Confirmation {
         Ok(Some(Confirmation {
             replicas,
             wait_ms: wait_ms(timeout),
-            conns,
-            next: AtomicUsize::new(0),
+            free: Mutex::new(conns),
+            permits: Semaphore::new(CONNECTIONS),
         }))
     }
 
@@ -63,10 +96,20 @@ impl Confirmation {
         self.replicas
     }
 
-    /// The next connection, in turn.
-    pub fn conn(&self) -> Conn {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        self.conns[i].clone()
+    /// A free connection, waiting for one if all are leased; `None` only if the semaphore was
+    /// closed, which nothing does.
+    pub async fn lease(&self) -> Option<Lease<'_>> {
+        let permit = self.permits.acquire().await.ok()?;
+        let conn = self
+            .free
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()?;
+        Some(Lease {
+            conn: Some(conn),
+            free: &self.free,
+            _permit: permit,
+        })
     }
 
     /// `cmd` followed by `WAIT replicas timeout`, as one pipeline: on a cluster it goes to the
@@ -81,20 +124,22 @@ impl Confirmation {
     }
 }
 
-/// Half the ledger timeout in ms, at least 1 (`WAIT … 0` would block for ever).
+/// A third of the ledger timeout in ms, at least 1 (`WAIT … 0` would block for ever).
 fn wait_ms(timeout: Duration) -> u64 {
-    u64::try_from(timeout.as_millis() / 2)
+    u64::try_from(timeout.as_millis() / 3)
         .unwrap_or(u64::MAX)
         .max(1)
 }
 
 #[cfg(test)]
 mod tests {
+    use futures_util::FutureExt as _;
+
     use super::*;
 
     #[test]
     fn wait_never_blocks_for_ever_and_answers_before_the_ledger_timeout() {
-        assert_eq!(wait_ms(Duration::from_millis(200)), 100);
+        assert_eq!(wait_ms(Duration::from_millis(200)), 66);
         assert_eq!(wait_ms(Duration::from_millis(1)), 1);
         assert_eq!(wait_ms(Duration::ZERO), 1);
     }
@@ -112,7 +157,7 @@ mod tests {
     #[tokio::test]
     async fn a_reservation_and_its_wait_travel_as_one_pipeline() {
         let target = Target::parse("redis://127.0.0.1:1").unwrap();
-        let confirm = Confirmation::new(&target, 2, Duration::from_millis(300))
+        let confirm = Confirmation::new(&target, 2, Duration::from_millis(450))
             .unwrap()
             .unwrap();
         assert_eq!(confirm.replicas(), 2);
@@ -123,6 +168,29 @@ mod tests {
         assert!(
             text.contains("EVALSHA") && text.ends_with("$4\r\nWAIT\r\n$1\r\n2\r\n$3\r\n150\r\n"),
             "{text:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn each_connection_carries_one_reservation_at_a_time() {
+        let target = Target::parse("redis://127.0.0.1:1").unwrap();
+        let confirm = Confirmation::new(&target, 1, Duration::from_millis(300))
+            .unwrap()
+            .unwrap();
+        let mut leases = Vec::new();
+        for _ in 0..CONNECTIONS {
+            leases.push(confirm.lease().await.expect("a free connection"));
+        }
+        let next = confirm.lease();
+        tokio::pin!(next);
+        assert!(
+            next.as_mut().now_or_never().is_none(),
+            "all leased: the next reservation waits in the gateway"
+        );
+        leases.pop();
+        assert!(
+            next.await.is_some(),
+            "a returned connection is leased again"
         );
     }
 }

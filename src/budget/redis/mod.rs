@@ -99,6 +99,8 @@ local was_exhausted = state[2] == '1'
 local cap = tonumber(ARGV[3])
 local hold = tonumber(ARGV[4])
 if hold > 0 and redis.call('ZSCORE', KEYS[2], ARGV[5]) then
+  -- A write all the same: a WAIT after this copy then also covers the first one's writes.
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
   return {1, used, math.max(0, tonumber(state[3] or '0')), math.max(0, tonumber(state[4] or '0'))}
 end
 if was_exhausted or used >= tonumber(ARGV[1]) then
@@ -349,38 +351,16 @@ impl RedisLedger {
         cmd
     }
 
-    /// Runs a [`script_cmd`] of `script` on the shared connection; see [`Self::eval_on`].
+    /// Runs a [`script_cmd`] of `script` on the shared connection, bounded by the ledger
+    /// timeout.
     async fn eval<T: redis::FromRedisValue>(
         &self,
         script: &redis::Script,
         cmd: &redis::Cmd,
     ) -> Result<T, LedgerError> {
-        self.eval_on(self.conn.clone(), script, Request::Cmd(cmd))
+        let mut conn = self.conn.clone();
+        self.bounded(send(&mut conn, script, Request::Cmd(cmd)))
             .await
-    }
-
-    /// Sends `request` (a [`script_cmd`] of `script`, or a pipeline starting with one) on
-    /// `conn`; a Redis that does not know the script yet (`NOSCRIPT`: the first call, or after
-    /// a restart or `SCRIPT FLUSH`) gets it loaded and the request again. Bounded by the
-    /// ledger timeout as a whole.
-    async fn eval_on<T: redis::FromRedisValue>(
-        &self,
-        mut conn: Conn,
-        script: &redis::Script,
-        request: Request<'_>,
-    ) -> Result<T, LedgerError> {
-        self.bounded(async {
-            match request.send(&mut conn).await {
-                Err(e)
-                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    script.prepare_invoke().load_async(&mut conn).await?;
-                    request.send(&mut conn).await
-                }
-                other => other,
-            }
-        })
-        .await
     }
 
     async fn bounded<T>(
@@ -397,6 +377,23 @@ impl RedisLedger {
             Ok(Err(e)) => Err(LedgerError::Unavailable(describe(&e))),
             Err(_) => Err(LedgerError::Timeout(self.timeout.as_millis() as u64)),
         }
+    }
+}
+
+/// Sends `request` (a [`script_cmd`] of `script`, or a pipeline starting with one) on `conn`;
+/// a Redis that does not know the script yet (`NOSCRIPT`: the first call, or after a restart,
+/// a failover or `SCRIPT FLUSH`) gets it loaded and the request again.
+async fn send<T: redis::FromRedisValue>(
+    conn: &mut Conn,
+    script: &redis::Script,
+    request: Request<'_>,
+) -> redis::RedisResult<T> {
+    match request.send(conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            script.prepare_invoke().load_async(conn).await?;
+            request.send(conn).await
+        }
+        other => other,
     }
 }
 
@@ -449,16 +446,23 @@ impl Ledger for RedisLedger {
             None => self.eval(&self.reserve, &cmd).await?,
             Some(confirm) => {
                 let pipe = confirm.pipeline(cmd);
+                // Waiting for a free connection counts against the timeout: a reservation that
+                // gets none in time has sent nothing.
                 let (reply, acked): ((u8, u32, i64, i64), u32) = self
-                    .eval_on(confirm.conn(), &self.reserve, Request::Pipeline(&pipe))
+                    .bounded(async {
+                        let mut lease = confirm.lease().await.ok_or_else(|| {
+                            redis::RedisError::from((
+                                redis::ErrorKind::Client,
+                                "the confirmation connections are closed",
+                            ))
+                        })?;
+                        send(lease.conn(), &self.reserve, Request::Pipeline(&pipe)).await
+                    })
                     .await?;
                 // Only a grant needs its copies: a refusal is safe whether it survives or not.
+                // The unit of an unconfirmed grant stays taken; its hold is the caller's to
+                // release ([`LedgerError::Unconfirmed`]).
                 if reply.0 == 1 && acked < confirm.replicas() {
-                    // The unit stays taken; the hold, which no attempt will use, goes now
-                    // (uncharged: nothing was sent) rather than expire as an abandoned charge.
-                    if hold.amount > Nanos::ZERO {
-                        let _ = self.release(key, hold.held(), Nanos::ZERO).await;
-                    }
                     return Err(LedgerError::Unconfirmed {
                         acked,
                         wanted: confirm.replicas(),
