@@ -58,7 +58,7 @@ settings! {
     LEDGER_URL = "VRA_LEDGER_URL", "", "redis://host:port/db (or rediss://) selects the Redis ledger on one node; redis+cluster://host:port[,host:port...] (or rediss+cluster://) on a Redis Cluster; empty = in-memory.", secret = true;
     LEDGER_PREFIX = "VRA_LEDGER_PREFIX", "vra:", "Key prefix of the Redis ledger.";
     LEDGER_TIMEOUT_MS = "VRA_LEDGER_TIMEOUT_MS", "200", "Redis ledger operation timeout; past it, calls fail safe to the secondary.";
-    LEDGER_MIN_REPLICAS = "VRA_LEDGER_MIN_REPLICAS", "0", "Redis ledger: a cloud call's reservation counts only once this many replicas of its master confirm it (WAIT), so a failover cannot lose a unit; unconfirmed in time (half of VRA_LEDGER_TIMEOUT_MS) = fail safe to the secondary. 0 = no wait.";
+    LEDGER_MIN_REPLICAS = "VRA_LEDGER_MIN_REPLICAS", "0", "Redis ledger: a cloud call's reservation counts only once this many replicas of its master confirm holding it (WAIT), so promoting such a replica loses no unit; not confirmed within a third of VRA_LEDGER_TIMEOUT_MS = fail safe to the secondary (the unit stays taken). 0 = no wait.";
     LEDGER_MAX_REPORTS = "VRA_LEDGER_MAX_REPORTS", "250000", "Reports the in-memory ledger tracks at most; past it a new report's cloud calls fail safe (LEDGER_UNAVAILABLE).";
     MAX_RESPONSE_BYTES = "VRA_MAX_RESPONSE_BYTES", "8388608", "Largest upstream response body (unary answers and error bodies) read, in bytes.";
     MAX_STREAM_LINE_BYTES = "VRA_MAX_STREAM_LINE_BYTES", "1048576", "Longest SSE / NDJSON line of an upstream stream, in bytes.";
