@@ -102,6 +102,13 @@ fn main() {
         ),
         async_trial(
             &args,
+            "local_answers_never_wait_for_a_frozen_or_stopped_ledger",
+            &redis,
+            Runtime::MultiThread(2),
+            local_answers_never_wait_for_a_frozen_or_stopped_ledger,
+        ),
+        async_trial(
+            &args,
             "a_grant_counts_only_once_a_replica_holds_it",
             &redis,
             Runtime::CurrentThread,
@@ -1146,4 +1153,71 @@ async fn a_grant_counts_only_once_a_replica_holds_it() {
         (7, Nanos(6_000), Nanos::ZERO),
         "every unit taken; the last grant's hold waits for its caller's release"
     );
+}
+
+/// A local answer's record follows it, retried like a cloud call's: with Redis frozen (SIGSTOP,
+/// and a ledger timeout of a minute, so a call that waited for its record would take that
+/// long) local answers still arrive, showing the budget last seen here; their records land when
+/// Redis thaws. With Redis stopped, the same, and the records land once it is back.
+async fn local_answers_never_wait_for_a_frozen_or_stopped_ledger() {
+    for (frozen, timeout_ms) in [(true, "60000"), (false, "200")] {
+        let mut redis = RedisServer::start_aof().await;
+        let cloud = Sim::start().await.unwrap();
+        let local = Sim::start().await.unwrap();
+        let url = redis.url();
+        let gw = Replica::start(config(
+            &cloud,
+            &local,
+            &[
+                ("VRA_LEDGER_URL", url.as_str()),
+                ("VRA_LEDGER_TIMEOUT_MS", timeout_ms),
+            ],
+        ))
+        .await;
+        let mut client = connect(gw.addr).await;
+        let report = if frozen { "frozen" } else { "stopped" };
+        let r = client
+            .generate(request(report, P::Refine, S::Analysis))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(tier(&r), T::Primary);
+        // Read once: the cloud call's record has landed.
+        assert_eq!(usage(gw.addr, report).await.primary_calls, 1);
+
+        if frozen {
+            redis.signal("STOP").unwrap();
+        } else {
+            redis.stop().await;
+        }
+        for i in 0..3 {
+            let answer = tokio::time::timeout(
+                Duration::from_secs(30),
+                client.generate(request(report, P::Expand, S::Analysis)),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("local answer {i} waited for the ledger (frozen: {frozen})"))
+            .unwrap()
+            .into_inner();
+            assert_eq!(tier(&answer), T::Secondary);
+            assert_eq!(
+                answer.budget.unwrap().cloud_calls_used,
+                1,
+                "the budget last seen here"
+            );
+        }
+        if frozen {
+            redis.signal("CONT").unwrap();
+        } else {
+            redis.restart().await;
+        }
+        // The read waits for this replica's records of the report still on their way.
+        let u = usage(gw.addr, report).await;
+        assert_eq!(
+            (u.primary_calls, u.secondary_calls),
+            (1, 3),
+            "every record landed once Redis was back (frozen: {frozen})"
+        );
+        gw.shutdown().await;
+    }
 }

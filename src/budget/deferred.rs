@@ -2,10 +2,11 @@
 //!
 //! Budget correctness needs only the reservation: it is the one atomic step that decides
 //! whether a cloud request may go out. A call's record (its tokens, cost and counters, and the
-//! settling of its cost hold) can follow the response. A remote ledger
-//! ([`Ledger::defers_records`]) therefore answers a cloud call with the budget its reservation
-//! returned and sends the record in the background — one Redis round trip before the response
-//! instead of two.
+//! settling of its cost hold) can follow the response. On a remote ledger
+//! ([`Ledger::defers_records`]) every answer therefore goes out before its record, which is
+//! sent in the background: a cloud call shows the budget its reservation returned (one Redis
+//! round trip before the response instead of two), a local answer the budget last seen on this
+//! replica ([`super::known`]) — so the fail-safe path never waits on a ledger that is down.
 //!
 //! What is promised in exchange:
 //!
@@ -94,14 +95,6 @@ impl Drop for Tracked {
     }
 }
 
-/// The map key of a report: client ids never contain `/` (see [`ReportKey`]).
-fn map_key(key: ReportKey<'_>) -> String {
-    match key.client {
-        Some(client) => format!("{client}/{}", key.report),
-        None => key.report.to_string(),
-    }
-}
-
 impl Pending {
     fn map(&self) -> MutexGuard<'_, HashMap<String, BTreeSet<u64>>> {
         self.by_report.lock().unwrap_or_else(|p| p.into_inner())
@@ -109,7 +102,7 @@ impl Pending {
 
     /// Counts one record of `key` in flight until the returned guard is dropped.
     pub fn track(self: &Arc<Self>, key: ReportKey<'_>) -> Tracked {
-        let key = map_key(key);
+        let key = key.owned();
         let mut map = self.map();
         // Taken under the lock, so a record's number and its entry appear together.
         let seq = self.next.fetch_add(1, Ordering::Relaxed);
@@ -124,14 +117,14 @@ impl Pending {
 
     /// Records of `key` in flight now.
     pub fn of(&self, key: ReportKey<'_>) -> usize {
-        self.map().get(&map_key(key)).map_or(0, BTreeSet::len)
+        self.map().get(&key.owned()).map_or(0, BTreeSet::len)
     }
 
     /// Resolves once every record of `key` started before this call is done. Records started
     /// later do not hold it up, so a report with calls answered without pause is still read;
     /// each record is bounded (its retries and the ledger timeout), so the wait is too.
     pub async fn settled(&self, key: ReportKey<'_>) {
-        let key = map_key(key);
+        let key = key.owned();
         let before = {
             let _map = self.map();
             self.next.load(Ordering::Relaxed)

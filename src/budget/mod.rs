@@ -31,6 +31,7 @@
 //! replicas). A new backend implements the trait and is chosen in [`build`].
 
 pub mod deferred;
+pub mod known;
 pub mod memory;
 pub mod redis;
 
@@ -56,6 +57,15 @@ impl<'a> ReportKey<'a> {
         Self {
             client: None,
             report,
+        }
+    }
+
+    /// One string naming the report in the gateway's own maps: `client/report`, or the report
+    /// alone (client ids never contain `/`).
+    pub fn owned(&self) -> String {
+        match self.client {
+            Some(client) => format!("{client}/{}", self.report),
+            None => self.report.to_string(),
         }
     }
 }
@@ -470,7 +480,7 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// Whether a call's record should follow its response ([`deferred`]): true for a
     /// backend a round trip away. A cloud call is then answered with the budget its
-    /// reservation returned.
+    /// reservation returned, any other with the budget last seen ([`known`]).
     fn defers_records(&self) -> bool {
         false
     }

@@ -54,6 +54,7 @@ use std::time::Duration;
 use tracing::Span;
 
 use crate::budget::deferred::Pending;
+use crate::budget::known::KnownBudgets;
 use crate::budget::{Ledger, LedgerError, Limits, ReportBudget, ReportKey, ReportUsage};
 use crate::config::Config;
 use crate::cost::{self, Price};
@@ -138,6 +139,9 @@ pub struct Gateway {
     ledger: Arc<dyn Ledger>,
     /// Records sent after their response ([`Ledger::defers_records`]), by report.
     pending: Arc<Pending>,
+    /// The budget last seen per report, shown by answers that take no unit when records are
+    /// deferred.
+    known: KnownBudgets,
     retry: RetryPolicy,
     breakers: [CircuitBreaker; 2],
     stream_idle: Duration,
@@ -258,6 +262,7 @@ impl Gateway {
             tiers,
             ledger,
             pending: Arc::default(),
+            known: KnownBudgets::new(config.ledger.report_ttl),
             retry: config.retry.into(),
             breakers: [
                 CircuitBreaker::new(config.circuit),
@@ -359,7 +364,11 @@ impl Gateway {
     /// the records still on their way ([`deferred`]).
     async fn read_usage(&self, key: ReportKey<'_>) -> Result<ReportUsage, LedgerError> {
         self.pending.settled(key).await;
-        self.ledger.usage(key).await
+        let usage = self.ledger.usage(key).await?;
+        if self.ledger.defers_records() {
+            self.known.note(key, usage.budget());
+        }
+        Ok(usage)
     }
 
     /// Resolves once every record sent after its response has landed (or failed for good);

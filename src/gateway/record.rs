@@ -1,6 +1,7 @@
-//! Pricing an answered call and recording it in the ledger: inline (the memory ledger, or a
-//! call that settles a hold), or after the response on a ledger a round trip away
-//! ([`crate::budget::deferred`]).
+//! Pricing an answered call and recording it in the ledger: inline on the memory ledger (a
+//! lock away), after the response on a ledger a round trip away
+//! ([`crate::budget::deferred`]; the answer shows the budget its reservation returned, or the
+//! one last seen here, [`crate::budget::known`]).
 
 use tracing::Span;
 
@@ -44,12 +45,10 @@ impl Gateway {
             .hybrid()
             .usage(&route.provider, &route.model, usage, cost.map(Nanos::usd));
         let limits = state.limits;
-        // A cloud call on a ledger a round trip away is answered with the budget its
-        // reservation returned, adjusted by its own settling; the record follows.
-        if self.ledger.defers_records()
-            && route.cloud
-            && let Some(granted) = state.granted
-        {
+        // On a ledger a round trip away no answer waits for its record: a cloud call shows
+        // the budget its reservation returned, settled by its own cost; any other answer the
+        // budget last seen here ([`crate::budget::known`]). The record follows, retried.
+        if self.ledger.defers_records() {
             let (client, report, release) = match hold {
                 Some(hold) => {
                     let (_, client, report, held) = hold.settle();
@@ -61,7 +60,23 @@ impl Gateway {
                     HeldCost::NONE,
                 ),
             };
-            let after = settled(granted, cost, release.amount);
+            let budget = match state.granted {
+                Some(granted) if route.cloud => {
+                    let after = settled(granted, cost, release.amount);
+                    self.known.note(state.key, after);
+                    after
+                }
+                granted => {
+                    let mut known = granted
+                        .or_else(|| self.known.get(state.key))
+                        .unwrap_or_default();
+                    // This call's own reservation, when it tried one, is the latest count.
+                    if let Some(used) = state.last_used {
+                        known.used = used;
+                    }
+                    known
+                }
+            };
             let metrics = self.metrics.clone();
             let record = CallRecord { release, ..record };
             deferred::record_in_background(
@@ -83,7 +98,7 @@ impl Gateway {
                     );
                 },
             );
-            return (answered(after, limits, state.refused), cost);
+            return (answered(budget, limits, state.refused), cost);
         }
         let recorded = match hold {
             None => self.ledger.record(state.key, record).await,
