@@ -491,6 +491,9 @@ async fn keys_are_namespaced_expire_and_treat_report_ids_as_data() {
         .generate(request("plain", P::Expand, S::Analysis))
         .await
         .unwrap();
+    // Records follow their answers: a read on this replica waits until they have landed.
+    usage(gw.addr, odd).await;
+    usage(gw.addr, "plain").await;
 
     let mut conn = redis.client().await;
     let keys: Vec<Vec<u8>> = redis::cmd("KEYS")

@@ -6,7 +6,8 @@
 //! ([`Ledger::defers_records`]) every answer therefore goes out before its record, which is
 //! sent in the background: a cloud call shows the budget its reservation returned (one Redis
 //! round trip before the response instead of two), a local answer the budget last seen on this
-//! replica ([`super::known`]) — so the fail-safe path never waits on a ledger that is down.
+//! replica ([`super::known`]) — so no answer waits for its record on a ledger that is down (a
+//! cloud-routed call still waits for its reservation, bounded by the ledger timeout).
 //!
 //! What is promised in exchange:
 //!

@@ -8,17 +8,26 @@
 //! when it tried one, else from the latest cloud answer or usage read of the report here.
 //! It may lag other replicas' calls; `GetReportUsage` is the exact read.
 //!
+//! Each report's entry only moves forward: the count used, the settled cost and a spent mark
+//! never go back when an older view arrives late (an earlier read, answers finishing out of
+//! order); the cost held is the latest view's.
+//!
 //! Bounded by entries ([`CAPACITY`], least recently used evicted, by the moka crate) and by
-//! idleness (the report TTL): a report it forgot shows its unit limit and nothing spent.
+//! idleness (the report TTL, at most [`MAX_IDLE`]): a report it forgot shows its unit limit and
+//! nothing spent.
 
 use std::time::Duration;
 
+use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
 use super::{ReportBudget, ReportKey};
 
 /// Reports remembered at most: a replica's working set of reports in progress.
 pub const CAPACITY: u64 = 10_000;
+
+/// The longest idleness an entry survives, whatever the report TTL.
+pub const MAX_IDLE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The last budget seen per report.
 pub struct KnownBudgets {
@@ -32,19 +41,35 @@ impl KnownBudgets {
         Self {
             by_report: Cache::builder()
                 .max_capacity(CAPACITY)
-                .time_to_idle(idle)
+                .eviction_policy(EvictionPolicy::lru())
+                .time_to_idle(idle.min(MAX_IDLE))
                 .build(),
         }
     }
 
-    /// Remembers `budget` as the report's latest.
+    /// Merges `budget` into what is known of the report ([`merged`]).
     pub fn note(&self, key: ReportKey<'_>, budget: ReportBudget) {
-        self.by_report.insert(key.owned(), budget);
+        self.by_report
+            .entry(key.owned())
+            .and_upsert_with(|known| match known {
+                Some(known) => merged(*known.value(), budget),
+                None => budget,
+            });
     }
 
     /// The report's latest budget seen here, if any.
     pub fn get(&self, key: ReportKey<'_>) -> Option<ReportBudget> {
         self.by_report.get(&key.owned())
+    }
+}
+
+/// `seen` after `known`: counts and the spent mark never go back; the cost held is `seen`'s.
+fn merged(known: ReportBudget, seen: ReportBudget) -> ReportBudget {
+    ReportBudget {
+        used: known.used.max(seen.used),
+        exhausted: known.exhausted || seen.exhausted,
+        cloud_cost: known.cloud_cost.max(seen.cloud_cost),
+        held: seen.held,
     }
 }
 

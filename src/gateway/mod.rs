@@ -148,8 +148,9 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     /// Each tier's provider series, by tier index (resolved once, not per call).
     tier_metrics: [ProviderMetrics; 2],
-    /// A ledger that is down or full fails every call the same way: one warning a second.
-    ledger_warnings: Throttle,
+    /// A ledger that is down or full fails every call the same way: one warning a second
+    /// (shared with the record tasks).
+    ledger_warnings: Arc<Throttle>,
     /// Each tier's model price (`None`: a cloud model without a price), by tier index.
     prices: [Option<Price>; 2],
     /// `MAX_CLOUD_COST_USD`.
@@ -269,7 +270,7 @@ impl Gateway {
                 CircuitBreaker::new(config.circuit),
             ],
             stream_idle: config.stream_idle_timeout,
-            ledger_warnings: Throttle::new(Duration::from_secs(1)),
+            ledger_warnings: Arc::new(Throttle::new(Duration::from_secs(1))),
             prices,
             cost_cap: config.max_cloud_cost,
             hold_grace: config.ledger.hold_grace,

@@ -67,17 +67,21 @@ impl Gateway {
                     after
                 }
                 granted => {
-                    let mut known = granted
-                        .or_else(|| self.known.get(state.key))
-                        .unwrap_or_default();
-                    // This call's own reservation, when it tried one, is the latest count.
+                    let mut known = self.known.get(state.key).unwrap_or_default();
+                    // What this call's own reservation saw is the latest view of the count,
+                    // the settled cost and, after a refusal, of the spent mark.
                     if let Some(used) = state.last_used {
-                        known.used = used;
+                        known.used = known.used.max(used);
+                        known.exhausted |= state.refused;
+                        if let Some(granted) = granted {
+                            known.cloud_cost = known.cloud_cost.max(granted.cloud_cost);
+                        }
+                        self.known.note(state.key, known);
                     }
                     known
                 }
             };
-            let metrics = self.metrics.clone();
+            let (metrics, warnings) = (self.metrics.clone(), self.ledger_warnings.clone());
             let record = CallRecord { release, ..record };
             deferred::record_in_background(
                 self.ledger.clone(),
@@ -87,7 +91,11 @@ impl Gateway {
                 record,
                 move |e| {
                     metrics.record_lost();
+                    let Some(held_back) = warnings.check() else {
+                        return;
+                    };
                     tracing::warn!(
+                        held_back,
                         "could not record usage of a call after its response ({} tries): {e}; the report's counters miss it unless a copy still lands (once){}",
                         1 + deferred::RETRIES,
                         if release.amount > Nanos::ZERO {
@@ -439,5 +447,59 @@ mod tests {
         let after = report_usage(&gateway).await;
         assert_eq!(after.primary_calls, 1);
         assert_eq!((after.held, after.cloud_cost), (Nanos::ZERO, cost));
+    }
+
+    #[tokio::test]
+    async fn on_a_deferring_ledger_a_local_answer_shows_the_budget_last_seen_and_never_waits() {
+        let ledger = gated(true);
+        let gateway = gateway(ledger.clone());
+        let input = input();
+        let usage = TokenUsage::reported(10, 20);
+        let cloud = gateway.route_info(Tier::Primary, Rule::DraftDefaultPrimary, None);
+        let local = gateway.route_info(Tier::Secondary, Rule::ExpandSecondary, None);
+        // Every record waits at the gate: an answer that waited for one would never come.
+        let mut state = CallState::new(&gateway, &input, Deadline(None));
+        let hold = reserve(&gateway, &mut state).await;
+        let (first, _) = gateway
+            .finish_call(&state, &cloud, usage, Some(hold))
+            .now_or_never()
+            .expect("a cloud answer never waits for its record");
+
+        let plain = CallState::new(&gateway, &input, Deadline(None));
+        let (budget, _) = gateway
+            .finish_call(&plain, &local, usage, None)
+            .now_or_never()
+            .expect("a local answer never waits for its record");
+        assert_eq!(
+            (budget.used, budget.cost_used, budget.exhausted),
+            (1, first.cost_used, false),
+            "the budget the cloud answer left here"
+        );
+
+        // A call refused a unit (the report is spent) falls back: its answer shows it, and so
+        // does the next local answer, which saw no ledger at all.
+        let mut refused = CallState::new(&gateway, &input, Deadline(None));
+        refused.last_used = Some(3);
+        refused.refused = true;
+        let (budget, _) = gateway
+            .finish_call(&refused, &local, usage, None)
+            .now_or_never()
+            .expect("answered at once");
+        assert_eq!((budget.used, budget.exhausted), (3, true));
+        let (budget, _) = gateway
+            .finish_call(&plain, &local, usage, None)
+            .now_or_never()
+            .expect("answered at once");
+        assert_eq!((budget.used, budget.exhausted), (3, true));
+
+        assert_eq!(report_usage(&gateway).await.secondary_calls, 0);
+        ledger.gate.add_permits(4);
+        gateway.flush_records().await;
+        let after = report_usage(&gateway).await;
+        assert_eq!(
+            (after.primary_calls, after.secondary_calls),
+            (1, 3),
+            "every record followed its answer"
+        );
     }
 }
