@@ -68,7 +68,8 @@ impl Price {
 }
 
 /// List prices of common cloud models, USD per million tokens (input, output): OpenAI's
-/// published standard-tier prices (openai.com/api/pricing), as of 2025-08. They are defaults
+/// published standard-tier prices (openai.com/api/pricing), as of 2025-08, and Anthropic's
+/// (Claude; below, with their own date and source). They are defaults
 /// only — `[pricing."MODEL"]` overrides any of them — and apply to cloud-tier providers only.
 /// (The reasoning models, o-series, are left out: they take `max_completion_tokens`, not the
 /// `max_tokens` the gateway sends.)
@@ -80,6 +81,27 @@ pub const BUILTIN_PRICES: &[(&str, Price)] = &[
     ("gpt-4.1-nano", price(0.10, 0.40)),
     ("gpt-4-turbo", price(10.00, 30.00)),
     ("gpt-3.5-turbo", price(0.50, 1.50)),
+    // Anthropic's list prices (docs.anthropic.com/en/docs/about-claude/pricing), as published
+    // in 2026-03, by alias and by dated id. Base rates only: the prompt cache's writes (1.25x)
+    // and reads (0.1x) are counted as input at the input rate, and Sonnet's long-context rate
+    // (prompts over 200k tokens) is not modelled — `[pricing."MODEL"]` for exact figures.
+    ("claude-opus-4-6", price(5.00, 25.00)),
+    ("claude-sonnet-4-6", price(3.00, 15.00)),
+    ("claude-opus-4-5", price(5.00, 25.00)),
+    ("claude-opus-4-5-20251101", price(5.00, 25.00)),
+    ("claude-sonnet-4-5", price(3.00, 15.00)),
+    ("claude-sonnet-4-5-20250929", price(3.00, 15.00)),
+    ("claude-haiku-4-5", price(1.00, 5.00)),
+    ("claude-haiku-4-5-20251001", price(1.00, 5.00)),
+    ("claude-opus-4-1", price(15.00, 75.00)),
+    ("claude-opus-4-1-20250805", price(15.00, 75.00)),
+    ("claude-opus-4-0", price(15.00, 75.00)),
+    ("claude-opus-4-20250514", price(15.00, 75.00)),
+    ("claude-sonnet-4-0", price(3.00, 15.00)),
+    ("claude-sonnet-4-20250514", price(3.00, 15.00)),
+    ("claude-3-5-haiku-latest", price(0.80, 4.00)),
+    ("claude-3-5-haiku-20241022", price(0.80, 4.00)),
+    ("claude-3-haiku-20240307", price(0.25, 1.25)),
 ];
 
 const fn price(input_per_mtok: f64, output_per_mtok: f64) -> Price {
@@ -238,6 +260,13 @@ mod tests {
             pricing.lookup("gpt-4o", true),
             PriceSource::Configured(price(2.0, 9.0))
         );
+        // Claude, by alias and by dated id.
+        for model in ["claude-sonnet-4-5", "claude-sonnet-4-5-20250929"] {
+            assert_eq!(
+                pricing.lookup(model, true),
+                PriceSource::Builtin(price(3.00, 15.00))
+            );
+        }
         assert_eq!(
             pricing.lookup("gpt-4o-mini", true),
             PriceSource::Builtin(price(0.15, 0.60))

@@ -6,8 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Harness, request};
-use tonic::{Code, Status};
+use common::{Harness, collect_stream, request};
+use tonic::Code;
 use vra_gateway::demo::sim::Step;
 use vra_gateway::pb::{
     self, CompilationPhase as P, FallbackReason as F, ProviderTier as T, SectionType as S,
@@ -18,31 +18,6 @@ const LOCAL_TEXT: &str = "Local model text — llama writes plainly.";
 
 fn stream_request(report: &str, phase: P, section: S) -> pb::GenerateStreamRequest {
     request(report, phase, section).into()
-}
-
-/// Reads a whole stream: the deltas, the final message, and the terminal error if any.
-async fn collect(
-    mut stream: tonic::Streaming<pb::GenerateStreamResponse>,
-) -> (Vec<String>, Option<pb::GenerateResponse>, Option<Status>) {
-    let mut deltas = Vec::new();
-    let mut done = None;
-    loop {
-        match stream.message().await {
-            Ok(Some(msg)) => {
-                if let Some(d) = msg.done {
-                    assert!(msg.delta.is_empty(), "the final message carries no delta");
-                    assert!(done.is_none(), "exactly one final message");
-                    done = Some(d);
-                } else {
-                    assert!(!msg.delta.is_empty(), "every delta is non-empty");
-                    assert!(done.is_none(), "nothing after the final message");
-                    deltas.push(msg.delta);
-                }
-            }
-            Ok(None) => return (deltas, done, None),
-            Err(status) => return (deltas, done, Some(status)),
-        }
-    }
 }
 
 async fn start() -> Harness {
@@ -70,7 +45,7 @@ async fn streamed_text_equals_unary_text_for_both_wire_formats() {
             .await
             .unwrap()
             .into_inner();
-        let (deltas, done, err) = collect(stream).await;
+        let (deltas, done, err) = collect_stream(stream).await;
         assert!(err.is_none(), "{err:?}");
         assert!(
             deltas.len() > 3,
@@ -133,7 +108,7 @@ async fn chunk_boundaries_inside_characters_and_done_marker() {
         .await
         .unwrap()
         .into_inner();
-    let (deltas, done, err) = collect(stream).await;
+    let (deltas, done, err) = collect_stream(stream).await;
     assert!(err.is_none(), "{err:?}");
     assert_eq!(deltas.concat(), "Grüße 🌍");
     let usage = done.unwrap().usage.unwrap();
@@ -151,7 +126,7 @@ async fn primary_failing_before_the_first_delta_falls_back() {
         .await
         .unwrap()
         .into_inner();
-    let (deltas, done, err) = collect(stream).await;
+    let (deltas, done, err) = collect_stream(stream).await;
     assert!(err.is_none(), "{err:?}");
     assert_eq!(deltas.concat(), LOCAL_TEXT, "only the secondary's text");
     let done = done.unwrap();
@@ -182,7 +157,7 @@ async fn a_stream_that_dies_before_its_first_delta_is_retried() {
         .await
         .unwrap()
         .into_inner();
-    let (deltas, done, err) = collect(stream).await;
+    let (deltas, done, err) = collect_stream(stream).await;
     assert!(err.is_none(), "{err:?}");
     assert_eq!(deltas.concat(), CLOUD_TEXT);
     assert_eq!(done.unwrap().attempts, 2);
@@ -202,7 +177,7 @@ async fn errors_after_the_first_delta_abort_without_fallback() {
         .await
         .unwrap()
         .into_inner();
-    let (deltas, done, err) = collect(stream).await;
+    let (deltas, done, err) = collect_stream(stream).await;
     assert_eq!(deltas.len(), 2);
     assert!(CLOUD_TEXT.starts_with(&deltas.concat()));
     assert!(done.is_none());
@@ -229,7 +204,7 @@ async fn a_stream_without_terminal_event_is_an_error() {
         .await
         .unwrap()
         .into_inner();
-    let (deltas, done, err) = collect(stream).await;
+    let (deltas, done, err) = collect_stream(stream).await;
     assert_eq!(deltas.concat(), CLOUD_TEXT);
     assert!(done.is_none(), "not a silent success");
     assert_eq!(err.expect("error").code(), Code::Unavailable);
@@ -244,7 +219,7 @@ async fn a_stream_without_terminal_event_is_an_error() {
         .await
         .unwrap()
         .into_inner();
-    let (_, done, err) = collect(stream).await;
+    let (_, done, err) = collect_stream(stream).await;
     assert!(done.is_none());
     assert_eq!(err.expect("error").code(), Code::Unavailable);
 }
@@ -264,7 +239,7 @@ async fn a_silent_upstream_is_cut_by_the_idle_timeout() {
         .await
         .unwrap()
         .into_inner();
-    let (deltas, _, err) = collect(stream).await;
+    let (deltas, _, err) = collect_stream(stream).await;
     assert_eq!(deltas.len(), 1);
     let err = err.expect("cut by the idle timeout");
     assert_eq!(err.code(), Code::Unavailable);
@@ -326,7 +301,7 @@ async fn deadline_ends_the_stream_and_the_upstream_request() {
         .await
         .unwrap()
         .into_inner();
-    let (deltas, done, err) = collect(stream).await;
+    let (deltas, done, err) = collect_stream(stream).await;
     assert_eq!(deltas.len(), 1);
     assert!(done.is_none());
     assert_eq!(err.expect("deadline").code(), Code::DeadlineExceeded);
@@ -337,7 +312,7 @@ async fn deadline_ends_the_stream_and_the_upstream_request() {
 async fn streams_respect_the_budget_and_validation() {
     let h = Harness::start(&[("MAX_CLOUD_CALLS", "1")]).await;
     let mut c = h.client.clone();
-    let (_, done, _) = collect(
+    let (_, done, _) = collect_stream(
         c.generate_stream(stream_request("sb", P::Refine, S::Analysis))
             .await
             .unwrap()
@@ -345,7 +320,7 @@ async fn streams_respect_the_budget_and_validation() {
     )
     .await;
     assert_eq!(done.unwrap().route.unwrap().tier, T::Primary as i32);
-    let (_, done, _) = collect(
+    let (_, done, _) = collect_stream(
         c.generate_stream(stream_request("sb", P::Abstract, S::Other))
             .await
             .unwrap()

@@ -113,7 +113,14 @@ impl Config {
             line_bytes: parse_uint(MAX_STREAM_LINE_BYTES, s, 1024)?,
         };
         let proxy = providers::proxies(s)?;
-        let providers = providers::table(s, timeout, connect_timeout, limits, &proxy)?;
+        let providers = providers::table(
+            s,
+            timeout,
+            connect_timeout,
+            limits,
+            &proxy,
+            parse_uint(MAX_OUTPUT_TOKENS, s, 1)?,
+        )?;
 
         let primary_name = s
             .get(PRIMARY_PROVIDER)
@@ -129,14 +136,16 @@ impl Config {
             &providers,
             primary_name.1,
             &primary_name.0,
-            s.get_or_default(PRIMARY_MODEL),
+            s.get(PRIMARY_MODEL),
+            PRIMARY_MODEL.default,
         )?;
         let secondary_name = s.get_or_default(SECONDARY_PROVIDER);
         let secondary = providers::endpoint(
             &providers,
             SECONDARY_PROVIDER.var,
             &secondary_name,
-            s.get_or_default(SECONDARY_MODEL),
+            s.get(SECONDARY_MODEL),
+            SECONDARY_MODEL.default,
         )?;
 
         let retry = RetryConfig {
@@ -536,6 +545,34 @@ mod tests {
         );
         assert!(!c.secondary.provider.is_cloud());
         assert_eq!(c.secondary.provider.timeout, Duration::from_millis(5000));
+    }
+
+    #[test]
+    fn a_claude_primary_needs_only_its_kind_tier_and_model() {
+        let mut s = sources(&[
+            ("ANTHROPIC_API_KEY", "sk-ant-test"),
+            ("PRIMARY_PROVIDER", "claude"),
+            ("VRA_MAX_OUTPUT_TOKENS", "2048"),
+        ]);
+        s.load_toml(
+            "[providers.claude]\nkind = \"anthropic\"\ntier = \"cloud\"\nmodel = \"claude-sonnet-4-5\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let c = Config::from_sources(&s).unwrap();
+        let p = &c.primary.provider;
+        assert_eq!(p.kind, ProviderKind::Anthropic);
+        assert_eq!(p.base_url, "https://api.anthropic.com");
+        assert_eq!(p.api_key.as_ref().map(Secret::expose), Some("sk-ant-test"));
+        assert_eq!(p.max_output_tokens, 2048);
+        assert_eq!(c.primary.model, "claude-sonnet-4-5", "the provider's model");
+        // PRIMARY_MODEL, when set, wins over the provider's model.
+        s.env
+            .insert("PRIMARY_MODEL".into(), "claude-haiku-4-5".into());
+        assert_eq!(
+            Config::from_sources(&s).unwrap().primary.model,
+            "claude-haiku-4-5"
+        );
     }
 
     #[test]

@@ -63,6 +63,11 @@ fn parse_proxy(setting: Setting, raw: &str) -> Result<Secret, ConfigError> {
     Ok(Secret::new(url.as_str().trim_end_matches('/')))
 }
 
+/// Where a `kind = "anthropic"` provider without `base_url` sends its requests.
+pub const ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
+/// The variable a `kind = "anthropic"` provider without `api_key_env` reads its key from.
+pub const ANTHROPIC_API_KEY_ENV: &str = "ANTHROPIC_API_KEY";
+
 /// The setting that holds a provider's base URL.
 pub(super) fn base_url_var(provider: &str) -> String {
     match provider {
@@ -79,6 +84,7 @@ pub(super) fn table(
     connect_timeout: Duration,
     limits: BodyLimits,
     proxy: &ProxyConfig,
+    max_output_tokens: u32,
 ) -> Result<BTreeMap<String, ProviderConfig>, ConfigError> {
     let mut table = BTreeMap::new();
     let openai_urls = parse_urls(
@@ -101,6 +107,8 @@ pub(super) fn table(
         limits,
         pool: PoolConfig::default(),
         proxy: proxy.clone(),
+        default_model: None,
+        max_output_tokens,
     };
     let ollama_urls = parse_urls(
         OLLAMA_HOST.var,
@@ -122,21 +130,25 @@ pub(super) fn table(
                 limits,
                 pool: PoolConfig::default(),
                 proxy: proxy.clone(),
+                default_model: None,
+                max_output_tokens,
             },
         );
     }
     table.insert("openai".into(), openai);
     for (name, p) in &s.file_providers {
         let var = format!("providers.{name}");
-        let api_key = match &p.api_key_env {
-            Some(env) => s
-                .lookup(env)
-                .map(|(k, _)| k)
-                .filter(|k| !k.trim().is_empty())
-                .map(Secret::new),
-            None => None,
-        };
+        let api_key_env = p.api_key_env.as_deref().or(match p.kind {
+            ProviderKind::Anthropic => Some(ANTHROPIC_API_KEY_ENV),
+            ProviderKind::Openai | ProviderKind::Ollama => None,
+        });
+        let api_key = api_key_env
+            .and_then(|env| s.lookup(env))
+            .map(|(k, _)| k)
+            .filter(|k| !k.trim().is_empty())
+            .map(|k| Secret::new(k.trim()));
         let base_urls = match (&p.base_url, &p.base_urls) {
+            (None, None) if p.kind == ProviderKind::Anthropic => vec![ANTHROPIC_BASE_URL.into()],
             (Some(url), None) => {
                 parse_urls(&format!("{var}.base_url"), [url.as_str()], str::to_string)?
             }
@@ -214,6 +226,8 @@ pub(super) fn table(
                 limits,
                 pool,
                 proxy: proxy.clone(),
+                default_model: p.model.clone().filter(|m| !m.trim().is_empty()),
+                max_output_tokens,
             },
         );
     }
@@ -230,11 +244,14 @@ fn with_scheme(host: &str) -> String {
     }
 }
 
+/// The tier's endpoint: provider `name`, asked for `model` when set, else for the provider's
+/// own `model`, else for `default`.
 pub(super) fn endpoint(
     providers: &BTreeMap<String, ProviderConfig>,
     var: &str,
     name: &str,
-    model: String,
+    model: Option<String>,
+    default: &str,
 ) -> Result<Endpoint, ConfigError> {
     let key = name.trim().to_ascii_lowercase();
     let provider = providers.get(&key).cloned().ok_or_else(|| {
@@ -244,6 +261,9 @@ pub(super) fn endpoint(
             format!("unknown provider `{name}`; accepted: {}", known.join(", ")),
         )
     })?;
+    let model = model
+        .or_else(|| provider.default_model.clone())
+        .unwrap_or_else(|| default.to_string());
     if model.trim().is_empty() {
         return Err(ConfigError::new(var, "model must not be empty"));
     }

@@ -45,6 +45,9 @@ pub struct FileProvider {
     pub base_urls: Option<Vec<String>>,
     /// Name of the environment variable holding the API key (never the key itself).
     pub api_key_env: Option<String>,
+    /// The model asked for when this provider serves a tier whose `PRIMARY_MODEL` /
+    /// `SECONDARY_MODEL` is not set.
+    pub model: Option<String>,
     pub tier: CostTier,
     pub timeout_ms: Option<u64>,
     pub connect_timeout_ms: Option<u64>,

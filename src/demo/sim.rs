@@ -1,5 +1,6 @@
-//! Simulated upstreams: in-process HTTP servers speaking the real OpenAI Chat Completions and
-//! Ollama `/api/chat` wire formats (JSON, SSE, NDJSON) with canned text.
+//! Simulated upstreams: in-process HTTP servers speaking the real OpenAI Chat Completions,
+//! Anthropic Messages and Ollama `/api/chat` wire formats (JSON, SSE, NDJSON) with canned
+//! text.
 //!
 //! This is the one simulated backend of the product: `vra-gateway demo` runs against it
 //! (and says so on screen), and the tests and benchmarks use it as the "remote LLM". The
@@ -10,8 +11,12 @@
 //! yet finished) are counted with their peak ([`Sim::in_flight`], [`Sim::peak_in_flight`],
 //! [`Sim::wait_in_flight`]).
 //!
-//! Routes: `POST /v1/chat/completions` (OpenAI; base URL [`Sim::openai_base`]) and
-//! `POST /api/chat` (Ollama; base URL [`Sim::ollama_base`]).
+//! Routes: `POST /v1/chat/completions` (OpenAI; base URL [`Sim::openai_base`]),
+//! `POST /v1/messages` (Anthropic; base URL [`Sim::anthropic_base`]) and `POST /api/chat`
+//! (Ollama; base URL [`Sim::ollama_base`]). The Anthropic shapes follow Anthropic's API
+//! reference ("Messages", "Streaming Messages"): a `message` object with `text` content
+//! blocks, and named SSE events from `message_start` to `message_stop`, the usage split between
+//! `message_start` (input) and `message_delta` (output).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -95,6 +100,9 @@ pub struct Recorded {
     pub path: String,
     pub body: serde_json::Value,
     pub authorization: Option<String>,
+    /// Anthropic's key header (`x-api-key`) and `anthropic-version`.
+    pub x_api_key: Option<String>,
+    pub anthropic_version: Option<String>,
     pub traceparent: Option<String>,
     /// The W3C `tracestate` and `baggage` headers, which the gateway must not forward.
     pub tracestate: Option<String>,
@@ -170,6 +178,7 @@ impl Sim {
             .route("/v1/chat/completions", post(openai))
             .route("/chat/completions", post(openai))
             .route("/api/chat", post(ollama))
+            .route("/v1/messages", post(anthropic))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -186,6 +195,11 @@ impl Sim {
     /// Base URL for an OpenAI-kind provider (`OPENAI_BASE_URL`).
     pub fn openai_base(&self) -> String {
         format!("http://{}/v1", self.addr)
+    }
+
+    /// Base URL for an Anthropic-kind provider (`base_url` of a `kind = "anthropic"` table).
+    pub fn anthropic_base(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     /// Base URL for an Ollama-kind provider (`OLLAMA_HOST`).
@@ -319,6 +333,7 @@ impl Drop for CloseGuard {
 enum Format {
     OpenAi,
     Ollama,
+    Anthropic,
 }
 
 async fn openai(st: AxState<Arc<State>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -327,6 +342,10 @@ async fn openai(st: AxState<Arc<State>>, headers: HeaderMap, body: Bytes) -> Res
 
 async fn ollama(st: AxState<Arc<State>>, headers: HeaderMap, body: Bytes) -> Response {
     handle(st.0, Format::Ollama, "/api/chat", headers, body).await
+}
+
+async fn anthropic(st: AxState<Arc<State>>, headers: HeaderMap, body: Bytes) -> Response {
+    handle(st.0, Format::Anthropic, "/v1/messages", headers, body).await
 }
 
 async fn handle(
@@ -350,21 +369,20 @@ async fn handle(
         path: path.to_string(),
         body: json,
         authorization: header("authorization"),
+        x_api_key: header("x-api-key"),
+        anthropic_version: header("anthropic-version"),
         traceparent: header("traceparent"),
         tracestate: header("tracestate"),
         baggage: header("baggage"),
     };
     let model = rec.model().to_string();
     let stream = rec.streamed();
+    let words = |v: &serde_json::Value| v.as_str().map_or(0, |c| c.split_whitespace().count());
     let prompt_words = rec.body["messages"]
         .as_array()
-        .map(|m| {
-            m.iter()
-                .filter_map(|x| x["content"].as_str())
-                .map(|c| c.split_whitespace().count())
-                .sum()
-        })
-        .unwrap_or(0usize);
+        .map(|m| m.iter().map(|x| words(&x["content"])).sum())
+        .unwrap_or(0usize)
+        + words(&rec.body["system"]);
     let guard = CloseGuard::new(state.clone());
     if state.keep_records.load(Ordering::SeqCst) {
         lock(&state.recorded).push(rec);
@@ -445,6 +463,16 @@ async fn respond(ctx: Ctx, step: Step, stream: bool, guard: CloseGuard) -> Respo
                     serde_json::json!({"error": {"message": format!("simulated {status}"), "type": "server_error"}})
                 }
                 Format::Ollama => serde_json::json!({"error": format!("simulated {status}")}),
+                Format::Anthropic => {
+                    let kind = match status {
+                        529 => "overloaded_error",
+                        429 => "rate_limit_error",
+                        400 => "invalid_request_error",
+                        401 => "authentication_error",
+                        _ => "api_error",
+                    };
+                    serde_json::json!({"type": "error", "error": {"type": kind, "message": format!("simulated {status}")}})
+                }
             };
             let mut resp = (code, axum::Json(body)).into_response();
             if let Some(ra) = retry_after.and_then(|r| r.parse().ok()) {
@@ -517,6 +545,16 @@ fn json_reply(ctx: &Ctx, text: &str) -> Response {
             "prompt_eval_count": ctx.prompt_tokens,
             "eval_count": completion,
         }),
+        Format::Anthropic => serde_json::json!({
+            "id": "msg_sim",
+            "type": "message",
+            "role": "assistant",
+            "model": ctx.model,
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "end_turn",
+            "stop_sequence": null,
+            "usage": {"input_tokens": ctx.prompt_tokens, "output_tokens": completion},
+        }),
     };
     axum::Json(body).into_response()
 }
@@ -553,6 +591,18 @@ fn frames(ctx: &Ctx, text: &str, max_deltas: usize, end: bool) -> Vec<Vec<u8>> {
     let pieces = split_words(text, 1);
     let completion = pieces.len() as u32;
     let mut out: Vec<Vec<u8>> = Vec::new();
+    if ctx.format == Format::Anthropic {
+        out.push(frame(ctx.format, &serde_json::json!({"type": "message_start", "message": {
+            "id": "msg_sim", "type": "message", "role": "assistant", "content": [], "model": ctx.model,
+            "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": ctx.prompt_tokens, "output_tokens": 1}}})));
+        out.push(frame(
+            ctx.format,
+            &serde_json::json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": ""}}),
+        ));
+        out.push(frame(ctx.format, &serde_json::json!({"type": "ping"})));
+    }
     for piece in pieces.iter().take(max_deltas) {
         let v = match ctx.format {
             Format::OpenAi => {
@@ -561,6 +611,9 @@ fn frames(ctx: &Ctx, text: &str, max_deltas: usize, end: bool) -> Vec<Vec<u8>> {
             }
             Format::Ollama => {
                 serde_json::json!({"model": ctx.model, "message": {"role": "assistant", "content": piece}, "done": false})
+            }
+            Format::Anthropic => {
+                serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}})
             }
         };
         out.push(frame(ctx.format, &v));
@@ -576,6 +629,13 @@ fn frames(ctx: &Ctx, text: &str, max_deltas: usize, end: bool) -> Vec<Vec<u8>> {
             }
             Format::Ollama => out.push(frame(ctx.format, &serde_json::json!({"model": ctx.model, "message": {"role": "assistant", "content": ""},
                 "done": true, "done_reason": "stop", "prompt_eval_count": ctx.prompt_tokens, "eval_count": completion}))),
+            Format::Anthropic => {
+                out.push(frame(ctx.format, &serde_json::json!({"type": "content_block_stop", "index": 0})));
+                out.push(frame(ctx.format, &serde_json::json!({"type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+                    "usage": {"output_tokens": completion}})));
+                out.push(frame(ctx.format, &serde_json::json!({"type": "message_stop"})));
+            }
         }
     }
     out
@@ -585,7 +645,17 @@ fn frame(format: Format, v: &serde_json::Value) -> Vec<u8> {
     match format {
         Format::OpenAi => format!("data: {v}\n\n").into_bytes(),
         Format::Ollama => format!("{v}\n").into_bytes(),
+        Format::Anthropic => sse_event(v),
     }
+}
+
+/// One Anthropic SSE event: named by its data's `type`.
+pub fn sse_event(v: &serde_json::Value) -> Vec<u8> {
+    format!(
+        "event: {}\ndata: {v}\n\n",
+        v["type"].as_str().unwrap_or("message")
+    )
+    .into_bytes()
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -636,7 +706,7 @@ fn body_response(
     guard: CloseGuard,
 ) -> Response {
     let content_type = match format {
-        Format::OpenAi => "text/event-stream",
+        Format::OpenAi | Format::Anthropic => "text/event-stream",
         Format::Ollama => "application/x-ndjson",
     };
     let body = body.map(move |item| {

@@ -718,6 +718,8 @@ mod tests {
             limits: BodyLimits::default(),
             pool: Default::default(),
             proxy: Default::default(),
+            default_model: None,
+            max_output_tokens: 4096,
         };
         let endpoint = Endpoint::new(&config, &OpenAi, &[]).unwrap();
         let result = tokio::time::timeout(

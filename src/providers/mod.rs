@@ -17,10 +17,12 @@
 //!   outlier ejection, a per-endpoint concurrency cap and a FIFO queue. The gateway leases an
 //!   endpoint per attempt.
 
+pub mod anthropic;
 pub mod http;
 pub mod ollama;
 pub mod openai;
 pub mod pool;
+pub mod sse;
 pub mod stream;
 pub mod wire;
 
@@ -36,6 +38,7 @@ use serde::Deserialize;
 
 use crate::domain::{ChatMessage, Secret, Tier};
 pub use crate::domain::{ProviderError, TokenUsage};
+use anthropic::Anthropic;
 use http::HttpProvider;
 use http::ProxyConfig;
 use ollama::Ollama;
@@ -143,6 +146,13 @@ pub fn build(
     Ok(match config.kind {
         ProviderKind::Openai => Arc::new(HttpProvider::new(OpenAi, config.clone(), extra_roots)?),
         ProviderKind::Ollama => Arc::new(HttpProvider::new(Ollama, config.clone(), extra_roots)?),
+        ProviderKind::Anthropic => Arc::new(HttpProvider::new(
+            Anthropic {
+                default_max_tokens: config.max_output_tokens,
+            },
+            config.clone(),
+            extra_roots,
+        )?),
     })
 }
 
@@ -200,6 +210,8 @@ pub enum ProviderKind {
     Openai,
     /// Ollama (`POST {host}/api/chat`).
     Ollama,
+    /// Anthropic Messages (`POST {base}/v1/messages`): Claude.
+    Anthropic,
 }
 
 /// Whether a provider's requests cost cloud money (and so count toward the budget).
@@ -230,6 +242,12 @@ pub struct ProviderConfig {
     pub pool: PoolConfig,
     /// The forward proxies of upstream connections (the same for every provider).
     pub proxy: ProxyConfig,
+    /// The model asked for when the tier's model setting is not set (`model` of a
+    /// `[providers.NAME]` table).
+    pub default_model: Option<String>,
+    /// `max_tokens` of a request without one, where the API requires it (Anthropic):
+    /// `VRA_MAX_OUTPUT_TOKENS`.
+    pub max_output_tokens: u32,
 }
 
 /// How much of an upstream's answer is read at most: past a limit the request fails with

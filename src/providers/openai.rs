@@ -7,7 +7,8 @@
 use std::collections::VecDeque;
 
 use super::BodyLimits;
-use super::stream::{Decoder, TOO_LARGE_EVENT};
+use super::sse::SseEvents;
+use super::stream::Decoder;
 use super::wire::WireFormat;
 use super::{ChatRequest, Completion, ProviderError, StreamEvent, TokenUsage};
 
@@ -158,16 +159,11 @@ pub fn parse_response(body: &[u8]) -> Result<Completion, ProviderError> {
 
 /// OpenAI Chat Completions streaming: SSE `data:` lines of `chat.completion.chunk` objects,
 /// ended by `data: [DONE]`. Usage arrives in a last chunk with empty `choices` when the
-/// request set `stream_options.include_usage`.
-///
-/// The `data` of one event may span several `data:` lines; what it accumulates is capped at
-/// the stream line limit, so many short lines cannot add up to an unbounded event.
+/// request set `stream_options.include_usage`. The SSE framing (and its cap on what one event
+/// accumulates) is [`SseEvents`]'.
 #[derive(Debug)]
 pub struct SseDecoder {
-    data: String,
-    has_data: bool,
-    /// Most bytes of `data` one event may accumulate.
-    max_data: usize,
+    events: SseEvents,
     model: String,
     usage: TokenUsage,
     finish_reason: Option<String>,
@@ -185,9 +181,7 @@ impl SseDecoder {
     /// limit: one event is usually one line).
     pub fn new(max_data: usize) -> Self {
         Self {
-            data: String::new(),
-            has_data: false,
-            max_data,
+            events: SseEvents::new(max_data),
             model: String::new(),
             usage: TokenUsage::default(),
             finish_reason: None,
@@ -197,15 +191,10 @@ impl SseDecoder {
     /// Bytes of data held for the event in progress (for the stream tests' memory bounds).
     #[cfg(test)]
     pub(crate) fn held(&self) -> usize {
-        self.data.len()
+        self.events.held()
     }
 
-    fn dispatch(&mut self, out: &mut VecDeque<StreamEvent>) -> Result<(), ProviderError> {
-        if !self.has_data {
-            return Ok(());
-        }
-        self.has_data = false;
-        let data = std::mem::take(&mut self.data);
+    fn event(&mut self, data: &str, out: &mut VecDeque<StreamEvent>) -> Result<(), ProviderError> {
         if data.trim() == "[DONE]" {
             out.push_back(StreamEvent::Done {
                 model: std::mem::take(&mut self.model),
@@ -214,7 +203,7 @@ impl SseDecoder {
             });
             return Ok(());
         }
-        let chunk: wire::Chunk = serde_json::from_str(&data)
+        let chunk: wire::Chunk = serde_json::from_str(data)
             .map_err(|e| ProviderError::Malformed(format!("stream chunk: {e}")))?;
         if let Some(err) = chunk.error {
             return Err(ProviderError::Upstream(err.message.unwrap_or_default()));
@@ -243,33 +232,14 @@ impl SseDecoder {
 
 impl Decoder for SseDecoder {
     fn line(&mut self, line: &str, out: &mut VecDeque<StreamEvent>) -> Result<(), ProviderError> {
-        if line.is_empty() {
-            return self.dispatch(out);
+        if let Some(event) = self.events.line(line)? {
+            return self.event(&event.data, out);
         }
-        if line.starts_with(':') {
-            return Ok(()); // comment / keep-alive
-        }
-        let (field, value) = match line.split_once(':') {
-            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-            None => (line, ""),
-        };
-        if field == "data" {
-            let joined = self.data.len() + usize::from(self.has_data) + value.len();
-            if joined > self.max_data {
-                return Err(ProviderError::TooLarge {
-                    what: TOO_LARGE_EVENT,
-                    limit: self.max_data,
-                });
-            }
-            if self.has_data {
-                self.data.push('\n');
-            }
-            self.data.push_str(value);
-            self.has_data = true;
-            // OpenAI ends with `data: [DONE]`, sometimes without the blank line after it.
-            if self.data == "[DONE]" {
-                return self.dispatch(out);
-            }
+        // OpenAI ends with `data: [DONE]`, sometimes without the blank line after it.
+        if self.events.pending_data() == Some("[DONE]")
+            && let Some(event) = self.events.dispatch()
+        {
+            return self.event(&event.data, out);
         }
         Ok(())
     }
@@ -278,7 +248,10 @@ impl Decoder for SseDecoder {
         if !rest.is_empty() {
             self.line(rest, out)?;
         }
-        self.dispatch(out)
+        match self.events.dispatch() {
+            Some(event) => self.event(&event.data, out),
+            None => Ok(()),
+        }
     }
 }
 

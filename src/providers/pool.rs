@@ -544,6 +544,8 @@ mod tests {
             limits: BodyLimits::default(),
             pool,
             proxy: Default::default(),
+            default_model: None,
+            max_output_tokens: 4096,
         };
         let providers = (1..=n)
             .map(|p| Arc::new(Fake(config.clone(), p)) as Arc<dyn Provider>)

@@ -14,7 +14,7 @@
 //! hold is the one line it has not finished, so that is capped: a line longer than
 //! `VRA_MAX_STREAM_LINE_BYTES` ([`BodyLimits::line_bytes`](super::BodyLimits::line_bytes)) — finished or
 //! still pending — fails the stream with [`ProviderError::TooLarge`] and the rest is not read.
-//! An SSE event may span several `data:` lines; [`SseDecoder`](super::openai::SseDecoder) caps the data it accumulates
+//! An SSE event may span several `data:` lines; [`SseEvents`](super::sse::SseEvents) caps the data it accumulates
 //! for one event at the same limit. Between two chunks the buffer holds at most the pending
 //! line (the limit, and a `\r` that may start its line ending); while a chunk is being split,
 //! at most that plus the chunk.
@@ -293,6 +293,7 @@ where
 mod tests {
     use super::*;
     use crate::providers::TokenUsage;
+    use crate::providers::anthropic::MessagesDecoder;
     use crate::providers::ollama::NdjsonDecoder;
     use crate::providers::openai::SseDecoder;
     use proptest::prelude::*;
@@ -331,6 +332,9 @@ mod tests {
         "data: {\"model\":\"gpt-4o-2024\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3,\"total_tokens\":10}}\n\n",
         "data: [DONE]\n\n",
     );
+
+    /// Anthropic's event sequence (the fixture of its decoder's own tests).
+    const ANTHROPIC: &str = crate::providers::anthropic::tests::STREAM;
 
     const NDJSON: &str = concat!(
         "{\"model\":\"llama3:8b\",\"message\":{\"role\":\"assistant\",\"content\":\"Grüße, \"},\"done\":false}\n",
@@ -620,6 +624,13 @@ mod tests {
             Just(br#"{"choices":[{"delta":{"content":"hi"}}]}"#.to_vec()),
             Just(br#"{"message":{"content":"hi"},"done":false}"#.to_vec()),
             Just(br#"{"done":true}"#.to_vec()),
+            Just(b"event: ".to_vec()),
+            Just(
+                br#"{"type":"content_block_delta","delta":{"type":"text_delta","text":"hi"}}"#
+                    .to_vec()
+            ),
+            Just(br#"{"type":"message_stop"}"#.to_vec()),
+            Just(br#"{"type":"error","error":{"message":"x"}}"#.to_vec()),
             (1usize..100).prop_map(|n| vec![b'x'; n]),
         ];
         proptest::collection::vec(piece, 0..48).prop_map(|v| v.concat())
@@ -692,6 +703,22 @@ mod tests {
         }
 
         #[test]
+        fn any_split_of_an_anthropic_stream_parses_the_same(cuts in splits(ANTHROPIC.len())) {
+            let chunks = chunked(ANTHROPIC.as_bytes(), &cuts);
+            let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+            let whole = run(&mut MessagesDecoder::new(1 << 20), &[ANTHROPIC.as_bytes()]).unwrap();
+            let limit = longest_line(ANTHROPIC);
+            prop_assert_eq!(
+                run_limited(&mut MessagesDecoder::new(limit), &refs, limit).unwrap(),
+                whole
+            );
+            prop_assert_eq!(
+                run_limited(&mut MessagesDecoder::new(limit - 1), &refs, limit - 1).unwrap_err(),
+                ProviderError::TooLarge { what: TOO_LARGE_LINE, limit: limit - 1 }
+            );
+        }
+
+        #[test]
         fn any_split_of_ndjson_parses_the_same(cuts in splits(NDJSON.len())) {
             let chunks = chunked(NDJSON.as_bytes(), &cuts);
             let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
@@ -716,6 +743,12 @@ mod tests {
         fn sse_noise_is_bounded((bytes, cuts) in noise_and_splits(), limit in 8usize..128) {
             let chunks = chunked(&bytes, &cuts);
             feed_noise(&mut SseDecoder::new(limit), &chunks, limit, |d| d.held())?;
+        }
+
+        #[test]
+        fn anthropic_noise_is_bounded((bytes, cuts) in noise_and_splits(), limit in 8usize..128) {
+            let chunks = chunked(&bytes, &cuts);
+            feed_noise(&mut MessagesDecoder::new(limit), &chunks, limit, |d| d.held())?;
         }
 
         #[test]

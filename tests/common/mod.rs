@@ -233,3 +233,32 @@ impl Replica {
             .expect("server ran cleanly");
     }
 }
+
+/// Reads a whole stream: the deltas, the final message, and the terminal error if any.
+pub async fn collect_stream(
+    mut stream: tonic::Streaming<pb::GenerateStreamResponse>,
+) -> (
+    Vec<String>,
+    Option<pb::GenerateResponse>,
+    Option<tonic::Status>,
+) {
+    let mut deltas = Vec::new();
+    let mut done = None;
+    loop {
+        match stream.message().await {
+            Ok(Some(msg)) => {
+                if let Some(d) = msg.done {
+                    assert!(msg.delta.is_empty(), "the final message carries no delta");
+                    assert!(done.is_none(), "exactly one final message");
+                    done = Some(d);
+                } else {
+                    assert!(!msg.delta.is_empty(), "every delta is non-empty");
+                    assert!(done.is_none(), "nothing after the final message");
+                    deltas.push(msg.delta);
+                }
+            }
+            Ok(None) => return (deltas, done, None),
+            Err(status) => return (deltas, done, Some(status)),
+        }
+    }
+}

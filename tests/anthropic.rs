@@ -1,0 +1,258 @@
+//! Claude as the primary: the gateway against an in-process server speaking Anthropic's
+//! Messages wire format (`vra_gateway::demo::sim`, `POST /v1/messages`; shapes from Anthropic's
+//! API reference, "Messages" and "Streaming Messages": docs.anthropic.com/en/api/messages,
+//! docs.anthropic.com/en/docs/build-with-claude/streaming).
+//!
+//! The request (`x-api-key`, `anthropic-version`, `max_tokens` always, the system prompt at the
+//! top level, alternating turns), unary and streamed answers with their usage (split between
+//! `message_start` and `message_delta` in a stream), a 529 `overloaded_error` retried, an SSE
+//! `error` event before and after the first delta, Claude's list prices, and the dollar cap
+//! sending a call to the local model.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Harness, reason, request, tier, usage};
+use tonic::Code;
+use vra_gateway::config::Config;
+use vra_gateway::demo::sim::{Sim, Step, sse_event};
+use vra_gateway::pb::{
+    self, CompilationPhase as P, FallbackReason as F, ProviderTier as T, SectionType as S,
+};
+
+const KEY: &str = "sk-ant-test-key-7f3a";
+const MODEL: &str = "claude-sonnet-4-5";
+
+/// A gateway whose primary is `[providers.claude]` (kind anthropic) on `claude`'s simulated
+/// server, the secondary the simulated Ollama `local`, and `settings` on top.
+async fn start(settings: &[(&str, &str)]) -> Harness {
+    let claude = Sim::start().await.unwrap();
+    let local = Sim::start().await.unwrap();
+    let mut env = vec![
+        ("PRIMARY_PROVIDER", "claude"),
+        ("ANTHROPIC_API_KEY", KEY),
+        ("VRA_MAX_OUTPUT_TOKENS", "1024"),
+    ];
+    env.extend_from_slice(settings);
+    let mut sources = common::sources(&claude, &local, &env);
+    let toml = format!(
+        "[providers.claude]\nkind = \"anthropic\"\nbase_url = \"{}\"\ntier = \"cloud\"\nmodel = \"{MODEL}\"\n",
+        claude.anthropic_base()
+    );
+    sources
+        .load_toml(&toml, std::path::Path::new("claude.toml"))
+        .unwrap();
+    let config = Config::from_sources(&sources).expect("a valid configuration");
+    Harness::start_with(claude, local, config).await
+}
+
+/// What Claude's list price ($3 / $15 per million tokens) makes of `usage`, in USD.
+fn sonnet_usd(usage: &pb::Usage) -> f64 {
+    let nanos = u64::from(usage.input_tokens) * 3_000 + u64::from(usage.output_tokens) * 15_000;
+    nanos as f64 / 1e9
+}
+
+#[tokio::test]
+async fn claude_answers_with_its_wire_format_usage_and_price() {
+    let h = start(&[]).await;
+    let mut req = request("claude-unary", P::Refine, S::Analysis);
+    req.messages = vec![
+        pb::ChatMessage {
+            role: pb::ChatRole::System as i32,
+            content: "Be terse.".into(),
+        },
+        pb::ChatMessage {
+            role: pb::ChatRole::User as i32,
+            content: "First part.".into(),
+        },
+        pb::ChatMessage {
+            role: pb::ChatRole::User as i32,
+            content: "Second part.".into(),
+        },
+    ];
+    req.prompt.clear();
+    req.system_prompt.clear();
+    let resp = h.client().await.generate(req).await.unwrap().into_inner();
+    assert_eq!((tier(&resp), reason(&resp)), (T::Primary, F::Unspecified));
+    assert_eq!(resp.text, vra_gateway::demo::sim::DEFAULT_TEXT);
+    assert_eq!(resp.route.as_ref().unwrap().model, MODEL);
+    assert_eq!(resp.finish_reason, "stop");
+
+    let sent = &h.cloud.recorded()[0];
+    assert_eq!(sent.path, "/v1/messages");
+    assert_eq!(sent.x_api_key.as_deref(), Some(KEY));
+    assert_eq!(sent.anthropic_version.as_deref(), Some("2023-06-01"));
+    assert_eq!(
+        sent.authorization, None,
+        "the key travels in x-api-key only"
+    );
+    assert_eq!(
+        sent.body,
+        serde_json::json!({
+            "model": MODEL,
+            "max_tokens": 1024,
+            "system": "Be terse.",
+            "messages": [{"role": "user", "content": "First part.\n\nSecond part."}],
+        }),
+        "max_tokens always, the system prompt at the top, one user turn"
+    );
+
+    let usage = resp.usage.unwrap();
+    // The simulated server counts words: 2 + 2 in the turns, 2 in the system prompt.
+    assert_eq!(usage.input_tokens, 6);
+    assert!(usage.output_tokens > 0 && !usage.estimated);
+    assert_eq!(resp.cost_usd, Some(sonnet_usd(&usage)));
+    let report = usage_of(&h, "claude-unary").await;
+    assert_eq!(report.cost.unwrap().cloud_usd, sonnet_usd(&usage));
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_claude_stream_carries_deltas_and_its_split_usage() {
+    let h = start(&[]).await;
+    let stream = h
+        .client()
+        .await
+        .generate_stream(pb::GenerateStreamRequest::from(request(
+            "claude-stream",
+            P::Refine,
+            S::Analysis,
+        )))
+        .await
+        .unwrap()
+        .into_inner();
+    let (deltas, done, err) = common::collect_stream(stream).await;
+    assert!(err.is_none(), "{err:?}");
+    assert!(deltas.len() > 1, "one delta per text_delta event");
+    assert_eq!(deltas.concat(), vra_gateway::demo::sim::DEFAULT_TEXT);
+    let done = done.expect("the final message");
+    let usage = done.usage.unwrap();
+    assert!(
+        !usage.estimated,
+        "usage from message_start and message_delta"
+    );
+    assert_eq!(usage.output_tokens as usize, deltas.len());
+    assert!(usage.input_tokens > 0);
+    assert_eq!(done.cost_usd, Some(sonnet_usd(&usage)));
+    assert!(h.cloud.recorded()[0].streamed());
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_overloaded_claude_is_retried_and_answers() {
+    let h = start(&[]).await;
+    h.cloud.push(Step::fail(529));
+    let resp = h
+        .client()
+        .await
+        .generate(request("claude-529", P::Refine, S::Analysis))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(tier(&resp), T::Primary);
+    assert_eq!(resp.attempts, 2, "529 overloaded_error is transient");
+    assert_eq!(h.local.requests(), 0);
+    h.shutdown().await;
+}
+
+/// The frames of a stream that ends with an SSE `error` event after `deltas` text deltas.
+fn error_mid_stream(deltas: usize) -> Step {
+    let mut chunks = vec![
+        sse_event(
+            &serde_json::json!({"type": "message_start", "message": {"id": "msg_x",
+            "type": "message", "role": "assistant", "content": [], "model": MODEL,
+            "usage": {"input_tokens": 3, "output_tokens": 1}}}),
+        ),
+        sse_event(
+            &serde_json::json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": ""}}),
+        ),
+    ];
+    for i in 0..deltas {
+        chunks.push(sse_event(
+            &serde_json::json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": format!("part{i} ")}}),
+        ));
+    }
+    chunks.push(sse_event(&serde_json::json!({"type": "error",
+        "error": {"type": "overloaded_error", "message": "Overloaded"}})));
+    Step::Raw {
+        chunks,
+        chunk_delay: Duration::ZERO,
+    }
+}
+
+#[tokio::test]
+async fn an_error_event_before_the_first_delta_is_retried_and_after_it_aborts() {
+    let h = start(&[("VRA_RETRY_MAX_ATTEMPTS", "1")]).await;
+    // Before any text: the call falls back (one attempt per provider here).
+    h.cloud.push(error_mid_stream(0));
+    let stream = h
+        .client()
+        .await
+        .generate_stream(pb::GenerateStreamRequest::from(request(
+            "claude-error-early",
+            P::Refine,
+            S::Analysis,
+        )))
+        .await
+        .unwrap()
+        .into_inner();
+    let (deltas, done, err) = common::collect_stream(stream).await;
+    assert!(err.is_none(), "{err:?}");
+    let done = done.unwrap();
+    assert_eq!(
+        (
+            done.route.as_ref().unwrap().tier,
+            done.route.as_ref().unwrap().fallback_reason
+        ),
+        (T::Secondary as i32, F::PrimaryError as i32)
+    );
+    assert!(!deltas.is_empty());
+
+    // After text went out: the stream ends with an error, no second model spliced in.
+    let local_before = h.local.requests();
+    h.cloud.push(error_mid_stream(2));
+    let stream = h
+        .client()
+        .await
+        .generate_stream(pb::GenerateStreamRequest::from(request(
+            "claude-error-late",
+            P::Refine,
+            S::Analysis,
+        )))
+        .await
+        .unwrap()
+        .into_inner();
+    let (deltas, done, err) = common::collect_stream(stream).await;
+    assert_eq!(deltas, ["part0 ", "part1 "]);
+    assert!(done.is_none());
+    let err = err.expect("the stream ends with an error");
+    assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
+    assert_eq!(h.local.requests(), local_before);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_dollar_cap_on_claude_sends_the_call_to_the_local_model() {
+    // Claude's worst case at 1,024 output tokens is $0.015 and more: a $0.01 cap has no room.
+    let h = start(&[("MAX_CLOUD_COST_USD", "0.01")]).await;
+    let resp = h
+        .client()
+        .await
+        .generate(request("claude-capped", P::Refine, S::Analysis))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((tier(&resp), reason(&resp)), (T::Secondary, F::CostLimit));
+    assert_eq!(h.cloud.requests(), 0, "nothing sent to Claude");
+    let budget = resp.budget.unwrap();
+    assert_eq!(budget.cloud_cost_limit_usd, Some(0.01));
+    assert_eq!(budget.cloud_cost_used_usd, 0.0);
+    h.shutdown().await;
+}
+
+async fn usage_of(h: &Harness, report: &str) -> pb::GetReportUsageResponse {
+    usage(h.addr, report).await
+}
