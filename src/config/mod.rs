@@ -576,6 +576,56 @@ mod tests {
     }
 
     #[test]
+    fn azure_openai_takes_a_secret_header_and_a_query() {
+        let table = "[providers.azure]\nkind = \"openai\"\nbase_url = \"https://acme.openai.azure.com/openai/deployments/gpt-4o\"\ntier = \"cloud\"\nheaders_env = { \"api-key\" = \"AZURE_OPENAI_KEY\" }\nquery = { \"api-version\" = \"2024-10-21\" }\n";
+        let load = |env: &[(&str, &str)], toml: &str| {
+            let mut s = sources(env);
+            s.load_toml(toml, Path::new("azure.toml")).unwrap();
+            Config::from_sources(&s)
+        };
+        let c = load(
+            &[
+                ("AZURE_OPENAI_KEY", "az-secret-1"),
+                ("PRIMARY_PROVIDER", "azure"),
+            ],
+            table,
+        )
+        .unwrap();
+        let p = &c.primary.provider;
+        assert_eq!(
+            p.api_key, None,
+            "no Authorization header: the key is `api-key`"
+        );
+        assert_eq!(p.headers.len(), 1);
+        assert_eq!(
+            (p.headers[0].0.as_str(), p.headers[0].1.expose()),
+            ("api-key", "az-secret-1")
+        );
+        assert_eq!(
+            p.query,
+            [("api-version".to_string(), "2024-10-21".to_string())]
+        );
+        assert!(
+            !format!("{p:?}").contains("az-secret-1"),
+            "redacted in Debug"
+        );
+
+        let err = load(&[("PRIMARY_PROVIDER", "azure")], table).unwrap_err();
+        assert_eq!(err.var, "providers.azure.headers_env.api-key");
+        assert!(err.message.contains("AZURE_OPENAI_KEY"), "{err}");
+        for (header, says) in [("bad header", "valid"), ("Content-Type", "itself")] {
+            let toml = table.replace("\"api-key\"", &format!("\"{header}\""));
+            let err = load(&[("AZURE_OPENAI_KEY", "k")], &toml).unwrap_err();
+            assert!(err.message.contains(says), "{header}: {err}");
+        }
+        let err = load(&[("AZURE_OPENAI_KEY", "bad\nvalue")], table).unwrap_err();
+        assert!(
+            err.message.contains("not a valid header value") && !err.message.contains("bad"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn env_urls_take_comma_separated_lists() {
         let c = Config::from_sources(&sources(&[
             ("OLLAMA_HOST", "gpu-a:11434, http://gpu-b:11434/"),

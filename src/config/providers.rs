@@ -109,6 +109,8 @@ pub(super) fn table(
         proxy: proxy.clone(),
         default_model: None,
         max_output_tokens,
+        headers: Vec::new(),
+        query: Vec::new(),
     };
     let ollama_urls = parse_urls(
         OLLAMA_HOST.var,
@@ -132,6 +134,8 @@ pub(super) fn table(
                 proxy: proxy.clone(),
                 default_model: None,
                 max_output_tokens,
+                headers: Vec::new(),
+                query: Vec::new(),
             },
         );
     }
@@ -164,6 +168,15 @@ pub(super) fn table(
                 ));
             }
         };
+        let headers = secret_headers(s, &var, p.headers_env.as_ref())?;
+        if let Some(query) = &p.query
+            && query.keys().any(|k| k.trim().is_empty())
+        {
+            return Err(ConfigError::new(
+                format!("{var}.query"),
+                "a query parameter needs a name",
+            ));
+        }
         let defaults = PoolConfig::default();
         // A zero would make every attempt time out, or an endpoint unusable: refused, like
         // the environment's settings.
@@ -228,10 +241,66 @@ pub(super) fn table(
                 proxy: proxy.clone(),
                 default_model: p.model.clone().filter(|m| !m.trim().is_empty()),
                 max_output_tokens,
+                headers,
+                query: p
+                    .query
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
             },
         );
     }
     Ok(table)
+}
+
+/// Headers the gateway sets itself (or the HTTP layer owns): a provider may not replace them.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "accept",
+    "traceparent",
+    "tracestate",
+    "baggage",
+];
+
+/// A `[providers.NAME]` table's `headers_env`: each header's value read from the variable it
+/// names, as a secret. A header that is not a valid name, one the gateway sets itself, a
+/// variable that is not set, or a value that is not a valid header value is an error naming
+/// the header and the variable — never the value.
+fn secret_headers(
+    s: &Sources,
+    var: &str,
+    headers_env: Option<&BTreeMap<String, String>>,
+) -> Result<Vec<(String, Secret)>, ConfigError> {
+    let mut headers = Vec::new();
+    for (name, env) in headers_env.into_iter().flatten() {
+        let at = format!("{var}.headers_env.{name}");
+        let header = http::HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| ConfigError::new(&at, "not a valid HTTP header name"))?;
+        if RESERVED_HEADERS.contains(&header.as_str()) {
+            return Err(ConfigError::new(
+                &at,
+                "the gateway sets this header itself; name another",
+            ));
+        }
+        let value = s
+            .lookup(env)
+            .map(|(v, _)| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| ConfigError::new(&at, format!("the variable `{env}` is not set")))?;
+        if http::HeaderValue::from_str(&value).is_err() {
+            return Err(ConfigError::new(
+                &at,
+                format!("the value of `{env}` is not a valid header value"),
+            ));
+        }
+        headers.push((header.as_str().to_string(), Secret::new(value)));
+    }
+    Ok(headers)
 }
 
 /// `OLLAMA_HOST` is often given as `host:port` (the Ollama CLI accepts that); add `http://`.

@@ -48,6 +48,11 @@ pub struct FileProvider {
     /// The model asked for when this provider serves a tier whose `PRIMARY_MODEL` /
     /// `SECONDARY_MODEL` is not set.
     pub model: Option<String>,
+    /// Secret headers sent with every request: header name → the *name* of the variable
+    /// holding its value (e.g. Azure OpenAI's `api-key`).
+    pub headers_env: Option<BTreeMap<String, String>>,
+    /// Query parameters added to every request's URL (e.g. Azure OpenAI's `api-version`).
+    pub query: Option<BTreeMap<String, String>>,
     pub tier: CostTier,
     pub timeout_ms: Option<u64>,
     pub connect_timeout_ms: Option<u64>,

@@ -11,7 +11,8 @@
 //! yet finished) are counted with their peak ([`Sim::in_flight`], [`Sim::peak_in_flight`],
 //! [`Sim::wait_in_flight`]).
 //!
-//! Routes: `POST /v1/chat/completions` (OpenAI; base URL [`Sim::openai_base`]),
+//! Routes: `POST /v1/chat/completions` (OpenAI; base URL [`Sim::openai_base`]; also Azure
+//! OpenAI's `/openai/deployments/{deployment}/chat/completions`),
 //! `POST /v1/messages` (Anthropic; base URL [`Sim::anthropic_base`]) and `POST /api/chat`
 //! (Ollama; base URL [`Sim::ollama_base`]). The Anthropic shapes follow Anthropic's API
 //! reference ("Messages", "Streaming Messages"): a `message` object with `text` content
@@ -28,7 +29,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State as AxState;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use futures_util::StreamExt;
@@ -98,6 +99,10 @@ impl Step {
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub path: String,
+    /// The URL's query string, if any (Azure OpenAI's `api-version`).
+    pub query: Option<String>,
+    /// Azure OpenAI's key header (`api-key`).
+    pub api_key_header: Option<String>,
     pub body: serde_json::Value,
     pub authorization: Option<String>,
     /// Anthropic's key header (`x-api-key`) and `anthropic-version`.
@@ -177,6 +182,11 @@ impl Sim {
         let app = Router::new()
             .route("/v1/chat/completions", post(openai))
             .route("/chat/completions", post(openai))
+            // Azure OpenAI's deployment URLs.
+            .route(
+                "/openai/deployments/{deployment}/chat/completions",
+                post(openai),
+            )
             .route("/api/chat", post(ollama))
             .route("/v1/messages", post(anthropic))
             .with_state(state.clone());
@@ -336,22 +346,22 @@ enum Format {
     Anthropic,
 }
 
-async fn openai(st: AxState<Arc<State>>, headers: HeaderMap, body: Bytes) -> Response {
-    handle(st.0, Format::OpenAi, "/v1/chat/completions", headers, body).await
+async fn openai(st: AxState<Arc<State>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    handle(st.0, Format::OpenAi, &uri, headers, body).await
 }
 
-async fn ollama(st: AxState<Arc<State>>, headers: HeaderMap, body: Bytes) -> Response {
-    handle(st.0, Format::Ollama, "/api/chat", headers, body).await
+async fn ollama(st: AxState<Arc<State>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    handle(st.0, Format::Ollama, &uri, headers, body).await
 }
 
-async fn anthropic(st: AxState<Arc<State>>, headers: HeaderMap, body: Bytes) -> Response {
-    handle(st.0, Format::Anthropic, "/v1/messages", headers, body).await
+async fn anthropic(st: AxState<Arc<State>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    handle(st.0, Format::Anthropic, &uri, headers, body).await
 }
 
 async fn handle(
     state: Arc<State>,
     format: Format,
-    path: &str,
+    uri: &Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -366,7 +376,9 @@ async fn handle(
             .map(str::to_string)
     };
     let rec = Recorded {
-        path: path.to_string(),
+        path: uri.path().to_string(),
+        query: uri.query().map(str::to_string),
+        api_key_header: header("api-key"),
         body: json,
         authorization: header("authorization"),
         x_api_key: header("x-api-key"),

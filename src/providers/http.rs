@@ -147,7 +147,8 @@ struct Endpoint {
     host: String,
     port: u16,
     timeout: Duration,
-    api_key: Option<Secret>,
+    /// The key and the secret headers' values: scrubbed from every error text.
+    secrets: Vec<Secret>,
     /// The headers carrying the key (`Authorization: Bearer <key>`, or the format's own),
     /// made once and marked sensitive (kept out of any header dump).
     auth: Vec<(HeaderName, HeaderValue)>,
@@ -166,8 +167,12 @@ impl Endpoint {
             name: config.name.clone(),
             message,
         };
-        let url = reqwest::Url::parse(&join(&config.base_url, W::PATH))
+        let mut url = reqwest::Url::parse(&join(&config.base_url, W::PATH))
             .map_err(|e| invalid(format!("invalid base URL: {e}")))?;
+        if !config.query.is_empty() {
+            url.query_pairs_mut()
+                .extend_pairs(config.query.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        }
         let uri = url
             .as_str()
             .parse::<http::Uri>()
@@ -197,13 +202,30 @@ impl Endpoint {
                 .collect::<Result<_, _>>()?,
             None => Vec::new(),
         };
+        // The provider's secret headers (`headers_env`), after the key's: marked sensitive too.
+        let mut auth: Vec<(HeaderName, HeaderValue)> = auth;
+        for (name, value) in &config.headers {
+            let name = HeaderName::try_from(name.as_str())
+                .map_err(|_| invalid(format!("`{name}` is not a valid header name")))?;
+            let mut value = HeaderValue::try_from(value.expose()).map_err(|_| {
+                invalid(format!("the value of `{name}` is not a valid header value"))
+            })?;
+            value.set_sensitive(true);
+            auth.push((name, value));
+        }
+        let secrets = config
+            .api_key
+            .iter()
+            .chain(config.headers.iter().map(|(_, v)| v))
+            .cloned()
+            .collect();
         Ok(Self {
             host,
             port,
             client: client(&config.name, config.connect_timeout, extra_roots, proxy)?,
             uri,
             timeout: config.timeout,
-            api_key: config.api_key.clone(),
+            secrets,
             auth,
             limits: config.limits,
             error_message: W::error_message,
@@ -434,7 +456,7 @@ impl Endpoint {
     /// Sends a request; returns the response only when its status is a success. An error body is
     /// read up to the response limit.
     async fn send(&self, request: http::Request<Full<Bytes>>) -> Result<Response, ProviderError> {
-        let api_key = self.api_key.as_ref();
+        let secrets = self.secrets.as_slice();
         let response = self
             .client
             .request(request)
@@ -455,12 +477,12 @@ impl Endpoint {
         let message = if matches!(code, 401 | 403) {
             String::new()
         } else if status.is_redirection() {
-            redirect_message(response.headers(), api_key)
+            redirect_message(response.headers(), secrets)
         } else {
             // Only an excerpt is kept, so only the start of the body is read.
             let body =
                 read_prefix(response, self.limits.response_bytes.min(ERROR_BODY_PREFIX)).await;
-            error_excerpt(&body, api_key, self.error_message)
+            error_excerpt(&body, secrets, self.error_message)
         };
         Err(ProviderError::Status {
             status: code,
@@ -530,10 +552,10 @@ async fn read_prefix(response: Response, limit: usize) -> Vec<u8> {
 
 /// What a 3xx error says: that the redirect was not followed, and where it pointed (the
 /// `Location`, scrubbed and cut like an error excerpt).
-fn redirect_message(headers: &HeaderMap, api_key: Option<&Secret>) -> String {
+fn redirect_message(headers: &HeaderMap, secrets: &[Secret]) -> String {
     let location = headers
         .get(http::header::LOCATION)
-        .map(|v| excerpt(&String::from_utf8_lossy(v.as_bytes()), api_key))
+        .map(|v| excerpt(&String::from_utf8_lossy(v.as_bytes()), secrets))
         .filter(|l| !l.is_empty());
     match location {
         Some(l) => format!("redirect to `{l}` not followed; check the provider's base URL"),
@@ -606,17 +628,17 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 /// start, as an [`excerpt`].
 fn error_excerpt(
     body: &[u8],
-    key: Option<&Secret>,
+    secrets: &[Secret],
     message_of: fn(&[u8]) -> Option<String>,
 ) -> String {
     let text = message_of(body).unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
-    excerpt(&text, key)
+    excerpt(&text, secrets)
 }
 
-/// `text` with the key scrubbed out first, then cut to [`ERROR_EXCERPT`] characters (so no
-/// part of a key that straddles the cut survives).
-fn excerpt(text: &str, key: Option<&Secret>) -> String {
-    let text = scrub(text, key);
+/// `text` with the secrets scrubbed out first, then cut to [`ERROR_EXCERPT`] characters (so no
+/// part of a secret that straddles the cut survives).
+fn excerpt(text: &str, secrets: &[Secret]) -> String {
+    let text = scrub(text, secrets);
     let text = text.trim();
     match text.char_indices().nth(ERROR_EXCERPT) {
         Some((idx, _)) => format!("{}…", &text[..idx]),
@@ -624,11 +646,12 @@ fn excerpt(text: &str, key: Option<&Secret>) -> String {
     }
 }
 
-fn scrub(text: &str, key: Option<&Secret>) -> String {
-    match key {
-        Some(k) if !k.expose().is_empty() => text.replace(k.expose(), "<redacted>"),
-        _ => text.to_string(),
+fn scrub(text: &str, secrets: &[Secret]) -> String {
+    let mut text = text.to_string();
+    for secret in secrets.iter().filter(|s| !s.expose().is_empty()) {
+        text = text.replace(secret.expose(), "<redacted>");
     }
+    text
 }
 
 /// Appends `path` to a base URL that has no trailing slash.
@@ -643,7 +666,11 @@ mod tests {
 
     /// An excerpt of an error body as an OpenAI-format endpoint reads it.
     fn openai_excerpt(body: &[u8], key: Option<&Secret>) -> String {
-        error_excerpt(body, key, <OpenAi as WireFormat>::error_message)
+        error_excerpt(
+            body,
+            key.map(std::slice::from_ref).unwrap_or_default(),
+            <OpenAi as WireFormat>::error_message,
+        )
     }
 
     #[test]
@@ -720,6 +747,8 @@ mod tests {
             proxy: Default::default(),
             default_model: None,
             max_output_tokens: 4096,
+            headers: Vec::new(),
+            query: Vec::new(),
         };
         let endpoint = Endpoint::new(&config, &OpenAi, &[]).unwrap();
         let result = tokio::time::timeout(
@@ -809,14 +838,14 @@ mod tests {
             http::header::LOCATION,
             http::HeaderValue::from_static("https://elsewhere.example/v1?k=sk-123"),
         );
-        let message = redirect_message(&headers, Some(&key));
+        let message = redirect_message(&headers, std::slice::from_ref(&key));
         assert!(
             message.contains("https://elsewhere.example/v1?k=<redacted>"),
             "{message}"
         );
         assert!(message.contains("not followed"), "{message}");
         assert_eq!(
-            redirect_message(&HeaderMap::new(), None),
+            redirect_message(&HeaderMap::new(), &[]),
             "redirect not followed; check the provider's base URL"
         );
         let err = ProviderError::Status {
@@ -832,8 +861,13 @@ mod tests {
     fn scrub_removes_the_key() {
         let key = Secret::new("sk-123");
         assert_eq!(
-            scrub("bad key sk-123 given", Some(&key)),
+            scrub("bad key sk-123 given", std::slice::from_ref(&key)),
             "bad key <redacted> given"
+        );
+        // Every secret: the key and the provider's secret headers.
+        assert_eq!(
+            scrub("sk-123 then az-9", &[key, Secret::new("az-9")]),
+            "<redacted> then <redacted>"
         );
     }
 }

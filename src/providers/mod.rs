@@ -248,6 +248,11 @@ pub struct ProviderConfig {
     /// `max_tokens` of a request without one, where the API requires it (Anthropic):
     /// `VRA_MAX_OUTPUT_TOKENS`.
     pub max_output_tokens: u32,
+    /// Secret headers sent with every request (`headers_env`), by lower-case name; valid
+    /// header names and values (checked by the configuration).
+    pub headers: Vec<(String, Secret)>,
+    /// Query parameters added to every request's URL (`query`).
+    pub query: Vec<(String, String)>,
 }
 
 /// How much of an upstream's answer is read at most: past a limit the request fails with

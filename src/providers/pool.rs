@@ -546,6 +546,8 @@ mod tests {
             proxy: Default::default(),
             default_model: None,
             max_output_tokens: 4096,
+            headers: Vec::new(),
+            query: Vec::new(),
         };
         let providers = (1..=n)
             .map(|p| Arc::new(Fake(config.clone(), p)) as Arc<dyn Provider>)

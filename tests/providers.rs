@@ -1,13 +1,17 @@
-//! Claude as the primary: the gateway against an in-process server speaking Anthropic's
-//! Messages wire format (`vra_gateway::demo::sim`, `POST /v1/messages`; shapes from Anthropic's
-//! API reference, "Messages" and "Streaming Messages": docs.anthropic.com/en/api/messages,
-//! docs.anthropic.com/en/docs/build-with-claude/streaming).
+//! Cloud providers beyond the built-ins, against in-process servers speaking their wire formats
+//! (`vra_gateway::demo::sim`).
 //!
-//! The request (`x-api-key`, `anthropic-version`, `max_tokens` always, the system prompt at the
-//! top level, alternating turns), unary and streamed answers with their usage (split between
-//! `message_start` and `message_delta` in a stream), a 529 `overloaded_error` retried, an SSE
-//! `error` event before and after the first delta, Claude's list prices, and the dollar cap
-//! sending a call to the local model.
+//! Claude as the primary (`kind = "anthropic"`, `POST /v1/messages`; shapes from Anthropic's
+//! API reference, "Messages" and "Streaming Messages": docs.anthropic.com/en/api/messages,
+//! docs.anthropic.com/en/docs/build-with-claude/streaming): the request (`x-api-key`,
+//! `anthropic-version`, `max_tokens` always, the system prompt at the top level, alternating
+//! turns), unary and streamed answers with their usage (split between `message_start` and
+//! `message_delta` in a stream), a 529 `overloaded_error` retried, an SSE `error` event before
+//! and after the first delta, Claude's list prices, and the dollar cap sending a call to the
+//! local model.
+//!
+//! An Azure-style OpenAI provider: a deployment URL, the key in an `api-key` header from
+//! `headers_env`, `api-version` from `query`, and no `Authorization` header.
 
 mod common;
 
@@ -255,4 +259,44 @@ async fn the_dollar_cap_on_claude_sends_the_call_to_the_local_model() {
 
 async fn usage_of(h: &Harness, report: &str) -> pb::GetReportUsageResponse {
     usage(h.addr, report).await
+}
+
+#[tokio::test]
+async fn an_azure_style_provider_sends_its_secret_header_and_query() {
+    const AZURE_KEY: &str = "az-key-0c41";
+    let azure = Sim::start().await.unwrap();
+    let local = Sim::start().await.unwrap();
+    let mut sources = common::sources(
+        &azure,
+        &local,
+        &[
+            ("PRIMARY_PROVIDER", "azure"),
+            ("AZURE_OPENAI_KEY", AZURE_KEY),
+        ],
+    );
+    let toml = format!(
+        "[providers.azure]\nkind = \"openai\"\nbase_url = \"http://{}/openai/deployments/gpt-4o\"\ntier = \"cloud\"\nheaders_env = {{ \"api-key\" = \"AZURE_OPENAI_KEY\" }}\nquery = {{ \"api-version\" = \"2024-10-21\" }}\n",
+        azure.addr()
+    );
+    sources
+        .load_toml(&toml, std::path::Path::new("azure.toml"))
+        .unwrap();
+    let h = Harness::start_with(azure, local, Config::from_sources(&sources).unwrap()).await;
+    let resp = h
+        .client()
+        .await
+        .generate(request("azure", P::Refine, S::Analysis))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((tier(&resp), reason(&resp)), (T::Primary, F::Unspecified));
+    let sent = &h.cloud.recorded()[0];
+    assert_eq!(sent.path, "/openai/deployments/gpt-4o/chat/completions");
+    assert_eq!(sent.query.as_deref(), Some("api-version=2024-10-21"));
+    assert_eq!(sent.api_key_header.as_deref(), Some(AZURE_KEY));
+    assert_eq!(
+        sent.authorization, None,
+        "no bearer token besides the api-key"
+    );
+    h.shutdown().await;
 }
