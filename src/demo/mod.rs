@@ -177,7 +177,13 @@ pub async fn serve(options: ServeOptions) -> Result<(), SandboxError> {
     let shutdown = server::shutdown_signal();
     let listeners = server::bind(&config).await?;
     let addr = listeners.grpc_addr().map_err(SandboxError::Upstream)?;
-    print_sandbox_banner(&config, addr, listeners.http_addr(), &options)?;
+    print_sandbox_banner(
+        &config,
+        addr,
+        listeners.http_addr(),
+        &options,
+        [cloud.addr(), local.addr()],
+    )?;
     let result = server::run(config, listeners, shutdown).await;
     guard.shutdown();
     drop((cloud, local));
@@ -205,12 +211,17 @@ fn print_sandbox_banner(
     addr: std::net::SocketAddr,
     door: Option<std::net::SocketAddr>,
     options: &ServeOptions,
+    [cloud, local]: [std::net::SocketAddr; 2],
 ) -> std::io::Result<()> {
     let security = &config.security;
     let tls = security.tls.is_some();
     let mut out = std::io::stdout().lock();
     writeln!(out, "vra-gateway sandbox (demo --serve), no keys needed")?;
     write_simulated(&mut out, config)?;
+    writeln!(
+        out,
+        "  simulated cloud upstream: http://{cloud} (OpenAI /v1/chat/completions, Anthropic /v1/messages); local: http://{local} (Ollama /api/chat)"
+    )?;
     writeln!(
         out,
         "  hybrid mode on, MAX_CLOUD_CALLS={} per report, {} attempts per provider",
