@@ -82,9 +82,11 @@ pub const BUILTIN_PRICES: &[(&str, Price)] = &[
     ("gpt-4-turbo", price(10.00, 30.00)),
     ("gpt-3.5-turbo", price(0.50, 1.50)),
     // Anthropic's list prices (docs.anthropic.com/en/docs/about-claude/pricing), as published
-    // in 2026-03, by alias and by dated id. Base rates only: the prompt cache's writes (1.25x)
-    // and reads (0.1x) are counted as input at the input rate, and Sonnet's long-context rate
-    // (prompts over 200k tokens) is not modelled — `[pricing."MODEL"]` for exact figures.
+    // up to 2026-04 (Opus 4.7), by alias and by dated id; models released since (Opus 4.8, the
+    // Claude 5 family) need a `[pricing."MODEL"]` entry. Base rates only: the prompt cache's
+    // writes (1.25x) and reads (0.1x) are counted as input at the input rate, and the 4.5 and
+    // older Sonnets' long-context rate (prompts over 200k tokens) is not modelled.
+    ("claude-opus-4-7", price(5.00, 25.00)),
     ("claude-opus-4-6", price(5.00, 25.00)),
     ("claude-sonnet-4-6", price(3.00, 15.00)),
     ("claude-opus-4-5", price(5.00, 25.00)),
@@ -261,7 +263,7 @@ mod tests {
             PriceSource::Configured(price(2.0, 9.0))
         );
         // Claude, by alias and by dated id.
-        for model in ["claude-sonnet-4-5", "claude-sonnet-4-5-20250929"] {
+        for model in ["claude-sonnet-4-6", "claude-sonnet-4-5-20250929"] {
             assert_eq!(
                 pricing.lookup(model, true),
                 PriceSource::Builtin(price(3.00, 15.00))

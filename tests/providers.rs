@@ -26,7 +26,7 @@ use vra_gateway::pb::{
 };
 
 const KEY: &str = "sk-ant-test-key-7f3a";
-const MODEL: &str = "claude-sonnet-4-5";
+const MODEL: &str = "claude-sonnet-4-6";
 
 /// A gateway whose primary is `[providers.claude]` (kind anthropic) on `claude`'s simulated
 /// server, the secondary the simulated Ollama `local`, and `settings` on top.

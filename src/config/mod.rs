@@ -555,7 +555,7 @@ mod tests {
             ("VRA_MAX_OUTPUT_TOKENS", "2048"),
         ]);
         s.load_toml(
-            "[providers.claude]\nkind = \"anthropic\"\ntier = \"cloud\"\nmodel = \"claude-sonnet-4-5\"\n",
+            "[providers.claude]\nkind = \"anthropic\"\ntier = \"cloud\"\nmodel = \"claude-sonnet-4-6\"\n",
             Path::new("x.toml"),
         )
         .unwrap();
@@ -565,7 +565,7 @@ mod tests {
         assert_eq!(p.base_url, "https://api.anthropic.com");
         assert_eq!(p.api_key.as_ref().map(Secret::expose), Some("sk-ant-test"));
         assert_eq!(p.max_output_tokens, 2048);
-        assert_eq!(c.primary.model, "claude-sonnet-4-5", "the provider's model");
+        assert_eq!(c.primary.model, "claude-sonnet-4-6", "the provider's model");
         // PRIMARY_MODEL, when set, wins over the provider's model.
         s.env
             .insert("PRIMARY_MODEL".into(), "claude-haiku-4-5".into());

@@ -400,7 +400,7 @@ pub(crate) mod tests {
 
     fn req(messages: Vec<ChatMessage>) -> ChatRequest {
         ChatRequest {
-            model: "claude-sonnet-4-5".into(),
+            model: "claude-sonnet-4-6".into(),
             messages: messages.into(),
             temperature: Some(0.5),
             top_p: Some(0.25),
@@ -428,7 +428,7 @@ pub(crate) mod tests {
         assert_eq!(
             v,
             serde_json::json!({
-                "model": "claude-sonnet-4-5",
+                "model": "claude-sonnet-4-6",
                 "max_tokens": 4096,
                 "system": "Be terse.\n\nCite sources.",
                 "messages": [
@@ -453,7 +453,7 @@ pub(crate) mod tests {
             serde_json::from_slice(&FORMAT.body(&plain, false).unwrap()).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"model": "claude-sonnet-4-5", "max_tokens": 64,
+            serde_json::json!({"model": "claude-sonnet-4-6", "max_tokens": 64,
                 "messages": [{"role": "user", "content": "hi"}]})
         );
     }

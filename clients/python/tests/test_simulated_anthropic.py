@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Dict, List
+import urllib.request
+from typing import Any, Dict, Iterator, List, Tuple
 
 import anthropic
-import httpx
 import pytest
 from anthropic.types import Message, RawMessageStreamEvent
 from pydantic import TypeAdapter
@@ -23,11 +23,24 @@ from pydantic import TypeAdapter
 SIMULATED = re.compile(r"simulated cloud upstream: (http://[0-9.]+:[0-9]+) ")
 HEADERS = {"x-api-key": "sk-ant-unused", "anthropic-version": "2023-06-01"}
 REQUEST: Dict[str, Any] = {
-    "model": "claude-sonnet-4-5",
+    "model": "claude-sonnet-4-6",
     "max_tokens": 64,
     "system": "Be terse.",
     "messages": [{"role": "user", "content": "Write the introduction."}],
 }
+
+
+def post(base: str, body: Dict[str, Any]) -> Tuple[int, str, Iterator[str]]:
+    """POSTs `body` to `{base}/v1/messages`: the status, the content type and the body's lines."""
+    request = urllib.request.Request(
+        f"{base}/v1/messages",
+        data=json.dumps(body).encode(),
+        headers={**HEADERS, "content-type": "application/json"},
+        method="POST",
+    )
+    reply = urllib.request.urlopen(request, timeout=10)  # noqa: S310 (loopback http, the test's own server)
+    lines = (raw.decode().rstrip("\r\n") for raw in reply)
+    return reply.status, reply.headers.get("content-type", ""), lines
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +52,9 @@ def claude(gateway) -> str:
 
 
 def test_a_message_validates_as_the_official_type(claude: str) -> None:
-    reply = httpx.post(f"{claude}/v1/messages", json=REQUEST, headers=HEADERS, timeout=10)
-    assert reply.status_code == 200
-    message = Message.model_validate(reply.json())
+    status, _, lines = post(claude, REQUEST)
+    assert status == 200
+    message = Message.model_validate(json.loads("".join(lines)))
     assert message.role == "assistant" and message.type == "message"
     assert message.content[0].type == "text" and message.content[0].text
     assert message.stop_reason == "end_turn"
@@ -52,19 +65,17 @@ def test_every_streamed_event_validates_and_is_named_by_its_type(claude: str) ->
     events: List[Any] = []
     adapter = TypeAdapter(RawMessageStreamEvent)
     name = None
-    with httpx.stream(
-        "POST", f"{claude}/v1/messages", json={**REQUEST, "stream": True}, headers=HEADERS, timeout=10
-    ) as reply:
-        assert reply.status_code == 200
-        assert reply.headers["content-type"].startswith("text/event-stream")
-        for line in reply.iter_lines():
-            if line.startswith("event: "):
-                name = line[len("event: ") :]
-            elif line.startswith("data: "):
-                data = json.loads(line[len("data: ") :])
-                assert data["type"] == name, "the SSE event name is the data's type"
-                if data["type"] != "ping":
-                    events.append(adapter.validate_python(data))
+    status, content_type, lines = post(claude, {**REQUEST, "stream": True})
+    assert status == 200
+    assert content_type.startswith("text/event-stream")
+    for line in lines:
+        if line.startswith("event: "):
+            name = line[len("event: ") :]
+        elif line.startswith("data: "):
+            data = json.loads(line[len("data: ") :])
+            assert data["type"] == name, "the SSE event name is the data's type"
+            if data["type"] != "ping":
+                events.append(adapter.validate_python(data))
     kinds = [e.type for e in events]
     assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
     assert "content_block_delta" in kinds and "message_delta" in kinds
