@@ -348,7 +348,7 @@ impl Config {
         out.push_str("# effective providers\n");
         for (tier, ep) in [("primary", &self.primary), ("secondary", &self.secondary)] {
             out.push_str(&format!(
-                "# {tier}: provider={} kind={:?} tier={:?} base_urls={} model={} api_key={}\n",
+                "# {tier}: provider={} kind={:?} tier={:?} base_urls={} model={} api_key={}{}{}\n",
                 ep.provider.name,
                 ep.provider.kind,
                 ep.provider.tier,
@@ -359,6 +359,16 @@ impl Config {
                 } else {
                     "<none>"
                 },
+                ep.provider
+                    .headers
+                    .iter()
+                    .map(|(name, _)| format!(" header:{name}=<redacted>"))
+                    .collect::<String>(),
+                ep.provider
+                    .query
+                    .iter()
+                    .map(|(k, v)| format!(" query:{k}={v}"))
+                    .collect::<String>(),
             ));
         }
         out
@@ -608,6 +618,17 @@ mod tests {
         assert!(
             !format!("{p:?}").contains("az-secret-1"),
             "redacted in Debug"
+        );
+        let mut s = sources(&[
+            ("AZURE_OPENAI_KEY", "az-secret-1"),
+            ("PRIMARY_PROVIDER", "azure"),
+        ]);
+        s.load_toml(table, Path::new("azure.toml")).unwrap();
+        let shown = Config::from_sources(&s).unwrap().render(&s);
+        assert!(
+            shown.contains("header:api-key=<redacted> query:api-version=2024-10-21")
+                && !shown.contains("az-secret-1"),
+            "{shown}"
         );
 
         let err = load(&[("PRIMARY_PROVIDER", "azure")], table).unwrap_err();

@@ -504,6 +504,17 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_error_body_gives_its_message() {
+        assert_eq!(
+            <Anthropic as WireFormat>::error_message(
+                br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#
+            )
+            .as_deref(),
+            Some("Overloaded")
+        );
+    }
+
+    #[test]
     fn stop_reasons_map_to_finish_reasons() {
         for (from, to) in [
             (Some("end_turn"), "stop"),
