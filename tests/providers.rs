@@ -160,8 +160,9 @@ async fn an_overloaded_claude_is_retried_and_answers() {
     h.shutdown().await;
 }
 
-/// The frames of a stream that ends with an SSE `error` event after `deltas` text deltas.
-fn error_mid_stream(deltas: usize) -> Step {
+/// The frames of a stream that ends with an SSE `error` event of `kind` after `deltas` text
+/// deltas.
+fn error_mid_stream(deltas: usize, kind: &str) -> Step {
     let mut chunks = vec![
         sse_event(
             &serde_json::json!({"type": "message_start", "message": {"id": "msg_x",
@@ -180,56 +181,64 @@ fn error_mid_stream(deltas: usize) -> Step {
         ));
     }
     chunks.push(sse_event(&serde_json::json!({"type": "error",
-        "error": {"type": "overloaded_error", "message": "Overloaded"}})));
+        "error": {"type": kind, "message": "Overloaded"}})));
     Step::Raw {
         chunks,
         chunk_delay: Duration::ZERO,
     }
 }
 
-#[tokio::test]
-async fn an_error_event_before_the_first_delta_is_retried_and_after_it_aborts() {
-    let h = start(&[("VRA_RETRY_MAX_ATTEMPTS", "1")]).await;
-    // Before any text: the call falls back (one attempt per provider here).
-    h.cloud.push(error_mid_stream(0));
+/// Streams `request` to the end: the deltas, the final message, the terminal error.
+async fn stream_of(
+    h: &Harness,
+    report: &str,
+) -> (
+    Vec<String>,
+    Option<pb::GenerateResponse>,
+    Option<tonic::Status>,
+) {
     let stream = h
         .client()
         .await
         .generate_stream(pb::GenerateStreamRequest::from(request(
-            "claude-error-early",
+            report,
             P::Refine,
             S::Analysis,
         )))
         .await
         .unwrap()
         .into_inner();
-    let (deltas, done, err) = common::collect_stream(stream).await;
+    common::collect_stream(stream).await
+}
+
+#[tokio::test]
+async fn an_error_event_before_the_first_delta_is_retried_and_after_it_aborts() {
+    let h = start(&[]).await;
+    // overloaded_error before any text: transient (a 529), so Claude is asked again.
+    h.cloud.push(error_mid_stream(0, "overloaded_error"));
+    let (deltas, done, err) = stream_of(&h, "claude-error-early").await;
     assert!(err.is_none(), "{err:?}");
     let done = done.unwrap();
     assert_eq!(
-        (
-            done.route.as_ref().unwrap().tier,
-            done.route.as_ref().unwrap().fallback_reason
-        ),
+        (done.route.as_ref().unwrap().tier, done.attempts),
+        (T::Primary as i32, 2)
+    );
+    assert_eq!(deltas.concat(), vra_gateway::demo::sim::DEFAULT_TEXT);
+
+    // A final kind before any text: no second attempt, the local model answers.
+    h.cloud.push(error_mid_stream(0, "invalid_request_error"));
+    let (_, done, err) = stream_of(&h, "claude-error-final").await;
+    assert!(err.is_none(), "{err:?}");
+    let route = done.unwrap().route.unwrap();
+    assert_eq!(
+        (route.tier, route.fallback_reason),
         (T::Secondary as i32, F::PrimaryError as i32)
     );
-    assert!(!deltas.is_empty());
 
     // After text went out: the stream ends with an error, no second model spliced in.
     let local_before = h.local.requests();
-    h.cloud.push(error_mid_stream(2));
-    let stream = h
-        .client()
-        .await
-        .generate_stream(pb::GenerateStreamRequest::from(request(
-            "claude-error-late",
-            P::Refine,
-            S::Analysis,
-        )))
-        .await
-        .unwrap()
-        .into_inner();
-    let (deltas, done, err) = common::collect_stream(stream).await;
+    h.cloud.push(error_mid_stream(2, "overloaded_error"));
+    let (deltas, done, err) = stream_of(&h, "claude-error-late").await;
     assert_eq!(deltas, ["part0 ", "part1 "]);
     assert!(done.is_none());
     let err = err.expect("the stream ends with an error");

@@ -583,6 +583,16 @@ mod tests {
             Config::from_sources(&s).unwrap().primary.model,
             "claude-haiku-4-5"
         );
+        // Without either, the tier's default (gpt-4o) would mean nothing to Claude.
+        let mut s = sources(&[("PRIMARY_PROVIDER", "claude")]);
+        s.load_toml(
+            "[providers.claude]\nkind = \"anthropic\"\ntier = \"cloud\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let err = Config::from_sources(&s).unwrap_err();
+        assert_eq!(err.var, "PRIMARY_PROVIDER");
+        assert!(err.message.contains("needs a model"), "{err}");
     }
 
     #[test]

@@ -330,9 +330,20 @@ pub(super) fn endpoint(
             format!("unknown provider `{name}`; accepted: {}", known.join(", ")),
         )
     })?;
-    let model = model
-        .or_else(|| provider.default_model.clone())
-        .unwrap_or_else(|| default.to_string());
+    let model = match model.or_else(|| provider.default_model.clone()) {
+        Some(model) => model,
+        // The tier's default (gpt-4o, llama3:8b) means nothing to Claude.
+        None if provider.kind == ProviderKind::Anthropic => {
+            return Err(ConfigError::new(
+                var,
+                format!(
+                    "provider `{}` (kind = \"anthropic\") needs a model: set `model` in [providers.{}] or the tier's model setting",
+                    provider.name, provider.name
+                ),
+            ));
+        }
+        None => default.to_string(),
+    };
     if model.trim().is_empty() {
         return Err(ConfigError::new(var, "model must not be empty"));
     }

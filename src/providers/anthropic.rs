@@ -7,9 +7,12 @@
 //! - `max_tokens` is required: the caller's, else `VRA_MAX_OUTPUT_TOKENS`.
 //! - The system prompt is a top-level `system` field (every system turn, joined by a blank
 //!   line); `messages` alternate `user` and `assistant` (consecutive turns of one role are
-//!   merged the same way) and open with a `user` turn (a conversation that opens with an
-//!   assistant turn gets a `.` user turn before it, as the API refuses it otherwise).
-//!   `temperature`, `top_p` and `stop` (as `stop_sequences`) are passed on; `seed` has no
+//!   merged the same way, empty turns dropped) and open and close with a `user` turn (a
+//!   conversation that opens or ends with an assistant turn gets a `.` user turn there: the
+//!   API refuses the first, and reads the second as a prefill to continue rather than a turn
+//!   to answer, which the newest models refuse). `temperature` (at most 1, Anthropic's range)
+//!   or else `top_p` is passed on — the current models refuse both together — and `stop` as
+//!   `stop_sequences` (whitespace-only ones left out: the API refuses them); `seed` has no
 //!   counterpart and is left out.
 //! - An answer's text is its `text` content blocks, joined; `usage.input_tokens` plus the
 //!   prompt cache's `cache_creation_input_tokens` and `cache_read_input_tokens` count as input
@@ -19,7 +22,10 @@
 //!   the input tokens), `content_block_delta` (`text_delta`: one delta each),
 //!   `message_delta` (the output tokens so far — cumulative — and the stop reason),
 //!   `message_stop` (the end); `ping` and the block start/stop events carry nothing the
-//!   gateway needs. An `error` event ends the stream with its message.
+//!   gateway needs. An `error` event ends the stream: `overloaded_error`, `rate_limit_error`
+//!   and `api_error` as the statuses they stand for (529, 429, 500: retried before the first
+//!   delta), any other with its message. Usage fields of a `message_delta` replace the same
+//!   fields of `message_start`, one by one, as Anthropic's own client merges them.
 //! - Errors: `{"type": "error", "error": {"type": ..., "message": ...}}`; 529
 //!   (`overloaded_error`) and 429 are transient like every 5xx (the HTTP provider's mapping).
 
@@ -58,8 +64,8 @@ pub mod wire {
         pub temperature: Option<f32>,
         #[serde(skip_serializing_if = "Option::is_none")]
         pub top_p: Option<f32>,
-        #[serde(skip_serializing_if = "<[_]>::is_empty")]
-        pub stop_sequences: &'a [String],
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        pub stop_sequences: Vec<String>,
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         pub stream: bool,
     }
@@ -77,6 +83,25 @@ pub mod wire {
     }
 
     impl Usage {
+        /// `later`'s fields over these, one by one (an absent field keeps its value).
+        pub fn merge(&mut self, later: Usage) {
+            let keep = |mine: &mut Option<u32>, theirs: Option<u32>| {
+                if theirs.is_some() {
+                    *mine = theirs;
+                }
+            };
+            keep(&mut self.input_tokens, later.input_tokens);
+            keep(&mut self.output_tokens, later.output_tokens);
+            keep(
+                &mut self.cache_creation_input_tokens,
+                later.cache_creation_input_tokens,
+            );
+            keep(
+                &mut self.cache_read_input_tokens,
+                later.cache_read_input_tokens,
+            );
+        }
+
         /// Input tokens, the prompt cache's writes and reads included.
         pub fn input(&self) -> Option<u32> {
             let parts = [
@@ -165,22 +190,29 @@ pub struct Anthropic {
 impl Anthropic {
     fn request<'a>(&self, req: &'a ChatRequest, stream: bool) -> wire::Request<'a> {
         let (system, messages) = conversation(req);
+        // Anthropic's temperature goes up to 1; the current models take it or top_p, not both.
+        let temperature = req.temperature.map(|t| t.clamp(0.0, 1.0));
         wire::Request {
             model: &req.model,
             max_tokens: req.max_tokens.unwrap_or(self.default_max_tokens),
             system,
             messages,
-            temperature: req.temperature,
-            top_p: req.top_p,
-            stop_sequences: &req.stop,
+            temperature,
+            top_p: req.top_p.filter(|_| temperature.is_none()),
+            stop_sequences: req
+                .stop
+                .iter()
+                .filter(|s| !s.trim().is_empty())
+                .cloned()
+                .collect(),
             stream,
         }
     }
 }
 
 /// The system prompt (every system turn, joined by a blank line) and the alternating
-/// user/assistant turns (consecutive turns of one role joined the same way), opening with a
-/// user turn.
+/// user/assistant turns (consecutive turns of one role joined the same way, empty ones
+/// dropped), opening and closing with a user turn.
 fn conversation(req: &ChatRequest) -> (Option<String>, Vec<wire::Turn>) {
     let mut system: Option<String> = None;
     let mut turns: Vec<wire::Turn> = Vec::new();
@@ -199,6 +231,9 @@ fn conversation(req: &ChatRequest) -> (Option<String>, Vec<wire::Turn>) {
             Role::User => "user",
             Role::Assistant => "assistant",
         };
+        if m.content.trim().is_empty() {
+            continue;
+        }
         match turns.last_mut() {
             Some(last) if last.role == role => {
                 last.content.push_str("\n\n");
@@ -210,25 +245,26 @@ fn conversation(req: &ChatRequest) -> (Option<String>, Vec<wire::Turn>) {
             }),
         }
     }
+    let placeholder = || wire::Turn {
+        role: "user",
+        content: ".".into(),
+    };
     if turns.first().is_none_or(|t| t.role != "user") {
-        turns.insert(
-            0,
-            wire::Turn {
-                role: "user",
-                content: ".".into(),
-            },
-        );
+        turns.insert(0, placeholder());
+    }
+    if turns.last().is_some_and(|t| t.role != "user") {
+        turns.push(placeholder());
     }
     (system, turns)
 }
 
 /// Anthropic's `stop_reason` as an OpenAI `finish_reason`: `end_turn` and `stop_sequence` →
-/// `stop`, `max_tokens` → `length`, `tool_use` → `tool_calls`, `refusal` → `content_filter`;
+/// `stop`, `max_tokens` and `model_context_window_exceeded` → `length`, `tool_use` → `tool_calls`, `refusal` → `content_filter`;
 /// another reason is passed on as it is.
 pub fn finish_reason(stop_reason: Option<&str>) -> String {
     match stop_reason {
         None | Some("end_turn" | "stop_sequence") => "stop",
-        Some("max_tokens") => "length",
+        Some("max_tokens" | "model_context_window_exceeded") => "length",
         Some("tool_use") => "tool_calls",
         Some("refusal") => "content_filter",
         Some(other) => other,
@@ -293,8 +329,8 @@ pub fn parse_response(body: &[u8]) -> Result<Completion, ProviderError> {
 pub struct MessagesDecoder {
     events: SseEvents,
     model: String,
-    input: Option<u32>,
-    output: Option<u32>,
+    /// The usage fields seen so far, each replaced by a later event's when it has it.
+    usage: wire::Usage,
     stop_reason: Option<String>,
 }
 
@@ -303,8 +339,7 @@ impl MessagesDecoder {
         Self {
             events: SseEvents::new(max_data),
             model: String::new(),
-            input: None,
-            output: None,
+            usage: wire::Usage::default(),
             stop_reason: None,
         }
     }
@@ -323,8 +358,7 @@ impl MessagesDecoder {
                 if let Some(model) = message.model {
                     self.model = model;
                 }
-                self.input = message.usage.input().or(self.input);
-                self.output = max(self.output, message.usage.output_tokens);
+                self.usage.merge(message.usage);
             }
             wire::Event::ContentBlockDelta { delta } => {
                 if delta.kind.as_deref() == Some("text_delta")
@@ -334,15 +368,14 @@ impl MessagesDecoder {
                 }
             }
             wire::Event::MessageDelta { delta, usage } => {
-                // Cumulative: the latest count is the whole.
-                self.output = max(self.output, usage.output_tokens);
-                self.input = usage.input().or(self.input);
+                // Cumulative counts: each field present is the whole so far.
+                self.usage.merge(usage);
                 if let Some(reason) = delta.stop_reason {
                     self.stop_reason = Some(reason);
                 }
             }
             wire::Event::MessageStop => {
-                let usage = match (self.input, self.output) {
+                let usage = match (self.usage.input(), self.usage.output_tokens) {
                     (None, None) => TokenUsage::default(),
                     (input, output) => {
                         TokenUsage::reported(input.unwrap_or(0), output.unwrap_or(0))
@@ -354,23 +387,29 @@ impl MessagesDecoder {
                     finish_reason: finish_reason(self.stop_reason.take().as_deref()),
                 });
             }
-            wire::Event::Error { error } => {
-                let message = match (error.kind, error.message) {
-                    (Some(kind), Some(message)) => format!("{kind}: {message}"),
-                    (kind, message) => message.or(kind).unwrap_or_default(),
-                };
-                return Err(ProviderError::Upstream(message));
-            }
+            wire::Event::Error { error } => return Err(stream_error(error)),
             wire::Event::Other => {}
         }
         Ok(())
     }
 }
 
-fn max(a: Option<u32>, b: Option<u32>) -> Option<u32> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
+/// A stream's `error` event as the error it stands for: the transient kinds as their HTTP
+/// statuses (so an attempt that has sent no text yet is retried, as their status would be),
+/// any other as an upstream error with its message.
+fn stream_error(error: wire::ErrorBody) -> ProviderError {
+    let message = error.message.unwrap_or_default();
+    let status = match error.kind.as_deref() {
+        Some("overloaded_error") => 529,
+        Some("rate_limit_error") => 429,
+        Some("api_error") => 500,
+        Some(kind) => return ProviderError::Upstream(format!("{kind}: {message}")),
+        None => return ProviderError::Upstream(message),
+    };
+    ProviderError::Status {
+        status,
+        retry_after: None,
+        message,
     }
 }
 
@@ -437,7 +476,6 @@ pub(crate) mod tests {
                     {"role": "user", "content": "three"},
                 ],
                 "temperature": 0.5,
-                "top_p": 0.25,
                 "stop_sequences": ["END"],
                 "stream": true,
             })
@@ -459,14 +497,50 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_conversation_opening_with_the_assistant_gets_a_user_turn_first() {
+    fn a_conversation_opens_and_closes_with_a_user_turn_and_has_no_empty_one() {
         let (_, turns) = conversation(&req(vec![
             ChatMessage::new(Role::Assistant, "Earlier answer."),
             ChatMessage::new(Role::User, "Go on."),
+            ChatMessage::new(Role::User, "  "),
+            ChatMessage::new(Role::Assistant, "Partial"),
         ]));
         let roles: Vec<&str> = turns.iter().map(|t| t.role).collect();
-        assert_eq!(roles, ["user", "assistant", "user"]);
-        assert_eq!(turns[0].content, ".");
+        assert_eq!(roles, ["user", "assistant", "user", "assistant", "user"]);
+        assert_eq!(
+            (turns[0].content.as_str(), turns[4].content.as_str()),
+            (".", ".")
+        );
+        assert_eq!(turns[2].content, "Go on.", "the empty turn is dropped");
+    }
+
+    #[test]
+    fn sampling_fits_anthropics_rules() {
+        let both = ChatRequest {
+            temperature: Some(1.7),
+            top_p: Some(0.9),
+            stop: vec!["\n".into(), "END".into()],
+            ..req(vec![ChatMessage::new(Role::User, "hi")])
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&FORMAT.body(&both, false).unwrap()).unwrap();
+        assert_eq!(v["temperature"], 1.0, "Anthropic's range ends at 1");
+        assert!(v.get("top_p").is_none(), "not both");
+        assert_eq!(
+            v["stop_sequences"],
+            serde_json::json!(["END"]),
+            "no whitespace-only stop"
+        );
+        let top_p_only = ChatRequest {
+            temperature: None,
+            top_p: Some(0.25),
+            ..both
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&FORMAT.body(&top_p_only, false).unwrap()).unwrap();
+        assert_eq!(
+            (v.get("temperature"), &v["top_p"]),
+            (None, &serde_json::json!(0.25))
+        );
     }
 
     #[test]
@@ -520,6 +594,7 @@ pub(crate) mod tests {
             (Some("end_turn"), "stop"),
             (Some("stop_sequence"), "stop"),
             (Some("max_tokens"), "length"),
+            (Some("model_context_window_exceeded"), "length"),
             (Some("tool_use"), "tool_calls"),
             (Some("refusal"), "content_filter"),
             (Some("pause_turn"), "pause_turn"),
@@ -583,7 +658,36 @@ data: {\"type\":\"message_stop\"}\n\n";
         let err = run(&mut MessagesDecoder::new(1 << 20), &text).unwrap_err();
         assert_eq!(
             err,
-            ProviderError::Upstream("overloaded_error: Overloaded".into())
+            ProviderError::Status {
+                status: 529,
+                retry_after: None,
+                message: "Overloaded".into()
+            }
+        );
+        assert!(err.is_retryable(), "overloaded before any text is retried");
+        let other = text.replace("overloaded_error", "invalid_request_error");
+        assert_eq!(
+            run(&mut MessagesDecoder::new(1 << 20), &other).unwrap_err(),
+            ProviderError::Upstream("invalid_request_error: Overloaded".into())
+        );
+    }
+
+    #[test]
+    fn a_message_delta_replaces_usage_field_by_field() {
+        // Newer API versions repeat the input side in message_delta, cumulatively; a field it
+        // leaves out keeps message_start's value.
+        let text = STREAM.replace(
+            r#""usage":{"output_tokens":15}"#,
+            r#""usage":{"input_tokens":40,"output_tokens":15}"#,
+        );
+        let got = run(&mut MessagesDecoder::new(1 << 20), &text).unwrap();
+        let Some(StreamEvent::Done { usage, .. }) = got.last() else {
+            panic!("done");
+        };
+        assert_eq!(
+            *usage,
+            TokenUsage::reported(45, 15),
+            "40 input + 5 cache reads"
         );
     }
 
