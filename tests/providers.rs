@@ -17,7 +17,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Harness, reason, request, tier, usage};
+use common::{Harness, reason, request, tier};
 use tonic::Code;
 use vra_gateway::config::Config;
 use vra_gateway::demo::sim::{Sim, Step, sse_event};
@@ -107,7 +107,7 @@ async fn claude_answers_with_its_wire_format_usage_and_price() {
     assert_eq!(usage.input_tokens, 6);
     assert!(usage.output_tokens > 0 && !usage.estimated);
     assert_eq!(resp.cost_usd, Some(sonnet_usd(&usage)));
-    let report = usage_of(&h, "claude-unary").await;
+    let report = common::usage(h.addr, "claude-unary").await;
     assert_eq!(report.cost.unwrap().cloud_usd, sonnet_usd(&usage));
     h.shutdown().await;
 }
@@ -115,18 +115,7 @@ async fn claude_answers_with_its_wire_format_usage_and_price() {
 #[tokio::test]
 async fn a_claude_stream_carries_deltas_and_its_split_usage() {
     let h = start(&[]).await;
-    let stream = h
-        .client()
-        .await
-        .generate_stream(pb::GenerateStreamRequest::from(request(
-            "claude-stream",
-            P::Refine,
-            S::Analysis,
-        )))
-        .await
-        .unwrap()
-        .into_inner();
-    let (deltas, done, err) = common::collect_stream(stream).await;
+    let (deltas, done, err) = stream_of(&h, "claude-stream").await;
     assert!(err.is_none(), "{err:?}");
     assert!(deltas.len() > 1, "one delta per text_delta event");
     assert_eq!(deltas.concat(), vra_gateway::demo::sim::DEFAULT_TEXT);
@@ -264,10 +253,6 @@ async fn the_dollar_cap_on_claude_sends_the_call_to_the_local_model() {
     assert_eq!(budget.cloud_cost_limit_usd, Some(0.01));
     assert_eq!(budget.cloud_cost_used_usd, 0.0);
     h.shutdown().await;
-}
-
-async fn usage_of(h: &Harness, report: &str) -> pb::GetReportUsageResponse {
-    usage(h.addr, report).await
 }
 
 #[tokio::test]

@@ -189,29 +189,25 @@ impl Endpoint {
                 proxy.uri().port_u16().unwrap_or(80),
             );
         }
-        let auth = match &config.api_key {
-            Some(key) => wire
-                .auth_headers(key.expose())
-                .into_iter()
-                .map(|(name, value)| {
-                    let mut value = HeaderValue::try_from(value)
-                        .map_err(|_| invalid("the API key is not a valid header value".into()))?;
-                    value.set_sensitive(true);
-                    Ok((name, value))
-                })
-                .collect::<Result<_, _>>()?,
-            None => Vec::new(),
-        };
-        // The provider's secret headers (`headers_env`), after the key's: marked sensitive too.
-        let mut auth: Vec<(HeaderName, HeaderValue)> = auth;
-        for (name, value) in &config.headers {
-            let name = HeaderName::try_from(name.as_str())
-                .map_err(|_| invalid(format!("`{name}` is not a valid header name")))?;
-            let mut value = HeaderValue::try_from(value.expose()).map_err(|_| {
-                invalid(format!("the value of `{name}` is not a valid header value"))
-            })?;
+        // The headers carrying the key, then the provider's secret headers (`headers_env`):
+        // all marked sensitive.
+        let sensitive = |value: &str, what: &str| {
+            let mut value = HeaderValue::try_from(value)
+                .map_err(|_| invalid(format!("{what} is not a valid header value")))?;
             value.set_sensitive(true);
-            auth.push((name, value));
+            Ok::<_, BuildError>(value)
+        };
+        let mut auth = Vec::new();
+        if let Some(key) = &config.api_key {
+            for (name, value) in wire.auth_headers(key.expose()) {
+                auth.push((name, sensitive(&value, "the API key")?));
+            }
+        }
+        for (name, value) in &config.headers {
+            let header = HeaderName::try_from(name.as_str())
+                .map_err(|_| invalid(format!("`{name}` is not a valid header name")))?;
+            let what = format!("the value of `{name}`");
+            auth.push((header, sensitive(value.expose(), &what)?));
         }
         let secrets = config
             .api_key
