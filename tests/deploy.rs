@@ -11,7 +11,8 @@
 //!
 //! The front door too: Compose publishes on 127.0.0.1 only, every gateway reads a mounted
 //! clients file (and the example one is valid), both Redis require a password and every
-//! ledger URL carries it.
+//! ledger URL carries it, and the Kubernetes ledger is a Redis Cluster with the replicas its
+//! `VRA_LEDGER_MIN_REPLICAS` waits for (tests/redis_cluster.rs runs its nodes' settings).
 //!
 //! Values the operator supplies are taken from what `deploy/README.md` tells them to run:
 //! a Compose `${NAME}` is set when the README `export`s `NAME`, and a Kubernetes
@@ -1355,34 +1356,159 @@ fn kubernetes_service_pdb_and_namespace_match_the_deployment() {
     }
 }
 
-#[test]
-fn kubernetes_ledger_url_names_a_service_of_the_manifests() {
-    let docs = load_all();
-    let kube = kube(&docs);
-    let containers = gateway_containers(&kube);
+/// The hosts of `scheme://[userinfo@]host:port[,host:port...][/path]`.
+fn url_hosts(url: &str) -> Vec<&str> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let seeds = authority.rsplit('@').next().unwrap_or_default();
+    seeds
+        .split(',')
+        .map(|seed| seed.split(':').next().unwrap_or_default())
+        .collect()
+}
+
+/// The gateway's ledger URL, as the README's Secret gives it to the manifests' containers.
+fn kubernetes_ledger_urls(kube: &[&Doc]) -> Vec<(String, String)> {
+    let containers = gateway_containers(kube);
     assert!(
         !containers.is_empty(),
         "{}: no gateway container",
         rel(&kubernetes_dir())
     );
-    for (doc, container) in containers {
-        let vars = container_env(&kube, doc, container);
-        let ledger = vars
-            .iter()
-            .find(|v| v.name == "VRA_LEDGER_URL")
-            .unwrap_or_else(|| panic!("{}: VRA_LEDGER_URL is not set", doc.at()));
-        let url = ledger.value.as_deref().unwrap_or_default();
-        // service.namespace.svc[.cluster.local]
-        let mut labels = url_host(url).split('.');
-        let service = labels.next().unwrap_or_default();
-        let namespace = labels.next().unwrap_or(NAMESPACE);
-        assert_eq!(
-            namespace, NAMESPACE,
-            "{}: VRA_LEDGER_URL={url}: namespace",
-            ledger.at
-        );
-        find(&kube, "Service", service);
+    containers
+        .into_iter()
+        .map(|(doc, container)| {
+            let vars = container_env(kube, doc, container);
+            let ledger = var(&vars, LEDGER_URL_VAR, &doc.at());
+            (ledger.at.clone(), ledger.value.clone().unwrap_or_default())
+        })
+        .collect()
+}
+
+/// Every seed of the ledger URL is a Redis of the manifests: a Service
+/// (`service.namespace.svc`), or a pod of the StatefulSet behind a headless Service
+/// (`name-N.service.namespace.svc`, N below its replicas).
+#[test]
+fn kubernetes_ledger_url_names_a_service_of_the_manifests() {
+    let docs = load_all();
+    let kube = kube(&docs);
+    for (at, url) in kubernetes_ledger_urls(&kube) {
+        for host in url_hosts(&url) {
+            let labels: Vec<&str> = host.split('.').collect();
+            let pod_of = |set: &&Doc| {
+                let replicas = set.value["spec"]["replicas"].as_u64().unwrap_or(1);
+                set.value["spec"]["serviceName"].as_str() == labels.get(1).copied()
+                    && labels[0]
+                        .strip_prefix(&format!("{}-", set.name()))
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .is_some_and(|n| n < replicas)
+            };
+            let (service, namespace) =
+                match kube.iter().find(|d| d.kind() == "StatefulSet" && pod_of(d)) {
+                    Some(_) => (labels[1], labels.get(2)),
+                    None => (labels[0], labels.get(1)),
+                };
+            assert_eq!(
+                namespace.copied().unwrap_or(NAMESPACE),
+                NAMESPACE,
+                "{at}: {LEDGER_URL_VAR}={url}: {host}: namespace"
+            );
+            let service = find(&kube, "Service", service);
+            if service.name() != labels[0] {
+                assert!(
+                    service.value["spec"]["clusterIP"].as_str() == Some("None"),
+                    "{}: pods get DNS names only from a headless Service (clusterIP: None)",
+                    service.at()
+                );
+            }
+        }
     }
+}
+
+/// The value following `flag` in a command line.
+fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|w| w == flag)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+/// `VRA_LEDGER_MIN_REPLICAS` in the manifests waits for replicas the manifests' Redis has: a
+/// Redis Cluster (`redis+cluster://`) formed with at least that many replicas per master, that
+/// keeps its data across a restart (a master back empty before its failover would empty its
+/// replica too) and never evicts a ledger key; its nodes announce names, not pod IPs.
+#[test]
+fn kubernetes_ledger_has_the_replicas_its_reservations_wait_for() {
+    let docs = load_all();
+    let kube = kube(&docs);
+    let configmap = find(&kube, "ConfigMap", "vra-gateway");
+    let wanted: u64 = scalar(&configmap.value["data"]["VRA_LEDGER_MIN_REPLICAS"])
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{}: VRA_LEDGER_MIN_REPLICAS is not set", configmap.at()));
+    assert!(
+        wanted >= 1,
+        "{}: VRA_LEDGER_MIN_REPLICAS: a master's death must lose no unit",
+        configmap.at()
+    );
+    for (at, url) in kubernetes_ledger_urls(&kube) {
+        assert!(
+            url.starts_with("redis+cluster://") || url.starts_with("rediss+cluster://"),
+            "{at}: {LEDGER_URL_VAR}={url}: the manifests' ledger is a Redis Cluster"
+        );
+    }
+
+    let set = find(&kube, "StatefulSet", REDIS);
+    let at = set.at();
+    let container = &seq(&pod_spec(set)["containers"])[0];
+    let args: Vec<String> = seq(&container["args"]).iter().filter_map(scalar).collect();
+    for (flag, value) in [
+        ("--cluster-enabled", "yes"),
+        ("--appendonly", "yes"),
+        ("--maxmemory-policy", "noeviction"),
+        ("--cluster-preferred-endpoint-type", "hostname"),
+    ] {
+        assert_eq!(flag_value(&args, flag), Some(value), "{at}: args: {flag}");
+    }
+    assert!(
+        flag_value(&args, "--cluster-config-file").is_some_and(|f| f.starts_with("/data/")),
+        "{at}: nodes.conf must be on the persistent volume"
+    );
+    assert_eq!(
+        flag_value(&args, "--masterauth"),
+        flag_value(&args, "--requirepass"),
+        "{at}: replicas authenticate to their master with the password it requires"
+    );
+    let claims = seq(&set.value["spec"]["volumeClaimTemplates"]);
+    assert!(
+        claims.iter().any(|c| c["metadata"]["name"] == "data"),
+        "{at}: /data must be a PersistentVolume (volumeClaimTemplates), not an emptyDir"
+    );
+
+    let job = find(&kube, "Job", "redis-cluster-create");
+    let script = seq(&pod_spec(job)["containers"][0]["command"])
+        .iter()
+        .filter_map(scalar)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let words = words(&script);
+    let per_master: u64 = flag_value(&words, "--cluster-replicas")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: no `redis-cli --cluster create ... --cluster-replicas N`",
+                job.at()
+            )
+        });
+    let nodes = set.value["spec"]["replicas"].as_u64().unwrap_or(1);
+    assert!(
+        per_master >= wanted,
+        "{}: --cluster-replicas {per_master}: the ConfigMap waits for {wanted} per master",
+        job.at()
+    );
+    assert!(
+        nodes.is_multiple_of(1 + per_master) && nodes / (1 + per_master) >= 3,
+        "{at}: {nodes} pods do not make at least 3 masters with {per_master} replica(s) each"
+    );
 }
 
 #[test]
@@ -1786,7 +1912,7 @@ fn compose_redis_requires_the_password_every_ledger_url_carries() {
 fn kubernetes_redis_requires_the_password_every_ledger_url_carries() {
     let docs = load_all();
     let kube = kube(&docs);
-    let deployment = find(&kube, "Deployment", REDIS);
+    let deployment = find(&kube, "StatefulSet", REDIS);
     let at = deployment.at();
     let container = seq(&pod_spec(deployment)["containers"])
         .iter()
@@ -1986,6 +2112,11 @@ fn helpers_parse_what_the_manifests_use() {
         "redis.vra.svc"
     );
     assert_eq!(url_host("http://jaeger:4317"), "jaeger");
+    assert_eq!(
+        url_hosts("redis+cluster://:pw@redis-0.redis.vra.svc:6379,redis-1.redis.vra.svc:6379"),
+        ["redis-0.redis.vra.svc", "redis-1.redis.vra.svc"]
+    );
+    assert_eq!(url_hosts("redis://redis:6379/0"), ["redis"]);
     let cmd = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
     assert!(runs_health_check(&cmd("CMD vra-gateway health")));
     assert!(!runs_health_check(&cmd("CMD vra-gateway serve --health")));

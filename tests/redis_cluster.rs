@@ -1,7 +1,9 @@
 //! The Redis ledger on a real Redis Cluster (three masters, started by the test): one exact
 //! budget per report across three gateway replicas with keys on several masters, a client's
-//! day quota exact beside its reports (one hash tag), report ids with braces, and a URL that
-//! does not match the deployment refused at startup (exit 2).
+//! day quota exact beside its reports (one hash tag), report ids with braces, a URL that
+//! does not match the deployment refused at startup (exit 2); with a replica per master, no
+//! unit lost when a master is killed, and the Kubernetes manifests' cluster (its nodes' own
+//! settings) confirming every grant on a replica.
 //!
 //! A libtest-mimic target (`harness = false`): without `redis-server` and `redis-cli` on PATH
 //! the tests are reported as *ignored*, unless `VRA_REQUIRE_REDIS=1` (set by `.ci/run`).
@@ -46,6 +48,13 @@ fn main() {
             &cluster,
             Runtime::MultiThread(4),
             a_master_killed_mid_burst_loses_no_unit,
+        ),
+        async_trial(
+            &args,
+            "the_kubernetes_ledger_confirms_every_grant_on_a_replica",
+            &cluster,
+            Runtime::MultiThread(4),
+            the_kubernetes_ledger_confirms_every_grant_on_a_replica,
         ),
         async_trial(
             &args,
@@ -357,6 +366,127 @@ async fn a_master_killed_mid_burst_loses_no_unit() {
             "{report}: cloud calls granted again after the failover"
         );
     }
+    for r in replicas {
+        r.shutdown().await;
+    }
+}
+
+/// A YAML document of `deploy/kubernetes/` by kind and name.
+fn manifest(file: &str, kind: &str, name: &str) -> serde_yaml_ng::Value {
+    use serde::Deserialize as _;
+    let path = format!("{}/deploy/kubernetes/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect("read a manifest");
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .filter_map(|doc| serde_yaml_ng::Value::deserialize(doc).ok())
+        .find(|doc| doc["kind"] == kind && doc["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{path}: no {kind} {name}"))
+}
+
+/// The Redis Cluster of the Kubernetes manifests, run here: its nodes with the StatefulSet's
+/// own arguments (the announced name `localhost` instead of the pod's DNS name, the password
+/// of the Secret a stand-in), formed with the Job's replicas per master; three gateways with
+/// the ConfigMap's `VRA_LEDGER_MIN_REPLICAS`. The nodes must accept those settings, announce
+/// the name (the gateway then reaches every master by it), and every cloud call the gateways
+/// grant must be confirmed by a replica, each report's cap exact.
+async fn the_kubernetes_ledger_confirms_every_grant_on_a_replica() {
+    const PASSWORD: &str = "stand-in-for-the-secret";
+    let set = manifest("redis.yaml", "StatefulSet", "redis");
+    let mut args: Vec<String> = set["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .expect("the StatefulSet's args")
+        .iter()
+        .map(|a| a.as_str().expect("a string argument").to_string())
+        .collect();
+    let at = args
+        .iter()
+        .position(|a| a == "--cluster-announce-hostname")
+        .expect("the nodes announce a name");
+    args[at + 1] = "localhost".into();
+    for arg in &mut args {
+        *arg = arg.replace("$(REDIS_PASSWORD)", PASSWORD);
+    }
+    assert!(
+        args.iter().all(|a| !a.contains("$(")),
+        "every variable replaced: {args:?}"
+    );
+    let job = manifest("redis.yaml", "Job", "redis-cluster-create");
+    let script = job["spec"]["template"]["spec"]["containers"][0]["command"][2]
+        .as_str()
+        .expect("the Job's script");
+    let per_master: usize = script
+        .split_whitespace()
+        .skip_while(|w| *w != "--cluster-replicas")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("--cluster-replicas N");
+    let nodes = set["spec"]["replicas"].as_u64().expect("replicas") as usize;
+    let configmap = manifest("configmap.yaml", "ConfigMap", "vra-gateway");
+    let min_replicas = configmap["data"]["VRA_LEDGER_MIN_REPLICAS"]
+        .as_str()
+        .expect("VRA_LEDGER_MIN_REPLICAS");
+
+    let cluster = RedisCluster::start_with(
+        nodes / (1 + per_master),
+        per_master,
+        args,
+        Some(PASSWORD.into()),
+    )
+    .await;
+    cluster.wait_replicated(Duration::from_secs(30)).await;
+    let mut node = redis::Client::open(cluster.node_url(0))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let slots: redis::Value = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut node)
+        .await
+        .unwrap();
+    assert!(
+        format!("{slots:?}").contains("localhost"),
+        "the nodes announce their name, not their address: {slots:?}"
+    );
+
+    let cloud = Sim::start().await.unwrap();
+    let local = Sim::start().await.unwrap();
+    let url = cluster.url();
+    let settings = [
+        ("VRA_LEDGER_URL", url.as_str()),
+        ("VRA_LEDGER_MIN_REPLICAS", min_replicas),
+        ("MAX_CLOUD_CALLS", "3"),
+    ];
+    let replicas = Replica::start_n(3, &cloud, &local, &settings).await;
+    let reports: Vec<String> = (0..9).map(|i| format!("kubernetes-{i}")).collect();
+    for (i, report) in reports.iter().enumerate() {
+        let mut client = connect(replicas[i % 3].addr).await;
+        let mut tiers = Vec::new();
+        for _ in 0..5 {
+            let resp = client.generate(tagged(report)).await.unwrap().into_inner();
+            tiers.push(common::tier(&resp));
+        }
+        assert_eq!(
+            tiers,
+            [
+                T::Primary,
+                T::Primary,
+                T::Primary,
+                T::Secondary,
+                T::Secondary
+            ],
+            "{report}: its cap of 3, every grant confirmed by a replica"
+        );
+    }
+    assert!(
+        cluster
+            .keys_per_master()
+            .await
+            .iter()
+            .filter(|&&k| k > 0)
+            .count()
+            > 1,
+        "the reports' budgets spread over more than one master"
+    );
     for r in replicas {
         r.shutdown().await;
     }

@@ -21,6 +21,10 @@ struct Node {
 pub struct RedisCluster {
     nodes: Vec<Node>,
     dir: PathBuf,
+    /// Each node's settings (port, address and state file come after them and win).
+    args: Vec<String>,
+    /// The password the nodes require (`--requirepass`), if any.
+    password: Option<String>,
 }
 
 const MISSING: &str = "redis-server and redis-cli not found on PATH; .ci/run installs them";
@@ -46,16 +50,35 @@ fn free_node_port() -> u16 {
     }
 }
 
-/// A cluster node's command: its state (`nodes-{port}.conf`) in `dir`, so a node started
-/// again rejoins the cluster as the node it was; no persistence of data.
-fn node_command(server: &std::path::Path, port: u16, dir: &std::path::Path) -> Command {
+/// The test nodes' settings: a short node timeout, no persistence of data.
+fn test_args() -> Vec<String> {
+    [
+        "--cluster-enabled",
+        "yes",
+        "--cluster-node-timeout",
+        "1000",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// A cluster node's command: `args`, then its port and its state (`nodes-{port}.conf`) in
+/// `dir`, so a node started again rejoins the cluster as the node it was.
+fn node_command(
+    server: &std::path::Path,
+    args: &[String],
+    port: u16,
+    dir: &std::path::Path,
+) -> Command {
     let mut command = Command::new(server);
     command
+        .args(args)
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--cluster-enabled", "yes"])
         .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-        .args(["--cluster-node-timeout", "1000"])
-        .args(["--save", "", "--appendonly", "no"])
         .arg("--dir")
         .arg(dir);
     command
@@ -65,6 +88,17 @@ impl RedisCluster {
     /// Starts `masters` masters with `replicas` replicas each and waits until every node says
     /// `cluster_state:ok`.
     pub async fn start(masters: usize, replicas: usize) -> RedisCluster {
+        RedisCluster::start_with(masters, replicas, test_args(), None).await
+    }
+
+    /// [`RedisCluster::start`] with nodes run with `args` (a deployment's settings; they must
+    /// enable cluster mode) that require `password` from clients and from each other.
+    pub async fn start_with(
+        masters: usize,
+        replicas: usize,
+        args: Vec<String>,
+        password: Option<String>,
+    ) -> RedisCluster {
         let server = on_path("redis-server").expect(MISSING);
         let cli = on_path("redis-cli").expect(MISSING);
         let dir = std::env::temp_dir().join(format!(
@@ -76,7 +110,7 @@ impl RedisCluster {
         let mut nodes = Vec::new();
         for _ in 0..masters * (1 + replicas) {
             let port = free_node_port();
-            let child = spawn_ready(&mut node_command(&server, port, &dir)).await;
+            let child = spawn_ready(&mut node_command(&server, &args, port, &dir)).await;
             nodes.push(Node {
                 child: Some(child),
                 port,
@@ -86,6 +120,9 @@ impl RedisCluster {
         create.arg("--cluster").arg("create");
         for node in &nodes {
             create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        if let Some(password) = &password {
+            create.env("REDISCLI_AUTH", password);
         }
         let output = create
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
@@ -98,7 +135,12 @@ impl RedisCluster {
             "redis-cli --cluster create failed: {}",
             String::from_utf8_lossy(&output.stdout)
         );
-        let cluster = RedisCluster { nodes, dir };
+        let cluster = RedisCluster {
+            nodes,
+            dir,
+            args,
+            password,
+        };
         cluster.wait_ok(Duration::from_secs(30)).await;
         cluster
     }
@@ -110,12 +152,23 @@ impl RedisCluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        format!("redis+cluster://{}", seeds.join(","))
+        format!("redis+cluster://{}{}", self.userinfo(), seeds.join(","))
+    }
+
+    /// `:password@` when the nodes require one.
+    fn userinfo(&self) -> String {
+        self.password
+            .as_ref()
+            .map_or(String::new(), |p| format!(":{p}@"))
     }
 
     /// One node's plain (non-cluster) URL.
     pub fn node_url(&self, i: usize) -> String {
-        format!("redis://127.0.0.1:{}", self.nodes[i].port)
+        format!(
+            "redis://{}127.0.0.1:{}",
+            self.userinfo(),
+            self.nodes[i].port
+        )
     }
 
     async fn node(&self, i: usize) -> redis::aio::MultiplexedConnection {
@@ -240,7 +293,8 @@ impl RedisCluster {
     /// replica of the one promoted in its place), with no data until it syncs.
     pub async fn restart(&mut self, i: usize) {
         let server = on_path("redis-server").expect(MISSING);
-        let child = spawn_ready(&mut node_command(&server, self.nodes[i].port, &self.dir)).await;
+        let command = &mut node_command(&server, &self.args, self.nodes[i].port, &self.dir);
+        let child = spawn_ready(command).await;
         self.nodes[i].child = Some(child);
     }
 }
