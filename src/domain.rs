@@ -189,6 +189,54 @@ impl ChatMessage {
     }
 }
 
+/// How one call uses the response cache (`GenerationOptions.cache`; the HTTP door's
+/// `Cache-Control`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum CacheMode {
+    /// Answer from the cache when it holds the request, else call upstream and store.
+    #[default]
+    Default,
+    /// Skip the lookup, still store the answer.
+    NoCache,
+    /// Neither look up nor store.
+    NoStore,
+    /// Answer from the cache or fail; nothing is sent upstream.
+    OnlyIfCached,
+}
+
+/// A call's cache options: its mode, and the oldest answer it accepts (`None`: any the cache
+/// keeps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct CacheOptions {
+    pub mode: CacheMode,
+    pub max_age: Option<Duration>,
+}
+
+/// Whether a call's answer came from the response cache (no status when the gateway runs
+/// without one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CacheStatus {
+    /// Looked up and not found: answered upstream.
+    Miss,
+    /// Answered from the cache.
+    Hit,
+    /// Not looked up (the caller's options, or the cache store unreachable).
+    Bypass,
+}
+
+impl CacheStatus {
+    pub const ALL: [CacheStatus; 3] = [CacheStatus::Miss, CacheStatus::Hit, CacheStatus::Bypass];
+
+    /// Upper-case name: span attribute, `x-vra-cache`, metrics label (lower-cased there).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Miss => "MISS",
+            CacheStatus::Hit => "HIT",
+            CacheStatus::Bypass => "BYPASS",
+        }
+    }
+}
+
 /// Where a call went and why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteInfo {

@@ -69,6 +69,13 @@ pub enum GatewayError {
     #[error("{}", Untrusted(&.0.to_string()))]
     Ledger(#[from] LedgerError),
 
+    /// `ONLY_IF_CACHED`, and the response cache holds no answer to the request (or the gateway
+    /// runs without a cache). Nothing was sent upstream.
+    #[error(
+        "no cached answer to this request (cache mode ONLY_IF_CACHED); nothing was sent upstream"
+    )]
+    NotCached,
+
     /// The caller's deadline passed; the upstream request (if any) was dropped.
     #[error("deadline exceeded; the upstream request was dropped")]
     DeadlineExceeded,
@@ -111,6 +118,7 @@ impl GatewayError {
             GatewayError::AllProvidersFailed(_) => Code::Unavailable,
             GatewayError::StreamAborted(_) => Code::Unavailable,
             GatewayError::Ledger(_) => Code::Unavailable,
+            GatewayError::NotCached => Code::NotFound,
             GatewayError::DeadlineExceeded => Code::DeadlineExceeded,
             GatewayError::Internal => Code::Internal,
         }
@@ -137,6 +145,7 @@ impl GatewayError {
             GatewayError::AllProvidersFailed(_) => "unavailable",
             GatewayError::StreamAborted(_) => "stream_aborted",
             GatewayError::Ledger(_) => "ledger_unavailable",
+            GatewayError::NotCached => "not_cached",
             GatewayError::DeadlineExceeded => "deadline_exceeded",
             GatewayError::Internal => "internal",
         }

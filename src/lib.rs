@@ -15,6 +15,8 @@
 //!   tier and a named rule. Change routing here.
 //! - [`budget`]: the per-report cloud budget behind the [`budget::Ledger`] trait, with an
 //!   in-memory and a Redis backend. Add a ledger backend here.
+//! - [`cache`]: the response cache — the key (client + SHA-256 of the request as the answering
+//!   model receives it), the stores behind [`cache::Store`], single flight. Add a store here.
 //! - [`providers`]: upstream LLMs behind the [`providers::Provider`] trait: one HTTP provider
 //!   ([`providers::http::HttpProvider`]: bounded bodies, `Retry-After`, error mapping) over a
 //!   [`providers::wire::WireFormat`] (OpenAI-compatible, Ollama: JSON shapes and stream
@@ -55,6 +57,7 @@
 
 pub mod auth;
 pub mod budget;
+pub mod cache;
 pub mod config;
 pub mod cost;
 pub mod demo;

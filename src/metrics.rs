@@ -17,7 +17,7 @@ use prometheus_client::registry::Registry;
 
 use std::sync::atomic::AtomicU64;
 
-use crate::domain::{FallbackReason, Nanos, ProviderError, TokenUsage};
+use crate::domain::{CacheStatus, FallbackReason, Nanos, ProviderError, TokenUsage};
 
 /// A counter of dollars.
 type UsdCounter = Counter<f64, AtomicU64>;
@@ -111,6 +111,41 @@ pub struct Metrics {
     queue_wait: Family<ProviderLabels, Histogram, fn() -> Histogram>,
     cost: Family<ModelLabels, UsdCounter>,
     savings: UsdCounter,
+    cache_requests: Family<StatusLabels, Counter>,
+    cache_errors: Family<OpLabels, Counter>,
+    cache: CacheMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    op: &'static str,
+}
+
+/// The response cache's size series, by handle: fed by the memory store as entries come and go.
+#[derive(Clone, Debug, Default)]
+pub struct CacheMetrics {
+    bytes: Gauge,
+    evictions: Counter,
+}
+
+impl CacheMetrics {
+    /// An entry of `bytes` stored.
+    pub fn added(&self, bytes: u64) {
+        self.bytes.inc_by(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// An entry of `bytes` gone (expired, replaced, purged, or `evicted` for room).
+    pub fn removed(&self, bytes: u64, evicted: bool) {
+        self.bytes.dec_by(i64::try_from(bytes).unwrap_or(i64::MAX));
+        if evicted {
+            self.evictions.inc();
+        }
+    }
 }
 
 /// One provider's series, by handle (see [`Metrics::provider`]): the same series the
@@ -290,10 +325,36 @@ impl Metrics {
             "USD saved by hybrid routing: each answered call's tokens priced at the primary model, minus its actual cost (never negative)",
             savings.clone(),
         );
+        let cache_requests = Family::default();
+        registry.register(
+            "cache_requests",
+            "Generation calls by response-cache status: hit (answered from the cache), miss (answered upstream), bypass (not looked up: the caller's options, or the store unreachable)",
+            cache_requests.clone(),
+        );
+        let cache_errors = Family::default();
+        registry.register(
+            "cache_errors",
+            "Response-cache store operations that failed (get, put, purge); the call went on without the cache",
+            cache_errors.clone(),
+        );
+        let cache = CacheMetrics::default();
+        registry.register(
+            "cache_bytes",
+            "Bytes the in-memory response cache holds (text and bookkeeping; VRA_CACHE_MAX_BYTES bounds it)",
+            cache.bytes.clone(),
+        );
+        registry.register(
+            "cache_evictions",
+            "Entries the in-memory response cache evicted, least recently used first, to stay under VRA_CACHE_MAX_BYTES",
+            cache.evictions.clone(),
+        );
         Self {
             registry,
             cost,
             savings,
+            cache_requests,
+            cache_errors,
+            cache,
             ejections,
             queue_wait,
             client_reservations,
@@ -348,6 +409,28 @@ impl Metrics {
                 reason: reason.as_str(),
             })
             .inc();
+    }
+
+    /// Counts a generation call's cache status.
+    pub fn cache_request(&self, status: CacheStatus) {
+        let status = match status {
+            CacheStatus::Miss => "miss",
+            CacheStatus::Hit => "hit",
+            CacheStatus::Bypass => "bypass",
+        };
+        self.cache_requests
+            .get_or_create(&StatusLabels { status })
+            .inc();
+    }
+
+    /// Counts a failed cache store operation.
+    pub fn cache_error(&self, op: &'static str) {
+        self.cache_errors.get_or_create(&OpLabels { op }).inc();
+    }
+
+    /// The handles the memory store feeds.
+    pub fn cache(&self) -> CacheMetrics {
+        self.cache.clone()
     }
 
     pub fn report_hit_cost_limit(&self) {

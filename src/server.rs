@@ -45,6 +45,8 @@ pub enum ServeError {
     Provider(#[from] crate::providers::BuildError),
     #[error("cannot create the budget ledger: {0}")]
     Ledger(#[from] budget::LedgerError),
+    #[error("cannot create the response cache: {0}")]
+    Cache(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -108,7 +110,11 @@ pub fn build_gateway(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<Gatew
     let roots = crate::tls::upstream_roots(config.security.upstream_ca_file.as_deref())?;
     let tiers = Tiers::build(&config.primary, &config.secondary, &roots)?;
     let ledger = budget::build(&config.ledger)?;
-    Ok(Arc::new(Gateway::new(config, tiers, ledger, metrics)))
+    let cache = crate::cache::build(&config.cache, &config.ledger, metrics.clone())
+        .map_err(ServeError::Cache)?;
+    Ok(Arc::new(
+        Gateway::new(config, tiers, ledger, metrics).with_cache(cache),
+    ))
 }
 
 /// Serves until `shutdown` resolves, then drains in-flight calls (bounded by the grace period).

@@ -197,8 +197,10 @@ mod tests {
                         input_tokens: 1000,
                         output_tokens: 500,
                         estimated: false,
+                        cached: false,
                     }),
                     cost_usd: 0.0075,
+                    ..Default::default()
                 },
                 pb::PhaseUsage {
                     phase: pb::CompilationPhase::Expand as i32,
@@ -208,8 +210,10 @@ mod tests {
                         input_tokens: 10,
                         output_tokens: 20,
                         estimated: true,
+                        cached: false,
                     }),
                     cost_usd: 0.0,
+                    ..Default::default()
                 },
             ],
             ..Default::default()

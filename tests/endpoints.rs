@@ -526,6 +526,7 @@ async fn the_secondary_is_usable_while_one_endpoint_is() {
         seed: None,
         pin: None,
         client: None,
+        cache: Default::default(),
     };
     assert!(!gateway.secondary_unusable());
     gateway

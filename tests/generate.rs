@@ -790,6 +790,7 @@ async fn options_and_system_prompt_reach_the_upstream_in_its_format() {
         stop: vec!["END".into()],
         top_p: Some(0.5),
         seed: Some(42),
+        ..Default::default()
     };
     let mut req = request("opts", P::Refine, S::Analysis);
     req.options = Some(options.clone());

@@ -518,3 +518,80 @@ async fn the_grpc_and_http_doors_route_the_same_calls_the_same_way() {
     assert_eq!(hybrid("Report=both-grpc"), hybrid("Report=both-http"));
     assert_eq!(hybrid("Report=both-grpc").len(), 5);
 }
+
+/// The response cache through the OpenAI door: `x-vra-cache` says HIT, MISS or BYPASS;
+/// `Cache-Control` maps to the cache modes; a fallback answer is stored under the model that
+/// gave it (a call naming that model hits it), never under the primary's.
+#[tokio::test]
+async fn the_cache_answers_through_the_door_and_cache_control_steers_it() {
+    let door = Door::start(&[("VRA_CACHE", "memory")]).await;
+    let headers = report("cache-1", "refine", "ANALYSIS");
+    let mut with = borrowed(&headers);
+    let (status, h, first) = door.call(&with, chat("Polish the analysis.")).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(
+        (h.get("x-vra-cache"), h.get("x-vra-tier")),
+        ("MISS", "PRIMARY")
+    );
+    let (_, h, again) = door.call(&with, chat("Polish the analysis.")).await;
+    assert_eq!(h.get("x-vra-cache"), "HIT");
+    assert_eq!(
+        again["choices"][0]["message"]["content"],
+        first["choices"][0]["message"]["content"]
+    );
+    assert_eq!(again["usage"], first["usage"], "the original token counts");
+    assert_eq!(door.cloud.requests(), 1);
+
+    // The report's one cloud unit is spent: this call falls back, its answer is the secondary's.
+    let (_, h, _) = door.call(&with, chat("Summarise the analysis.")).await;
+    assert_eq!(
+        (h.get("x-vra-cache"), h.get("x-vra-fallback-reason")),
+        ("MISS", "COST_LIMIT")
+    );
+    // A call naming the secondary's model hits that answer...
+    let mut pinned = chat("Summarise the analysis.");
+    pinned["model"] = json!("llama3:8b");
+    let (_, h, _) = door.call(&with, pinned).await;
+    assert_eq!(
+        (h.get("x-vra-cache"), h.get("x-vra-tier")),
+        ("HIT", "SECONDARY")
+    );
+    // ...a primary call of a report with budget left does not.
+    let fresh = report("cache-2", "refine", "ANALYSIS");
+    let (_, h, _) = door
+        .call(&borrowed(&fresh), chat("Summarise the analysis."))
+        .await;
+    assert_eq!(
+        (h.get("x-vra-cache"), h.get("x-vra-tier")),
+        ("MISS", "PRIMARY")
+    );
+
+    // Cache-Control: no-cache skips the lookup; only-if-cached on a miss is a 404.
+    with.push(("cache-control", "no-cache"));
+    let (_, h, _) = door.call(&with, chat("Polish the analysis.")).await;
+    assert_eq!(h.get("x-vra-cache"), "BYPASS");
+    with.pop();
+    with.push(("cache-control", "only-if-cached"));
+    let (status, _, body) = door.call(&with, chat("Never asked before.")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["error"]["code"], "not_cached");
+
+    // A stream of a cached answer: the route headers say HIT, the text is the same.
+    let mut streamed = chat("Polish the analysis.");
+    streamed["stream"] = json!(true);
+    let response = door
+        .post(&borrowed(&headers), streamed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(Header(response.headers().clone()).get("x-vra-cache"), "HIT");
+    let text = response.text().await.unwrap();
+    let content = first["choices"][0]["message"]["content"].as_str().unwrap();
+    let delta = serde_json::to_string(content).unwrap();
+    assert!(text.contains(&delta), "{text}");
+    let lines = door.stop().await.join("\n");
+    assert!(
+        lines.contains("[Hybrid] Event=CACHE_HIT | Phase=REFINE | Section=1.3 | Provider=OPENAI | Model=gpt-4o | Report=cache-1"),
+        "{lines}"
+    );
+}

@@ -836,6 +836,7 @@ async fn a_record_redis_refuses_is_not_sent_again() {
         cost: Some(Nanos(10)),
         all_cloud: Some(Nanos(10)),
         release: vra_gateway::budget::HeldCost::NONE,
+        cached: false,
     };
     // A first record loads the script, so the count below is of the refused record alone.
     record_with_retry(&ledger, ReportKey::anonymous("fine"), call(1))
@@ -944,6 +945,7 @@ async fn an_expired_hold_is_settled_as_abandoned_and_corrected_by_a_late_record(
             id: 1,
             amount: Nanos(600),
         },
+        cached: false,
     };
     ledger.record(key, record).await.unwrap();
     let u = ledger.usage(key).await.unwrap();

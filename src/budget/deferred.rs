@@ -287,6 +287,7 @@ mod tests {
                 id: 9,
                 amount: Nanos(100),
             },
+            cached: false,
         }
     }
 

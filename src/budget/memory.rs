@@ -699,6 +699,7 @@ mod tests {
             cost,
             all_cloud: Some(Nanos(100)),
             release: HeldCost::NONE,
+            cached: false,
         };
         ledger
             .with_entry("r", Instant::now(), |e| {
@@ -858,6 +859,7 @@ mod tests {
             cost: Some(Nanos(cost)),
             all_cloud: Some(Nanos(cost)),
             release,
+            cached: false,
         }
     }
 

@@ -198,6 +198,10 @@ pub struct PhaseTierUsage {
     pub output_tokens: u32,
     /// Cost of the priced calls.
     pub cost: Nanos,
+    /// Calls answered from the response cache with this tier's answer (not in `calls`).
+    pub cached_calls: u32,
+    /// What those calls would have cost upstream.
+    pub cache_saved: Nanos,
 }
 
 impl PhaseTierUsage {
@@ -244,6 +248,11 @@ pub struct ReportUsage {
     /// Calls, tokens and cost per phase and answering tier (by [`Phase::index`] and
     /// [`Tier::index`]; read it with [`ReportUsage::cell`]).
     pub phases: [[PhaseTierUsage; 2]; 4],
+    /// Calls answered from the response cache: in none of the counts above (no upstream call,
+    /// no unit, no dollar).
+    pub cached_calls: u32,
+    /// What those calls would have cost upstream, at their models' prices.
+    pub cache_saved: Nanos,
 }
 
 /// The part of a report's state its budget depends on: what a call's response shows.
@@ -287,8 +296,18 @@ impl ReportUsage {
     }
 
     /// Adds one answered call (and releases its hold) — the one definition of what a call
-    /// record does, shared by every backend that keeps `ReportUsage` in process.
+    /// record does, shared by every backend that keeps `ReportUsage` in process. A cached call
+    /// counts only as cached, with what it saved.
     pub fn apply(&mut self, call: &CallRecord) {
+        if call.cached {
+            let saved = call.cost.unwrap_or_default();
+            self.cached_calls = self.cached_calls.saturating_add(1);
+            self.cache_saved = self.cache_saved.saturating_add(saved);
+            let cell = self.cell_mut(call.phase, call.tier);
+            cell.cached_calls = cell.cached_calls.saturating_add(1);
+            cell.cache_saved = cell.cache_saved.saturating_add(saved);
+            return;
+        }
         match call.tier {
             Tier::Primary => self.primary_calls = self.primary_calls.saturating_add(1),
             Tier::Secondary => self.secondary_calls = self.secondary_calls.saturating_add(1),
@@ -375,6 +394,9 @@ pub struct CallRecord {
     /// The hold the call's last attempt reserved, released by this record
     /// ([`HeldCost::NONE`] for none).
     pub release: HeldCost,
+    /// Answered from the response cache: `usage` and `cost` are those of the call that produced
+    /// the answer (what this one saved); nothing was sent, reserved or spent.
+    pub cached: bool,
 }
 
 /// The ledger could not answer; callers fail safe (no unbudgeted cloud request).

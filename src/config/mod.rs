@@ -29,6 +29,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::budget::LedgerConfig;
+use crate::cache::{Backend as CacheBackend, CacheConfig};
 use crate::cost::{PriceSource, Pricing};
 use crate::domain::{Nanos, Secret};
 use crate::edge::ServerLimits;
@@ -84,6 +85,7 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     pub telemetry: TelemetryConfig,
     pub ledger: LedgerConfig,
+    pub cache: CacheConfig,
     /// How long graceful shutdown waits for in-flight calls.
     pub shutdown_grace: Duration,
     pub security: SecurityConfig,
@@ -207,6 +209,8 @@ impl Config {
             ));
         }
 
+        let cache = parse_cache(s, ledger_url.is_some())?;
+
         let listen_addr = parse_addr(GATEWAY_ADDR, &s.get_or_default(GATEWAY_ADDR))?;
         let http_addr = match s.get_or_default(HTTP_ADDR) {
             v if v.trim().is_empty() => None,
@@ -284,6 +288,7 @@ impl Config {
                 hold_grace,
                 min_replicas,
             },
+            cache,
             shutdown_grace: Duration::from_secs(30),
             security,
             limits: ServerLimits {
@@ -298,7 +303,44 @@ impl Config {
             worker_threads: parse_worker_threads(s)?,
         })
     }
+}
 
+/// `VRA_CACHE` and its settings; `redis` needs the ledger's Redis.
+fn parse_cache(s: &Sources, has_redis: bool) -> Result<CacheConfig, ConfigError> {
+    let backend = match s.get_or_default(CACHE).trim().to_ascii_lowercase().as_str() {
+        "off" | "" => CacheBackend::Off,
+        "memory" => CacheBackend::Memory,
+        "redis" if has_redis => CacheBackend::Redis,
+        "redis" => {
+            return Err(ConfigError::new(
+                CACHE.var,
+                "`redis` keeps answers in the ledger's Redis: set VRA_LEDGER_URL too",
+            ));
+        }
+        other => {
+            return Err(ConfigError::new(
+                CACHE.var,
+                format!("`{other}` is not a cache; accepted: off, memory, redis"),
+            ));
+        }
+    };
+    let prefix = s.get_or_default(CACHE_PREFIX);
+    if backend == CacheBackend::Redis && prefix.trim().is_empty() {
+        return Err(ConfigError::new(
+            CACHE_PREFIX.var,
+            "must not be empty: the cached answers need a prefix of their own beside the ledger's keys",
+        ));
+    }
+    Ok(CacheConfig {
+        backend,
+        ttl: Duration::from_secs(parse_uint(CACHE_TTL_SECS, s, 1)?),
+        max_bytes: parse_uint(CACHE_MAX_BYTES, s, 1)?,
+        max_entry_bytes: parse_uint(CACHE_MAX_ENTRY_BYTES, s, 1)?,
+        prefix,
+    })
+}
+
+impl Config {
     /// What an operator should hear at startup about an otherwise valid configuration: a
     /// cloud model without a price (its calls' cost will be reported as unknown).
     pub fn warnings(&self) -> Vec<String> {

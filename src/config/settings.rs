@@ -60,6 +60,11 @@ settings! {
     LEDGER_TIMEOUT_MS = "VRA_LEDGER_TIMEOUT_MS", "200", "Redis ledger operation timeout; past it, calls fail safe to the secondary.";
     LEDGER_MIN_REPLICAS = "VRA_LEDGER_MIN_REPLICAS", "0", "Redis ledger: a cloud call's reservation counts only once this many replicas of its master confirm holding it (WAIT), so promoting such a replica loses no unit; not confirmed within a third of VRA_LEDGER_TIMEOUT_MS = fail safe to the secondary (the unit stays taken). 0 = no wait.";
     LEDGER_MAX_REPORTS = "VRA_LEDGER_MAX_REPORTS", "250000", "Reports the in-memory ledger tracks at most; past it a new report's cloud calls fail safe (LEDGER_UNAVAILABLE).";
+    CACHE = "VRA_CACHE", "off", "Response cache: off, memory (this process: LRU under VRA_CACHE_MAX_BYTES) or redis (the ledger's Redis or cluster, VRA_LEDGER_URL, shared by replicas). A hit answers at once and spends no budget unit and no dollar; keyed by client and the request as the answering model receives it.";
+    CACHE_TTL_SECS = "VRA_CACHE_TTL_SECS", "86400", "How long a cached answer is kept, in seconds.";
+    CACHE_MAX_BYTES = "VRA_CACHE_MAX_BYTES", "268435456", "VRA_CACHE=memory: the most bytes the cache holds; past it the least recently used answers are evicted.";
+    CACHE_MAX_ENTRY_BYTES = "VRA_CACHE_MAX_ENTRY_BYTES", "1048576", "Answers larger than this many bytes are not cached.";
+    CACHE_PREFIX = "VRA_CACHE_PREFIX", "vra:cache:", "VRA_CACHE=redis: key prefix of the cached answers.";
     MAX_RESPONSE_BYTES = "VRA_MAX_RESPONSE_BYTES", "8388608", "Largest upstream response body (unary answers and error bodies) read, in bytes.";
     MAX_STREAM_LINE_BYTES = "VRA_MAX_STREAM_LINE_BYTES", "1048576", "Longest SSE / NDJSON line of an upstream stream, in bytes.";
     CLIENTS_FILE = "VRA_CLIENTS_FILE", "", "TOML file of [[client]] entries (id, token_sha256, limits): bearer tokens required, budgets per client. Re-read on SIGHUP.";

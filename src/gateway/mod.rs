@@ -56,11 +56,12 @@ use tracing::Span;
 use crate::budget::deferred::Pending;
 use crate::budget::known::KnownBudgets;
 use crate::budget::{Ledger, LedgerError, Limits, ReportBudget, ReportKey, ReportUsage};
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::cost::{self, Price};
 use crate::domain::{
-    BudgetInfo, ChatMessage, Client, FallbackReason, Nanos, Phase, QuotaInfo, RouteInfo, Rule,
-    SectionType, Tier, TokenUsage,
+    BudgetInfo, CacheOptions, CacheStatus, ChatMessage, Client, FallbackReason, Nanos, Phase,
+    QuotaInfo, RouteInfo, Rule, SectionType, Tier, TokenUsage,
 };
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, ProviderMetrics};
@@ -71,11 +72,13 @@ use crate::routing::{self, Policy};
 use crate::telemetry::{self, Hybrid};
 use crate::throttle::Throttle;
 
+mod cache;
 mod hold;
 mod record;
 mod stream;
 mod tier;
 
+use cache::Looked;
 use record::budget_from;
 
 /// A validated generation request.
@@ -96,6 +99,8 @@ pub struct GenerateInput {
     pub pin: Option<Tier>,
     /// The authenticated caller (`None` with authentication off).
     pub client: Option<Arc<Client>>,
+    /// How the call uses the response cache.
+    pub cache: CacheOptions,
 }
 
 /// The result of a generation (for streams, `text` is empty: it went out as deltas).
@@ -107,8 +112,10 @@ pub struct Generated {
     pub budget: BudgetInfo,
     pub attempts: u32,
     pub finish_reason: String,
-    /// The call's cost; `None` when its model has no price.
+    /// The call's cost; `None` when its model has no price (0 for a cache hit).
     pub cost: Option<Nanos>,
+    /// Whether the answer came from the response cache (`None`: no cache configured).
+    pub cache: Option<CacheStatus>,
 }
 
 /// One message of a generation stream: `Started` once the route is final (before any text),
@@ -129,6 +136,8 @@ pub struct Started {
     /// reserved none).
     pub cloud_calls_used: Option<u32>,
     pub cloud_calls_limit: u32,
+    /// Whether the answer comes from the response cache (`None`: no cache configured).
+    pub cache: Option<CacheStatus>,
 }
 
 /// The gateway's shared state: providers, ledger, policies. Cheap to share behind an `Arc`.
@@ -166,6 +175,8 @@ pub struct Gateway {
     /// The price "all on the primary" is computed at: the primary's, when it is cloud tier
     /// (with a local primary an all-cloud equivalent means nothing, and is left unknown).
     all_cloud_price: Option<Price>,
+    /// The response cache (`VRA_CACHE`), when on.
+    cache: Option<Arc<Cache>>,
 }
 
 /// Per-call bookkeeping shared by the unary and streaming paths.
@@ -291,7 +302,17 @@ impl Gateway {
                 .flatten(),
             metrics,
             tier_metrics,
+            cache: None,
         }
+    }
+
+    /// The gateway with a response cache.
+    pub fn with_cache(self, cache: Option<Arc<Cache>>) -> Self {
+        Self { cache, ..self }
+    }
+
+    pub fn cache(&self) -> Option<&Arc<Cache>> {
+        self.cache.as_ref()
     }
 
     /// The price of the model a tier sends to.
@@ -451,8 +472,13 @@ impl Gateway {
         deadline: Deadline,
     ) -> Result<Generated, GatewayError> {
         let mut state = CallState::new(self, input, deadline);
+        let decision = self.decide(input);
+        let cached = match self.cache_lookup(&state, decision).await? {
+            Looked::Hit(entry) => return Ok(self.answer_cached(&state, decision, &entry).await),
+            Looked::Go(cached) => cached,
+        };
         let served = self
-            .serve(&mut state, |provider, req| {
+            .serve(&mut state, decision, |provider, req| {
                 Box::pin(async move { provider.complete(&req).await })
             })
             .await?;
@@ -475,6 +501,9 @@ impl Gateway {
             .finish_call(&state, &route, usage, served.sent.hold)
             .await;
         telemetry::record_route(&Span::current(), &route, &budget);
+        let cache = cached.status();
+        self.cache_store(&state, cached, &route, &text, usage, &finish_reason)
+            .await;
         Ok(Generated {
             text,
             route,
@@ -483,6 +512,15 @@ impl Gateway {
             attempts: state.attempts,
             finish_reason,
             cost,
+            cache,
         })
+    }
+
+    /// The matrix's decision for a call (or the tier the caller pinned).
+    fn decide(&self, input: &GenerateInput) -> routing::Decision {
+        match input.pin {
+            Some(tier) => routing::pinned(self.policy, tier),
+            None => routing::route(self.policy, input.phase, input.section_type),
+        }
     }
 }

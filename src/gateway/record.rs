@@ -36,6 +36,7 @@ impl Gateway {
             cost,
             all_cloud,
             release: HeldCost::NONE,
+            cached: false,
         };
         let metrics = &self.tier_metrics[route.tier.index()];
         metrics.tokens(usage);
@@ -44,6 +45,21 @@ impl Gateway {
         state
             .hybrid()
             .usage(&route.provider, &route.model, usage, cost.map(Nanos::usd));
+        (self.record_answer(state, route, record, hold).await, cost)
+    }
+
+    /// Records an answered call (settling its hold) and returns the report's budget after it:
+    /// inline on a ledger a lock away; on one a round trip away the record follows the answer,
+    /// which shows the budget its reservation returned, settled by its own cost (a cloud call),
+    /// or the one last seen here (any other answer).
+    pub(super) async fn record_answer(
+        &self,
+        state: &CallState<'_>,
+        route: &RouteInfo,
+        record: CallRecord,
+        hold: Option<Hold>,
+    ) -> BudgetInfo {
+        let cost = record.cost;
         let limits = state.limits;
         // On a ledger a round trip away no answer waits for its record: a cloud call shows
         // the budget its reservation returned, settled by its own cost; any other answer the
@@ -106,7 +122,7 @@ impl Gateway {
                     );
                 },
             );
-            return (answered(budget, limits, state.refused), cost);
+            return answered(budget, limits, state.refused);
         }
         let recorded = match hold {
             None => self.ledger.record(state.key, record).await,
@@ -130,7 +146,7 @@ impl Gateway {
                 .unwrap_or_else(|_| Err(LedgerError::Unavailable("the record task failed".into())))
             }
         };
-        let budget = match recorded {
+        match recorded {
             Ok(b) => answered(b, limits, state.refused),
             Err(e) => {
                 if let Some(held_back) = self.ledger_warnings.check() {
@@ -138,8 +154,7 @@ impl Gateway {
                 }
                 unrecorded(state.last_used, state.refused, limits)
             }
-        };
-        (budget, cost)
+        }
     }
 }
 
@@ -340,6 +355,7 @@ mod tests {
             seed: None,
             pin: None,
             client: None,
+            cache: Default::default(),
         }
     }
 

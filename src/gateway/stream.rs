@@ -18,8 +18,12 @@ use crate::providers::{ChatRequest, EventStream, Provider, StreamEvent};
 use crate::resilience::Deadline;
 use crate::telemetry;
 
+use super::cache::Looked;
 use super::tier::{Sent, Served};
 use super::{CallState, Gateway, GenerateInput, Generated, Started, StreamItem};
+use crate::cache::Entry;
+use crate::domain::CacheStatus;
+use crate::routing;
 
 /// Capacity of the channel between the upstream reader and the client: a slow client fills it
 /// and then slows the upstream read instead of growing memory.
@@ -72,9 +76,21 @@ impl Gateway {
         tx: &mpsc::Sender<Result<StreamItem, GatewayError>>,
     ) {
         let mut state = CallState::new(self, input, deadline);
+        let decision = self.decide(input);
+        let cached = match self.cache_lookup(&state, decision).await {
+            Ok(Looked::Go(cached)) => cached,
+            Ok(Looked::Hit(entry)) => {
+                self.replay_cached(&state, decision, &entry, tx).await;
+                return;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
         let idle = self.stream_idle;
         let served = self
-            .serve(&mut state, move |provider, req| {
+            .serve(&mut state, decision, move |provider, req| {
                 Box::pin(open_stream(provider, req, idle))
             })
             .await;
@@ -105,6 +121,7 @@ impl Gateway {
             attempts: state.attempts,
             cloud_calls_used: state.last_used,
             cloud_calls_limit: state.limits.report,
+            cache: cached.status(),
         };
         if tx.send(Ok(StreamItem::Started(started))).await.is_err() {
             return;
@@ -112,10 +129,22 @@ impl Gateway {
         let mut end = None;
         // What was streamed, for a usage estimate when the upstream reports none.
         let (mut chunks, mut bytes) = (0u32, 0usize);
+        // The text, for the cache (dropped once it outgrows an entry).
+        let mut kept = self.cache_keeps(&cached).then(String::new);
+        let mut keep = |text: &str| {
+            if let Some(all) = &mut kept {
+                if self.cache_fits(all.len() + text.len()) {
+                    all.push_str(text);
+                } else {
+                    kept = None;
+                }
+            }
+        };
         match first {
             StreamEvent::Delta(text) => {
                 chunks += 1;
                 bytes += text.len();
+                keep(&text);
                 if tx.send(Ok(StreamItem::Delta(text))).await.is_err() {
                     return;
                 }
@@ -127,6 +156,7 @@ impl Gateway {
                 Some(Ok(StreamEvent::Delta(text))) => {
                     chunks = chunks.saturating_add(1);
                     bytes = bytes.saturating_add(text.len());
+                    keep(&text);
                     if tx.send(Ok(StreamItem::Delta(text))).await.is_err() {
                         return;
                     }
@@ -158,6 +188,12 @@ impl Gateway {
         let usage = cost::complete_usage(usage, state.messages(), bytes, chunks, max_tokens);
         let (budget, cost) = self.finish_call(&state, &route, usage, hold).await;
         telemetry::record_route(&Span::current(), &route, &budget);
+        let cache = cached.status();
+        // Stored only now, after the final event: a stream cut short is never an answer.
+        if let Some(text) = kept {
+            self.cache_store(&state, cached, &route, &text, usage, &finish_reason)
+                .await;
+        }
         let _ = tx
             .send(Ok(StreamItem::Done(Generated {
                 text: String::new(),
@@ -167,8 +203,36 @@ impl Gateway {
                 attempts: state.attempts,
                 finish_reason,
                 cost,
+                cache,
             })))
             .await;
+    }
+
+    /// A hit on a stream: the route, the whole cached text as one delta, and the same final
+    /// message a unary hit returns.
+    async fn replay_cached(
+        &self,
+        state: &CallState<'_>,
+        decision: routing::Decision,
+        entry: &Entry,
+        tx: &mpsc::Sender<Result<StreamItem, GatewayError>>,
+    ) {
+        let mut done = self.answer_cached(state, decision, entry).await;
+        let started = Started {
+            route: done.route.clone(),
+            attempts: 0,
+            cloud_calls_used: None,
+            cloud_calls_limit: state.limits.report,
+            cache: Some(CacheStatus::Hit),
+        };
+        if tx.send(Ok(StreamItem::Started(started))).await.is_err() {
+            return;
+        }
+        let text = std::mem::take(&mut done.text);
+        if !text.is_empty() && tx.send(Ok(StreamItem::Delta(text))).await.is_err() {
+            return;
+        }
+        let _ = tx.send(Ok(StreamItem::Done(done))).await;
     }
 }
 

@@ -64,17 +64,13 @@ impl Gateway {
     pub(super) async fn serve<T, F>(
         &self,
         state: &mut CallState<'_>,
+        decision: routing::Decision,
         op: F,
     ) -> Result<Served<T>, GatewayError>
     where
         T: Send,
         F: Fn(Arc<dyn Provider>, Arc<ChatRequest>) -> BoxFuture<'static, Result<T, ProviderError>>,
     {
-        let input = state.input;
-        let decision = match input.pin {
-            Some(tier) => routing::pinned(self.policy, tier),
-            None => routing::route(self.policy, input.phase, input.section_type),
-        };
         let span = Span::current();
         span.record("vra.route.rule", decision.rule.id());
         let mut failures = Vec::new();
@@ -198,9 +194,8 @@ impl Gateway {
             return TierOutcome::CircuitOpen;
         };
         let (pool, model) = self.provider(tier);
-        let capped = self.cost_cap.is_some() && pool.config().is_cloud();
         // Built once per tier and shared by its attempts.
-        let request = Arc::new(state.chat_request(model, capped.then_some(self.output_ceiling)));
+        let request = Arc::new(state.chat_request(model, self.ceiling(tier)));
         let mut attempt = 0u32;
         // The endpoints this call has tried: a retry prefers another one.
         let mut tried = Vec::new();

@@ -185,6 +185,14 @@ fn gateway(e: &GatewayError, sources: &Sources) -> Parts {
             Some("ledger_unavailable"),
             None,
         ),
+        // 404 as on gRPC (NOT_FOUND), not RFC 9111's 504: the OpenAI client libraries retry
+        // every 5xx, and a miss asked again is a miss again.
+        GatewayError::NotCached => (
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("not_cached"),
+            None,
+        ),
         GatewayError::DeadlineExceeded => (
             StatusCode::GATEWAY_TIMEOUT,
             "server_error",

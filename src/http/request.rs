@@ -257,6 +257,7 @@ pub fn read(headers: &HeaderMap, body: ChatCompletionRequest) -> Result<Read, Re
         Some(Stop::One(s)) => vec![s],
         Some(Stop::Many(list)) => list,
     };
+    let (cache_mode, max_age_secs) = cache_control(headers);
     let model = match body.model.as_deref().map(str::trim) {
         None | Some("") | Some(AUTO_MODEL) => ModelChoice::Auto,
         Some(name) => ModelChoice::Named(name.to_string()),
@@ -274,6 +275,8 @@ pub fn read(headers: &HeaderMap, body: ChatCompletionRequest) -> Result<Read, Re
                 stop,
                 top_p: body.top_p,
                 seed: body.seed,
+                cache: cache_mode as i32,
+                max_age_secs,
             }),
             ..Default::default()
         },
@@ -286,6 +289,49 @@ pub fn read(headers: &HeaderMap, body: ChatCompletionRequest) -> Result<Read, Re
         user: body.user.filter(|u| !u.is_empty()),
         sources,
     })
+}
+
+/// The response-cache mode a request's `Cache-Control` asks for (RFC 9111 request directives,
+/// any case, in any of the header's lines): `no-store` (neither look up nor store) over
+/// `no-cache` (skip the lookup, store) over `only-if-cached` (a cached answer or 404);
+/// `max-age=N` bounds a cached answer's age. Other and malformed directives are ignored, as
+/// caches do.
+pub fn cache_control(headers: &HeaderMap) -> (pb::CacheMode, Option<u32>) {
+    let (mut no_store, mut no_cache, mut only_if_cached, mut max_age) = (false, false, false, None);
+    let directives = headers
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','));
+    for directive in directives {
+        let (name, value) = match directive.split_once('=') {
+            Some((name, value)) => (name.trim(), Some(value.trim().trim_matches('"'))),
+            None => (directive.trim(), None),
+        };
+        match name.to_ascii_lowercase().as_str() {
+            "no-store" => no_store = true,
+            "no-cache" => no_cache = true,
+            "only-if-cached" => only_if_cached = true,
+            "max-age" => {
+                // The smallest of several; a value past u32 seconds means "any age".
+                if let Some(secs) = value.and_then(|v| v.parse::<u64>().ok()) {
+                    let secs = u32::try_from(secs).unwrap_or(u32::MAX);
+                    max_age = Some(max_age.map_or(secs, |m: u32| m.min(secs)));
+                }
+            }
+            _ => {}
+        }
+    }
+    let mode = if no_store {
+        pb::CacheMode::NoStore
+    } else if no_cache {
+        pb::CacheMode::NoCache
+    } else if only_if_cached {
+        pb::CacheMode::OnlyIfCached
+    } else {
+        pb::CacheMode::Unspecified
+    };
+    (mode, max_age)
 }
 
 /// The conversation: `system` and `developer` turns as system turns, `user` and `assistant`
@@ -498,6 +544,37 @@ mod tests {
             json[k] = v.clone();
         }
         body(json)
+    }
+
+    #[test]
+    fn cache_control_maps_to_the_cache_mode() {
+        let mode = |pairs: &[(&'static str, &str)]| cache_control(&headers(pairs));
+        assert_eq!(mode(&[]), (pb::CacheMode::Unspecified, None));
+        assert_eq!(
+            mode(&[("cache-control", "No-Cache")]),
+            (pb::CacheMode::NoCache, None)
+        );
+        assert_eq!(
+            mode(&[("cache-control", "no-cache, no-store")]),
+            (pb::CacheMode::NoStore, None),
+            "no-store wins"
+        );
+        assert_eq!(
+            mode(&[("cache-control", "only-if-cached, max-age=60")]),
+            (pb::CacheMode::OnlyIfCached, Some(60))
+        );
+        assert_eq!(
+            mode(&[(
+                "cache-control",
+                "max-age=\"30\", max-age=90, max-age=x, private"
+            )]),
+            (pb::CacheMode::Unspecified, Some(30)),
+            "the smallest valid max-age; unknown and malformed directives ignored"
+        );
+        assert_eq!(
+            mode(&[("cache-control", "max-age=99999999999")]),
+            (pb::CacheMode::Unspecified, Some(u32::MAX))
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 
-use crate::domain::{Nanos, RouteInfo, TokenUsage};
+use crate::domain::{CacheStatus, Nanos, RouteInfo, TokenUsage};
 use crate::gateway::{Generated, Started};
 
 /// Every answer's call id, also the body's `id`.
@@ -22,6 +22,8 @@ pub struct RouteHeaders<'a> {
     pub cloud_calls_used: Option<u32>,
     pub cloud_calls_limit: u32,
     pub cost: Option<Nanos>,
+    /// `None` without a cache.
+    pub cache: Option<CacheStatus>,
 }
 
 impl<'a> RouteHeaders<'a> {
@@ -32,6 +34,7 @@ impl<'a> RouteHeaders<'a> {
             cloud_calls_used: Some(g.budget.used),
             cloud_calls_limit: g.budget.limit,
             cost: g.cost,
+            cache: g.cache,
         }
     }
 
@@ -42,12 +45,14 @@ impl<'a> RouteHeaders<'a> {
             cloud_calls_used: s.cloud_calls_used,
             cloud_calls_limit: s.cloud_calls_limit,
             cost: None,
+            cache: s.cache,
         }
     }
 
     /// Writes `x-vra-tier`, `x-vra-provider`, `x-vra-model`, `x-vra-rule`,
     /// `x-vra-fallback-reason` (`none` when none), `x-vra-attempts`,
-    /// `x-vra-cloud-calls-used`, `x-vra-cloud-calls-limit` and `x-vra-cost-usd` (when known).
+    /// `x-vra-cloud-calls-used`, `x-vra-cloud-calls-limit`, `x-vra-cost-usd` (when known) and
+    /// `x-vra-cache` (`HIT`, `MISS` or `BYPASS`; absent without a cache).
     pub fn write(&self, headers: &mut HeaderMap) {
         let mut put = |name: &'static str, value: String| {
             if let Ok(value) = HeaderValue::try_from(value) {
@@ -73,6 +78,9 @@ impl<'a> RouteHeaders<'a> {
         );
         if let Some(cost) = self.cost {
             put("x-vra-cost-usd", format!("{:.9}", cost.usd()));
+        }
+        if let Some(cache) = self.cache {
+            put("x-vra-cache", cache.as_str().to_string());
         }
     }
 }
@@ -305,6 +313,7 @@ mod tests {
             attempts: 1,
             finish_reason: "stop".into(),
             cost: Some(Nanos(1_500)),
+            cache: None,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use crate::budget::ReportUsage;
 use crate::domain::{
-    BudgetInfo, FallbackReason, Nanos, Phase, QuotaInfo, RouteInfo, Tier, TokenUsage,
+    BudgetInfo, CacheStatus, FallbackReason, Nanos, Phase, QuotaInfo, RouteInfo, Tier, TokenUsage,
 };
 use crate::gateway::Generated;
 use crate::pb;
@@ -71,6 +71,18 @@ impl From<TokenUsage> for pb::Usage {
             input_tokens: u.input,
             output_tokens: u.output,
             estimated: u.estimated,
+            cached: false,
+        }
+    }
+}
+
+impl From<Option<CacheStatus>> for pb::CacheStatus {
+    fn from(s: Option<CacheStatus>) -> Self {
+        match s {
+            None => pb::CacheStatus::Unspecified,
+            Some(CacheStatus::Miss) => pb::CacheStatus::Miss,
+            Some(CacheStatus::Hit) => pb::CacheStatus::Hit,
+            Some(CacheStatus::Bypass) => pb::CacheStatus::Bypass,
         }
     }
 }
@@ -88,14 +100,19 @@ impl From<Phase> for pb::CompilationPhase {
 
 impl From<Generated> for pb::GenerateResponse {
     fn from(g: Generated) -> Self {
+        let cached = g.cache == Some(CacheStatus::Hit);
         pb::GenerateResponse {
             text: g.text,
             route: Some(g.route.into()),
-            usage: Some(g.usage.into()),
+            usage: Some(pb::Usage {
+                cached,
+                ..g.usage.into()
+            }),
             budget: Some(g.budget.into()),
             attempts: g.attempts,
             finish_reason: g.finish_reason,
             cost_usd: g.cost.map(Nanos::usd),
+            cache_status: pb::CacheStatus::from(g.cache) as i32,
         }
     }
 }
@@ -116,7 +133,7 @@ pub(super) fn usage_response(
     for phase in Phase::ALL {
         for tier in [Tier::Primary, Tier::Secondary] {
             let cell = usage.cell(phase, tier);
-            if cell.calls == 0 {
+            if cell.calls == 0 && cell.cached_calls == 0 {
                 continue;
             }
             phases.push(pb::PhaseUsage {
@@ -127,8 +144,11 @@ pub(super) fn usage_response(
                     input_tokens: cell.input_tokens,
                     output_tokens: cell.output_tokens,
                     estimated: cell.estimated > 0,
+                    cached: false,
                 }),
                 cost_usd: cell.cost.usd(),
+                cached_calls: cell.cached_calls,
+                cache_saved_usd: cell.cache_saved.usd(),
             });
         }
     }
@@ -142,11 +162,13 @@ pub(super) fn usage_response(
             input_tokens: clamp(usage.cloud_input_tokens),
             output_tokens: clamp(usage.cloud_output_tokens),
             estimated: usage.cloud_estimated > 0,
+            cached: false,
         }),
         local_usage: Some(pb::Usage {
             input_tokens: clamp(usage.local_input_tokens),
             output_tokens: clamp(usage.local_output_tokens),
             estimated: usage.local_estimated > 0,
+            cached: false,
         }),
         client_quota: quota.map(Into::into),
         cost: Some(pb::ReportCost {
@@ -160,5 +182,7 @@ pub(super) fn usage_response(
             abandoned_usd: usage.abandoned.usd(),
         }),
         phases,
+        cached_calls: usage.cached_calls,
+        cache_saved_usd: usage.cache_saved.usd(),
     }
 }

@@ -1,8 +1,11 @@
 //! Request validation: every field checked before any work, an error naming the field.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::domain::{ChatMessage, Phase, Role, SectionType, has_forbidden_id_char};
+use crate::domain::{
+    CacheMode, CacheOptions, ChatMessage, Phase, Role, SectionType, has_forbidden_id_char,
+};
 use crate::error::GatewayError;
 use crate::gateway::GenerateInput;
 use crate::pb;
@@ -218,6 +221,24 @@ pub fn validate(
             "must be greater than 0 and at most 1",
         ));
     }
+    let mode = match pb::CacheMode::try_from(options.cache) {
+        Ok(pb::CacheMode::Unspecified) => CacheMode::Default,
+        Ok(pb::CacheMode::NoCache) => CacheMode::NoCache,
+        Ok(pb::CacheMode::NoStore) => CacheMode::NoStore,
+        Ok(pb::CacheMode::OnlyIfCached) => CacheMode::OnlyIfCached,
+        Err(_) => {
+            return Err(GatewayError::invalid(
+                "options.cache",
+                "unknown cache mode; accepted: CACHE_MODE_UNSPECIFIED (default), NO_CACHE, NO_STORE, ONLY_IF_CACHED",
+            ));
+        }
+    };
+    let cache = CacheOptions {
+        mode,
+        max_age: options
+            .max_age_secs
+            .map(|secs| Duration::from_secs(u64::from(secs))),
+    };
     Ok(GenerateInput {
         report_id: req.report_id,
         section_id: req.section_id,
@@ -231,6 +252,7 @@ pub fn validate(
         seed: options.seed,
         pin: None,
         client: None,
+        cache,
     })
 }
 
@@ -494,7 +516,7 @@ mod tests {
         );
     }
 
-    const FIELDS: [&str; 9] = [
+    const FIELDS: [&str; 10] = [
         "report_id",
         "section_id",
         "phase",
@@ -504,6 +526,7 @@ mod tests {
         "options.temperature",
         "options.max_tokens",
         "options.stop",
+        "options.cache",
     ];
 
     proptest::proptest! {

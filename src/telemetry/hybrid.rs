@@ -65,6 +65,25 @@ impl<'a> Hybrid<'a> {
         );
     }
 
+    /// INFO: the call was answered from the response cache with `provider` / `model`'s answer:
+    /// nothing was sent upstream, no budget spent.
+    pub fn cache_hit(self, provider: &str, model: &str) {
+        let p = Upper(provider);
+        self.emit(
+            Level::INFO,
+            Parts {
+                event: "CACHE_HIT",
+                provider: Some(provider),
+                model: Some(model),
+                ..Parts::default()
+            },
+            format_args!(
+                "[Hybrid] Event=CACHE_HIT | Phase={} | Section={} | Provider={p} | Model={model} | Report={}",
+                self.phase, self.section, self.report_id
+            ),
+        );
+    }
+
     /// WARN: the primary failed for good; the secondary takes over (`PRIMARY_ERROR`).
     pub fn fallback_on_error(self, primary: &str, error: &str) {
         let e = Untrusted(error);

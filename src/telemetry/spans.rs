@@ -32,6 +32,7 @@ macro_rules! call_span {
             vra.route.model = Empty,
             vra.route.rule = Empty,
             vra.fallback.reason = Empty,
+            vra.cache.status = Empty,
             vra.budget.used = Empty,
             vra.budget.limit = Empty,
             vra.cost.usd = Empty,

@@ -220,6 +220,27 @@ redis.call('EXPIRE', k, ARGV[1])
 return answer()
 ";
 
+/// One call answered from the response cache, applied at most once like [`RECORD_BODY`]:
+/// KEYS[1] = report hash, KEYS[2] = the call's marker; ARGV: 1 TTL seconds, 2 phase and 3 tier
+/// of the breakdown cell (`DRAFT.PRIMARY.cached`, `.saved`), 4 what it saved (nano-dollars),
+/// 5 the marker's lifetime in seconds, 6 whether to answer with the budget (1) or `1` (0).
+/// Nothing else changes: a cached call takes no unit and holds nothing.
+const CACHED_LUA: &str = r"
+local k = KEYS[1]
+local function answer()
+  if ARGV[6] == '0' then return 1 end
+  return redis.call('HMGET', k, 'used', 'exhausted', 'cloud_cost', 'held')
+end
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[5]) then return answer() end
+local cell = ARGV[2] .. '.' .. ARGV[3]
+redis.call('HINCRBY', k, 'cached', 1)
+redis.call('HINCRBY', k, 'cache_saved', ARGV[4])
+redis.call('HINCRBY', k, cell .. '.cached', 1)
+redis.call('HINCRBY', k, cell .. '.saved', ARGV[4])
+redis.call('EXPIRE', k, ARGV[1])
+return answer()
+";
+
 /// The shortest life of a record's marker. It must outlast every copy of the record: copies are
 /// sent within [`super::deferred::retry_window`] of the first (about 6 s with the default 200 ms
 /// timeout), and one still queued on a connection when Redis was paused reaches it right after
@@ -256,6 +277,7 @@ pub struct RedisLedger {
     target: Target,
     reserve: redis::Script,
     record: redis::Script,
+    cached: redis::Script,
     release: redis::Script,
     usage: redis::Script,
     day_used: redis::Script,
@@ -300,6 +322,7 @@ impl RedisLedger {
             target,
             reserve: redis::Script::new(&format!("{SETTLE_LUA}{RESERVE_BODY}")),
             record: redis::Script::new(&format!("{END_HOLD_LUA}{RECORD_BODY}")),
+            cached: redis::Script::new(CACHED_LUA),
             release: redis::Script::new(&format!("{END_HOLD_LUA}{RELEASE_BODY}")),
             usage: redis::Script::new(&format!("{SETTLE_LUA}{USAGE_BODY}")),
             day_used: redis::Script::new(DAY_USED_LUA),
@@ -317,8 +340,26 @@ impl RedisLedger {
         Ok(self)
     }
 
-    /// The [`RECORD_BODY`] command of `call`; `with_budget`: answer with the report's budget.
-    fn record_cmd(&self, key: ReportKey<'_>, call: &CallRecord, with_budget: bool) -> redis::Cmd {
+    /// The script and command of `call` ([`RECORD_BODY`], or [`CACHED_LUA`] for a cached
+    /// call); `with_budget`: answer with the report's budget.
+    fn record_cmd(
+        &self,
+        key: ReportKey<'_>,
+        call: &CallRecord,
+        with_budget: bool,
+    ) -> (&redis::Script, redis::Cmd) {
+        if call.cached {
+            let mut cmd = script_cmd(&self.cached, 2);
+            cmd.arg(self.keys.report(key))
+                .arg(self.keys.marker(key, call.id))
+                .arg(self.ttl_secs)
+                .arg(call.phase.as_str())
+                .arg(call.tier.as_str())
+                .arg(signed(call.cost.unwrap_or_default()))
+                .arg(self.marker_secs)
+                .arg(u8::from(with_budget));
+            return (&self.cached, cmd);
+        }
         let tier_field = match call.tier {
             Tier::Primary => "primary",
             Tier::Secondary => "secondary",
@@ -348,7 +389,7 @@ impl RedisLedger {
             .arg(self.marker_secs)
             .arg(u8::from(with_budget))
             .arg(member_of(call.release));
-        cmd
+        (&self.record, cmd)
     }
 
     /// Runs a [`script_cmd`] of `script` on the shared connection, bounded by the ledger
@@ -524,9 +565,9 @@ impl Ledger for RedisLedger {
         key: ReportKey<'_>,
         call: CallRecord,
     ) -> Result<ReportBudget, LedgerError> {
-        let cmd = self.record_cmd(key, &call, true);
+        let (script, cmd) = self.record_cmd(key, &call, true);
         let (used, exhausted, cost, held): (Option<i64>, Option<i64>, Option<i64>, Option<i64>) =
-            self.eval(&self.record, &cmd).await?;
+            self.eval(script, &cmd).await?;
         let count = |v: Option<i64>| v.unwrap_or(0).max(0) as u64;
         Ok(ReportBudget {
             used: u32::try_from(count(used)).unwrap_or(u32::MAX),
@@ -541,10 +582,8 @@ impl Ledger for RedisLedger {
         key: ReportKey<'_>,
         call: CallRecord,
     ) -> Result<(), LedgerError> {
-        let cmd = self.record_cmd(key, &call, false);
-        self.eval::<redis::Value>(&self.record, &cmd)
-            .await
-            .map(drop)
+        let (script, cmd) = self.record_cmd(key, &call, false);
+        self.eval::<redis::Value>(script, &cmd).await.map(drop)
     }
 
     async fn ping(&self) -> Result<(), LedgerError> {
@@ -625,6 +664,8 @@ const LOCAL: SideFields = SideFields {
 /// `….cost`, `….est`.
 struct CellFields {
     calls: String,
+    cached: String,
+    saved: String,
     input: String,
     output: String,
     cost: String,
@@ -638,6 +679,8 @@ static CELL_FIELDS: LazyLock<[[CellFields; 2]; 4]> = LazyLock::new(|| {
             let prefix = format!("{}.{}", phase.as_str(), tier.as_str());
             CellFields {
                 calls: format!("{prefix}.calls"),
+                cached: format!("{prefix}.cached"),
+                saved: format!("{prefix}.saved"),
                 input: format!("{prefix}.in"),
                 output: format!("{prefix}.out"),
                 cost: format!("{prefix}.cost"),
@@ -674,6 +717,8 @@ fn usage_from_fields(fields: &HashMap<String, i64>) -> ReportUsage {
         local_estimated: small(LOCAL.estimated),
         held: Nanos(get("held")),
         phases: Default::default(),
+        cached_calls: small("cached"),
+        cache_saved: Nanos(get("cache_saved")),
     };
     for phase in Phase::ALL {
         for tier in [Tier::Primary, Tier::Secondary] {
@@ -684,6 +729,8 @@ fn usage_from_fields(fields: &HashMap<String, i64>) -> ReportUsage {
             cell.input_tokens = small(&fields.input);
             cell.output_tokens = small(&fields.output);
             cell.cost = Nanos(get(&fields.cost));
+            cell.cached_calls = small(&fields.cached);
+            cell.cache_saved = Nanos(get(&fields.saved));
         }
     }
     usage

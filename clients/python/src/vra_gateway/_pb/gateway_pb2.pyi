@@ -40,6 +40,20 @@ class FallbackReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FALLBACK_REASON_LEDGER_UNAVAILABLE: _ClassVar[FallbackReason]
     FALLBACK_REASON_CLIENT_QUOTA: _ClassVar[FallbackReason]
 
+class CacheMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CACHE_MODE_UNSPECIFIED: _ClassVar[CacheMode]
+    CACHE_MODE_NO_CACHE: _ClassVar[CacheMode]
+    CACHE_MODE_NO_STORE: _ClassVar[CacheMode]
+    CACHE_MODE_ONLY_IF_CACHED: _ClassVar[CacheMode]
+
+class CacheStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CACHE_STATUS_UNSPECIFIED: _ClassVar[CacheStatus]
+    CACHE_STATUS_MISS: _ClassVar[CacheStatus]
+    CACHE_STATUS_HIT: _ClassVar[CacheStatus]
+    CACHE_STATUS_BYPASS: _ClassVar[CacheStatus]
+
 class ChatRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CHAT_ROLE_UNSPECIFIED: _ClassVar[ChatRole]
@@ -67,24 +81,36 @@ FALLBACK_REASON_PRIMARY_ERROR: FallbackReason
 FALLBACK_REASON_CIRCUIT_OPEN: FallbackReason
 FALLBACK_REASON_LEDGER_UNAVAILABLE: FallbackReason
 FALLBACK_REASON_CLIENT_QUOTA: FallbackReason
+CACHE_MODE_UNSPECIFIED: CacheMode
+CACHE_MODE_NO_CACHE: CacheMode
+CACHE_MODE_NO_STORE: CacheMode
+CACHE_MODE_ONLY_IF_CACHED: CacheMode
+CACHE_STATUS_UNSPECIFIED: CacheStatus
+CACHE_STATUS_MISS: CacheStatus
+CACHE_STATUS_HIT: CacheStatus
+CACHE_STATUS_BYPASS: CacheStatus
 CHAT_ROLE_UNSPECIFIED: ChatRole
 CHAT_ROLE_SYSTEM: ChatRole
 CHAT_ROLE_USER: ChatRole
 CHAT_ROLE_ASSISTANT: ChatRole
 
 class GenerationOptions(_message.Message):
-    __slots__ = ("temperature", "max_tokens", "stop", "top_p", "seed")
+    __slots__ = ("temperature", "max_tokens", "stop", "top_p", "seed", "cache", "max_age_secs")
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
+    MAX_AGE_SECS_FIELD_NUMBER: _ClassVar[int]
     temperature: float
     max_tokens: int
     stop: _containers.RepeatedScalarFieldContainer[str]
     top_p: float
     seed: int
-    def __init__(self, temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+    cache: CacheMode
+    max_age_secs: int
+    def __init__(self, temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., cache: _Optional[_Union[CacheMode, str]] = ..., max_age_secs: _Optional[int] = ...) -> None: ...
 
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content")
@@ -111,14 +137,16 @@ class Route(_message.Message):
     def __init__(self, tier: _Optional[_Union[ProviderTier, str]] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., cloud: bool = ..., fallback_reason: _Optional[_Union[FallbackReason, str]] = ..., rule: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("input_tokens", "output_tokens", "estimated")
+    __slots__ = ("input_tokens", "output_tokens", "estimated", "cached")
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
     input_tokens: int
     output_tokens: int
     estimated: bool
-    def __init__(self, input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., estimated: bool = ...) -> None: ...
+    cached: bool
+    def __init__(self, input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., estimated: bool = ..., cached: bool = ...) -> None: ...
 
 class Budget(_message.Message):
     __slots__ = ("cloud_calls_used", "cloud_calls_limit", "exhausted", "cloud_cost_used_usd", "cloud_cost_reserved_usd", "cloud_cost_limit_usd")
@@ -165,7 +193,7 @@ class GenerateRequest(_message.Message):
     def __init__(self, report_id: _Optional[str] = ..., section_id: _Optional[str] = ..., section_type: _Optional[_Union[SectionType, str]] = ..., phase: _Optional[_Union[CompilationPhase, str]] = ..., prompt: _Optional[str] = ..., system_prompt: _Optional[str] = ..., options: _Optional[_Union[GenerationOptions, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("text", "route", "usage", "budget", "attempts", "finish_reason", "cost_usd")
+    __slots__ = ("text", "route", "usage", "budget", "attempts", "finish_reason", "cost_usd", "cache_status")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +201,7 @@ class GenerateResponse(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     COST_USD_FIELD_NUMBER: _ClassVar[int]
+    CACHE_STATUS_FIELD_NUMBER: _ClassVar[int]
     text: str
     route: Route
     usage: Usage
@@ -180,7 +209,8 @@ class GenerateResponse(_message.Message):
     attempts: int
     finish_reason: str
     cost_usd: float
-    def __init__(self, text: _Optional[str] = ..., route: _Optional[_Union[Route, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., attempts: _Optional[int] = ..., finish_reason: _Optional[str] = ..., cost_usd: _Optional[float] = ...) -> None: ...
+    cache_status: CacheStatus
+    def __init__(self, text: _Optional[str] = ..., route: _Optional[_Union[Route, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., attempts: _Optional[int] = ..., finish_reason: _Optional[str] = ..., cost_usd: _Optional[float] = ..., cache_status: _Optional[_Union[CacheStatus, str]] = ...) -> None: ...
 
 class GenerateStreamRequest(_message.Message):
     __slots__ = ("report_id", "section_id", "section_type", "phase", "prompt", "system_prompt", "options", "messages")
@@ -237,7 +267,7 @@ class GetReportUsageRequest(_message.Message):
     def __init__(self, report_id: _Optional[str] = ...) -> None: ...
 
 class GetReportUsageResponse(_message.Message):
-    __slots__ = ("report_id", "budget", "primary_calls", "secondary_calls", "fallbacks", "cloud_usage", "local_usage", "client_quota", "cost", "phases")
+    __slots__ = ("report_id", "budget", "primary_calls", "secondary_calls", "fallbacks", "cloud_usage", "local_usage", "client_quota", "cost", "phases", "cached_calls", "cache_saved_usd")
     REPORT_ID_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     PRIMARY_CALLS_FIELD_NUMBER: _ClassVar[int]
@@ -248,6 +278,8 @@ class GetReportUsageResponse(_message.Message):
     CLIENT_QUOTA_FIELD_NUMBER: _ClassVar[int]
     COST_FIELD_NUMBER: _ClassVar[int]
     PHASES_FIELD_NUMBER: _ClassVar[int]
+    CACHED_CALLS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_SAVED_USD_FIELD_NUMBER: _ClassVar[int]
     report_id: str
     budget: Budget
     primary_calls: int
@@ -258,7 +290,9 @@ class GetReportUsageResponse(_message.Message):
     client_quota: ClientQuota
     cost: ReportCost
     phases: _containers.RepeatedCompositeFieldContainer[PhaseUsage]
-    def __init__(self, report_id: _Optional[str] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., primary_calls: _Optional[int] = ..., secondary_calls: _Optional[int] = ..., fallbacks: _Optional[int] = ..., cloud_usage: _Optional[_Union[Usage, _Mapping]] = ..., local_usage: _Optional[_Union[Usage, _Mapping]] = ..., client_quota: _Optional[_Union[ClientQuota, _Mapping]] = ..., cost: _Optional[_Union[ReportCost, _Mapping]] = ..., phases: _Optional[_Iterable[_Union[PhaseUsage, _Mapping]]] = ...) -> None: ...
+    cached_calls: int
+    cache_saved_usd: float
+    def __init__(self, report_id: _Optional[str] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., primary_calls: _Optional[int] = ..., secondary_calls: _Optional[int] = ..., fallbacks: _Optional[int] = ..., cloud_usage: _Optional[_Union[Usage, _Mapping]] = ..., local_usage: _Optional[_Union[Usage, _Mapping]] = ..., client_quota: _Optional[_Union[ClientQuota, _Mapping]] = ..., cost: _Optional[_Union[ReportCost, _Mapping]] = ..., phases: _Optional[_Iterable[_Union[PhaseUsage, _Mapping]]] = ..., cached_calls: _Optional[int] = ..., cache_saved_usd: _Optional[float] = ...) -> None: ...
 
 class ReportCost(_message.Message):
     __slots__ = ("cloud_usd", "local_usd", "total_usd", "all_cloud_usd", "savings_usd", "unpriced_calls", "abandoned_usd")
@@ -279,15 +313,19 @@ class ReportCost(_message.Message):
     def __init__(self, cloud_usd: _Optional[float] = ..., local_usd: _Optional[float] = ..., total_usd: _Optional[float] = ..., all_cloud_usd: _Optional[float] = ..., savings_usd: _Optional[float] = ..., unpriced_calls: _Optional[int] = ..., abandoned_usd: _Optional[float] = ...) -> None: ...
 
 class PhaseUsage(_message.Message):
-    __slots__ = ("phase", "tier", "calls", "usage", "cost_usd")
+    __slots__ = ("phase", "tier", "calls", "usage", "cost_usd", "cached_calls", "cache_saved_usd")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     CALLS_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     COST_USD_FIELD_NUMBER: _ClassVar[int]
+    CACHED_CALLS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_SAVED_USD_FIELD_NUMBER: _ClassVar[int]
     phase: CompilationPhase
     tier: ProviderTier
     calls: int
     usage: Usage
     cost_usd: float
-    def __init__(self, phase: _Optional[_Union[CompilationPhase, str]] = ..., tier: _Optional[_Union[ProviderTier, str]] = ..., calls: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ...) -> None: ...
+    cached_calls: int
+    cache_saved_usd: float
+    def __init__(self, phase: _Optional[_Union[CompilationPhase, str]] = ..., tier: _Optional[_Union[ProviderTier, str]] = ..., calls: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., cached_calls: _Optional[int] = ..., cache_saved_usd: _Optional[float] = ...) -> None: ...
