@@ -35,6 +35,19 @@ export declare const FallbackReason: Readonly<{
 }>;
 export type FallbackReason = (typeof FallbackReason)[keyof typeof FallbackReason];
 
+/** How a call uses the gateway's response cache (`DEFAULT`: look up, and store the answer). */
+export declare const CacheMode: Readonly<{
+  DEFAULT: 'DEFAULT';
+  NO_CACHE: 'NO_CACHE';
+  NO_STORE: 'NO_STORE';
+  ONLY_IF_CACHED: 'ONLY_IF_CACHED';
+}>;
+export type CacheMode = (typeof CacheMode)[keyof typeof CacheMode];
+
+/** Whether a call's answer came from the response cache; `OFF` without a cache. */
+export declare const CacheStatus: Readonly<{ OFF: 'OFF'; MISS: 'MISS'; HIT: 'HIT'; BYPASS: 'BYPASS' }>;
+export type CacheStatus = (typeof CacheStatus)[keyof typeof CacheStatus];
+
 /** The phases in compilation order. */
 export declare const PHASES: readonly Phase[];
 
@@ -63,6 +76,8 @@ export interface Usage {
    * usage). In `ReportUsage`: some of the calls counted were estimated.
    */
   estimated: boolean;
+  /** The answer came from the response cache: the counts are the original call's. */
+  cached: boolean;
 }
 
 export interface Budget {
@@ -94,9 +109,11 @@ export interface Result {
   finishReason: string;
   /**
    * The call's cost in USD (its tokens times its model's price). `null` when the model has no
-   * price (unknown, not free); `0` for a local model without a price.
+   * price (unknown, not free); `0` for a local model without a price, and for a cache hit.
    */
   costUsd: number | null;
+  /** `HIT`: answered from the response cache (nothing sent upstream, no budget spent). */
+  cacheStatus: CacheStatus | string;
 }
 
 export interface RouteDecision {
@@ -136,6 +153,10 @@ export interface PhaseUsage {
   usage: Usage;
   /** Cost of these calls in USD (priced calls only). */
   costUsd: number;
+  /** Calls of this phase answered from the cache with this tier's answer (not in `calls`). */
+  cachedCalls: number;
+  /** What those would have cost upstream. */
+  cacheSavedUsd: number;
 }
 
 export interface ReportUsage {
@@ -151,6 +172,10 @@ export interface ReportUsage {
   cost: ReportCost;
   /** Calls, tokens and cost per phase and answering tier; only cells with calls. */
   phases: PhaseUsage[];
+  /** Calls answered from the response cache (in none of the counts above). */
+  cachedCalls: number;
+  /** What those calls would have cost upstream, at their models' prices. */
+  cacheSavedUsd: number;
 }
 
 /** Events of `generateStream`: text deltas, then exactly one result. */
@@ -208,6 +233,10 @@ export interface GenerateRequest extends CallOptions {
   seed?: number;
   /** A whole conversation instead of `prompt` and `systemPrompt` (leave those empty). */
   messages?: ChatMessage[];
+  /** The response cache: `NO_CACHE`, `NO_STORE`, `ONLY_IF_CACHED` (a miss rejects with `NotCached`). */
+  cache?: CacheMode | string;
+  /** Accept a cached answer only if it is at most this old (0: never). */
+  maxAgeSecs?: number;
 }
 
 export interface ChatMessage {
@@ -278,6 +307,8 @@ export declare class BudgetExhausted extends ResourceExhausted {}
 export declare class Overloaded extends ResourceExhausted {}
 export declare class Unavailable extends GatewayError {}
 export declare class DeadlineExceeded extends GatewayError {}
+/** `NOT_FOUND` (`not_cached`): `cache: 'ONLY_IF_CACHED'` and no cached answer; nothing was sent upstream. */
+export declare class NotCached extends GatewayError {}
 export declare class OutlineError extends Error {}
 
 /** Maps a grpc-js status error (`code`, `details`, `metadata`) to the SDK's typed error. */
@@ -346,6 +377,8 @@ export interface CallRecord {
   costUsd: number | null;
   /** The token counts are (partly) estimates; the upstream did not report them. */
   estimated: boolean;
+  /** Answered from the gateway's response cache (the token counts are the original call's). */
+  cached: boolean;
 }
 
 export interface Failure {

@@ -15,10 +15,11 @@ export {
   Overloaded,
   Unavailable,
   DeadlineExceeded,
+  NotCached,
   OutlineError,
   fromGrpcError,
 } from './src/errors.js';
-export { Phase, SectionType, Tier, FallbackReason, PHASES } from './src/types.js';
+export { Phase, SectionType, Tier, FallbackReason, CacheMode, CacheStatus, PHASES } from './src/types.js';
 export {
   ReportCompiler,
   loadOutline,

@@ -6,6 +6,7 @@ import protoLoader from '@grpc/proto-loader';
 
 import { GatewayError, InvalidArgument, Unavailable, fromGrpcError } from './errors.js';
 import {
+  CacheMode,
   Phase,
   SectionType,
   normaliseEnum,
@@ -100,6 +101,20 @@ function wireEnum(kind, value) {
   }
 }
 
+/**
+ * The request's cache mode as a short name, `undefined` when not given.
+ * @param {unknown} value
+ */
+function cacheMode(value) {
+  try {
+    return normaliseEnum('cacheMode', CacheMode, value);
+  } catch {
+    throw new InvalidArgument('INVALID_ARGUMENT', `cache: must be one of ${Object.keys(CacheMode).join(', ')}`, {
+      field: 'options.cache',
+    });
+  }
+}
+
 /** @param {import('../index.js').GenerateRequest} r */
 function generateRequest(r) {
   if (!r || typeof r !== 'object') throw new TypeError('generate: expected a request object');
@@ -114,12 +129,23 @@ function generateRequest(r) {
     messages: chatMessages(r.messages),
   };
   const stop = r.stop === undefined || r.stop === null ? [] : Array.isArray(r.stop) ? r.stop : [r.stop];
-  if (r.maxTokens != null || r.temperature != null || r.topP != null || r.seed != null || stop.length) {
+  const cache = cacheMode(r.cache);
+  if (
+    r.maxTokens != null ||
+    r.temperature != null ||
+    r.topP != null ||
+    r.seed != null ||
+    stop.length ||
+    cache !== undefined ||
+    r.maxAgeSecs != null
+  ) {
     req.options = { stop };
     if (r.maxTokens != null) req.options.maxTokens = r.maxTokens;
     if (r.temperature != null) req.options.temperature = r.temperature;
     if (r.topP != null) req.options.topP = r.topP;
     if (r.seed != null) req.options.seed = r.seed;
+    if (cache !== undefined && cache !== CacheMode.DEFAULT) req.options.cache = toWire('cacheMode', cache);
+    if (r.maxAgeSecs != null) req.options.maxAgeSecs = r.maxAgeSecs;
   }
   return req;
 }

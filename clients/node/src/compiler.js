@@ -394,6 +394,7 @@ export class ReportCompiler {
       streamed: this.stream,
       costUsd: r.costUsd,
       estimated: r.usage.estimated,
+      cached: r.usage.cached,
     };
     callback(this.onProgress, record);
     return { text: r.text, record };

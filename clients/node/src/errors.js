@@ -66,6 +66,12 @@ export class Unavailable extends GatewayError {}
 /** `DEADLINE_EXCEEDED`. */
 export class DeadlineExceeded extends GatewayError {}
 
+/**
+ * `NOT_FOUND` with kind `not_cached`: `cache: 'ONLY_IF_CACHED'` and the response cache holds no
+ * answer (nothing was sent upstream).
+ */
+export class NotCached extends GatewayError {}
+
 /** An outline that cannot be compiled (missing title, bad section type, duplicate id, ...). */
 export class OutlineError extends Error {
   /** @param {string} message */
@@ -123,6 +129,8 @@ export function fromGrpcError(err) {
       return new Unavailable(code, message, opts);
     case 'DEADLINE_EXCEEDED':
       return new DeadlineExceeded(code, message, opts);
+    case 'NOT_FOUND':
+      return kind === 'not_cached' ? new NotCached(code, message, opts) : new GatewayError(code, message, opts);
     default:
       return new GatewayError(code, message, opts);
   }

@@ -43,6 +43,12 @@ export const FallbackReason = stringEnum([
   'CLIENT_QUOTA',
 ]);
 
+/** How a call uses the gateway's response cache (`DEFAULT`: look up, and store the answer). */
+export const CacheMode = stringEnum(['DEFAULT', 'NO_CACHE', 'NO_STORE', 'ONLY_IF_CACHED']);
+
+/** Whether a call's answer came from the response cache (`OFF`: the gateway runs without one). */
+export const CacheStatus = stringEnum(['OFF', 'MISS', 'HIT', 'BYPASS']);
+
 /** The phases in compilation order. */
 export const PHASES = Object.freeze([Phase.DRAFT, Phase.EXPAND, Phase.REFINE, Phase.ABSTRACT]);
 
@@ -51,12 +57,14 @@ const WIRE_PREFIX = {
   sectionType: 'SECTION_TYPE_',
   tier: 'PROVIDER_TIER_',
   fallbackReason: 'FALLBACK_REASON_',
+  cacheMode: 'CACHE_MODE_',
+  cacheStatus: 'CACHE_STATUS_',
 };
 
 /**
  * Normalises a user-supplied enum value (any case, short or full proto name) to its short name.
  * `undefined`/`null`/`""` give `undefined` (the field is left unset on the wire).
- * @param {'phase'|'sectionType'} kind
+ * @param {'phase'|'sectionType'|'cacheMode'} kind
  * @param {Readonly<Record<string,string>>} values
  * @param {unknown} value
  * @returns {string|undefined}
@@ -72,7 +80,7 @@ export function normaliseEnum(kind, values, value) {
   throw new TypeError(`${kind}: must be one of ${Object.keys(values).join(', ')}`);
 }
 
-/** @param {'phase'|'sectionType'} kind @param {string|undefined} name */
+/** @param {'phase'|'sectionType'|'cacheMode'} kind @param {string|undefined} name */
 export function toWire(kind, name) {
   return name === undefined ? `${WIRE_PREFIX[kind]}UNSPECIFIED` : `${WIRE_PREFIX[kind]}${name}`;
 }
@@ -80,7 +88,7 @@ export function toWire(kind, name) {
 /**
  * Wire enum name → short name. UNSPECIFIED becomes `null`, except for the fallback reason,
  * where it means "no fallback" and becomes `"NONE"`.
- * @param {'tier'|'fallbackReason'|'phase'} kind
+ * @param {'tier'|'fallbackReason'|'phase'|'cacheStatus'} kind
  * @param {string|number|null|undefined} wire
  * @returns {any} a Tier, a FallbackReason or null
  */
@@ -88,6 +96,7 @@ function fromWire(kind, wire) {
   const prefix = WIRE_PREFIX[kind];
   const name = typeof wire === 'string' && wire.startsWith(prefix) ? wire.slice(prefix.length) : null;
   if (kind === 'fallbackReason') return name === null || name === 'UNSPECIFIED' ? 'NONE' : name;
+  if (kind === 'cacheStatus') return name === null || name === 'UNSPECIFIED' ? 'OFF' : name;
   return name === null || name === 'UNSPECIFIED' ? null : name;
 }
 
@@ -127,6 +136,7 @@ export function usageFromWire(u) {
     inputTokens: (u && u.inputTokens) || 0,
     outputTokens: (u && u.outputTokens) || 0,
     estimated: Boolean(u && u.estimated),
+    cached: Boolean(u && u.cached),
   };
 }
 
@@ -164,6 +174,8 @@ export function phaseUsageFromWire(p) {
     calls: p.calls || 0,
     usage: usageFromWire(p.usage),
     costUsd: p.costUsd || 0,
+    cachedCalls: p.cachedCalls || 0,
+    cacheSavedUsd: p.cacheSavedUsd || 0,
   };
 }
 
@@ -185,6 +197,7 @@ export function resultFromWire(m, text) {
     attempts: m.attempts || 0,
     finishReason: m.finishReason || '',
     costUsd: optionalNumber(m, 'costUsd'),
+    cacheStatus: fromWire('cacheStatus', m.cacheStatus),
   };
 }
 
@@ -210,5 +223,7 @@ export function reportUsageFromWire(m) {
     clientQuota: clientQuotaFromWire(m.clientQuota),
     cost: reportCostFromWire(m.cost),
     phases: Array.isArray(m.phases) ? m.phases.map(phaseUsageFromWire) : [],
+    cachedCalls: m.cachedCalls || 0,
+    cacheSavedUsd: m.cacheSavedUsd || 0,
   };
 }

@@ -223,7 +223,7 @@ test('an unpriced response (cost_usd unset) has costUsd null; a set 0 stays 0', 
   assert.equal(wire._costUsd, undefined);
   const r = resultFromWire(wire);
   assert.equal(r.costUsd, null);
-  assert.deepEqual(r.usage, { inputTokens: 3, outputTokens: 4, estimated: true });
+  assert.deepEqual(r.usage, { inputTokens: 3, outputTokens: 4, estimated: true, cached: false });
   assert.equal(r.budget.cloudCostLimitUsd, null, 'no cap: null, not 0');
 
   const free = roundTrip('Generate', { ...base, costUsd: 0, budget: { cloudCostLimitUsd: 0 } });
@@ -244,7 +244,15 @@ test('an unpriced primary model leaves allCloudUsd and savingsUsd null', () => {
   const u = reportUsageFromWire(roundTrip('GetReportUsage', msg));
   assert.deepEqual(u.cost, { cloudUsd: 0.5, localUsd: 0.25, totalUsd: 0.75, allCloudUsd: null, savingsUsd: null, unpricedCalls: 2, abandonedUsd: 0.125 });
   assert.deepEqual(u.phases, [
-    { phase: 'DRAFT', tier: 'SECONDARY', calls: 3, usage: { inputTokens: 7, outputTokens: 8, estimated: false }, costUsd: 0.25 },
+    {
+      phase: 'DRAFT',
+      tier: 'SECONDARY',
+      calls: 3,
+      usage: { inputTokens: 7, outputTokens: 8, estimated: false, cached: false },
+      costUsd: 0.25,
+      cachedCalls: 0,
+      cacheSavedUsd: 0,
+    },
   ]);
   const priced = reportUsageFromWire(roundTrip('GetReportUsage', { ...msg, cost: { ...msg.cost, allCloudUsd: 1, savingsUsd: 0 } }));
   assert.equal(priced.cost.allCloudUsd, 1);

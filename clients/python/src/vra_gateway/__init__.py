@@ -18,6 +18,7 @@ from .errors import (
     DeadlineExceeded,
     GatewayError,
     InvalidArgument,
+    NotCached,
     Overloaded,
     ResourceExhausted,
     Unauthenticated,
@@ -27,6 +28,8 @@ from .outline import Outline, OutlineError, Section
 from .report import CallRecord, Failure, Report
 from .types import (
     Budget,
+    CacheMode,
+    CacheStatus,
     ClientQuota,
     Delta,
     FallbackReason,
@@ -49,6 +52,8 @@ __all__ = [
     "AsyncGatewayClient",
     "Budget",
     "BudgetExhausted",
+    "CacheMode",
+    "CacheStatus",
     "CallRecord",
     "ClientQuota",
     "DeadlineExceeded",
@@ -58,6 +63,7 @@ __all__ = [
     "GatewayClient",
     "GatewayError",
     "InvalidArgument",
+    "NotCached",
     "Outline",
     "OutlineError",
     "Overloaded",

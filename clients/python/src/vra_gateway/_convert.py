@@ -10,6 +10,8 @@ from typing import Any, Mapping, Optional, Sequence, TypeVar, Union, cast
 from ._pb import gateway_pb2 as pb
 from .types import (
     Budget,
+    CacheMode,
+    CacheStatus,
     ClientQuota,
     FallbackReason,
     Phase,
@@ -58,6 +60,8 @@ def generate_request(
     top_p: Optional[float] = None,
     seed: Optional[int] = None,
     messages: Optional[Sequence[Mapping[str, str]]] = None,
+    cache: Union[CacheMode, str, None] = None,
+    max_age_secs: Optional[int] = None,
 ) -> _Req:
     """Builds a ``GenerateRequest`` or ``GenerateStreamRequest`` (they have the same fields)."""
     options = pb.GenerationOptions()
@@ -71,6 +75,12 @@ def generate_request(
         options.top_p = float(top_p)
     if seed is not None:
         options.seed = int(seed)
+    if cache is not None:
+        mode = CacheMode.parse(cache)
+        if mode is not CacheMode.DEFAULT:
+            options.cache = pb.CacheMode.Value("CACHE_MODE_" + mode.name)
+    if max_age_secs is not None:
+        options.max_age_secs = int(max_age_secs)
     return cls(
         report_id=report_id,
         section_id=section_id,
@@ -141,7 +151,21 @@ def route(msg: pb.Route) -> Route:
 
 
 def usage(msg: pb.Usage) -> Usage:
-    return Usage(input_tokens=msg.input_tokens, output_tokens=msg.output_tokens, estimated=msg.estimated)
+    return Usage(
+        input_tokens=msg.input_tokens,
+        output_tokens=msg.output_tokens,
+        estimated=msg.estimated,
+        cached=msg.cached,
+    )
+
+
+def _cache_status(value: int) -> CacheStatus:
+    if value == pb.CACHE_STATUS_UNSPECIFIED:
+        return CacheStatus.OFF
+    try:
+        return CacheStatus[pb.CacheStatus.Name(value)[len("CACHE_STATUS_") :]]
+    except (ValueError, KeyError):
+        return CacheStatus.UNKNOWN
 
 
 def budget(msg: pb.Budget) -> Budget:
@@ -174,6 +198,8 @@ def phase_usage(msg: pb.PhaseUsage) -> PhaseUsage:
         calls=msg.calls,
         usage=usage(msg.usage),
         cost_usd=msg.cost_usd,
+        cached_calls=msg.cached_calls,
+        cache_saved_usd=msg.cache_saved_usd,
     )
 
 
@@ -193,6 +219,7 @@ def result(msg: pb.GenerateResponse, text: Optional[str] = None) -> Result:
         attempts=msg.attempts,
         finish_reason=msg.finish_reason,
         cost_usd=_optional(msg, "cost_usd"),
+        cache_status=_cache_status(msg.cache_status),
     )
 
 
@@ -212,4 +239,6 @@ def report_usage(msg: pb.GetReportUsageResponse) -> ReportUsage:
         client_quota=_client_quota(msg),
         cost=report_cost(msg.cost),
         phases=[phase_usage(p) for p in msg.phases],
+        cached_calls=msg.cached_calls,
+        cache_saved_usd=msg.cache_saved_usd,
     )

@@ -12,7 +12,16 @@ from ._channel import DEFAULT_TIMEOUT, TLS, ChannelConfig
 from ._pb import gateway_pb2 as pb
 from ._pb import gateway_pb2_grpc as pb_grpc
 from .errors import GatewayError
-from .types import Delta, Phase, ReportUsage, Result, RouteDecision, SectionType, StreamEvent
+from .types import (
+    CacheMode,
+    Delta,
+    Phase,
+    ReportUsage,
+    Result,
+    RouteDecision,
+    SectionType,
+    StreamEvent,
+)
 
 __all__ = ["AsyncGatewayClient"]
 
@@ -84,6 +93,8 @@ class AsyncGatewayClient:
         top_p: Optional[float] = None,
         seed: Optional[int] = None,
         messages: Optional[Sequence[Mapping[str, str]]] = None,
+        cache: Union[CacheMode, str, None] = None,
+        max_age_secs: Optional[int] = None,
         timeout: Optional[float] = None,
     ) -> Result:
         """See :meth:`vra_gateway.GatewayClient.generate`."""
@@ -101,6 +112,8 @@ class AsyncGatewayClient:
             top_p=top_p,
             seed=seed,
             messages=messages,
+            cache=cache,
+            max_age_secs=max_age_secs,
         )
         call = self._config.call(timeout)
         try:
@@ -124,6 +137,8 @@ class AsyncGatewayClient:
         top_p: Optional[float] = None,
         seed: Optional[int] = None,
         messages: Optional[Sequence[Mapping[str, str]]] = None,
+        cache: Union[CacheMode, str, None] = None,
+        max_age_secs: Optional[int] = None,
         timeout: Optional[float] = None,
     ) -> AsyncGenerator[StreamEvent, None]:
         """An async iterator of :class:`~vra_gateway.Delta` events, then one
@@ -149,6 +164,8 @@ class AsyncGatewayClient:
             top_p=top_p,
             seed=seed,
             messages=messages,
+            cache=cache,
+            max_age_secs=max_age_secs,
         )
         call = self._config.call(timeout)
         rpc = self._stub.GenerateStream(request, timeout=call.timeout, metadata=call.metadata)

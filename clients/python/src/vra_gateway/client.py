@@ -13,7 +13,16 @@ from ._channel import DEFAULT_TIMEOUT, TLS, CallContext, ChannelConfig
 from ._pb import gateway_pb2 as pb
 from ._pb import gateway_pb2_grpc as pb_grpc
 from .errors import GatewayError
-from .types import Delta, Phase, ReportUsage, Result, RouteDecision, SectionType, StreamEvent
+from .types import (
+    CacheMode,
+    Delta,
+    Phase,
+    ReportUsage,
+    Result,
+    RouteDecision,
+    SectionType,
+    StreamEvent,
+)
 
 __all__ = ["GatewayClient"]
 
@@ -94,6 +103,8 @@ class GatewayClient:
         top_p: Optional[float] = None,
         seed: Optional[int] = None,
         messages: Optional[Sequence[Mapping[str, str]]] = None,
+        cache: Union[CacheMode, str, None] = None,
+        max_age_secs: Optional[int] = None,
         timeout: Optional[float] = None,
     ) -> Result:
         """Generates one piece of text for a report section and phase.
@@ -108,6 +119,10 @@ class GatewayClient:
             max_tokens, temperature, stop, top_p, seed: sampling options passed to the provider.
             messages: a whole conversation instead of ``prompt`` and ``system_prompt``:
                 ``[{"role": "system" | "user" | "assistant", "content": "..."}, ...]``.
+            cache: how the call uses the gateway's response cache (a :class:`CacheMode` or its
+                name): ``NO_CACHE``, ``NO_STORE``, ``ONLY_IF_CACHED`` (a miss raises
+                :class:`~vra_gateway.NotCached`); default: look up, and store the answer.
+            max_age_secs: accept a cached answer only if it is at most this old (0: never).
             timeout: this call's deadline in seconds (default: the client's).
 
         Returns:
@@ -130,6 +145,8 @@ class GatewayClient:
             top_p=top_p,
             seed=seed,
             messages=messages,
+            cache=cache,
+            max_age_secs=max_age_secs,
         )
         call = self._config.call(timeout)
         try:
@@ -153,6 +170,8 @@ class GatewayClient:
         top_p: Optional[float] = None,
         seed: Optional[int] = None,
         messages: Optional[Sequence[Mapping[str, str]]] = None,
+        cache: Union[CacheMode, str, None] = None,
+        max_age_secs: Optional[int] = None,
         timeout: Optional[float] = None,
     ) -> Generator[StreamEvent, None, None]:
         """Like :meth:`generate`, but yields the text as it is produced.
@@ -186,6 +205,8 @@ class GatewayClient:
             top_p=top_p,
             seed=seed,
             messages=messages,
+            cache=cache,
+            max_age_secs=max_age_secs,
         )
         call = self._config.call(timeout)  # checks the timeout now; the clock starts below
         return self._stream(request, call)

@@ -239,6 +239,7 @@ class ReportCompiler:
             cloud=r.cloud,
             cost_usd=result.cost_usd,
             estimated=result.usage.estimated,
+            cached=result.usage.cached,
         )
         with self._lock:
             self._records.append(record)

@@ -17,6 +17,8 @@ class                       when
                             unreachable (connection refused, TLS handshake failed)
 :class:`DeadlineExceeded`   ``DEADLINE_EXCEEDED`` (also ``CANCELLED`` once the call's
                             deadline has passed: the server transport's way to say it)
+:class:`NotCached`          ``NOT_FOUND`` with kind ``not_cached``: ``cache="ONLY_IF_CACHED"``
+                            and the response cache holds no answer (nothing was sent upstream)
 :class:`GatewayError`       anything else
 ==========================  ===============================================================
 
@@ -41,6 +43,7 @@ __all__ = [
     "Overloaded",
     "Unavailable",
     "DeadlineExceeded",
+    "NotCached",
     "from_rpc_error",
     "ERROR_KIND_TRAILER",
     "ERROR_FIELD_TRAILER",
@@ -111,6 +114,11 @@ class DeadlineExceeded(GatewayError):
     """``DEADLINE_EXCEEDED``: the call's deadline passed."""
 
 
+
+class NotCached(GatewayError):
+    """``cache="ONLY_IF_CACHED"`` and the response cache holds no answer to the request (or the
+    gateway runs without a cache). Nothing was sent upstream; retrying the same call is useless."""
+
 def _metadata_value(metadata: Optional[Iterable[Any]], key: str) -> Optional[str]:
     for item in metadata or ():
         k, v = item[0], item[1]
@@ -144,6 +152,8 @@ def from_rpc_error(error: grpc.RpcError, *, deadline_passed: bool = False) -> Ga
         return InvalidArgument(code, message, kind, field=field)
     if code == "CANCELLED" and deadline_passed:
         return DeadlineExceeded("DEADLINE_EXCEEDED", unquote(message), kind)
+    if code == "NOT_FOUND" and kind == "not_cached":
+        return NotCached(code, message, kind)
     if code == "RESOURCE_EXHAUSTED":
         cls: Type[GatewayError] = BudgetExhausted if kind in _BUDGET_KINDS else Overloaded
         return cls(code, message, kind)

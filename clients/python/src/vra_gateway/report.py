@@ -29,6 +29,8 @@ class CallRecord:
         cloud: whether the serving provider is cloud tier.
         cost_usd: the call's cost in USD; ``None`` when its model has no price (unknown).
         estimated: the token counts are (partly) estimates; the upstream did not report them.
+        cached: answered from the gateway's response cache (nothing sent upstream, no budget
+            spent; the token counts are the original call's).
     """
 
     section_id: str
@@ -48,6 +50,7 @@ class CallRecord:
     cloud: bool = False
     cost_usd: Optional[float] = None
     estimated: bool = False
+    cached: bool = False
 
 
 @dataclass(frozen=True)

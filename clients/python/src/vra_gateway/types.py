@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Type, TypeVar, Union
 
 __all__ = [
+    "CacheMode",
+    "CacheStatus",
     "Phase",
     "SectionType",
     "Tier",
@@ -86,6 +88,36 @@ class Tier(_NamedEnum):
     UNSPECIFIED = "UNSPECIFIED"
 
 
+class CacheMode(_NamedEnum):
+    """How a call uses the gateway's response cache (``VRA_CACHE``).
+
+    ``DEFAULT``: answer from the cache when it holds the request, else call upstream and store.
+    ``NO_CACHE``: always call upstream, still store. ``NO_STORE``: neither. ``ONLY_IF_CACHED``:
+    a cached answer or :class:`~vra_gateway.NotCached`; nothing is sent upstream.
+    """
+
+    DEFAULT = "DEFAULT"
+    NO_CACHE = "NO_CACHE"
+    NO_STORE = "NO_STORE"
+    ONLY_IF_CACHED = "ONLY_IF_CACHED"
+
+
+class CacheStatus(_NamedEnum):
+    """Whether a call's answer came from the response cache.
+
+    ``OFF``: the gateway runs without a cache. ``HIT``: answered from the cache (nothing sent
+    upstream, no budget spent). ``MISS``: answered upstream. ``BYPASS``: not looked up (the
+    call's cache mode, or the cache store unreachable). ``UNKNOWN`` only appears if a gateway
+    sends a status this SDK does not know.
+    """
+
+    OFF = "OFF"
+    MISS = "MISS"
+    HIT = "HIT"
+    BYPASS = "BYPASS"
+    UNKNOWN = "UNKNOWN"
+
+
 class FallbackReason(_NamedEnum):
     """Why a call that the matrix sent to the primary was served by the secondary.
 
@@ -132,11 +164,14 @@ class Usage:
         estimated: at least one count is an estimate (the upstream did not report usage, e.g. a
             stream without usage); in a :class:`ReportUsage`: some of the calls counted were
             estimated.
+        cached: the answer came from the response cache: the counts are those of the call that
+            produced it, not tokens processed now.
     """
 
     input_tokens: int = 0
     output_tokens: int = 0
     estimated: bool = False
+    cached: bool = False
 
 
 @dataclass(frozen=True)
@@ -180,7 +215,10 @@ class Result:
         attempts: every upstream HTTP request the call made, all providers together.
         finish_reason: the provider's finish reason, e.g. ``"stop"``.
         cost_usd: the call's cost in USD (its tokens times its model's price); ``None`` when the
-            model has no price (unknown, not free); ``0.0`` for a local model without a price.
+            model has no price (unknown, not free); ``0.0`` for a local model without a price,
+            and for a cache hit.
+        cache_status: whether the answer came from the response cache (``HIT``: nothing was sent
+            upstream; ``route`` names the tier and model whose answer it is).
     """
 
     text: str
@@ -190,6 +228,7 @@ class Result:
     attempts: int
     finish_reason: str
     cost_usd: Optional[float] = None
+    cache_status: CacheStatus = CacheStatus.OFF
 
 
 @dataclass(frozen=True)
@@ -252,6 +291,9 @@ class PhaseUsage:
         calls: answered calls.
         usage: their tokens.
         cost_usd: their cost in USD (priced calls only).
+        cached_calls: calls of this phase answered from the cache with this tier's answer (not in
+            ``calls`` or ``usage``).
+        cache_saved_usd: what those would have cost upstream.
     """
 
     phase: Optional[Phase]
@@ -259,6 +301,8 @@ class PhaseUsage:
     calls: int = 0
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
+    cached_calls: int = 0
+    cache_saved_usd: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -276,6 +320,9 @@ class ReportUsage:
         client_quota: the client's day quota, ``None`` unless it has one.
         cost: what the report cost and what hybrid routing saved.
         phases: calls, tokens and cost per phase and answering tier (only cells with calls).
+        cached_calls: calls answered from the response cache — in none of the counts above (no
+            upstream call, no budget unit, no dollar).
+        cache_saved_usd: what those calls would have cost upstream, at their models' prices.
     """
 
     report_id: str
@@ -288,3 +335,5 @@ class ReportUsage:
     client_quota: Optional[ClientQuota] = None
     cost: ReportCost = field(default_factory=ReportCost)
     phases: List[PhaseUsage] = field(default_factory=list)
+    cached_calls: int = 0
+    cache_saved_usd: float = 0.0
