@@ -277,6 +277,8 @@ pub struct Client {
     pub max_cloud_calls: Option<u32>,
     /// Generation calls this client may have in flight at once; more are shed.
     pub max_in_flight: Option<u32>,
+    /// May call the admin RPCs (`PurgeCache`).
+    pub admin: bool,
 }
 
 impl Client {

@@ -263,6 +263,7 @@ mod tests {
             cloud_calls_per_day: None,
             max_cloud_calls: None,
             max_in_flight,
+            admin: false,
         }
     }
 

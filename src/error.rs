@@ -76,6 +76,18 @@ pub enum GatewayError {
     )]
     NotCached,
 
+    /// An admin RPC called by a client without `admin = true`.
+    #[error("{what} needs an admin client (admin = true in the clients file)")]
+    PermissionDenied { what: &'static str },
+
+    /// A cache operation on a gateway that runs without a cache.
+    #[error("the gateway runs without a response cache (VRA_CACHE=off)")]
+    NoCache,
+
+    /// The cache store could not do an admin operation (a purge).
+    #[error("{}", Untrusted(.0))]
+    CacheStore(String),
+
     /// The caller's deadline passed; the upstream request (if any) was dropped.
     #[error("deadline exceeded; the upstream request was dropped")]
     DeadlineExceeded,
@@ -119,6 +131,9 @@ impl GatewayError {
             GatewayError::StreamAborted(_) => Code::Unavailable,
             GatewayError::Ledger(_) => Code::Unavailable,
             GatewayError::NotCached => Code::NotFound,
+            GatewayError::PermissionDenied { .. } => Code::PermissionDenied,
+            GatewayError::NoCache => Code::FailedPrecondition,
+            GatewayError::CacheStore(_) => Code::Unavailable,
             GatewayError::DeadlineExceeded => Code::DeadlineExceeded,
             GatewayError::Internal => Code::Internal,
         }
@@ -146,6 +161,9 @@ impl GatewayError {
             GatewayError::StreamAborted(_) => "stream_aborted",
             GatewayError::Ledger(_) => "ledger_unavailable",
             GatewayError::NotCached => "not_cached",
+            GatewayError::PermissionDenied { .. } => "permission_denied",
+            GatewayError::NoCache => "no_cache",
+            GatewayError::CacheStore(_) => "cache_unavailable",
             GatewayError::DeadlineExceeded => "deadline_exceeded",
             GatewayError::Internal => "internal",
         }

@@ -49,6 +49,8 @@
 //!   assembles them. Add a setting here.
 //! - [`telemetry`] and [`metrics`]: logs, `[Hybrid]` events, OTLP traces, Prometheus — fed
 //!   plain values; [`throttle`]: the log throttles.
+//! - [`remote`]: the CLI's side of the commands that call a running gateway (`usage`, `cache
+//!   purge`).
 //! - [`usage`]: a report's cost table (`vra-gateway usage REPORT_ID`, the demo's summary),
 //!   rendered from the `GetReportUsage` answer.
 //! - [`demo`]: not production code. `vra-gateway demo`, the gateway end to end against
@@ -69,6 +71,7 @@ pub mod gateway;
 pub mod http;
 pub mod metrics;
 pub mod providers;
+pub mod remote;
 pub mod resilience;
 pub mod routing;
 pub mod server;

@@ -98,6 +98,31 @@ enum Command {
         #[command(subcommand)]
         command: ClientsCommand,
     },
+    /// Manage a running gateway's response cache (VRA_CACHE).
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CacheCommand {
+    /// Drop cached answers (e.g. after a model upgrade): one client's, or every answer. Calls
+    /// the gateway's PurgeCache RPC; with VRA_CLIENTS_FILE, the token must be an admin client's
+    /// (admin = true). With VRA_CACHE=redis one call purges what every replica shares.
+    Purge {
+        /// Only this client's answers (default: every answer).
+        #[arg(long, value_name = "ID")]
+        client: Option<String>,
+        /// The gateway's address; defaults to VRA_GATEWAY_ADDR (0.0.0.0 is asked on 127.0.0.1).
+        #[arg(long, value_name = "HOST:PORT")]
+        target: Option<String>,
+        /// Bearer token of an admin client (default: VRA_TOKEN).
+        #[arg(long, value_name = "TOKEN", env = "VRA_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
+    },
 }
 
 /// How a command reaches a gateway that serves TLS.
@@ -199,6 +224,21 @@ fn main() -> ExitCode {
         Command::Clients {
             command: ClientsCommand::NewToken { id },
         } => new_token(&id),
+        Command::Cache {
+            command:
+                CacheCommand::Purge {
+                    client,
+                    target,
+                    token,
+                    tls,
+                },
+        } => {
+            let tls = match client_tls(tls) {
+                Ok(tls) => tls,
+                Err(e) => return fail(&e, EXIT_CONFIG),
+            };
+            purge_cache(client, target, token, tls.as_ref())
+        }
         Command::Demo {
             openai_base_url,
             ollama_host,
@@ -317,7 +357,7 @@ fn usage(
         Err(e) => return fail(&format!("cannot start the runtime: {e}"), 1),
     };
     let token = token.filter(|t| !t.is_empty());
-    match rt.block_on(vra_gateway::usage::fetch(
+    match rt.block_on(vra_gateway::remote::report_usage(
         &addr,
         tls,
         token.as_deref(),
@@ -328,6 +368,35 @@ fn usage(
             ExitCode::SUCCESS
         }
         Err(e) => fail(&format!("usage of report from {addr} failed: {e}"), 1),
+    }
+}
+
+/// Drops cached answers through the gateway's PurgeCache RPC (`cache purge`).
+fn purge_cache(
+    client: Option<String>,
+    target: Option<String>,
+    token: Option<String>,
+    tls: Option<&server::ClientTls>,
+) -> ExitCode {
+    let addr = gateway_addr(target);
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}"), 1),
+    };
+    let token = token.filter(|t| !t.is_empty());
+    let purged = rt.block_on(vra_gateway::remote::purge_cache(
+        &addr,
+        tls,
+        token.as_deref(),
+        client.clone(),
+    ));
+    match purged {
+        Ok(n) => {
+            let whose = client.map_or_else(|| "every client".into(), |c| format!("client {c}"));
+            println!("purged {n} cached answers of {whose}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("cache purge on {addr} failed: {e}"), 1),
     }
 }
 

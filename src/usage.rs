@@ -4,36 +4,8 @@
 //! exactly what any client can read.
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use crate::pb;
-use crate::pb::gateway_service_client::GatewayServiceClient;
-use crate::server::{self, ClientTls};
-
-/// Asks the gateway at `addr` for a report's usage (with a bearer token when given).
-pub async fn fetch(
-    addr: &str,
-    tls: Option<&ClientTls>,
-    token: Option<&str>,
-    report_id: &str,
-) -> Result<pb::GetReportUsageResponse, Box<dyn std::error::Error>> {
-    let channel = server::connect(addr, tls, Duration::from_secs(10)).await?;
-    let mut client = GatewayServiceClient::new(channel);
-    let mut request = tonic::Request::new(pb::GetReportUsageRequest {
-        report_id: report_id.to_string(),
-    });
-    if let Some(token) = token {
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| "the token is not a valid header value")?;
-        request.metadata_mut().insert("authorization", value);
-    }
-    let response = client
-        .get_report_usage(request)
-        .await
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
-    Ok(response.into_inner())
-}
 
 /// `$0.004250`: dollars to the micro-dollar.
 fn usd(v: f64) -> String {
@@ -58,7 +30,8 @@ pub fn render(usage: &pb::GetReportUsageResponse, primary_model: Option<&str>) -
     let _ = writeln!(out, "{}", "-".repeat(63));
     let mut any_estimated = false;
     let (mut calls, mut input, mut output) = (0u64, 0u64, 0u64);
-    for cell in &usage.phases {
+    // Cells of cached calls only are in the line about the cache below.
+    for cell in usage.phases.iter().filter(|c| c.calls > 0) {
         let phase = pb::CompilationPhase::try_from(cell.phase)
             .ok()
             .and_then(|p| pb::short_name(p.as_str_name(), "COMPILATION_PHASE_"))
@@ -134,6 +107,14 @@ pub fn render(usage: &pb::GetReportUsageResponse, primary_model: Option<&str>) -
             out,
             "  {} call(s) of a model without a price: their cost is unknown and not in these sums",
             cost.unpriced_calls
+        );
+    }
+    if usage.cached_calls > 0 {
+        let _ = writeln!(
+            out,
+            "  {} call(s) answered from the response cache (not in the rows above): {} saved",
+            usage.cached_calls,
+            usd(usage.cache_saved_usd)
         );
     }
     if any_estimated {
@@ -252,6 +233,26 @@ mod tests {
         };
         let text = render(&unknown, None);
         assert!(text.contains("all-cloud equivalent unknown"), "{text}");
+        let rebuilt = pb::GetReportUsageResponse {
+            phases: vec![pb::PhaseUsage {
+                phase: pb::CompilationPhase::Draft as i32,
+                tier: pb::ProviderTier::Primary as i32,
+                cached_calls: 3,
+                cache_saved_usd: 0.003,
+                ..Default::default()
+            }],
+            cached_calls: 3,
+            cache_saved_usd: 0.003,
+            ..Default::default()
+        };
+        let cached = render(&rebuilt, None);
+        assert!(!cached.contains("DRAFT"), "no row without calls: {cached}");
+        assert!(
+            cached.contains(
+                "3 call(s) answered from the response cache (not in the rows above): $0.003000 saved"
+            ),
+            "{cached}"
+        );
         assert!(
             text.contains("2 call(s) of a model without a price"),
             "{text}"

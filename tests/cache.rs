@@ -46,6 +46,7 @@ fn main() {
         identical_concurrent_calls_send_one_upstream_request,
         the_per_call_modes_decide_lookup_and_store,
         an_entry_expires_after_its_ttl,
+        a_purge_drops_one_clients_answers_or_all_and_needs_an_admin,
     ];
     let mut trials = Vec::new();
     for (name, test) in both {
@@ -657,4 +658,92 @@ async fn calls_go_on_while_redis_is_down() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     h.shutdown().await;
+}
+
+/// `PurgeCache` (and `vra-gateway cache purge`, which calls it): an admin client drops one
+/// client's answers or all; any other client is refused; without a cache it is an error.
+async fn a_purge_drops_one_clients_answers_or_all_and_needs_an_admin(store: Store) {
+    let (admin, bob) = (
+        TestClient::new("ops", "vra_ops_token_0123456789abcdef0000").admin(),
+        TestClient::new("bob", "vra_bob_token_0123456789abcdef000"),
+    );
+    let file = write_clients_file(&[admin, bob]);
+    let h = store
+        .harness(&[("VRA_CLIENTS_FILE", file.to_str().unwrap())])
+        .await;
+    let mut c = h.client.clone();
+    let req = |m| {
+        with_options(
+            call("purge", P::Refine, S::Analysis, "Kept until purged."),
+            mode(m),
+        )
+    };
+    for who in [admin, bob] {
+        c.generate(who.call(req(CacheMode::Unspecified)))
+            .await
+            .unwrap();
+    }
+    let probe = c.clone();
+    let cached = |who: TestClient| {
+        let mut c = probe.clone();
+        async move {
+            c.generate(who.call(req(CacheMode::OnlyIfCached)))
+                .await
+                .is_ok()
+        }
+    };
+    assert!(cached(admin).await && cached(bob).await);
+
+    let refused = c
+        .purge_cache(bob.call(pb::PurgeCacheRequest { client_id: None }))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(cached(bob).await, "a refused purge drops nothing");
+
+    // The CLI, as an operator runs it: bob's answers only.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_vra-gateway"))
+        .args(["cache", "purge", "--client", "bob", "--target"])
+        .arg(h.addr.to_string())
+        .env("VRA_TOKEN", admin.token)
+        .output()
+        .await
+        .expect("run vra-gateway cache purge");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("purged 1 cached answers of client bob"),
+        "{stdout}"
+    );
+    assert!(!cached(bob).await && cached(admin).await);
+
+    let all = c
+        .purge_cache(admin.call(pb::PurgeCacheRequest { client_id: None }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.purged, 1);
+    assert!(!cached(admin).await);
+    let invalid = c
+        .purge_cache(admin.call(pb::PurgeCacheRequest {
+            client_id: Some("no/such id".into()),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(invalid.code(), Code::InvalidArgument);
+    h.shutdown().await;
+
+    let off = Harness::start(&[]).await;
+    let err = off
+        .client
+        .clone()
+        .purge_cache(pb::PurgeCacheRequest { client_id: None })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    off.shutdown().await;
 }

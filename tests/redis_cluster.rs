@@ -58,6 +58,13 @@ fn main() {
         ),
         async_trial(
             &args,
+            "the_response_cache_spreads_over_the_masters_and_purges_on_each",
+            &cluster,
+            Runtime::MultiThread(4),
+            the_response_cache_spreads_over_the_masters_and_purges_on_each,
+        ),
+        async_trial(
+            &args,
             "a_url_that_does_not_match_the_deployment_exits_2",
             &cluster,
             Runtime::MultiThread(2),
@@ -487,6 +494,97 @@ async fn the_kubernetes_ledger_confirms_every_grant_on_a_replica() {
             > 1,
         "the reports' budgets spread over more than one master"
     );
+    for r in replicas {
+        r.shutdown().await;
+    }
+}
+
+/// `VRA_CACHE=redis` on a cluster: answers spread over the masters (single-key commands, by
+/// digest), one replica's answer is another's hit, and a purge — one client's, then all —
+/// reaches every master.
+async fn the_response_cache_spreads_over_the_masters_and_purges_on_each() {
+    const PROMPTS: usize = 12;
+    let ops = TestClient::new("ops", "vra_token-ops-for-the-cluster-cache-01").admin();
+    let bob = TestClient::new("bob", "vra_token-bob-for-the-cluster-cache-02");
+    let file = write_clients_file(&[ops, bob]);
+    let cluster = RedisCluster::start(3, 0).await;
+    let cloud = Sim::start().await.unwrap();
+    let local = Sim::start().await.unwrap();
+    let url = cluster.url();
+    let settings = [
+        ("VRA_LEDGER_URL", url.as_str()),
+        ("VRA_CACHE", "redis"),
+        ("VRA_LEDGER_TIMEOUT_MS", "2000"),
+        ("VRA_CLIENTS_FILE", file.to_str().unwrap()),
+    ];
+    let replicas = Replica::start_n(2, &cloud, &local, &settings).await;
+    // Prompt `i` on replica `on`.
+    let ask = |who: TestClient, i: usize, on: usize, mode: pb::CacheMode| {
+        let addr = replicas[on % 2].addr;
+        async move {
+            let mut req = pb::GenerateRequest {
+                prompt: format!("Cached prompt {i}."),
+                ..request("cache-report", P::Refine, S::Analysis)
+            };
+            req.options = Some(pb::GenerationOptions {
+                cache: mode as i32,
+                ..Default::default()
+            });
+            connect(addr).await.generate(who.call(req)).await
+        }
+    };
+    for who in [ops, bob] {
+        for i in 0..PROMPTS {
+            ask(who, i, i, pb::CacheMode::Unspecified).await.unwrap();
+        }
+    }
+    let sent = cloud.requests();
+    assert_eq!(sent, 2 * PROMPTS);
+    // The other replica's hits (an answer is written after its response: a hit may need a retry).
+    let cached = |who: TestClient| async move {
+        let mut hits = 0;
+        for i in 0..PROMPTS {
+            if ask(who, i, i + 1, pb::CacheMode::OnlyIfCached)
+                .await
+                .is_ok()
+            {
+                hits += 1;
+            }
+        }
+        hits
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cached(ops).await + cached(bob).await < 2 * PROMPTS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "answers never all stored"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(cloud.requests(), sent, "hits send nothing upstream");
+    let holding = cluster.keys_per_master().await;
+    assert!(
+        holding.iter().filter(|&&k| k > 0).count() > 1,
+        "answers spread over the masters: {holding:?}"
+    );
+
+    let mut admin = connect(replicas[0].addr).await;
+    let purged = admin
+        .purge_cache(ops.call(pb::PurgeCacheRequest {
+            client_id: Some("bob".into()),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(purged.purged, PROMPTS as u64);
+    assert_eq!((cached(ops).await, cached(bob).await), (PROMPTS, 0));
+    let purged = admin
+        .purge_cache(ops.call(pb::PurgeCacheRequest { client_id: None }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(purged.purged, PROMPTS as u64);
+    assert_eq!(cached(ops).await, 0);
     for r in replicas {
         r.shutdown().await;
     }

@@ -111,6 +111,9 @@ struct ClientEntry {
     max_cloud_calls: Option<u32>,
     /// At least 1 (0 would refuse every call; leave it out for no limit).
     max_in_flight: Option<std::num::NonZeroU32>,
+    /// May call the admin RPCs.
+    #[serde(default)]
+    admin: bool,
 }
 
 /// One parsed clients file: every client by id, and those with a token by its digest.
@@ -159,6 +162,7 @@ impl ClientSet {
                 cloud_calls_per_day: entry.cloud_calls_per_day,
                 max_cloud_calls: entry.max_cloud_calls,
                 max_in_flight: entry.max_in_flight.map(std::num::NonZeroU32::get),
+                admin: entry.admin,
             });
             match set.by_id.entry(id) {
                 Entry::Occupied(e) => {
@@ -331,7 +335,7 @@ mod tests {
     #[test]
     fn parses_clients_with_and_without_tokens() {
         let text = format!(
-            "[[client]]\nid = \"reports-python\"\ntoken_sha256 = \"{}\"\ncloud_calls_per_day = 2000\nmax_cloud_calls = 10\nmax_in_flight = 8\n\n[[client]]\nid = \"cert.only\"\n",
+            "[[client]]\nid = \"reports-python\"\ntoken_sha256 = \"{}\"\ncloud_calls_per_day = 2000\nmax_cloud_calls = 10\nmax_in_flight = 8\nadmin = true\n\n[[client]]\nid = \"cert.only\"\n",
             hex_of("vra_a").to_uppercase()
         );
         let set = parse(&text).unwrap();
@@ -345,10 +349,15 @@ mod tests {
                 cloud_calls_per_day: Some(2000),
                 max_cloud_calls: Some(10),
                 max_in_flight: Some(8),
+                admin: true,
             }
         );
         assert!(clients.by_digest(&digest(b"vra_b")).is_none());
         assert_eq!(clients.by_id("cert.only").unwrap().max_cloud_calls, None);
+        assert!(
+            !clients.by_id("cert.only").unwrap().admin,
+            "admin only when said"
+        );
         assert!(parse("").unwrap().is_empty());
     }
 

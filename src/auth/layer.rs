@@ -121,6 +121,7 @@ impl Authenticator {
                     cloud_calls_per_day: None,
                     max_cloud_calls: None,
                     max_in_flight: None,
+                    admin: false,
                 }));
             }
         }

@@ -108,20 +108,34 @@ impl RedisStore {
                 }
             };
             if !keys.is_empty() {
-                // One UNLINK per key: in a cluster, keys of one node live in many slots.
-                let mut pipe = redis::pipe();
-                for key in &keys {
-                    pipe.cmd("UNLINK").arg(key).ignore();
-                }
-                let mut conn = self.conn.clone();
-                self.bounded(pipe.query_async::<()>(&mut conn)).await?;
-                purged += keys.len() as u64;
+                purged += self.unlink(&keys).await?;
             }
             if next == 0 {
                 return Ok(purged);
             }
             cursor = next;
         }
+    }
+
+    /// Unlinks `keys`: one command on a single node; in a cluster one per key, all at once (the
+    /// keys of one node live in many slots, and a multi-key command across slots is refused).
+    async fn unlink(&self, keys: &[String]) -> Result<u64, StoreError> {
+        if matches!(self.conn, Conn::Node(_)) {
+            let mut unlink = redis::cmd("UNLINK");
+            unlink.arg(keys);
+            let mut conn = self.conn.clone();
+            return self.bounded(unlink.query_async::<u64>(&mut conn)).await;
+        }
+        let each = keys.iter().map(|key| {
+            let mut conn = self.conn.clone();
+            let mut unlink = redis::cmd("UNLINK");
+            unlink.arg(key);
+            async move { unlink.query_async::<u64>(&mut conn).await }
+        });
+        let unlinked = self
+            .bounded(futures_util::future::try_join_all(each))
+            .await?;
+        Ok(unlinked.into_iter().sum())
     }
 
     /// A cluster's masters, as `CLUSTER SLOTS` names them (host or announced name, port).
@@ -138,16 +152,19 @@ impl RedisStore {
             redis::from_redis_value(value).map_err(|_| unexpected("CLUSTER SLOTS"))?;
         let mut masters = Vec::new();
         for range in ranges {
-            let Some(master) = range.get(2) else { continue };
-            let Ok((host, port)) =
-                redis::from_redis_value_ref::<(String, u16)>(master).or_else(|_| {
-                    redis::from_redis_value_ref::<(String, u16, String)>(master)
-                        .map(|(h, p, _)| (h, p))
-                })
-            else {
+            // [start, end, [host, port, id, {metadata}], replicas...]
+            let Some(redis::Value::Array(master)) = range.get(2) else {
                 continue;
             };
-            if !masters.contains(&(host.clone(), port)) {
+            let host = master
+                .first()
+                .and_then(|h| redis::from_redis_value_ref::<String>(h).ok());
+            let port = master
+                .get(1)
+                .and_then(|p| redis::from_redis_value_ref::<u16>(p).ok());
+            if let (Some(host), Some(port)) = (host, port)
+                && !masters.contains(&(host.clone(), port))
+            {
                 masters.push((host, port));
             }
         }

@@ -9,7 +9,7 @@ use tracing::Span;
 use crate::budget::{CallRecord, HeldCost};
 use crate::cache::flight::FlightGuard;
 use crate::cache::{CacheKey, Entry, KeyInput, Lookup};
-use crate::domain::{CacheMode, CacheStatus, Nanos, RouteInfo, Tier, TokenUsage};
+use crate::domain::{CacheMode, CacheStatus, Client, Nanos, RouteInfo, Tier, TokenUsage};
 use crate::error::GatewayError;
 use crate::routing::Decision;
 use crate::telemetry;
@@ -47,6 +47,31 @@ impl CacheCall {
 }
 
 impl Gateway {
+    /// `PurgeCache`: drops `target`'s cached answers (`None`: every answer). Admin only: with
+    /// authentication on, `caller` needs `admin = true`.
+    pub async fn purge_cache(
+        &self,
+        caller: Option<&Client>,
+        target: Option<&str>,
+    ) -> Result<u64, GatewayError> {
+        if caller.is_some_and(|c| !c.admin) {
+            return Err(GatewayError::PermissionDenied { what: "PurgeCache" });
+        }
+        let cache = self.cache.as_ref().ok_or(GatewayError::NoCache)?;
+        let purged = cache
+            .purge(target)
+            .await
+            .map_err(|e| GatewayError::CacheStore(e.to_string()))?;
+        tracing::info!(
+            purged,
+            client = target,
+            by = caller.map(|c| c.id.as_str()),
+            "response cache purged: {purged} answers of {}",
+            target.map_or_else(|| "every client".to_string(), |c| format!("client {c}"))
+        );
+        Ok(purged)
+    }
+
     /// `max_tokens` as `tier` is sent it: the caller's, else the gateway's ceiling for a cloud
     /// tier under a cost cap.
     pub(super) fn ceiling(&self, tier: Tier) -> Option<u32> {

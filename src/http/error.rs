@@ -193,6 +193,24 @@ fn gateway(e: &GatewayError, sources: &Sources) -> Parts {
             Some("not_cached"),
             None,
         ),
+        GatewayError::PermissionDenied { .. } => (
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            Some("permission_denied"),
+            None,
+        ),
+        GatewayError::NoCache => (
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            Some("no_cache"),
+            None,
+        ),
+        GatewayError::CacheStore(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            Some("cache_unavailable"),
+            None,
+        ),
         GatewayError::DeadlineExceeded => (
             StatusCode::GATEWAY_TIMEOUT,
             "server_error",

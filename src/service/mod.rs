@@ -212,4 +212,31 @@ impl pb::gateway_service_server::GatewayService for GatewayService {
         .with_context(cx)
         .await
     }
+
+    async fn purge_cache(
+        &self,
+        request: Request<pb::PurgeCacheRequest>,
+    ) -> Result<Response<pb::PurgeCacheResponse>, Status> {
+        let (span, cx) = rpc_span("PurgeCache", request.metadata());
+        let client = client_of(&request, &span);
+        let gateway = self.front.gateway().clone();
+        async move {
+            let req = request.into_inner();
+            if let Some(id) = &req.client_id
+                && !Client::valid_id(id)
+            {
+                let invalid =
+                    GatewayError::invalid("client_id", "use 1 to 64 of A-Z a-z 0-9 . _ -");
+                finish(&Span::current(), Err::<(), _>(invalid))?;
+            }
+            let purged = gateway
+                .purge_cache(client.as_deref(), req.client_id.as_deref())
+                .await;
+            let purged = finish(&Span::current(), purged)?;
+            Ok(Response::new(pb::PurgeCacheResponse { purged }))
+        }
+        .instrument(span)
+        .with_context(cx)
+        .await
+    }
 }

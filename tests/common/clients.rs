@@ -13,6 +13,7 @@ pub struct TestClient {
     pub cloud_calls_per_day: Option<u32>,
     pub max_cloud_calls: Option<u32>,
     pub max_in_flight: Option<u32>,
+    pub admin: bool,
 }
 
 impl TestClient {
@@ -23,6 +24,15 @@ impl TestClient {
             cloud_calls_per_day: None,
             max_cloud_calls: None,
             max_in_flight: None,
+            admin: false,
+        }
+    }
+
+    /// An admin client (`admin = true`: may call PurgeCache).
+    pub const fn admin(self) -> Self {
+        Self {
+            admin: true,
+            ..self
         }
     }
 
@@ -83,6 +93,9 @@ pub fn clients_toml(clients: &[TestClient]) -> String {
         }
         if let Some(n) = c.max_in_flight {
             out.push_str(&format!("max_in_flight = {n}\n"));
+        }
+        if c.admin {
+            out.push_str("admin = true\n");
         }
         out.push('\n');
     }

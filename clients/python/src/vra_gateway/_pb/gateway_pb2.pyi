@@ -329,3 +329,15 @@ class PhaseUsage(_message.Message):
     cached_calls: int
     cache_saved_usd: float
     def __init__(self, phase: _Optional[_Union[CompilationPhase, str]] = ..., tier: _Optional[_Union[ProviderTier, str]] = ..., calls: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., cached_calls: _Optional[int] = ..., cache_saved_usd: _Optional[float] = ...) -> None: ...
+
+class PurgeCacheRequest(_message.Message):
+    __slots__ = ("client_id",)
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    def __init__(self, client_id: _Optional[str] = ...) -> None: ...
+
+class PurgeCacheResponse(_message.Message):
+    __slots__ = ("purged",)
+    PURGED_FIELD_NUMBER: _ClassVar[int]
+    purged: int
+    def __init__(self, purged: _Optional[int] = ...) -> None: ...

@@ -56,6 +56,11 @@ class GatewayServiceStub(object):
                 request_serializer=vra_dot_gateway_dot_v1_dot_gateway__pb2.GetReportUsageRequest.SerializeToString,
                 response_deserializer=vra_dot_gateway_dot_v1_dot_gateway__pb2.GetReportUsageResponse.FromString,
                 _registered_method=True)
+        self.PurgeCache = channel.unary_unary(
+                '/vra.gateway.v1.GatewayService/PurgeCache',
+                request_serializer=vra_dot_gateway_dot_v1_dot_gateway__pb2.PurgeCacheRequest.SerializeToString,
+                response_deserializer=vra_dot_gateway_dot_v1_dot_gateway__pb2.PurgeCacheResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer(object):
@@ -93,6 +98,15 @@ class GatewayServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PurgeCache(self, request, context):
+        """Drops cached answers (e.g. after a model upgrade): one client's, or every answer. Admin only:
+        with authentication on, the caller's client needs `admin = true` in the clients file
+        (else PERMISSION_DENIED). FAILED_PRECONDITION when the gateway runs without a cache.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +129,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.GetReportUsage,
                     request_deserializer=vra_dot_gateway_dot_v1_dot_gateway__pb2.GetReportUsageRequest.FromString,
                     response_serializer=vra_dot_gateway_dot_v1_dot_gateway__pb2.GetReportUsageResponse.SerializeToString,
+            ),
+            'PurgeCache': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeCache,
+                    request_deserializer=vra_dot_gateway_dot_v1_dot_gateway__pb2.PurgeCacheRequest.FromString,
+                    response_serializer=vra_dot_gateway_dot_v1_dot_gateway__pb2.PurgeCacheResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -227,6 +246,33 @@ class GatewayService(object):
             '/vra.gateway.v1.GatewayService/GetReportUsage',
             vra_dot_gateway_dot_v1_dot_gateway__pb2.GetReportUsageRequest.SerializeToString,
             vra_dot_gateway_dot_v1_dot_gateway__pb2.GetReportUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeCache(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vra.gateway.v1.GatewayService/PurgeCache',
+            vra_dot_gateway_dot_v1_dot_gateway__pb2.PurgeCacheRequest.SerializeToString,
+            vra_dot_gateway_dot_v1_dot_gateway__pb2.PurgeCacheResponse.FromString,
             options,
             channel_credentials,
             insecure,
