@@ -478,6 +478,25 @@ else
     fi
 fi
 
+# The response cache: a gateway with the memory store (memory ledger), and one with the Redis
+# store (and the Redis ledger). Hit scenarios send one prompt (every call after the first is a
+# hit); miss scenarios a prompt per call (--distinct-prompts: every call looks up, goes upstream
+# and stores).
+GWK_PORT=$(free_port)
+start_gateway gateway-cache "$GWK_PORT" "$UP_PORT" VRA_CACHE=memory
+GWK_PID=$LAST_PID
+log "gateway (memory cache) on 127.0.0.1:$GWK_PORT (pid $GWK_PID)"
+GWKR_PID=""
+if [ -n "$GWR_PID" ]; then
+    GWKR_PORT=$(free_port)
+    start_gateway gateway-cache-redis "$GWKR_PORT" "$UP_PORT" \
+        VRA_LEDGER_URL="redis://127.0.0.1:$REDIS_PORT/0" VRA_CACHE=redis
+    GWKR_PID=$LAST_PID
+    log "gateway (Redis cache, Redis ledger) on 127.0.0.1:$GWKR_PORT (pid $GWKR_PID)"
+else
+    note_skip gateway-cache-redis "needs the Redis ledger above"
+fi
+
 # Confirmed reservations (VRA_LEDGER_MIN_REPLICAS=1): a replica of that Redis, and a gateway
 # whose every reservation waits (WAIT 1) until the replica holds it.
 GWRC_PID=""
@@ -674,6 +693,16 @@ load c64/gateway-http http "$DOOR" "$GW_PID" --model vra-auto --vra-phase refine
 [ -n "$GWC_PID" ] && cluster_load c64/gateway-cluster grpc "127.0.0.1:$GWC_PORT" "$GWC_PID" --mode closed --concurrency 64
 [ -n "$GWCC_PID" ] && cluster_load c64/gateway-cluster-client grpc "127.0.0.1:$GWCC_PORT" "$GWCC_PID" --mode closed --concurrency 64 --token "$CLUSTER_TOKEN"
 [ -n "$LL_PID" ] && load c64/litellm http "http://127.0.0.1:$LL_PORT/v1/chat/completions" "$LL_PID" --model bench-model --api-key "$LITELLM_BENCH_KEY" --mode closed --concurrency 64 --timeout-ms 30000
+
+# The response cache: hits (one prompt) and misses (a prompt per call), memory and Redis stores.
+for c in 1 64; do
+    load "c$c/gateway-cache-hit" grpc "127.0.0.1:$GWK_PORT" "$GWK_PID" --mode closed --concurrency "$c"
+    load "c$c/gateway-cache-miss" grpc "127.0.0.1:$GWK_PORT" "$GWK_PID" --mode closed --concurrency "$c" --distinct-prompts
+    if [ -n "$GWKR_PID" ]; then
+        load "c$c/gateway-cache-redis-hit" grpc "127.0.0.1:$GWKR_PORT" "$GWKR_PID" --mode closed --concurrency "$c"
+        load "c$c/gateway-cache-redis-miss" grpc "127.0.0.1:$GWKR_PORT" "$GWKR_PID" --mode closed --concurrency "$c" --distinct-prompts
+    fi
+done
 
 # One hot report: every call reserves on the same ledger entry.
 load hot-c64/gateway grpc "$GW" "$GW_PID" --mode closed --concurrency 64 --hot-report

@@ -113,6 +113,13 @@ impl GatewayService for Echo {
             ..Default::default()
         }))
     }
+
+    async fn purge_cache(
+        &self,
+        _request: Request<pb::PurgeCacheRequest>,
+    ) -> Result<Response<pb::PurgeCacheResponse>, Status> {
+        Ok(Response::new(pb::PurgeCacheResponse { purged: 0 }))
+    }
 }
 
 /// Serves until the process is killed.

@@ -23,6 +23,8 @@ pub struct GrpcTarget {
     hot_report: bool,
     reports: u64,
     phase: CompilationPhase,
+    /// Every call's prompt ends in its number: no two calls share a cache key.
+    distinct_prompts: bool,
 }
 
 impl GrpcTarget {
@@ -53,7 +55,14 @@ impl GrpcTarget {
             hot_report,
             reports,
             phase,
+            distinct_prompts: false,
         })
+    }
+
+    /// Every call gets a prompt of its own (see `--distinct-prompts`).
+    pub fn with_distinct_prompts(mut self, distinct: bool) -> Self {
+        self.distinct_prompts = distinct;
+        self
     }
 
     /// Sends `authorization: Bearer {token}` with every call.
@@ -95,7 +104,11 @@ impl Target for GrpcTarget {
             section_id: "2.1".into(),
             section_type: SectionType::Introduction as i32,
             phase: self.phase as i32,
-            prompt: PROMPT.into(),
+            prompt: if self.distinct_prompts {
+                format!("{PROMPT} (call {seq})")
+            } else {
+                PROMPT.into()
+            },
             system_prompt: SYSTEM_PROMPT.into(),
             ..Default::default()
         };

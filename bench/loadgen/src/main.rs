@@ -73,6 +73,11 @@ enum Command {
         /// Bearer token sent with every call (a gateway with VRA_CLIENTS_FILE).
         #[arg(long)]
         token: Option<String>,
+        /// A different prompt for every call (the call's number appended): with the gateway's
+        /// response cache on, every call is a miss. The default, one prompt for all, makes
+        /// every call after the first a hit.
+        #[arg(long)]
+        distinct_prompts: bool,
         #[command(flatten)]
         load: LoadArgs,
     },
@@ -238,6 +243,7 @@ fn main() -> ExitCode {
             reports,
             phase,
             token,
+            distinct_prompts,
             load,
         } => runtime().map_err(|e| e.to_string()).and_then(|rt| {
             rt.block_on(async {
@@ -263,7 +269,8 @@ fn main() -> ExitCode {
                     },
                 )
                 .await?
-                .with_token(token.as_deref())?;
+                .with_token(token.as_deref())?
+                .with_distinct_prompts(distinct_prompts);
                 let info = drive::Info {
                     proto: "grpc",
                     target,

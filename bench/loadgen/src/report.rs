@@ -6,7 +6,8 @@
 //! `open1000`, `c16`, `c64`, `hot-c64`, `stream-c1`, `stream-1k`; targets `direct`, `nginx`,
 //! `grpc-floor`, `gateway` (its gRPC door), `gateway-http` (the same process, its
 //! OpenAI-compatible door), `gateway-redis`, `gateway-redis-confirmed` (the same Redis with a
-//! replica, `VRA_LEDGER_MIN_REPLICAS=1`), `gateway-cluster`, `gateway-cluster-client`, `litellm`. `grpc-floor` is `vra-loadgen grpc-echo`:
+//! replica, `VRA_LEDGER_MIN_REPLICAS=1`), `gateway-cluster`, `gateway-cluster-client`, `litellm`,
+//! and the response cache's `gateway-cache-{hit,miss}` and `gateway-cache-redis-{hit,miss}`. `grpc-floor` is `vra-loadgen grpc-echo`:
 //! the gateway's gRPC service answering at once, i.e. what the gRPC round trip alone costs.
 
 use std::fmt::Write as _;
@@ -297,6 +298,71 @@ fn confirmed_table(out: &mut String, r: &Results) {
             us(cpu(r, scenario, plain)),
             us(cpu(r, scenario, confirmed)),
         );
+    }
+    out.push('\n');
+}
+
+/// The response cache's runs: (store, the gateway without a cache, the hit and miss targets).
+const CACHE: &[(&str, &str, &str, &str)] = &[
+    (
+        "memory",
+        "gateway",
+        "gateway-cache-hit",
+        "gateway-cache-miss",
+    ),
+    (
+        "redis",
+        "gateway-redis",
+        "gateway-cache-redis-hit",
+        "gateway-cache-redis-miss",
+    ),
+];
+
+/// What the response cache costs and saves: per store and scenario, the gateway without a
+/// cache beside a cache miss (lookup, upstream, store) and a hit (no upstream, no reservation).
+fn cache_table(out: &mut String, r: &Results) {
+    if CACHE
+        .iter()
+        .all(|(_, _, hit, _)| r.load("c1", hit).is_none() && r.load("c64", hit).is_none())
+    {
+        return;
+    }
+    out.push_str(
+        "## What a cache hit costs
+
+",
+    );
+    out.push_str(
+        "`VRA_CACHE=memory` (memory ledger) and `VRA_CACHE=redis` (Redis ledger, the same \
+         Redis). Hit: one prompt for every call, so all but the first are answered from the \
+         cache (no upstream request, no reservation; the cached call is still recorded in the \
+         ledger). Miss: a prompt per call (`--distinct-prompts`): a lookup, the upstream call and \
+         a store. No cache: the plain gateway of the same ledger. CPU is the gateway's own.\n\n",
+    );
+    out.push_str(
+        "| store | scenario | calls/s no cache | calls/s miss | calls/s hit | p50 µs no cache | p50 µs miss | p50 µs hit | CPU/call no cache µs | CPU/call miss µs | CPU/call hit µs |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (store, plain, hit, miss) in CACHE {
+        for scenario in ["c1", "c64"] {
+            if r.load(scenario, hit).is_none() {
+                continue;
+            }
+            let p50 = |t: &str| r.load(scenario, t).and_then(|v| pct(v, "p50"));
+            let _ = writeln!(
+                out,
+                "| {store} | {scenario} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                num(rps(r, scenario, plain), 0),
+                num(rps(r, scenario, miss), 0),
+                num(rps(r, scenario, hit), 0),
+                us(p50(plain)),
+                us(p50(miss)),
+                us(p50(hit)),
+                us(cpu(r, scenario, plain)),
+                us(cpu(r, scenario, miss)),
+                us(cpu(r, scenario, hit)),
+            );
+        }
     }
     out.push('\n');
 }
@@ -618,6 +684,7 @@ fn render(r: &Results) -> String {
 
     confirmed_table(&mut out, r);
     cluster_table(&mut out, r);
+    cache_table(&mut out, r);
 
     out.push_str("## Streaming: time to first token\n\n");
     out.push_str(
@@ -996,6 +1063,8 @@ mod tests {
                 load("c64/gateway-http", 21000.0, 900.0, 1900.0, 33.0),
                 load("c1/gateway-redis", 3000.0, 250.0, 400.0, 40.0),
                 load("c1/gateway-redis-confirmed", 2500.0, 300.0, 520.0, 44.0),
+                load("c1/gateway-cache-hit", 6000.0, 120.0, 200.0, 20.0),
+                load("c1/gateway-cache-miss", 3900.0, 170.0, 280.0, 33.0),
                 load("stream-c1/direct", 3000.0, 100.0, 200.0, 5.0),
                 load("stream-c1/gateway", 2000.0, 150.0, 400.0, 5.0),
                 json!({"kind": "rss", "label": "gateway-idle", "kb": 10240}),
@@ -1061,5 +1130,15 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| c64 | n/a | n/a |"), "{md}");
+        assert!(
+            md.contains(
+                "| memory | c1 | 4000 | 3900 | 6000 | 160.0 | 170.0 | 120.0 | 30.0 | 33.0 | 20.0 |"
+            ),
+            "{md}"
+        );
+        assert!(
+            !md.contains("| redis | c1 |"),
+            "a store not run has no row\n{md}"
+        );
     }
 }
