@@ -499,3 +499,74 @@ async fn metrics_move_with_calls() {
     gw.sigterm();
     assert_eq!(gw.finish().await.0, 0);
 }
+
+/// The response cache tells its story: `vra.cache.status` on the call's span, the
+/// `[Hybrid] Event=CACHE_HIT` line, and the cache metrics (a hit counts no upstream tokens).
+#[tokio::test]
+async fn a_cache_hit_is_in_the_span_the_log_and_the_metrics() {
+    let (endpoint, collector) = start_collector().await;
+    let cloud = Sim::start().await.unwrap();
+    let local = Sim::start().await.unwrap();
+    let (cloud_url, local_url) = (cloud.openai_base(), local.ollama_base());
+    let mut env = gateway_env(
+        &cloud_url,
+        &local_url,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("VRA_CACHE", "memory"),
+        ],
+    );
+    env.retain(|(k, _)| *k != "VRA_METRICS_ADDR");
+    env.push(("VRA_METRICS_ADDR", "127.0.0.1:0"));
+    let mut gw = Running::start(&env).await;
+    let line = gw.wait_for("metrics on http://").await;
+    let url = line.split("metrics on ").nth(1).unwrap().trim().to_string();
+    let mut client = common::connect(gw.addr.parse().unwrap()).await;
+    for report in ["cache-story-1", "cache-story-2"] {
+        client
+            .generate(request(report, P::Refine, S::Analysis))
+            .await
+            .unwrap();
+    }
+    vra_gateway::install_crypto_provider();
+    let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    for needle in [
+        "vra_gateway_cache_requests_total{status=\"miss\"} 1",
+        "vra_gateway_cache_requests_total{status=\"hit\"} 1",
+        "vra_gateway_cache_evictions_total 0",
+        "vra_gateway_budget_units_reserved_total{provider=\"openai\"} 1",
+    ] {
+        assert!(body.contains(needle), "missing {needle}\n{body}");
+    }
+    let bytes: f64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("vra_gateway_cache_bytes ")?.parse().ok())
+        .expect("the cache's size");
+    assert!(bytes > 0.0, "{body}");
+    gw.sigterm();
+    let (code, lines) = gw.finish().await;
+    assert_eq!(code, 0);
+    let lines = lines.join("\n");
+    assert!(
+        lines.contains(
+            "[Hybrid] Event=CACHE_HIT | Phase=REFINE | Section=1.3 | Provider=OPENAI | Model=gpt-4o | Report=cache-story-2"
+        ),
+        "{lines}"
+    );
+    let spans = collector.0.lock().unwrap().clone();
+    for (report, status) in [("cache-story-1", "MISS"), ("cache-story-2", "HIT")] {
+        let a = attrs(&server_span(&spans, report).attributes);
+        assert_eq!(a.get("vra.cache.status").map(String::as_str), Some(status));
+    }
+    let attempted = |report: &str| {
+        let server = server_span(&spans, report);
+        spans
+            .iter()
+            .any(|s| s.trace_id == server.trace_id && s.name.starts_with("chat "))
+    };
+    assert!(attempted("cache-story-1"), "a miss's upstream attempt");
+    assert!(
+        !attempted("cache-story-2"),
+        "a hit makes no upstream attempt"
+    );
+}

@@ -158,11 +158,11 @@ impl Gateway {
             Looked::Hit(_) => CacheStatus::Hit,
             Looked::Go(call) => call.status.unwrap_or(CacheStatus::Bypass),
         };
+        self.metrics.cache_request(status);
+        Span::current().record("vra.cache.status", status.as_str());
         if options.mode == CacheMode::OnlyIfCached && status != CacheStatus::Hit {
             return Err(GatewayError::NotCached);
         }
-        self.metrics.cache_request(status);
-        Span::current().record("vra.cache.status", status.as_str());
         Ok(looked)
     }
 
