@@ -312,3 +312,36 @@ def test_shedding_is_429_and_the_deadline_504() -> None:
     finally:
         box.stop()
         os.unlink(f.name)
+
+
+def test_the_response_cache_through_the_official_client() -> None:
+    """VRA_CACHE=memory: a repeated request is a hit (`x-vra-cache: HIT`, the same completion and
+    usage); `Cache-Control: no-cache` skips the lookup; `only-if-cached` without an answer is the
+    library's NotFoundError, raised at once (a 404 is not retried)."""
+    if not binary().is_file():
+        pytest.skip(f"no gateway binary at {binary()}")
+    box = Sandbox({"VRA_CACHE": "memory"})
+    try:
+        client = box.client()
+        create = client.chat.completions.with_raw_response.create
+        headers = report("py-cache-1", "REFINE", "ANALYSIS")
+        first = create(model="vra-auto", messages=MESSAGES, extra_headers=headers)
+        assert first.headers["x-vra-cache"] == "MISS"
+        again = create(model="vra-auto", messages=MESSAGES, extra_headers=report("py-cache-2", "REFINE", "ANALYSIS"))
+        assert again.headers["x-vra-cache"] == "HIT"
+        assert again.headers["x-vra-attempts"] == "0"
+        assert again.parse().choices[0].message.content == first.parse().choices[0].message.content
+        assert again.parse().usage == first.parse().usage
+        fresh = create(
+            model="vra-auto", messages=MESSAGES, extra_headers={**headers, "cache-control": "no-cache"}
+        )
+        assert fresh.headers["x-vra-cache"] == "BYPASS"
+        with pytest.raises(openai.NotFoundError) as missing:
+            client.with_options(max_retries=2).chat.completions.create(
+                model="vra-auto",
+                messages=[{"role": "user", "content": "Never asked."}],
+                extra_headers={**headers, "cache-control": "only-if-cached"},
+            )
+        assert missing.value.code == "not_cached"
+    finally:
+        box.stop()
