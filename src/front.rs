@@ -121,6 +121,7 @@ impl Front {
         deadline: Deadline,
     ) -> Result<Generated, GatewayError> {
         let _ticket = ticket;
+        let started = std::time::Instant::now();
         let metrics = &self.metrics;
         let call = AssertUnwindSafe(self.gateway.generate(input, deadline))
             .catch_unwind()
@@ -145,6 +146,7 @@ impl Front {
             tracing::warn!(report = %input.report_id, phase = %input.phase, "caller deadline exceeded; upstream request dropped");
         }
         metrics.request(method, input.phase.as_str(), tier, provider, outcome);
+        metrics.request_duration(method, outcome, started.elapsed());
         result
     }
 
@@ -164,20 +166,33 @@ impl Front {
                 .and_then(|max| tokio::time::Instant::now().checked_add(max)),
         );
         let phase = input.phase.as_str();
+        let started = std::time::Instant::now();
         let rx = self.gateway.generate_stream(input, deadline);
         let metrics = self.metrics.clone();
+        let mut first = true;
         terminated(rx).map(move |item| {
             let _ticket = &ticket;
             match &item {
-                Ok(StreamItem::Started(_) | StreamItem::Delta(_)) => {}
-                Ok(StreamItem::Done(generated)) => metrics.request(
-                    method,
-                    phase,
-                    generated.route.tier.as_str(),
-                    &generated.route.provider,
-                    "ok",
-                ),
-                Err(e) => metrics.request(method, phase, "NONE", "", e.outcome()),
+                Ok(StreamItem::Started(_)) => {}
+                Ok(StreamItem::Delta(_)) => {
+                    if std::mem::take(&mut first) {
+                        metrics.time_to_first_token(method, started.elapsed());
+                    }
+                }
+                Ok(StreamItem::Done(generated)) => {
+                    metrics.request(
+                        method,
+                        phase,
+                        generated.route.tier.as_str(),
+                        &generated.route.provider,
+                        "ok",
+                    );
+                    metrics.request_duration(method, "ok", started.elapsed());
+                }
+                Err(e) => {
+                    metrics.request(method, phase, "NONE", "", e.outcome());
+                    metrics.request_duration(method, e.outcome(), started.elapsed());
+                }
             }
             item
         })

@@ -19,6 +19,9 @@ use std::sync::atomic::AtomicU64;
 
 use crate::domain::{CacheStatus, FallbackReason, Nanos, ProviderError, TokenUsage};
 
+/// A gauge refresh run before each scrape ([`Metrics::on_scrape`]).
+type Refresh = Box<dyn Fn(&Metrics) + Send + Sync>;
+
 /// A counter of dollars.
 type UsdCounter = Counter<f64, AtomicU64>;
 
@@ -114,6 +117,53 @@ pub struct Metrics {
     cache_requests: Family<StatusLabels, Counter>,
     cache_errors: Family<OpLabels, Counter>,
     cache: CacheMetrics,
+    request_duration: Family<DurationLabels, Histogram, fn() -> Histogram>,
+    time_to_first_token: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    circuit_open: Family<TierLabels, Gauge>,
+    endpoints: Family<EndpointStateLabels, Gauge>,
+    day_quota_used: Family<ClientOnlyLabels, Gauge>,
+    day_quota_limit: Family<ClientOnlyLabels, Gauge>,
+    process: ProcessMetrics,
+    /// Every family's exposed name (see [`Metrics::family_names`]).
+    names: Vec<String>,
+    /// Refreshes run before each scrape: gauges of state that lives elsewhere (circuits,
+    /// endpoint pools).
+    on_scrape: std::sync::Mutex<Vec<Refresh>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DurationLabels {
+    method: &'static str,
+    outcome: &'static str,
+}
+
+/// Providers come from configuration; tiers are two.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TierLabels {
+    provider: String,
+    tier: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointStateLabels {
+    provider: String,
+    state: &'static str,
+}
+
+/// Client ids come from the clients file, never from requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClientOnlyLabels {
+    client: String,
+}
+
+/// The process's own resource series, with the names and units every Prometheus client library
+/// uses (`process_*`, no prefix), read from `/proc/self` at each scrape (Linux).
+#[derive(Debug, Default)]
+struct ProcessMetrics {
+    resident_memory_bytes: Gauge,
+    cpu_seconds: Counter<f64, AtomicU64>,
+    open_fds: Gauge,
+    start_time_seconds: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -217,26 +267,69 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("vra_gateway");
+        let mut root = Registry::default();
+        // Every family's exposed name (a counter's without `_total`), for checks.
+        let mut names: Vec<String> = Vec::new();
+        let process = ProcessMetrics::default();
+        {
+            let p = root.sub_registry_with_prefix("process");
+            names.extend(
+                [
+                    "process_resident_memory_bytes",
+                    "process_cpu_seconds",
+                    "process_open_fds",
+                    "process_start_time_seconds",
+                ]
+                .map(String::from),
+            );
+            p.register_with_unit(
+                "resident_memory",
+                "Resident memory size in bytes",
+                prometheus_client::registry::Unit::Bytes,
+                process.resident_memory_bytes.clone(),
+            );
+            p.register_with_unit(
+                "cpu",
+                "Total user and system CPU time spent in seconds",
+                prometheus_client::registry::Unit::Seconds,
+                process.cpu_seconds.clone(),
+            );
+            p.register(
+                "open_fds",
+                "Number of open file descriptors",
+                process.open_fds.clone(),
+            );
+            p.register_with_unit(
+                "start_time",
+                "Start time of the process since the Unix epoch in seconds",
+                prometheus_client::registry::Unit::Seconds,
+                process.start_time_seconds.clone(),
+            );
+        }
+        let registry = root.sub_registry_with_prefix("vra_gateway");
         let requests = Family::default();
+        names.push("vra_gateway_requests".to_string());
         registry.register(
             "requests",
             "gRPC generation calls by method, phase, tier, provider and outcome",
             requests.clone(),
         );
         let fallbacks = Family::default();
+        names.push("vra_gateway_fallbacks".to_string());
         registry.register(
             "fallbacks",
             "Calls served by the secondary instead of the primary, by reason",
             fallbacks.clone(),
         );
         let cost_limit_reports = Counter::default();
+        names.push("vra_gateway_cost_limit_reports".to_string());
         registry.register(
             "cost_limit_reports",
             "Reports whose cloud budget was exhausted",
             cost_limit_reports.clone(),
         );
         let budget_reserved = Family::default();
+        names.push("vra_gateway_budget_units_reserved".to_string());
         registry.register(
             "budget_units_reserved",
             "Cloud budget units reserved (one per cloud HTTP request)",
@@ -245,60 +338,70 @@ impl Metrics {
         let attempts = Family::<AttemptLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             duration_histogram,
         );
+        names.push("vra_gateway_upstream_attempt_duration_seconds".to_string());
         registry.register(
             "upstream_attempt_duration_seconds",
             "Duration of upstream HTTP attempts (gen_ai.client.operation.duration)",
             attempts.clone(),
         );
         let tokens = Family::default();
+        names.push("vra_gateway_tokens".to_string());
         registry.register(
             "tokens",
             "Tokens reported by upstreams, by provider and type (input/output)",
             tokens.clone(),
         );
         let in_flight = Family::default();
+        names.push("vra_gateway_in_flight_requests".to_string());
         registry.register(
             "in_flight_requests",
             "gRPC generation calls in progress",
             in_flight.clone(),
         );
         let stream_aborts = Counter::default();
+        names.push("vra_gateway_stream_aborts".to_string());
         registry.register(
             "stream_aborts",
             "Streams ended by an upstream error after the first delta",
             stream_aborts.clone(),
         );
         let panics = Family::default();
+        names.push("vra_gateway_panics".to_string());
         registry.register(
             "panics",
             "Request tasks that panicked (a bug); the caller got INTERNAL",
             panics.clone(),
         );
         let ledger_errors = Family::default();
+        names.push("vra_gateway_ledger_errors".to_string());
         registry.register(
             "ledger_errors",
             "Budget reservations the ledger could not answer (unavailable, timeout, full); the call failed safe",
             ledger_errors.clone(),
         );
         let records_lost = Counter::default();
+        names.push("vra_gateway_ledger_records_lost".to_string());
         registry.register(
             "ledger_records_lost",
             "Call records sent after their response that the ledger never confirmed (after retries); the report's counters miss those calls unless a copy still lands",
             records_lost.clone(),
         );
         let client_reservations = Family::default();
+        names.push("vra_gateway_client_cloud_reservations".to_string());
         registry.register(
             "client_cloud_reservations",
             "Cloud reservations of authenticated clients, by client and outcome (granted, report_budget, day_quota)",
             client_reservations.clone(),
         );
         let rejected = Family::default();
+        names.push("vra_gateway_requests_rejected".to_string());
         registry.register(
             "requests_rejected",
             "Calls turned away at the edge before any service, by reason (missing_credentials, malformed_credentials, invalid_credentials)",
             rejected.clone(),
         );
         let ejections = Family::default();
+        names.push("vra_gateway_endpoint_ejections".to_string());
         registry.register(
             "endpoint_ejections",
             "Endpoints ejected from their provider's pool after consecutive failures (or a failed probe)",
@@ -308,48 +411,112 @@ impl Metrics {
             Family::<ProviderLabels, Histogram, fn() -> Histogram>::new_with_constructor(
                 queue_wait_histogram,
             );
+        names.push("vra_gateway_queue_wait_seconds".to_string());
         registry.register(
             "queue_wait_seconds",
             "Time an attempt waited for a free endpoint (max_in_flight) before it was sent",
             queue_wait.clone(),
         );
         let cost = Family::default();
+        names.push("vra_gateway_cost_usd".to_string());
         registry.register(
             "cost_usd",
             "Cost of answered calls in USD (tokens x the model's price), by provider and model; calls of unpriced models are not counted",
             cost.clone(),
         );
         let savings = UsdCounter::default();
+        names.push("vra_gateway_savings_usd".to_string());
         registry.register(
             "savings_usd",
             "USD saved by hybrid routing: each answered call's tokens priced at the primary model, minus its actual cost (never negative)",
             savings.clone(),
         );
         let cache_requests = Family::default();
+        names.push("vra_gateway_cache_requests".to_string());
         registry.register(
             "cache_requests",
             "Generation calls by response-cache status: hit (answered from the cache), miss (answered upstream), bypass (not looked up: the caller's options, or the store unreachable)",
             cache_requests.clone(),
         );
         let cache_errors = Family::default();
+        names.push("vra_gateway_cache_errors".to_string());
         registry.register(
             "cache_errors",
             "Response-cache store operations that failed (get, put, purge); the call went on without the cache",
             cache_errors.clone(),
         );
         let cache = CacheMetrics::default();
+        names.push("vra_gateway_cache_bytes".to_string());
         registry.register(
             "cache_bytes",
             "Bytes the in-memory response cache holds (text and bookkeeping; VRA_CACHE_MAX_BYTES bounds it)",
             cache.bytes.clone(),
         );
+        names.push("vra_gateway_cache_evictions".to_string());
         registry.register(
             "cache_evictions",
             "Entries the in-memory response cache evicted, least recently used first, to stay under VRA_CACHE_MAX_BYTES",
             cache.evictions.clone(),
         );
+        let request_duration =
+            Family::<DurationLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram,
+            );
+        names.push("vra_gateway_request_duration_seconds".to_string());
+        registry.register(
+            "request_duration_seconds",
+            "Generation calls, end to end (both doors), by method and outcome; streams until their last message",
+            request_duration.clone(),
+        );
+        let time_to_first_token =
+            Family::<MethodLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram,
+            );
+        names.push("vra_gateway_time_to_first_token_seconds".to_string());
+        registry.register(
+            "time_to_first_token_seconds",
+            "Streamed calls: time from the call's arrival to its first delta",
+            time_to_first_token.clone(),
+        );
+        let circuit_open = Family::default();
+        names.push("vra_gateway_circuit_open".to_string());
+        registry.register(
+            "circuit_open",
+            "1 while a tier's circuit breaker is open (calls skip its provider), else 0",
+            circuit_open.clone(),
+        );
+        let endpoints = Family::default();
+        names.push("vra_gateway_endpoints".to_string());
+        registry.register(
+            "endpoints",
+            "A provider's endpoints by state: healthy (taking requests, or due for a probe) or ejected",
+            endpoints.clone(),
+        );
+        let day_quota_used = Family::default();
+        names.push("vra_gateway_client_day_quota_used".to_string());
+        registry.register(
+            "client_day_quota_used",
+            "Cloud calls a client with cloud_calls_per_day made in the current UTC day, as its last reservation saw",
+            day_quota_used.clone(),
+        );
+        let day_quota_limit = Family::default();
+        names.push("vra_gateway_client_day_quota_limit".to_string());
+        registry.register(
+            "client_day_quota_limit",
+            "A client's cloud_calls_per_day",
+            day_quota_limit.clone(),
+        );
         Self {
-            registry,
+            registry: root,
+            request_duration,
+            time_to_first_token,
+            circuit_open,
+            endpoints,
+            day_quota_used,
+            day_quota_limit,
+            process,
+            on_scrape: std::sync::Mutex::default(),
+            names,
             cost,
             savings,
             cache_requests,
@@ -538,12 +705,144 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
+    /// The name of every metric family the gateway exports, as exposed (a counter's without its
+    /// `_total`) — also the ones without a series yet, which a scrape leaves out. The dashboard's
+    /// and the alert rules' checks read it.
+    pub fn family_names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Runs `refresh` before every scrape (gauges of state kept elsewhere).
+    pub fn on_scrape(&self, refresh: impl Fn(&Metrics) + Send + Sync + 'static) {
+        self.on_scrape
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Box::new(refresh));
+    }
+
+    /// A generation call's end-to-end duration.
+    pub fn request_duration(&self, method: &'static str, outcome: &'static str, took: Duration) {
+        self.request_duration
+            .get_or_create(&DurationLabels { method, outcome })
+            .observe(took.as_secs_f64());
+    }
+
+    /// A streamed call's time to its first delta.
+    pub fn time_to_first_token(&self, method: &'static str, took: Duration) {
+        self.time_to_first_token
+            .get_or_create(&MethodLabels { method })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Whether `tier`'s circuit (its provider's) is open now.
+    pub fn circuit(&self, provider: &str, tier: &'static str, open: bool) {
+        self.circuit_open
+            .get_or_create(&TierLabels {
+                provider: provider.to_string(),
+                tier,
+            })
+            .set(i64::from(open));
+    }
+
+    /// A provider's endpoints now.
+    pub fn endpoints(&self, provider: &str, healthy: usize, ejected: usize) {
+        for (state, n) in [("healthy", healthy), ("ejected", ejected)] {
+            self.endpoints
+                .get_or_create(&EndpointStateLabels {
+                    provider: provider.to_string(),
+                    state,
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// A client's day quota as its last reservation saw it.
+    pub fn client_day_quota(&self, client: &str, used: u32, limit: u32) {
+        let labels = ClientOnlyLabels {
+            client: client.to_string(),
+        };
+        self.day_quota_used
+            .get_or_create(&labels)
+            .set(i64::from(used));
+        self.day_quota_limit
+            .get_or_create(&labels)
+            .set(i64::from(limit));
+    }
+
     pub fn render(&self) -> String {
+        for refresh in self
+            .on_scrape
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            refresh(self);
+        }
+        self.process.refresh();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+impl ProcessMetrics {
+    /// Reads `/proc/self` (nothing elsewhere: the series stay 0).
+    fn refresh(&self) {
+        let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+            return;
+        };
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+            return;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+        let ticks = clock_ticks();
+        if let (Some(utime), Some(stime)) = (field(14), field(15)) {
+            let total = (utime + stime) as f64 / ticks;
+            let seen = self.cpu_seconds.get();
+            if total > seen {
+                self.cpu_seconds.inc_by(total - seen);
+            }
+        }
+        // `VmRSS` is in kB whatever the page size.
+        let rss_kb = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            });
+        if let Some(kb) = rss_kb {
+            self.resident_memory_bytes
+                .set(i64::try_from(kb.saturating_mul(1024)).unwrap_or(i64::MAX));
+        }
+        if let (Some(start), Some(boot)) = (field(22), boot_time()) {
+            let at = boot + start as f64 / ticks;
+            self.start_time_seconds.set(at as i64);
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            self.open_fds
+                .set(i64::try_from(fds.count()).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// Clock ticks per second of `/proc/self/stat`'s times (`USER_HZ`, `getconf CLK_TCK`): 100 on
+/// every Linux architecture the gateway is built for (the kernel fixes it for user space).
+fn clock_ticks() -> f64 {
+    100.0
+}
+
+/// The boot time (Unix seconds), from `/proc/stat`'s `btime`.
+fn boot_time() -> Option<f64> {
+    std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Decrements the in-flight gauge when dropped.

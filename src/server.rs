@@ -112,9 +112,15 @@ pub fn build_gateway(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<Gatew
     let ledger = budget::build(&config.ledger)?;
     let cache = crate::cache::build(&config.cache, &config.ledger, metrics.clone())
         .map_err(ServeError::Cache)?;
-    Ok(Arc::new(
-        Gateway::new(config, tiers, ledger, metrics).with_cache(cache),
-    ))
+    let gateway = Arc::new(Gateway::new(config, tiers, ledger, metrics.clone()).with_cache(cache));
+    // Circuits and endpoint pools live in the gateway: their gauges are read at each scrape.
+    let weak = Arc::downgrade(&gateway);
+    metrics.on_scrape(move |m| {
+        if let Some(gateway) = weak.upgrade() {
+            gateway.report_health(m);
+        }
+    });
+    Ok(gateway)
 }
 
 /// Serves until `shutdown` resolves, then drains in-flight calls (bounded by the grace period).

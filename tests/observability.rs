@@ -570,3 +570,83 @@ async fn a_cache_hit_is_in_the_span_the_log_and_the_metrics() {
         "a hit makes no upstream attempt"
     );
 }
+
+/// The series the dashboard and the alerts read beyond call counts: end-to-end duration and time
+/// to first token, each tier's circuit, each provider's endpoints, a client's day quota, and
+/// the process's own resources.
+#[tokio::test]
+async fn health_gauges_latency_and_process_series_are_exported() {
+    use common::clients::{TestClient, write_clients_file};
+    let client = TestClient::new("acme", "vra_acme_token_for_the_metrics_test_01").per_day(10);
+    let file = write_clients_file(&[client]);
+    let cloud = Sim::start().await.unwrap();
+    let local = Sim::start().await.unwrap();
+    let (cloud_url, local_url) = (cloud.openai_base(), local.ollama_base());
+    let file = file.to_str().unwrap().to_string();
+    let mut env = gateway_env(
+        &cloud_url,
+        &local_url,
+        &[
+            ("VRA_CIRCUIT_FAILURES", "1"),
+            ("VRA_CIRCUIT_OPEN_MS", "600000"),
+            ("MAX_CLOUD_CALLS", "5"),
+            ("VRA_CLIENTS_FILE", file.as_str()),
+        ],
+    );
+    env.retain(|(k, _)| *k != "VRA_METRICS_ADDR");
+    env.push(("VRA_METRICS_ADDR", "127.0.0.1:0"));
+    let mut gw = Running::start(&env).await;
+    let line = gw.wait_for("metrics on http://").await;
+    let url = line.split("metrics on ").nth(1).unwrap().trim().to_string();
+    let mut c = common::connect(gw.addr.parse().unwrap()).await;
+    // Two cloud calls of the client (2 of its 10 a day); then the primary fails once, which
+    // opens its circuit (VRA_CIRCUIT_FAILURES=1), and the call falls back.
+    for _ in 0..2 {
+        c.generate(client.call(request("gauges", P::Refine, S::Analysis)))
+            .await
+            .unwrap();
+    }
+    cloud.push(Step::fail(500));
+    c.generate(client.call(request("gauges-2", P::Refine, S::Analysis)))
+        .await
+        .unwrap();
+    let stream = c
+        .generate_stream(client.call(pb::GenerateStreamRequest {
+            report_id: "gauges-3".into(),
+            phase: P::Expand as i32,
+            section_type: S::Analysis as i32,
+            prompt: "Stream it.".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let (_, done, error) = common::collect_stream(stream).await;
+    assert!(done.is_some() && error.is_none());
+    vra_gateway::install_crypto_provider();
+    let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    for needle in [
+        "vra_gateway_request_duration_seconds_count{method=\"Generate\",outcome=\"ok\"} 3",
+        "vra_gateway_request_duration_seconds_count{method=\"GenerateStream\",outcome=\"ok\"} 1",
+        "vra_gateway_time_to_first_token_seconds_count{method=\"GenerateStream\"} 1",
+        "vra_gateway_circuit_open{provider=\"openai\",tier=\"PRIMARY\"} 1",
+        "vra_gateway_circuit_open{provider=\"local\",tier=\"SECONDARY\"} 0",
+        "vra_gateway_endpoints{provider=\"local\",state=\"healthy\"} 1",
+        "vra_gateway_endpoints{provider=\"local\",state=\"ejected\"} 0",
+        "vra_gateway_client_day_quota_used{client=\"acme\"} 3",
+        "vra_gateway_client_day_quota_limit{client=\"acme\"} 10",
+    ] {
+        assert!(body.contains(needle), "missing {needle}\n{body}");
+    }
+    let value = |name: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name}\n{body}"))
+    };
+    assert!(value("process_resident_memory_bytes ") > 1e6);
+    assert!(value("process_cpu_seconds_total ") > 0.0);
+    assert!(value("process_open_fds ") > 3.0);
+    assert!(value("process_start_time_seconds ") > 1.7e9);
+    gw.sigterm();
+    assert_eq!(gw.finish().await.0, 0);
+}

@@ -915,7 +915,8 @@ async fn an_expired_hold_is_settled_as_abandoned_and_corrected_by_a_late_record(
         Reservation::Granted {
             used: 1,
             cost: Nanos::ZERO,
-            held: Nanos(600)
+            held: Nanos(600),
+            day_used: None,
         }
     );
     // 600 is settled as spent first: 600 + 300 fits under 1000, and the grant shows it.
@@ -924,7 +925,8 @@ async fn an_expired_hold_is_settled_as_abandoned_and_corrected_by_a_late_record(
         Reservation::Granted {
             used: 2,
             cost: Nanos(600),
-            held: Nanos(300)
+            held: Nanos(300),
+            day_used: None,
         }
     );
     let u = ledger.usage(key).await.unwrap();

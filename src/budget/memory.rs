@@ -250,6 +250,7 @@ impl MemoryLedger {
                     used: u.cloud_calls_used,
                 };
             }
+            let mut day_used = None;
             if let (Some(client), Some(limit)) = (key.client, limits.client_day) {
                 let mut days = self.days();
                 let count = days.entry(client.into()).or_default();
@@ -265,6 +266,7 @@ impl MemoryLedger {
                     day,
                     used: used + 1,
                 };
+                day_used = Some(used + 1);
             }
             u.cloud_calls_used += 1;
             u.held = u.held.saturating_add(hold);
@@ -272,6 +274,7 @@ impl MemoryLedger {
                 used: u.cloud_calls_used,
                 cost: u.cloud_cost,
                 held: u.held,
+                day_used,
             };
             if hold > Nanos::ZERO {
                 let expires = now.checked_add(spec.ttl).unwrap_or(now + self.ttl);
@@ -609,11 +612,20 @@ mod tests {
             client_day: Some(3),
             cost_cap: None,
         };
-        // Report r1 takes 2 units of the day, then is refused without touching the day.
+        let grant = |used, day_used| {
+            Ok(Reservation::Granted {
+                used,
+                cost: Nanos::ZERO,
+                held: Nanos::ZERO,
+                day_used: Some(day_used),
+            })
+        };
+        // Report r1 takes 2 units of the day, then is refused without touching the day; each
+        // grant says the day's count.
         for used in 1..=2 {
             assert_eq!(
                 ledger.reserve_at(of("c", "r1"), limits, HoldSpec::NONE, now, day),
-                Ok(Reservation::granted(used))
+                grant(used, used)
             );
         }
         assert!(matches!(
@@ -624,7 +636,7 @@ mod tests {
         // Report r2 takes the last unit of the day; then the quota refuses without a unit of r2.
         assert_eq!(
             ledger.reserve_at(of("c", "r2"), limits, HoldSpec::NONE, now, day),
-            Ok(Reservation::granted(1))
+            grant(1, 3)
         );
         assert_eq!(
             ledger.reserve_at(of("c", "r2"), limits, HoldSpec::NONE, now, day),
@@ -635,18 +647,18 @@ mod tests {
         // Another client's day is its own; the next UTC day starts from zero.
         assert_eq!(
             ledger.reserve_at(of("d", "r2"), limits, HoldSpec::NONE, now, day),
-            Ok(Reservation::granted(1))
+            grant(1, 1)
         );
         assert_eq!(
             ledger.reserve_at(of("c", "r2"), limits, HoldSpec::NONE, now, day + 1),
-            Ok(Reservation::granted(2))
+            grant(2, 1)
         );
         assert_eq!(ledger.day_used("c", day + 1), 1);
         // A reservation that read the old day just before midnight, but got the lock after
         // the new day began, counts in the new day and leaves its count intact.
         assert_eq!(
             ledger.reserve_at(of("c", "r3"), limits, HoldSpec::NONE, now, day),
-            Ok(Reservation::granted(1))
+            grant(1, 2)
         );
         assert_eq!(ledger.day_used("c", day + 1), 2);
     }

@@ -145,7 +145,14 @@ pub enum Reservation {
     /// counts the report's. `cost` is the report's settled cloud cost and `held` every hold
     /// in flight, this one included, as the reservation left them: the budget a call answered
     /// before its record lands shows ([`Ledger::defers_records`]).
-    Granted { used: u32, cost: Nanos, held: Nanos },
+    Granted {
+        used: u32,
+        cost: Nanos,
+        held: Nanos,
+        /// The client's cloud calls of the current UTC day, this one included, when the call
+        /// was reserved under a day quota.
+        day_used: Option<u32>,
+    },
     /// The budget is spent; the report is now marked exhausted. `newly` is true for the
     /// refusal that exhausted the report (the first one).
     Refused { used: u32, newly: bool },
@@ -165,6 +172,7 @@ impl Reservation {
             used,
             cost: Nanos::ZERO,
             held: Nanos::ZERO,
+            day_used: None,
         }
     }
 

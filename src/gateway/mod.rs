@@ -348,6 +348,22 @@ impl Gateway {
         }
     }
 
+    /// Sets the gauges of state kept here (each tier's circuit, each pool's endpoints); the
+    /// metrics call it before every scrape.
+    pub fn report_health(&self, metrics: &Metrics) {
+        for tier in [Tier::Primary, Tier::Secondary] {
+            let pool = self.provider(tier).0;
+            let name = &pool.config().name;
+            metrics.circuit(
+                name,
+                tier.as_str(),
+                self.breaker(tier).state() != BreakerState::Closed,
+            );
+            let (healthy, ejected) = pool.health();
+            metrics.endpoints(name, healthy, ejected);
+        }
+    }
+
     /// Whether the secondary's circuit is open or every endpoint of it is ejected (used by
     /// health reporting).
     pub fn secondary_unusable(&self) -> bool {

@@ -372,8 +372,9 @@ mod tests {
             amount: HOLD,
             ttl: Duration::from_secs(60),
         };
-        let Ok(Reservation::Granted { used, cost, held }) =
-            gateway.ledger.reserve(state.key, state.limits, spec).await
+        let Ok(Reservation::Granted {
+            used, cost, held, ..
+        }) = gateway.ledger.reserve(state.key, state.limits, spec).await
         else {
             panic!("the reservation is granted");
         };

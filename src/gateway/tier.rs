@@ -305,7 +305,17 @@ impl Gateway {
             self.metrics.client_reservation(client, r.label());
         }
         match reservation {
-            Ok(Reservation::Granted { used, cost, held }) => {
+            Ok(Reservation::Granted {
+                used,
+                cost,
+                held,
+                day_used,
+            }) => {
+                if let (Some(client), Some(day_used), Some(limit)) =
+                    (state.key.client, day_used, state.limits.client_day)
+                {
+                    self.metrics.client_day_quota(client, day_used, limit);
+                }
                 state.last_used = Some(used);
                 state.granted = Some(ReportBudget {
                     used,
@@ -338,6 +348,9 @@ impl Gateway {
                 Budgeted::Refused
             }
             Ok(Reservation::DayQuotaSpent { used, limit }) => {
+                if let Some(client) = state.key.client {
+                    self.metrics.client_day_quota(client, used, limit);
+                }
                 state.quota_spent = Some(QuotaInfo { used, limit });
                 Budgeted::QuotaSpent
             }

@@ -546,6 +546,42 @@ mod tests {
         body(json)
     }
 
+    proptest::proptest! {
+        /// The body's field order (a map's) changes nothing the cache keys on: any permutation
+        /// of a body's fields reads as the same request.
+        #[test]
+        fn the_request_does_not_depend_on_the_bodys_field_order(
+            order in proptest::strategy::Strategy::prop_shuffle(
+                proptest::strategy::Just((0..7).collect::<Vec<usize>>())
+            ),
+            temperature in 0.0f32..2.0,
+            seed in proptest::prelude::any::<i64>(),
+        ) {
+            let fields = [
+                ("model", serde_json::json!("vra-auto")),
+                ("messages", serde_json::json!([{"role": "user", "content": "Write it."}])),
+                ("temperature", serde_json::json!(temperature)),
+                ("top_p", serde_json::json!(0.5)),
+                ("max_tokens", serde_json::json!(64)),
+                ("stop", serde_json::json!(["END", "STOP"])),
+                ("seed", serde_json::json!(seed)),
+            ];
+            let text = |order: &[usize]| {
+                let parts: Vec<String> = order
+                    .iter()
+                    .map(|&i| format!("{:?}:{}", fields[i].0, fields[i].1))
+                    .collect();
+                format!("{{{}}}", parts.join(","))
+            };
+            let read_of = |json: String| {
+                let body: ChatCompletionRequest = serde_json::from_str(&json).expect("a body");
+                read(&HeaderMap::new(), body).expect("readable").request
+            };
+            let sorted: Vec<usize> = (0..7).collect();
+            proptest::prop_assert_eq!(read_of(text(&order)), read_of(text(&sorted)));
+        }
+    }
+
     #[test]
     fn cache_control_maps_to_the_cache_mode() {
         let mode = |pairs: &[(&'static str, &str)]| cache_control(&headers(pairs));

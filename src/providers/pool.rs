@@ -173,6 +173,19 @@ impl Pool {
         st.slots.iter().any(|s| s.usable(now))
     }
 
+    /// Its endpoints now: `(healthy, ejected)` — an ejected one due for its probe counts as
+    /// healthy (it takes the next request).
+    pub fn health(&self) -> (usize, usize) {
+        let st = self.lock();
+        let now = Instant::now();
+        let ejected = st
+            .slots
+            .iter()
+            .filter(|s| s.ejected_until.is_some_and(|until| now < until))
+            .count();
+        (st.slots.len() - ejected, ejected)
+    }
+
     /// Calls waiting for an endpoint now.
     pub fn queued(&self) -> usize {
         self.lock().waiters.len()

@@ -115,6 +115,7 @@ if cap >= 0 and cost + held + hold > cap then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   return {4, used, 0, 0}
 end
+local day_after = nil
 if KEYS[3] then
   local today = math.floor(now / 86400000)
   local quota = redis.call('HMGET', KEYS[3], 'day', 'used')
@@ -126,6 +127,7 @@ if KEYS[3] then
   end
   redis.call('HSET', KEYS[3], 'day', today, 'used', day_used + 1)
   redis.call('EXPIRE', KEYS[3], 172800)
+  day_after = day_used + 1
 end
 used = redis.call('HINCRBY', KEYS[1], 'used', 1)
 if hold > 0 then
@@ -134,6 +136,7 @@ if hold > 0 then
   redis.call('EXPIRE', KEYS[2], ARGV[2])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+if day_after then return {1, used, cost, held, day_after} end
 return {1, used, cost, held}
 ";
 
@@ -483,13 +486,13 @@ impl Ledger for RedisLedger {
         if let Some((_, day_limit)) = day_limit {
             cmd.arg(day_limit);
         }
-        let (outcome, used, cost, held): (u8, u32, i64, i64) = match &self.confirm {
+        let reply: Vec<i64> = match &self.confirm {
             None => self.eval(&self.reserve, &cmd).await?,
             Some(confirm) => {
                 let pipe = confirm.pipeline(cmd);
                 // Waiting for a free connection counts against the timeout: a reservation that
                 // gets none in time has sent nothing.
-                let (reply, acked): ((u8, u32, i64, i64), u32) = self
+                let (reply, acked): (Vec<i64>, u32) = self
                     .bounded(async {
                         let mut lease = confirm.lease().await.ok_or_else(|| {
                             redis::RedisError::from((
@@ -503,7 +506,7 @@ impl Ledger for RedisLedger {
                 // Only a grant needs its copies: a refusal is safe whether it survives or not.
                 // The unit of an unconfirmed grant stays taken; its hold is the caller's to
                 // release ([`LedgerError::Unconfirmed`]).
-                if reply.0 == 1 && acked < confirm.replicas() {
+                if reply.first() == Some(&1) && acked < confirm.replicas() {
                     return Err(LedgerError::Unconfirmed {
                         acked,
                         wanted: confirm.replicas(),
@@ -512,13 +515,19 @@ impl Ledger for RedisLedger {
                 reply
             }
         };
-        // A negative amount (only a hand edit could make one) reads as 0.
-        let (cost, held) = (cost.max(0) as u64, held.max(0) as u64);
+        // [outcome, used, cost, held, day used (a grant under a day quota)]; a negative amount
+        // (only a hand edit could make one) reads as 0.
+        let at = |i: usize| reply.get(i).copied().unwrap_or(0).max(0);
+        let (outcome, cost, held) = (at(0), at(2) as u64, at(3) as u64);
+        let used = u32::try_from(at(1)).unwrap_or(u32::MAX);
         Ok(match (outcome, day_limit) {
             (1, _) => Reservation::Granted {
                 used,
                 cost: Nanos(cost),
                 held: Nanos(held),
+                day_used: reply
+                    .get(4)
+                    .map(|&d| u32::try_from(d.max(0)).unwrap_or(u32::MAX)),
             },
             (4, _) => Reservation::NoRoomUnderCap { used },
             (3, Some((_, limit))) => Reservation::DayQuotaSpent { used, limit },
