@@ -147,6 +147,9 @@ impl Front {
         }
         metrics.request(method, input.phase.as_str(), tier, provider, outcome);
         metrics.request_duration(method, outcome, started.elapsed());
+        if let Ok(g) = &result {
+            metrics.route(g.route.rule.id(), g.route.tier.as_str());
+        }
         result
     }
 
@@ -188,6 +191,7 @@ impl Front {
                         "ok",
                     );
                     metrics.request_duration(method, "ok", started.elapsed());
+                    metrics.route(generated.route.rule.id(), generated.route.tier.as_str());
                 }
                 Err(e) => {
                     metrics.request(method, phase, "NONE", "", e.outcome());

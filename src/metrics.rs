@@ -56,6 +56,15 @@ const QUEUE_WAIT_BUCKETS: [f64; 12] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
 ];
 
+/// Ledger operations, in seconds: from a memory ledger's microseconds to a Redis timeout.
+const LEDGER_BUCKETS: [f64; 12] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+];
+
+fn ledger_histogram() -> Histogram {
+    Histogram::new(LEDGER_BUCKETS)
+}
+
 fn queue_wait_histogram() -> Histogram {
     Histogram::new(QUEUE_WAIT_BUCKETS)
 }
@@ -118,6 +127,8 @@ pub struct Metrics {
     cache_errors: Family<OpLabels, Counter>,
     cache: CacheMetrics,
     request_duration: Family<DurationLabels, Histogram, fn() -> Histogram>,
+    routes: Family<RouteLabels, Counter>,
+    ledger_duration: Family<OpLabels, Histogram, fn() -> Histogram>,
     time_to_first_token: Family<MethodLabels, Histogram, fn() -> Histogram>,
     circuit_open: Family<TierLabels, Gauge>,
     endpoints: Family<EndpointStateLabels, Gauge>,
@@ -129,6 +140,13 @@ pub struct Metrics {
     /// Refreshes run before each scrape: gauges of state that lives elsewhere (circuits,
     /// endpoint pools).
     on_scrape: std::sync::Mutex<Vec<Refresh>>,
+}
+
+/// Rule ids and tiers are fixed sets.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    rule: &'static str,
+    tier: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -478,6 +496,23 @@ impl Metrics {
             "Streamed calls: time from the call's arrival to its first delta",
             time_to_first_token.clone(),
         );
+        let routes = Family::default();
+        names.push("vra_gateway_routes".to_string());
+        registry.register(
+            "routes",
+            "Answered generation calls by the matrix rule that routed them and the tier that answered (a fallback: the rule of the primary, the secondary's tier)",
+            routes.clone(),
+        );
+        let ledger_duration =
+            Family::<OpLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                ledger_histogram,
+            );
+        names.push("vra_gateway_ledger_duration_seconds".to_string());
+        registry.register(
+            "ledger_duration_seconds",
+            "Budget ledger operations a call waits for, by operation (reserve), answered or not",
+            ledger_duration.clone(),
+        );
         let circuit_open = Family::default();
         names.push("vra_gateway_circuit_open".to_string());
         registry.register(
@@ -509,6 +544,8 @@ impl Metrics {
         Self {
             registry: root,
             request_duration,
+            routes,
+            ledger_duration,
             time_to_first_token,
             circuit_open,
             endpoints,
@@ -724,6 +761,18 @@ impl Metrics {
     pub fn request_duration(&self, method: &'static str, outcome: &'static str, took: Duration) {
         self.request_duration
             .get_or_create(&DurationLabels { method, outcome })
+            .observe(took.as_secs_f64());
+    }
+
+    /// An answered call's route: the rule that decided and the tier that answered.
+    pub fn route(&self, rule: &'static str, tier: &'static str) {
+        self.routes.get_or_create(&RouteLabels { rule, tier }).inc();
+    }
+
+    /// How long a ledger operation the call waited for took.
+    pub fn ledger_duration(&self, op: &'static str, took: Duration) {
+        self.ledger_duration
+            .get_or_create(&OpLabels { op })
             .observe(took.as_secs_f64());
     }
 

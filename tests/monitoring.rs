@@ -1,6 +1,7 @@
-//! The monitoring that ships in `deploy/prometheus/`: the rules name only metrics the gateway
-//! exports, and `promtool` accepts them and passes their unit tests (each alert fires on its
-//! scenario and stays silent on a healthy gateway, `rules.test.yml`).
+//! The monitoring that ships in `deploy/`: the alert and recording rules and the Grafana
+//! dashboard name only metrics the gateway exports; `promtool` accepts the rules, passes their
+//! unit tests (each alert fires on its scenario and stays silent on a healthy gateway,
+//! `rules.test.yml`) and parses every query of the dashboard.
 //!
 //! A libtest-mimic target (`harness = false`): without `promtool` on PATH (Debian's
 //! `prometheus` package) the promtool trials are reported as *ignored*, unless
@@ -32,6 +33,18 @@ fn main() {
             "every_alert_has_a_severity_and_a_runbook_section",
             &Gate::Open,
             every_alert_has_a_severity_and_a_runbook_section,
+        ),
+        sync_trial(
+            &args,
+            "the_dashboard_reads_only_exported_metrics_through_its_variables",
+            &Gate::Open,
+            the_dashboard_reads_only_exported_metrics_through_its_variables,
+        ),
+        sync_trial(
+            &args,
+            "promtool_parses_every_dashboard_query",
+            &promtool,
+            promtool_parses_every_dashboard_query,
         ),
         sync_trial(
             &args,
@@ -231,4 +244,133 @@ fn promtool_unit_tests_make_every_alert_fire_and_stay_silent() {
         );
     }
     promtool(&["test", "rules", "rules.test.yml"]);
+}
+
+fn dashboard() -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/vra-gateway.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("the dashboard")).expect("JSON")
+}
+
+/// Every query of the dashboard's panels (rows hold none).
+fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<(String, String)> {
+    dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| {
+            let title = p["title"].as_str().unwrap_or_default().to_string();
+            p["targets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |t| (title.clone(), t["expr"].as_str().expect("expr").to_string()))
+        })
+        .collect()
+}
+
+/// A query with Grafana's variables as promtool can parse it.
+fn concrete(expr: &str) -> String {
+    expr.replace("$__rate_interval", "5m")
+        .replace("${datasource}", "")
+        .replace("$job", ".*")
+        .replace("$instance", ".*")
+        .replace("$provider", ".*")
+        .replace("$client", ".*")
+}
+
+fn the_dashboard_reads_only_exported_metrics_through_its_variables() {
+    let dashboard = dashboard();
+    let families = exported();
+    let variables: Vec<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(
+        variables,
+        ["datasource", "job", "instance", "provider", "client"]
+    );
+    let rows: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["type"] == "row")
+        .filter_map(|p| p["title"].as_str())
+        .collect();
+    for row in [
+        "Traffic and errors",
+        "Latency",
+        "Routing",
+        "Budget and money",
+        "Providers and endpoints",
+        "Ledger",
+        "The gateway",
+    ] {
+        assert!(rows.contains(&row), "no row {row}: {rows:?}");
+    }
+    let queries = dashboard_queries(&dashboard);
+    assert!(queries.len() >= 30, "{} queries", queries.len());
+    let mut read = BTreeSet::new();
+    for (title, expr) in &queries {
+        assert!(
+            expr.contains("job=~\"$job\"") && expr.contains("instance=~\"$instance\""),
+            "{title}: every query follows the job and instance variables: {expr}"
+        );
+        read.extend(metric_names(expr));
+    }
+    let unknown: Vec<&String> = read.iter().filter(|n| !is_exported(n, &families)).collect();
+    assert!(
+        unknown.is_empty(),
+        "metrics the gateway does not export: {unknown:?}"
+    );
+    for panel in dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["type"] != "row")
+    {
+        assert_eq!(
+            panel["datasource"]["uid"], "${datasource}",
+            "{}: the data source is the variable",
+            panel["title"]
+        );
+    }
+    // Every family a platform team needs is on it (the cache, the ledger, the process...).
+    for needed in [
+        "vra_gateway_requests_total",
+        "vra_gateway_fallbacks_total",
+        "vra_gateway_routes_total",
+        "vra_gateway_cost_usd_total",
+        "vra_gateway_savings_usd_total",
+        "vra_gateway_circuit_open",
+        "vra_gateway_endpoints",
+        "vra_gateway_ledger_errors_total",
+        "vra_gateway_ledger_duration_seconds_bucket",
+        "vra_gateway_cache_requests_total",
+        "vra_gateway_time_to_first_token_seconds_bucket",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(
+            read.contains(needed),
+            "the dashboard does not show {needed}"
+        );
+    }
+}
+
+/// Each query as a recording rule of a scratch rules file, which `promtool check rules`
+/// parses (`promtool` has no command for a bare expression).
+fn promtool_parses_every_dashboard_query() {
+    let queries = dashboard_queries(&dashboard());
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, (_, expr)) in queries.iter().enumerate() {
+        let expr = serde_json::to_string(&concrete(expr)).unwrap();
+        rules.push_str(&format!(
+            "      - record: dashboard:query_{i}\n        expr: {expr}\n"
+        ));
+    }
+    let dir = common::process::temp_dir();
+    let path = dir.join("dashboard-queries.yml");
+    std::fs::write(&path, rules).expect("write the scratch rules");
+    promtool(&["check", "rules", path.to_str().unwrap()]);
 }

@@ -635,6 +635,10 @@ async fn health_gauges_latency_and_process_series_are_exported() {
         "vra_gateway_endpoints{provider=\"local\",state=\"ejected\"} 0",
         "vra_gateway_client_day_quota_used{client=\"acme\"} 3",
         "vra_gateway_client_day_quota_limit{client=\"acme\"} 10",
+        "vra_gateway_routes_total{rule=\"refine-primary\",tier=\"PRIMARY\"} 2",
+        "vra_gateway_routes_total{rule=\"refine-primary\",tier=\"SECONDARY\"} 1",
+        "vra_gateway_routes_total{rule=\"expand-secondary\",tier=\"SECONDARY\"} 1",
+        "vra_gateway_ledger_duration_seconds_count{op=\"reserve\"} 3",
     ] {
         assert!(body.contains(needle), "missing {needle}\n{body}");
     }

@@ -300,7 +300,9 @@ impl Gateway {
             },
             None => HoldSpec::NONE,
         };
+        let asked = StdInstant::now();
         let reservation = self.ledger.reserve(state.key, state.limits, hold).await;
+        self.metrics.ledger_duration("reserve", asked.elapsed());
         if let (Some(client), Ok(r)) = (state.key.client, &reservation) {
             self.metrics.client_reservation(client, r.label());
         }
