@@ -142,6 +142,14 @@ pub enum FallbackReason {
 }
 
 impl FallbackReason {
+    pub const ALL: [FallbackReason; 5] = [
+        FallbackReason::CostLimit,
+        FallbackReason::PrimaryError,
+        FallbackReason::CircuitOpen,
+        FallbackReason::LedgerUnavailable,
+        FallbackReason::ClientQuota,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             FallbackReason::CostLimit => "COST_LIMIT",

@@ -19,6 +19,23 @@ use std::sync::atomic::AtomicU64;
 
 use crate::domain::{CacheStatus, FallbackReason, Nanos, ProviderError, TokenUsage};
 
+/// The generation methods of both doors (the `method` label of calls).
+const CALL_METHODS: [&str; 4] = [
+    "Generate",
+    "GenerateStream",
+    "ChatCompletions",
+    "ChatCompletionsStream",
+];
+
+/// Why the edge turns a call away (the `reason` label of `requests_rejected`).
+const EDGE_REJECTIONS: [&str; 5] = [
+    "missing_credentials",
+    "malformed_credentials",
+    "invalid_credentials",
+    "overloaded",
+    "client_max_in_flight",
+];
+
 /// A gauge refresh run before each scrape ([`Metrics::on_scrape`]).
 type Refresh = Box<dyn Fn(&Metrics) + Send + Sync>;
 
@@ -541,6 +558,29 @@ impl Metrics {
             "A client's cloud_calls_per_day",
             day_quota_limit.clone(),
         );
+        // Series of fixed label sets exist from the start, at 0: a rate() over them works from
+        // the first scrape, and a dashboard panel or alert shows 0 instead of "no data".
+        for method in CALL_METHODS {
+            let _ = panics.get_or_create(&MethodLabels { method });
+            let _ = in_flight.get_or_create(&MethodLabels { method });
+        }
+        for reason in FallbackReason::ALL {
+            let _ = fallbacks.get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            });
+        }
+        for kind in ["unavailable", "timeout", "unconfirmed", "rejected", "full"] {
+            let _ = ledger_errors.get_or_create(&KindLabels { kind });
+        }
+        for reason in EDGE_REJECTIONS {
+            let _ = rejected.get_or_create(&ReasonLabels { reason });
+        }
+        for status in ["hit", "miss", "bypass"] {
+            let _ = cache_requests.get_or_create(&StatusLabels { status });
+        }
+        for op in ["get", "put", "purge"] {
+            let _ = cache_errors.get_or_create(&OpLabels { op });
+        }
         Self {
             registry: root,
             request_duration,
@@ -679,6 +719,14 @@ impl Metrics {
             }),
             savings: self.savings.clone(),
         }
+    }
+
+    /// Makes `provider`'s `endpoint` known to the ejection counter (0 until its first ejection).
+    pub fn endpoint_known(&self, provider: &str, endpoint: &str) {
+        let _ = self.ejections.get_or_create(&EndpointLabels {
+            provider: provider.to_string(),
+            endpoint: endpoint.to_string(),
+        });
     }
 
     /// Counts an endpoint ejected from `provider`'s pool.

@@ -12,15 +12,21 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use common::clients::{TestClient, write_clients_file};
+use common::process::{Running, gateway_env};
 use common::redis_server::on_path;
-use common::trials::{Gate, sync_trial};
+use common::trials::{Gate, Runtime, async_trial, sync_trial};
+use common::{collect_stream, connect, request};
 use libtest_mimic::Arguments;
 use serde_yaml_ng::Value;
+use vra_gateway::demo::sim::{Sim, Step};
 use vra_gateway::metrics::Metrics;
+use vra_gateway::pb::{self, CompilationPhase as P, SectionType as S};
 
 fn main() {
     let args = Arguments::from_args();
     let promtool = promtool_gate();
+    let prometheus = prometheus_gate();
     let trials = vec![
         sync_trial(
             &args,
@@ -46,6 +52,13 @@ fn main() {
             &promtool,
             promtool_parses_every_dashboard_query,
         ),
+        async_trial(
+            &args,
+            "a_real_prometheus_scraping_a_real_gateway_answers_every_query_and_alert",
+            &prometheus,
+            Runtime::MultiThread(2),
+            a_real_prometheus_scraping_a_real_gateway_answers_every_query_and_alert,
+        ),
         sync_trial(
             &args,
             "promtool_checks_the_rules",
@@ -67,6 +80,18 @@ fn promtool_gate() -> Gate {
     if on_path("promtool").is_none() && !required {
         Gate::Closed(
             "promtool not found on PATH (Debian's prometheus package); .ci/run installs it".into(),
+        )
+    } else {
+        Gate::Open
+    }
+}
+
+fn prometheus_gate() -> Gate {
+    let required = std::env::var("VRA_REQUIRE_PROMETHEUS").is_ok_and(|v| v == "1");
+    if on_path("prometheus").is_none() && !required {
+        Gate::Closed(
+            "prometheus not found on PATH (Debian's prometheus package); .ci/run installs it"
+                .into(),
         )
     } else {
         Gate::Open
@@ -373,4 +398,346 @@ fn promtool_parses_every_dashboard_query() {
     let path = dir.join("dashboard-queries.yml");
     std::fs::write(&path, rules).expect("write the scratch rules");
     promtool(&["check", "rules", path.to_str().unwrap()]);
+}
+
+/// A `prometheus` process on loopback: a temporary data directory, one scrape job of the
+/// gateway's `/metrics` every second, the shipped rules evaluated every second.
+struct Prometheus {
+    /// Killed when dropped.
+    _child: tokio::process::Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Prometheus {
+    async fn start(target: &str) -> Prometheus {
+        vra_gateway::install_crypto_provider();
+        let dir = common::process::temp_dir();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let rules = prometheus_dir().join("rules.yml");
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: vra-gateway\n    static_configs:\n      - targets: ['{target}']\n",
+            rules.display()
+        );
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let binary = on_path("prometheus").expect("prometheus on PATH (VRA_REQUIRE_PROMETHEUS=1)");
+        let child = tokio::process::Command::new(binary)
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start prometheus");
+        let prometheus = Prometheus {
+            _child: child,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+        };
+        prometheus
+            .until("ready", || async {
+                let ready = prometheus
+                    .http
+                    .get(format!("{}/-/ready", prometheus.base))
+                    .send()
+                    .await;
+                ready.is_ok_and(|r| r.status().is_success()).then_some(())
+            })
+            .await;
+        prometheus
+    }
+
+    /// Polls `check` (the scrape and the rules run every second; no event to wait for).
+    async fn until<T, F, Fut>(&self, what: &str, check: F) -> T
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(value) = check().await {
+                return value;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: not within 60 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+
+    /// An instant query's result vector.
+    async fn query(&self, expr: &str) -> Vec<serde_json::Value> {
+        let response: serde_json::Value = self
+            .http
+            .get(format!(
+                "{}/api/v1/query?query={}",
+                self.base,
+                percent_encoded(expr)
+            ))
+            .send()
+            .await
+            .expect("query prometheus")
+            .json()
+            .await
+            .expect("a JSON answer");
+        assert_eq!(response["status"], "success", "{expr}: {response}");
+        response["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The alerts by name, with their state (`pending`, `firing`).
+    async fn alerts(&self) -> Vec<(String, String)> {
+        let response: serde_json::Value = self
+            .http
+            .get(format!("{}/api/v1/alerts", self.base))
+            .send()
+            .await
+            .expect("ask prometheus")
+            .json()
+            .await
+            .expect("a JSON answer");
+        response["data"]["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                (
+                    a["labels"]["alertname"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    a["state"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// A real gateway under a scripted workload — an endpoint ejected, a COST_LIMIT fallback, a
+/// retry, two primary failures that open its circuit, a client at its day quota, a shed call, a call both tiers
+/// fail, a stream, a cache hit, a call without credentials — scraped by a real Prometheus: every
+/// dashboard query and every recording rule returns data, and the alerts this workload should
+/// raise are pending or firing.
+async fn a_real_prometheus_scraping_a_real_gateway_answers_every_query_and_alert() {
+    let acme = TestClient::new("acme", "vra_acme_token_for_the_prometheus_test_0");
+    let globex = TestClient::new("globex", "vra_globex_token_for_the_prometheus_test").per_day(1);
+    let file = write_clients_file(&[acme, globex]);
+    let file = file.to_str().unwrap().to_string();
+    let cloud = Sim::start().await.unwrap();
+    let local = Sim::start().await.unwrap();
+    // The local provider's second endpoint fails every request: it is ejected.
+    let broken = Sim::start().await.unwrap();
+    broken.set_default(Step::fail(500));
+    let (cloud_url, local_url) = (cloud.openai_base(), local.ollama_base());
+    let endpoints = format!("{local_url},{}", broken.ollama_base());
+    let mut env = gateway_env(
+        &cloud_url,
+        &local_url,
+        &[
+            ("OLLAMA_HOST", endpoints.as_str()),
+            ("MAX_CLOUD_CALLS", "2"),
+            ("VRA_RETRY_MAX_ATTEMPTS", "2"),
+            ("VRA_CIRCUIT_FAILURES", "2"),
+            ("VRA_CIRCUIT_OPEN_MS", "600000"),
+            ("VRA_MAX_IN_FLIGHT", "2"),
+            ("VRA_CACHE", "memory"),
+            ("VRA_CLIENTS_FILE", file.as_str()),
+        ],
+    );
+    env.retain(|(k, _)| *k != "VRA_METRICS_ADDR");
+    env.push(("VRA_METRICS_ADDR", "127.0.0.1:0"));
+    let mut gw = Running::start(&env).await;
+    let line = gw.wait_for("metrics on http://").await;
+    let target = line
+        .split("metrics on http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .trim()
+        .to_string();
+    let prometheus = Prometheus::start(&target).await;
+    // The counters' zeros scraped first: a rate needs the value from before the workload.
+    prometheus
+        .until("the first scrape", || async {
+            let up = prometheus.query("up{job=\"vra-gateway\"} == 1").await;
+            (!up.is_empty()).then_some(())
+        })
+        .await;
+    let mut c = connect(gw.addr.parse().unwrap()).await;
+    let call = |report: &str, phase: P, prompt: &str| {
+        let mut r = request(report, phase, S::Analysis);
+        r.prompt = prompt.into();
+        r
+    };
+
+    // Local calls spread over the local provider's two endpoints: the broken one fails (the
+    // call is retried on the other) until, three failures in a row, it is ejected. Thirty
+    // calls make fewer than three first attempts on it a one-in-a-million chance.
+    for i in 0..30 {
+        c.generate(acme.call(call("prom-l", P::Expand, &format!("l{i}"))))
+            .await
+            .unwrap();
+    }
+    assert!(broken.requests() >= 3, "the broken endpoint was tried");
+    // A report's budget of 2, then COST_LIMIT.
+    for i in 0..3 {
+        c.generate(acme.call(call("prom-a", P::Refine, &format!("a{i}"))))
+            .await
+            .unwrap();
+    }
+    // A client at its day quota (1 of 1).
+    c.generate(globex.call(call("prom-g", P::Refine, "g")))
+        .await
+        .unwrap();
+    // A retry: the first attempt fails, the second answers.
+    cloud.push(Step::fail(500));
+    c.generate(acme.call(call("prom-b", P::Refine, "b")))
+        .await
+        .unwrap();
+    // Two calls whose primary fails twice each: PRIMARY_ERROR, and the circuit opens.
+    cloud.push_n(4, Step::fail(500));
+    for report in ["prom-c", "prom-d"] {
+        c.generate(acme.call(call(report, P::Refine, report)))
+            .await
+            .unwrap();
+    }
+    // Both tiers fail: UNAVAILABLE.
+    local.push_n(2, Step::fail(500));
+    let failed = c
+        .generate(acme.call(call("prom-e", P::Expand, "e")))
+        .await
+        .unwrap_err();
+    assert_eq!(failed.code(), tonic::Code::Unavailable);
+    // A stream, then the same request again from the cache.
+    let stream = c
+        .generate_stream(acme.call(pb::GenerateStreamRequest {
+            report_id: "prom-f".into(),
+            phase: P::Expand as i32,
+            section_type: S::Analysis as i32,
+            prompt: "f".into(),
+            system_prompt: "You are terse.".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(collect_stream(stream).await.1.is_some());
+    let hit = c
+        .generate(acme.call(call("prom-f2", P::Expand, "f")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hit.cache_status, pb::CacheStatus::Hit as i32);
+    // Shed: three slow calls at once on a gateway that takes two.
+    local.set_default(Step::Reply {
+        text: "slow".into(),
+        delay: std::time::Duration::from_millis(500),
+        chunk_delay: std::time::Duration::ZERO,
+    });
+    let mut calls = Vec::new();
+    for i in 0..3 {
+        let mut c = c.clone();
+        calls.push(tokio::spawn(async move {
+            c.generate(acme.call(call(&format!("prom-s{i}"), P::Expand, &format!("s{i}"))))
+                .await
+        }));
+    }
+    let mut shed = 0;
+    for task in calls {
+        if task
+            .await
+            .unwrap()
+            .is_err_and(|e| e.code() == tonic::Code::ResourceExhausted)
+        {
+            shed += 1;
+        }
+    }
+    assert_eq!(shed, 1, "one call over VRA_MAX_IN_FLIGHT");
+    // No credentials.
+    let refused = c
+        .generate(call("prom-h", P::Expand, "h"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+
+    // Prometheus has it all after its next scrapes: every dashboard query and recording rule
+    // answers with data.
+    prometheus
+        .until("the workload scraped", || async {
+            let shed = prometheus
+                .query("vra_gateway_requests_rejected_total{reason=\"overloaded\"} > 0")
+                .await;
+            (!shed.is_empty()).then_some(())
+        })
+        .await;
+    let mut queries: Vec<(String, String)> = dashboard_queries(&dashboard())
+        .into_iter()
+        .map(|(title, expr)| (title, concrete(&expr).replace("[5m]", "[1m]")))
+        .collect();
+    let rules = rules();
+    for rule in each_rule(&rules) {
+        if let Some(name) = rule["record"].as_str() {
+            queries.push((name.to_string(), name.to_string()));
+        }
+    }
+    for (what, expr) in &queries {
+        prometheus
+            .until(&format!("{what}: {expr}"), || async {
+                (!prometheus.query(expr).await.is_empty()).then_some(())
+            })
+            .await;
+    }
+    let ejected = prometheus
+        .query("sum(vra_gateway_endpoint_ejections_total{provider=\"local\"}) > 0")
+        .await;
+    assert!(!ejected.is_empty(), "the ejection is counted");
+    // The alerts this workload raises.
+    let alerts = prometheus
+        .until("the alerts", || async {
+            let alerts = prometheus.alerts().await;
+            let has = |name: &str, states: &[&str]| {
+                alerts
+                    .iter()
+                    .any(|(n, s)| n == name && states.contains(&s.as_str()))
+            };
+            (has("VraPrimaryCircuitOpen", &["pending", "firing"])
+                && has("VraCallsShed", &["pending", "firing"])
+                && has("VraClientDayQuotaNearlySpent", &["firing"]))
+            .then_some(alerts)
+        })
+        .await;
+    assert!(
+        !alerts.iter().any(|(n, _)| n == "VraPanics"),
+        "no panic, no panic alert: {alerts:?}"
+    );
+    drop(prometheus);
+    gw.sigterm();
+    assert_eq!(gw.finish().await.0, 0);
+}
+
+/// `text` as a URL query value: every byte but the unreserved ones percent-encoded.
+fn percent_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

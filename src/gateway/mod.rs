@@ -361,6 +361,9 @@ impl Gateway {
             );
             let (healthy, ejected) = pool.health();
             metrics.endpoints(name, healthy, ejected);
+            for endpoint in pool.endpoints() {
+                metrics.endpoint_known(name, endpoint);
+            }
         }
     }
 
