@@ -1050,29 +1050,53 @@ fn every_yaml_document_under_deploy_parses() {
 
 #[test]
 fn kustomization_lists_every_manifest() {
+    // The root kustomization and each optional one in a subdirectory (monitoring/: objects of
+    // the Prometheus Operator, which not every cluster has) list exactly the YAML beside them.
     let docs = load_all();
-    let path = kubernetes_dir().join("kustomization.yaml");
-    let kustomization = docs
-        .iter()
-        .find(|d| d.path == path && d.kind() == "Kustomization")
-        .unwrap_or_else(|| panic!("{}: no Kustomization", rel(&path)));
-    let listed: BTreeSet<String> = seq(&kustomization.value["resources"])
-        .iter()
-        .filter_map(scalar)
+    let kustomizations: Vec<PathBuf> = files_under(&kubernetes_dir())
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "kustomization.yaml"))
         .collect();
-    let on_disk: BTreeSet<String> = files_under(&kubernetes_dir())
-        .iter()
-        .filter(|p| is_yaml(p) && **p != path)
-        .filter_map(|p| p.strip_prefix(kubernetes_dir()).ok())
-        .map(|p| p.display().to_string())
-        .collect();
-    assert_eq!(
-        listed,
-        on_disk,
-        "{}: `resources` must list exactly the manifests in {}",
-        rel(&path),
+    assert!(
+        kustomizations.contains(&kubernetes_dir().join("kustomization.yaml")),
+        "{}: no kustomization.yaml",
         rel(&kubernetes_dir())
     );
+    let dirs: Vec<PathBuf> = kustomizations
+        .iter()
+        .map(|k| k.parent().unwrap().to_path_buf())
+        .collect();
+    for path in &kustomizations {
+        let dir = path.parent().unwrap();
+        let kustomization = docs
+            .iter()
+            .find(|d| d.path == *path && d.kind() == "Kustomization")
+            .unwrap_or_else(|| panic!("{}: no Kustomization", rel(path)));
+        let listed: BTreeSet<String> = seq(&kustomization.value["resources"])
+            .iter()
+            .filter_map(scalar)
+            .collect();
+        // A file belongs to the nearest kustomization above it.
+        let on_disk: BTreeSet<String> = files_under(dir)
+            .iter()
+            .filter(|p| is_yaml(p) && *p != path)
+            .filter(|p| {
+                dirs.iter()
+                    .filter(|d| p.starts_with(d))
+                    .max_by_key(|d| d.components().count())
+                    .is_some_and(|d| d == dir)
+            })
+            .filter_map(|p| p.strip_prefix(dir).ok())
+            .map(|p| p.display().to_string())
+            .collect();
+        assert_eq!(
+            listed,
+            on_disk,
+            "{}: `resources` must list exactly the manifests in {}",
+            rel(path),
+            rel(dir)
+        );
+    }
 }
 
 #[test]

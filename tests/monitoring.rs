@@ -42,6 +42,12 @@ fn main() {
         ),
         sync_trial(
             &args,
+            "the_prometheus_rule_of_the_manifests_is_the_rules_file",
+            &Gate::Open,
+            the_prometheus_rule_of_the_manifests_is_the_rules_file,
+        ),
+        sync_trial(
+            &args,
             "the_dashboard_reads_only_exported_metrics_through_its_variables",
             &Gate::Open,
             the_dashboard_reads_only_exported_metrics_through_its_variables,
@@ -740,4 +746,69 @@ fn percent_encoded(text: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// `deploy/kubernetes/monitoring/prometheusrule.yaml` carries `rules.yml`'s groups unchanged
+/// (`VRA_UPDATE_MONITORING=1` writes it from `rules.yml`), and the ServiceMonitor scrapes the
+/// Service's `metrics` port.
+fn the_prometheus_rule_of_the_manifests_is_the_rules_file() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/monitoring");
+    let path = dir.join("prometheusrule.yaml");
+    let groups = rules()["groups"].clone();
+    if std::env::var("VRA_UPDATE_MONITORING").is_ok_and(|v| v == "1") {
+        let mut object = serde_yaml_ng::Mapping::new();
+        let mut metadata = serde_yaml_ng::Mapping::new();
+        metadata.insert("name".into(), "vra-gateway".into());
+        metadata.insert("namespace".into(), "vra".into());
+        let mut labels = serde_yaml_ng::Mapping::new();
+        labels.insert("app.kubernetes.io/name".into(), "vra-gateway".into());
+        labels.insert("app.kubernetes.io/part-of".into(), "vra".into());
+        metadata.insert("labels".into(), labels.into());
+        object.insert("apiVersion".into(), "monitoring.coreos.com/v1".into());
+        object.insert("kind".into(), "PrometheusRule".into());
+        object.insert("metadata".into(), metadata.into());
+        let mut spec = serde_yaml_ng::Mapping::new();
+        spec.insert("groups".into(), groups.clone());
+        object.insert("spec".into(), spec.into());
+        let text = format!(
+            "# Generated from deploy/prometheus/rules.yml (VRA_UPDATE_MONITORING=1 cargo test --test monitoring):\n# edit that file, not this one.\n{}",
+            serde_yaml_ng::to_string(&Value::Mapping(object)).unwrap()
+        );
+        std::fs::write(&path, text).expect("write the PrometheusRule");
+    }
+    let text = std::fs::read_to_string(&path).expect("prometheusrule.yaml");
+    let rule: Value = serde_yaml_ng::from_str(&text).expect("YAML");
+    assert_eq!(rule["kind"], "PrometheusRule");
+    assert_eq!(
+        rule["spec"]["groups"],
+        groups,
+        "{}: differs from deploy/prometheus/rules.yml; run VRA_UPDATE_MONITORING=1 cargo test --test monitoring",
+        path.display()
+    );
+    let monitor: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(dir.join("servicemonitor.yaml")).expect("servicemonitor.yaml"),
+    )
+    .expect("YAML");
+    let service: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(dir.join("../service.yaml")).expect("service.yaml"),
+    )
+    .expect("YAML");
+    let port = monitor["spec"]["endpoints"][0]["port"].as_str().unwrap();
+    assert!(
+        service["spec"]["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == port && p["port"] == 9464),
+        "the ServiceMonitor scrapes the Service's metrics port"
+    );
+    for (key, value) in monitor["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .unwrap()
+    {
+        assert_eq!(
+            &service["metadata"]["labels"][key], value,
+            "the ServiceMonitor selects the Service"
+        );
+    }
 }
