@@ -150,6 +150,7 @@ pub struct Metrics {
     circuit_open: Family<TierLabels, Gauge>,
     endpoints: Family<EndpointStateLabels, Gauge>,
     day_quota_used: Family<ClientOnlyLabels, Gauge>,
+    client_cost: Family<ClientOnlyLabels, UsdCounter>,
     day_quota_limit: Family<ClientOnlyLabels, Gauge>,
     process: ProcessMetrics,
     /// Every family's exposed name (see [`Metrics::family_names`]).
@@ -544,6 +545,13 @@ impl Metrics {
             "A provider's endpoints by state: healthy (taking requests, or due for a probe) or ejected",
             endpoints.clone(),
         );
+        let client_cost = Family::default();
+        names.push("vra_gateway_client_cost_usd".to_string());
+        registry.register(
+            "client_cost_usd",
+            "Cost of the answered calls of authenticated clients in USD, by client (calls of unpriced models are not counted)",
+            client_cost.clone(),
+        );
         let day_quota_used = Family::default();
         names.push("vra_gateway_client_day_quota_used".to_string());
         registry.register(
@@ -591,6 +599,7 @@ impl Metrics {
             endpoints,
             day_quota_used,
             day_quota_limit,
+            client_cost,
             process,
             on_scrape: std::sync::Mutex::default(),
             names,
@@ -851,6 +860,15 @@ impl Metrics {
                 })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
+    }
+
+    /// Adds an answered call's cost to its client's.
+    pub fn client_cost(&self, client: &str, cost: Nanos) {
+        self.client_cost
+            .get_or_create(&ClientOnlyLabels {
+                client: client.to_string(),
+            })
+            .inc_by(cost.usd());
     }
 
     /// A client's day quota as its last reservation saw it.

@@ -374,6 +374,7 @@ fn the_dashboard_reads_only_exported_metrics_through_its_variables() {
         "vra_gateway_routes_total",
         "vra_gateway_cost_usd_total",
         "vra_gateway_savings_usd_total",
+        "vra_gateway_client_cost_usd_total",
         "vra_gateway_circuit_open",
         "vra_gateway_endpoints",
         "vra_gateway_ledger_errors_total",

@@ -647,6 +647,7 @@ async fn health_gauges_latency_and_process_series_are_exported() {
             .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
             .unwrap_or_else(|| panic!("no {name}\n{body}"))
     };
+    assert!(value("vra_gateway_client_cost_usd_total{client=\"acme\"} ") > 0.0);
     assert!(value("process_resident_memory_bytes ") > 1e6);
     assert!(value("process_cpu_seconds_total ") > 0.0);
     assert!(value("process_open_fds ") > 3.0);

@@ -41,6 +41,9 @@ impl Gateway {
         let metrics = &self.tier_metrics[route.tier.index()];
         metrics.tokens(usage);
         metrics.cost(cost, all_cloud);
+        if let (Some(client), Some(cost)) = (state.key.client, cost) {
+            self.metrics.client_cost(client, cost);
+        }
         telemetry::record_cost(&Span::current(), usage, cost);
         state
             .hybrid()
