@@ -151,6 +151,8 @@ pub struct Metrics {
     endpoints: Family<EndpointStateLabels, Gauge>,
     day_quota_used: Family<ClientOnlyLabels, Gauge>,
     client_cost: Family<ClientOnlyLabels, UsdCounter>,
+    /// The UTC day of each client's last day-quota count.
+    quota_days: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     day_quota_limit: Family<ClientOnlyLabels, Gauge>,
     process: ProcessMetrics,
     /// Every family's exposed name (see [`Metrics::family_names`]).
@@ -542,7 +544,7 @@ impl Metrics {
         names.push("vra_gateway_endpoints".to_string());
         registry.register(
             "endpoints",
-            "A provider's endpoints by state: healthy (taking requests, or due for a probe) or ejected",
+            "A provider's endpoints by state: healthy, or ejected (until a probe succeeds)",
             endpoints.clone(),
         );
         let client_cost = Family::default();
@@ -600,6 +602,7 @@ impl Metrics {
             day_quota_used,
             day_quota_limit,
             client_cost,
+            quota_days: std::sync::Mutex::default(),
             process,
             on_scrape: std::sync::Mutex::default(),
             names,
@@ -862,6 +865,24 @@ impl Metrics {
         }
     }
 
+    /// Day-quota counts of an earlier UTC day read 0: the client has made no call today.
+    fn expire_day_quotas(&self) {
+        let today = utc_day();
+        let days = self
+            .quota_days
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (client, day) in days.iter() {
+            if *day < today {
+                self.day_quota_used
+                    .get_or_create(&ClientOnlyLabels {
+                        client: client.clone(),
+                    })
+                    .set(0);
+            }
+        }
+    }
+
     /// Adds an answered call's cost to its client's.
     pub fn client_cost(&self, client: &str, cost: Nanos) {
         self.client_cost
@@ -871,11 +892,16 @@ impl Metrics {
             .inc_by(cost.usd());
     }
 
-    /// A client's day quota as its last reservation saw it.
+    /// A client's day quota as its last reservation saw it. The count is of the current UTC day:
+    /// a scrape on a later day shows it at 0 until the client reserves again.
     pub fn client_day_quota(&self, client: &str, used: u32, limit: u32) {
         let labels = ClientOnlyLabels {
             client: client.to_string(),
         };
+        self.quota_days
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(client.to_string(), utc_day());
         self.day_quota_used
             .get_or_create(&labels)
             .set(i64::from(used));
@@ -885,15 +911,18 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        for refresh in self
-            .on_scrape
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
         {
-            refresh(self);
+            // One refresh at a time: two scrapes at once must not add the same CPU twice.
+            let refreshes = self
+                .on_scrape
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for refresh in refreshes.iter() {
+                refresh(self);
+            }
+            self.process.refresh();
+            self.expire_day_quotas();
         }
-        self.process.refresh();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -943,6 +972,13 @@ impl ProcessMetrics {
                 .set(i64::try_from(fds.count()).unwrap_or(i64::MAX));
         }
     }
+}
+
+/// The current UTC day, as days since the Unix epoch.
+fn utc_day() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400)
 }
 
 /// Clock ticks per second of `/proc/self/stat`'s times (`USER_HZ`, `getconf CLK_TCK`): 100 on
@@ -1079,5 +1115,26 @@ mod tests {
             !text.contains("vra_gateway_cost_usd_total{provider=\"openai\",model=\"mystery\"}"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_day_quota_count_of_an_earlier_day_reads_zero() {
+        let m = Metrics::new();
+        m.client_day_quota("acme", 95, 100);
+        assert!(
+            m.render()
+                .contains("vra_gateway_client_day_quota_used{client=\"acme\"} 95")
+        );
+        // The count was of yesterday: today the client has made no call.
+        m.quota_days
+            .lock()
+            .unwrap()
+            .insert("acme".into(), utc_day() - 1);
+        let text = m.render();
+        assert!(
+            text.contains("vra_gateway_client_day_quota_used{client=\"acme\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("vra_gateway_client_day_quota_limit{client=\"acme\"} 100"));
     }
 }

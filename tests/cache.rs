@@ -44,6 +44,7 @@ fn main() {
         a_different_model_phase_or_option_misses,
         a_streamed_hit_replays_the_text_and_usage,
         identical_concurrent_calls_send_one_upstream_request,
+        followers_of_a_call_that_stored_nothing_go_upstream_side_by_side,
         the_per_call_modes_decide_lookup_and_store,
         an_entry_expires_after_its_ttl,
         a_purge_drops_one_clients_answers_or_all_and_needs_an_admin,
@@ -746,4 +747,45 @@ async fn a_purge_drops_one_clients_answers_or_all_and_needs_an_admin(store: Stor
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     off.shutdown().await;
+}
+
+/// A call waits for one identical call at most: when that one stores nothing (here its answer
+/// is larger than VRA_CACHE_MAX_ENTRY_BYTES), the calls that waited go upstream together, not
+/// one behind another.
+async fn followers_of_a_call_that_stored_nothing_go_upstream_side_by_side(store: Store) {
+    let h = store.harness(&[("VRA_CACHE_MAX_ENTRY_BYTES", "1")]).await;
+    h.cloud.set_default(Step::Reply {
+        text: "too large to keep".into(),
+        delay: Duration::from_millis(300),
+        chunk_delay: Duration::ZERO,
+    });
+    let mut calls = Vec::new();
+    for i in 0..5 {
+        let mut c = h.client().await;
+        calls.push(tokio::spawn(async move {
+            c.generate(call(
+                &format!("unkept-{i}"),
+                P::Refine,
+                S::Analysis,
+                "Same.",
+            ))
+            .await
+            .map(tonic::Response::into_inner)
+        }));
+    }
+    for task in calls {
+        let resp = task.await.unwrap().expect("answered");
+        assert_eq!(status(&resp), CacheStatus::Miss);
+    }
+    assert_eq!(
+        h.cloud.requests(),
+        5,
+        "nothing was stored: every call went upstream"
+    );
+    assert!(
+        h.cloud.peak_in_flight() >= 2,
+        "the calls that waited went upstream side by side (peak {})",
+        h.cloud.peak_in_flight()
+    );
+    h.shutdown().await;
 }

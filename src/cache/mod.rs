@@ -144,9 +144,10 @@ pub trait Store: Send + Sync {
 /// The outcome of a lookup.
 pub enum Lookup {
     Hit(Arc<Entry>),
-    /// Not cached: this call goes upstream, leading the flight of its key — followers wait for
-    /// the guard, which [`Cache::store`] drops once the answer is stored.
-    Miss(FlightGuard),
+    /// Not cached: this call goes upstream, leading the flight of its key (followers wait for
+    /// the guard, which [`Cache::store`] drops once the answer is stored), or on its own after
+    /// a flight that stored nothing (`None`).
+    Miss(Option<FlightGuard>),
     /// The store could not answer: the call goes on without the cache.
     Unavailable,
     /// The caller's deadline passed while it waited for an identical call.
@@ -181,28 +182,33 @@ impl Cache {
     }
 
     /// Looks `key` up. On a miss the call leads the key's flight; if another identical call is
-    /// already upstream, waits for it (until `deadline`) and looks again.
+    /// already upstream, waits for it (until `deadline`) and looks once more. A call waits for
+    /// one flight at most: when that leader stored nothing under the key (it fell back, failed,
+    /// or its answer was too large), the followers go upstream at once, side by side, instead
+    /// of queueing behind one new leader after another.
     pub async fn lookup(
         &self,
         key: &CacheKey,
         max_age: Option<Duration>,
         deadline: Deadline,
     ) -> Lookup {
-        loop {
-            match self.get(key, max_age).await {
-                Ok(Some(entry)) => return Lookup::Hit(entry),
-                Ok(None) => {}
-                Err(()) => return Lookup::Unavailable,
-            }
-            match self.flights.join(key) {
-                Join::Lead(guard) => return Lookup::Miss(guard),
-                Join::Follow(leader) => {
-                    tokio::select! {
-                        () = leader.done() => {}
-                        () = deadline.passed() => return Lookup::DeadlineExceeded,
-                    }
-                }
-            }
+        match self.get(key, max_age).await {
+            Ok(Some(entry)) => return Lookup::Hit(entry),
+            Ok(None) => {}
+            Err(()) => return Lookup::Unavailable,
+        }
+        let leader = match self.flights.join(key) {
+            Join::Lead(guard) => return Lookup::Miss(Some(guard)),
+            Join::Follow(leader) => leader,
+        };
+        tokio::select! {
+            () = leader.done() => {}
+            () = deadline.passed() => return Lookup::DeadlineExceeded,
+        }
+        match self.get(key, max_age).await {
+            Ok(Some(entry)) => Lookup::Hit(entry),
+            Ok(None) => Lookup::Miss(None),
+            Err(()) => Lookup::Unavailable,
         }
     }
 

@@ -31,7 +31,7 @@ pub(super) struct CacheCall {
     /// Whether its finished answer is stored.
     store: bool,
     /// The key looked up (the routed tier's), and the flight this call leads on it.
-    looked_up: Option<(Tier, CacheKey, FlightGuard)>,
+    looked_up: Option<(Tier, CacheKey, Option<FlightGuard>)>,
 }
 
 impl CacheCall {
@@ -223,7 +223,7 @@ impl Gateway {
             return;
         }
         let (key, flight) = match call.looked_up {
-            Some((tier, key, flight)) if tier == route.tier => (key, Some(flight)),
+            Some((tier, key, flight)) if tier == route.tier => (key, flight),
             // A fallback: the looked-up key's flight ends unanswered (its followers go on by
             // themselves), and the answer goes under its own tier's key.
             _ => (self.cache_key(state, route.tier), None),

@@ -292,10 +292,10 @@ pub fn read(headers: &HeaderMap, body: ChatCompletionRequest) -> Result<Read, Re
 }
 
 /// The response-cache mode a request's `Cache-Control` asks for (RFC 9111 request directives,
-/// any case, in any of the header's lines): `no-store` (neither look up nor store) over
-/// `no-cache` (skip the lookup, store) over `only-if-cached` (a cached answer or 404);
-/// `max-age=N` bounds a cached answer's age. Other and malformed directives are ignored, as
-/// caches do.
+/// any case, in any of the header's lines): `only-if-cached` (a cached answer or 404, never
+/// upstream — with `no-cache` too it is always 404) over `no-store` (neither look up nor store)
+/// over `no-cache` (skip the lookup, store); `max-age=N` bounds a cached answer's age. Other and
+/// malformed directives are ignored, as caches do.
 pub fn cache_control(headers: &HeaderMap) -> (pb::CacheMode, Option<u32>) {
     let (mut no_store, mut no_cache, mut only_if_cached, mut max_age) = (false, false, false, None);
     let directives = headers
@@ -322,12 +322,16 @@ pub fn cache_control(headers: &HeaderMap) -> (pb::CacheMode, Option<u32>) {
             _ => {}
         }
     }
-    let mode = if no_store {
+    let mode = if only_if_cached {
+        // Never upstream: with `no-cache` no cached answer is acceptable either (age 0).
+        if no_cache {
+            max_age = Some(0);
+        }
+        pb::CacheMode::OnlyIfCached
+    } else if no_store {
         pb::CacheMode::NoStore
     } else if no_cache {
         pb::CacheMode::NoCache
-    } else if only_if_cached {
-        pb::CacheMode::OnlyIfCached
     } else {
         pb::CacheMode::Unspecified
     };
@@ -598,6 +602,16 @@ mod tests {
         assert_eq!(
             mode(&[("cache-control", "only-if-cached, max-age=60")]),
             (pb::CacheMode::OnlyIfCached, Some(60))
+        );
+        assert_eq!(
+            mode(&[("cache-control", "no-store, only-if-cached")]),
+            (pb::CacheMode::OnlyIfCached, None),
+            "only-if-cached never goes upstream"
+        );
+        assert_eq!(
+            mode(&[("cache-control", "only-if-cached, no-cache")]),
+            (pb::CacheMode::OnlyIfCached, Some(0)),
+            "no cached answer is acceptable: always a 404"
         );
         assert_eq!(
             mode(&[(

@@ -173,15 +173,14 @@ impl Pool {
         st.slots.iter().any(|s| s.usable(now))
     }
 
-    /// Its endpoints now: `(healthy, ejected)` — an ejected one due for its probe counts as
-    /// healthy (it takes the next request).
+    /// Its endpoints now: `(healthy, ejected)`. An ejected endpoint stays ejected until a probe
+    /// succeeds, also past its ejection time (no request may have come to probe it).
     pub fn health(&self) -> (usize, usize) {
         let st = self.lock();
-        let now = Instant::now();
         let ejected = st
             .slots
             .iter()
-            .filter(|s| s.ejected_until.is_some_and(|until| now < until))
+            .filter(|s| s.ejected_until.is_some())
             .count();
         (st.slots.len() - ejected, ejected)
     }
