@@ -327,6 +327,13 @@ impl TokenUsage {
     }
 }
 
+/// The current UTC day, as days since the Unix epoch (day quotas count per UTC day).
+pub fn utc_day() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400)
+}
+
 /// An amount of US dollars in integer nano-dollars (10⁻⁹ USD): ledgers add them exactly.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Nanos(pub u64);

@@ -17,7 +17,7 @@ use prometheus_client::registry::Registry;
 
 use std::sync::atomic::AtomicU64;
 
-use crate::domain::{CacheStatus, FallbackReason, Nanos, ProviderError, TokenUsage};
+use crate::domain::{CacheStatus, FallbackReason, Nanos, ProviderError, TokenUsage, utc_day};
 
 /// The generation methods of both doors (the `method` label of calls).
 const CALL_METHODS: [&str; 4] = [
@@ -972,13 +972,6 @@ impl ProcessMetrics {
                 .set(i64::try_from(fds.count()).unwrap_or(i64::MAX));
         }
     }
-}
-
-/// The current UTC day, as days since the Unix epoch.
-fn utc_day() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() / 86_400)
 }
 
 /// Clock ticks per second of `/proc/self/stat`'s times (`USER_HZ`, `getconf CLK_TCK`): 100 on

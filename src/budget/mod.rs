@@ -40,6 +40,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+/// The memory ledger's day; the Redis ledger uses the Redis server's clock, one clock for every
+/// replica.
+pub use crate::domain::utc_day;
 use crate::domain::{Nanos, Phase, Secret, Tier, TokenUsage};
 
 /// Which report: its id, and the client it belongs to when callers authenticate. Client ids
@@ -185,15 +188,6 @@ impl Reservation {
             Reservation::NoRoomUnderCap { .. } => "cost_cap",
         }
     }
-}
-
-/// The current UTC day, as days since the Unix epoch (the memory ledger's day; the Redis
-/// ledger uses the Redis server's clock, one clock for every replica).
-pub fn utc_day() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() / 86_400)
-        .unwrap_or(0)
 }
 
 /// One cell of a report's breakdown: the calls of one phase answered by one tier.
