@@ -13,7 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 
 use std::sync::atomic::AtomicU64;
 
@@ -35,6 +35,33 @@ const EDGE_REJECTIONS: [&str; 5] = [
     "overloaded",
     "client_max_in_flight",
 ];
+
+/// A registry that also keeps the exposed name of every family it registers
+/// ([`Metrics::family_names`]), so a name is written once.
+struct Families<'a> {
+    registry: &'a mut Registry,
+    prefix: &'static str,
+    names: &'a mut Vec<String>,
+}
+
+impl Families<'_> {
+    fn add(&mut self, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
+        self.names.push(format!("{}_{name}", self.prefix));
+        self.registry.register(name, help, metric);
+    }
+
+    fn add_with_unit(
+        &mut self,
+        name: &str,
+        help: &str,
+        unit: Unit,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.names
+            .push(format!("{}_{name}_{}", self.prefix, unit.as_str()));
+        self.registry.register_with_unit(name, help, unit, metric);
+    }
+}
 
 /// A gauge refresh run before each scrape ([`Metrics::on_scrape`]).
 type Refresh = Box<dyn Fn(&Metrics) + Send + Sync>;
@@ -310,65 +337,60 @@ impl Metrics {
         let mut names: Vec<String> = Vec::new();
         let process = ProcessMetrics::default();
         {
-            let p = root.sub_registry_with_prefix("process");
-            names.extend(
-                [
-                    "process_resident_memory_bytes",
-                    "process_cpu_seconds",
-                    "process_open_fds",
-                    "process_start_time_seconds",
-                ]
-                .map(String::from),
-            );
-            p.register_with_unit(
+            let mut p = Families {
+                registry: root.sub_registry_with_prefix("process"),
+                prefix: "process",
+                names: &mut names,
+            };
+            p.add_with_unit(
                 "resident_memory",
                 "Resident memory size in bytes",
-                prometheus_client::registry::Unit::Bytes,
+                Unit::Bytes,
                 process.resident_memory_bytes.clone(),
             );
-            p.register_with_unit(
+            p.add_with_unit(
                 "cpu",
                 "Total user and system CPU time spent in seconds",
-                prometheus_client::registry::Unit::Seconds,
+                Unit::Seconds,
                 process.cpu_seconds.clone(),
             );
-            p.register(
+            p.add(
                 "open_fds",
                 "Number of open file descriptors",
                 process.open_fds.clone(),
             );
-            p.register_with_unit(
+            p.add_with_unit(
                 "start_time",
                 "Start time of the process since the Unix epoch in seconds",
-                prometheus_client::registry::Unit::Seconds,
+                Unit::Seconds,
                 process.start_time_seconds.clone(),
             );
         }
-        let registry = root.sub_registry_with_prefix("vra_gateway");
+        let mut registry = Families {
+            registry: root.sub_registry_with_prefix("vra_gateway"),
+            prefix: "vra_gateway",
+            names: &mut names,
+        };
         let requests = Family::default();
-        names.push("vra_gateway_requests".to_string());
-        registry.register(
+        registry.add(
             "requests",
             "gRPC generation calls by method, phase, tier, provider and outcome",
             requests.clone(),
         );
         let fallbacks = Family::default();
-        names.push("vra_gateway_fallbacks".to_string());
-        registry.register(
+        registry.add(
             "fallbacks",
             "Calls served by the secondary instead of the primary, by reason",
             fallbacks.clone(),
         );
         let cost_limit_reports = Counter::default();
-        names.push("vra_gateway_cost_limit_reports".to_string());
-        registry.register(
+        registry.add(
             "cost_limit_reports",
             "Reports whose cloud budget was exhausted",
             cost_limit_reports.clone(),
         );
         let budget_reserved = Family::default();
-        names.push("vra_gateway_budget_units_reserved".to_string());
-        registry.register(
+        registry.add(
             "budget_units_reserved",
             "Cloud budget units reserved (one per cloud HTTP request)",
             budget_reserved.clone(),
@@ -376,71 +398,61 @@ impl Metrics {
         let attempts = Family::<AttemptLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             duration_histogram,
         );
-        names.push("vra_gateway_upstream_attempt_duration_seconds".to_string());
-        registry.register(
+        registry.add(
             "upstream_attempt_duration_seconds",
             "Duration of upstream HTTP attempts (gen_ai.client.operation.duration)",
             attempts.clone(),
         );
         let tokens = Family::default();
-        names.push("vra_gateway_tokens".to_string());
-        registry.register(
+        registry.add(
             "tokens",
             "Tokens reported by upstreams, by provider and type (input/output)",
             tokens.clone(),
         );
         let in_flight = Family::default();
-        names.push("vra_gateway_in_flight_requests".to_string());
-        registry.register(
+        registry.add(
             "in_flight_requests",
             "gRPC generation calls in progress",
             in_flight.clone(),
         );
         let stream_aborts = Counter::default();
-        names.push("vra_gateway_stream_aborts".to_string());
-        registry.register(
+        registry.add(
             "stream_aborts",
             "Streams ended by an upstream error after the first delta",
             stream_aborts.clone(),
         );
         let panics = Family::default();
-        names.push("vra_gateway_panics".to_string());
-        registry.register(
+        registry.add(
             "panics",
             "Request tasks that panicked (a bug); the caller got INTERNAL",
             panics.clone(),
         );
         let ledger_errors = Family::default();
-        names.push("vra_gateway_ledger_errors".to_string());
-        registry.register(
+        registry.add(
             "ledger_errors",
             "Budget reservations the ledger could not answer (unavailable, timeout, full); the call failed safe",
             ledger_errors.clone(),
         );
         let records_lost = Counter::default();
-        names.push("vra_gateway_ledger_records_lost".to_string());
-        registry.register(
+        registry.add(
             "ledger_records_lost",
             "Call records sent after their response that the ledger never confirmed (after retries); the report's counters miss those calls unless a copy still lands",
             records_lost.clone(),
         );
         let client_reservations = Family::default();
-        names.push("vra_gateway_client_cloud_reservations".to_string());
-        registry.register(
+        registry.add(
             "client_cloud_reservations",
             "Cloud reservations of authenticated clients, by client and outcome (granted, report_budget, day_quota)",
             client_reservations.clone(),
         );
         let rejected = Family::default();
-        names.push("vra_gateway_requests_rejected".to_string());
-        registry.register(
+        registry.add(
             "requests_rejected",
             "Calls turned away at the edge before any service, by reason (missing_credentials, malformed_credentials, invalid_credentials)",
             rejected.clone(),
         );
         let ejections = Family::default();
-        names.push("vra_gateway_endpoint_ejections".to_string());
-        registry.register(
+        registry.add(
             "endpoint_ejections",
             "Endpoints ejected from their provider's pool after consecutive failures (or a failed probe)",
             ejections.clone(),
@@ -449,49 +461,42 @@ impl Metrics {
             Family::<ProviderLabels, Histogram, fn() -> Histogram>::new_with_constructor(
                 queue_wait_histogram,
             );
-        names.push("vra_gateway_queue_wait_seconds".to_string());
-        registry.register(
+        registry.add(
             "queue_wait_seconds",
             "Time an attempt waited for a free endpoint (max_in_flight) before it was sent",
             queue_wait.clone(),
         );
         let cost = Family::default();
-        names.push("vra_gateway_cost_usd".to_string());
-        registry.register(
+        registry.add(
             "cost_usd",
             "Cost of answered calls in USD (tokens x the model's price), by provider and model; calls of unpriced models are not counted",
             cost.clone(),
         );
         let savings = UsdCounter::default();
-        names.push("vra_gateway_savings_usd".to_string());
-        registry.register(
+        registry.add(
             "savings_usd",
             "USD saved by hybrid routing: each answered call's tokens priced at the primary model, minus its actual cost (never negative)",
             savings.clone(),
         );
         let cache_requests = Family::default();
-        names.push("vra_gateway_cache_requests".to_string());
-        registry.register(
+        registry.add(
             "cache_requests",
             "Generation calls by response-cache status: hit (answered from the cache), miss (answered upstream), bypass (not looked up: the caller's options, or the store unreachable)",
             cache_requests.clone(),
         );
         let cache_errors = Family::default();
-        names.push("vra_gateway_cache_errors".to_string());
-        registry.register(
+        registry.add(
             "cache_errors",
             "Response-cache store operations that failed (get, put, purge); the call went on without the cache",
             cache_errors.clone(),
         );
         let cache = CacheMetrics::default();
-        names.push("vra_gateway_cache_bytes".to_string());
-        registry.register(
+        registry.add(
             "cache_bytes",
             "Bytes the in-memory response cache holds (text and bookkeeping; VRA_CACHE_MAX_BYTES bounds it)",
             cache.bytes.clone(),
         );
-        names.push("vra_gateway_cache_evictions".to_string());
-        registry.register(
+        registry.add(
             "cache_evictions",
             "Entries the in-memory response cache evicted, least recently used first, to stay under VRA_CACHE_MAX_BYTES",
             cache.evictions.clone(),
@@ -500,8 +505,7 @@ impl Metrics {
             Family::<DurationLabels, Histogram, fn() -> Histogram>::new_with_constructor(
                 duration_histogram,
             );
-        names.push("vra_gateway_request_duration_seconds".to_string());
-        registry.register(
+        registry.add(
             "request_duration_seconds",
             "Generation calls, end to end (both doors), by method and outcome; streams until their last message",
             request_duration.clone(),
@@ -510,15 +514,13 @@ impl Metrics {
             Family::<MethodLabels, Histogram, fn() -> Histogram>::new_with_constructor(
                 duration_histogram,
             );
-        names.push("vra_gateway_time_to_first_token_seconds".to_string());
-        registry.register(
+        registry.add(
             "time_to_first_token_seconds",
             "Streamed calls: time from the call's arrival to its first delta",
             time_to_first_token.clone(),
         );
         let routes = Family::default();
-        names.push("vra_gateway_routes".to_string());
-        registry.register(
+        registry.add(
             "routes",
             "Answered generation calls by the matrix rule that routed them and the tier that answered (a fallback: the rule of the primary, the secondary's tier)",
             routes.clone(),
@@ -527,43 +529,37 @@ impl Metrics {
             Family::<OpLabels, Histogram, fn() -> Histogram>::new_with_constructor(
                 ledger_histogram,
             );
-        names.push("vra_gateway_ledger_duration_seconds".to_string());
-        registry.register(
+        registry.add(
             "ledger_duration_seconds",
             "Budget ledger operations a call waits for, by operation (reserve), answered or not",
             ledger_duration.clone(),
         );
         let circuit_open = Family::default();
-        names.push("vra_gateway_circuit_open".to_string());
-        registry.register(
+        registry.add(
             "circuit_open",
             "1 while a tier's circuit breaker is open (calls skip its provider), else 0",
             circuit_open.clone(),
         );
         let endpoints = Family::default();
-        names.push("vra_gateway_endpoints".to_string());
-        registry.register(
+        registry.add(
             "endpoints",
             "A provider's endpoints by state: healthy, or ejected (until a probe succeeds)",
             endpoints.clone(),
         );
         let client_cost = Family::default();
-        names.push("vra_gateway_client_cost_usd".to_string());
-        registry.register(
+        registry.add(
             "client_cost_usd",
             "Cost of the answered calls of authenticated clients in USD, by client (calls of unpriced models are not counted)",
             client_cost.clone(),
         );
         let day_quota_used = Family::default();
-        names.push("vra_gateway_client_day_quota_used".to_string());
-        registry.register(
+        registry.add(
             "client_day_quota_used",
             "Cloud calls a client with cloud_calls_per_day made in the current UTC day, as its last reservation saw",
             day_quota_used.clone(),
         );
         let day_quota_limit = Family::default();
-        names.push("vra_gateway_client_day_quota_limit".to_string());
-        registry.register(
+        registry.add(
             "client_day_quota_limit",
             "A client's cloud_calls_per_day",
             day_quota_limit.clone(),
