@@ -158,14 +158,7 @@ async fn tokens_are_checked_at_the_edge_health_is_open_and_rejections_are_counte
     );
     let mut gw = Running::start(&env).await;
     gw.wait_for("loaded 1 clients from").await;
-    let metrics_url = gw
-        .wait_for("metrics on http://")
-        .await
-        .split("metrics on ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .expect("metrics URL")
-        .to_string();
+    let metrics_url = gw.metrics_url().await;
     let mut client = common::connect(gw.addr.parse().unwrap()).await;
 
     // Missing, malformed and unknown credentials: one answer, no upstream call.

@@ -1637,13 +1637,7 @@ async fn soak(scenario: Scenario) -> Result<(), String> {
     let mut gw = Running::start(&env).await;
     let pid = gw.child.id().expect("gateway pid");
     let addr: SocketAddr = gw.addr.parse().expect("gateway address");
-    let metrics_line = gw.wait_for("metrics on http://").await;
-    let metrics_url = metrics_line
-        .split("metrics on ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .expect("metrics URL")
-        .to_string();
+    let metrics_url = gw.metrics_url().await;
 
     // The load.
     let load_started = Instant::now();

@@ -428,8 +428,7 @@ async fn an_ejection_is_logged_and_counted_by_the_binary() {
         ("MAX_CLOUD_CALLS", "1000"),
     ]);
     let mut gw = Running::start(&env).await;
-    let line = gw.wait_for("metrics on http://").await;
-    let metrics_url = line.split("metrics on ").nth(1).unwrap().trim().to_string();
+    let metrics_url = gw.metrics_url().await;
     let mut client = common::connect(gw.addr.parse().unwrap()).await;
     let mut n = 0;
     while bad.requests() < 3 {

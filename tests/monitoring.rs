@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use common::clients::{TestClient, write_clients_file};
-use common::process::{Running, gateway_env};
+use common::process::{Running, gateway_env, metrics_on};
 use common::redis_server::on_path;
 use common::trials::{Gate, Runtime, async_trial, sync_trial};
 use common::{collect_stream, connect, request};
@@ -566,16 +566,15 @@ async fn a_real_prometheus_scraping_a_real_gateway_answers_every_query_and_alert
             ("VRA_CLIENTS_FILE", file.as_str()),
         ],
     );
-    env.retain(|(k, _)| *k != "VRA_METRICS_ADDR");
-    env.push(("VRA_METRICS_ADDR", "127.0.0.1:0"));
+    metrics_on(&mut env);
     let mut gw = Running::start(&env).await;
-    let line = gw.wait_for("metrics on http://").await;
-    let target = line
-        .split("metrics on http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
+    let url = gw.metrics_url().await;
+    // host:port of http://host:port/metrics
+    let target = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
         .unwrap()
-        .trim()
         .to_string();
     let prometheus = Prometheus::start(&target).await;
     // The counters' zeros scraped first: a rate needs the value from before the workload.

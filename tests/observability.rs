@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::process::{KEY, Running, gateway_env};
+use common::process::{KEY, Running, gateway_env, metrics_on};
 use common::request;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -460,11 +460,9 @@ async fn metrics_move_with_calls() {
     let local = Sim::start().await.unwrap();
     let (cloud_url, local_url) = (cloud.openai_base(), local.ollama_base());
     let mut env = gateway_env(&cloud_url, &local_url, &[]);
-    env.retain(|(k, _)| *k != "VRA_METRICS_ADDR");
-    env.push(("VRA_METRICS_ADDR", "127.0.0.1:0"));
+    metrics_on(&mut env);
     let mut gw = Running::start(&env).await;
-    let line = gw.wait_for("metrics on http://").await;
-    let url = line.split("metrics on ").nth(1).unwrap().trim().to_string();
+    let url = gw.metrics_url().await;
     let mut client = common::connect(gw.addr.parse().unwrap()).await;
     client
         .generate(request("metrics-report-7q", P::Refine, S::Analysis))
@@ -516,11 +514,9 @@ async fn a_cache_hit_is_in_the_span_the_log_and_the_metrics() {
             ("VRA_CACHE", "memory"),
         ],
     );
-    env.retain(|(k, _)| *k != "VRA_METRICS_ADDR");
-    env.push(("VRA_METRICS_ADDR", "127.0.0.1:0"));
+    metrics_on(&mut env);
     let mut gw = Running::start(&env).await;
-    let line = gw.wait_for("metrics on http://").await;
-    let url = line.split("metrics on ").nth(1).unwrap().trim().to_string();
+    let url = gw.metrics_url().await;
     let mut client = common::connect(gw.addr.parse().unwrap()).await;
     for report in ["cache-story-1", "cache-story-2"] {
         client
@@ -593,11 +589,9 @@ async fn health_gauges_latency_and_process_series_are_exported() {
             ("VRA_CLIENTS_FILE", file.as_str()),
         ],
     );
-    env.retain(|(k, _)| *k != "VRA_METRICS_ADDR");
-    env.push(("VRA_METRICS_ADDR", "127.0.0.1:0"));
+    metrics_on(&mut env);
     let mut gw = Running::start(&env).await;
-    let line = gw.wait_for("metrics on http://").await;
-    let url = line.split("metrics on ").nth(1).unwrap().trim().to_string();
+    let url = gw.metrics_url().await;
     let mut c = common::connect(gw.addr.parse().unwrap()).await;
     // Two cloud calls of the client (2 of its 10 a day); then the primary fails once, which
     // opens its circuit (VRA_CIRCUIT_FAILURES=1), and the call falls back.

@@ -104,6 +104,12 @@ pub async fn run_to_end(
     )
 }
 
+/// `env` with `/metrics` served on a free loopback port ([`gateway_env`] turns it off).
+pub fn metrics_on(env: &mut Vec<(&str, &str)>) {
+    env.retain(|(k, _)| *k != "VRA_METRICS_ADDR");
+    env.push(("VRA_METRICS_ADDR", "127.0.0.1:0"));
+}
+
 /// A running gateway binary whose stderr lines are collected.
 pub struct Running {
     pub child: Child,
@@ -151,6 +157,18 @@ impl Running {
             lines,
             seen,
         }
+    }
+
+    /// The URL of the gateway's `/metrics` (started with `VRA_METRICS_ADDR` on, see
+    /// [`metrics_on`]), from its start-up line.
+    pub async fn metrics_url(&mut self) -> String {
+        self.wait_for("metrics on http://")
+            .await
+            .split("metrics on ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .expect("metrics URL")
+            .to_string()
     }
 
     /// Collects lines until one contains `needle` (or fails after a timeout).
