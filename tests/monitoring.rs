@@ -25,8 +25,8 @@ use vra_gateway::pb::{self, CompilationPhase as P, SectionType as S};
 
 fn main() {
     let args = Arguments::from_args();
-    let promtool = promtool_gate();
-    let prometheus = prometheus_gate();
+    let promtool = gate("promtool");
+    let prometheus = gate("prometheus");
     let trials = vec![
         sync_trial(
             &args,
@@ -81,24 +81,14 @@ fn main() {
     libtest_mimic::run(&args, trials).exit();
 }
 
-fn promtool_gate() -> Gate {
+/// Open when `tool` (of Debian's prometheus package) is on PATH, or when
+/// `VRA_REQUIRE_PROMETHEUS=1` makes a missing one fail.
+fn gate(tool: &str) -> Gate {
     let required = std::env::var("VRA_REQUIRE_PROMETHEUS").is_ok_and(|v| v == "1");
-    if on_path("promtool").is_none() && !required {
-        Gate::Closed(
-            "promtool not found on PATH (Debian's prometheus package); .ci/run installs it".into(),
-        )
-    } else {
-        Gate::Open
-    }
-}
-
-fn prometheus_gate() -> Gate {
-    let required = std::env::var("VRA_REQUIRE_PROMETHEUS").is_ok_and(|v| v == "1");
-    if on_path("prometheus").is_none() && !required {
-        Gate::Closed(
-            "prometheus not found on PATH (Debian's prometheus package); .ci/run installs it"
-                .into(),
-        )
+    if on_path(tool).is_none() && !required {
+        Gate::Closed(format!(
+            "{tool} not found on PATH (Debian's prometheus package); .ci/run installs it"
+        ))
     } else {
         Gate::Open
     }

@@ -89,25 +89,9 @@ mod tests {
     use futures_util::FutureExt as _;
 
     use super::*;
-    use crate::cache::key::KeyInput;
-    use crate::domain::{ChatMessage, Phase, Role, SectionType, Tier};
 
     fn key(text: &str) -> CacheKey {
-        let messages = [ChatMessage::new(Role::User, text)];
-        CacheKey::new(&KeyInput {
-            client: None,
-            tier: Tier::Primary,
-            provider: "openai",
-            model: "gpt-4o",
-            phase: Phase::Draft,
-            section: SectionType::Analysis,
-            messages: &messages,
-            temperature: None,
-            top_p: None,
-            max_tokens: None,
-            stop: &[],
-            seed: None,
-        })
+        CacheKey::sample(text, None)
     }
 
     #[tokio::test]

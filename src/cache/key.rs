@@ -106,6 +106,30 @@ impl CacheKey {
     }
 }
 
+impl CacheKey {
+    /// The key of one user turn of `text` from `client` to gpt-4o, DRAFT / ANALYSIS, no
+    /// options: a key for the stores' and single flight's unit tests.
+    #[cfg(test)]
+    pub(crate) fn sample(text: &str, client: Option<&str>) -> CacheKey {
+        use crate::domain::Role;
+        let messages = [ChatMessage::new(Role::User, text)];
+        CacheKey::new(&KeyInput {
+            client,
+            tier: Tier::Primary,
+            provider: "openai",
+            model: "gpt-4o",
+            phase: Phase::Draft,
+            section: SectionType::Analysis,
+            messages: &messages,
+            temperature: None,
+            top_p: None,
+            max_tokens: None,
+            stop: &[],
+            seed: None,
+        })
+    }
+}
+
 /// Nothing of the key: it must not reach a log line.
 impl fmt::Debug for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

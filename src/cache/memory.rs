@@ -96,26 +96,11 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::key::KeyInput;
-    use crate::domain::{ChatMessage, Phase, Role, SectionType, Tier, TokenUsage};
+    use crate::domain::TokenUsage;
     use crate::metrics::Metrics;
 
     fn key(i: usize, client: Option<&str>) -> CacheKey {
-        let messages = [ChatMessage::new(Role::User, format!("request {i}"))];
-        CacheKey::new(&KeyInput {
-            client,
-            tier: Tier::Primary,
-            provider: "openai",
-            model: "gpt-4o",
-            phase: Phase::Draft,
-            section: SectionType::Analysis,
-            messages: &messages,
-            temperature: None,
-            top_p: None,
-            max_tokens: None,
-            stop: &[],
-            seed: None,
-        })
+        CacheKey::sample(&format!("request {i}"), client)
     }
 
     fn entry(bytes: usize) -> Arc<Entry> {
