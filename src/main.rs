@@ -182,6 +182,13 @@ fn settings_help() -> String {
 }
 
 /// The runtime of the client commands and `demo`: one worker per CPU.
+/// Runs a client command's `future` on a runtime of its own; the exit code when none starts.
+fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, ExitCode> {
+    runtime()
+        .map(|rt| rt.block_on(future))
+        .map_err(|e| fail(&format!("cannot start the runtime: {e}"), 1))
+}
+
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     runtime_with(None)
 }
@@ -352,22 +359,19 @@ fn usage(
     tls: Option<&server::ClientTls>,
 ) -> ExitCode {
     let addr = gateway_addr(target);
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => return fail(&format!("cannot start the runtime: {e}"), 1),
-    };
     let token = token.filter(|t| !t.is_empty());
-    match rt.block_on(vra_gateway::remote::report_usage(
+    match block_on(vra_gateway::remote::report_usage(
         &addr,
         tls,
         token.as_deref(),
         report_id,
     )) {
-        Ok(usage) => {
+        Err(code) => code,
+        Ok(Ok(usage)) => {
             print!("{}", vra_gateway::usage::render(&usage, None));
             ExitCode::SUCCESS
         }
-        Err(e) => fail(&format!("usage of report from {addr} failed: {e}"), 1),
+        Ok(Err(e)) => fail(&format!("usage of report from {addr} failed: {e}"), 1),
     }
 }
 
@@ -379,40 +383,34 @@ fn purge_cache(
     tls: Option<&server::ClientTls>,
 ) -> ExitCode {
     let addr = gateway_addr(target);
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => return fail(&format!("cannot start the runtime: {e}"), 1),
-    };
     let token = token.filter(|t| !t.is_empty());
-    let purged = rt.block_on(vra_gateway::remote::purge_cache(
+    let purged = block_on(vra_gateway::remote::purge_cache(
         &addr,
         tls,
         token.as_deref(),
         client.clone(),
     ));
     match purged {
-        Ok(n) => {
+        Err(code) => code,
+        Ok(Ok(n)) => {
             let whose = client.map_or_else(|| "every client".into(), |c| format!("client {c}"));
             println!("purged {n} cached answers of {whose}");
             ExitCode::SUCCESS
         }
-        Err(e) => fail(&format!("cache purge on {addr} failed: {e}"), 1),
+        Ok(Err(e)) => fail(&format!("cache purge on {addr} failed: {e}"), 1),
     }
 }
 
 fn health(addr: Option<String>, tls: Option<&server::ClientTls>) -> ExitCode {
     let addr = gateway_addr(addr);
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => return fail(&format!("cannot start the runtime: {e}"), 1),
-    };
-    match rt.block_on(server::check_health_with(&addr, tls)) {
-        Ok(true) => {
+    match block_on(server::check_health_with(&addr, tls)) {
+        Err(code) => code,
+        Ok(Ok(true)) => {
             println!("SERVING");
             ExitCode::SUCCESS
         }
-        Ok(false) => fail("NOT_SERVING", 1),
-        Err(e) => fail(&format!("health check of {addr} failed: {e}"), 1),
+        Ok(Ok(false)) => fail("NOT_SERVING", 1),
+        Ok(Err(e)) => fail(&format!("health check of {addr} failed: {e}"), 1),
     }
 }
 
