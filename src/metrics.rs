@@ -63,6 +63,15 @@ impl Families<'_> {
     }
 }
 
+/// The `status` label of `cache_requests`: the status in lower case.
+fn status_label(status: CacheStatus) -> &'static str {
+    match status {
+        CacheStatus::Miss => "miss",
+        CacheStatus::Hit => "hit",
+        CacheStatus::Bypass => "bypass",
+    }
+}
+
 /// A gauge refresh run before each scrape ([`Metrics::on_scrape`]).
 type Refresh = Box<dyn Fn(&Metrics) + Send + Sync>;
 
@@ -581,7 +590,7 @@ impl Metrics {
         for reason in EDGE_REJECTIONS {
             let _ = rejected.get_or_create(&ReasonLabels { reason });
         }
-        for status in ["hit", "miss", "bypass"] {
+        for status in CacheStatus::ALL.map(status_label) {
             let _ = cache_requests.get_or_create(&StatusLabels { status });
         }
         for op in ["get", "put", "purge"] {
@@ -665,13 +674,10 @@ impl Metrics {
 
     /// Counts a generation call's cache status.
     pub fn cache_request(&self, status: CacheStatus) {
-        let status = match status {
-            CacheStatus::Miss => "miss",
-            CacheStatus::Hit => "hit",
-            CacheStatus::Bypass => "bypass",
-        };
         self.cache_requests
-            .get_or_create(&StatusLabels { status })
+            .get_or_create(&StatusLabels {
+                status: status_label(status),
+            })
             .inc();
     }
 
